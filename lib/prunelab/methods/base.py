@@ -1,0 +1,303 @@
+"""The one interface every pruning method implements, and the method registry.
+
+A *pre-LLM* pruner is a pure function of a :class:`VisualContext` (what the vision tower and projector give
+for one image) and an absolute budget ``T``; it returns a :class:`PruneResult`. The interface follows the shape
+proposed in methods-spec §5 (``select(ctx, budget) -> PruneResult``), itself distilled from llmc's
+``TokenReductionModule`` and UniPruneBench's ``register_prune``, but with explicit parameters (no env vars,
+DivPrune issue #2) and budgets as absolute token counts (never ratios).
+
+Conventions
+-----------
+* ``N`` patch tokens in raster order (row-major over the ``grid``), CLS excluded from ``features``.
+* Feature spaces: ``"vision"`` = tower layer -2 patch features (CLIP penultimate in LLaVA, DINOv2 layer -2 in
+  ToyLLaVA), ``"projected"`` = projector output of those rows (what the LLM receives).
+* Order policies: ``"raster"`` (kept indices sorted), ``"attention"`` (descending score, PruMerge),
+  ``"cls_first_raster"`` (VisionZip: CLS, dominant in raster order, then contextual tokens).
+* Position policies: ``"contiguous"`` (pre-LLM methods: the LLM renumbers 0..L'-1) or ``"original"``
+  (FastV / DART keep original position ids).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from prunelab.errors import CapabilityError, UnknownNameError, check_budget
+
+ORDER_POLICIES = ("raster", "attention", "cls_first_raster")
+POSITION_POLICIES = ("contiguous", "original")
+FEATURE_SPACES = ("vision", "projected")
+
+
+@dataclass
+class VisualContext:
+    """Everything a pre-LLM pruner may read for ONE image (no batch dimension).
+
+    Attributes
+    ----------
+    features: ``(N, C)`` tower layer -2 patch features, CLS dropped (LLaVA's ``hidden_states[-2][:, 1:]``).
+    cls_attention: ``(N,)`` head-mean [CLS]->patch attention of the layer whose output is ``features``
+        (``attentions[-2][:, :, 0, 1:].mean(1)``).
+    cls_attention_heads: ``(H, N)`` the same per head (optional).
+    cls_feature: ``(C,)`` the CLS hidden state at layer -2 (VisionZip passes it to the LLM; optional).
+    projected: ``(N, D)`` projector output of ``features`` (optional; see :meth:`space`).
+    projector: callable mapping ``(M, C) -> (M, D)``; used for merged tokens and to fill ``projected`` lazily.
+    queries / keys: ``{layer: (H, N+1, d_head)}`` per-head q/k *projections* (before any scaling), CLS at
+        row 0, for the layers a method asks for (negative layer indices as in ``attentions[layer]``).
+    grid: ``(rows, cols)`` of the patch grid, ``rows*cols == N``.
+    text_embeds: ``(L, D)`` embedded instruction tokens (text-conditioned methods; optional).
+    erank_stats: dataset statistics of the input erank (``{"mean": .., "min": .., "max": ..}``) for AgilePruner
+        and the erank-guided hybrids; ``None`` means "not calibrated" and those methods say so.
+    image_id: free-form identifier carried into stats.
+    """
+
+    features: torch.Tensor
+    cls_attention: torch.Tensor
+    cls_attention_heads: torch.Tensor | None = None
+    cls_feature: torch.Tensor | None = None
+    projected: torch.Tensor | None = None
+    projector: Callable[[torch.Tensor], torch.Tensor] | None = None
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    grid: tuple[int, int] | None = None
+    text_embeds: torch.Tensor | None = None
+    erank_stats: dict[str, float] | None = None
+    image_id: str | None = None
+
+    def __post_init__(self):
+        if self.features.ndim != 2:
+            raise ValueError(f"features must be (N, C), got shape {tuple(self.features.shape)}")
+        n = self.features.shape[0]
+        if self.cls_attention.shape != (n,):
+            raise ValueError(f"cls_attention must be ({n},), got {tuple(self.cls_attention.shape)}")
+        if self.grid is None:
+            side = int(round(n ** 0.5))
+            self.grid = (side, side) if side * side == n else (1, n)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.features.shape[0])
+
+    def space(self, name: str) -> torch.Tensor:
+        """Token matrix ``(N, ·)`` in feature space ``name`` (``"vision"`` or ``"projected"``).
+
+        ``"projected"`` uses ``projected`` if given, else applies ``projector`` (and caches it). A context
+        without either cannot serve ``"projected"``: that raises :class:`CapabilityError` rather than
+        silently switching spaces.
+        """
+        if name == "vision":
+            return self.features
+        if name == "projected":
+            if self.projected is None:
+                if self.projector is None:
+                    raise CapabilityError(
+                        "this context has no projector, so feature space 'projected' is unavailable; "
+                        "pass features='vision' or build the context from a model with a projector"
+                    )
+                with torch.no_grad():
+                    self.projected = self.projector(self.features)
+            return self.projected
+        raise UnknownNameError(f"unknown feature space {name!r}; known: {', '.join(FEATURE_SPACES)}")
+
+    def has_space(self, name: str) -> bool:
+        return name == "vision" or (name == "projected" and (self.projected is not None or self.projector is not None))
+
+    def require_qk(self, layer: int, kind: str = "keys") -> torch.Tensor:
+        store = self.keys if kind == "keys" else self.queries
+        if layer not in store:
+            raise CapabilityError(
+                f"this method needs the vision tower's {kind} of layer {layer}, which the context lacks; "
+                f"build the context with qk_layers including {layer}"
+            )
+        return store[layer]
+
+
+@dataclass
+class PruneResult:
+    """What a pre-LLM pruner returns.
+
+    indices: ``(T',)`` long tensor of patch indices in output order (for merging methods: the anchor/target
+        patch of each output token; ``-1`` marks output tokens with no single source patch, such as VisionZip's
+        CLS or PruMerge's extra EViT token).
+    tokens: ``(T', D)`` merged/constructed tokens in ``token_space``, or ``None`` when the output is simply the
+        rows ``indices`` of the chosen space (pure selection).
+    token_space: feature space of ``tokens`` (``"vision"``: they go through the projector; ``"projected"``:
+        they bypass it).
+    order / positions: the order and position policies (see module docstring).
+    stats: per-image numbers (floats/ints/lists) the runner stores, e.g. ``tau_max_used``.
+    """
+
+    indices: torch.Tensor
+    tokens: torch.Tensor | None = None
+    token_space: str = "vision"
+    order: str = "raster"
+    positions: str = "contiguous"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.order not in ORDER_POLICIES:
+            raise ValueError(f"order must be one of {ORDER_POLICIES}, got {self.order!r}")
+        if self.positions not in POSITION_POLICIES:
+            raise ValueError(f"positions must be one of {POSITION_POLICIES}, got {self.positions!r}")
+        if self.token_space not in FEATURE_SPACES:
+            raise ValueError(f"token_space must be one of {FEATURE_SPACES}, got {self.token_space!r}")
+        self.indices = torch.as_tensor(self.indices, dtype=torch.long)
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.tokens.shape[0]) if self.tokens is not None else int(self.indices.numel())
+
+    @property
+    def patch_indices(self) -> torch.Tensor:
+        """Distinct real patch indices that contribute directly (``-1`` placeholders dropped), sorted."""
+        idx = self.indices[self.indices >= 0]
+        return torch.unique(idx)
+
+    def output_tokens(self, ctx: VisualContext, space: str = "projected") -> torch.Tensor:
+        """The token rows the LLM receives (``space="projected"``) or their pre-projector version."""
+        if self.tokens is None:
+            return ctx.space(space)[self.indices]
+        if self.token_space == space:
+            return self.tokens
+        if self.token_space == "vision" and space == "projected":
+            if ctx.projector is None:
+                raise CapabilityError("merged vision-space tokens need ctx.projector to be projected")
+            with torch.no_grad():
+                return ctx.projector(self.tokens)
+        raise CapabilityError(f"cannot map tokens from space {self.token_space!r} back to {space!r}")
+
+
+class Pruner:
+    """Base class of pre-LLM pruners. Subclasses set the class attributes and implement :meth:`select`.
+
+    Constructor keyword arguments are the method's parameters (validated by the subclass); :meth:`params`
+    returns them for provenance. ``adaptive`` methods may return a number of tokens that differs from ``T``.
+    """
+
+    name: str = "base"
+    family: str = "base"  # attention | diversity | hybrid | adaptive | text
+    stage: str = "pre_llm"  # pre_llm | in_llm
+    requires: tuple[str, ...] = ()  # subset of: attention, projected, keys[L], queries[L], cls_feature, text
+    adaptive: bool = False
+    order: str = "raster"
+    positions: str = "contiguous"
+    source: str = ""  # paper + repository file/function this implementation follows
+
+    def __init__(self, **params):
+        self._params = dict(params)
+
+    def params(self) -> dict[str, Any]:
+        sig = inspect.signature(type(self).__init__)
+        out = {}
+        for k, p in sig.parameters.items():
+            if k in ("self",) or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            out[k] = getattr(self, k, p.default)
+        return out
+
+    def __call__(self, ctx: VisualContext, budget: int) -> PruneResult:
+        t = check_budget(budget, ctx.n_tokens)
+        res = self.select(ctx, t)
+        res.stats.setdefault("method", self.name)
+        res.stats.setdefault("budget", t)
+        return res
+
+    def select(self, ctx: VisualContext, budget: int) -> PruneResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+_REGISTRY: dict[str, type[Pruner]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a :class:`Pruner` available as ``get_pruner(name)``."""
+
+    def deco(cls):
+        key = name.lower()
+        if key in _REGISTRY and _REGISTRY[key] is not cls:
+            raise ValueError(f"method name {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[key] = cls
+        return cls
+
+    return deco
+
+
+def available_methods(stage: str | None = None) -> list[str]:
+    """Registered method names (optionally only ``stage`` = ``'pre_llm'`` or ``'in_llm'``), sorted."""
+    _load_builtin_methods()
+    return sorted(c.name for c in _REGISTRY.values() if stage is None or c.stage == stage)
+
+
+def get_pruner(name: str, **params) -> Pruner:
+    """Instantiate the registered method ``name`` (case-insensitive) with ``params``."""
+    _load_builtin_methods()
+    cls = _REGISTRY.get(str(name).lower())
+    if cls is None:
+        raise UnknownNameError(
+            f"unknown pruning method {name!r}; known methods: {', '.join(available_methods())}"
+        )
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise UnknownNameError(f"bad parameters for method {cls.name!r}: {err}; see help(prunelab.methods.{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__})") from None
+
+
+def _load_builtin_methods() -> None:
+    # Imported lazily so `base` has no import cycle with the method modules that register themselves.
+    import importlib
+
+    for mod in ("attention", "diversity", "hybrid", "adaptive", "text_conditioned", "in_llm"):
+        try:
+            importlib.import_module(f"prunelab.methods.{mod}")
+        except ModuleNotFoundError as err:
+            if err.name != f"prunelab.methods.{mod}":
+                raise
+
+
+def prune(ctx: VisualContext, method: str | Pruner, budget: int, **params) -> PruneResult:
+    """Run ``method`` on ``ctx`` at budget ``T`` and attach the standard per-image statistics.
+
+    Stats added: ``n_kept``, ``attention_mass_kept`` (share of [CLS] attention on directly kept patches),
+    ``erank_kept_vision`` (erank of the kept tokens' pre-projector rows) and, when a projector is available,
+    ``erank_kept_projected`` (erank of the rows the LLM receives) — methods-spec §3.1.
+    """
+    from prunelab.metrics import erank
+
+    pruner = method if isinstance(method, Pruner) else get_pruner(method, **params)
+    res = pruner(ctx, budget)
+    a = ctx.cls_attention.double()
+    pi = res.patch_indices
+    res.stats["n_kept"] = res.n_kept
+    res.stats["attention_mass_kept"] = float(a[pi].sum() / a.sum()) if pi.numel() else 0.0
+    vis = res.output_tokens(ctx, "vision") if (res.tokens is None or res.token_space == "vision") else None
+    if vis is not None:
+        res.stats["erank_kept_vision"] = float(erank(vis))
+    if ctx.has_space("projected"):
+        res.stats["erank_kept_projected"] = float(erank(res.output_tokens(ctx, "projected")))
+    return res
+
+
+def replace_params(pruner: Pruner, **changes) -> Pruner:
+    """A copy of ``pruner`` with some parameters changed."""
+    p = pruner.params()
+    p.update(changes)
+    return type(pruner)(**p)
+
+
+__all__ = [
+    "VisualContext",
+    "PruneResult",
+    "Pruner",
+    "register",
+    "available_methods",
+    "get_pruner",
+    "prune",
+    "replace_params",
+]
