@@ -1,0 +1,501 @@
+"""Hybrid attention + diversity pre-LLM pruners (methods-spec §2.3, §2.4, §2.12, §2.13).
+
+* ``VisPruner`` — important tokens by [CLS] attention, then iterative duplicate removal on the rest
+  (Theia-4869/VisPruner ``llava/model/llava_arch.py::encode_images``).
+* ``VisionZip`` — CLS + dominant tokens by [CLS] attention, plus contextual tokens merged around uniformly
+  spaced targets by key similarity (dvlab-research/VisionZip ``visionzip/clip_encoder.py::
+  CLIPVisionTower_VisionZip.forward``, ``visionzip/main.py::visionzip``, ``visionzip/utils.py``).
+* ``BAT`` — [RECONSTRUCTION] attentive top tokens + DPC-kNN cluster means of the rest (the CVPR'23 BAT paper
+  released no code; AgilePruner uses it as a fixed-ratio hybrid).
+* ``AttnDiv`` — [RECONSTRUCTION] AgilePruner's "FasterVLM+DivPrune" mixture: top tokens by attention, then
+  DivPrune's greedy max-min continued from them.
+* ``<base>+erank`` / ``<base>+inverse`` — [RECONSTRUCTION] AgilePruner's "erank-guided linear mapping" of the
+  attention share (project page, ``analysis_enhancement.png``) and its inverse-rule ablation, for
+  ``base`` in BAT, VisPruner, AttnDiv.
+
+All are pure functions of a :class:`VisualContext` and an absolute budget ``T`` and return exactly ``T`` tokens.
+Sorting is always stable with ties going to the lower patch index, so results are deterministic even on
+exactly tied scores (the sources use ``torch.argsort``/``topk``, whose tie order is unspecified).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from prunelab.errors import BudgetError, CapabilityError
+from prunelab.methods._greedy import distance_matrix, divprune_first_pick, maxmin_greedy
+from prunelab.methods.base import FEATURE_SPACES, PruneResult, Pruner, VisualContext, register
+from prunelab.methods.clustering import dpc_knn, merge_clusters
+from prunelab.metrics import erank
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _desc(v: torch.Tensor) -> torch.Tensor:
+    """Indices sorting ``v`` descending; ties to the lower index."""
+    return torch.sort(v.detach().float(), descending=True, stable=True).indices
+
+
+def round_half_up(x: float) -> int:
+    """``round`` with halves going up (Python's ``round`` rounds halves to even: round(0.5*1) == 0)."""
+    return int(math.floor(x + 0.5))
+
+
+def _check_ratio(name: str, r) -> float:
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) <= 1.0:
+        raise BudgetError(f"{name}={r!r} must be a number in [0, 1] (share of the budget); pass e.g. {name}=0.5")
+    return float(r)
+
+
+def _check_space(name: str) -> str:
+    if name not in FEATURE_SPACES:
+        from prunelab.errors import UnknownNameError
+
+        raise UnknownNameError(f"unknown feature space {name!r}; pass features='vision' or features='projected'")
+    return name
+
+
+# --------------------------------------------------------------------------------------------------------------
+# VisPruner
+
+
+def vispruner_select(
+    features: torch.Tensor, attention: torch.Tensor, budget: int, important_ratio: float = 0.5, step: int = 8
+) -> tuple[torch.Tensor, dict]:
+    """VisPruner's selection (methods-spec §2.3); returns ``(sorted kept indices, stats)``.
+
+    ``T_imp = int(T * important_ratio)`` tokens with the largest attention are *important*. The other tokens,
+    in descending attention order, form the residual list; on L2-normalised ``features`` the method repeats,
+    while the list is longer than ``T_div = T - T_imp``:
+
+    * ``r = min(step, R - T_div)``; split the list into A (even positions) and B (odd positions);
+    * score each A-token by its largest cosine similarity to any B-token;
+    * drop the ``r`` highest-scoring (most duplicated) A-tokens; the new list is the surviving A-tokens in
+      descending score order followed by all B-tokens (in their previous order).
+
+    Matches the source whenever it is well defined. Two edge cases the source does not handle (it assumes an
+    even ``R``, which holds for LLaVA's 576 tokens with an even ``T_imp``) are generalised here: for odd
+    ``R`` A holds the extra token and every surviving A-token is kept; when ``r`` exceeds ``|A|`` all of A is
+    dropped (the source does the same) and the loop goes on. With an empty B (``R == 1``) the lone A-token has
+    score ``-inf`` and is dropped only if ``T_div == 0``.
+    """
+    n = features.shape[0]
+    t_imp = int(budget * important_ratio)
+    t_div = budget - t_imp
+    order = _desc(attention)
+    important = order[:t_imp]
+    residual = order[t_imp:]
+    xn = features.detach().float()
+    xn = xn / xn.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    iterations = 0
+    while residual.numel() > t_div:
+        r_len = residual.numel()
+        r = min(step, r_len - t_div)
+        a_idx, b_idx = residual[0::2], residual[1::2]
+        if b_idx.numel():
+            scores = (xn[a_idx] @ xn[b_idx].T).max(dim=1).values
+        else:
+            scores = torch.full((a_idx.numel(),), float("-inf"))
+        keep_a = a_idx[_desc(scores)[r:]]
+        residual = torch.cat([keep_a, b_idx])
+        iterations += 1
+    kept = torch.sort(torch.cat([important, residual])).values
+    assert kept.numel() == budget and torch.unique(kept).numel() == budget <= n
+    return kept, {"n_important": int(t_imp), "n_diverse": int(t_div), "dedup_iterations": iterations}
+
+
+@register("VisPruner")
+class VisPruner(Pruner):
+    """VisPruner (ICCV'25, "Beyond Text-Visual Attention"; Theia-4869/VisPruner ``llava/model/llava_arch.py::
+    encode_images``), see :func:`vispruner_select`.
+
+    Parameters
+    ----------
+    important_ratio: share ``r`` of the budget taken by attention (``T_imp = int(T*r)``). The source's argparse
+        default is 0.5; its README runs T=128 with r=0.5 (64+64) and T=64 with r=0.75 (48+16).
+    step: most tokens removed per duplicate-removal iteration (8 in the source).
+
+    Scores: ``ctx.cls_attention`` (head mean of the layer -2 [CLS] row). Similarity: cosine of
+    ``ctx.features`` (vision tower layer -2, pre-projector). Output: kept patches in raster order.
+    """
+
+    family = "hybrid"
+    requires = ("attention",)
+    order = "raster"
+    source = "VisPruner (arXiv 2412.01818v2), Theia-4869/VisPruner llava/model/llava_arch.py::encode_images"
+
+    def __init__(self, important_ratio: float = 0.5, step: int = 8):
+        super().__init__(important_ratio=important_ratio, step=step)
+        self.important_ratio = _check_ratio("important_ratio", important_ratio)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise BudgetError(f"step={step!r} must be a positive integer (tokens dropped per iteration); use step=8")
+        self.step = step
+
+    def _select_ratio(self, ctx: VisualContext, budget: int, ratio: float) -> PruneResult:
+        kept, stats = vispruner_select(ctx.features, ctx.cls_attention, budget, ratio, self.step)
+        stats["ratio"] = ratio
+        return PruneResult(indices=kept, order="raster", stats=stats)
+
+    def select(self, ctx: VisualContext, budget: int) -> PruneResult:
+        return self._select_ratio(ctx, budget, self.important_ratio)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# VisionZip
+
+
+def visionzip_contextual_default(budget: int) -> int:
+    """Default number of contextual tokens for budget ``T``: ``round(T * 10 / 64)`` (halves up), at most ``T-1``.
+
+    The VisionZip README runs 64 tokens as 54 dominant (incl. CLS) + 10 contextual; the same 54:10 ratio gives
+    the paper's 128 = 108+20 and 192 = 162+30 settings exactly (those two are [UNVERIFIED from code]).
+    """
+    return min(round_half_up(budget * 10 / 64), budget - 1)
+
+
+@register("VisionZip")
+class VisionZip(Pruner):
+    """VisionZip (CVPR'25, arXiv 2412.04467; dvlab-research/VisionZip ``visionzip/clip_encoder.py::
+    CLIPVisionTower_VisionZip.forward``, ``visionzip/main.py::visionzip``, ``visionzip/utils.py``).
+
+    Budget ``T`` = dominant tokens (CLS included, as ``visionzip(model, dominant=54, contextual=10)`` passes
+    ``dominant - 1`` patches) + contextual tokens.
+
+    * Dominant: the CLS hidden state plus the ``T - contextual - 1`` patches with the largest [CLS] attention
+      (the source sums over heads; the head mean gives the same ranking), in raster order after the CLS.
+    * Contextual: the remaining ``R`` sequence rows (patches, raster order) are compared through the head-mean
+      layer -2 *keys* (``ctx.keys[-2]``, CLS at row 0), L2-normalised. Targets are every ``max(1, R // C)``-th
+      remaining row (first ``C``); every other remaining row joins its most similar target (argmax cosine, ties
+      to the first target); contextual token = target hidden state + mean of its members' hidden states (zero
+      when it has none).
+
+    Parameters
+    ----------
+    contextual: ``None`` (default) uses :func:`visionzip_contextual_default` (``round(T*10/64)``); an int
+        ``0 <= C <= T-1`` fixes it.
+    key_layer: which ``ctx.keys`` layer supplies the similarity metric (-2, the layer whose output are the
+        features, as ``apply_info`` flags ``layers[-2]``).
+
+    Output: ``tokens`` in vision space ``[CLS, dominant (raster), contextual (target raster order)]``,
+    ``indices`` ``[-1, dominant patches, target patches]``, order ``"cls_first_raster"``.
+    Needs ``ctx.cls_feature`` and ``ctx.keys[key_layer]``.
+    """
+
+    family = "hybrid"
+    requires = ("attention", "keys[-2]", "cls_feature")
+    order = "cls_first_raster"
+    source = "VisionZip (arXiv 2412.04467), dvlab-research/VisionZip visionzip/clip_encoder.py, utils.py, main.py"
+
+    def __init__(self, contextual: int | None = None, key_layer: int = -2):
+        super().__init__(contextual=contextual, key_layer=key_layer)
+        if contextual is not None and (isinstance(contextual, bool) or not isinstance(contextual, int) or contextual < 0):
+            raise BudgetError(f"contextual={contextual!r} must be None or a non-negative integer; e.g. contextual=10 for T=64")
+        self.contextual = contextual
+        self.key_layer = key_layer
+
+    def select(self, ctx: VisualContext, budget: int) -> PruneResult:
+        n = ctx.n_tokens
+        c_num = visionzip_contextual_default(budget) if self.contextual is None else self.contextual
+        if c_num > budget - 1:
+            raise BudgetError(
+                f"VisionZip needs room for the CLS token: contextual={c_num} must be <= T-1={budget - 1}; lower contextual or raise T"
+            )
+        if ctx.cls_feature is None:
+            raise CapabilityError("VisionZip passes the CLS hidden state to the LLM but ctx.cls_feature is None; build the context with the CLS feature of layer -2")
+        keys = ctx.require_qk(self.key_layer, "keys")
+        if keys.ndim != 3 or keys.shape[1] != n + 1:
+            raise CapabilityError(f"VisionZip needs keys of shape (H, {n + 1}, d) with CLS at row 0, got {tuple(keys.shape)}; rebuild the context")
+        n_dom_patches = budget - c_num - 1
+        dominant = torch.sort(_desc(ctx.cls_attention)[:n_dom_patches]).values
+
+        feats = ctx.features
+        cls = ctx.cls_feature.reshape(1, -1).to(feats.dtype)
+        parts = [cls, feats[dominant]]
+        target_patches = torch.empty(0, dtype=torch.long)
+        if c_num > 0:
+            taken = torch.zeros(n, dtype=torch.bool)
+            taken[dominant] = True
+            rest = torch.nonzero(~taken).squeeze(1)  # remaining patches, raster order
+            metric = keys.detach().float().mean(dim=0)[1:]  # head-mean keys of the patch rows
+            metric = metric[rest]
+            metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            r_len = rest.numel()  # >= c_num + 1 because T <= N
+            stride = max(1, r_len // c_num)
+            tpos = torch.arange(0, r_len, stride)[:c_num]
+            is_target = torch.zeros(r_len, dtype=torch.bool)
+            is_target[tpos] = True
+            mpos = torch.nonzero(~is_target).squeeze(1)
+            sim = metric[mpos] @ metric[tpos].T
+            assign = sim.argmax(dim=1)  # first maximum on ties
+            hid = feats[rest].float()
+            sums = torch.zeros(c_num, feats.shape[1]).index_add_(0, assign, hid[mpos])
+            counts = torch.bincount(assign, minlength=c_num).clamp_min(1)
+            contextual = hid[tpos] + sums / counts[:, None]
+            parts.append(contextual.to(feats.dtype))
+            target_patches = rest[tpos]
+            sizes = torch.bincount(assign, minlength=c_num)
+        tokens = torch.cat(parts, dim=0)
+        indices = torch.cat([torch.tensor([-1]), dominant, target_patches])
+        stats = {"n_dominant": n_dom_patches + 1, "n_contextual": c_num}
+        if c_num > 0:
+            stats["contextual_sizes"] = [int(s) for s in sizes.tolist()]
+        return PruneResult(indices=indices, tokens=tokens, token_space="vision", order="cls_first_raster", stats=stats)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# BAT adaptation
+
+
+@register("BAT")
+class BAT(Pruner):
+    """[RECONSTRUCTION/adaptation] "Beyond Attentive Tokens" (Long et al., CVPR'23) as a training-free LLaVA
+    pruner (methods-spec §2.12). BWLONG/BeyondAttentiveTokens publishes only a README, so this follows the
+    paper's idea — keep attentive tokens, summarise the inattentive ones by density-peak clustering — with
+    AgilePruner's fixed-ratio usage:
+
+    * ``T_att = round(T * attentive_ratio)`` (halves up) patches with the largest [CLS] attention are kept;
+    * the other ``N - T_att`` patches (raster order) are clustered with DPC-kNN
+      (:func:`prunelab.methods.clustering.dpc_knn`, SparseVLM ``utils.py::cluster_and_merge``) into
+      ``T - T_att`` clusters, each replaced by the mean of its members.
+
+    Parameters
+    ----------
+    attentive_ratio: attention share ``r`` of the budget (default 0.5, methods-spec §2.12).
+    features: feature space for clustering *and* for the merged tokens (``"vision"`` default: merge before the
+        projector as VisionZip does; ``"projected"`` merges projector outputs, which then bypass the projector).
+    k: DPC-kNN neighbourhood size (``None``: the number of clusters, as SparseVLM).
+
+    Output: ``T`` tokens ordered by their anchor patch (the attentive patch itself, or the cluster centre) in
+    raster order; ``indices`` are those anchors. A cluster with a single member reproduces that patch's row.
+    """
+
+    family = "hybrid"
+    requires = ("attention",)
+    order = "raster"
+    source = "[RECONSTRUCTION] BAT (CVPR'23, BWLONG/BeyondAttentiveTokens, no code) + SparseVLM utils.py::cluster_and_merge"
+
+    def __init__(self, attentive_ratio: float = 0.5, features: str = "vision", k: int | None = None):
+        super().__init__(attentive_ratio=attentive_ratio, features=features, k=k)
+        self.attentive_ratio = _check_ratio("attentive_ratio", attentive_ratio)
+        self.features = _check_space(features)
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise BudgetError(f"k={k!r} must be None or a positive integer (DPC-kNN neighbours)")
+        self.k = k
+
+    def _select_ratio(self, ctx: VisualContext, budget: int, ratio: float) -> PruneResult:
+        n = ctx.n_tokens
+        x = ctx.space(self.features)
+        t_att = min(round_half_up(budget * ratio), budget)
+        n_clu = budget - t_att
+        attentive = _desc(ctx.cls_attention)[:t_att]
+        anchors = [attentive]
+        rows = [x[attentive]]
+        stats = {"n_attentive": int(t_att), "n_clusters": int(n_clu), "ratio": ratio}
+        if n_clu > 0:
+            taken = torch.zeros(n, dtype=torch.bool)
+            taken[attentive] = True
+            rest = torch.nonzero(~taken).squeeze(1)
+            res = dpc_knn(x[rest], n_clu, self.k)
+            anchors.append(rest[res.centers])
+            rows.append(merge_clusters(x[rest], res.assignment, n_clu))
+            stats["max_cluster_size"] = int(res.sizes().max())
+        anchor = torch.cat(anchors)
+        tokens = torch.cat(rows).to(x.dtype)
+        perm = torch.argsort(anchor)
+        return PruneResult(indices=anchor[perm], tokens=tokens[perm], token_space=self.features, order="raster", stats=stats)
+
+    def select(self, ctx: VisualContext, budget: int) -> PruneResult:
+        return self._select_ratio(ctx, budget, self.attentive_ratio)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# attention + diversity mixture
+
+
+@register("AttnDiv")
+class AttnDiv(Pruner):
+    """[RECONSTRUCTION] AgilePruner's "DivPrune+FasterVLM" mixture (methods-spec §2.13).
+
+    The first ``k_att = round(T * attention_ratio)`` (halves up) tokens are FasterVLM's (largest [CLS]
+    attention); DivPrune's greedy max-min selection (``vbdi/divprune`` ``llava_arch.py::DivPrune``, shared core
+    :func:`prunelab.methods._greedy.maxmin_greedy`) then continues from that seed set up to ``T``. With
+    ``k_att == 0`` it is plain DivPrune (seeded with DivPrune's first pick); with ``k_att == T`` FasterVLM.
+
+    Parameters
+    ----------
+    attention_ratio: attention share ``r`` (default 0.5).
+    features: space of the distance matrix (``"projected"`` default, as DivPrune; ``"vision"``).
+    metric: ``"cosine"`` (DivPrune) or ``"l2"``.
+
+    Output: kept patches in raster order.
+    """
+
+    family = "hybrid"
+    requires = ("attention", "projected")
+    order = "raster"
+    source = "[RECONSTRUCTION] AgilePruner project page (analysis_enhancement.png); FasterVLM + vbdi/divprune llava_arch.py::DivPrune"
+
+    def __init__(self, attention_ratio: float = 0.5, features: str = "projected", metric: str = "cosine"):
+        super().__init__(attention_ratio=attention_ratio, features=features, metric=metric)
+        self.attention_ratio = _check_ratio("attention_ratio", attention_ratio)
+        self.features = _check_space(features)
+        if metric not in ("cosine", "l2"):
+            from prunelab.errors import UnknownNameError
+
+            raise UnknownNameError(f"unknown distance metric {metric!r}; pass metric='cosine' or metric='l2'")
+        self.metric = metric
+
+    def _select_ratio(self, ctx: VisualContext, budget: int, ratio: float) -> PruneResult:
+        k_att = min(round_half_up(budget * ratio), budget)
+        dist = distance_matrix(ctx.space(self.features), self.metric)
+        seeds = _desc(ctx.cls_attention)[:k_att].tolist() if k_att > 0 else [divprune_first_pick(dist)]
+        picked = maxmin_greedy(dist, budget, seeds)
+        return PruneResult(
+            indices=torch.sort(picked).values, order="raster", stats={"k_att": int(k_att), "ratio": ratio}
+        )
+
+    def select(self, ctx: VisualContext, budget: int) -> PruneResult:
+        return self._select_ratio(ctx, budget, self.attention_ratio)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# erank-guided split and its inverse
+
+
+def erank_split_ratio(
+    e_img: float, e_min: float, e_max: float, r_min: float, r_max: float, inverse: bool = False
+) -> float:
+    """Attention share for an image of input erank ``e_img`` (methods-spec §2.13) [RECONSTRUCTION].
+
+    erank-guided: ``r = r_max - (e_img - e_min)/(e_max - e_min) * (r_max - r_min)`` — a complex (high-erank)
+    image gets fewer attention tokens and more diversity tokens. Inverse rule: ``r = r_min + (...)*(r_max -
+    r_min)``. Both clipped to ``[r_min, r_max]``.
+    """
+    if not e_max > e_min:
+        raise CapabilityError(
+            f"erank statistics need e_max > e_min, got e_min={e_min}, e_max={e_max}; calibrate on several images or pass distinct e_min/e_max"
+        )
+    frac = (float(e_img) - e_min) / (e_max - e_min)
+    r = r_min + frac * (r_max - r_min) if inverse else r_max - frac * (r_max - r_min)
+    return float(min(max(r, r_min), r_max))
+
+
+class _ErankSplit:
+    """Mixin: replace a hybrid's fixed attention share by :func:`erank_split_ratio` of the image.
+
+    ``e_img`` = erank (:func:`prunelab.metrics.erank`, defaults: un-centred, singular values) of the ``N``
+    vision-layer patch features ``ctx.features``; ``e_min``/``e_max`` come from the explicit parameters or
+    else from ``ctx.erank_stats["min"/"max"]`` and must be computed the same way. Defaults ``r_min=0.25``,
+    ``r_max=0.75`` centre the range on the base methods' fixed default 0.5 (the paper's constants are
+    unknown, methods-spec §7.5).
+    """
+
+    inverse = False
+
+    def _init_erank(self, r_min, r_max, e_min, e_max):
+        self.r_min = _check_ratio("r_min", r_min)
+        self.r_max = _check_ratio("r_max", r_max)
+        if self.r_min > self.r_max:
+            raise BudgetError(f"r_min={r_min} exceeds r_max={r_max}; pass r_min <= r_max")
+        self.e_min = None if e_min is None else float(e_min)
+        self.e_max = None if e_max is None else float(e_max)
+
+    def _stats_bounds(self, ctx: VisualContext) -> tuple[float, float]:
+        stats = ctx.erank_stats or {}
+        e_min = self.e_min if self.e_min is not None else stats.get("min")
+        e_max = self.e_max if self.e_max is not None else stats.get("max")
+        if e_min is None or e_max is None:
+            raise CapabilityError(
+                f"{self.name} needs the min/max input erank of a calibration set; pass e_min=..., e_max=... "
+                "or build the context with erank_stats={'min': .., 'max': ..}"
+            )
+        return float(e_min), float(e_max)
+
+    def select(self, ctx: VisualContext, budget: int) -> PruneResult:
+        e_min, e_max = self._stats_bounds(ctx)
+        e_img = float(erank(ctx.features))
+        r = erank_split_ratio(e_img, e_min, e_max, self.r_min, self.r_max, inverse=self.inverse)
+        res = self._select_ratio(ctx, budget, r)
+        res.stats.update({"r_used": r, "erank_input": e_img, "e_min": e_min, "e_max": e_max,
+                          "rule": "inverse" if self.inverse else "erank"})
+        return res
+
+
+@register("VisPruner+erank")
+class VisPrunerErank(_ErankSplit, VisPruner):
+    """[RECONSTRUCTION] VisPruner whose ``important_ratio`` follows the erank-guided mapping
+    (:func:`erank_split_ratio`, AgilePruner "analysis-driven enhancement"); see :class:`_ErankSplit`."""
+
+    def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
+                 e_max: float | None = None, step: int = 8):
+        VisPruner.__init__(self, step=step)
+        self._params.update(r_min=r_min, r_max=r_max, e_min=e_min, e_max=e_max)
+        self._params.pop("important_ratio", None)
+        self._init_erank(r_min, r_max, e_min, e_max)
+
+
+@register("VisPruner+inverse")
+class VisPrunerInverse(VisPrunerErank):
+    """[RECONSTRUCTION] Inverse-rule ablation of :class:`VisPrunerErank` (complex image -> more attention)."""
+
+    inverse = True
+
+
+@register("BAT+erank")
+class BATErank(_ErankSplit, BAT):
+    """[RECONSTRUCTION] BAT adaptation whose ``attentive_ratio`` follows the erank-guided mapping
+    (:func:`erank_split_ratio`); see :class:`_ErankSplit`."""
+
+    def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
+                 e_max: float | None = None, features: str = "vision", k: int | None = None):
+        BAT.__init__(self, features=features, k=k)
+        self._params.update(r_min=r_min, r_max=r_max, e_min=e_min, e_max=e_max)
+        self._params.pop("attentive_ratio", None)
+        self._init_erank(r_min, r_max, e_min, e_max)
+
+
+@register("BAT+inverse")
+class BATInverse(BATErank):
+    """[RECONSTRUCTION] Inverse-rule ablation of :class:`BATErank`."""
+
+    inverse = True
+
+
+@register("AttnDiv+erank")
+class AttnDivErank(_ErankSplit, AttnDiv):
+    """[RECONSTRUCTION] Attention+diversity mixture whose ``attention_ratio`` follows the erank-guided mapping
+    (:func:`erank_split_ratio`); see :class:`_ErankSplit`."""
+
+    def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
+                 e_max: float | None = None, features: str = "projected", metric: str = "cosine"):
+        AttnDiv.__init__(self, features=features, metric=metric)
+        self._params.update(r_min=r_min, r_max=r_max, e_min=e_min, e_max=e_max)
+        self._params.pop("attention_ratio", None)
+        self._init_erank(r_min, r_max, e_min, e_max)
+
+
+@register("AttnDiv+inverse")
+class AttnDivInverse(AttnDivErank):
+    """[RECONSTRUCTION] Inverse-rule ablation of :class:`AttnDivErank`."""
+
+    inverse = True
+
+
+__all__ = [
+    "VisPruner",
+    "VisionZip",
+    "BAT",
+    "AttnDiv",
+    "VisPrunerErank",
+    "VisPrunerInverse",
+    "BATErank",
+    "BATInverse",
+    "AttnDivErank",
+    "AttnDivInverse",
+    "vispruner_select",
+    "visionzip_contextual_default",
+    "erank_split_ratio",
+    "round_half_up",
+]
