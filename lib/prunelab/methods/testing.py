@@ -140,4 +140,29 @@ def context_from(
     )
 
 
-__all__ = ["SeededProjector", "make_context", "make_contexts", "context_from"]
+def check_result(ctx: VisualContext, res, budget: int, *, exact: bool = True) -> None:
+    """Assert the invariants every pre-LLM :class:`~prunelab.methods.base.PruneResult` must satisfy.
+
+    * ``exact``: ``n_kept == budget`` (pass ``False`` for adaptive methods);
+    * ``indices`` is 1-D, every real index in ``0..N-1`` and distinct (``-1`` placeholders allowed);
+    * ``tokens`` (if any) has one row per index;
+    * order policy ``"raster"``: indices strictly increasing (no placeholders). Other policies depend on the
+      method's own score (``"attention"``) or layout (``"cls_first_raster"``): their tests check them.
+    """
+    idx = res.indices
+    assert idx.ndim == 1, f"indices must be 1-D, got {tuple(idx.shape)}"
+    if exact:
+        assert res.n_kept == budget, f"kept {res.n_kept} tokens, budget {budget}"
+    real = idx[idx >= 0]
+    assert bool(((idx >= 0) | (idx == -1)).all()), "negative indices other than -1"
+    assert bool((real < ctx.n_tokens).all()), "index out of range"
+    assert real.unique().numel() == real.numel(), "duplicate indices"
+    if res.tokens is not None:
+        assert res.tokens.shape[0] == idx.numel(), "tokens and indices disagree in length"
+        assert torch.isfinite(res.tokens).all(), "non-finite tokens"
+    if res.order == "raster":
+        assert bool((idx >= 0).all()), "raster-order results cannot hold placeholders"
+        assert bool((idx[1:] > idx[:-1]).all()), "raster order violated"
+
+
+__all__ = ["SeededProjector", "make_context", "make_contexts", "context_from", "check_result"]
