@@ -1,0 +1,10 @@
+"""The emoji-COCO toy world: seeded scenes of Noto colour emoji with exact ground truth (DESIGN.md).
+
+Modules: :mod:`.font` (the Debian emoji font), :mod:`.categories` (COCO categories, emoji, contexts and
+co-occurrence priors), :mod:`.scenes` (scene records, rendering, patch masks), :mod:`.text` (detailed
+descriptions and POPE questions), :mod:`.splits` (fixed train/val/test splits and the committed test manifest).
+"""
+from prunelab.toyworld.categories import CATEGORIES, CATEGORY_NAMES, CONTEXT_NAMES  # noqa: F401
+from prunelab.toyworld.scenes import (  # noqa: F401
+    CANVAS, GRID, PATCH, Scene, SceneObject, make_scene, patch_masks, render, render_array,
+)
