@@ -387,7 +387,8 @@ class _ErankSplit:
 
     ``e_img`` = erank (:func:`prunelab.metrics.erank`, defaults: un-centred, singular values) of the ``N``
     vision-layer patch features ``ctx.features``; ``e_min``/``e_max`` come from the explicit parameters or
-    else from ``ctx.erank_stats["min"/"max"]`` and must be computed the same way. Defaults ``r_min=0.25``,
+    else from ``ctx.erank_stats["min"/"max"]`` and must be computed the same way (the defaults of
+    :func:`prunelab.methods.adaptive.calibrate_erank` are). Defaults ``r_min=0.25``,
     ``r_max=0.75`` centre the range on the base methods' fixed default 0.5 (the paper's constants are
     unknown, methods-spec §7.5).
     """
@@ -408,8 +409,8 @@ class _ErankSplit:
         e_max = self.e_max if self.e_max is not None else stats.get("max")
         if e_min is None or e_max is None:
             raise CapabilityError(
-                f"{self.name} needs the min/max input erank of a calibration set; pass e_min=..., e_max=... "
-                "or build the context with erank_stats={'min': .., 'max': ..}"
+                f"{self.name} needs the min/max input erank of a calibration set; pass e_min=..., e_max=... or set "
+                "ctx.erank_stats = prunelab.methods.adaptive.calibrate_erank(contexts)"
             )
         return float(e_min), float(e_max)
 
