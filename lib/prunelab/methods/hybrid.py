@@ -90,6 +90,8 @@ def vispruner_select(
     xn = features.detach().float()
     xn = xn / xn.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     iterations = 0
+    if t_div == 0:
+        residual = residual[:0]  # nothing diverse to keep; the loop would just empty the list
     while residual.numel() > t_div:
         r_len = residual.numel()
         r = min(step, r_len - t_div)
