@@ -283,6 +283,15 @@ def test_bad_budget_raises(name, bad, ctx):
         get_pruner(name)(ctx, bad)
 
 
+def test_declared_policies():
+    for name in ALL:
+        p = get_pruner(name)
+        assert p.family == "attention" and p.stage == "pre_llm" and p.positions == "contiguous"
+        assert p.adaptive == (name in ("PruMerge", "PruMerge+"))
+        assert p.order == ("raster" if name == "FasterVLM" else "attention")
+        assert p.source
+
+
 def test_prune_attaches_stats_for_merged_tokens(ctx):
     res = prune(ctx, "PruMerge+fixed", 8)
     assert res.stats["n_kept"] == 8 and "erank_kept_projected" in res.stats

@@ -178,6 +178,7 @@ def _finish_prumerge(
 class _PruMergeBase(Pruner):
     family = "attention"
     requires = ("keys[-1]", "queries[-1]")
+    adaptive = True  # the output count comes from the IQR rule, not from T
     order = "attention"
     _plus = False
 
