@@ -62,8 +62,8 @@ class Category:
     name: str
     variants: tuple[Variant, ...]
     nouns: tuple[Noun, ...]
-    #: a category whose objects come in pairs ("a pair of skis")
-    pair_noun: bool = False
+    #: a unit word for mass-like or pair nouns ("a pair of skis", "a head of broccoli"), else None
+    measure: str | None = None
 
     @property
     def coco_index(self) -> int:
@@ -85,8 +85,8 @@ def V(cp: str, *nouns: Noun) -> Variant:
     return Variant(cp, tuple(nouns))
 
 
-def _cat(name, variants, nouns, pair=False) -> Category:
-    return Category(name, tuple(variants), tuple(nouns), pair)
+def _cat(name, variants, nouns, measure=None) -> Category:
+    return Category(name, tuple(variants), tuple(nouns), measure)
 
 
 CATEGORIES: tuple[Category, ...] = (
@@ -119,7 +119,7 @@ CATEGORIES: tuple[Category, ...] = (
     _cat("tie", [V("1F454")], [N("tie")]),
     _cat("suitcase", [V("1F9F3")], [N("suitcase")]),
     _cat("frisbee", [V("1F94F")], [N("frisbee")]),
-    _cat("skis", [V("1F3BF")], [N("skis", "skis")], pair=True),
+    _cat("skis", [V("1F3BF")], [N("skis", "skis")], measure="pair"),
     _cat("sports ball", [V("26BD", N("soccer ball")), V("1F3C0"), V("26BE"), V("1F3D0")],
          [N("ball"), N("sports ball")]),
     _cat("kite", [V("1FA81")], [N("kite")]),
@@ -135,7 +135,7 @@ CATEGORIES: tuple[Category, ...] = (
     _cat("apple", [V("1F34E"), V("1F34F")], [N("apple")]),
     _cat("sandwich", [V("1F96A"), V("1F354", N("burger"), N("hamburger"))], [N("sandwich")]),
     _cat("orange", [V("1F34A")], [N("orange")]),
-    _cat("broccoli", [V("1F966")], [N("broccoli", "broccoli")]),
+    _cat("broccoli", [V("1F966")], [N("broccoli", "broccoli")], measure="head"),
     _cat("carrot", [V("1F955")], [N("carrot")]),
     _cat("hot dog", [V("1F32D")], [N("hot dog")]),
     _cat("pizza", [V("1F355")], [N("pizza")]),
@@ -146,7 +146,7 @@ CATEGORIES: tuple[Category, ...] = (
     _cat("potted plant", [V("1FAB4")], [N("potted plant"), N("houseplant")]),
     _cat("bed", [V("1F6CF")], [N("bed")]),
     _cat("toilet", [V("1F6BD")], [N("toilet")]),
-    _cat("tv", [V("1F4FA")], [N("television"), N("tv")]),
+    _cat("tv", [V("1F4FA")], [N("television"), N("TV", None)]),
     _cat("laptop", [V("1F4BB")], [N("laptop"), N("laptop computer"), N("computer")]),
     _cat("mouse", [V("1F5B1")], [N("mouse", "mice")]),
     _cat("keyboard", [V("2328")], [N("keyboard")]),
@@ -154,7 +154,7 @@ CATEGORIES: tuple[Category, ...] = (
     _cat("book", [V("1F4D5"), V("1F4D7"), V("1F4D8"), V("1F4D9"), V("1F4D6")], [N("book")]),
     _cat("clock", [V("23F0"), V("1F570")], [N("clock")]),
     _cat("vase", [V("1F3FA")], [N("vase")]),
-    _cat("scissors", [V("2702")], [N("scissors", "scissors")], pair=True),
+    _cat("scissors", [V("2702")], [N("scissors", "scissors")], measure="pair"),
     _cat("teddy bear", [V("1F9F8")], [N("teddy bear")]),
     _cat("toothbrush", [V("1FAA5")], [N("toothbrush")]),
 )

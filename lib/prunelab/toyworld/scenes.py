@@ -269,18 +269,18 @@ def _sample_background(rng, complexity: str) -> dict:
     elif kind == "gradient":
         c1, c2 = (names[i] for i in rng.choice(len(names), 2, replace=False))
         bg.update(colour=c1, colour2=c2, direction=_choice(rng, ["vertical", "horizontal", "diagonal"]),
-                  phrase=f"a background fading from {c1} to {c2}")
+                  phrase=f"a gradient from {c1} to {c2}")
     elif kind == "noise":
         bg.update(cells=int(rng.integers(3, 11)), grain=float(rng.uniform(4, 18)),
-                  phrase="a blotchy multicoloured background")
+                  phrase="a blotchy multicoloured pattern")
     elif kind == "shapes":
         n = int(rng.integers(10, 25)) if complexity == "medium" else int(rng.integers(25, 60))
         c = _choice(rng, names)
-        bg.update(colour=c, n_shapes=n, phrase=f"a {c} background cluttered with coloured shapes")
+        bg.update(colour=c, n_shapes=n, phrase=f"a {c} surface cluttered with coloured shapes")
     elif kind in ("texture", "soft texture"):
         t = _choice(rng, list(TEXTURES))
         bg.update(texture=t, scale=float(rng.uniform(0.6, 1.6)), strength=1.0 if kind == "texture" else 0.45,
-                  phrase=TEXTURES[t][1] if kind == "texture" else f"a faint pattern of {TEXTURES[t][1]}")
+                  phrase=TEXTURES[t][1] if kind == "texture" else f"a faint {t} pattern")
     elif kind == "photo":
         p = _choice(rng, list(PHOTOS))
         bg.update(photo=p, zoom=float(rng.uniform(0.6, 1.0)), phrase=PHOTOS[p][2])
