@@ -1,0 +1,564 @@
+"""The one experiment loop of the study: image set x methods x budgets -> a tidy table.
+
+``run_vision(image_set, methods, budgets, ...)`` runs every pre-LLM pruning method at every budget on every
+image and returns a pandas DataFrame with **one row per image x method x budget** (columns in
+:data:`VISION_COLUMNS`):
+
+* ``erank_kept_{vision,projected}``: effective rank (Roy & Vetterli; :func:`prunelab.metrics.erank`, default
+  options) of the kept tokens, pre-projector and as the LLM receives them (methods-spec §3.1; the same numbers
+  :func:`prunelab.methods.base.prune` attaches);
+* ``erank_full_*``: the same for all ``N`` tokens of the image; ``erank_random_*``: mean over ``n_random``
+  seeded uniform random subsets of the same size as the kept set (the "what would chance keep" reference);
+* ``attention_entropy`` (nats) and ``attention_entropy_norm`` (/ log N) of the image's [CLS] attention
+  (§3.2), ``attention_mass_kept`` (share of [CLS] attention on directly kept patches);
+* ``kept_indices`` (list, output order, ``-1`` = a token with no single source patch), ``n_kept``,
+  ``select_time_s`` (wall time of the method's selection alone), ``method_stats`` (JSON of the method's own
+  per-image numbers, e.g. AgilePruner's ``rho``).
+
+Erank statistics. AgilePruner and the erank-guided hybrids need the dataset's input-erank statistics; unless
+``erank_stats`` is given they are calibrated on the image set itself (mean/min/max/std of ``erank_full_vision``,
+exactly :func:`prunelab.methods.adaptive.calibrate_erank` with its defaults) before any pruning, and stored in
+``df.attrs["erank_stats"]``.
+
+Caching and resuming. Per-image image statistics and per-image result rows are written atomically as small CSV
+files under ``cache_dir`` (default ``<prunelab cache>/runs``), keyed by a SHA-256 of everything that determines
+them: encoder fingerprint (tower weights, preprocessing, projector), image set and id, method names and
+parameters, budgets, seed, ``n_random``, erank statistics and the source of the code that computes the rows.
+An interrupted run resumes at the first image without results; a finished run is read back in one file.
+
+Generation fields (caption, CHAIR, POPE) are added later by the model adapter: a ``run_generation`` with the same
+keys (``image_set, image_id, method, budget``) can be merged onto this table.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import pandas as pd
+import torch
+
+from prunelab.errors import PrunelabError, UnknownNameError, check_budget
+from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
+from prunelab.metrics import attention_entropy, erank
+from prunelab.paths import REPO_ROOT, atomic_write, cache_dir as _cache_dir
+
+CACHE_FORMAT = 1  # bump when the meaning of a column changes
+
+VISION_COLUMNS = [
+    "image_set", "image_id", "complexity", "method", "family", "budget", "seed", "n_tokens", "n_kept",
+    "erank_kept_vision", "erank_kept_projected", "erank_full_vision", "erank_full_projected",
+    "erank_random_vision", "erank_random_projected", "attention_entropy", "attention_entropy_norm",
+    "attention_mass_kept", "select_time_s", "kept_indices", "method_stats",
+]
+IMAGE_COLUMNS = ["erank_full_vision", "erank_full_projected", "attention_entropy", "attention_entropy_norm", "n_tokens"]
+
+# Code whose change must invalidate cached rows.
+_CODE_FILES = ("runner.py", "metrics.py", "vision.py", "methods/*.py", "models/dinov2.py")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Methods
+
+
+@dataclass
+class MethodSpec:
+    """A method as the runner sees it: a display ``label`` and a configured :class:`Pruner`."""
+
+    label: str
+    pruner: Pruner
+
+    def key(self) -> dict[str, Any]:
+        return {"label": self.label, "name": self.pruner.name, "params": _jsonable(self.pruner.params())}
+
+
+def resolve_methods(methods) -> list[MethodSpec]:
+    """Normalise ``methods`` into :class:`MethodSpec` (labels unique).
+
+    Accepted items: a registered name (``"DivPrune"``), ``(name, params)`` or ``(label, name, params)`` tuples,
+    ``{"name": .., "params": .., "label": ..}`` dicts, or :class:`Pruner` instances. A name with non-default
+    parameters gets a label that shows them, unless a label is given.
+    """
+    if isinstance(methods, (str, Pruner)) or isinstance(methods, dict):
+        methods = [methods]
+    specs: list[MethodSpec] = []
+    for m in methods:
+        label = None
+        if isinstance(m, Pruner):
+            pruner = m
+        elif isinstance(m, str):
+            pruner = get_pruner(m)
+        elif isinstance(m, dict):
+            label = m.get("label")
+            pruner = get_pruner(m["name"], **dict(m.get("params") or {}))
+        elif isinstance(m, (tuple, list)) and len(m) == 2:
+            pruner = get_pruner(m[0], **dict(m[1] or {}))
+        elif isinstance(m, (tuple, list)) and len(m) == 3:
+            label, pruner = m[0], get_pruner(m[1], **dict(m[2] or {}))
+        else:
+            raise UnknownNameError(f"cannot read method {m!r}; pass a name, (name, params), (label, name, params) or a Pruner")
+        if label is None:
+            default = type(pruner)().params() if _constructible(pruner) else {}
+            changed = {k: v for k, v in pruner.params().items() if default.get(k, object()) != v}
+            label = pruner.name + (f"({', '.join(f'{k}={v}' for k, v in sorted(changed.items()))})" if changed else "")
+        specs.append(MethodSpec(str(label), pruner))
+    labels = [s.label for s in specs]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise UnknownNameError(f"method label(s) {', '.join(dup)} given twice; drop the duplicate or pass distinct labels")
+    return specs
+
+
+def _constructible(pruner: Pruner) -> bool:
+    try:
+        type(pruner)()
+        return True
+    except Exception:  # a pruner with required arguments has no "default" to compare with
+        return False
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Encoders: images -> VisualContext
+
+
+class VisionEncoder:
+    """The default encoder: the offline DINOv2-S/14 tower via :func:`prunelab.vision.encode_images`.
+
+    ``projector`` (optional, ``(M, C) -> (M, D)``) provides the ``"projected"`` space (e.g. ToyLLaVA's trained
+    projector); ``qk_layers`` are the layers whose queries/keys methods may read (VisionZip: -2, PruMerge: -1).
+    Features are cached on disk by :mod:`prunelab.vision`.
+    """
+
+    def __init__(self, tower=None, *, projector=None, qk_layers: Sequence[int] = (-2, -1), batch_size: int = 8,
+                 pad_to_square: bool = False, device: str = "auto", progress: bool | None = False):
+        self._tower = tower
+        self.projector = projector
+        self.qk_layers = tuple(qk_layers)
+        self.batch_size = int(batch_size)
+        self.pad_to_square = bool(pad_to_square)
+        self.device = device
+        self.progress = progress
+
+    @property
+    def tower(self):
+        if self._tower is None:
+            from prunelab import vision
+
+            tower = vision.default_tower()
+            if self.device not in (None, "cpu"):
+                from prunelab.device import resolve_device
+
+                tower = tower.to(resolve_device(self.device))
+            self._tower = tower
+        return self._tower
+
+    @property
+    def fingerprint(self) -> str:
+        from prunelab import vision
+
+        proj = _module_fingerprint(self.projector) if self.projector is not None else "none"
+        return f"dinov2:{vision.tower_fingerprint(self.tower)[:16]}|qk={self.qk_layers}|pad={self.pad_to_square}|proj={proj}"
+
+    def __call__(self, images: list, ids: list[str]) -> list[VisualContext]:
+        from prunelab import vision
+
+        out = vision.encode_images(images, self.tower, batch_size=self.batch_size, qk_layers=self.qk_layers,
+                                   pad_to_square=self.pad_to_square, names=list(ids), progress=self.progress)
+        return [vision.to_context(out, i, self.projector, image_id=ids[i]) for i in range(len(ids))]
+
+
+class PixelPatchEncoder:
+    """A tiny, weight-free "tower" for tests and quick demos: image -> ``grid x grid`` patches of raw pixels.
+
+    Each patch's feature is its pixels average-pooled to ``pool x pool`` RGB values, centred per image; its
+    [CLS] attention is a softmax over the patch's distance from the image's mean colour (salient patches get
+    more mass). A seeded LLaVA-style GELU projector (:class:`prunelab.methods.testing.SeededProjector`) gives
+    the ``"projected"`` space. Deterministic; nothing to download. Not a substitute for DINOv2 in results.
+    """
+
+    def __init__(self, grid: int = 24, patch: int = 14, pool: int = 2, projected_dim: int | None = 32,
+                 temperature: float = 0.5, seed: int = 0):
+        from prunelab.methods.testing import SeededProjector
+
+        self.grid, self.patch, self.pool, self.temperature, self.seed = grid, patch, pool, temperature, seed
+        c = 3 * pool * pool
+        self.projector = SeededProjector(c, projected_dim, seed) if projected_dim else None
+
+    @property
+    def fingerprint(self) -> str:
+        d = self.projector.w2.shape[0] if self.projector is not None else 0
+        return f"pixels:g{self.grid}p{self.patch}k{self.pool}t{self.temperature}d{d}s{self.seed}"
+
+    def __call__(self, images: list, ids: list[str]) -> list[VisualContext]:
+        import numpy as np
+
+        out = []
+        side = self.grid * self.patch
+        for img, iid in zip(images, ids):
+            x = torch.from_numpy(np.asarray(img.convert("RGB").resize((side, side)), dtype=np.float32) / 255.0)
+            x = x.permute(2, 0, 1)[None]  # (1, 3, S, S)
+            pooled = torch.nn.functional.adaptive_avg_pool2d(x, self.grid * self.pool)[0]  # (3, G*k, G*k)
+            k, g = self.pool, self.grid
+            feats = pooled.reshape(3, g, k, g, k).permute(1, 3, 0, 2, 4).reshape(g * g, 3 * k * k)
+            feats = feats - feats.mean(0, keepdim=True)
+            mean_col = x.mean(dim=(2, 3))[0]
+            patch_col = torch.nn.functional.adaptive_avg_pool2d(x, g)[0].permute(1, 2, 0).reshape(g * g, 3)
+            sal = (patch_col - mean_col).norm(dim=1)
+            attn = torch.softmax(sal / self.temperature, dim=0)
+            out.append(VisualContext(features=feats, cls_attention=attn, projector=self.projector,
+                                     grid=(g, g), image_id=iid))
+        return out
+
+
+def _module_fingerprint(module) -> str:
+    if not isinstance(module, torch.nn.Module):
+        return f"{type(module).__module__}.{type(module).__qualname__}"
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-image quantities
+
+
+def image_stats(ctx: VisualContext) -> dict[str, float]:
+    """Image-level numbers: full-set erank (vision, projected if available) and [CLS] attention entropy."""
+    out = {
+        "n_tokens": ctx.n_tokens,
+        "erank_full_vision": float(erank(ctx.features)),
+        "erank_full_projected": float(erank(ctx.space("projected"))) if ctx.has_space("projected") else math.nan,
+        "attention_entropy": float(attention_entropy(ctx.cls_attention)),
+        "attention_entropy_norm": float(attention_entropy(ctx.cls_attention, normalized=True)),
+    }
+    return out
+
+
+def erank_stats_from(values: Iterable[float]) -> dict[str, float]:
+    """``{"mean","min","max","std","n"}`` of per-image input eranks — the dictionary
+    :func:`prunelab.methods.adaptive.calibrate_erank` returns for the same values."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if t.numel() == 0 or not torch.isfinite(t).all():
+        raise PrunelabError("cannot calibrate erank statistics: no images or a non-finite erank; check the image set")
+    return {"mean": float(t.mean()), "min": float(t.min()), "max": float(t.max()),
+            "std": float(t.std(unbiased=False)), "n": int(t.numel())}
+
+
+def _stable_int(*parts) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def random_subset_erank(ctx: VisualContext, size: int, n_random: int, seed: int) -> dict[str, float]:
+    """Mean (and std) erank of ``n_random`` uniform random subsets of ``size`` patches, per feature space.
+
+    Draws are seeded by ``(seed, image id, size)`` so every method with the same kept count sees the same subsets.
+    """
+    n = ctx.n_tokens
+    size = max(1, min(int(size), n))
+    out = {}
+    if n_random <= 0:
+        return {"erank_random_vision": math.nan, "erank_random_projected": math.nan}
+    g = torch.Generator().manual_seed(_stable_int(seed, ctx.image_id, size))
+    idx = torch.stack([torch.randperm(n, generator=g)[:size] for _ in range(n_random)])  # (R, size)
+    for space in ("vision", "projected"):
+        if not ctx.has_space(space):
+            out[f"erank_random_{space}"] = math.nan
+            continue
+        vals = erank(ctx.space(space)[idx])  # batched over the R draws
+        out[f"erank_random_{space}"] = float(vals.mean())
+    return out
+
+
+def _result_stats(ctx: VisualContext, res: PruneResult) -> dict[str, float]:
+    # Same definitions as prunelab.methods.base.prune (tests check they agree).
+    a = ctx.cls_attention.double()
+    pi = res.patch_indices
+    out = {
+        "n_kept": res.n_kept,
+        "attention_mass_kept": float(a[pi].sum() / a.sum()) if pi.numel() else 0.0,
+        "erank_kept_vision": math.nan,
+        "erank_kept_projected": math.nan,
+    }
+    if res.tokens is None or res.token_space == "vision":
+        out["erank_kept_vision"] = float(erank(res.output_tokens(ctx, "vision")))
+    if ctx.has_space("projected"):
+        out["erank_kept_projected"] = float(erank(res.output_tokens(ctx, "projected")))
+    return out
+
+
+def _scalar_stats(stats: dict) -> str:
+    keep = {}
+    for k, v in stats.items():
+        if k in ("method", "budget", "n_kept"):
+            continue
+        if isinstance(v, torch.Tensor):
+            v = v.item() if v.numel() == 1 else None
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            keep[k] = v
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def prune_image(ctx: VisualContext, specs: list[MethodSpec], budgets: Sequence[int], *, seed: int = 0,
+                n_random: int = 8) -> list[dict[str, Any]]:
+    """Rows for one image: every method at every budget (image-level columns not included)."""
+    rows = []
+    random_cache: dict[int, dict[str, float]] = {}
+    for spec in specs:
+        for budget in budgets:
+            t = check_budget(budget, ctx.n_tokens)
+            t0 = time.perf_counter()
+            try:
+                res = spec.pruner(ctx, t)
+            except PrunelabError as err:
+                raise type(err)(f"{spec.label} at T={t} on image {ctx.image_id}: {err}") from None
+            dt = time.perf_counter() - t0
+            row = {"method": spec.label, "family": spec.pruner.family, "budget": t, "select_time_s": dt}
+            row.update(_result_stats(ctx, res))
+            size = row["n_kept"]
+            if size not in random_cache:
+                random_cache[size] = random_subset_erank(ctx, size, n_random, seed)
+            row.update(random_cache[size])
+            row["kept_indices"] = [int(i) for i in res.indices.tolist()]
+            row["method_stats"] = _scalar_stats(res.stats)
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Cache files
+
+
+def _code_hash() -> str:
+    h = hashlib.sha256()
+    base = REPO_ROOT / "lib" / "prunelab"
+    for pattern in _CODE_FILES:
+        for f in sorted(base.glob(pattern)):
+            h.update(f.relative_to(base).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    out = df.copy()
+    if "kept_indices" in out:
+        out["kept_indices"] = out["kept_indices"].map(json.dumps)
+    buf = io.StringIO()
+    out.to_csv(buf, index=False)
+    with atomic_write(path, "w") as fh:
+        fh.write(buf.getvalue())
+
+
+def _normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Same dtypes whether rows were just computed or read back from CSV."""
+    df = df.copy()
+    df["image_id"] = df["image_id"].astype(str)
+    df["complexity"] = df["complexity"].astype(object).where(df["complexity"].notna(), None)
+    for col in ("budget", "seed", "n_tokens", "n_kept"):
+        df[col] = df[col].astype("int64")
+    return df
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_csv(path, keep_default_na=True, dtype={"image_id": str, "method_stats": str})
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None  # unreadable entry: recompute it
+    if "kept_indices" in df:
+        df["kept_indices"] = df["kept_indices"].map(json.loads)
+    return df
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def _items_of(image_set, n, seed):
+    from prunelab.data import ImageItem, load_image_set
+
+    if isinstance(image_set, str):
+        return image_set, load_image_set(image_set, n=n, seed=seed)
+    items = list(image_set)
+    if not items or not all(isinstance(it, ImageItem) for it in items):
+        raise UnknownNameError("image_set must be a set name such as 'photos' or a non-empty list of prunelab.data.ImageItem")
+    sources = sorted({it.source for it in items})
+    return "+".join(sources), items
+
+
+def _batches(seq, size):
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def run_vision(
+    image_set,
+    methods,
+    budgets: Sequence[int],
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    *,
+    n: int | None = None,
+    n_random: int = 8,
+    encoder: Callable[[list, list[str]], list[VisualContext]] | None = None,
+    device: str = "auto",
+    erank_stats: dict[str, float] | None = None,
+    batch_size: int = 8,
+    keep_in_memory: int = 256,
+    progress: bool | None = None,
+    refresh: bool = False,
+) -> pd.DataFrame:
+    """Run ``methods`` x ``budgets`` on every image of ``image_set``; one row per image x method x budget.
+
+    Parameters
+    ----------
+    image_set: a spec for :func:`prunelab.data.load_image_set` (``"photos"``, ``"toyworld:test"``,
+        ``"coco:<dir>"``) or a list of :class:`prunelab.data.ImageItem`.
+    methods: see :func:`resolve_methods`.
+    budgets: absolute token budgets ``T`` (e.g. ``[64, 128]``).
+    seed: selects the image subset (with ``n``) and seeds the random-subset baseline.
+    cache_dir: where result files go (default ``<prunelab cache>/runs``); ``False`` disables caching.
+    n: number of images (a nested, seeded subset; ``None`` = all).
+    n_random: random subsets per (image, kept size) for ``erank_random_*``.
+    encoder: ``callable(images, ids) -> [VisualContext]`` with a ``fingerprint`` attribute; default
+        :class:`VisionEncoder` (DINOv2-S/14) on ``device``.
+    erank_stats: input-erank statistics for calibrated methods; default: calibrated on this image set.
+    batch_size: images encoded per call; keep_in_memory: sets up to this size keep their contexts between the
+        calibration pass and the pruning pass (larger sets are re-encoded, which the feature cache makes cheap).
+    progress: tqdm bars (default: on a terminal); refresh: ignore cached results.
+
+    ``df.attrs`` holds ``erank_stats``, ``encoder``, ``run_key`` and ``image_set``.
+    """
+    from tqdm.auto import tqdm
+
+    specs = resolve_methods(methods)
+    if not specs:
+        raise UnknownNameError("no methods given; pass e.g. methods=['FasterVLM', 'DivPrune']")
+    budgets = [int(b) for b in budgets]
+    if not budgets:
+        raise UnknownNameError("no budgets given; pass e.g. budgets=[64, 128]")
+    set_name, items = _items_of(image_set, n, seed)
+    encoder = encoder if encoder is not None else VisionEncoder(device=device, batch_size=batch_size)
+    enc_fp = getattr(encoder, "fingerprint", None) or f"{type(encoder).__module__}.{type(encoder).__qualname__}"
+    use_cache = cache_dir is not False
+    root = Path(cache_dir) if cache_dir not in (None, False) else _cache_dir("runs")
+    code = _code_hash()
+    disable = None if progress is None else not progress
+
+    # Pass 1: image-level statistics (cached per image), contexts kept for small sets.
+    img_dir = root / "images" / _key([CACHE_FORMAT, enc_fp, code])
+    per_image: dict[str, dict[str, float]] = {}
+    contexts: dict[str, VisualContext] = {}
+    keep = len(items) <= keep_in_memory
+
+    def encode(batch):
+        ctxs = encoder([it.image for it in batch], [it.id for it in batch])
+        if len(ctxs) != len(batch):
+            raise PrunelabError(f"encoder returned {len(ctxs)} contexts for {len(batch)} images; fix the encoder")
+        for it in batch:
+            if not keep:
+                it.release()
+        return ctxs
+
+    def ipath(it):
+        return img_dir / f"{_key([it.source, it.id])}.json"
+
+    todo = []
+    for it in items:
+        p = ipath(it)
+        if use_cache and not refresh and p.is_file():
+            try:
+                per_image[it.id] = json.loads(p.read_text())
+                continue
+            except json.JSONDecodeError:
+                pass
+        todo.append(it)
+    with tqdm(total=len(todo), desc="image stats", unit="img", disable=disable or not todo) as bar:
+        for batch in _batches(todo, batch_size):
+            for it, ctx in zip(batch, encode(batch)):
+                st = image_stats(ctx)
+                per_image[it.id] = st
+                if use_cache:
+                    with atomic_write(ipath(it), "w") as fh:
+                        json.dump(st, fh)
+                if keep:
+                    contexts[it.id] = ctx
+            bar.update(len(batch))
+
+    stats = dict(erank_stats) if erank_stats is not None else erank_stats_from(per_image[it.id]["erank_full_vision"] for it in items)
+
+    # Pass 2: pruning rows (cached per image).
+    run_key = _key([CACHE_FORMAT, enc_fp, code, [s.key() for s in specs], budgets, seed, n_random, stats])
+    run_dir = root / "rows" / run_key
+    all_path = run_dir / f"all-{_key(sorted((it.source, it.id) for it in items))}.csv"
+    frames: dict[str, pd.DataFrame] = {}
+    df_all = _read_csv(all_path) if use_cache and not refresh else None
+    if df_all is None:
+        todo = []
+        for it in items:
+            cached = _read_csv(run_dir / f"{_key([it.source, it.id])}.csv") if use_cache and not refresh else None
+            if cached is not None:
+                frames[it.id] = cached
+            else:
+                todo.append(it)
+        with tqdm(total=len(todo), desc="pruning", unit="img", disable=disable or not todo) as bar:
+            for batch in _batches(todo, batch_size):
+                missing = [it for it in batch if it.id not in contexts]
+                fresh = dict(zip([it.id for it in missing], encode(missing))) if missing else {}
+                for it in batch:
+                    ctx = contexts.pop(it.id, None) or fresh[it.id]
+                    ctx.erank_stats = stats
+                    rows = prune_image(ctx, specs, budgets, seed=seed, n_random=n_random)
+                    img = per_image[it.id]
+                    for r in rows:
+                        r.update(image_set=set_name, image_id=it.id, complexity=it.complexity, seed=seed,
+                                 **{k: img[k] for k in IMAGE_COLUMNS})
+                    frame = pd.DataFrame(rows)[VISION_COLUMNS]
+                    if use_cache:
+                        _write_csv(frame, run_dir / f"{_key([it.source, it.id])}.csv")
+                    frames[it.id] = frame
+                    bar.update(1)
+        df_all = pd.concat([frames[it.id] for it in items], ignore_index=True)[VISION_COLUMNS]
+        if use_cache:
+            _write_csv(df_all, all_path)
+    df_all = _normalize(df_all)
+    df_all.attrs.update(erank_stats=stats, encoder=enc_fp, run_key=run_key, image_set=set_name)
+    return df_all
+
+
+def method_stats(df: pd.DataFrame) -> pd.DataFrame:
+    """Expand the JSON ``method_stats`` column into one column per statistic (``stat_<name>``)."""
+    parsed = df["method_stats"].map(lambda s: json.loads(s) if isinstance(s, str) and s else {})
+    wide = pd.DataFrame(parsed.tolist(), index=df.index).add_prefix("stat_")
+    return pd.concat([df, wide], axis=1)
+
+
+__all__ = [
+    "VISION_COLUMNS",
+    "MethodSpec",
+    "resolve_methods",
+    "VisionEncoder",
+    "PixelPatchEncoder",
+    "image_stats",
+    "erank_stats_from",
+    "random_subset_erank",
+    "prune_image",
+    "run_vision",
+    "method_stats",
+]
