@@ -1,0 +1,404 @@
+"""In-LLM pruners: FastV, PDrop (PyramidDrop), SparseVLM, DART (methods-spec §2.8-2.11).
+
+These methods drop visual tokens *inside* the language model, so they cannot be a function of a
+:class:`~prunelab.methods.base.VisualContext`; they are driven by :class:`prunelab.models.adapter.DecoderEditor`,
+which calls, during prefill (batch 1):
+
+* ``plan(n_layers, n_image, budget)`` -> :class:`Plan` (layers whose input the method reads / edits);
+* ``start(engine, embeds)`` before layer 0 (``embeds`` = the LLM input embeddings, ``(1, L, D)``);
+* ``observe(state, view)`` at the input of each ``plan.observe`` layer;
+* ``edit(state, view)`` at the input of each ``plan.edit`` layer -> :class:`~prunelab.models.adapter.LayerEdit`
+  (which current visual tokens survive, and optional new tokens), applied to that layer and all later ones;
+* ``describe(state)`` -> extra per-sample record fields.
+
+``view`` is a :class:`~prunelab.models.adapter.PrefillView` (current hidden states, visual / text positions, and
+``attention_rows`` / ``keys`` recomputed from a decoder layer's own ``input_layernorm``, ``q_proj``, ``k_proj``
+and RoPE, so no eager attention is needed).
+
+Budgets are absolute ``T`` (visual tokens out of ``N``). Because these methods keep all ``N`` tokens in the first
+layers, the adapter reports the **equivalent token count** ``T_eq = sum_l n_l / n_layers`` (SparseVLM issues
+#4/#10/#33) next to the nominal ``T``.
+
+Layer schedules are given for the 32-layer Vicuna-7B in the sources and are **scaled to the model's depth**
+(``round(l * n_layers / 32)``, made strictly increasing) so the same method runs on ToyLLaVA's 4 layers and the
+tiny test models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from prunelab.errors import BudgetError, CapabilityError
+from prunelab.methods.base import Pruner, PruneResult, VisualContext, register
+
+REFERENCE_DEPTH = 32  # Vicuna-7B, the depth the sources' layer indices refer to
+
+
+@dataclass
+class Plan:
+    observe: set[int] = field(default_factory=set)
+    edit: set[int] = field(default_factory=set)
+
+
+def scale_layers(layers, n_layers: int, lo: int = 0, hi: int | None = None) -> list[int]:
+    """Scale 32-layer indices to ``n_layers`` and make them strictly increasing within ``lo..hi``."""
+    hi = n_layers - 1 if hi is None else hi
+    out: list[int] = []
+    for layer in layers:
+        v = int(round(layer * n_layers / REFERENCE_DEPTH))
+        v = max(v, lo, (out[-1] + 1) if out else lo)
+        out.append(v)
+    if out and out[-1] > hi:
+        raise BudgetError(
+            f"the layer schedule {list(layers)} does not fit a {n_layers}-layer decoder; pass explicit layers"
+        )
+    return out
+
+
+def _topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest scores (stable ties to the lower index), returned in ascending order."""
+    order = torch.sort(scores.double(), descending=True, stable=True).indices[:k]
+    return torch.sort(order).values
+
+
+class InLLMPruner(Pruner):
+    """Base of in-LLM methods (``stage = "in_llm"``). Run them with :class:`prunelab.models.adapter.LlavaAdapter`."""
+
+    stage = "in_llm"
+    family = "in_llm"
+    requires = ()
+
+    def select(self, ctx: VisualContext, budget: int) -> PruneResult:
+        raise CapabilityError(
+            f"{self.name} prunes inside the language model and cannot run on a VisualContext; "
+            "run it with prunelab.models.adapter.LlavaAdapter(model).run(..., method=%r)" % self.name
+        )
+
+    def plan(self, n_layers: int, n_image: int, budget: int) -> Plan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start(self, engine, embeds: torch.Tensor) -> dict:
+        return {"budget": engine.budget, "n_image": engine.n_image, "n_layers": engine.n_layers}
+
+    def observe(self, state: dict, view) -> None:
+        pass
+
+    def edit(self, state: dict, view):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self, state: dict) -> dict:
+        return {}
+
+
+def _last_token_scores(view, layer_idx: int) -> torch.Tensor:
+    """Head-mean attention of the last prompt token over the current visual tokens at ``layer_idx``."""
+    rows = torch.tensor([view.last_pos], device=view.hidden.device)
+    att = view.attention_rows(layer_idx, rows)  # (H, 1, L)
+    return att.mean(0)[0, view.visual_pos]
+
+
+@register("FastV")
+class FastV(InLLMPruner):
+    """FastV: after layer ``K-1``, keep the ``T`` image tokens the last prompt token attends to most.
+
+    Source: FastV (ECCV'24, arXiv 2403.06764), ``pkunlp-icler/FastV``
+    ``src/transformers/src/transformers/models/llama/modeling_llama.py`` (FastV branch of ``LlamaModel.forward``:
+    attention probabilities of layer ``K-1``, head mean, query = last token, image columns; top-R sorted; kept
+    tokens keep their original position ids) and ``src/FastV/lmms-eval/fastv_kvcache.py`` (prune once at prefill,
+    then decode with the KV cache). The code uses the last token's row although the paper says "average
+    attention" (issues #14, #44); ``K=2`` is the README's setting and ``R = T`` gives the budget. Layers ``< K``
+    still see all ``N`` tokens: ``T_eq = (K·N + (n_layers-K)·T) / n_layers``.
+    """
+
+    positions = "original"
+    source = "arXiv 2403.06764; pkunlp-icler/FastV modeling_llama.py (FastV branch), fastv_kvcache.py"
+
+    def __init__(self, k: int = 2):
+        super().__init__(k=k)
+        if isinstance(k, bool) or int(k) < 1:
+            raise BudgetError(f"FastV needs K >= 1 (it reads layer K-1's attention), got K={k!r}; pass k=2")
+        self.k = int(k)
+
+    def plan(self, n_layers, n_image, budget):
+        if self.k >= n_layers:
+            raise BudgetError(f"FastV K={self.k} needs a decoder with more than {self.k} layers (has {n_layers}); pass a smaller k")
+        return Plan(observe={self.k - 1}, edit={self.k})
+
+    def observe(self, state, view):
+        state["scores"] = _last_token_scores(view, view.layer_idx)
+
+    def edit(self, state, view):
+        from prunelab.models.adapter import LayerEdit
+
+        return LayerEdit(keep_visual=_topk_sorted(state["scores"], state["budget"]))
+
+    def describe(self, state):
+        return {"prune_layers": [self.k]}
+
+
+@register("PDrop")
+class PDrop(InLLMPruner):
+    """PyramidDrop: at the start of each stage, rank the remaining image tokens by the last instruction token's
+    attention and keep a geometric fraction ``λ^s`` of the original ``N``.
+
+    Source: PyramidDrop (CVPR'25), ``Cooperx521/PyramidDrop`` ``llava/model/modeling_llama_pdrop.py::
+    pdrop_forward/pdrop_rank_drop`` (at stage boundary ``l``: layer ``l``'s ``input_layernorm``, ``q_proj``,
+    ``k_proj`` and RoPE on the current hidden states, causal softmax of the last token, head mean, image
+    columns; keep the top ``⌊N·λ_s⌋`` sorted; positions renumbered contiguously) and
+    ``scripts/v1_5/pdrop_eval/*.sh`` (``layer_list=[8,16,24]``, ``λ=[0.5,0.25,0.125]``).
+
+    Budget matching [RECONSTRUCTION, as the sources give no budget rule]: ``layers`` default to the source's
+    ``[8,16,24]`` scaled to the depth and the per-stage ratio ``λ`` (counts ``max(1, ⌊N·λ^s⌋)``) is the largest
+    one whose ``T_eq`` does not exceed ``T``. When even ``λ -> 0`` cannot reach ``T`` (the first stage alone keeps
+    all ``N`` tokens for ``l1`` layers), the boundaries move earlier to ``[l1, 2·l1, 3·l1]`` with the largest
+    feasible ``l1``. Pass ``layers`` and ``ratio`` to pin both.
+    """
+
+    positions = "contiguous"
+    source = "CVPR'25 PyramidDrop; Cooperx521/PyramidDrop llava/model/modeling_llama_pdrop.py::pdrop_forward"
+
+    def __init__(self, layers: tuple[int, ...] | None = None, ratio: float | None = None):
+        super().__init__(layers=layers, ratio=ratio)
+        self.layers = None if layers is None else tuple(int(x) for x in layers)
+        if ratio is not None and not 0.0 < float(ratio) <= 1.0:
+            raise BudgetError(f"PDrop ratio must be in (0, 1], got {ratio!r}; pass e.g. ratio=0.5")
+        self.ratio = None if ratio is None else float(ratio)
+
+    @staticmethod
+    def counts(n: int, ratio: float, stages: int) -> list[int]:
+        return [max(1, int(n * ratio ** s)) for s in range(1, stages + 1)]
+
+    @staticmethod
+    def equivalent(n: int, layers: list[int], counts: list[int], n_layers: int) -> float:
+        bounds = list(layers) + [n_layers]
+        total = layers[0] * n
+        for s, c in enumerate(counts):
+            total += (bounds[s + 1] - bounds[s]) * c
+        return total / n_layers
+
+    def schedule(self, n_layers: int, n: int, budget: int) -> tuple[list[int], list[int]]:
+        layers = list(self.layers) if self.layers is not None else scale_layers((8, 16, 24), n_layers, lo=1)
+        if any(not 0 <= x < n_layers for x in layers) or sorted(set(layers)) != layers:
+            raise BudgetError(f"PDrop layers {layers} must be increasing and within 0..{n_layers - 1}")
+        if self.ratio is not None:
+            return layers, self.counts(n, self.ratio, len(layers))
+        floor = self.equivalent(n, layers, [1] * len(layers), n_layers)
+        if floor > budget and self.layers is None:
+            l1 = max(0, min(layers[0], int((budget * n_layers - n_layers) // max(1, n - 1))))
+            step = max(1, l1)
+            layers = [l1 + i * step for i in range(3)]
+            layers = [x for x in layers if x < n_layers]
+            layers = sorted(set(layers))
+        lo, hi = 0.0, 1.0
+        for _ in range(60):  # bisection on a monotone step function
+            mid = (lo + hi) / 2
+            if self.equivalent(n, layers, self.counts(n, mid, len(layers)), n_layers) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        return layers, self.counts(n, lo, len(layers))
+
+    def plan(self, n_layers, n_image, budget):
+        self._layers, self._counts = self.schedule(n_layers, n_image, budget)
+        return Plan(observe=set(self._layers), edit=set(self._layers))
+
+    def start(self, engine, embeds):
+        st = super().start(engine, embeds)
+        st["layers"], st["counts"] = list(self._layers), list(self._counts)
+        return st
+
+    def observe(self, state, view):
+        state["scores"] = _last_token_scores(view, view.layer_idx)
+
+    def edit(self, state, view):
+        from prunelab.models.adapter import LayerEdit
+
+        s = state["layers"].index(view.layer_idx)
+        k = min(state["counts"][s], int(state["scores"].numel()))
+        return LayerEdit(keep_visual=_topk_sorted(state["scores"], k))
+
+    def describe(self, state):
+        return {"prune_layers": state["layers"], "schedule": state["counts"]}
+
+
+@register("SparseVLM")
+class SparseVLM(InLLMPruner):
+    """SparseVLM v1.5: text raters score visual tokens at three layers; pruned tokens are partly recycled.
+
+    Source: SparseVLM (ICML'25, arXiv 2410.04417), ``Gumpest/SparseVLMs`` branch ``v1.5``:
+    ``llava/model/language_model/modelling_sparse_llama.py`` (``LlamaModel.forward`` sparse branch),
+    ``score.py::attn_postprocess_topk``, ``utils.py::cluster_and_merge``.
+
+    * Raters (before layer 0, on the input embeddings): relevance of each text token after the image =
+      mean over visual tokens of ``softmax_text(visual · textᵀ)``; raters = text tokens above the mean relevance.
+    * At each sparse layer ``l`` (``[2, 6, 15]`` scaled to the depth): causal attention of layer ``l`` recomputed
+      from q/k, rows = raters, columns = current visual tokens, mean over heads and raters. The top ``k_l`` visual
+      tokens survive into layer ``l+1`` (positions renumbered contiguously, as the source truncates its position
+      tensor).
+    * Recycling: of the pruned tokens, the top ``int(0.3·n_pruned)+1`` by score are clustered with DPC-kNN
+      (:func:`prunelab.methods.clustering.cluster_and_merge`, Euclidean on the layer's hidden states) into
+      ``int(n/10)+1`` cluster means, inserted right after the kept visual tokens. This adds tokens, so ``T_eq``
+      exceeds the nominal budget (issue #33).
+    * Schedules ``k_l`` (v1.5): 192 -> [300, 200, 110]; 128 -> [303, 110, 36]; 64 -> [66, 30, 17].
+      [RECONSTRUCTION] other ``(N, T)``: the nearest table entry by ``T/N`` scaled by ``(T/N)/(T*/576)·N/576``.
+    """
+
+    positions = "contiguous"
+    source = "arXiv 2410.04417; Gumpest/SparseVLMs@v1.5 modelling_sparse_llama.py, score.py, utils.py"
+    SCHEDULES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
+
+    def __init__(self, layers: tuple[int, ...] | None = None, schedule: tuple[int, ...] | None = None,
+                 recycle: bool = True, recycle_ratio: float = 0.3):
+        super().__init__(layers=layers, schedule=schedule, recycle=recycle, recycle_ratio=recycle_ratio)
+        self.layers = None if layers is None else tuple(int(x) for x in layers)
+        self.schedule = None if schedule is None else tuple(int(x) for x in schedule)
+        self.recycle = bool(recycle)
+        self.recycle_ratio = float(recycle_ratio)
+
+    def counts(self, n: int, budget: int) -> list[int]:
+        if self.schedule is not None:
+            return list(self.schedule)
+        if n == 576 and budget in self.SCHEDULES:
+            return list(self.SCHEDULES[budget])
+        ref = min(self.SCHEDULES, key=lambda t: abs(t / 576 - budget / n))
+        scale = (budget / n) / (ref / 576) * n / 576
+        return [min(n, max(1, round(c * scale))) for c in self.SCHEDULES[ref]]
+
+    def plan(self, n_layers, n_image, budget):
+        self._layers = list(self.layers) if self.layers is not None else scale_layers((2, 6, 15), n_layers, hi=n_layers - 2)
+        if self._layers[-1] + 1 >= n_layers:
+            raise BudgetError(f"SparseVLM layers {self._layers} leave no layer to prune into (decoder has {n_layers}); pass smaller layers")
+        self._counts = self.counts(n_image, budget)
+        if len(self._counts) != len(self._layers):
+            raise BudgetError(f"SparseVLM needs one count per sparse layer, got {self._counts} for layers {self._layers}")
+        return Plan(observe=set(self._layers), edit={x + 1 for x in self._layers})
+
+    def start(self, engine, embeds):
+        st = super().start(engine, embeds)
+        st["layers"], st["counts"], st["recycled"] = list(self._layers), list(self._counts), []
+        e = embeds[0].float()
+        s, n = engine.image_start, engine.n_image
+        vis, txt = e[s:s + n], e[s + n:]
+        if txt.shape[0] == 0:
+            raise CapabilityError("SparseVLM needs instruction text after the image; put the question after <image>")
+        rel = torch.softmax(vis @ txt.T, dim=-1).mean(0)
+        raters = (rel > rel.mean()).nonzero().flatten()
+        if raters.numel() == 0:  # all relevances equal
+            raters = torch.arange(txt.shape[0])
+        st["raters_orig"] = (raters + s + n).to(embeds.device)
+        st["n_raters"] = int(raters.numel())
+        return st
+
+    def observe(self, state, view):
+        rows = view.pos_of_orig(state["raters_orig"])
+        att = view.attention_rows(view.layer_idx, rows)  # (H, R, L)
+        state["scores"] = att.mean(0)[:, view.visual_pos].mean(0)
+
+    def edit(self, state, view):
+        from prunelab.methods.clustering import cluster_and_merge
+        from prunelab.models.adapter import LayerEdit
+
+        s = state["layers"].index(view.layer_idx - 1)
+        scores = state["scores"]
+        n_cur = int(scores.numel())
+        k = min(state["counts"][s], n_cur)
+        order = torch.sort(scores.double(), descending=True, stable=True).indices
+        keep = torch.sort(order[:k]).values
+        extra = None
+        pruned = order[k:]
+        if self.recycle and pruned.numel() > 0:
+            m = min(int(pruned.numel() * self.recycle_ratio) + 1, int(pruned.numel()))
+            cand = pruned[:m]
+            n_clusters = min(int(m / 10) + 1, m)
+            rows = view.hidden[0, view.visual_pos[cand]]
+            extra, _ = cluster_and_merge(rows.float(), n_clusters)
+            extra = extra.to(view.hidden.dtype)
+            state["recycled"].append(n_clusters)
+        else:
+            state["recycled"].append(0)
+        return LayerEdit(keep_visual=keep, extra=extra)
+
+    def describe(self, state):
+        return {"prune_layers": [x + 1 for x in state["layers"]], "schedule": state["counts"],
+                "recycled_per_layer": state["recycled"], "n_raters": state["n_raters"]}
+
+
+@register("DART")
+class DART(InLLMPruner):
+    """DART: keep image tokens that are *least* duplicated with respect to a few pivot tokens.
+
+    Source: DART (arXiv 2502.11494), fork ``xqy1111111/DART`` of ``ZichenWen1/DART``
+    ``llava/model/language_model/modeling_llama_self.py::LlamaModel.forward`` and ``::get_retained_image_token``;
+    ``scripts/v1_5/eval/mme.sh``. At the input of layer ``K`` (default 2):
+
+    * pivots: the ``pivot_image`` image tokens and ``pivot_text`` text tokens (after the image) with the largest
+      L1 norm of their layer ``K-1`` keys (after RoPE, heads concatenated);
+    * for each pivot, the ``picks`` not-yet-chosen, non-pivot image tokens with the **lowest** cosine similarity
+      to the pivot in the space of layer ``K-1``'s output passed through the final ``model.norm``;
+    * kept = image pivots ∪ picks (text pivots are not added), original position ids.
+
+    ``picks = T // (pivot_image + pivot_text)`` (the source's ``max_num_trunction // 8``), so the kept count is
+    ``4 + 8·(T // 8)`` (132 for T=128), reported as ``n_kept``; ``match_budget=True`` instead spreads
+    ``T - pivot_image`` picks over the pivots (exactly ``T``). Pivot order [choice]: the source iterates a Python
+    set; here image pivots by descending norm, then text pivots by descending norm.
+    """
+
+    positions = "original"
+    source = "arXiv 2502.11494; xqy1111111/DART modeling_llama_self.py::get_retained_image_token"
+
+    def __init__(self, k: int = 2, pivot_image: int = 4, pivot_text: int = 4, match_budget: bool = False):
+        super().__init__(k=k, pivot_image=pivot_image, pivot_text=pivot_text, match_budget=match_budget)
+        if int(k) < 1:
+            raise BudgetError(f"DART needs K >= 1 (it reads layer K-1's keys), got K={k!r}; pass k=2")
+        self.k, self.pivot_image, self.pivot_text = int(k), int(pivot_image), int(pivot_text)
+        self.match_budget = bool(match_budget)
+
+    def plan(self, n_layers, n_image, budget):
+        if self.k >= n_layers:
+            raise BudgetError(f"DART K={self.k} needs a decoder with more than {self.k} layers (has {n_layers}); pass a smaller k")
+        return Plan(observe={self.k - 1}, edit={self.k})
+
+    def observe(self, state, view):
+        keys = view.keys(view.layer_idx).float()
+        norms = keys.abs().sum(-1)
+        state["img_norm"] = norms[view.visual_pos]
+        state["txt_norm"] = norms[view.text_after_pos]
+
+    def edit(self, state, view):
+        from prunelab.models.adapter import LayerEdit
+
+        budget = state["budget"]
+        hid = view.decoder.norm(view.hidden)[0].float()
+        vis_h = hid[view.visual_pos]
+        txt_h = hid[view.text_after_pos]
+        n = vis_h.shape[0]
+        n_pi = min(self.pivot_image, n, budget)
+        n_pt = min(self.pivot_text, txt_h.shape[0])
+        img_piv = torch.sort(state["img_norm"].double(), descending=True, stable=True).indices[:n_pi]
+        txt_piv = torch.sort(state["txt_norm"].double(), descending=True, stable=True).indices[:n_pt]
+        pivots = [vis_h[i] for i in img_piv] + [txt_h[i] for i in txt_piv]
+        n_piv = len(pivots)
+        if self.match_budget:
+            rest = max(0, budget - n_pi)
+            picks = [rest // n_piv + (1 if j < rest % n_piv else 0) for j in range(n_piv)]
+        else:
+            picks = [budget // n_piv] * n_piv
+        chosen = torch.zeros(n, dtype=torch.bool, device=hid.device)
+        chosen[img_piv] = True
+        vn = vis_h / vis_h.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        for p, m in zip(pivots, picks):
+            avail = (~chosen).nonzero().flatten()
+            if avail.numel() == 0 or m <= 0:
+                continue
+            sim = vn[avail] @ (p / p.norm().clamp_min(1e-8))
+            low = torch.sort(sim.double(), stable=True).indices[: min(m, avail.numel())]
+            chosen[avail[low]] = True
+        state["picks"] = picks
+        return LayerEdit(keep_visual=chosen.nonzero().flatten())
+
+    def describe(self, state):
+        return {"prune_layers": [self.k], "picks_per_pivot": state.get("picks")}
+
+
+__all__ = ["InLLMPruner", "Plan", "FastV", "PDrop", "SparseVLM", "DART", "scale_layers"]
