@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from prunelab.errors import BudgetError, CapabilityError
+from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
 from prunelab.methods._greedy import distance_matrix, divprune_first_pick, maxmin_greedy
 from prunelab.methods.base import FEATURE_SPACES, PruneResult, Pruner, VisualContext, register
 from prunelab.methods.clustering import dpc_knn, merge_clusters
@@ -51,8 +51,6 @@ def _check_ratio(name: str, r) -> float:
 
 def _check_space(name: str) -> str:
     if name not in FEATURE_SPACES:
-        from prunelab.errors import UnknownNameError
-
         raise UnknownNameError(f"unknown feature space {name!r}; pass features='vision' or features='projected'")
     return name
 
@@ -344,8 +342,6 @@ class AttnDiv(Pruner):
         self.attention_ratio = _check_ratio("attention_ratio", attention_ratio)
         self.features = _check_space(features)
         if metric not in ("cosine", "l2"):
-            from prunelab.errors import UnknownNameError
-
             raise UnknownNameError(f"unknown distance metric {metric!r}; pass metric='cosine' or metric='l2'")
         self.metric = metric
 
