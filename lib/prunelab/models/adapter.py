@@ -644,6 +644,13 @@ class LlavaAdapter:
             res["keys"][key] = split(store[("k", li)])
         return res
 
+    @torch.no_grad()
+    def contexts(self, pixel_values: torch.Tensor, qk_layers: Sequence[int] = (-1, -2), erank_stats=None) -> list[VisualContext]:
+        """One :class:`VisualContext` per image (no text), e.g. to calibrate erank statistics
+        (:func:`prunelab.methods.adaptive.calibrate_erank`) before a run."""
+        enc = self.encode_images(pixel_values, qk_layers)
+        return [self.context(enc, b, erank_stats=erank_stats) for b in range(pixel_values.shape[0])]
+
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         w = next(self.parts.projector.parameters())
         with torch.no_grad():
@@ -867,11 +874,15 @@ class LlavaAdapter:
         if output_logits:
             stacked = torch.stack(out.logits, dim=1).float().cpu()  # (B, steps, V)
             logits = [stacked[j, : len(seqs[j])] for j in range(len(samples))]
+        cache = getattr(out, "past_key_values", None)
+        kv_lens = None
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            kv_lens = [int(cache.get_seq_length(i)) for i in range(len(self.parts.text_layers))]
         prefill_s = calls[0][1] if calls else float("nan")
         decode_s = sum(t for _, t in calls[1:])
         timing = []
         for s in samples:
-            t = {"prefill_s": prefill_s, "decode_s": decode_s}
+            t = {"prefill_s": prefill_s, "decode_s": decode_s, "kv_len_per_layer": kv_lens}
             if s.editor is not None:
                 ed = s.editor
                 counts = ed.visual_counts[: len(self.parts.text_layers)]

@@ -1,0 +1,136 @@
+"""Text-conditioned pre-LLM pruning: CDPruner (methods-spec §2.7).
+
+CDPruner (NeurIPS'25, arXiv 2506.10967; ``Theia-4869/CDPruner`` ``llava/model/llava_arch.py::encode_images``,
+``llava/model/multimodal_encoder/clip_encoder.py::load_text_tower/forward``) selects a subset of visual tokens
+that is both diverse and relevant to the instruction by greedy MAP inference of a conditional DPP:
+
+1. similarity ``S = cos`` of the **projected** tokens (what the LLM receives), in float32;
+2. relevance ``r_i`` of each token to the instruction, min-max normalised over the image;
+3. kernel ``L = diag(r) · S · diag(r)``; greedy MAP (Chen, Zhang & Zhou, NeurIPS 2018, "Fast greedy MAP
+   inference for DPP": incremental Cholesky rows, pick the largest remaining marginal gain ``d_i²``) selects
+   exactly ``T`` tokens; indices sorted (raster order), positions contiguous.
+
+**Relevance space — a documented deviation.** The source embeds the image tokens with CLIP's ``post_layernorm`` +
+``visual_projection`` and the instruction with CLIP's text tower (77-token segments), and uses the *negated*
+cosine (an empirical choice its author confirmed, issues #14/#19: "observed only in CLIP"). Neither ToyLLaVA
+(DINOv2 tower) nor a llava-hf checkpoint carries a CLIP text tower, and none can be downloaded here. So, when no
+CLIP text embedding is supplied, relevance is measured in the **LLM's own input-embedding space**: the projected
+visual tokens against the LLM input embeddings of the instruction tokens (``ctx.text_embeds``, filled by the
+adapter with the tokens after the image). This is the space where the LLM itself compares image and text
+inputs, it needs no extra weights, and both sides are what the LLM actually reads. The instruction is pooled into
+one vector (mean of its token embeddings: the analogue of one CLIP text segment); ``pooling="tokens"`` averages
+per-token cosines instead. ``negate`` keeps the source's sign flip by default (faithful to the code); since the
+flip was tuned for CLIP space, ``negate=False`` is exposed for the ablation. ``theta`` enables the source's
+commented-out variant ``r <- exp(alpha·r)``, ``alpha = theta / (2(1 - theta))``.
+"""
+from __future__ import annotations
+
+import torch
+
+from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
+from prunelab.methods.base import Pruner, PruneResult, VisualContext, register
+
+POOLINGS = ("mean", "tokens")
+
+
+def dpp_greedy_map(kernel: torch.Tensor, k: int, eps: float = 1e-10) -> torch.Tensor:
+    """Greedy MAP inference for a DPP with PSD ``kernel`` ``(N, N)``: ``k`` indices in selection order.
+
+    Chen et al. 2018 (Algorithm 1): keep ``d_i² = L_ii - ||c_i||²`` (the gain of adding ``i``) and the rows
+    ``c`` of the incremental Cholesky factor; each step picks ``argmax d²`` (ties -> lowest index), then
+    ``e_i = (L_ji - <c_j, c_i>) / d_j`` updates every ``d_i² -= e_i²``. When every remaining gain is ``<= eps``
+    (the kernel's rank is exhausted) the remaining picks continue by the same argmax over the (tiny) gains of
+    unselected tokens, so exactly ``k`` distinct indices are returned.
+    """
+    n = kernel.shape[0]
+    if not 1 <= k <= n:
+        raise BudgetError(f"DPP selection size k={k} is outside 1..{n}; choose 1 <= k <= {n}")
+    L = kernel.double()
+    c = torch.zeros(k, n, dtype=torch.float64)
+    d2 = torch.diagonal(L).clone()
+    taken = torch.zeros(n, dtype=torch.bool)
+    out = []
+    for t in range(k):
+        gains = d2.masked_fill(taken, float("-inf"))
+        j = int(torch.argmax(gains))
+        out.append(j)
+        taken[j] = True
+        dj = float(d2[j])
+        if dj <= eps:
+            continue  # degenerate: no more independent directions; the rows stay zero
+        e = (L[j] - c[:t].T @ c[:t, j]) / dj ** 0.5
+        c[t] = e
+        d2 = d2 - e * e
+    return torch.tensor(out, dtype=torch.long)
+
+
+def relevance(tokens: torch.Tensor, text: torch.Tensor, pooling: str = "mean", negate: bool = True,
+              theta: float | None = None) -> torch.Tensor:
+    """Instruction relevance of each token, min-max normalised to ``[0, 1]`` (see module docstring)."""
+    x = tokens.float()
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    t = text.float()
+    if pooling == "mean":
+        v = t.mean(0)
+        r = x @ (v / v.norm().clamp_min(1e-8))
+    elif pooling == "tokens":
+        tn = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        r = (x @ tn.T).mean(1)
+    else:
+        raise UnknownNameError(f"unknown text pooling {pooling!r}; known: {', '.join(POOLINGS)}")
+    if negate:
+        r = -r
+    span = r.max() - r.min()
+    r = (r - r.min()) / span if float(span) > 0 else torch.ones_like(r)
+    if theta is not None:
+        alpha = theta / (2.0 * (1.0 - theta))
+        r = torch.exp(alpha * r)
+    return r
+
+
+@register("CDPruner")
+class CDPruner(Pruner):
+    """Conditional-DPP selection of ``T`` projected tokens, relevance from the instruction (module docstring).
+
+    Parameters: ``pooling`` (``"mean"``/``"tokens"``), ``negate`` (source's sign flip, default True),
+    ``theta`` (``None`` = plain relevance as in the source's active code; else ``exp`` variant, ``0 < theta < 1``).
+    Needs ``ctx.text_embeds`` ``(L, D)`` in the projected space's width and a projector (or ``ctx.projected``).
+    """
+
+    family = "text"
+    requires = ("projected", "text")
+    order = "raster"
+    source = "arXiv 2506.10967; Theia-4869/CDPruner llava/model/llava_arch.py::encode_images"
+
+    def __init__(self, pooling: str = "mean", negate: bool = True, theta: float | None = None):
+        super().__init__(pooling=pooling, negate=negate, theta=theta)
+        if pooling not in POOLINGS:
+            raise UnknownNameError(f"unknown text pooling {pooling!r}; known: {', '.join(POOLINGS)}")
+        if theta is not None and not 0.0 < float(theta) < 1.0:
+            raise BudgetError(f"CDPruner theta must be in (0, 1), got {theta!r}; pass e.g. theta=0.5 or None")
+        self.pooling, self.negate = pooling, bool(negate)
+        self.theta = None if theta is None else float(theta)
+
+    def select(self, ctx: VisualContext, budget: int) -> PruneResult:
+        if ctx.text_embeds is None or ctx.text_embeds.numel() == 0:
+            raise CapabilityError(
+                "CDPruner needs the instruction's embeddings (ctx.text_embeds); run it through LlavaAdapter with a "
+                "question after <image>, or fill text_embeds"
+            )
+        z = ctx.space("projected").float()
+        if ctx.text_embeds.shape[-1] != z.shape[-1]:
+            raise CapabilityError(
+                f"text_embeds width {ctx.text_embeds.shape[-1]} differs from the projected width {z.shape[-1]}; "
+                "pass the LLM input embeddings of the instruction"
+            )
+        zn = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        sim = zn @ zn.T
+        r = relevance(z, ctx.text_embeds, self.pooling, self.negate, self.theta)
+        kernel = r[:, None] * sim * r[None, :]
+        picked = dpp_greedy_map(kernel, budget)
+        keep = torch.sort(picked).values
+        return PruneResult(indices=keep, order="raster", positions="contiguous",
+                           stats={"relevance_kept_mean": float(r[keep].mean()), "relevance_mean": float(r.mean())})
+
+
+__all__ = ["CDPruner", "dpp_greedy_map", "relevance"]
