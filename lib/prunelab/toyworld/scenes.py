@@ -93,13 +93,17 @@ def _base_glyph(codepoint: str) -> np.ndarray:
     return np.asarray(im.crop(bbox))
 
 
-@functools.lru_cache(maxsize=8192)
 def glyph(codepoint: str, size: int, flip: bool = False) -> np.ndarray:
     """RGBA uint8 array of the emoji scaled so that its longer side is ``size`` px, tight-cropped, optionally mirrored."""
+    g = _scaled_glyph(codepoint, int(size))
+    return g[:, ::-1] if flip else g
+
+
+# About 4k cached sizes (~40 MB) cover most of what a split asks for; misses cost ~0.5 ms.
+@functools.lru_cache(maxsize=4096)
+def _scaled_glyph(codepoint: str, size: int) -> np.ndarray:
     from PIL import Image
 
-    if flip:
-        return np.ascontiguousarray(glyph(codepoint, size, False)[:, ::-1])
     base = _base_glyph(codepoint)
     h, w = base.shape[:2]
     s = size / max(h, w)
@@ -251,10 +255,16 @@ def _sample_categories(rng, context: str, n: int, repeat_p: float) -> list[str]:
     for _ in range(n):
         if out and rng.random() < repeat_p:
             cand = _choice(rng, out)
-            if out.count(cand) < 4:
+            if out.count(cand) < 4 and C.BY_NAME[cand].countable:
                 out.append(cand)
                 continue
-        out.append(_choice(rng, names, probs))
+        for _ in range(20):
+            cand = _choice(rng, names, probs)
+            if out.count(cand) < (4 if C.BY_NAME[cand].countable else 1):
+                break
+        else:
+            continue
+        out.append(cand)
     return out
 
 
