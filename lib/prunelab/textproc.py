@@ -80,6 +80,9 @@ def _complete(wn_dir: Path) -> bool:
 def ensure_wordnet(*, force: bool = False) -> Path:
     """Build ``<cache>/nltk_data/corpora/wordnet`` from Debian packages once and return the ``nltk_data`` root.
 
+    When a standard NLTK ``wordnet`` is already on ``nltk.data.path`` (and ``force`` is False) nothing is fetched
+    and that install's root is returned.
+
     Idempotent (a complete copy is marked by ``.complete``) and atomic (built under a temporary name, renamed
     when complete). Uses :func:`prunelab.debian.fetch_deb` (``apt-get download`` + ``dpkg -x``, no system
     install). Raises :class:`AssetError` naming the fix when the packages cannot be fetched.
@@ -88,6 +91,12 @@ def ensure_wordnet(*, force: bool = False) -> Path:
     wn_dir = root / "corpora" / "wordnet"
     if _complete(wn_dir) and not force:
         return root
+    if not force:
+        found = _standard_wordnet()
+        if found and "wordnet.zip" not in found:
+            return Path(found).parents[1]  # a standard NLTK install is used as is
+        if found:
+            return Path(found.split("wordnet.zip")[0]).parent
     from prunelab.debian import fetch_deb
 
     sources = []
