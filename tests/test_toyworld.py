@@ -376,3 +376,35 @@ def test_manifest_write_and_verify_roundtrip(tw, tmp_path, monkeypatch):
     with pytest.raises(AssetError, match="images differ"):
         splits.verify_test_split(tmp_path)
     assert not list(tmp_path.glob("*.part"))
+
+
+# ------------------------------------------------------------------------------------------ properties, CLI
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(index=st.integers(0, 10**6), seed=st.integers(0, 2**31 - 1),
+       level=st.sampled_from(("simple", "medium", "complex")), mirrored=st.booleans())
+def test_any_scene_is_consistent(index, seed, level, mirrored):
+    from prunelab.toyworld import scenes, text
+
+    s = scenes.make_scene("prop", index, seed, level)
+    s = s.hflip() if mirrored else s
+    assert s.objects and sum(s.counts.values()) == len(s.objects)
+    assert all(0 <= o.box[0] < o.box[2] <= 336 and 0 <= o.box[1] < o.box[3] <= 336 for o in s.objects + s.distractors)
+    assert max(s.counts.values()) <= 4
+    assert all(C.BY_NAME[c].countable or n == 1 for c, n in s.counts.items())
+    assert set(text.mentioned_categories(text.describe(s))) == set(s.counts)
+    for q in text.pope_questions(s, "adversarial"):
+        assert (q["answer"] == "yes") == (q["object"] in s.counts)
+
+
+def test_cli_export(tw, tmp_path):
+    from prunelab.toyworld.__main__ import main
+
+    out = tmp_path / "val.jsonl"
+    assert main(["export", "val", str(out), "--limit", "3", "--descriptions", "2"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["val-00000", "val-00001", "val-00002"]
+    assert all(len(r["descriptions"]) == 2 and r["prompt"] == "Please describe this image in detail." for r in recs)

@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -161,7 +161,6 @@ class Scene:
     objects: tuple[SceneObject, ...]
     distractors: tuple[SceneObject, ...] = ()
     mirrored: bool = False
-    meta: dict = field(default_factory=dict, compare=False)
 
     @property
     def counts(self) -> dict[str, int]:
