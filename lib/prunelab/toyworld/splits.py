@@ -6,9 +6,10 @@ different machines can be checked to be about the same images:
 
 * ``test_ids.csv``: id, index, complexity, context, number of objects, categories with counts.
 * ``test_checksum.txt``: ``records_sha256`` (the scene records as canonical JSON: layout, boxes, counts,
-  backgrounds; independent of font and Pillow versions), ``images_sha256`` (the rendered pixels: raw RGB bytes
-  of each 336x336 image, in id order) and the font / library versions that produced them. Pixels are hashed
-  rather than PNG files because PNG bytes also depend on the zlib build, which says nothing about the images.
+  backgrounds; they depend on this code, NumPy's generators and the glyph extents, i.e. the font and Pillow's
+  resize), ``images_sha256`` (the rendered pixels: raw RGB bytes of each 336x336 image, in id order) and the
+  font / library versions that produced them. Pixels are hashed rather than PNG files because PNG bytes also
+  depend on the zlib build, which says nothing about the images.
 
 Complexity schedule: the test split alternates simple (even index) and complex (odd index), so every prefix
 is balanced; val cycles simple / medium / complex; train draws 30% simple, 30% medium, 40% complex.
@@ -167,7 +168,9 @@ def verify_test_split(directory: Path | None = None, images: bool = True, strict
     if strict and not res["records_ok"]:
         raise AssetError(
             f"toy-world test scenes differ from {ids_path.parent}/test_checksum.txt (numpy {got['numpy']} vs "
-            f"{want.get('numpy')}); results are not comparable: check out the committed prunelab code or rerun write_test_manifest() deliberately"
+            f"{want.get('numpy')}, Pillow {got['pillow']} vs {want.get('pillow')}, font "
+            f"{'same' if got['font_sha256'] == want.get('font_sha256') else 'different'}); results are not comparable: "
+            "use the committed code, fonts-noto-color-emoji 2.042 and the recorded versions, or rerun write_test_manifest() deliberately"
         )
     if strict and images and not res["images_ok"]:
         cause = ("another emoji font" if got["font_sha256"] != want.get("font_sha256")
