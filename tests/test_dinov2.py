@@ -21,6 +21,15 @@ from prunelab.models import dinov2 as d
 REF_DIR = paths.REPO_ROOT / "data" / "dinov2_reference"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The test machines are shared; with 2 intra-op threads a contended CPU runs these forwards up to 5x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def onnx_path() -> Path:
     try:
