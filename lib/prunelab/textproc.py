@@ -154,6 +154,33 @@ def activate_wordnet() -> str:
     return found
 
 
+@functools.lru_cache(maxsize=1)
+def _lemma_only_wordnet():
+    """A WordNet reader for lemmatisation only, ~3x faster to load than ``nltk.corpus.wordnet``.
+
+    NLTK 3.10's reader maps every synset to WordNet "wordnet" at start-up for its multilingual (OMW) functions
+    (``WordNetCorpusReader.map_wn``, reading ``index.sense`` twice); that is two thirds of the load time and
+    irrelevant to ``_morphy``, which only uses the index and exception files. This subclass skips that mapping;
+    lemmas are unchanged (``tests/test_chair.py`` checks against ``WordNetLemmatizer``).
+    """
+    import warnings
+
+    import nltk
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class _LemmaOnlyWordNetReader(WordNetCorpusReader):
+        def map_wn(self, version="wordnet"):
+            return None
+
+    try:
+        root = nltk.data.find("corpora/wordnet")
+    except LookupError:
+        root = nltk.data.find("corpora/wordnet.zip/wordnet/")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "multilingual functions are not available": not used here
+        return _LemmaOnlyWordNetReader(root, None)
+
+
 # Penn tag first letter -> WordNet POS, as OPERA's get_wordnet_pos; everything else is lemmatised as a noun.
 _PENN_TO_WN = {"J": "a", "V": "v", "N": "n", "R": "r"}
 
@@ -177,7 +204,6 @@ class TextProcessor:
 
     def __init__(self, tokenizer: str = "auto", lemmatizer: str = "auto"):
         import nltk
-        from nltk.stem import WordNetLemmatizer
         from nltk.tokenize import NLTKWordTokenizer
         from nltk.tokenize.punkt import PunktSentenceTokenizer
 
@@ -205,14 +231,19 @@ class TextProcessor:
             from nltk.tag import PerceptronTagger
 
             self._tagger = PerceptronTagger()  # what nltk.pos_tag(tokens) uses for English, built once
-        wnl = WordNetLemmatizer()
-        # WordNet lookups dominate the cost; the same (word, pos) pairs repeat a lot across captions.
-        self._lemma = functools.lru_cache(maxsize=200_000)(wnl.lemmatize)
         try:
-            self._lemma("dogs")  # forces the corpus load now, so a broken copy fails here with our message
-        except (LookupError, OSError) as err:
+            self._wn = _lemma_only_wordnet()
+        except (LookupError, OSError, ValueError, AssertionError) as err:
             raise AssetError(f"WordNet at {self.wordnet_path} cannot be read ({type(err).__name__}); {INSTALL_HINT}") from err
+        # The same (word, pos) pairs repeat a lot across captions.
+        self._lemma = functools.lru_cache(maxsize=200_000)(self._lemmatize_uncached)
         self._nltk_version = nltk.__version__
+
+    def _lemmatize_uncached(self, word: str, pos: str = "n") -> str:
+        # NLTK 3.10 WordNetLemmatizer.lemmatize, verbatim in effect: shortest of WordNet's morphy candidates, else
+        # the word itself; only the reader instance differs (see _lemma_only_wordnet).
+        lemmas = self._wn._morphy(word, pos)
+        return min(lemmas, key=len) if lemmas else word
 
     # -- stages -------------------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[str]:
@@ -247,8 +278,8 @@ class TextProcessor:
                 "offline": "untrained PunktSentenceTokenizer + NLTKWordTokenizer (no NLTK data)",
             }[self.tokenizer],
             "lemmatizer": {
-                "pos": "WordNetLemmatizer with PerceptronTagger POS (OPERA)",
-                "noun": "WordNetLemmatizer, every token as a noun (fallback: no tagger data)",
+                "pos": "WordNetLemmatizer semantics with PerceptronTagger POS (OPERA)",
+                "noun": "WordNetLemmatizer semantics, every token as a noun (fallback: no tagger data)",
             }[self.lemmatizer],
             "tokenizer_mode": self.tokenizer,
             "lemmatizer_mode": self.lemmatizer,
