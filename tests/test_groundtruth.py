@@ -163,10 +163,27 @@ def test_toyworld_labels_and_lazy_adapter():
     assert gt.objects(0) == {"dog", "frisbee"} and gt.name == "toyworld"
     import importlib.util
 
-    spec = importlib.util.find_spec("prunelab.toyworld")
-    if spec is None:
+    if importlib.util.find_spec("prunelab.toyworld") is None:
         with pytest.raises(AssetError, match="toyworld"):
             toyworld_ground_truth()
+        return
+    from prunelab.toyworld import load_split
+
+    scenes = list(load_split("test", limit=3))
+    gt = toyworld_ground_truth(split="test", limit=3)
+    assert sorted(gt.image_ids()) == sorted(s.id for s in scenes)
+    assert all(gt.objects(s.id) == set(s.categories) for s in scenes)
+    with pytest.raises(AnnotationError, match="no .id/.categories"):
+        toyworld_ground_truth(scenes=[object()])
+
+
+def test_photos_manifest_in_repo():
+    from prunelab.paths import data_dir
+
+    if not (data_dir() / "photos" / "manifest.csv").exists():
+        pytest.skip("data/photos/manifest.csv not written yet")
+    gt = photos_ground_truth()
+    assert len(gt.image_ids()) > 0 and all(isinstance(gt.objects(i), frozenset) for i in gt.image_ids())
 
 
 def test_groundtruth_module_imports_no_source_modules():

@@ -253,21 +253,29 @@ class CocoGroundTruth(MappingGroundTruth):
 # ----------------------------------------------------------------------------------------------------------------
 # Project sources (lazy)
 # ----------------------------------------------------------------------------------------------------------------
-def toyworld_ground_truth(labels: Mapping | None = None, **kwargs) -> MappingGroundTruth:
-    """Toy-world ground truth: exact object labels per scene.
+def toyworld_ground_truth(labels: Mapping | None = None, *, scenes: Iterable | None = None, split: str = "test",
+                          limit: int | None = None, **kwargs) -> MappingGroundTruth:
+    """Toy-world ground truth: the exact object categories of each scene.
 
-    ``labels`` is ``{image_id: [category, ...]}``; without it, ``prunelab.toyworld.ground_truth_objects(**kwargs)``
-    is imported and called at this point (never at module import).
+    Give ``labels`` (``{image_id: [category, ...]}``) or ``scenes`` (objects with ``.id`` and ``.categories``, i.e.
+    :class:`prunelab.toyworld.Scene`); otherwise ``prunelab.toyworld.load_split(split, limit=limit, **kwargs)`` is
+    imported and iterated at this point (never at module import).
     """
     if labels is None:
-        try:
-            import importlib
+        if scenes is None:
+            try:
+                import importlib
 
-            mod = importlib.import_module("prunelab.toyworld")
-            fn = getattr(mod, "ground_truth_objects")
-        except (ImportError, AttributeError) as err:
-            raise AssetError("prunelab.toyworld.ground_truth_objects() is not available; build the toy world first or pass labels={image_id: [categories]}") from err
-        labels = fn(**kwargs)
+                load_split = importlib.import_module("prunelab.toyworld").load_split
+            except (ImportError, AttributeError) as err:
+                raise AssetError("prunelab.toyworld.load_split is not available; pass labels={image_id: [categories]} or scenes=") from err
+            scenes = load_split(split, limit=limit, **kwargs)
+        labels = {}
+        for sc in scenes:
+            try:
+                labels[sc.id] = list(sc.categories)
+            except AttributeError as err:
+                raise AnnotationError(f"toy-world scene {sc!r:.60} has no .id/.categories; pass prunelab.toyworld Scene objects") from err
     return MappingGroundTruth({k: set(v) for k, v in labels.items()}, name="toyworld")
 
 
