@@ -65,7 +65,7 @@ class TrainConfig:
     variant: str = "toyllava"
     seed: int = 0
     n_train: int = 5000
-    n_val: int = 200
+    n_val: int = 150
     n_test: int = 400
     hidden_size: int = 192
     num_layers: int = 3
@@ -83,7 +83,7 @@ class TrainConfig:
     p_caption: float = 0.5
     qa_turns: int = 4
     qa_weight: float = 2.0
-    p_flip: float = 0.5
+    p_flip: float = 0.0  # grid flip would contradict the descriptions' left/right words; off
     # visual-token-subset augmentation (the documented second model only): probability, min/max kept tokens
     p_subset: float = 0.0
     subset_min: int = 32
@@ -93,7 +93,7 @@ class TrainConfig:
     val_every: int = 500
     threads: int = 2
     bf16: bool = True
-    max_new_tokens: int = 72
+    max_new_tokens: int = 144
     eval_budget: int = 64
     eval_methods: tuple[str, ...] = ("FasterVLM", "DivPrune")
 
@@ -119,40 +119,66 @@ class Record:
     objects: list[str]  # distinct COCO categories present
     boxes: list[tuple[str, tuple[float, float, float, float]]]  # (category, (x0, y0, x1, y1)) in pixels at 336
     descriptions: list[str]
-    questions: list[tuple[str, str, str, str]] = field(default_factory=list)  # (question, answer, negative type, category)
+    questions: list[tuple[str, str, str, str]] = field(default_factory=list)  # (question, answer, POPE setting, category)
     train_questions: list[tuple[str, str]] = field(default_factory=list)  # (question, answer) pool for training
+    patches: list[list[int]] | None = None  # per object, the patches it covers (toyworld.scenes.patch_indices)
 
 
 def describe_prompt() -> str:
-    from prunelab import toyworld
+    from prunelab.toyworld.text import DESCRIBE_PROMPT
 
-    return toyworld.DESCRIBE_PROMPT
-
-
-def load_records(split: str, n: int | None = None) -> tuple[list[Record], list[Any]]:
-    """``(records, scenes)`` of a toy-world split (first ``n`` scenes)."""
-    from prunelab import toyworld as tw
-
-    scenes = tw.load_split(split)
-    if n is not None:
-        if len(scenes) < n:
-            raise PrunelabError(f"toy-world split {split!r} has {len(scenes)} scenes, fewer than the {n} asked; lower n_{split}")
-        scenes = scenes[:n]
-    return [_record_of(tw, s) for s in scenes], scenes
+    return DESCRIBE_PROMPT
 
 
-def _record_of(tw, scene) -> Record:
-    return tw.trainer_record(scene) if hasattr(tw, "trainer_record") else _generic_record(tw, scene)
+def load_records(split: str, n: int | None = None, n_descriptions: int = 1, with_patches: bool = False,
+                 progress: bool = True) -> tuple[list[Record], list[Any]]:
+    """``(records, scenes)`` of the first ``n`` scenes of a toy-world split (:func:`prunelab.toyworld.splits.load_split`)."""
+    from tqdm.auto import tqdm
+
+    from prunelab.toyworld import splits
+
+    size = splits.SPLIT_SIZES[split]
+    if n is not None and n > size:
+        raise PrunelabError(f"toy-world split {split!r} has {size} scenes, fewer than the {n} asked; lower n_{split} to <= {size}")
+    scenes = list(splits.load_split(split, limit=n))
+    recs = [_record_of(s, n_descriptions, with_patches) for s in tqdm(scenes, desc=f"toy world [{split}]", disable=not progress, mininterval=10)]
+    return recs, scenes
 
 
-def _generic_record(tw, scene) -> Record:
-    raise NotImplementedError  # replaced once prunelab.toyworld's interface is known
+def _record_of(scene, n_descriptions: int, with_patches: bool) -> Record:
+    from prunelab.toyworld import scenes as ts
+    from prunelab.toyworld import text as tt
+
+    yn = {"yes": "Yes", "no": "No"}
+    qs = [(q["question"], yn[q["answer"]], q["setting"], q["object"]) for st in tt.POPE_SETTINGS for q in tt.pope_questions(scene, st)]
+    # Training pool: the POPE-style questions of two more seeded draws as well, de-duplicated.
+    pool = {(q, a) for q, a, *_ in qs}
+    for v in (1, 2):
+        pool.update((q["question"], yn[q["answer"]]) for q in tt.pope_questions(scene, "random", variant=v))
+    return Record(
+        id=scene.id, complexity=scene.complexity, objects=list(scene.categories),
+        boxes=[(o.category, tuple(float(x) for x in o.box)) for o in scene.objects],
+        descriptions=[tt.describe(scene, v) for v in range(n_descriptions)], questions=qs,
+        train_questions=sorted(pool), patches=ts.patch_indices(scene) if with_patches else None,
+    )
 
 
 def render_images(scenes: Sequence[Any]):
     from prunelab import toyworld as tw
 
     return [tw.render(s) for s in scenes]
+
+
+def world_lexicon() -> list[str]:
+    """Words the toy world can use beyond those seen in the splits: every category noun form and number word."""
+    from prunelab.toyworld import categories as C
+    from prunelab.toyworld import text as tt
+
+    out = list(tt.NUMBERS)
+    for c in C.CATEGORIES:
+        for n in c.all_nouns():
+            out += [n.singular] + ([n.plural] if n.plural else [])
+    return out
 
 
 def all_texts(records: Sequence[Record]) -> list[str]:
@@ -223,7 +249,7 @@ def extract_features(split: str, scenes: Sequence[Any], ids: Sequence[str], batc
         sl = slice(start, min(start + batch, len(scenes)))
         imgs = render_images(scenes[sl])
         with torch.inference_mode():
-            out = encode_images(imgs, tower=tower)
+            out = encode_images(imgs, tower=tower, batch_size=batch, cache=False, progress=False)
         f_mm[sl] = out.features.float().numpy().astype(np.float16)
         a_mm[sl] = out.cls_attention.float().numpy()
         f_mm.flush(); a_mm.flush()
@@ -382,6 +408,17 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
     return np.asarray(out)
 
 
+def _balanced_turns(rng, pool, k: int) -> list[tuple[str, str]]:
+    """``k`` distinct questions, half answered Yes and half No where the pool allows, in random order."""
+    yes = [t for t in pool if t[1] == "Yes"]
+    no = [t for t in pool if t[1] != "Yes"]
+    ky = min(len(yes), k // 2 + int(rng.random() < 0.5) * (k % 2))
+    kn = min(len(no), k - ky)
+    ky = min(len(yes), k - kn)
+    pick = [yes[int(i)] for i in rng.choice(len(yes), ky, replace=False)] + [no[int(i)] for i in rng.choice(len(no), kn, replace=False)]
+    return [pick[int(i)] for i in rng.permutation(len(pick))]
+
+
 def make_batch(cfg: TrainConfig, step: int, records: Sequence[Record], store: FeatureStore, builder: SampleBuilder,
                prompt: str):
     """The training batch of ``step``: tensors ``input_ids``, ``feats``, ``labels``, ``weights`` (right-padded).
@@ -392,25 +429,25 @@ def make_batch(cfg: TrainConfig, step: int, records: Sequence[Record], store: Fe
 
     idx = batch_indices(cfg.seed, step, cfg.batch_size, len(records))
     rng = _step_rng(cfg.seed, step, 1)
-    n_vis = N_TOK
+    n_all = int(store.features.shape[1])  # 576 for the real tower; tests use fewer
+    side = int(round(n_all ** 0.5))
+    n_vis = n_all
     subset = cfg.p_subset > 0 and rng.random() < cfg.p_subset
     if subset:  # one size per batch keeps the image block aligned; positions stay contiguous
-        n_vis = int(rng.integers(cfg.subset_min, cfg.subset_max + 1))
+        n_vis = int(rng.integers(min(cfg.subset_min, n_all), min(cfg.subset_max, n_all) + 1))
     seqs, feats = [], []
     for i in idx:
         r = records[int(i)]
         if rng.random() < cfg.p_caption or not r.train_questions:
             turns, yn = [(prompt, r.descriptions[int(rng.integers(len(r.descriptions)))])], False
         else:
-            pool = r.train_questions
-            pick = rng.choice(len(pool), size=min(cfg.qa_turns, len(pool)), replace=False)
-            turns, yn = [pool[int(k)] for k in pick], True
+            turns, yn = _balanced_turns(rng, r.train_questions, cfg.qa_turns), True
         seqs.append(builder.dialogue(turns, yn))
         f = np.asarray(store.features[int(i)], dtype=np.float32)
         if rng.random() < cfg.p_flip:
-            f = f.reshape(GRID, GRID, FEAT_DIM)[:, ::-1].reshape(N_TOK, FEAT_DIM)
+            f = f.reshape(side, side, -1)[:, ::-1].reshape(n_all, -1)
         if subset:
-            keep = np.sort(rng.choice(N_TOK, size=n_vis, replace=False))
+            keep = np.sort(rng.choice(n_all, size=n_vis, replace=False))
             f = f[keep]
         feats.append(f)
     L = max(len(s) for s, _ in seqs) + n_vis - 1
@@ -702,82 +739,50 @@ def patches_of_box(box: Sequence[float], image_size: int = 336, patch: int = 14)
     return (rr * g + cc).ravel()
 
 
-def object_hit(boxes: Sequence[tuple[str, Sequence[float]]], kept: np.ndarray) -> tuple[int, int]:
-    """``(objects with >= 1 kept patch, objects)`` over the ground-truth object instances."""
+def object_hit(objects, kept: np.ndarray) -> tuple[int, int]:
+    """``(objects with >= 1 kept patch, objects)`` over the ground-truth object instances.
+
+    ``objects``: per object either its covered patch indices (a list of ints, as
+    :func:`prunelab.toyworld.scenes.patch_indices` gives) or ``(category, box)`` (every patch the box overlaps).
+    """
     keep = set(int(k) for k in kept if k >= 0)
-    hits = sum(1 for _, b in boxes if keep.intersection(patches_of_box(b).tolist()))
-    return hits, len(boxes)
+    hits = 0
+    for o in objects:
+        pts = patches_of_box(o[1]).tolist() if (len(o) == 2 and isinstance(o[0], str)) else list(o)
+        hits += bool(keep.intersection(pts))
+    return hits, len(objects)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Object mentions (CHAIR-style) and the evaluation
 # ----------------------------------------------------------------------------------------------------------
 
-_NOUN_TABLE: list[tuple[tuple[str, ...], str]] | None = None
+_PARSER: Any = None
+_PARSER_NAME = ""
 
 
-def _noun_table() -> list[tuple[tuple[str, ...], str]]:
-    """(word sequence, category) for every noun form of the toy world, longest first ("hot dog" before "dog")."""
-    global _NOUN_TABLE
-    if _NOUN_TABLE is None:
-        from prunelab.toyworld.categories import CATEGORIES
+def mention_parser() -> tuple[Any, str]:
+    """The object-mention parser: CHAIR's (:class:`prunelab.chair.CaptionParser`, COCO synonyms + lemmas) when
+    its assets load, else the toy world's exact noun matcher (:func:`prunelab.toyworld.text.mentioned_categories`;
+    the descriptions only use those nouns, so both agree on ground-truth text). Returns ``(fn, name)``."""
+    global _PARSER, _PARSER_NAME
+    if _PARSER is None:
+        try:
+            from prunelab.chair import CaptionParser
 
-        rows = set()
-        for c in CATEGORIES:
-            for n in c.all_nouns():
-                for form in (n.singular, n.plural):
-                    if form:
-                        rows.add((tuple(form.lower().split()), c.name))
-        _NOUN_TABLE = sorted(rows, key=lambda r: -len(r[0]))
-    return _NOUN_TABLE
+            p = CaptionParser()
+            _PARSER, _PARSER_NAME = p.objects, "prunelab.chair.CaptionParser"
+        except (ImportError, PrunelabError) as err:
+            from prunelab.toyworld.text import mentioned_categories
+
+            log.warning("CHAIR parser unavailable (%s); using the toy world's noun matcher", err)
+            _PARSER, _PARSER_NAME = (lambda t: set(mentioned_categories(t))), "prunelab.toyworld.text.mentioned_categories"
+    return _PARSER, _PARSER_NAME
 
 
 def objects_in(text: str) -> set[str]:
-    """COCO categories mentioned in ``text``.
-
-    Uses :func:`prunelab.chair.objects_in_text`-style machinery when the CHAIR module provides it (the real
-    synonym table), else an exact match of the toy world's own noun forms, which by construction are exactly
-    the words the descriptions use (longest match first, each word consumed once).
-    """
-    fn = _chair_extractor()
-    if fn is not None:
-        return set(fn(text))
-    words = [w.lower() for w, _ in _pre().pre_tokenize_str(text)]
-    used = [False] * len(words)
-    found: set[str] = set()
-    for seq, cat in _noun_table():
-        k = len(seq)
-        for i in range(len(words) - k + 1):
-            if not any(used[i:i + k]) and tuple(words[i:i + k]) == seq:
-                found.add(cat)
-                for j in range(i, i + k):
-                    used[j] = True
-    return found
-
-
-def _pre():
-    from prunelab.models.toyllava import _pre_tokenizer
-
-    return _pre_tokenizer()
-
-
-_CHAIR_FN: Any = False
-
-
-def _chair_extractor():
-    global _CHAIR_FN
-    if _CHAIR_FN is False:
-        _CHAIR_FN = None
-        try:
-            from prunelab import chair
-
-            for name in ("objects_in_text", "extract_objects", "mentioned_objects"):
-                if hasattr(chair, name):
-                    _CHAIR_FN = getattr(chair, name)
-                    break
-        except ImportError:
-            pass
-    return _CHAIR_FN
+    """Distinct COCO categories mentioned in ``text`` (see :func:`mention_parser`)."""
+    return set(mention_parser()[0](text))
 
 
 @dataclass
@@ -802,7 +807,7 @@ def _rows_for(model, store: FeatureStore, i: int, cond: Condition):
     f = torch.from_numpy(np.asarray(store.features[i], dtype=np.float32))
     if cond.method is None:
         with torch.no_grad():
-            return model.project(f), np.arange(N_TOK)
+            return model.project(f), np.arange(f.shape[0])
     ctx = VisualContext(features=f, cls_attention=torch.from_numpy(np.asarray(store.cls_attention[i], dtype=np.float32)),
                         projector=model.project, image_id=store.ids[i])
     res = prune(ctx, cond.method, cond.budget)
@@ -848,7 +853,7 @@ def evaluate(model, tokenizer, records: Sequence[Record], store: FeatureStore, c
             text = tokenizer.decode(gens[i], skip_special_tokens=True)
             said = objects_in(text)
             gt = set(rec.objects)
-            hits, n_obj = object_hit(rec.boxes, kept[i])
+            hits, n_obj = object_hit(rec.patches if rec.patches is not None else rec.boxes, kept[i])
             per_image.append({
                 "condition": cond.name, "id": rec.id, "complexity": rec.complexity, "description": text,
                 "mentioned": sorted(said), "objects": sorted(gt), "hallucinated": sorted(said - gt),
@@ -966,7 +971,8 @@ def prepare_data(cfg: TrainConfig, progress: bool = True):
     out = {}
     for split, n in (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)):
         t0 = time.perf_counter()
-        recs, scenes = load_records(split, n)
+        recs, scenes = load_records(split, n, n_descriptions=3 if split == "train" else 1, with_patches=split == "test",
+                                    progress=progress)
         _record_time(cfg, f"data_{split}", time.perf_counter() - t0) if not feature_dir(split, n).joinpath("meta.json").exists() else None
         t0 = time.perf_counter()
         already = feature_dir(split, n).joinpath("meta.json").exists()
@@ -980,9 +986,7 @@ def prepare_data(cfg: TrainConfig, progress: bool = True):
 
 def lexicon(splits: dict) -> list[str]:
     """Every text the toy world can say: its own lexicon when it exposes one, plus all split texts."""
-    from prunelab import toyworld as tw
-
-    texts = [describe_prompt()] + (list(tw.lexicon()) if hasattr(tw, "lexicon") else [])
+    texts = [describe_prompt()] + world_lexicon()
     for recs, _ in splits.values():
         texts += all_texts(recs)
     return texts
@@ -1036,13 +1040,14 @@ def cmd_eval(path, cfg: TrainConfig, test=None, progress: bool = True) -> dict:
     torch.set_num_threads(cfg.threads)
     model, tok = ToyLlavaLM.from_package(path)
     if test is None:
-        recs, scenes = load_records("test", cfg.n_test)
+        recs, scenes = load_records("test", cfg.n_test, with_patches=True, progress=progress)
         test = (recs, extract_features("test", scenes, [r.id for r in recs]))
     recs, store = test
     res = evaluate(model, tok, recs, store, default_conditions(cfg), max_new_tokens=cfg.max_new_tokens, progress=progress)
     res["sensitivity"] = [paired_bootstrap(res["per_image"], "full", c.name, m)
                           for c in default_conditions(cfg)[1:] for m in ("recall", "chair_i")]
     res["config"] = cfg.to_json()
+    res["mention_parser"] = mention_parser()[1]
     with atomic_write(Path(path) / "eval.json", "w") as fh:
         json.dump(res, fh, indent=1)
     return res
