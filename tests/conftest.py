@@ -30,3 +30,31 @@ def ctx_factory():
 def clustered_ctx():
     """Context whose features form 5 tight clusters (near-duplicate tokens)."""
     return make_context(n=49, c=16, seed=3, clusters=5)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The test machines are shared; with 2 intra-op threads a contended CPU runs tower forwards up to 5x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def chair_parser():
+    """CHAIR caption parser on the offline path (Debian WordNet, noun lemmatiser); skips if WordNet cannot be had."""
+    from prunelab import textproc
+    from prunelab.chair import CaptionParser
+    from prunelab.errors import AssetError
+
+    try:
+        textproc.activate_wordnet()
+    except AssetError:
+        try:
+            textproc.ensure_wordnet()
+        except AssetError as err:
+            pytest.skip(f"WordNet unavailable and cannot be fetched: {err}")
+    return CaptionParser(tokenizer="offline", lemmatizer="noun")

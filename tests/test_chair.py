@@ -19,18 +19,8 @@ REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "chair_syn
 
 
 @pytest.fixture(scope="module")
-def parser():
-    from prunelab import textproc
-    from prunelab.chair import CaptionParser
-
-    try:
-        textproc.activate_wordnet()
-    except AssetError:
-        try:
-            textproc.ensure_wordnet()
-        except AssetError as err:
-            pytest.skip(f"WordNet unavailable and cannot be fetched: {err}")
-    return CaptionParser(tokenizer="offline", lemmatizer="noun")
+def parser(chair_parser):
+    return chair_parser
 
 
 # (caption, ground truth, expected mentioned categories in order, expected hallucinated categories in order)

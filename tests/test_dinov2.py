@@ -22,12 +22,8 @@ REF_DIR = paths.REPO_ROOT / "data" / "dinov2_reference"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The test machines are shared; with 2 intra-op threads a contended CPU runs these forwards up to 5x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    return one_torch_thread
 
 
 @pytest.fixture(scope="session")

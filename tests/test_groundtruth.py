@@ -28,18 +28,8 @@ CATEGORIES = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 19,
 
 
 @pytest.fixture(scope="module")
-def parser():
-    from prunelab import textproc
-    from prunelab.chair import CaptionParser
-
-    try:
-        textproc.activate_wordnet()
-    except AssetError:
-        try:
-            textproc.ensure_wordnet()
-        except AssetError as err:
-            pytest.skip(f"WordNet unavailable and cannot be fetched: {err}")
-    return CaptionParser(tokenizer="offline", lemmatizer="noun")
+def parser(chair_parser):
+    return chair_parser
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import csv
 import json
 import re
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest

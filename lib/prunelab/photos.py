@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunelab.coco import COCO_CATEGORIES
 from prunelab.errors import AssetError, UnknownNameError
 from prunelab.paths import cache_dir, data_dir
 
@@ -30,18 +31,6 @@ OPENCV_EXAMPLES = "usr/share/doc/opencv-doc/examples"
 COMPLEXITIES = ("simple", "complex")
 SOURCES = ("scikit-image", "matplotlib", "opencv-doc")
 
-#: The 80 MS-COCO detection categories (2017 names, the vocabulary of CHAIR).
-COCO_CATEGORIES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
-)
 
 
 @dataclass(frozen=True)
