@@ -65,11 +65,22 @@ def scoped_hooks() -> HookScope:
 
 
 def count_hooks(module: nn.Module) -> int:
-    """Number of forward / forward-pre hooks on ``module`` and all its submodules (0 for a clean model)."""
+    """Number of forward / forward-pre hooks on ``module`` and all its submodules."""
     total = 0
     for m in module.modules():
         total += len(m._forward_hooks) + len(m._forward_pre_hooks)
     return total
+
+
+def hook_ids(module: nn.Module) -> set[tuple[str, str, int]]:
+    """Identity of every forward / forward-pre hook under ``module``. transformers 5.x installs its own
+    output-capturing hooks the first time outputs are requested, so tests compare this set before and after a
+    scoped edit rather than expecting zero."""
+    out = set()
+    for name, m in module.named_modules():
+        out |= {(name, "fwd", k) for k in m._forward_hooks}
+        out |= {(name, "pre", k) for k in m._forward_pre_hooks}
+    return out
 
 
 @torch.no_grad()
@@ -80,4 +91,4 @@ def state_fingerprint(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-__all__ = ["HookScope", "scoped_hooks", "count_hooks", "state_fingerprint"]
+__all__ = ["HookScope", "scoped_hooks", "count_hooks", "hook_ids", "state_fingerprint"]
