@@ -4,8 +4,9 @@ Specs
 -----
 * ``"photos"``: the offline real photographs shipped with the study (:mod:`prunelab.photos`: ``list_photos()``,
   ``load_photo(name)``, ``photo_labels()``).
-* ``"toyworld:<split>"``: scenes of the emoji-COCO toy world (:mod:`prunelab.toyworld.splits`, ``load_split``),
-  e.g. ``toyworld:test``.
+* ``"toyworld:<split>"``: scenes of the emoji-COCO toy world (:mod:`prunelab.toyworld.splits`: ``split_ids``,
+  ``complexity_of``, ``get_scene``), e.g. ``toyworld:test``; labels = the scene's categories (exact ground truth),
+  ``meta["scene"]`` = the :class:`~prunelab.toyworld.scenes.Scene`.
 * ``"coco:<dir>"``: a user-provided COCO ``val2014`` image folder (GPU runs); every ``*.jpg`` in it, sorted.
 
 Selection is the same for every set: items sorted by id; with ``n`` given, the ``n`` first items of a
@@ -25,7 +26,7 @@ from typing import Any, Callable
 from prunelab.errors import AssetError, ImageError, UnknownNameError
 
 IMAGE_SETS = ("photos", "toyworld:<split>", "coco:<val2014 dir>")
-COMPLEXITY = ("simple", "complex")
+COMPLEXITY = ("simple", "medium", "complex")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -36,7 +37,7 @@ class ImageItem:
     id: stable identifier within the set (file stem, scene id...).
     source: the set spec it came from (``"photos"``, ``"toyworld:test"``, ``"coco:/data/val2014"``).
     labels: object category names present in the image (COCO names; empty when unknown).
-    complexity: ``"simple"``, ``"complex"`` or ``None`` when the set does not say.
+    complexity: ``"simple"``, ``"complex"`` (toy-world val/train also ``"medium"``) or ``None`` when unknown.
     meta: anything else the set knows (file path, counts, boxes, caption...).
     """
 
@@ -91,20 +92,11 @@ def load_image_set(spec: str, n: int | None = None, seed: int = 0) -> list[Image
         raise UnknownNameError(f"unknown image set {spec!r}; known: {', '.join(IMAGE_SETS)}")
     if not items:
         raise AssetError(f"image set {spec!r} is empty; check that its assets are installed (make assets)")
-    return select(items, n, seed)
+    chosen = select(items, n, seed)
+    return _finish_toyworld(chosen) if kind == "toyworld" else chosen
 
 
 # --------------------------------------------------------------------------------------------------------------
-
-
-def _get(obj, *names, default=None):
-    """First present attribute/key among ``names`` of a record (dict or object)."""
-    for name in names:
-        if isinstance(obj, dict) and name in obj:
-            return obj[name]
-        if not isinstance(obj, dict) and hasattr(obj, name):
-            return getattr(obj, name)
-    return default
 
 
 def _complexity(value) -> str | None:
@@ -117,19 +109,18 @@ def _complexity(value) -> str | None:
 def _photos() -> list[ImageItem]:
     from prunelab import photos  # imported lazily: it needs the unpacked photo assets
 
-    labels = photos.photo_labels() or {}
+    manifest = photos.photo_manifest()
+    labels = photos.photo_labels()
     items = []
     for name in photos.list_photos():
-        info = labels.get(name, {}) if isinstance(labels, dict) else {}
-        if isinstance(info, (list, tuple)):
-            info = {"labels": list(info)}
+        info = manifest.get(name)
         items.append(
             ImageItem(
                 id=str(name),
                 source="photos",
-                labels=list(_get(info, "labels", "objects", "categories", default=[]) or []),
-                complexity=_complexity(_get(info, "complexity")),
-                meta={k: v for k, v in info.items() if k not in ("labels", "objects", "categories", "complexity")},
+                labels=list(labels.get(name, [])),
+                complexity=_complexity(getattr(info, "complexity", None)),
+                meta={"note": getattr(info, "note", ""), "source_file": getattr(info, "source", "")},
                 loader=(lambda nm=name: photos.load_photo(nm)),
             )
         )
@@ -137,34 +128,37 @@ def _photos() -> list[ImageItem]:
 
 
 def _toyworld(split: str, spec: str) -> list[ImageItem]:
-    from prunelab.toyworld import splits  # imported lazily: it needs the emoji font
+    from prunelab.toyworld import splits  # imported lazily: rendering needs the emoji font
 
     items = []
-    for scene in splits.load_split(split):
-        sid = _get(scene, "id", "scene_id", "image_id")
-        if sid is None:
-            raise AssetError(f"toy-world split {split!r} returned a scene without an id; regenerate it (make toy-model)")
-        objs = _get(scene, "labels", "categories", "objects", default=[]) or []
-        labels = sorted({(_get(o, "category", "name") if not isinstance(o, str) else o) for o in objs} - {None})
-        render = _get(scene, "render", "image")
-        if callable(render):
-            loader = render
-        elif render is not None:
-            loader = (lambda im=render: im)
-        elif hasattr(splits, "render_scene"):
-            loader = (lambda sc=scene: splits.render_scene(sc))
-        else:
-            raise AssetError(f"toy-world scene {sid!r} has no image or render(); update prunelab.toyworld.splits")
+    for index, sid in enumerate(splits.split_ids(split)):
         items.append(
             ImageItem(
                 id=str(sid),
                 source=spec,
-                labels=labels,
-                complexity=_complexity(_get(scene, "complexity")),
-                meta={"scene": scene},
-                loader=loader,
+                complexity=_complexity(splits.complexity_of(split, index)),
+                meta={"split": split, "index": index},
+                loader=(lambda i=index: _render_toy(split, i)),
             )
         )
+    return items
+
+
+def _render_toy(split: str, index: int):
+    from prunelab.toyworld import scenes, splits
+
+    return scenes.render(splits.get_scene(split, index))
+
+
+def _finish_toyworld(items: list[ImageItem]) -> list[ImageItem]:
+    """Attach ground truth (categories, counts, the scene itself) to the selected toy-world items only: scene
+    generation is cheap but not free, and a split has hundreds of scenes."""
+    from prunelab.toyworld import splits
+
+    for it in items:
+        scene = splits.get_scene(it.meta["split"], it.meta["index"])
+        it.labels = list(scene.categories)
+        it.meta.update(scene=scene, counts=scene.counts, context=scene.context)
     return items
 
 
