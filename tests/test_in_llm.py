@@ -1,0 +1,181 @@
+"""In-LLM methods (FastV, PDrop, SparseVLM, DART) through the adapter's scoped decoder hooks: independent
+score checks against eager attention, position policies, KV cache vs no-cache reference, schedules."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunelab.errors import BudgetError, CapabilityError
+from prunelab.methods.base import get_pruner, prune
+from prunelab.methods.in_llm import PDrop, SparseVLM, scale_layers
+from prunelab.models.adapter import LlavaAdapter, find_image_span
+from prunelab.models.hooks import HookScope
+from prunelab.models.tiny import tiny_inputs, tiny_llava
+
+N = 64
+IN_LLM = ["FastV", "PDrop", "SparseVLM", "DART"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llava("clip", seed=0)
+
+
+@pytest.fixture(scope="module")
+def adapter(model):
+    return LlavaAdapter(model)
+
+
+@pytest.fixture(scope="module")
+def inputs(model):
+    return tiny_inputs(model, seed=21)
+
+
+def _eager_twin():
+    m = tiny_llava("clip", seed=0)
+    m.model.language_model.config._attn_implementation = "eager"
+    m.config.text_config._attn_implementation = "eager"
+    return m
+
+
+@pytest.mark.parametrize("method", IN_LLM)
+def test_kv_cache_generation_equals_no_cache_reference(adapter, inputs, method):
+    ids, pv = inputs
+    out = adapter.run(ids, pv, method, 16, max_new_tokens=5, output_logits=True, eos_token_id=-1)
+    ref = adapter.reference_no_cache(ids, pv, method, 16, steps=5)
+    assert torch.allclose(out.logits[0], ref, atol=1e-4)
+    full = adapter.run(ids, pv, None, max_new_tokens=5, output_logits=True, eos_token_id=-1)
+    assert not torch.allclose(out.logits[0], full.logits[0], atol=1e-3)  # pruning really changed something
+    r = out.records[0]
+    counts = r["visual_tokens_per_layer"]
+    assert len(counts) == 8 and counts[0] == N and counts == sorted(counts, reverse=True)
+    # KV cache: each layer holds its own prefill length + the decoded tokens.
+    L = ids.shape[1]
+    lens = [L - N + c for c in counts]
+    assert r["kv_len_per_layer"] == [n + 4 for n in lens]  # 5 tokens generated, the last one not yet cached
+    assert r["equivalent_tokens"] == pytest.approx(sum(counts) / 8)
+
+
+def test_fastv_scores_equal_eager_attention(adapter, inputs):
+    """FastV keeps the top-T image columns of layer K-1's eager attention row of the last prompt token."""
+    ids, pv = inputs
+    twin = _eager_twin()
+    tw = LlavaAdapter(twin)
+    emb = tw._prepare([ids[0]], [0], pv, None, None, False, set(), False, None, None)[0].embeds[None]
+    att = twin.model.language_model(inputs_embeds=emb, output_attentions=True).attentions[1]  # layer K-1 = 1
+    start, _ = find_image_span(ids[0], twin.config.image_token_id)
+    score = att[0, :, -1, start:start + N].mean(0)
+    expect = torch.sort(torch.topk(score, 16).indices).values.tolist()
+    out = adapter.run(ids, pv, "FastV", 16, max_new_tokens=1)
+    r = out.records[0]
+    assert r["kept_indices"] == expect
+    assert r["visual_tokens_per_layer"] == [N, N] + [16] * 6
+    assert r["equivalent_tokens"] == pytest.approx((2 * N + 6 * 16) / 8)
+
+
+def test_eager_text_attention_gives_same_result(adapter, inputs):
+    """With a materialised 4-D causal mask (eager text attention) the hooks rebuild the mask for the shorter
+    sequence: same logits as SDPA."""
+    ids, pv = inputs
+    tw = LlavaAdapter(_eager_twin())
+    for method in ("FastV", "SparseVLM"):
+        a = adapter.run(ids, pv, method, 16, max_new_tokens=3, output_logits=True, eos_token_id=-1)
+        b = tw.run(ids, pv, method, 16, max_new_tokens=3, output_logits=True, eos_token_id=-1)
+        assert a.records[0]["kept_indices"] == b.records[0]["kept_indices"]
+        assert torch.allclose(a.logits[0], b.logits[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("method,policy", [("FastV", "original"), ("DART", "original"), ("PDrop", "contiguous"),
+                                           ("SparseVLM", "contiguous")])
+def test_position_policy(adapter, model, inputs, method, policy):
+    ids, pv = inputs
+    seen = {}
+    k = 2 if method in ("FastV", "DART") else None
+
+    def grab(i):
+        def hook(_m, _a, kw):
+            if kw["hidden_states"].shape[1] > 1:
+                seen[i] = kw["position_ids"][0].clone()
+        return hook
+
+    with HookScope() as s:
+        for i, layer in enumerate(model.model.language_model.layers):
+            s.forward_pre(layer.self_attn, grab(i), with_kwargs=True)
+        out = adapter.run(ids, pv, method, 16, max_new_tokens=1)
+    r = out.records[0]
+    assert r["positions"] == policy
+    L = ids.shape[1]
+    last = seen[7]
+    assert last.numel() == L - N + r["visual_tokens_per_layer"][-1]
+    if policy == "original":
+        start, _ = find_image_span(ids[0], model.config.image_token_id)
+        text = list(range(start)) + list(range(start + N, L))
+        expect = sorted(text + [start + i for i in r["kept_indices"]])
+        assert last.tolist() == expect
+        assert seen[k - 1].tolist() == list(range(L))
+    else:
+        assert last.tolist() == list(range(last.numel()))
+
+
+@pytest.mark.parametrize("method,params", [("FastV", {}), ("PDrop", {}), ("DART", {"match_budget": True})])
+def test_budget_n_equals_unpruned(adapter, inputs, method, params):
+    ids, pv = inputs
+    a = adapter.run(ids, pv, method, N, method_params=params, max_new_tokens=4, output_logits=True, eos_token_id=-1)
+    b = adapter.run(ids, pv, None, max_new_tokens=4, output_logits=True, eos_token_id=-1)
+    assert a.sequences == b.sequences
+    assert torch.allclose(a.logits[0], b.logits[0], atol=1e-4)
+    assert a.records[0]["equivalent_tokens"] == N
+
+
+def test_dart_counts(adapter, inputs):
+    ids, pv = inputs
+    r = adapter.run(ids, pv, "DART", 16, max_new_tokens=1).records[0]
+    assert r["n_kept"] == 4 + 8 * (16 // 8)  # the source's max_num_trunction // 8 per pivot
+    r = adapter.run(ids, pv, "DART", 17, method_params={"match_budget": True}, max_new_tokens=1).records[0]
+    assert r["n_kept"] == 17 and len(r["kept_indices"]) == 17
+
+
+def test_sparsevlm_recycling(adapter, inputs):
+    ids, pv = inputs
+    r = adapter.run(ids, pv, "SparseVLM", 16, max_new_tokens=1).records[0]
+    layers, sched, rec = r["prune_layers"], r["schedule"], r["recycled_per_layer"]
+    counts = r["visual_tokens_per_layer"]
+    prev = N
+    for layer, k, m in zip(layers, sched, rec):
+        pruned = prev - min(k, prev)
+        n_cand = min(int(pruned * 0.3) + 1, pruned)
+        assert m == (min(int(n_cand / 10) + 1, n_cand) if pruned else 0)
+        assert counts[layer] == min(k, prev) + m
+        prev = counts[layer]
+    r2 = adapter.run(ids, pv, "SparseVLM", 16, method_params={"recycle": False}, max_new_tokens=1).records[0]
+    assert r2["recycled_per_layer"] == [0, 0, 0] and r2["n_kept"] == len(r2["kept_indices"])
+    assert r["n_raters"] >= 1
+
+
+def test_schedules_known_answers():
+    assert scale_layers((8, 16, 24), 32) == [8, 16, 24]
+    assert scale_layers((8, 16, 24), 4, lo=1) == [1, 2, 3]
+    assert scale_layers((2, 6, 15), 8) == [0, 2, 4]
+    layers, counts = PDrop().schedule(32, 576, 192)
+    assert layers == [8, 16, 24]
+    teq = PDrop.equivalent(576, layers, counts, 32)
+    assert teq <= 192 and teq > 185
+    layers, counts = PDrop().schedule(32, 576, 64)  # infeasible with the first drop at layer 8
+    assert layers[0] < 8 and PDrop.equivalent(576, layers, counts, 32) <= 64
+    assert PDrop(ratio=0.5).schedule(32, 576, 64) == ([8, 16, 24], [288, 144, 72])
+    assert SparseVLM().counts(576, 128) == [303, 110, 36]
+    assert SparseVLM().counts(576, 64) == [66, 30, 17]
+    assert SparseVLM(schedule=(5, 4, 3)).counts(64, 16) == [5, 4, 3]
+
+
+def test_bad_in_llm_inputs(adapter, inputs, ctx):
+    ids, pv = inputs
+    with pytest.raises(BudgetError):
+        adapter.run(ids, pv, "FastV", 8, method_params={"k": 8}, max_new_tokens=1)
+    with pytest.raises(BudgetError):
+        get_pruner("FastV", k=0)
+    with pytest.raises(CapabilityError) as e:
+        prune(ctx, "FastV", 8)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CapabilityError):
+        adapter.run([ids[0], ids[0]], torch.cat([pv, pv]), "DART", 8, batch_size=2)
