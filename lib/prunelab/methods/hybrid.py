@@ -25,9 +25,9 @@ import torch
 
 from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
 from prunelab.methods._greedy import distance_matrix, divprune_first_pick, maxmin_greedy
+from prunelab.methods.adaptive import input_erank
 from prunelab.methods.base import FEATURE_SPACES, PruneResult, Pruner, VisualContext, register
 from prunelab.methods.clustering import dpc_knn, merge_clusters
-from prunelab.metrics import erank
 
 # --------------------------------------------------------------------------------------------------------------
 # helpers
@@ -90,11 +90,14 @@ def vispruner_select(
     iterations = 0
     if t_div == 0:
         residual = residual[:0]  # nothing diverse to keep; the loop would just empty the list
+    sims = _ResidualSims(xn, residual, t_div, step)
     while residual.numel() > t_div:
         r_len = residual.numel()
         r = min(step, r_len - t_div)
         a_idx, b_idx = residual[0::2], residual[1::2]
-        if b_idx.numel():
+        if b_idx.numel() >= _GATHER_MIN and sims.ready:
+            scores = sims.block(a_idx, b_idx).max(dim=1).values
+        elif b_idx.numel():
             scores = (xn[a_idx] @ xn[b_idx].T).max(dim=1).values
         else:
             scores = torch.full((a_idx.numel(),), float("-inf"))
@@ -104,6 +107,46 @@ def vispruner_select(
     kept = torch.sort(torch.cat([important, residual])).values
     assert kept.numel() == budget and torch.unique(kept).numel() == budget <= n
     return kept, {"n_important": int(t_imp), "n_diverse": int(t_div), "dedup_iterations": iterations}
+
+
+#: Smallest A/B split served from the precomputed similarity matrix. Below it the BLAS may take a small-matrix
+#: kernel whose summation order differs from the large GEMM's, so the split is recomputed as the source does.
+_GATHER_MIN = 32
+
+
+class _ResidualSims:
+    """Cosine similarities among the initial residual tokens, computed once, then gathered per iteration.
+
+    The source recomputes ``xn[A] @ xn[B].T`` every iteration: about ``sum R²/4`` dot products over the ~``(N -
+    T_imp - T_div)/step`` iterations (1.3 GFLOP for N = 576, T = 64), against ``R₀²`` for one product of the
+    initial residual with itself (0.23 GFLOP). Every entry of a float32 GEMM with the same inner dimension is
+    accumulated in the same order whatever the outer sizes (checked bit for bit against the per-iteration product
+    in ``tests/test_bench_selection.py``; on this MKL build only splits with fewer than 16 rows differ, hence
+    :data:`_GATHER_MIN`), so gathered scores equal the source's bit for bit and the selection is unchanged. Used
+    on CPU tensors and only when the large iterations would cost more than the one product.
+    """
+
+    def __init__(self, xn: torch.Tensor, residual: torch.Tensor, t_div: int, step: int):
+        self.ready = False
+        r_len = residual.numel()
+        if xn.device.type != "cpu" or r_len <= t_div:
+            return
+        saved, length = 0, r_len
+        while length > t_div:  # replay the list lengths of the loop to price the per-iteration products
+            n_a, n_b = (length + 1) // 2, length // 2
+            if n_b >= _GATHER_MIN:
+                saved += n_a * n_b
+            length -= min(min(step, length - t_div), n_a)
+        if saved <= r_len * r_len:
+            return
+        self.pos = torch.full((xn.shape[0],), -1, dtype=torch.long)
+        self.pos[residual] = torch.arange(r_len)
+        xr = xn[residual]
+        self.sim = xr @ xr.T
+        self.ready = True
+
+    def block(self, a_idx: torch.Tensor, b_idx: torch.Tensor) -> torch.Tensor:
+        return self.sim[self.pos[a_idx][:, None], self.pos[b_idx][None, :]]
 
 
 @register("VisPruner")
@@ -383,7 +426,8 @@ def erank_split_ratio(
 class _ErankSplit:
     """Mixin: replace a hybrid's fixed attention share by :func:`erank_split_ratio` of the image.
 
-    ``e_img`` = erank (:func:`prunelab.metrics.erank`, defaults: un-centred, singular values) of the ``N``
+    ``e_img`` = erank (:func:`prunelab.metrics.erank`, defaults: un-centred, singular values; computed by
+    :func:`prunelab.methods.adaptive.input_erank`, which agrees with it to 1e-9 relative) of the ``N``
     vision-layer patch features ``ctx.features``; ``e_min``/``e_max`` come from the explicit parameters or
     else from ``ctx.erank_stats["min"/"max"]`` and must be computed the same way (the defaults of
     :func:`prunelab.methods.adaptive.calibrate_erank` are). Defaults ``r_min=0.25``,
@@ -414,7 +458,7 @@ class _ErankSplit:
 
     def select(self, ctx: VisualContext, budget: int) -> PruneResult:
         e_min, e_max = self._stats_bounds(ctx)
-        e_img = float(erank(ctx.features))
+        e_img = input_erank(ctx.features)  # = erank(ctx.features), via the Gram route where safe
         r = erank_split_ratio(e_img, e_min, e_max, self.r_min, self.r_max, inverse=self.inverse)
         res = self._select_ratio(ctx, budget, r)
         res.stats.update({"r_used": r, "erank_input": e_img, "e_min": e_min, "e_max": e_max,
