@@ -243,7 +243,6 @@ def test_single_placeholder_equals_expanded(model, adapter):
 
 @pytest.mark.parametrize("method,budget", [(None, None), ("FasterVLM", 12), ("PruMerge", 16)])
 def test_batched_left_padding_gives_batch1_text(model, adapter, method, budget):
-    gen = torch.Generator().manual_seed(7)
     rows, pvs = [], []
     for k, (pre, suf) in enumerate([(3, 4), (9, 2), (5, 8)]):
         ids, pv = tiny_inputs(model, prefix=pre, suffix=suf, seed=10 + k)

@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from prunelab.errors import BudgetError, PrunelabError, UnknownNameError, check_budget
+from prunelab.errors import BudgetError, UnknownNameError, check_budget
 from prunelab.metrics import erank
 from prunelab.paths import atomic_write, cache_dir as _cache_dir
 

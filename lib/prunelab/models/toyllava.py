@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Iterable
 
-from prunelab.errors import AssetError, UnknownNameError
+from prunelab.errors import AssetError
 from prunelab.paths import atomic_dir, cache_dir, data_dir
 
 IMAGE_TOKEN = "<image>"
@@ -293,7 +291,6 @@ def load_tokenizer(path=None):
 
 def load_projector_lm(path=None):
     """``(config, tokenizer, projector_state, lm_state)`` of a packaged folder, without the tower (fp32)."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import LlavaConfig

@@ -325,7 +325,6 @@ class ToyLlavaLM(_torch().nn.Module):
 
     def export_state(self) -> tuple[dict, dict]:
         """``(projector_sd, lm_sd)`` with the standardisation folded into ``linear_1`` (exact affine identity)."""
-        import torch
 
         w, b = self.linear_1.weight.detach().float(), self.linear_1.bias.detach().float()
         inv = 1.0 / self.feat_std
@@ -825,7 +824,6 @@ def evaluate(model, tokenizer, records: Sequence[Record], store: FeatureStore, c
     descriptions with a hallucination), degenerate rate (:func:`is_degenerate`), object hit (share of
     ground-truth object instances with >= 1 kept patch) and POPE accuracy / F1 / yes-ratio per negative type.
     """
-    import torch
 
     prompt = prompt or describe_prompt()
     model.eval()
