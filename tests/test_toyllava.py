@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,26 +21,29 @@ PROMPT = "Please describe this image in detail."
 CATS = ["dog", "cat", "cup", "car"]
 
 
+SIDE = 8  # an 8x8 token grid keeps the tests fast; the code takes the token count from the store
+
+
 def _synthetic(n: int = 24, seed: int = 0):
-    """Records + a FeatureStore where each category is a direction written into its box's patches."""
+    """Records + a FeatureStore where each category is a direction written into a 2x2 block of patches."""
     rng = np.random.default_rng(seed)
     dirs = rng.normal(size=(len(CATS), TT.FEAT_DIM)).astype(np.float32) * 3
-    feats = rng.normal(size=(n, TT.N_TOK, TT.FEAT_DIM)).astype(np.float32) * 0.5
+    feats = rng.normal(size=(n, SIDE * SIDE, TT.FEAT_DIM)).astype(np.float32) * 0.5
     recs = []
     for i in range(n):
         present = sorted(rng.choice(len(CATS), size=int(rng.integers(1, 3)), replace=False).tolist())
         boxes = []
         for c in present:
-            r, col = (int(v) for v in rng.integers(0, 20, size=2))
-            for rr in range(r, r + 4):
-                feats[i, rr * 24 + col: rr * 24 + col + 4] += dirs[c]
-            boxes.append((CATS[c], (col * 14.0, r * 14.0, (col + 4) * 14.0, (r + 4) * 14.0)))
+            r, col = (int(v) for v in rng.integers(0, SIDE - 2, size=2))
+            for rr in range(r, r + 2):
+                feats[i, rr * SIDE + col: rr * SIDE + col + 2] += dirs[c]
+            boxes.append((CATS[c], [rr * SIDE + cc for rr in range(r, r + 2) for cc in range(col, col + 2)]))
         names = [CATS[c] for c in present]
         desc = "There is " + " and ".join(f"a {w}" for w in names) + "."
         qs = [(f"Is there a {w} in the image?", "Yes" if w in names else "No", "positive" if w in names else "random", w) for w in CATS]
         recs.append(TT.Record(id=f"s{i}", complexity="simple" if len(names) == 1 else "complex", objects=names, boxes=boxes,
                               descriptions=[desc], questions=qs, train_questions=[(q, a) for q, a, *_ in qs]))
-    store = TT.FeatureStore.from_arrays(feats.astype(np.float16), np.full((n, TT.N_TOK), 1 / TT.N_TOK, np.float32),
+    store = TT.FeatureStore.from_arrays(feats.astype(np.float16), np.full((n, SIDE * SIDE), 1 / SIDE**2, np.float32),
                                         [r.id for r in recs])
     return recs, store
 
@@ -112,6 +114,24 @@ def test_processor_expands_image_to_576_tokens(data):
 
 # ---- training ------------------------------------------------------------------------------------------------
 
+def test_flip_mirrors_the_token_grid(data):
+    recs, store, tok = data
+    b = TT.SampleBuilder(tok)
+    _, plain, _, _ = TT.make_batch(dataclasses.replace(TINY, p_flip=0.0), 0, recs, store, b, PROMPT)
+    _, flip, _, _ = TT.make_batch(dataclasses.replace(TINY, p_flip=1.0), 0, recs, store, b, PROMPT)
+    g = plain[0].reshape(SIDE, SIDE, -1)
+    assert torch.equal(flip[0].reshape(SIDE, SIDE, -1), g.flip(1))
+
+
+def test_balanced_yes_no_turns():
+    rng = np.random.default_rng(0)
+    pool = [(f"q{i}", "Yes") for i in range(3)] + [(f"n{i}", "No") for i in range(9)]
+    for _ in range(20):
+        t = TT._balanced_turns(rng, pool, 4)
+        assert len(t) == 4 and len(set(t)) == 4 and sum(a == "Yes" for _, a in t) == 2
+    assert sum(a == "Yes" for _, a in TT._balanced_turns(rng, pool[:1] + pool[3:], 4)) == 1  # pool-limited
+
+
 def test_batches_are_functions_of_seed_and_step(data):
     recs, store, tok = data
     b = TT.SampleBuilder(tok)
@@ -121,7 +141,7 @@ def test_batches_are_functions_of_seed_and_step(data):
     assert all(torch.equal(u, v) for u, v in zip(x1, x2))
     assert not torch.equal(x1[1], x3[1])
     ids, feats, labels, weights = x1
-    assert (ids == tok.convert_tokens_to_ids("<image>")).sum(1).tolist() == [576] * TINY.batch_size
+    assert (ids == tok.convert_tokens_to_ids("<image>")).sum(1).tolist() == [SIDE * SIDE] * TINY.batch_size
     assert ((labels >= 0) == (weights > 0)).all()
     # every scene is visited once per epoch
     seen = np.concatenate([TT.batch_indices(0, s, 4, len(recs)) for s in range(len(recs) // 4)])
@@ -130,10 +150,10 @@ def test_batches_are_functions_of_seed_and_step(data):
 
 def test_subset_augmentation_keeps_raster_order(data):
     recs, store, tok = data
-    cfg = dataclasses.replace(TINY, p_subset=1.0, subset_min=40, subset_max=60, p_flip=0.0)
+    cfg = dataclasses.replace(TINY, p_subset=1.0, subset_min=20, subset_max=40, p_flip=0.0)
     ids, feats, labels, _ = TT.make_batch(cfg, 0, recs, store, TT.SampleBuilder(tok), PROMPT)
     n = feats.shape[1]
-    assert 40 <= n <= 60 and int((ids[0] == tok.convert_tokens_to_ids("<image>")).sum()) == n
+    assert 20 <= n <= 40 and int((ids[0] == tok.convert_tokens_to_ids("<image>")).sum()) == n
     # each kept row is a row of the original image, in increasing patch order
     idx = TT.batch_indices(cfg.seed, 0, cfg.batch_size, len(recs))[0]
     full = torch.from_numpy(np.asarray(store.features[idx], dtype=np.float32))
@@ -143,12 +163,12 @@ def test_subset_augmentation_keeps_raster_order(data):
 
 def test_tiny_training_decreases_loss(data, tmp_path):
     recs, store, tok = data
-    cfg = dataclasses.replace(TINY, steps=30, ckpt_every=30, lr=5e-3, warmup=2)
+    cfg = dataclasses.replace(TINY, steps=40, ckpt_every=40, lr=5e-3, warmup=2)
     model, hist = TT.train(cfg, recs, store, tok, tmp_path, progress=False, prompt=PROMPT)
     first = np.mean([h["loss"] for h in hist[:3]])
     last = np.mean([h["loss"] for h in hist[-3:]])
     assert last < 0.6 * first, (first, last)
-    assert (tmp_path / "last.pt").exists() and (tmp_path / "train.log").read_text().count('"loss"') == 30
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "train.log").read_text().count('"loss"') == 40
 
 
 def test_resume_from_checkpoint_is_identical(data, tmp_path):
@@ -219,7 +239,7 @@ def test_package_loads_with_from_pretrained_and_generates(data, package):
     f = torch.from_numpy(np.asarray(store.features[1], dtype=np.float32))
     ids = T.prompt_ids(tok, PROMPT)
     p = ids.index(m.config.image_token_id)
-    full_ids = torch.tensor([ids[:p] + [m.config.image_token_id] * 576 + ids[p + 1:]])
+    full_ids = torch.tensor([ids[:p] + [m.config.image_token_id] * f.shape[0] + ids[p + 1:]])
     with torch.no_grad():
         emb = m.get_input_embeddings()(full_ids)
         emb[full_ids == m.config.image_token_id] = m.model.multi_modal_projector(f)
@@ -291,3 +311,79 @@ def test_paired_bootstrap_detects_a_clear_drop():
     assert d["delta"] == pytest.approx(-0.25) and d["significant"]
     same = TT.paired_bootstrap(per, "full", "full", "recall")
     assert same["delta"] == 0 and not same["significant"]
+
+
+def test_object_hit_with_patch_lists():
+    objs = [[0, 1, 24], [575]]
+    assert TT.object_hit(objs, np.array([24, 7])) == (1, 2)
+    assert TT.object_hit(objs, np.array([], dtype=int)) == (0, 2)
+
+
+def test_evaluate_runs_every_condition_on_tiny_model(data, package):
+    recs, store, tok = data
+    m, _ = TT.ToyLlavaLM.from_package(package[1])
+    conds = [TT.Condition("full", None, SIDE * SIDE), TT.Condition("FasterVLM-16", "FasterVLM", 16),
+             TT.Condition("DivPrune-16", "DivPrune", 16)]
+    ev = TT.evaluate(m, tok, recs[:6], store, conds, prompt=PROMPT, max_new_tokens=6, progress=False)
+    per = ev["per_image"]
+    assert len(per) == 18 and {p["n_kept"] for p in per if p["condition"] != "full"} == {16}
+    S = {(s["condition"], s["complexity"]): s for s in ev["summary"]}
+    for c in conds:
+        s = S[(c.name, "all")]
+        assert 0 <= s["recall"] <= 1 and 0 <= s["chair_i"] <= 1 and 0 <= s["object_hit"] <= 1
+        assert {"pope_random_acc", "degenerate_rate"} <= set(s)
+    # a full-token condition keeps every patch of every object
+    assert S[("full", "all")]["object_hit"] == 1.0
+    # POPE accuracy (random setting) = matching answers among its negatives plus the image's positives
+    qs = [q for p in per if p["condition"] == "full" for q in p["pope"]
+          if q["type"] == "random" or (q["type"] == "positive" and q["truth"] == "yes")]
+    assert {q["truth"] for q in qs} == {"yes", "no"}
+    assert S[("full", "all")]["pope_random_acc"] == pytest.approx(np.mean([(q["answer"] == "yes") == (q["truth"] == "yes") for q in qs]))
+
+
+# ---- the committed model (slow: needs the DINOv2 tower and data/models/toyllava) ---------------------------------
+
+def _committed_or_skip():
+    d = T.default_dir("toyllava")
+    if not (d / "model.safetensors").exists():
+        pytest.skip(f"no committed ToyLLaVA at {d}; run make toy-model")
+    from prunelab.models.dinov2 import converted_dir
+
+    try:
+        if not any(converted_dir().glob("*.safetensors")):
+            pytest.skip("DINOv2 tower not built; run make assets")
+    except Exception as err:  # noqa: BLE001 - any asset problem means: skip with the reason
+        pytest.skip(f"DINOv2 tower unavailable ({err}); run make assets")
+    return d
+
+
+@pytest.mark.slow
+def test_committed_model_hf_generate_matches_feature_path():
+    """The assembled LlavaForConditionalGeneration (pixels -> tower -> projector -> LLM) gives the same greedy
+    tokens as the trainer's path on features from prunelab.vision.encode_images."""
+    d = _committed_or_skip()
+    from prunelab.toyworld import render, splits
+    from prunelab.vision import encode_images
+
+    model, proc = T.load_toyllava(d)
+    scene = splits.get_scene("test", 0)
+    img = render(scene)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
+    inputs = proc(images=img, text=proc.apply_chat_template(msgs, add_generation_prompt=True), return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
+    hf = out[0, inputs["input_ids"].shape[1]:].tolist()
+    m2, tok = TT.ToyLlavaLM.from_package(d)
+    f = encode_images([img], cache=False, progress=False).features[0].float()
+    ours = TT.generate_descriptions(m2, tok, [m2.project(f)], PROMPT, max_new_tokens=20)[0]
+    assert hf[: len(ours)] == ours
+
+
+@pytest.mark.slow
+def test_committed_eval_json_meets_reported_numbers():
+    d = _committed_or_skip()
+    ev = json.loads((d / "eval.json").read_text())
+    card = (d / "MODEL_CARD.md").read_text()
+    full = next(s for s in ev["summary"] if s["condition"] == "full" and s["complexity"] == "all")
+    assert full["n_images"] == 400
+    assert f"{full['recall']:.3f}" in card and f"{full['chair_i']:.3f}" in card
