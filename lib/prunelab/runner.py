@@ -219,6 +219,58 @@ class PixelPatchEncoder:
         return out
 
 
+def load_projector(spec: str | None = "auto"):
+    """The projector that defines the ``"projected"`` space: ``"toyllava"`` (the trained ToyLLaVA projector in
+    ``data/models/toyllava``; an :class:`~prunelab.errors.AssetError` if its weights are missing), ``"auto"``
+    (ToyLLaVA's if present, else ``None``) or ``"none"``/``None``. Returns a ``torch.nn.Module`` or ``None``."""
+    from prunelab.errors import AssetError
+
+    if spec in (None, "none", False):
+        return None
+    if spec not in ("auto", "toyllava"):
+        raise UnknownNameError(f"unknown projector {spec!r}; use 'auto', 'toyllava' or 'none'")
+    try:
+        from prunelab.models.toyllava import load_projector_lm
+
+        _, _, proj_sd, _ = load_projector_lm()
+    except (AssetError, ImportError):
+        if spec == "toyllava":
+            raise
+        return None
+    w1, w2 = proj_sd["linear_1.weight"], proj_sd["linear_2.weight"]
+    # LlavaMultiModalProjector: linear_1 -> GELU -> linear_2 (the toy model uses the same GELU).
+    mlp = torch.nn.Sequential(torch.nn.Linear(w1.shape[1], w1.shape[0]), torch.nn.GELU(),
+                              torch.nn.Linear(w2.shape[1], w2.shape[0]))
+    mlp[0].load_state_dict({"weight": w1, "bias": proj_sd["linear_1.bias"]})
+    mlp[2].load_state_dict({"weight": w2, "bias": proj_sd["linear_2.bias"]})
+    return mlp.eval().requires_grad_(False)
+
+
+def vision_methods() -> list[str]:
+    """Registered pre-LLM methods that need only the image (text-conditioned ones such as CDPruner need a
+    question and run through the model adapter), ordered by family then name."""
+    from prunelab.methods import available_methods
+
+    from prunelab.plots import FAMILY_ORDER
+
+    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    names = [n for n in available_methods("pre_llm") if get_pruner(n).family != "text"]
+    return sorted(names, key=lambda n: (rank.get(get_pruner(n).family, 99), n))
+
+
+def methods_for(names: Sequence[str], projected: bool) -> list:
+    """Method specs for ``names``; without a ``projected`` space, methods whose ``features`` default to
+    ``"projected"`` (DivPrune, FPS, AttnDiv...) run on the vision features instead, and their label says so."""
+    out = []
+    for name in names:
+        p = get_pruner(name)
+        if not projected and getattr(p, "features", None) == "projected":
+            out.append((name, {"features": "vision"}))
+        else:
+            out.append(name)
+    return out
+
+
 def _module_fingerprint(module) -> str:
     if not isinstance(module, torch.nn.Module):
         return f"{type(module).__module__}.{type(module).__qualname__}"
@@ -555,6 +607,9 @@ __all__ = [
     "resolve_methods",
     "VisionEncoder",
     "PixelPatchEncoder",
+    "load_projector",
+    "methods_for",
+    "vision_methods",
     "image_stats",
     "erank_stats_from",
     "random_subset_erank",

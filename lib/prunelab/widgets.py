@@ -1,0 +1,85 @@
+"""Interactive explorers that also work in the static book.
+
+A static Jupyter Book page has no kernel, so a Python callback behind a dropdown never runs there. These
+explorers therefore precompute every view into image widgets and switch between them with *front-end links*
+(``ipywidgets.jslink``) from the dropdowns to nested :class:`ipywidgets.Stack` widgets: the switching happens in
+the browser, from the widget state that papermill saves into the executed notebook and JB1 embeds in the page.
+The same widget works unchanged in JupyterLab. Keep the option set small: every combination is one embedded
+JPEG (about 10-20 kB at 224 px).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+
+from prunelab.plots import method_order, overlay_png
+
+
+def _caption(row) -> str:
+    er = row["erank_kept_vision"]
+    rnd = row["erank_random_vision"]
+    parts = [f"<b>{row['method']}</b>, T = {int(row['budget'])}", f"kept {int(row['n_kept'])}"]
+    if pd.notna(er):
+        parts.append(f"erank {er:.1f}" + (f" (random {rnd:.1f})" if pd.notna(rnd) else ""))
+    parts.append(f"attention kept {100 * row['attention_mass_kept']:.0f}%")
+    return " · ".join(parts)
+
+
+def overlay_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str] | None = None,
+                     methods: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
+                     grid=(24, 24), size: int = 224, max_views: int = 400):
+    """Image x method x budget explorer of kept-token overlays.
+
+    ``df`` is a :func:`prunelab.runner.run_vision` table, ``images`` maps ``image_id`` to a PIL image. Three
+    dropdowns select the image, method and budget; the overlay and a caption (kept count, erank of the kept
+    tokens vs random subsets, attention mass kept) update in the browser, with or without a kernel.
+    Raises ``ValueError`` if more than ``max_views`` combinations would be embedded.
+    """
+    import ipywidgets as w
+
+    image_ids = list(image_ids) if image_ids is not None else list(dict.fromkeys(df["image_id"]))
+    methods = list(methods) if methods is not None else method_order(df)
+    budgets = [int(b) for b in (budgets if budgets is not None else sorted(df["budget"].unique()))]
+    n_views = len(image_ids) * len(methods) * len(budgets)
+    if n_views > max_views:
+        raise ValueError(
+            f"the explorer would embed {n_views} overlays (> max_views={max_views}); pass fewer image_ids/methods/budgets"
+        )
+    index = df.set_index(["image_id", "method", "budget"]).sort_index()
+
+    d_img = w.Dropdown(options=image_ids, value=image_ids[0], description="image")
+    d_met = w.Dropdown(options=methods, value=methods[0], description="method")
+    d_bud = w.Dropdown(options=[str(b) for b in budgets], value=str(budgets[0]), description="budget T")
+    links = []
+
+    def view(iid, m, b):
+        key = (iid, m, b)
+        if key not in index.index:
+            return w.HTML(f"<i>no result for {iid} / {m} / T={b}</i>")
+        row = index.loc[key]
+        row = row.iloc[0] if isinstance(row, pd.DataFrame) else row
+        row = row.copy()
+        row["method"], row["budget"] = m, b
+        pic = w.Image(value=overlay_png(images[iid], row["kept_indices"], grid, size=size), format="jpeg",
+                      width=size, height=size)
+        return w.VBox([pic, w.HTML(_caption(row))])
+
+    outer = []
+    for iid in image_ids:
+        per_method = []
+        for m in methods:
+            inner = w.Stack([view(iid, m, b) for b in budgets], selected_index=0)
+            links.append(w.jslink((d_bud, "index"), (inner, "selected_index")))
+            per_method.append(inner)
+        mid = w.Stack(per_method, selected_index=0)
+        links.append(w.jslink((d_met, "index"), (mid, "selected_index")))
+        outer.append(mid)
+    top = w.Stack(outer, selected_index=0)
+    links.append(w.jslink((d_img, "index"), (top, "selected_index")))
+    box = w.VBox([w.HBox([d_img, d_met, d_bud]), top])
+    box._prunelab_links = links  # keep the Link widgets alive with the view
+    return box
+
+
+__all__ = ["overlay_explorer"]
