@@ -296,3 +296,15 @@ def test_prune_attaches_stats_for_merged_tokens(ctx):
     res = prune(ctx, "PruMerge+fixed", 8)
     assert res.stats["n_kept"] == 8 and "erank_kept_projected" in res.stats
     assert res.output_tokens(ctx, "projected").shape == (8, ctx.projected.shape[1])
+
+
+def test_catalog_lists_every_method_with_its_declared_policies():
+    from prunelab.methods import available_methods, catalog, get_pruner
+
+    cat = catalog()
+    assert list(cat["method"]) == [get_pruner(n).name for n in available_methods()]
+    row = cat.set_index("method").loc["FasterVLM"]
+    assert row["family"] == "attention" and row["stage"] == "pre_llm" and not row["adaptive"]
+    assert "FasterVLM" in row["source"]
+    assert set(catalog(stage="in_llm")["stage"]) == {"in_llm"}
+    assert catalog(["DivPrune"]).loc[0, "features"] == "projected"

@@ -9,6 +9,7 @@ from prunelab.methods.base import (  # noqa: F401
     Pruner,
     VisualContext,
     available_methods,
+    catalog,
     get_pruner,
     prune,
     register,

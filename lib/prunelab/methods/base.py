@@ -291,7 +291,26 @@ def replace_params(pruner: Pruner, **changes) -> Pruner:
     return type(pruner)(**p)
 
 
+def catalog(names=None, stage: str | None = None):
+    """One row per method: ``method, family, stage, adaptive, order, positions, features, requires, source``
+    (a pandas DataFrame; the study's methods page and notebook 00 show it). ``names`` default: every registered
+    method of ``stage``. ``features`` is the space a diversity/hybrid step measures distances in (``"-"`` when
+    the method uses none)."""
+    import pandas as pd
+
+    rows = []
+    for n in (names if names is not None else available_methods(stage)):
+        p = get_pruner(n)
+        rows.append({
+            "method": p.name, "family": p.family, "stage": p.stage, "adaptive": bool(p.adaptive), "order": p.order,
+            "positions": p.positions, "features": getattr(p, "features", None) or "-",
+            "requires": ", ".join(p.requires) or "-", "source": p.source,
+        })
+    return pd.DataFrame(rows)
+
+
 __all__ = [
+    "catalog",
     "VisualContext",
     "PruneResult",
     "Pruner",
