@@ -246,3 +246,35 @@ def test_dinov2_encoder_on_two_photos(tmp_path):
     assert (df["n_tokens"] == 576).all()
     assert df["erank_full_vision"].between(1, 384).all()
     assert (df["erank_kept_vision"] <= df["erank_full_vision"] + 1e-6).all()
+
+
+def test_glance_table_means_per_method_and_budget():
+    from prunelab.runner import glance_table
+
+    df = pd.DataFrame({
+        "method": ["A", "A", "B", "B"], "family": ["attention", "attention", "diversity", "diversity"],
+        "budget": [4, 4, 4, 4], "image_id": ["x", "y", "x", "y"], "n_kept": [4, 4, 4, 4],
+        "erank_kept_vision": [2.0, 3.0, 4.0, 3.0], "erank_full_vision": [4.0, 6.0, 4.0, 6.0],
+        "erank_random_vision": [2.0, 2.0, 2.0, 3.0], "attention_mass_kept": [0.5, 0.7, 0.2, 0.4],
+        "select_time_s": [0.001, 0.003, 0.01, 0.02],
+    })
+    t = glance_table(df).set_index("method")
+    assert list(t.index) == ["A", "B"]
+    assert t.loc["A", "kept / all"] == pytest.approx(0.5) and t.loc["B", "kept / all"] == pytest.approx(0.75)
+    assert t.loc["B", "kept / random"] == pytest.approx(1.5) and t.loc["A", "select ms"] == pytest.approx(2.0)
+    assert t.loc["A", "attention kept"] == pytest.approx(0.6)
+
+
+def test_pick_images_alternates_labels_and_is_deterministic(tmp_path):
+    from prunelab.runner import pick_images, save_table
+
+    df = pd.DataFrame({"image_id": list("abcdef"), "complexity": ["simple"] * 4 + ["complex"] * 2,
+                       "kept_indices": [[1, 2]] * 6})
+    got = pick_images(df, 4, seed=1)
+    assert got == pick_images(df, 4, seed=1) and len(set(got)) == 4
+    labels = df.set_index("image_id").loc[got, "complexity"].tolist()
+    assert labels[:2] == ["simple", "complex"] and labels.count("complex") == 2
+    assert len(pick_images(df, 10)) == 6
+    p = save_table(df, tmp_path / "res", "t")
+    back = pd.read_csv(p)
+    assert back["kept_indices"].iloc[0] == "[1, 2]" and len(back) == 6

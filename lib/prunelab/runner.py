@@ -601,8 +601,65 @@ def method_stats(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df, wide], axis=1)
 
 
+def glance_table(df: pd.DataFrame, space: str = "vision") -> pd.DataFrame:
+    """Per method x budget means over images: kept count, erank of the kept tokens, its ratio to the erank of all
+    tokens and of random same-size subsets (1 = chance), [CLS] attention mass kept and selection time (ms).
+
+    Ratios are averaged per image (mean of ``kept / full``), not ratios of means, so every image weighs the same.
+    """
+    from prunelab.plots import method_order
+
+    d = df.assign(
+        erank_over_full=df[f"erank_kept_{space}"] / df[f"erank_full_{space}"],
+        erank_over_random=df[f"erank_kept_{space}"] / df[f"erank_random_{space}"],
+        select_ms=1000 * df["select_time_s"],
+    )
+    cols = {"n_kept": "kept", f"erank_kept_{space}": "erank kept", "erank_over_full": "kept / all",
+            "erank_over_random": "kept / random", "attention_mass_kept": "attention kept", "select_ms": "select ms"}
+    out = d.groupby(["method", "budget"], sort=False)[list(cols)].mean().rename(columns=cols).reset_index()
+    rank = {m: i for i, m in enumerate(method_order(df))}
+    return out.sort_values(["budget", "method"], key=lambda c: c.map(rank) if c.name == "method" else c).reset_index(drop=True)
+
+
+def pick_images(df: pd.DataFrame, n: int, seed: int = 0) -> list[str]:
+    """``n`` image ids of ``df`` for figures: round-robin over the complexity labels (simple, medium, complex,
+    unlabelled), each label's ids in a seeded order, so small figures show both kinds of image. Deterministic."""
+    import random
+
+    img = df.drop_duplicates("image_id")[["image_id", "complexity"]]
+    groups = []
+    for label in ("simple", "medium", "complex", None):
+        ids = sorted(img.loc[img["complexity"].isna() if label is None else img["complexity"] == label, "image_id"])
+        random.Random(f"{seed}:{label}").shuffle(ids)
+        if ids:
+            groups.append(ids)
+    out: list[str] = []
+    while len(out) < n and any(groups):
+        for g in groups:
+            if g and len(out) < n:
+                out.append(g.pop(0))
+    return out
+
+
+def save_table(df: pd.DataFrame, folder: str | Path, name: str) -> Path:
+    """Write a result table as ``<folder>/<name>.csv`` (atomically; list columns as JSON) and return the path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.csv"
+    out = df.copy()
+    for c in out.columns:
+        if out[c].map(lambda v: isinstance(v, (list, tuple))).any():
+            out[c] = out[c].map(json.dumps)
+    with atomic_write(path, "w") as fh:
+        out.to_csv(fh, index=False)
+    return path
+
+
 __all__ = [
+    "pick_images",
+    "save_table",
     "VISION_COLUMNS",
+    "glance_table",
     "MethodSpec",
     "resolve_methods",
     "VisionEncoder",

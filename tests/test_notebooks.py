@@ -1,0 +1,52 @@
+"""Smoke runs of every study notebook with its own tiny parameters (``metadata.prunelab.smoke_parameters``), the
+same path ``python -m prunelab.build notebooks --smoke`` takes, plus the up-front parameter check."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunelab import build
+
+NOTEBOOKS = build.list_notebooks()
+
+
+def _run(tmp_path, name, params=None):
+    jobs = build.plan([name], params={name: params or {}}, smoke=True, build_dir=tmp_path, chapters_dir=None)
+    (out,) = build.run(jobs, force=True, log=lambda *a, **k: None)
+    return out
+
+
+def test_every_notebook_declares_parameters_and_smoke_values():
+    assert NOTEBOOKS, "no notebooks found"
+    for name in NOTEBOOKS:
+        path = build.NOTEBOOKS_DIR / f"{name}.ipynb"
+        nb = json.loads(path.read_text())
+        first_code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+        assert "parameters" in first_code["metadata"].get("tags", []), f"{name}: first code cell must be tagged parameters"
+        smoke = build.smoke_parameters(path)
+        assert smoke and set(smoke) <= set(build.declared_parameters(path)), f"{name}: smoke parameters must be declared"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_smoke_run(tmp_path, name):
+    out = _run(tmp_path, name)
+    assert out.status == "executed", out.error
+    nb = json.loads(out.output.read_text())
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    figures = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+               or "image/png" in str(o.get("metadata", {}))]
+    glued = [o for c in nb["cells"] for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})]
+    assert figures or glued, f"{name} produced no figure"
+    prov = json.loads((tmp_path / "smoke" / "provenance" / f"{name}.json").read_text())
+    assert prov["injected_parameters"] == build.smoke_parameters(build.NOTEBOOKS_DIR / f"{name}.ipynb")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_bad_budget_fails_up_front_with_one_line(tmp_path, name):
+    if "budgets" not in build.declared_parameters(build.NOTEBOOKS_DIR / f"{name}.ipynb"):
+        pytest.skip("no budgets parameter")
+    out = _run(tmp_path, name, {"budgets": [100000]})
+    assert out.status == "failed"
+    assert "BudgetError" in out.error and "1..576" in out.error
