@@ -37,7 +37,7 @@ $(STAMP_JS): book/package.json book/package-lock.json
 js: $(STAMP_JS)
 
 test: assets
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 # Execute every notebook with papermill (cached, resumable), then build the HTML offline with warnings as errors.

@@ -118,6 +118,19 @@ def smoke_parameters(path: Path) -> dict[str, Any]:
     return dict(nb.get("metadata", {}).get("prunelab", {}).get("smoke_parameters", {}))
 
 
+def parse_cli_params(items: list[str]) -> dict[str, Any]:
+    """``["model=/x", "budgets=[64, 128]"]`` -> ``{"model": "/x", "budgets": [64, 128]}`` (values read as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise UnknownNameError(f"bad parameter {item!r}; write -p name=value, e.g. -p budgets='[64, 128]'")
+        out[name.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
 def load_params_file(path: str | os.PathLike | None, names: list[str]) -> dict[str, dict[str, Any]]:
     """Read a YAML parameter file into ``{notebook: {param: value}}`` for ``names`` (see module docstring)."""
     if path is None:
@@ -460,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("--only", action="append", metavar="NAME", help="run only this notebook (repeatable)")
     nb.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel (default 1)")
     nb.add_argument("--params-file", metavar="YAML", help="parameters to inject (see module docstring)")
+    nb.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="inject one parameter into every selected notebook that declares it (YAML value; repeatable; "
+                         "overrides --params-file)")
     nb.add_argument("--smoke", action="store_true", help="tiny parameters from each notebook's metadata; output in _build/smoke")
     nb.add_argument("--force", action="store_true", help="execute even if inputs are unchanged")
     nb.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT, help="seconds per cell (default %(default)s)")
@@ -470,9 +486,13 @@ def main(argv: list[str] | None = None) -> int:
         if not names:
             print(f"[build] no notebooks found in {NOTEBOOKS_DIR}", file=sys.stderr)
             return 1
+        params = load_params_file(args.params_file, names)
+        for name, extra in parse_cli_params(args.param).items():
+            for nb_name in names:
+                params.setdefault(nb_name, {})[name] = extra
         jobs = plan(
             names,
-            params=load_params_file(args.params_file, names),
+            params=params,
             smoke=args.smoke,
             timeout=args.timeout,
         )
