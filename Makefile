@@ -46,7 +46,7 @@ book: assets js
 	$(MAKE) book-html
 
 book-html:
-	$(VENV)/bin/jupyter-book build . --path-output _build -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . --path-output . -W -n --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 toy-model: assets
