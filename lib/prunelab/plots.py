@@ -189,7 +189,7 @@ def overlay_grid(df: pd.DataFrame, images: dict, budget: int, methods: Sequence[
                 ax.axis("off")
                 continue
             row = row.iloc[0]
-            overlay(img, row["kept_indices"], grid, ax=ax, title=m if r == 0 else None)
+            overlay(img, row["kept_indices"], grid, ax=ax, title=short_label(m) if r == 0 else None)
             if annotate and np.isfinite(row["erank_kept_vision"]):
                 ax.text(0.02, 0.02, f"erank {row['erank_kept_vision']:.1f}", transform=ax.transAxes,
                         fontsize="x-small", color="white", bbox=dict(facecolor="black", alpha=0.55, pad=1.5, lw=0))
@@ -212,56 +212,63 @@ def erank_long(df: pd.DataFrame, space: str = "vision") -> pd.DataFrame:
     return out.dropna(subset=["erank"])
 
 
-def erank_points(df: pd.DataFrame, space: str = "vision", kinds=("kept", "random"), height: float = 3.2,
-                 aspect: float = 1.6):
-    """Mean erank (95% bootstrap CI over images) per method, kept vs random subsets of the same size, one panel
-    per budget; the dashed line is the mean erank of all tokens. Returns the figure."""
+def short_label(method: str) -> str:
+    """``"DivPrune(features=vision)"`` -> ``"DivPrune (vision)"``: method labels that fit on an axis."""
+    if "(" not in method or not method.endswith(")"):
+        return method
+    base, _, args = method[:-1].partition("(")
+    vals = [a.split("=", 1)[-1] for a in args.split(",")]
+    return f"{base} ({', '.join(v.strip() for v in vals)})"
+
+
+def erank_points(df: pd.DataFrame, space: str = "vision", kinds=("kept", "random"), width: float = 4.2,
+                 row: float = 0.26):
+    """Mean erank (95% bootstrap CI over images) per method (rows), kept vs random subsets of the same size, one
+    panel per budget; the dashed line is the mean erank of all tokens. Returns the figure."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     long = erank_long(df, space)
-    order = method_order(df)
+    long["method"] = long["method"].map(short_label)
+    order = [short_label(m) for m in method_order(df)]
     budgets = sorted(df["budget"].unique())
-    fig, axes = plt.subplots(1, len(budgets), figsize=(height * aspect * len(budgets), height), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(width * len(budgets) + 1.5, row * len(order) + 1.2),
+                             sharey=True, squeeze=False)
     pal = dict(zip(("kept", "random"), sns.color_palette("colorblind", 2)))
     for ax, b in zip(axes[0], budgets):
         sub = long[(long["budget"] == b) & long["kind"].isin(kinds)]
-        sns.pointplot(data=sub, x="method", y="erank", hue="kind", order=order, hue_order=list(kinds), palette=pal,
-                      dodge=0.35, linestyles="none", errorbar=("ci", 95), seed=0, markersize=5, ax=ax)
+        sns.pointplot(data=sub, y="method", x="erank", hue="kind", order=order, hue_order=list(kinds), palette=pal,
+                      dodge=0.4, linestyles="none", errorbar=("ci", 95), seed=0, markersize=4, ax=ax)
         full = long[(long["budget"] == b) & (long["kind"] == "full")]["erank"]
         if len(full):
-            ax.axhline(full.mean(), ls="--", lw=1, color="0.4", label="all tokens (mean)")
+            ax.axvline(full.mean(), ls="--", lw=1, color="0.4", label="all tokens (mean)")
         ax.set_title(f"T = {b}")
-        ax.set_xlabel("")
-        ax.set_ylabel(f"erank ({space} features)")
-        ax.tick_params(axis="x", rotation=60)
-        for lab in ax.get_xticklabels():
-            lab.set_horizontalalignment("right")
+        ax.set_ylabel("")
+        ax.set_xlabel(f"erank ({space} features)")
         handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles, [KIND_LABELS.get(lbl, lbl) for lbl in labels], fontsize="small", loc="lower left")
-    for ax in axes[0][1:]:
+        ax.legend(handles, [KIND_LABELS.get(lbl, lbl) for lbl in labels], fontsize="small",
+                  loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / max(1, len(order))), ncol=3)
+    for ax in axes[0][:-1]:
         ax.get_legend().remove()
     return fig
 
 
-def erank_ratio_bars(df: pd.DataFrame, space: str = "vision", height: float = 3.0, aspect: float = 2.2):
-    """Bars: erank of the kept tokens divided by the erank of random subsets of the same size (1 = chance),
-    per method and budget (mean over images, 95% CI). Returns the figure."""
+def erank_ratio_bars(df: pd.DataFrame, space: str = "vision", width: float = 6.5, row: float = 0.2):
+    """Horizontal bars: erank of the kept tokens divided by the erank of random subsets of the same size
+    (1 = chance), per method and budget (mean over images, 95% CI). Returns the figure."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     d = df.assign(ratio=df[f"erank_kept_{space}"] / df[f"erank_random_{space}"]).dropna(subset=["ratio"])
-    order = method_order(df)
-    fig, ax = plt.subplots(figsize=(height * aspect, height))
-    sns.barplot(data=d, x="method", y="ratio", hue="budget", order=order, palette="crest", errorbar=("ci", 95),
+    d["method"] = d["method"].map(short_label)
+    order = [short_label(m) for m in method_order(df)]
+    fig, ax = plt.subplots(figsize=(width, row * len(order) * max(1, d["budget"].nunique()) / 1.5 + 1.0))
+    sns.barplot(data=d, y="method", x="ratio", hue="budget", order=order, palette="crest", errorbar=("ci", 95),
                 seed=0, ax=ax)
-    ax.axhline(1.0, color="0.3", lw=1, ls="--")
-    ax.set_xlabel("")
-    ax.set_ylabel("erank kept / erank random")
-    ax.tick_params(axis="x", rotation=60)
-    for lab in ax.get_xticklabels():
-        lab.set_horizontalalignment("right")
-    ax.legend(title="T", fontsize="small")
+    ax.axvline(1.0, color="0.3", lw=1, ls="--")
+    ax.set_ylabel("")
+    ax.set_xlabel("erank kept / erank of a random subset of the same size")
+    ax.legend(title="T", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
 
 
@@ -326,7 +333,7 @@ def entropy_vs_erank(df: pd.DataFrame, normalized: bool = True, space: str = "vi
 
 
 __all__ = [
-    "set_theme", "method_order", "method_palette", "tower_view", "kept_mask", "overlay_array", "overlay_png",
+    "set_theme", "short_label", "method_order", "method_palette", "tower_view", "kept_mask", "overlay_array", "overlay_png",
     "overlay", "overlay_grid", "erank_long", "erank_points", "erank_ratio_bars", "per_image", "entropy_strip",
     "entropy_vs_erank",
 ]
