@@ -401,3 +401,29 @@ def test_errors_are_one_line(tiny, tmp_path):
         G.run_generation(tiny, [ImageItem(id="u", source="mine", loader=lambda: _image(9))], ["FasterVLM"], [8],
                          max_new_tokens=2, cache_dir=False)
     assert "ground truth" in _one_line(e)
+
+
+def test_coco_ground_truth_is_found_next_to_the_image_folder(tmp_path, chair_parser):
+    from prunelab.data import load_image_set
+
+    img_dir = tmp_path / "coco" / "val2014"
+    img_dir.mkdir(parents=True)
+    for i in (7, 42):
+        _image(i).save(img_dir / f"COCO_val2014_{i:012d}.jpg")
+    ann = tmp_path / "coco" / "annotations"
+    ann.mkdir()
+    cats = [{"id": 18, "name": "dog"}, {"id": 3, "name": "car"}]
+    images = [{"id": 7}, {"id": 42}]
+    (ann / "instances_val2014.json").write_text(json.dumps({"categories": cats, "images": images, "annotations": [
+        {"image_id": 7, "category_id": 18}, {"image_id": 42, "category_id": 3}]}))
+    (ann / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": [
+        {"image_id": 7, "caption": "A dog sleeps on a couch."}, {"image_id": 42, "caption": "A red car."}]}))
+    spec = f"coco:{img_dir}"
+    items = load_image_set(spec)
+    gt = G.ground_truth_for(items, spec)
+    assert gt.objects("COCO_val2014_000000000007") == {"dog", "couch"}  # instances + reference-caption objects
+    assert gt.objects("COCO_val2014_000000000042") == {"car"}
+    (ann / "captions_val2014.json").unlink()
+    with pytest.raises(AssetError) as e:
+        G.ground_truth_for(items, spec)
+    assert "annotations" in _one_line(e)
