@@ -46,6 +46,7 @@ book: assets js
 	$(MAKE) book-html
 
 book-html:
+	$(PY) -m prunelab.pages
 	$(VENV)/bin/jupyter-book build . --path-output . -W -n --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 

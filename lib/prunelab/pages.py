@@ -1,0 +1,175 @@
+"""Book pages generated from the code and the runs: ``python -m prunelab.pages [--out book/generated]``.
+
+Written before ``jupyter-book build`` (``make book-html``) into ``book/generated/`` (git-ignored), so they can never
+drift from what was run:
+
+* ``methods.md`` — every registered method: family, stage, order/position policy, feature space, the paper and
+  repository file it follows (from :func:`prunelab.methods.catalog`) and the first paragraph of its docstring;
+* ``paper_vs_study.md`` — for each finding chapter, the verdict table the executed notebook glued under the name
+  ``verdict_table`` (the paper's number or direction next to this run's), plus the paper's own CHAIR table from
+  ``data/paper_results.csv`` as the reference column;
+* ``provenance.md`` — per executed notebook: parameters, wall time, device, git commit, package versions (from
+  ``_build/provenance/*.json``, written by :mod:`prunelab.build`).
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import inspect
+import json
+import re
+from pathlib import Path
+
+from prunelab.paths import REPO_ROOT, atomic_write
+
+OUT_DIR = REPO_ROOT / "book" / "generated"
+BUILD_DIR = REPO_ROOT / "_build"
+VERDICT_GLUE = "verdict_table"
+
+
+def _md_cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(rows: list[dict], cols: list[str]) -> list[str]:
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_md_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return out
+
+
+def _first_paragraph(obj, max_chars: int = 1500) -> str:
+    """The docstring's summary line plus its first paragraph of prose (the summary alone is often a title)."""
+    doc = inspect.getdoc(obj) or ""
+    paras = [p for p in doc.split("\n\n") if p.strip()]
+    para = " ".join(paras[:2]) if paras and len(paras[0]) < 200 else (paras[0] if paras else "")
+    para = para[:max_chars] + (" …" if len(para) > max_chars else "")
+    # Sphinx roles mean nothing on a MyST page: keep the name as code.
+    para = re.sub(r":(?:func|class|meth|mod|data|attr):`~?([^`]+)`", r"`\1`", para)
+    para = para.replace("``", "`").replace("$", "\\$")
+    return " ".join(para.split())
+
+
+def methods_page() -> str:
+    from prunelab.methods import catalog, get_pruner
+
+    cat = catalog()
+    lines = ["# The methods", "",
+             "Every pruning method of the study is one registered class of `prunelab.methods` (one file per family). "
+             "This page is generated from the code: the table from the classes' declared policies, the notes from "
+             "their docstrings, which cite the paper and the file of the official repository each implementation "
+             "follows. *[RECONSTRUCTION]* marks methods or choices for which no official code exists; their open "
+             "choices are parameters with documented defaults.", "",
+             "*Stage*: `pre_llm` methods choose tokens from the vision tower's outputs before the language model; "
+             "`in_llm` methods drop tokens inside the decoder. *Order*: how kept tokens are ordered for the language "
+             "model. *Positions*: `contiguous` renumbers kept tokens, `original` keeps their original position ids. "
+             "*Features*: the space in which diversity is measured.", ""]
+    cols = ["method", "family", "stage", "adaptive", "order", "positions", "features"]
+    lines += _md_table(cat.to_dict("records"), cols)
+    lines += [""]
+    for fam in dict.fromkeys(cat["family"]):
+        lines += [f"## {fam.capitalize()} methods", ""]
+        for name in cat.loc[cat["family"] == fam, "method"]:
+            p = get_pruner(name)
+            lines += [f"### {name}", "", f"**Source.** {_md_cell(p.source)}", "", _first_paragraph(type(p)), "",
+                      f"Defaults: `{_md_cell(repr(p)) if len(repr(p)) < 300 else name}`", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _glued_html(nb_path: Path, name: str) -> str | None:
+    nb = json.loads(nb_path.read_text())
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            if out.get("metadata", {}).get("scrapbook", {}).get("name") == name:
+                data = out.get("data", {})
+                if "text/html" in data:
+                    return "".join(data["text/html"])
+                if "text/plain" in data:
+                    return "<pre>" + html.escape("".join(data["text/plain"])) + "</pre>"
+    return None
+
+
+def paper_page(build_dir: Path = BUILD_DIR) -> str:
+    from prunelab.verdict import paper_results
+
+    lines = ["# Paper vs this study", "",
+             "Each finding chapter ends with a verdict table computed from its run: the paper's number or direction, "
+             "this run's number, the rule, and the outcome (*replicates*, *partly*, *does not*, *not tested*). They "
+             "are collected here. The paper's numbers are a reference column only: they were measured on "
+             "LLaVA-1.5-7B with CLIP and COCO, ours on the models and images named in each chapter.", ""]
+    found = 0
+    for nb_path in sorted((build_dir / "notebooks").glob("[0-9]*.ipynb")):
+        if nb_path.name.endswith(".failed.ipynb"):
+            continue
+        table = _glued_html(nb_path, VERDICT_GLUE)
+        if table is None:
+            continue
+        found += 1
+        lines += [f"## {nb_path.stem.replace('_', ' ')}", "", f"From {{doc}}`../chapters/{nb_path.stem}`.", "",
+                  "```{raw} html", table, "```", ""]
+    if not found:
+        lines += ["*No executed chapter has glued a verdict table yet; run `make book`.*", ""]
+    df = paper_results()
+    chair = df[df["table"] == "chair"]
+    if len(chair):
+        wide = chair.pivot_table(index=["visual_tokens", "method"], columns="metric", values="value", sort=False).reset_index()
+        lines += ["## The paper's CHAIR table (reference)", "",
+                  "Transcribed from the paper (`data/paper_results.csv`, table `chair`; LLaVA-1.5-7B, COCO).", ""]
+        lines += _md_table(wide.to_dict("records"), [str(c) for c in wide.columns])
+        lines += [""]
+    return "\n".join(lines) + "\n"
+
+
+def provenance_page(build_dir: Path = BUILD_DIR) -> str:
+    lines = ["# Provenance", "",
+             "How each chapter of this build was produced (from `_build/provenance/`, written by "
+             "`python -m prunelab.build notebooks`). A chapter is re-executed only when its notebook, its "
+             "parameters, the library or the committed data change.", ""]
+    recs = [json.loads(p.read_text()) for p in sorted((build_dir / "provenance").glob("*.json"))]
+    if not recs:
+        return "\n".join(lines + ["*No notebook has been executed yet; run `make book`.*", ""])
+    rows = []
+    for r in recs:
+        dev = r.get("device", {})
+        device = "GPU " + ", ".join(dev.get("gpus", [])) if dev.get("cuda_available") else f"CPU ({dev.get('cpus', '?')} cores, {dev.get('cpu', '?')})"
+        rows.append({"notebook": r["notebook"], "wall time (s)": r.get("wall_time_s"), "started (UTC)": r.get("started_utc"),
+                     "device": device, "commit": str(r.get("git", {}).get("commit", ""))[:10] + (" (dirty)" if r.get("git", {}).get("dirty") else "")})
+    lines += _md_table(rows, list(rows[0]))
+    lines += ["", "## Parameters", ""]
+    for r in recs:
+        inj = r.get("injected_parameters", {})
+        lines += [f"**{r['notebook']}** — injected: `{json.dumps(inj) if inj else 'none (defaults)'}`", "",
+                  "```json", json.dumps(r.get("parameters", {}), indent=1, sort_keys=True, default=str), "```", ""]
+    pk = recs[-1].get("packages", {})
+    lines += ["## Package versions", ""] + _md_table([{"package": k, "version": v} for k, v in pk.items()], ["package", "version"])
+    return "\n".join(lines) + "\n"
+
+
+PAGES = {"methods.md": methods_page, "paper_vs_study.md": paper_page, "provenance.md": provenance_page}
+
+
+def write_pages(out_dir: Path = OUT_DIR, build_dir: Path = BUILD_DIR) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fn in PAGES.items():
+        text = fn() if fn is methods_page else fn(Path(build_dir))
+        path = out_dir / name
+        if not path.exists() or path.read_text() != text:
+            with atomic_write(path, "w") as fh:
+                fh.write(text)
+        written.append(path)
+    return written
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m prunelab.pages", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(OUT_DIR))
+    ap.add_argument("--build-dir", default=str(BUILD_DIR))
+    a = ap.parse_args(argv)
+    for p in write_pages(Path(a.out), Path(a.build_dir)):
+        print(f"[pages] {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

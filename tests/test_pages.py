@@ -1,0 +1,52 @@
+"""Generated book pages and the table of contents stay in step with the code and the notebooks."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import yaml
+
+from prunelab import build, pages
+from prunelab.methods import available_methods
+from prunelab.paths import REPO_ROOT
+
+
+def test_toc_lists_exactly_the_notebooks():
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    files = [c["file"] for c in toc["chapters"]]
+    chapters = [f.split("/")[-1] for f in files if f.startswith("book/chapters/")]
+    assert chapters == build.list_notebooks()
+    for f in files:
+        if not f.startswith(("book/chapters/", "book/generated/")):
+            assert (REPO_ROOT / f"{f}.md").exists(), f
+    assert {f.split("/")[-1] + ".md" for f in files if f.startswith("book/generated/")} == set(pages.PAGES)
+
+
+def test_methods_page_covers_every_method():
+    text = pages.methods_page()
+    for name in available_methods():
+        assert f"### {name}\n" in text
+    assert ":func:`" not in text and "``" not in text
+
+
+def test_pages_from_a_build_dir(tmp_path):
+    (tmp_path / "provenance").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    rec = {"notebook": "01_x", "wall_time_s": 12.5, "started_utc": "2026-01-01T00:00:00+00:00",
+           "device": {"cuda_available": False, "cpus": 2, "cpu": "test cpu"}, "git": {"commit": "abc123", "dirty": False},
+           "parameters": {"budgets": [64]}, "injected_parameters": {}, "packages": {"torch": "2.13.0"}}
+    (tmp_path / "provenance" / "01_x.json").write_text(json.dumps(rec))
+    nb = nbformat.v4.new_notebook()
+    out = nbformat.v4.new_output("display_data", data={"text/html": "<table><tr><td>replicates</td></tr></table>"},
+                                 metadata={"scrapbook": {"name": "verdict_table", "mime_prefix": ""}})
+    nb.cells = [nbformat.v4.new_code_cell("glue(...)", outputs=[out])]
+    nbformat.write(nb, tmp_path / "notebooks" / "01_x.ipynb")
+    prov = pages.provenance_page(tmp_path)
+    assert "| 01_x | 12.5 |" in prov and "test cpu" in prov and "| torch | 2.13.0 |" in prov
+    paper = pages.paper_page(tmp_path)
+    assert "<td>replicates</td>" in paper and "{doc}`../chapters/01_x`" in paper and "CHAIR_s" in paper
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "No notebook has been executed yet" in pages.provenance_page(empty)
+    written = pages.write_pages(tmp_path / "out", tmp_path)
+    assert sorted(p.name for p in written) == sorted(pages.PAGES)
