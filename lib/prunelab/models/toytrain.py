@@ -1023,11 +1023,22 @@ def cmd_train(cfg: TrainConfig, progress: bool = True, out_dir: Path | None = No
     out = Path(out_dir) if out_dir else default_dir(cfg.variant)
     proj, lm = model.export_state()
     write_package(out, tok, model.config, proj, lm)
+    write_history(out, history)
     t0 = time.perf_counter()
     ev = cmd_eval(out, cfg, data["test"], progress=progress)
     _record_time(cfg, "eval", time.perf_counter() - t0)
     _record_time(cfg, "total_this_invocation", time.perf_counter() - t_all)
     write_card(out, cfg, history, ev)
+    return out
+
+
+def write_history(path, history: list, every: int = 5) -> Path:
+    """``history.json`` next to the weights: every ``every``-th step plus every step with a validation loss (the
+    training curve the book plots; the full log stays in the run directory)."""
+    keep = [h for h in history if h["step"] % every == 0 or "val_loss" in h or h["step"] == 1]
+    out = Path(path) / "history.json"
+    with atomic_write(out, "w") as fh:
+        json.dump([{k: h[k] for k in ("step", "loss", "lr", "val_loss") if k in h} for h in keep], fh)
     return out
 
 
@@ -1190,6 +1201,8 @@ def cli(argv: list[str] | None = None) -> int:
             else:
                 ev = json.loads((out / "eval.json").read_text())
             ck = load_checkpoint(run_dir_of(cfg) / "final.pt") if (run_dir_of(cfg) / "final.pt").exists() else {"history": []}
+            if ck["history"]:
+                write_history(out, ck["history"])
             write_card(out, cfg, ck["history"], ev)
             print(f"[toyllava] wrote {out / 'MODEL_CARD.md'}")
     except PrunelabError as err:
