@@ -81,7 +81,7 @@ def relevance(tokens: torch.Tensor, text: torch.Tensor, pooling: str = "mean", n
     if negate:
         r = -r
     span = r.max() - r.min()
-    r = (r - r.min()) / span if float(span) > 0 else torch.ones_like(r)
+    r = (r - r.min()) / span if float(span.detach()) > 0 else torch.ones_like(r)
     if theta is not None:
         alpha = theta / (2.0 * (1.0 - theta))
         r = torch.exp(alpha * r)
