@@ -10,7 +10,7 @@ STAMP_JS := book/vendor/.stamp-$(shell cat book/package-lock.json 2>/dev/null | 
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all setup assets js test book book-html toy-model bench clean distclean
+.PHONY: all setup assets js browser test book book-html book-check toy-model bench clean distclean
 
 all: book
 
@@ -36,6 +36,10 @@ $(STAMP_JS): book/package.json book/package-lock.json
 
 js: $(STAMP_JS)
 
+# Headless Chromium for the book check: Debian's chromium, installed with apt-get only when none is found.
+browser: setup
+	$(PY) -m prunelab.bookcheck --install-browser
+
 test: assets
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
@@ -44,11 +48,17 @@ test: assets
 book: assets js
 	$(PY) -m prunelab.build notebooks --jobs $(JOBS)
 	$(MAKE) book-html
+	$(MAKE) book-check
 
 book-html:
 	$(PY) -m prunelab.pages
 	$(VENV)/bin/jupyter-book build . --path-output . -W -n --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+# Read the built book as a reader would: every page in headless Chromium (no external request, maths typeset,
+# figures decoded, saved widget state rendered); one screenshot per page in _build/screenshots/.
+book-check: browser
+	$(PY) -m prunelab.bookcheck _build/html --screenshots _build/screenshots
 
 toy-model: assets
 	$(PY) -m prunelab.models.toyllava train
