@@ -278,3 +278,18 @@ def test_pick_images_alternates_labels_and_is_deterministic(tmp_path):
     p = save_table(df, tmp_path / "res", "t")
     back = pd.read_csv(p)
     assert back["kept_indices"].iloc[0] == "[1, 2]" and len(back) == 6
+
+
+def test_cpu_threads_restores_the_setting():
+    from prunelab.device import cpu_threads
+
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    try:
+        with cpu_threads(1):
+            raise RuntimeError("x")
+    except RuntimeError:
+        pass
+    assert torch.get_num_threads() == before

@@ -1,6 +1,8 @@
 """Device selection with one clear error when an accelerator is asked for but absent."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from prunelab.errors import DeviceError, UnknownNameError
@@ -46,3 +48,22 @@ def synchronize(device: torch.device | str | None) -> None:
 
 
 __all__ = ["resolve_device", "synchronize"]
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` and restore the previous count (``None``: unchanged).
+
+    Token selection works on small matrices (576 x 384 and smaller); with several threads on a shared 2-core
+    machine the BLAS/OpenMP threads spin-wait for each other and the same operation can get 10-20x slower than
+    on one thread (measured on an erank SVD and on the erank-greedy ceiling), so the runners select on one.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

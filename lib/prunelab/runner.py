@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 import torch
 
+from prunelab.device import cpu_threads
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
 from prunelab.metrics import attention_entropy, erank
@@ -475,6 +476,7 @@ def run_vision(
     keep_in_memory: int = 256,
     progress: bool | None = None,
     refresh: bool = False,
+    select_threads: int | None = 1,
 ) -> pd.DataFrame:
     """Run ``methods`` x ``budgets`` on every image of ``image_set``; one row per image x method x budget.
 
@@ -494,6 +496,8 @@ def run_vision(
     batch_size: images encoded per call; keep_in_memory: sets up to this size keep their contexts between the
         calibration pass and the pruning pass (larger sets are re-encoded, which the feature cache makes cheap).
     progress: tqdm bars (default: on a terminal); refresh: ignore cached results.
+    select_threads: torch CPU threads while selecting (default 1, see :func:`prunelab.device.cpu_threads`; ``None``
+        leaves the setting alone). Selections do not depend on it; ``select_time_s`` does.
 
     ``df.attrs`` holds ``erank_stats``, ``encoder``, ``run_key`` and ``image_set``.
     """
@@ -576,7 +580,8 @@ def run_vision(
                 for it in batch:
                     ctx = contexts.pop(it.id, None) or fresh[it.id]
                     ctx.erank_stats = stats
-                    rows = prune_image(ctx, specs, budgets, seed=seed, n_random=n_random)
+                    with cpu_threads(select_threads):
+                        rows = prune_image(ctx, specs, budgets, seed=seed, n_random=n_random)
                     img = per_image[it.id]
                     for r in rows:
                         r.update(image_set=set_name, image_id=it.id, complexity=it.complexity, seed=seed,
