@@ -1,0 +1,450 @@
+"""Chapter 3 (simple vs complex images): image complexity, simple/complex splits, per-split accuracy and CHAIR,
+the "who wins where" comparisons, figures and the verdict rules.
+
+The claim (AgilePruner, ICLR 2026, arXiv 2603.01236; project page ``cvsp-lab/AgilePruner`` ``docs/index.html``,
+key-findings figure; example numbers in ``data/paper_results.csv``, table ``image_complexity_examples``):
+attention-based pruning wins on *simple* images, whose evidence is concentrated (low [CLS] attention entropy, low
+erank of the patch features); diversity-based pruning wins on *complex* images, whose evidence is dispersed.
+
+* Complexity of an image: the [CLS] attention entropy (methods-spec §3.2, nats and normalised by log N) and the
+  erank of its ``N`` patch features (§3.1), both from the model's own tower (:class:`TowerEncoder` runs that
+  tower inside :func:`prunelab.runner.run_vision`); :func:`image_table`, :func:`separation` (how well a measure
+  separates labelled simple from complex images: group means, difference and AUC with bootstrap CIs).
+* Splits (:func:`assign_split`): the image set's own labels (the toy world's test split is generated simple or
+  complex; the photos are labelled by hand), or a median split on erank or entropy for sets without labels
+  (COCO).
+* Per split: POPE accuracy (:func:`accuracy_table`), CHAIR (:func:`prunelab.generation.chair_table` with
+  ``by=(method, budget, split)``) and the family comparisons (:func:`family_gaps`: attention − diversity on each
+  split; :func:`family_interactions`: the difference between the two splits), paired on the same images with the
+  bootstrap of :mod:`prunelab.paired`.
+* :func:`finding3_claims` — the verdict rules as :class:`prunelab.verdict.Claim` objects with computed checks.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from prunelab.errors import UnknownNameError
+
+SPLITS = ("simple", "complex")
+#: split_by -> the per-image column a median split uses (``label`` uses the image set's own labels).
+SPLIT_MEASURES = {"label": None, "erank": "erank_full_vision", "entropy": "attention_entropy"}
+MEASURE_LABELS = {"attention_entropy": "attention entropy (nats)", "attention_entropy_norm": "attention entropy / log N",
+                  "erank_full_vision": "erank of all patch tokens"}
+ATTENTION, DIVERSITY = "attention", "diversity"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model's own tower as a run_vision encoder
+
+
+class TowerEncoder:
+    """A :func:`prunelab.runner.run_vision` encoder that runs the vision tower of a loaded
+    :class:`prunelab.generation.GenerationModel`, with the model's own preprocessing and projector, one image at
+    a time: the contexts are exactly those :func:`prunelab.generation.run_generation` prunes (same pixels, same
+    batch size), so with the same erank statistics both loops keep the same tokens (a test checks). Use it so the
+    image-level numbers and overlays of a chapter come from the tower whose tokens the language model reads
+    (DINOv2-S for ToyLLaVA, CLIP for llava-hf checkpoints)."""
+
+    def __init__(self, gm, qk_layers: Sequence[int] = (-2, -1)):
+        self.gm = gm
+        self.qk_layers = tuple(int(q) for q in qk_layers)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"tower-of:{self.gm.fingerprint}|qk={self.qk_layers}"
+
+    def __call__(self, images: list, ids: list[str]):
+        from prunelab.methods.base import VisualContext
+
+        out = []
+        ad = self.gm.adapter
+        for img, iid in zip(images, ids):
+            enc = ad.encode_images(self.gm.pixels(img), self.qk_layers)
+            c = ad.context(enc, 0, image_id=iid)
+            # CPU copies, so run_vision's per-image numbers never depend on where the model lives.
+            out.append(VisualContext(
+                features=c.features.float().cpu(), cls_attention=c.cls_attention.float().cpu(),
+                cls_attention_heads=c.cls_attention_heads.float().cpu(), cls_feature=c.cls_feature.float().cpu(),
+                projector=lambda x, _p=ad._project, _d=ad.device: _p(x.to(_d)).float().cpu(),
+                queries={k: v.float().cpu() for k, v in c.queries.items()},
+                keys={k: v.float().cpu() for k, v in c.keys.items()}, grid=c.grid, image_id=iid))
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Image complexity and splits
+
+
+def image_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per image: ``image_id``, ``complexity`` (the set's label or None), ``n_tokens``, attention entropy
+    (nats and normalised) and the erank of all tokens (``erank_full_vision``, ``erank_full_projected``)."""
+    from prunelab.plots import per_image
+
+    need = {"image_id", "attention_entropy", "erank_full_vision"}
+    if not need <= set(df.columns):
+        raise UnknownNameError(f"the table lacks {', '.join(sorted(need - set(df.columns)))}; pass a run_vision or "
+                               "run_generation table")
+    return per_image(df)
+
+
+def assign_split(img: pd.DataFrame, by: str = "label") -> pd.Series:
+    """``image_id -> "simple" | "complex" | None``.
+
+    ``by="label"``: the image set's own ``complexity`` label (images labelled otherwise, e.g. the toy world's
+    "medium", get None; :class:`UnknownNameError` if no image is labelled simple or complex). ``by="erank"`` /
+    ``"entropy"``: a median split of ``erank_full_vision`` / ``attention_entropy`` over these images: above the
+    median = complex, at or below = simple.
+    """
+    if by not in SPLIT_MEASURES:
+        raise UnknownNameError(f"unknown split {by!r}; use one of {', '.join(SPLIT_MEASURES)}")
+    ids = img["image_id"].astype(str)
+    if by == "label":
+        lab = [v if v in SPLITS else None for v in img["complexity"]]
+        if all(v is None for v in lab):
+            raise UnknownNameError("these images carry no simple/complex labels (e.g. COCO); pass split_by='erank' or "
+                                   "split_by='entropy' for a median split")
+        return pd.Series(lab, index=ids, name="split", dtype=object)
+    col = SPLIT_MEASURES[by]
+    v = img[col].astype(float)
+    med = float(v.median())
+    return pd.Series(np.where(v > med, "complex", "simple").astype(object), index=ids, name="split")
+
+
+def add_split(df: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+    """``df`` with a ``split`` column from ``split`` (by ``image_id``); rows of images without a split dropped."""
+    out = df.assign(split=df["image_id"].astype(str).map(split))
+    return out[out["split"].isin(SPLITS)].reset_index(drop=True)
+
+
+def _auc(simple: np.ndarray, complex_: np.ndarray) -> float:
+    """P(measure of a random complex image > that of a random simple one), ties counted half (Mann-Whitney)."""
+    if not len(simple) or not len(complex_):
+        return math.nan
+    d = complex_[:, None] - simple[None, :]
+    return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)
+
+
+def separation(img: pd.DataFrame, measure: str, *, label: str = "complexity", n_boot: int = 2000, ci: float = 0.95,
+               seed: int = 0) -> dict:
+    """How ``measure`` separates the images labelled simple from those labelled complex: group sizes and means,
+    ``diff`` = mean(complex) − mean(simple) and ``auc`` (:func:`_auc`), each with a seeded stratified bootstrap CI
+    (images resampled within each label)."""
+    if measure not in img:
+        raise UnknownNameError(f"measure {measure!r} is not a column; use one of {', '.join(MEASURE_LABELS)}")
+    s = img.loc[img[label] == "simple", measure].astype(float).dropna().to_numpy()
+    c = img.loc[img[label] == "complex", measure].astype(float).dropna().to_numpy()
+    out = {"measure": measure, "n_simple": len(s), "n_complex": len(c),
+           "mean_simple": float(s.mean()) if len(s) else math.nan, "mean_complex": float(c.mean()) if len(c) else math.nan}
+    out["diff"] = out["mean_complex"] - out["mean_simple"]
+    out["auc"] = _auc(s, c)
+    lo = {k: math.nan for k in ("diff", "auc")}
+    hi = dict(lo)
+    if len(s) >= 2 and len(c) >= 2:
+        rng = np.random.default_rng(seed)
+        si = rng.integers(0, len(s), size=(int(n_boot), len(s)))
+        cj = rng.integers(0, len(c), size=(int(n_boot), len(c)))
+        diffs = c[cj].mean(1) - s[si].mean(1)
+        # AUC per replicate through ranks of the pooled resample (Mann-Whitney U / (n_s n_c)).
+        from scipy.stats import rankdata
+
+        pooled = np.concatenate([s[si], c[cj]], axis=1)
+        r = rankdata(pooled, axis=1)[:, len(s):].sum(1)
+        aucs = (r - len(c) * (len(c) + 1) / 2) / (len(s) * len(c))
+        q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
+        lo["diff"], hi["diff"] = (float(x) for x in np.quantile(diffs, q))
+        lo["auc"], hi["auc"] = (float(x) for x in np.quantile(aucs, q))
+    for k in ("diff", "auc"):
+        out[f"{k}_low"], out[f"{k}_high"] = lo[k], hi[k]
+    return out
+
+
+def separation_table(img: pd.DataFrame, measures: Sequence[str] = ("attention_entropy", "attention_entropy_norm",
+                                                                   "erank_full_vision"), **kw) -> pd.DataFrame:
+    """:func:`separation` for every measure, one row each."""
+    return pd.DataFrame([separation(img, m, **kw) for m in measures if m in img])
+
+
+def split_agreement(img: pd.DataFrame, label: str = "complexity") -> pd.DataFrame:
+    """For the median splits by erank and by entropy: the share of labelled (simple/complex) images they put on
+    the side of their label. 1 = the measure alone recovers the labels; 0.5 = chance."""
+    lab = img[img[label].isin(SPLITS)]
+    rows = []
+    for by in ("erank", "entropy"):
+        sp = assign_split(lab, by)
+        agree = float((sp.to_numpy() == lab[label].to_numpy()).mean()) if len(lab) else math.nan
+        rows.append({"split_by": by, "measure": SPLIT_MEASURES[by], "agreement": agree, "n": len(lab)})
+    return pd.DataFrame(rows)
+
+
+def paper_examples() -> pd.DataFrame:
+    """The paper's four example images (LLaVA-1.5-7B's CLIP tower): ``example``, ``split``,
+    ``attention_entropy`` (nats), ``erank``."""
+    from prunelab.verdict import paper_results
+
+    res = paper_results()
+    res = res[res["table"] == "image_complexity_examples"]
+    wide = res.pivot_table(index="method", columns="metric", values="value", sort=False).reset_index()
+    wide["split"] = wide["method"].str.split(":").str[0]
+    wide["example"] = wide["method"].str.split(":").str[1]
+    wide = wide.rename(columns={"attention_entropy_nats": "attention_entropy"})
+    return wide[["example", "split", "attention_entropy", "erank"]].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Per-split tables and family comparisons
+
+
+def families(df: pd.DataFrame) -> dict[str, list[str]]:
+    """Method labels per family, in table order (``Vanilla``/base rows excluded)."""
+    fam = df.drop_duplicates("method").set_index("method")["family"]
+    out: dict[str, list[str]] = {}
+    for m, f in fam.items():
+        if f != "base":
+            out.setdefault(f, []).append(m)
+    return out
+
+
+def accuracy_table(pope: pd.DataFrame, by: Sequence[str] = ("method", "budget", "split"), *, n_boot: int = 2000,
+                   ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """POPE per group of ``by`` over all three settings: ``Accuracy`` (share of questions answered correctly, an
+    unparsed answer counted wrong; seeded bootstrap CI over images), ``F1`` and ``Yes-ratio``
+    (:func:`prunelab.pope.pope_metrics`, unparsed answers read as "no"), ``n_images``, ``n_questions``,
+    ``n_unparsed``; plus ``family``. Rows in the study's method order."""
+    from prunelab.generation import pope_table
+    from prunelab.paired import metric_table
+    from prunelab.plots import method_order
+
+    by = list(by)
+    acc = metric_table(pope, "Accuracy", by=by, n_boot=n_boot, ci=ci, seed=seed).rename(
+        columns={"value": "Accuracy", "ci_low": "Accuracy_low", "ci_high": "Accuracy_high", "n": "n_images"})
+    other = pope_table(pope, by=by, on_unparsed="no")[by + ["F1", "Yes-ratio", "n"]].rename(columns={"n": "n_questions"})
+    unparsed = pope.assign(_u=pope["pred"].isna()).groupby(by, sort=False, dropna=False)["_u"].sum().rename("n_unparsed")
+    out = acc.merge(other, on=by, how="left").merge(unparsed.reset_index(), on=by, how="left")
+    fam = pope.drop_duplicates("method").set_index("method")["family"]
+    out.insert(by.index("method") + 1, "family", out["method"].map(fam))
+    rank = {m: i for i, m in enumerate(method_order(pope))}
+    sort_cols = [c for c in ("budget", "method", "split") if c in by]
+    return out.sort_values(sort_cols, key=lambda c: c.map(rank) if c.name == "method" else
+                           (c.map({s: i for i, s in enumerate(SPLITS)}) if c.name == "split" else c),
+                           kind="stable").reset_index(drop=True)
+
+
+def family_gaps(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b: str = DIVERSITY, n_boot: int = 2000,
+                ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Per budget and split: ``metric(family a) − metric(family b)`` on the split's images, each family's methods
+    pooled (:func:`prunelab.paired.compare`). Empty when a family is absent."""
+    from prunelab.paired import compare
+
+    fam = families(df)
+    if not fam.get(a) or not fam.get(b):
+        return pd.DataFrame(columns=["budget", "split", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
+    out = compare(df, fam[a], fam[b], metric, by=("budget", "split"), n_boot=n_boot, ci=ci, seed=seed)
+    out["a"], out["b"], out["metric"] = a, b, metric
+    return out
+
+
+def family_interactions(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b: str = DIVERSITY, n_boot: int = 2000,
+                        ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Per budget: ``[metric(a) − metric(b)]_simple − [metric(a) − metric(b)]_complex``
+    (:func:`prunelab.paired.interaction`, images resampled within each split)."""
+    from prunelab.paired import interaction
+
+    fam = families(df)
+    if not fam.get(a) or not fam.get(b):
+        return pd.DataFrame(columns=["budget", "a", "b", "diff_simple", "diff_complex", "interaction", "ci_low", "ci_high"])
+    out = interaction(df, fam[a], fam[b], metric, group="split", levels=SPLITS, by=("budget",), n_boot=n_boot, ci=ci,
+                      seed=seed)
+    out["a"], out["b"], out["metric"] = a, b, metric
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Verdict
+
+
+def _paper_examples_line(col: str, fmt: str) -> str:
+    ex = paper_examples()
+    parts = []
+    for sp in SPLITS:
+        e = ex[ex["split"] == sp]
+        parts.append(f"{sp}: " + ", ".join(f"{r.example} {fmt.format(getattr(r, col))}" for r in e.itertuples()))
+    return "; ".join(parts) + " (LLaVA-1.5's CLIP tower, four example images)"
+
+
+def finding3_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, img: pd.DataFrame, *, split_by: str = "label",
+                    n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> list:
+    """The verdict rules of finding 3 as :class:`prunelab.verdict.Claim` objects (outcomes computed).
+
+    ``pope`` / ``describe``: :func:`prunelab.generation.run_generation` tables with a ``split`` column
+    (:func:`add_split`); ``img``: :func:`image_table` with a ``split`` column. Families from the tables' ``family``
+    column: *attention* (FasterVLM, PruMerge+) and *diversity* (DivPrune, FPS), each pooled. A check passes only if
+    its whole ``ci`` bootstrap interval lies on the claimed side of 0 (:func:`prunelab.verdict.check`). A measure
+    that defines the split (``split_by="erank"`` / ``"entropy"``) cannot also test it: that row is "not tested".
+    """
+    from prunelab.verdict import Claim, check
+
+    pct = f"{100 * ci:.0f}%"
+    claims = []
+    lab = img.assign(complexity=img["split"])
+    for measure, by, words, fmt in (("attention_entropy", "entropy", "more spread-out [CLS] attention (higher entropy)", "{:.2f}"),
+                                    ("erank_full_vision", "erank", "higher erank of their patch features", "{:.0f}")):
+        checks = []
+        if split_by != by:
+            s = separation(lab, measure, n_boot=n_boot, ci=ci, seed=seed)
+            checks.append(check(f"mean complex − mean simple ({s['n_complex']} vs {s['n_simple']} images)", s["diff"], ">",
+                                0.0, ci=(s["diff_low"], s["diff_high"])))
+        rule = (f"Mean {MEASURE_LABELS[measure]} of the complex images minus that of the simple ones > 0, {pct} "
+                "stratified bootstrap CI entirely above 0.")
+        if split_by == by:
+            rule += f" Not tested here: the split itself is a median split on this measure (split_by='{by}')."
+        claims.append(Claim(claim=f"Complex images have {words} than simple ones",
+                            paper=_paper_examples_line("attention_entropy" if by == "entropy" else "erank", fmt),
+                            rule=rule, checks=checks, fmt="{:+.2f}"))
+
+    def gap_checks(tab, split, sign):
+        out = []
+        for r in tab[tab["split"] == split].itertuples(index=False):
+            v, lo, hi = sign * r.diff, sign * (r.ci_high if sign < 0 else r.ci_low), sign * (r.ci_low if sign < 0 else r.ci_high)
+            out.append(check(f"T={int(r.budget)}, {split} ({int(r.n)} images)", v, ">", 0.0, ci=(lo, hi)))
+        return out
+
+    g_acc = family_gaps(pope, "Accuracy", n_boot=n_boot, ci=ci, seed=seed)
+    claims.append(Claim(
+        claim="On simple images, attention-based pruning answers POPE more accurately than diversity-based pruning",
+        paper="direction: attention-based pruning wins on simple images (concentrated evidence)",
+        rule=(f"Per budget, POPE accuracy of the attention family (its methods pooled) minus that of the diversity "
+              f"family on the simple images, paired on the same images: > 0 with its {pct} bootstrap CI above 0."),
+        checks=gap_checks(g_acc, "simple", +1), fmt="{:+.1f}"))
+    claims.append(Claim(
+        claim="On complex images, diversity-based pruning answers POPE more accurately than attention-based pruning",
+        paper="direction: diversity-based pruning wins on complex images (dispersed evidence)",
+        rule=(f"Per budget, POPE accuracy of the diversity family minus that of the attention family on the complex "
+              f"images, paired: > 0 with its {pct} bootstrap CI above 0."),
+        checks=gap_checks(g_acc, "complex", -1), fmt="{:+.1f}"))
+    inter = family_interactions(pope, "Accuracy", n_boot=n_boot, ci=ci, seed=seed)
+    claims.append(Claim(
+        claim="Attention's advantage over diversity is larger on simple than on complex images (POPE)",
+        paper="direction: the better family flips from attention (simple) to diversity (complex)",
+        rule=(f"Per budget, [accuracy(attention) − accuracy(diversity)] on simple images minus the same on complex "
+              f"images > 0, {pct} stratified bootstrap CI above 0 (the weakest reading of the finding: the gap moves "
+              "in the claimed direction even if it does not change sign)."),
+        checks=[check(f"T={int(r.budget)}", r.interaction, ">", 0.0, ci=(r.ci_low, r.ci_high)) for r in inter.itertuples(index=False)],
+        fmt="{:+.1f}"))
+    if describe is not None and len(describe):
+        g_rec = family_gaps(describe, "Recall", n_boot=n_boot, ci=ci, seed=seed)
+        claims.append(Claim(
+            claim="On complex images, diversity-based pruning lets the model name more of the objects (CHAIR Recall)",
+            paper="implied by the finding (dispersed evidence is kept); the paper's CHAIR table pools all images",
+            rule=f"Per budget, Recall(diversity) − Recall(attention) on the complex images > 0, {pct} paired-bootstrap CI above 0.",
+            checks=gap_checks(g_rec, "complex", -1), fmt="{:+.1f}"))
+        g_hal = family_gaps(describe, "CHAIR_i", n_boot=n_boot, ci=ci, seed=seed)
+        claims.append(Claim(
+            claim="On simple images, attention-based pruning hallucinates less (CHAIR_i)",
+            paper="implied by the finding (diverse tokens of a simple image are background); the paper's CHAIR table pools all images",
+            rule=f"Per budget, CHAIR_i(diversity) − CHAIR_i(attention) on the simple images > 0, {pct} paired-bootstrap CI above 0.",
+            checks=gap_checks(g_hal, "simple", -1), fmt="{:+.1f}"))
+    return claims
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def measures_figure(img: pd.DataFrame, paper: pd.DataFrame | None = None, label: str = "complexity"):
+    """Attention entropy (nats) and erank of all tokens per image, by label (strip + mean with 95% CI); with
+    ``paper``, the paper's four example images as a third panel (a different tower: compare directions, not
+    values)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from prunelab.plots import _complexity_palette
+
+    d = img.assign(**{label: img[label].fillna("unknown")})
+    order = [s for s in (*SPLITS, "medium", "unknown") if s in set(d[label])]
+    pal = _complexity_palette()
+    ncol = 2 + int(paper is not None and len(paper) > 0)
+    fig, axes = plt.subplots(1, ncol, figsize=(3.1 * ncol, 3.0), squeeze=False)
+    for ax, col in zip(axes[0], ("attention_entropy", "erank_full_vision")):
+        sns.stripplot(data=d, x=label, y=col, order=order, hue=label, palette=pal, ax=ax, size=4, alpha=0.6, jitter=0.25,
+                      legend=False)
+        sns.pointplot(data=d, x=label, y=col, order=order, color="black", errorbar=("ci", 95), seed=0, markers="D",
+                      linestyles="none", ax=ax, markersize=5)
+        ax.set(xlabel="", ylabel=MEASURE_LABELS[col], title=f"this run: {MEASURE_LABELS[col].split(' (')[0]}")
+    if ncol == 3:
+        ax = axes[0][2]
+        for r in paper.itertuples():
+            ax.scatter(r.attention_entropy, r.erank, color=pal.get(r.split, "grey"), s=40)
+            ax.annotate(r.example, (r.attention_entropy, r.erank), fontsize=7, xytext=(3, 2), textcoords="offset points")
+        ax.set(xlabel="attention entropy (nats)", ylabel="erank", title="paper (CLIP, 4 examples)")
+        ax.margins(0.25)
+    return fig
+
+
+def gap_figure(gaps: pd.DataFrame, labels: dict | None = None):
+    """"Who wins where": per metric (panels), attention − diversity on simple and complex images (x), one line per
+    budget with 95% CIs; above 0 = attention better for Accuracy/Recall, hallucinates *more* for CHAIR_i."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    labels = labels or {"Accuracy": "POPE accuracy", "CHAIR_i": "CHAIR$_i$", "Recall": "Recall", "CHAIR_s": "CHAIR$_s$"}
+    metrics = list(dict.fromkeys(gaps["metric"]))
+    budgets = sorted(gaps["budget"].unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics) + 0.6, 3.0), squeeze=False)
+    shades = sns.color_palette("crest", len(budgets))
+    for ax, m in zip(axes[0], metrics):
+        g = gaps[gaps["metric"] == m]
+        for k, (b, col) in enumerate(zip(budgets, shades)):
+            t = g[g["budget"] == b].set_index("split").reindex(list(SPLITS))
+            x = np.arange(len(SPLITS)) + (k - (len(budgets) - 1) / 2) * 0.08
+            err = np.nan_to_num(np.array([t["diff"] - t["ci_low"], t["ci_high"] - t["diff"]], dtype=float))
+            ax.errorbar(x, t["diff"], yerr=err, fmt="-o", color=col, capsize=3, label=f"T = {int(b)}", ms=5)
+        ax.axhline(0, color="0.4", lw=1)
+        ax.set_xticks(range(len(SPLITS)), SPLITS)
+        ax.set(title=labels.get(m, m), ylabel="attention − diversity (pp)")
+        ax.set_xlim(-0.5, len(SPLITS) - 0.5)
+    handles, lab = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, lab, loc="outside right center", fontsize="small")
+    return fig
+
+
+def accuracy_figure(acc: pd.DataFrame):
+    """POPE accuracy per method (rows) on simple and complex images (colours), one panel per budget, with 95% CIs
+    over images; the dashed line is the unpruned model when present."""
+    import matplotlib.pyplot as plt
+
+    from prunelab.generation import VANILLA
+    from prunelab.plots import _complexity_palette, short_label
+
+    pal = _complexity_palette()
+    van = acc[acc["method"] == VANILLA]
+    t = acc[acc["method"] != VANILLA]
+    methods = list(dict.fromkeys(t["method"]))
+    budgets = sorted(t["budget"].unique())
+    fig, axes = plt.subplots(1, len(budgets), figsize=(3.6 * len(budgets) + 1.2, 0.42 * len(methods) + 1.3),
+                             sharey=True, sharex=True, squeeze=False)
+    y0 = np.arange(len(methods))
+    for ax, b in zip(axes[0], budgets):
+        for k, sp in enumerate(SPLITS):
+            s = t[(t["budget"] == b) & (t["split"] == sp)].set_index("method").reindex(methods)
+            err = np.nan_to_num(np.array([s["Accuracy"] - s["Accuracy_low"], s["Accuracy_high"] - s["Accuracy"]], dtype=float))
+            ax.errorbar(s["Accuracy"], y0 + (k - 0.5) * 0.25, xerr=err, fmt="o", color=pal[sp], capsize=2, ms=5, label=sp)
+            v = van[van["split"] == sp]
+            if len(v):
+                ax.axvline(float(v["Accuracy"].iloc[0]), color=pal[sp], ls="--", lw=1, label=f"{sp}, all tokens")
+        ax.set(title=f"T = {int(b)}", xlabel="POPE accuracy (%)")
+    axes[0][0].set_yticks(y0, [short_label(m) for m in methods])
+    axes[0][0].invert_yaxis()
+    handles, lab = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, lab, loc="outside right center", fontsize="small")
+    return fig
+
+
+__all__ = [
+    "SPLITS", "SPLIT_MEASURES", "TowerEncoder", "image_table", "assign_split", "add_split", "separation",
+    "separation_table", "split_agreement", "paper_examples", "families", "accuracy_table", "family_gaps",
+    "family_interactions", "finding3_claims", "measures_figure", "gap_figure", "accuracy_figure",
+]

@@ -1,0 +1,226 @@
+"""Paired comparisons of POPE and CHAIR metrics between methods (or groups of methods) on the same images.
+
+POPE accuracy and the CHAIR metrics are *ratios of sums*: accuracy = correct answers / questions, CHAIR_i =
+hallucinated mentions / mentions, Recall = covered ground-truth objects / ground-truth objects, CHAIR_s = captions
+with a hallucination / captions (Rohrbach et al. 2018; OPERA's Recall; :func:`prunelab.generation.chair_table`).
+Comparing two methods on the same images, the image is the unit that varies, so the uncertainty of a difference
+comes from a **paired percentile bootstrap over images**: resample image ids with replacement, recompute both
+ratios on the resampled images (the numerator and denominator sums of each side), take the difference (seeded).
+
+* :func:`image_sums` — per method x image (x group) the numerator and denominator of a metric;
+* :func:`compare` — ``metric(a) − metric(b)`` where ``a`` and ``b`` are a method label *or a list of labels*
+  (a family: its methods' sums are pooled, i.e. the family is scored as if it were one method answering every
+  question once per member), per group of ``by``, with the paired bootstrap CI. For one method on each side and a
+  CHAIR metric it is exactly :func:`prunelab.generation.paired_chair` (same resampling; a test checks);
+* :func:`interaction` — a difference of differences between two image groups (e.g. simple vs complex images):
+  ``[metric(a) − metric(b)]_{first} − [metric(a) − metric(b)]_{second}``, with images resampled *within* each group
+  (stratified bootstrap), so the two groups keep their sizes.
+
+Metrics (:data:`METRICS`): ``Accuracy`` (POPE; ``correct``, an unparsed answer counts as wrong), ``CHAIR_s``,
+``CHAIR_i``, ``Recall``, ``Len`` (describe tables), or the name of any numeric column, which is averaged over the
+rows (e.g. ``erank_kept_vision``). Reported x100 for the rates, as the paper reports them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from prunelab.errors import UnknownNameError
+
+#: metric -> (numerator column, denominator column or None = number of rows, scale)
+METRICS = {
+    "Accuracy": ("correct", None, 100.0),
+    "CHAIR_s": ("chair_s", None, 100.0),
+    "CHAIR_i": ("n_hallucinated", "n_mentions", 100.0),
+    "Recall": ("n_gt_covered", "n_gt", 100.0),
+    "Len": ("length", None, 1.0),
+}
+_EXCLUDED_FLAGS = ("not_a_string", "no_ground_truth")  # captions the CHAIR evaluator leaves out
+
+
+def metric_parts(metric: str, df: pd.DataFrame | None = None) -> tuple[str, str | None, float]:
+    """``(numerator, denominator or None, scale)`` of ``metric`` (a key of :data:`METRICS` or a numeric column,
+    which is averaged: numerator = the column, denominator = the row count, scale 1)."""
+    if metric in METRICS:
+        parts = METRICS[metric]
+    else:
+        parts = (metric, None, 1.0)
+    if df is not None:
+        for col in parts[:2]:
+            if col is not None and col not in df:
+                raise UnknownNameError(
+                    f"metric {metric!r} needs column {col!r}, which the table lacks; pass a POPE table for Accuracy, "
+                    f"a describe table for {', '.join(k for k in METRICS if k != 'Accuracy')}, or a numeric column")
+    return parts
+
+
+def _labels(x) -> list[str]:
+    return [x] if isinstance(x, str) else list(x)
+
+
+def _name(x) -> str:
+    labels = _labels(x)
+    return labels[0] if len(labels) == 1 else " + ".join(labels)
+
+
+def image_sums(df: pd.DataFrame, metric: str, by: Sequence[str] = ("budget",)) -> pd.DataFrame:
+    """Per ``by`` x method x image: ``num`` and ``den`` of ``metric`` (sums over the image's rows: questions for
+    POPE, the caption for describe). Captions the CHAIR evaluator excludes (``chair_flag`` not_a_string /
+    no_ground_truth) are left out, as :func:`prunelab.generation.chair_table` does."""
+    num, den, _ = metric_parts(metric, df)
+    d = df
+    if metric in METRICS and metric != "Accuracy" and "chair_flag" in d:
+        d = d[~d["chair_flag"].isin(_EXCLUDED_FLAGS)]
+    d = d.assign(_num=pd.to_numeric(d[num], errors="coerce").astype(float),
+                 _den=1.0 if den is None else pd.to_numeric(d[den], errors="coerce").astype(float))
+    d = d.dropna(subset=["_num", "_den"])
+    keys = list(by) + ["method", "image_id"]
+    out = d.groupby(keys, sort=False, dropna=False)[["_num", "_den"]].sum().reset_index()
+    return out.rename(columns={"_num": "num", "_den": "den"})
+
+
+def _side(sums: pd.DataFrame, labels: list[str], ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    s = sums[sums["method"].isin(labels)].groupby("image_id")[["num", "den"]].sum().reindex(ids)
+    return s["num"].to_numpy(float), s["den"].to_numpy(float)
+
+
+def _common_ids(sums: pd.DataFrame, labels: list[str]) -> list[str]:
+    ids = None
+    for m in labels:
+        got = set(sums.loc[sums["method"] == m, "image_id"])
+        ids = got if ids is None else ids & got
+    return sorted(ids or [])
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, idx: np.ndarray | None = None):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if idx is None:
+            return float(num.sum() / den.sum()) if den.sum() else math.nan
+        return num[idx].sum(-1) / den[idx].sum(-1)
+
+
+def _quantiles(v: np.ndarray, ci: float) -> tuple[float, float]:
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return (math.nan, math.nan)
+    lo, hi = np.quantile(v, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    return float(lo), float(hi)
+
+
+def _check_ci(ci: float) -> None:
+    if not 0 < ci < 1:
+        raise UnknownNameError(f"ci must be in (0, 1), got {ci!r}; pass e.g. ci=0.95")
+
+
+def compare(df: pd.DataFrame, a, b, metric: str, *, by: Sequence[str] = ("budget",), n_boot: int = 2000,
+            ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """``metric(a) − metric(b)`` on the images both sides have, per group of ``by``, with a seeded paired bootstrap
+    over images (see module docstring). ``a`` / ``b``: a method label or a list of labels (pooled).
+
+    Columns ``by + [a, b, value_a, value_b, diff, ci_low, ci_high, n]`` (``a``/``b`` hold the side names, lists
+    joined with " + "; ``n`` = images). A group where a side has no rows is skipped.
+    """
+    _check_ci(ci)
+    la, lb = _labels(a), _labels(b)
+    for m in la + lb:
+        if not (df["method"] == m).any():
+            raise UnknownNameError(f"no rows for method {m!r}; present: {', '.join(map(str, df['method'].unique()))}")
+    _, _, scale = metric_parts(metric, df)
+    sums = image_sums(df[df["method"].isin(la + lb)], metric, by)
+    cols = list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"]
+    rows = []
+    groups = sums.groupby(list(by), sort=False, dropna=False) if by else [((), sums)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        ids = _common_ids(g, la + lb)
+        if not ids:
+            continue
+        na, da = _side(g, la, ids)
+        nb, db = _side(g, lb, ids)
+        va, vb = _ratio(na, da), _ratio(nb, db)
+        lo = hi = math.nan
+        if len(ids) >= 2:
+            idx = np.random.default_rng(seed).integers(0, len(ids), size=(int(n_boot), len(ids)))
+            lo, hi = _quantiles(_ratio(na, da, idx) - _ratio(nb, db, idx), ci)
+        rows.append({**dict(zip(by, key)), "a": _name(a), "b": _name(b), "value_a": va * scale, "value_b": vb * scale,
+                     "diff": (va - vb) * scale, "ci_low": lo * scale, "ci_high": hi * scale, "n": len(ids)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def interaction(df: pd.DataFrame, a, b, metric: str, *, group: str = "split", levels: Sequence[str] = ("simple", "complex"),
+                by: Sequence[str] = ("budget",), n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Difference of differences between the two image groups ``levels`` of column ``group``:
+    ``D_first − D_second`` with ``D = metric(a) − metric(b)`` on the group's images (both sides present),
+    per group of ``by``; stratified paired bootstrap (images resampled within each level, seeded).
+
+    Columns ``by + [a, b, diff_<first>, diff_<second>, interaction, ci_low, ci_high, n_<first>, n_<second>]``.
+    """
+    _check_ci(ci)
+    if group not in df:
+        raise UnknownNameError(f"column {group!r} is not in the table; add it first (e.g. complexity.add_split)")
+    if len(levels) != 2:
+        raise UnknownNameError(f"levels must name two groups, got {list(levels)!r}")
+    la, lb = _labels(a), _labels(b)
+    _, _, scale = metric_parts(metric, df)
+    sums = image_sums(df[df["method"].isin(la + lb) & df[group].isin(levels)], metric, list(by) + [group])
+    l0, l1 = levels
+    cols = list(by) + ["a", "b", f"diff_{l0}", f"diff_{l1}", "interaction", "ci_low", "ci_high", f"n_{l0}", f"n_{l1}"]
+    rows = []
+    groups = sums.groupby(list(by), sort=False, dropna=False) if by else [((), sums)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        parts = {}
+        for k, lev in enumerate(levels):
+            gl = g[g[group] == lev]
+            ids = _common_ids(gl, la + lb)
+            parts[lev] = (ids, *_side(gl, la, ids), *_side(gl, lb, ids))
+        if not parts[l0][0] or not parts[l1][0]:
+            continue
+        point = {}
+        boots = {}
+        rng = np.random.default_rng(seed)
+        for lev in levels:
+            ids, na, da, nb, db = parts[lev]
+            point[lev] = _ratio(na, da) - _ratio(nb, db)
+            if len(ids) >= 2:
+                idx = rng.integers(0, len(ids), size=(int(n_boot), len(ids)))
+                boots[lev] = _ratio(na, da, idx) - _ratio(nb, db, idx)
+        lo = hi = math.nan
+        if len(boots) == 2:
+            lo, hi = _quantiles(boots[l0] - boots[l1], ci)
+        rows.append({**dict(zip(by, key)), "a": _name(a), "b": _name(b), f"diff_{l0}": point[l0] * scale,
+                     f"diff_{l1}": point[l1] * scale, "interaction": (point[l0] - point[l1]) * scale,
+                     "ci_low": lo * scale, "ci_high": hi * scale, f"n_{l0}": len(parts[l0][0]), f"n_{l1}": len(parts[l1][0])})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def metric_table(df: pd.DataFrame, metric: str, *, by: Sequence[str] = ("method", "budget"), n_boot: int = 2000,
+                 ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """``metric`` per group of ``by`` (ratio of sums over the group's rows) with a seeded percentile bootstrap CI
+    over images: columns ``by + [value, ci_low, ci_high, n]`` (x100 for rates)."""
+    _check_ci(ci)
+    _, _, scale = metric_parts(metric, df)
+    by = list(by)
+    if "method" not in by:
+        raise UnknownNameError(f"by must include 'method', got {by!r}")
+    inner = [c for c in by if c not in ("method",)]
+    sums = image_sums(df, metric, inner)
+    rows = []
+    for key, g in sums.groupby(["method"] + inner, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        g = g.sort_values("image_id")
+        num, den = g["num"].to_numpy(float), g["den"].to_numpy(float)
+        lo = hi = math.nan
+        if len(g) >= 2:
+            idx = np.random.default_rng(seed).integers(0, len(g), size=(int(n_boot), len(g)))
+            lo, hi = _quantiles(_ratio(num, den, idx), ci)
+        keyd = dict(zip(["method"] + inner, key))
+        rows.append({**{c: keyd[c] for c in by}, "value": _ratio(num, den) * scale, "ci_low": lo * scale,
+                     "ci_high": hi * scale, "n": len(g)})
+    return pd.DataFrame(rows, columns=by + ["value", "ci_low", "ci_high", "n"])
+
+
+__all__ = ["METRICS", "metric_parts", "image_sums", "compare", "interaction", "metric_table"]
