@@ -392,3 +392,21 @@ def test_tower_without_qk_projections_is_a_capability_error(models):
     with pytest.raises(CapabilityError) as e:
         ad.run(ids, pv, "FasterVLM", 8)
     assert _one_line(e.value) and "query/key" in str(e.value)
+
+
+def test_budget_is_checked_against_the_processed_resolution():
+    """ToyLLaVA's DINOv2 config says 518 px while its processor gives 336 px: the token count (and the budget
+    check) must follow the pixels actually passed, not the config."""
+    from prunelab.errors import BudgetError
+    from prunelab.models.adapter import LlavaAdapter
+    from prunelab.models.tiny import tiny_llava
+
+    m = tiny_llava("dinov2", seed=3)  # config: 112 px -> 64 tokens
+    ad = LlavaAdapter(m)
+    pv = torch.randn(1, 3, 84, 84)  # 6 x 6 = 36 tokens (DINOv2 interpolates its position embeddings)
+    assert ad.n_image_tokens == 64 and ad.tokens_for(pv) == 36
+    ids = torch.cat([torch.tensor([1, 5, 6]), torch.full((36,), m.config.image_token_id), torch.tensor([7, 8])])[None]
+    out = ad.run(ids, pv, "FasterVLM", 36, max_new_tokens=2)
+    assert out.records[0]["n_image_tokens"] == 36 and out.records[0]["n_kept"] == 36
+    with pytest.raises(BudgetError, match="1..36"):
+        ad.run(ids, pv, "FasterVLM", 40, max_new_tokens=2)

@@ -596,8 +596,17 @@ class LlavaAdapter:
     # ---------------- vision side
     @property
     def n_image_tokens(self) -> int:
+        """Visual tokens per image at the vision config's resolution. The processor may resize to another size
+        (ToyLLaVA's DINOv2 config says 518 px, its processor gives 336 px); :meth:`tokens_for` counts the tokens
+        of actual ``pixel_values``, which is what budgets are checked against."""
         vcfg = self.model.config.vision_config
         return (vcfg.image_size // vcfg.patch_size) ** 2
+
+    def tokens_for(self, pixel_values: torch.Tensor) -> int:
+        """Patch tokens the tower makes from ``pixel_values`` ``(B, 3, H, W)``."""
+        patch = self.model.config.vision_config.patch_size
+        h, w = pixel_values.shape[-2:]
+        return (int(h) // patch) * (int(w) // patch)
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor, qk_layers: Sequence[int] = ()) -> dict:
@@ -711,7 +720,7 @@ class LlavaAdapter:
         """
         pruner = self._method(method, method_params)
         in_llm = pruner is not None and getattr(pruner, "stage", "pre_llm") == "in_llm"
-        n_img = self.n_image_tokens
+        n_img = self.tokens_for(pixel_values)
         if pruner is not None:
             if budget is None:
                 raise BudgetError(f"method {pruner.name!r} needs a budget; pass budget=T with 1 <= T <= {n_img}")
@@ -764,7 +773,7 @@ class LlavaAdapter:
 
     def _prepare(self, rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids):
         p = self.parts
-        n_img = self.n_image_tokens
+        n_img = self.tokens_for(pixel_values)
         synchronize(self.device)
         t0 = time.perf_counter()
         enc = self.encode_images(pixel_values[idx], qk_layers)
@@ -905,7 +914,7 @@ class LlavaAdapter:
         prompt part of later passes (generated tokens are always kept). Returns ``(steps, V)`` logits — what
         cached generation under the same method must reproduce."""
         pruner = self._method(method, method_params)
-        n_img = self.n_image_tokens
+        n_img = self.tokens_for(pixel_values)
         budget = check_budget(budget, n_img) if pruner is not None else n_img
         row = torch.as_tensor(input_ids[0] if torch.is_tensor(input_ids) and input_ids.ndim == 2 else input_ids)
         in_llm = pruner is not None and pruner.stage == "in_llm"
@@ -934,10 +943,10 @@ class LlavaAdapter:
         if self.processor is None or self.tokenizer is None:
             raise CapabilityError("build_inputs needs a processor with a tokenizer; pass processor=AutoProcessor...")
         sys_msg = VICUNA_SYSTEM if system is None else system
-        ids = [torch.tensor(tokenize_with_image(self.tokenizer, build_prompt(q, template, sys_msg),
-                                                self.parts.image_token_id, self.n_image_tokens)) for q in questions]
         ip = getattr(self.processor, "image_processor", self.processor)
         pv = ip(images=list(images), return_tensors="pt")["pixel_values"]
+        ids = [torch.tensor(tokenize_with_image(self.tokenizer, build_prompt(q, template, sys_msg),
+                                                self.parts.image_token_id, self.tokens_for(pv))) for q in questions]
         return ids, pv
 
     def generate(self, images, questions: Sequence[str], method=None, budget=None, *, template: str = "llava_v1",
