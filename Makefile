@@ -40,7 +40,7 @@ js: $(STAMP_JS)
 browser: setup
 	$(PY) -m prunelab.bookcheck --install-browser
 
-test: assets
+test: assets js
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
