@@ -132,6 +132,18 @@ def test_accuracy_table_counts_unparsed_as_wrong():
     assert list(t["split"][:2]) == ["simple", "complex"] and t["family"].notna().all()
 
 
+def test_split_layout_and_check_split():
+    t = pd.DataFrame({"method": ["A", "A", "A", "A", "Vanilla", "Vanilla"], "budget": [64, 64, 128, 128, 576, 576],
+                      "split": ["simple", "complex"] * 3, "v": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    w = C.split_layout(t, ["v"])
+    assert w.columns.tolist() == [("T = 64", "simple", "v"), ("T = 64", "complex", "v"), ("T = 128", "simple", "v"),
+                                  ("T = 128", "complex", "v"), ("all 576", "simple", "v"), ("all 576", "complex", "v")]
+    assert w.loc["A", ("T = 128", "complex", "v")] == 4.0 and math.isnan(w.loc["Vanilla", ("T = 64", "simple", "v")])
+    assert C.check_split("entropy") == "entropy"
+    with pytest.raises(UnknownNameError, match="unknown split 'size'"):
+        C.check_split("size")
+
+
 def test_claims_replicate_when_the_data_say_so():
     from prunelab.verdict import verdict_table
 

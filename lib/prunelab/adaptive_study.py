@@ -45,7 +45,8 @@ PAPER_MODEL = "llava-1.5-7b"
 AGILE = "AgilePruner"
 
 
-def _default_tau() -> float:
+def default_tau() -> float:
+    """AgilePruner's default ``tau_max`` (the value the plain ``AgilePruner`` label runs with)."""
     from prunelab.methods.adaptive import AgilePruner
 
     return float(AgilePruner().tau_max)
@@ -90,7 +91,7 @@ def tau_grid(taus: Sequence[float]) -> pd.DataFrame:
         vals.append(float(t))
     if len(set(vals)) != len(vals):
         raise UnknownNameError(f"tau values repeat: {vals}; pass each tau_max once")
-    d = _default_tau()
+    d = default_tau()
     rows = []
     for t in sorted(vals):
         if t == 0:
@@ -469,7 +470,7 @@ def tau_figure(tab: pd.DataFrame, metrics: Sequence[str] = ("erank_kept", "accur
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.9 * len(metrics) + 0.8, 2.9), squeeze=False)
     hues = list(dict.fromkeys(sorted(tab[hue].unique())))
     pal = dict(zip(hues, sns.color_palette("crest", len(hues))))
-    styles = list(dict.fromkeys(tab[style])) if style else [None]
+    styles = sorted(tab[style].dropna().unique()) if style else [None]
     dashes = dict(zip(styles, ["-", "--", ":", "-."]))
     for ax, m in zip(axes[0], metrics):
         for h in hues:
@@ -490,7 +491,7 @@ def tau_figure(tab: pd.DataFrame, metrics: Sequence[str] = ("erank_kept", "accur
 
 
 __all__ = [
-    "VARIANTS", "PAPER_HYBRIDS", "PAPER_NAMES", "hybrid_grid", "tau_grid", "study_methods", "paper_pope",
+    "VARIANTS", "PAPER_HYBRIDS", "PAPER_NAMES", "default_tau", "hybrid_grid", "tau_grid", "study_methods", "paper_pope",
     "paper_enhancement", "enhancement_table", "enhancement_layout", "tau_table", "tau_erank_gain",
     "agile_comparisons", "finding4_claims", "delta_figure", "tau_figure",
 ]

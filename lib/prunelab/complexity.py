@@ -91,6 +91,13 @@ def image_table(df: pd.DataFrame) -> pd.DataFrame:
     return per_image(df)
 
 
+def check_split(by: str) -> str:
+    """``by`` if it is a known split rule (:data:`SPLIT_MEASURES`), else a one-line :class:`UnknownNameError`."""
+    if by not in SPLIT_MEASURES:
+        raise UnknownNameError(f"unknown split {by!r}; use one of {', '.join(SPLIT_MEASURES)}")
+    return by
+
+
 def assign_split(img: pd.DataFrame, by: str = "label") -> pd.Series:
     """``image_id -> "simple" | "complex" | None``.
 
@@ -99,8 +106,7 @@ def assign_split(img: pd.DataFrame, by: str = "label") -> pd.Series:
     ``"entropy"``: a median split of ``erank_full_vision`` / ``attention_entropy`` over these images: above the
     median = complex, at or below = simple.
     """
-    if by not in SPLIT_MEASURES:
-        raise UnknownNameError(f"unknown split {by!r}; use one of {', '.join(SPLIT_MEASURES)}")
+    check_split(by)
     ids = img["image_id"].astype(str)
     if by == "label":
         lab = [v if v in SPLITS else None for v in img["complexity"]]
@@ -231,6 +237,20 @@ def accuracy_table(pope: pd.DataFrame, by: Sequence[str] = ("method", "budget", 
     return out.sort_values(sort_cols, key=lambda c: c.map(rank) if c.name == "method" else
                            (c.map({s: i for i, s in enumerate(SPLITS)}) if c.name == "split" else c),
                            kind="stable").reset_index(drop=True)
+
+
+def split_layout(table: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
+    """A per-split table (rows method x budget x split) in a compact layout: one row per method (table order),
+    columns ``(T = budget, split, value)``; the unpruned row (budget N) gets its own ``all N`` block."""
+    t = table.assign(T=table["budget"].map(lambda b: f"T = {int(b)}"))
+    if "method" in t and (t["method"] == "Vanilla").any():
+        t.loc[t["method"] == "Vanilla", "T"] = t.loc[t["method"] == "Vanilla", "budget"].map(lambda b: f"all {int(b)}")
+    methods = list(dict.fromkeys(t["method"]))
+    blocks = list(dict.fromkeys(t.sort_values("budget", kind="stable")["T"]))
+    wide = t.pivot_table(index="method", columns=["T", "split"], values=list(values), aggfunc="first")
+    wide = wide.reorder_levels([1, 2, 0], axis=1)
+    cols = [(b, sp, v) for b in blocks for sp in SPLITS for v in values if (b, sp, v) in wide.columns]
+    return wide.reindex(index=methods, columns=pd.MultiIndex.from_tuples(cols, names=["", "", ""]))
 
 
 def family_gaps(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b: str = DIVERSITY, n_boot: int = 2000,
@@ -444,7 +464,7 @@ def accuracy_figure(acc: pd.DataFrame):
 
 
 __all__ = [
-    "SPLITS", "SPLIT_MEASURES", "TowerEncoder", "image_table", "assign_split", "add_split", "separation",
+    "SPLITS", "SPLIT_MEASURES", "TowerEncoder", "image_table", "check_split", "assign_split", "split_layout", "add_split", "separation",
     "separation_table", "split_agreement", "paper_examples", "families", "accuracy_table", "family_gaps",
     "family_interactions", "finding3_claims", "measures_figure", "gap_figure", "accuracy_figure",
 ]
