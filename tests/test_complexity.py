@@ -142,6 +142,13 @@ def test_split_layout_and_check_split():
     assert C.check_split("entropy") == "entropy"
     with pytest.raises(UnknownNameError, match="unknown split 'size'"):
         C.check_split("size")
+    from prunelab.data import ImageItem
+
+    items = [ImageItem(id="a", source="coco:x"), ImageItem(id="b", source="coco:x", complexity="medium")]
+    with pytest.raises(UnknownNameError, match="split_by='erank'"):
+        C.check_split("label", items)
+    assert C.check_split("erank", items) == "erank"
+    assert C.check_split("label", items + [ImageItem(id="c", source="photos", complexity="simple")]) == "label"
 
 
 def test_claims_replicate_when_the_data_say_so():

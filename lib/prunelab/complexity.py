@@ -91,10 +91,15 @@ def image_table(df: pd.DataFrame) -> pd.DataFrame:
     return per_image(df)
 
 
-def check_split(by: str) -> str:
-    """``by`` if it is a known split rule (:data:`SPLIT_MEASURES`), else a one-line :class:`UnknownNameError`."""
+def check_split(by: str, items=None) -> str:
+    """``by`` if it is a known split rule (:data:`SPLIT_MEASURES`) and, for ``"label"`` with ``items``
+    (:class:`prunelab.data.ImageItem`), if some item is labelled simple or complex; else a one-line
+    :class:`UnknownNameError` (before any model runs)."""
     if by not in SPLIT_MEASURES:
         raise UnknownNameError(f"unknown split {by!r}; use one of {', '.join(SPLIT_MEASURES)}")
+    if by == "label" and items is not None and not any(getattr(it, "complexity", None) in SPLITS for it in items):
+        raise UnknownNameError("these images carry no simple/complex labels (e.g. COCO); pass split_by='erank' or "
+                               "split_by='entropy' for a median split")
     return by
 
 
