@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from prunelab.methods.adaptive import GRAM_MIN_DIM, input_erank
 from prunelab.metrics import attention_entropy, erank
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # float64 SVDs spin-wait on a shared 2-core machine
+
 
 def _orthogonal(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

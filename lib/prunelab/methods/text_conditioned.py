@@ -55,7 +55,7 @@ def dpp_greedy_map(kernel: torch.Tensor, k: int, eps: float = 1e-10) -> torch.Te
         j = int(torch.argmax(gains))
         out.append(j)
         taken[j] = True
-        dj = float(d2[j])
+        dj = float(d2[j].detach())
         if dj <= eps:
             continue  # degenerate: no more independent directions; the rows stay zero
         e = (L[j] - c[:t].T @ c[:t, j]) / dj ** 0.5
