@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import math
 import time
@@ -77,7 +76,8 @@ import pandas as pd
 import torch
 
 from prunelab.errors import AssetError, CapabilityError, PrunelabError, UnknownNameError, check_budget
-from prunelab.paths import REPO_ROOT, atomic_write, cache_dir as _cache_dir
+from prunelab.tablecache import code_hash, key as cache_key, write_csv
+from prunelab.paths import atomic_write, cache_dir as _cache_dir
 
 CACHE_FORMAT = 1  # bump when the meaning of a cached column changes
 TASKS = ("describe", "pope")
@@ -462,31 +462,17 @@ def pope_questions_for(items, set_name: str, settings: Sequence[str] = ("random"
 
 
 def _code_hash() -> str:
-    h = hashlib.sha256()
-    base = REPO_ROOT / "lib" / "prunelab"
-    for pattern in _CODE_FILES:
-        for f in sorted(base.glob(pattern)):
-            h.update(f.relative_to(base).as_posix().encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return code_hash(_CODE_FILES)
 
 
-def _key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+_key = cache_key
 
 
 _LIST_COLUMNS = ("kept_indices",)
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    out = df.copy()
-    for c in _LIST_COLUMNS:
-        if c in out:
-            out[c] = out[c].map(json.dumps)
-    buf = io.StringIO()
-    out.to_csv(buf, index=False)
-    with atomic_write(path, "w") as fh:
-        fh.write(buf.getvalue())
+    write_csv(df, path, _LIST_COLUMNS)
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:

@@ -32,7 +32,6 @@ keys (``image_set, image_id, method, budget``) can be merged onto this table.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import time
@@ -47,7 +46,8 @@ from prunelab.device import cpu_threads
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
 from prunelab.metrics import attention_entropy, erank
-from prunelab.paths import REPO_ROOT, atomic_write, cache_dir as _cache_dir
+from prunelab.tablecache import code_hash, key as cache_key, write_csv
+from prunelab.paths import atomic_write, cache_dir as _cache_dir
 
 CACHE_FORMAT = 1  # bump when the meaning of a column changes
 
@@ -394,27 +394,14 @@ def prune_image(ctx: VisualContext, specs: list[MethodSpec], budgets: Sequence[i
 
 
 def _code_hash() -> str:
-    h = hashlib.sha256()
-    base = REPO_ROOT / "lib" / "prunelab"
-    for pattern in _CODE_FILES:
-        for f in sorted(base.glob(pattern)):
-            h.update(f.relative_to(base).as_posix().encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return code_hash(_CODE_FILES)
 
 
-def _key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+_key = cache_key
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    out = df.copy()
-    if "kept_indices" in out:
-        out["kept_indices"] = out["kept_indices"].map(json.dumps)
-    buf = io.StringIO()
-    out.to_csv(buf, index=False)
-    with atomic_write(path, "w") as fh:
-        fh.write(buf.getvalue())
+    write_csv(df, path)
 
 
 def _normalize(df: pd.DataFrame) -> pd.DataFrame:
