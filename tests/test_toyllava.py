@@ -132,6 +132,28 @@ def test_balanced_yes_no_turns():
     assert sum(a == "Yes" for _, a in TT._balanced_turns(rng, pool[:1] + pool[3:], 4)) == 1  # pool-limited
 
 
+def test_description_then_questions_weighs_each_turn(data):
+    recs, store, tok = data
+    b = TT.SampleBuilder(tok, qa_weight=2.0)
+    desc = recs[0].descriptions[0]
+    ids, w = b.dialogue([(PROMPT, desc), ("Is there a cat in the image?", "No")])
+    toks = tok.convert_ids_to_tokens(ids)
+    weighted = [(t, x) for t, x in zip(toks, w) if x > 0]
+    n_desc = len(tok(desc)["input_ids"]) - 1 + 1  # words without <s>, plus </s>
+    assert [x for _, x in weighted[:n_desc]] == [1.0] * n_desc  # description tokens keep weight 1
+    assert weighted[n_desc:] == [("No", 2.0), ("</s>", 2.0)]  # the yes/no turn gets qa_weight
+    # every description sequence carries qa_after_caption questions after the description
+    cfg = dataclasses.replace(TINY, p_caption=1.0, qa_after_caption=2)
+    ids_b, _, labels, weights = TT.make_batch(cfg, 0, recs, store, b, PROMPT)
+    yes, no = tok.convert_tokens_to_ids("Yes"), tok.convert_tokens_to_ids("No")
+    for row_ids, row_w in zip(ids_b, weights):
+        answers = [int(t) for t, x in zip(row_ids, row_w) if x == 2.0 and int(t) in (yes, no)]
+        assert len(answers) == 2
+    plain = dataclasses.replace(TINY, p_caption=1.0, qa_after_caption=0)
+    _, _, _, w0 = TT.make_batch(plain, 0, recs, store, b, PROMPT)
+    assert float(w0.max()) == 1.0  # no yes/no turn at all
+
+
 def test_batches_are_functions_of_seed_and_step(data):
     recs, store, tok = data
     b = TT.SampleBuilder(tok)

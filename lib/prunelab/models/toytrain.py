@@ -57,11 +57,17 @@ class TrainConfig:
     """Everything that determines a ToyLLaVA run (stored in checkpoints and the model card).
 
     Defaults = the committed model. Why these sizes: toy-model-probe.md showed that 700 scenes overfit and
-    collapse under pruning (5-8k are needed) and suggested d=192 x 3 layers at ~0.6 s per step. Measured here
-    with the real sequences (576 image rows + ~150 text tokens, 16 per batch, bf16 autocast, 2 threads), a
-    d=192 x 3-layer step costs 3.1-4 s (about 170 GFLOP: 576 visual tokens dominate every layer), so 4k steps
-    would take 3.5-4.5 h. d=128 x 2 layers (FFN 344) costs 1.5-2 s; 1800 steps (about 29k sequences, 5.8 epochs
-    of 5000 scenes) fit the <= 90-minute budget with ~15 min of feature extraction and ~15 min of evaluation.
+    collapse under pruning (5-8k are needed) and suggested d=192 x 3 layers. Measured here with the real
+    sequences (576 image rows + ~200 text tokens, 16 per batch, 2 threads): with attention dropout on, PyTorch's
+    CPU attention falls back to the unfused "math" kernel and a d=128 x 2 step costs 1.9 s (38% of it drawing
+    dropout masks over 16 x 4 x 704 x 704 attention weights); without it the fused kernel runs and the step costs
+    0.37 s (d=192 x 3: 0.85 s, d=256 x 4: 1.2-2 s). So attention dropout is off (embedding dropout stays).
+    Grounding, not language, is what needs the image passes: a 1800-step run (29k sequences) and 750-step
+    pilots learned the descriptions' language but stayed at chance on POPE, and even a dedicated attention-pooling
+    classifier on the same features needs ~2-3k steps of 16 images to reach 0.6-0.7 object recall. Hence the
+    smallest model that can route a question to image patches (2 layers), as many image passes as the <= 90-minute
+    budget allows (8000 steps, ~128k sequences) and several yes/no turns after every description, so that each
+    pass through the 576 visual rows teaches grounding more than once.
     """
 
     variant: str = "toyllava"
@@ -73,7 +79,7 @@ class TrainConfig:
     num_layers: int = 2
     num_heads: int = 4
     intermediate_size: int = 344
-    steps: int = 1800
+    steps: int = 8000
     batch_size: int = 16
     lr: float = 1.5e-3
     min_lr_ratio: float = 0.05
@@ -81,18 +87,21 @@ class TrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     emb_dropout: float = 0.1
-    attn_dropout: float = 0.1
+    attn_dropout: float = 0.0
     p_caption: float = 0.5
-    qa_turns: int = 4
+    qa_turns: int = 8
     qa_weight: float = 2.0
+    # Yes/no turns that follow a description turn in the same dialogue (LLaVA-Instruct conversations are
+    # multi-turn too): text tokens are cheap next to the 576 visual rows, so each image pass teaches more.
+    qa_after_caption: int = 4
     p_flip: float = 0.0  # grid flip would contradict the descriptions' left/right words; off
     # visual-token-subset augmentation (the documented second model only): probability, min/max kept tokens
     p_subset: float = 0.0
     subset_min: int = 32
     subset_max: int = 288
     init_from: str | None = None
-    ckpt_every: int = 250
-    val_every: int = 500
+    ckpt_every: int = 500
+    val_every: int = 1000
     threads: int = 2
     bf16: bool = True
     max_new_tokens: int = 144
@@ -385,13 +394,16 @@ class SampleBuilder:
                 self._cache[key] = (ids2[len(ids1):], m2[len(ids1):])
         return self._cache[key]
 
-    def dialogue(self, turns: Sequence[tuple[str, str]], yes_no: bool) -> tuple[list[int], list[float]]:
+    def dialogue(self, turns: Sequence[tuple[str, str]], yes_no: bool | None = None) -> tuple[list[int], list[float]]:
+        """Ids and loss weights of a dialogue; answer tokens of yes/no turns get ``qa_weight`` (``yes_no=None``:
+        decided per turn from the answer, so a description followed by questions weighs each turn right)."""
         ids: list[int] = []
         w: list[float] = []
         for k, (q, a) in enumerate(turns):
             i, m = self.turn(q, a, first=(k == 0))
             ids += i
-            w += [float(x) * (self.qa_weight if yes_no else 1.0) for x in m]
+            yn = a in ("Yes", "No") if yes_no is None else yes_no
+            w += [float(x) * (self.qa_weight if yn else 1.0) for x in m]
         return ids, w
 
 
@@ -443,10 +455,12 @@ def make_batch(cfg: TrainConfig, step: int, records: Sequence[Record], store: Fe
     for i in idx:
         r = records[int(i)]
         if rng.random() < cfg.p_caption or not r.train_questions:
-            turns, yn = [(prompt, r.descriptions[int(rng.integers(len(r.descriptions)))])], False
+            turns = [(prompt, r.descriptions[int(rng.integers(len(r.descriptions)))])]
+            if cfg.qa_after_caption and r.train_questions:
+                turns += _balanced_turns(rng, r.train_questions, cfg.qa_after_caption)
         else:
-            turns, yn = _balanced_turns(rng, r.train_questions, cfg.qa_turns), True
-        seqs.append(builder.dialogue(turns, yn))
+            turns = _balanced_turns(rng, r.train_questions, cfg.qa_turns)
+        seqs.append(builder.dialogue(turns))
         f = np.asarray(store.features[int(i)], dtype=np.float32)
         if rng.random() < cfg.p_flip:
             f = f.reshape(side, side, -1)[:, ::-1].reshape(n_all, -1)
@@ -597,7 +611,7 @@ def train(cfg: TrainConfig, records: Sequence[Record], store: FeatureStore, toke
             model.train()
         history.append(rec)
         print(json.dumps(rec), file=logf, flush=(step + 1) % 50 == 0)
-        bar.set_postfix(loss=f"{ema:.3f}")
+        bar.set_postfix(loss=f"{ema:.3f}", refresh=False)  # refresh=True would write a bar line every step
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == end:
             if last.exists():
                 os.replace(last, run_dir / "prev.pt")
@@ -1143,8 +1157,8 @@ def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
         "## Recipe", "",
         f"- seed {cfg.seed}; {cfg.steps} steps x {cfg.batch_size} sequences; AdamW lr {cfg.lr} (warmup {cfg.warmup}, "
         f"cosine to {cfg.min_lr_ratio}x), weight decay {cfg.weight_decay}, grad clip {cfg.grad_clip}",
-        f"- each sequence: with p={cfg.p_caption} one description turn, else {cfg.qa_turns} yes/no turns "
-        f"(answer tokens weighted x{cfg.qa_weight}); embedding dropout {cfg.emb_dropout}, attention dropout "
+        f"- each sequence: with p={cfg.p_caption} one description turn followed by {cfg.qa_after_caption} yes/no "
+        f"turns, else {cfg.qa_turns} yes/no turns (yes/no answer tokens weighted x{cfg.qa_weight}); embedding dropout {cfg.emb_dropout}, attention dropout "
         f"{cfg.attn_dropout}; horizontal flip of the token grid with p={cfg.p_flip}",
         f"- visual-token-subset augmentation: p={cfg.p_subset}" + (
             f" (a batch keeps a random subset of {cfg.subset_min}..{cfg.subset_max} visual tokens in raster order)" if cfg.p_subset else " (off: plain LLaVA recipe)"),
