@@ -409,3 +409,14 @@ def test_committed_eval_json_meets_reported_numbers():
     full = next(s for s in ev["summary"] if s["condition"] == "full" and s["complexity"] == "all")
     assert full["n_images"] == 400
     assert f"{full['recall']:.3f}" in card and f"{full['chair_i']:.3f}" in card
+
+
+def test_loaded_model_has_initialised_rotary_buffers(data, package):
+    """Non-persistent buffers are in no state dict: loading must compute them, not leave empty memory."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    model, _ = T.load_toyllava(package[1], with_tower=False)
+    for name, buf in model.named_buffers():
+        assert torch.isfinite(buf.float()).all(), name
+    ref = LlamaRotaryEmbedding(model.config.text_config)
+    assert torch.allclose(model.model.language_model.rotary_emb.inv_freq, ref.inv_freq)

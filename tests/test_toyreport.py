@@ -57,3 +57,12 @@ def test_highlight_and_examples():
     assert '<span style="color:#b00020;font-weight:bold">cats.</span>' in out and out.startswith("A dog and two <span")
     html = toyreport.example_outputs(_eval(), n=3)
     assert html.count("<tr>") == 2 and "(degenerate)" in html and "FasterVLM-64" in html
+
+
+def test_n_parameters_counts_every_stored_tensor(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"a.weight": torch.zeros(3, 4, dtype=torch.float16), "a.bias": torch.zeros(3), "b": torch.zeros(2, 2, 5)},
+              str(tmp_path / "model.safetensors"))
+    assert toyreport.n_parameters(tmp_path) == 12 + 3 + 20

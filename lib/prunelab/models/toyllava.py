@@ -331,10 +331,10 @@ def load_toyllava(path=None, device: str = "cpu", dtype=None, with_tower: bool =
     dtype = dtype or torch.float32
     impl = attn_implementation or {"": "sdpa", "vision_config": "eager", "text_config": "sdpa"}
     cfg._attn_implementation = None
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(cfg)
+    # Built on the CPU, not on the meta device + to_empty(): non-persistent buffers (the LLM's rotary inv_freq)
+    # are not in any state dict, and to_empty() leaves them as uninitialised memory. The model is small.
+    model = LlavaForConditionalGeneration(cfg)
     model.set_attn_implementation(impl) if hasattr(model, "set_attn_implementation") else None
-    model = model.to_empty(device="cpu")
     sd = lm_state_dict_to_llava(proj, lm)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     bad_missing = [k for k in missing if not k.startswith("model.vision_tower.") and k != "lm_head.weight"]

@@ -11,6 +11,7 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from prunelab.errors import AssetError
@@ -36,6 +37,15 @@ def load_history(path=None) -> pd.DataFrame:
     if not p.is_file():
         return pd.DataFrame(columns=["step", "loss", "val_loss"])
     return pd.DataFrame(json.loads(p.read_text()))
+
+
+def n_parameters(path=None) -> int:
+    """Stored parameters of a packaged model (projector + LLM; the tower is not part of the package)."""
+    from safetensors import safe_open
+
+    f = _dir(path) / "model.safetensors"
+    with safe_open(str(f), "pt") as fh:
+        return int(sum(np.prod(fh.get_slice(k).get_shape()) for k in fh.keys()))
 
 
 def summary_table(ev: dict, complexity: str | None = None) -> pd.DataFrame:
