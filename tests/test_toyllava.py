@@ -91,7 +91,7 @@ def test_chat_template_and_dialogue_mask(data):
     assert learned == ["There", "is", "a", "dog", ".", "</s>", "No", "</s>"]
     # composing turns from cached pieces gives exactly the template's ids
     b = TT.SampleBuilder(tok, qa_weight=2.0)
-    ids2, w2 = b.dialogue([(PROMPT, "There is a dog."), ("Is there a cat in the image?", "No")], yes_no=True)
+    ids2, w2 = b.dialogue([(PROMPT, "There is a dog."), ("Is there a cat in the image?", "No")])
     assert ids2 == ids and [x > 0 for x in w2] == [bool(m) for m in mask] and max(w2) == 2.0
 
 

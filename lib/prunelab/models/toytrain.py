@@ -65,9 +65,10 @@ class TrainConfig:
     Grounding, not language, is what needs the image passes: a 1800-step run (29k sequences) and 750-step
     pilots learned the descriptions' language but stayed at chance on POPE, and even a dedicated attention-pooling
     classifier on the same features needs ~2-3k steps of 16 images to reach 0.6-0.7 object recall. Hence the
-    smallest model that can route a question to image patches (2 layers), as many image passes as the <= 90-minute
-    budget allows (8000 steps, ~128k sequences) and several yes/no turns after every description, so that each
-    pass through the 576 visual rows teaches grounding more than once.
+    smallest model that can route a question to image patches (2 layers), as many image passes as the budget
+    roughly allows (8000 steps, ~128k sequences: 76 min of training here, so end to end ~95-100 min, a little over
+    the 90-minute goal; the model card has the timings) and several yes/no turns after every description, so that
+    each pass through the 576 visual rows teaches grounding more than once.
     """
 
     variant: str = "toyllava"
@@ -394,16 +395,15 @@ class SampleBuilder:
                 self._cache[key] = (ids2[len(ids1):], m2[len(ids1):])
         return self._cache[key]
 
-    def dialogue(self, turns: Sequence[tuple[str, str]], yes_no: bool | None = None) -> tuple[list[int], list[float]]:
-        """Ids and loss weights of a dialogue; answer tokens of yes/no turns get ``qa_weight`` (``yes_no=None``:
-        decided per turn from the answer, so a description followed by questions weighs each turn right)."""
+    def dialogue(self, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[float]]:
+        """Ids and loss weights of a dialogue; the answer tokens of yes/no turns (answer "Yes"/"No") get
+        ``qa_weight``, those of other turns weight 1, so a description followed by questions weighs each turn right."""
         ids: list[int] = []
         w: list[float] = []
         for k, (q, a) in enumerate(turns):
             i, m = self.turn(q, a, first=(k == 0))
             ids += i
-            yn = a in ("Yes", "No") if yes_no is None else yes_no
-            w += [float(x) * (self.qa_weight if yn else 1.0) for x in m]
+            w += [float(x) * (self.qa_weight if a in ("Yes", "No") else 1.0) for x in m]
         return ids, w
 
 
