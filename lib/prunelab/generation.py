@@ -76,7 +76,7 @@ import pandas as pd
 import torch
 
 from prunelab.errors import AssetError, CapabilityError, PrunelabError, UnknownNameError, check_budget
-from prunelab.tablecache import code_hash, key as cache_key, write_csv
+from prunelab.tablecache import code_hash, key as _key, write_csv
 from prunelab.paths import atomic_write, cache_dir as _cache_dir
 
 CACHE_FORMAT = 1  # bump when the meaning of a cached column changes
@@ -463,9 +463,6 @@ def pope_questions_for(items, set_name: str, settings: Sequence[str] = ("random"
 
 def _code_hash() -> str:
     return code_hash(_CODE_FILES)
-
-
-_key = cache_key
 
 
 _LIST_COLUMNS = ("kept_indices",)

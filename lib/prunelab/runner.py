@@ -46,7 +46,7 @@ from prunelab.device import cpu_threads
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
 from prunelab.metrics import attention_entropy, erank
-from prunelab.tablecache import code_hash, key as cache_key, write_csv
+from prunelab.tablecache import code_hash, key as _key, write_csv
 from prunelab.paths import atomic_write, cache_dir as _cache_dir
 
 CACHE_FORMAT = 1  # bump when the meaning of a column changes
@@ -395,9 +395,6 @@ def prune_image(ctx: VisualContext, specs: list[MethodSpec], budgets: Sequence[i
 
 def _code_hash() -> str:
     return code_hash(_CODE_FILES)
-
-
-_key = cache_key
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -1125,10 +1125,9 @@ def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
     S = ev["summary"]
     n_params = None
     try:
-        from safetensors import safe_open
+        from prunelab.models.toyreport import n_parameters
 
-        with safe_open(str(path / "model.safetensors"), "pt") as f:
-            n_params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+        n_params = n_parameters(path)
     except Exception:  # card still useful without the count
         pass
     final_loss = next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None)
