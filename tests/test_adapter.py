@@ -259,6 +259,42 @@ def test_batched_left_padding_gives_batch1_text(model, adapter, method, budget):
     assert len(lens) > 1  # the batch really needed padding
 
 
+@pytest.mark.parametrize("method,budget", [(None, None), ("FasterVLM", 12), ("DivPrune", 10), ("PruMerge", 16)])
+def test_shared_image_prompts_give_per_prompt_text(model, adapter, method, budget):
+    """Several prompts about one image: one selection, left-padded batches == each prompt alone through run()."""
+    _, pv = tiny_inputs(model, seed=21)
+    rows = [tiny_inputs(model, prefix=pre, suffix=suf, seed=30 + k)[0][0] for k, (pre, suf) in
+            enumerate([(3, 4), (9, 2), (5, 8), (2, 11)])]
+    alone = [adapter.run([r], pv, method, budget, max_new_tokens=5, eos_token_id=-1) for r in rows]
+    shared = adapter.run_shared_image(rows, pv, method, budget, max_new_tokens=5, batch_size=3, eos_token_id=-1)
+    assert shared.sequences == [o.sequences[0] for o in alone]
+    assert [r["kept_indices"] for r in shared.records] == [o.records[0]["kept_indices"] for o in alone]
+    assert [r["prompt_len"] for r in shared.records] == [o.records[0]["prompt_len"] for o in alone]
+    assert [r["batch_size"] for r in shared.records] == [3, 3, 3, 1]
+    assert all(r["shared_selection"] for r in shared.records)
+    assert [r["sample"] for r in shared.records] == [0, 1, 2, 3]
+
+
+def test_shared_image_runs_prompt_dependent_methods_one_by_one(model, adapter):
+    _, pv = tiny_inputs(model, seed=22)
+    rows = [tiny_inputs(model, prefix=3, suffix=s, seed=40 + s)[0][0] for s in (4, 7)]
+    shared = adapter.run_shared_image(rows, pv, "FastV", 16, max_new_tokens=4, eos_token_id=-1)
+    alone = [adapter.run([r], pv, "FastV", 16, max_new_tokens=4, eos_token_id=-1) for r in rows]
+    assert shared.sequences == [o.sequences[0] for o in alone]
+    assert [r["shared_selection"] for r in shared.records] == [False, False]
+    assert [r["batch_size"] for r in shared.records] == [1, 1]
+
+
+def test_shared_image_refuses_several_images_and_bad_batch(model, adapter):
+    ids, pv = tiny_inputs(model, batch=2, seed=23)
+    with pytest.raises(ImageError, match="one image"):
+        adapter.run_shared_image(list(ids), pv, "FasterVLM", 8)
+    with pytest.raises(BudgetError, match="batch_size"):
+        adapter.run_shared_image(list(ids[:1]), pv[:1], "FasterVLM", 8, batch_size=0)
+    with pytest.raises(BudgetError):
+        adapter.run_shared_image(list(ids[:1]), pv[:1], "FasterVLM", N + 1)
+
+
 # ------------------------------------------------------------------ hook hygiene
 
 def test_model_is_unchanged_after_runs_and_errors(model, adapter):

@@ -40,23 +40,33 @@ def _items(k: int = 3) -> list[ImageItem]:
 
 
 class _Counting:
-    """Wraps adapter.run to count generate calls."""
+    """Wraps adapter.run and adapter.run_shared_image to count generate calls (``calls``: both; ``shared``: the
+    shared-image ones)."""
 
     def __init__(self, adapter):
         self.adapter = adapter
-        self.real = adapter.run
         self.calls = 0
+        self.shared = 0
 
     def __enter__(self):
+        real_run, real_shared = self.adapter.run, self.adapter.run_shared_image
+
         def run(*a, **k):
             self.calls += 1
-            return self.real(*a, **k)
+            return real_run(*a, **k)
+
+        def shared(*a, **k):
+            self.calls += 1
+            self.shared += 1
+            return real_shared(*a, **k)
 
         self.adapter.run = run
+        self.adapter.run_shared_image = shared
         return self
 
     def __exit__(self, *exc):
         del self.adapter.run
+        del self.adapter.run_shared_image
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +351,14 @@ def test_pope_run_on_a_toyllava_package(toy_package, tmp_path):
         G.run_generation(gm, items, [None, "FasterVLM"], [4], task="pope", max_new_tokens=3, cache_dir=tmp_path,
                          pope_settings=("random", "adversarial"), progress=False)
     assert c.calls == 0
+    # One shared selection per image x method, and the same answers as asking every question alone.
+    with _Counting(gm.adapter) as c:
+        one = G.run_generation(gm, items, [None, "FasterVLM"], [4], task="pope", max_new_tokens=3, cache_dir=False,
+                               pope_settings=("random", "adversarial"), progress=False, pope_batch_size=1)
+    assert c.shared == c.calls == 4 * 2
+    assert list(one["text"]) == list(df["text"]) and list(one["kept_indices"]) == list(df["kept_indices"])
+    with pytest.raises(UnknownNameError, match="pope_batch_size"):
+        G.run_generation(gm, items, [None], [4], task="pope", cache_dir=False, progress=False, pope_batch_size=0)
 
 
 def test_describe_on_a_toyllava_package(toy_package, chair_parser):

@@ -19,8 +19,9 @@ For each notebook it
 * writes ``_build/provenance/<name>.json``: parameters (defaults and injected), package versions, host/device,
   wall time, git commit, input key.
 
-Notebooks run in parallel in a process pool (``--jobs``). Any failure makes the command exit 1 and name the
-failing notebooks.
+Notebooks run in parallel in a process pool (``--jobs``), the longest first (``metadata.prunelab.expected_s``),
+each kernel with its share of the CPU threads (:func:`kernel_threads`). Any failure makes the command exit 1 and
+name the failing notebooks.
 
 ``--smoke`` runs every notebook with its own tiny parameters, declared in the notebook metadata as
 ``metadata.prunelab.smoke_parameters`` (the same ones ``tests/test_notebooks.py`` uses), into ``_build/smoke/``;
@@ -116,6 +117,34 @@ def smoke_parameters(path: Path) -> dict[str, Any]:
     """The tiny parameters a notebook declares for smoke runs (``metadata.prunelab.smoke_parameters``)."""
     nb = json.loads(Path(path).read_text())
     return dict(nb.get("metadata", {}).get("prunelab", {}).get("smoke_parameters", {}))
+
+
+def expected_seconds(path: Path) -> float:
+    """The notebook's measured run time with its default parameters on the 2-core reference machine
+    (``metadata.prunelab.expected_s``; 0 if not declared). Only used to start the longest notebooks first."""
+    nb = json.loads(Path(path).read_text())
+    return float(nb.get("metadata", {}).get("prunelab", {}).get("expected_s", 0) or 0)
+
+
+@contextlib.contextmanager
+def kernel_threads(n_workers: int, cpus: int | None = None):
+    """With ``n_workers`` kernels side by side, give each ``cpus // n_workers`` BLAS/OpenMP threads (at least one)
+    through ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, unless the caller set them: two kernels with two threads each
+    on two cores spin-wait for each other (``prunelab.device.cpu_threads`` explains the 10-20x slowdown)."""
+    cpus = cpus or os.cpu_count() or 1
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in names}
+    if n_workers > 1:
+        for k in names:
+            os.environ.setdefault(k, str(max(1, cpus // n_workers)))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def parse_cli_params(items: list[str]) -> dict[str, Any]:
@@ -417,6 +446,8 @@ def run(jobs: list[Job], *, n_jobs: int = 1, force: bool = False, log=print) -> 
             todo.append(job)
     if not todo:
         return outcomes
+    if n_jobs > 1:  # longest first, so the pool does not end waiting on one late heavy notebook
+        todo.sort(key=lambda j: -expected_seconds(j.input_path))
     log(f"[build] executing {len(todo)} notebook(s) with {min(n_jobs, len(todo))} worker(s): {', '.join(j.name for j in todo)}")
     try:
         from tqdm.auto import tqdm
@@ -440,7 +471,8 @@ def run(jobs: list[Job], *, n_jobs: int = 1, force: bool = False, log=print) -> 
         import multiprocessing as mp
 
         # spawn: workers must not inherit a half-initialised torch/BLAS state from the parent.
-        with cf.ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=mp.get_context("spawn")) as pool:
+        workers = min(n_jobs, len(todo))
+        with kernel_threads(workers), cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
             futures = {pool.submit(execute_job, job): job for job in todo}
             for fut in cf.as_completed(futures):
                 try:

@@ -3,8 +3,9 @@
 ``run_generation(model, image_set, methods, budgets, task="describe"|"pope")`` is the language-side twin of
 :func:`prunelab.runner.run_vision`. Every method runs *inside* generation of a ``LlavaForConditionalGeneration``
 through :class:`prunelab.models.adapter.LlavaAdapter` (pre-LLM methods: two-stage prefill; in-LLM methods: scoped
-decoder hooks); decoding is greedy with batch 1, as in LLaVA-1.5's evaluation (methods-spec §3.3, §4.6). It
-returns a tidy pandas DataFrame:
+decoder hooks); decoding is greedy, descriptions with batch 1 as in LLaVA-1.5's evaluation (methods-spec §3.3,
+§4.6); the POPE questions of one image share one selection and are decoded together with left padding (see Speed).
+It returns a tidy pandas DataFrame:
 
 * ``task="describe"``: **one row per image x method x budget**: the caption for "Please describe this image in
   detail." and its CHAIR record (Rohrbach et al. 2018; OPERA's Recall/Len; :func:`prunelab.chair.evaluate_chair`
@@ -58,7 +59,13 @@ image as JSON.
 
 Speed. The tower runs once per image (not once per method x budget): while an image's entries are generated, the
 adapter's ``encode_images`` is memoised for that image's pixels, which returns the very tensors a fresh forward
-would (tests compare). ``vision_s`` is that one tower pass.
+would (tests compare). ``vision_s`` is that one tower pass. For POPE, an image-only pre-LLM method selects once
+per image x method x budget and all of that image's questions are decoded in one left-padded batch
+(:meth:`~prunelab.models.adapter.LlavaAdapter.run_shared_image`, ``pope_batch_size`` at a time): the questions
+differ only after the image, so the kept tokens are the same for all of them. Left padding is masked, so the
+answers are batch-1's up to floating-point rounding (tests compare the answers and the first-step logits);
+methods that read the prompt (CDPruner) or prune inside the LLM (FastV, PDrop, SparseVLM, DART) still run each
+question alone.
 """
 from __future__ import annotations
 
@@ -579,6 +586,7 @@ def run_generation(
     pope_settings: Sequence[str] = ("random", "popular", "adversarial"),
     chair_parser=None,
     refresh: bool = False,
+    pope_batch_size: int = 32,
 ) -> pd.DataFrame:
     """Generate under every method x budget on every image of ``image_set`` and score the outputs.
 
@@ -599,6 +607,9 @@ def run_generation(
     progress: tqdm bars (default: on a terminal). pope_settings: which POPE negative settings to ask.
     chair_parser: a :class:`prunelab.chair.CaptionParser` (default: built with its defaults).
     refresh: ignore cached entries (they are overwritten).
+    pope_batch_size: POPE questions of one image decoded together (left padding) after one shared selection
+        (:meth:`~prunelab.models.adapter.LlavaAdapter.run_shared_image`); ``1`` decodes them one by one. Part of
+        the cache key.
 
     ``df.attrs``: ``model`` (fingerprint), ``model_name``, ``prompt_format``, ``task``, ``prompt``,
     ``max_new_tokens``, ``image_set``, ``erank_stats`` (per erank option set), ``chair_config`` (describe).
@@ -613,6 +624,8 @@ def run_generation(
     budgets = _validate_budgets(budgets)
     if max_new_tokens is None:
         max_new_tokens = DEFAULT_MAX_NEW_TOKENS[task]
+    if isinstance(pope_batch_size, bool) or not isinstance(pope_batch_size, int) or pope_batch_size < 1:
+        raise UnknownNameError(f"pope_batch_size must be a positive integer, got {pope_batch_size!r}; pass e.g. 32")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise UnknownNameError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}; pass e.g. 512")
     if isinstance(image_set, str):
@@ -650,8 +663,8 @@ def run_generation(
             for q in qs:
                 if q.question not in q_ids:
                     q_ids[q.question] = gm.prompt_ids(gm.question_prompt(q.question))
-    decode = {"greedy": True, "num_beams": 1, "batch_size": 1, "max_new_tokens": int(max_new_tokens),
-              "device": dev.type, "dtype": str(dtype), "eos": eos}
+    decode = {"greedy": True, "num_beams": 1, "batch_size": 1 if task == "describe" else int(pope_batch_size),
+              "max_new_tokens": int(max_new_tokens), "device": dev.type, "dtype": str(dtype), "eos": eos}
     base_key = [CACHE_FORMAT, gm.fingerprint, code, task, decode]
 
     # Pass 1: image-level statistics (tower once per image; cached), which also calibrate the erank statistics.
@@ -753,17 +766,24 @@ def run_generation(
                     es = erank_spec(sp.pruner) if sp.pruner is not None else None
                     stats = stats_by_spec.get(es) if es else None
                     prompts = [(None, describe_ids)] if task == "describe" else [(q, q_ids[q.question]) for q in questions[it.id]]
-                    rows = []
-                    for q, ids in prompts:
-                        try:
-                            out = adapter.run([torch.tensor(ids)], pv, sp.pruner, None if sp.pruner is None else b,
+                    budget_arg = None if sp.pruner is None else b
+                    try:
+                        if task == "describe":
+                            out = adapter.run([torch.tensor(describe_ids)], pv, sp.pruner, budget_arg,
                                               max_new_tokens=max_new_tokens, erank_stats=stats, image_ids=[it.id],
                                               eos_token_id=eos)
-                        except PrunelabError as err:
-                            raise type(err)(f"{sp.label} at T={b} on image {it.id}: {err}") from None
-                        rec = out.records[0]
-                        seq = out.sequences[0]
-                        text = out.texts[0] if out.texts is not None else " ".join(map(str, seq))
+                        else:  # one selection for all of the image's questions, decoded together
+                            out = adapter.run_shared_image([torch.tensor(ids) for _, ids in prompts], pv, sp.pruner,
+                                                           budget_arg, max_new_tokens=max_new_tokens,
+                                                           batch_size=pope_batch_size, erank_stats=stats,
+                                                           image_id=it.id, eos_token_id=eos)
+                    except PrunelabError as err:
+                        raise type(err)(f"{sp.label} at T={b} on image {it.id}: {err}") from None
+                    rows = []
+                    for k, (q, ids) in enumerate(prompts):
+                        rec = out.records[k]
+                        seq = out.sequences[k]
+                        text = out.texts[k] if out.texts is not None else " ".join(map(str, seq))
                         row = {"image_set": set_name, "image_id": it.id, "complexity": it.complexity, "task": task,
                                "method": sp.label, "family": sp.family, "budget": int(b), "seed": int(seed)}
                         row.update({k: img[k] for k in _IMAGE_COLUMNS})

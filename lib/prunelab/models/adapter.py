@@ -771,6 +771,86 @@ class LlavaAdapter:
                 r["text"] = t
         return RunOutput(out_seqs, out_recs, texts, out_logits if output_logits else None)
 
+    @torch.no_grad()
+    def run_shared_image(
+        self,
+        input_ids,
+        pixel_values: torch.Tensor,
+        method: str | Pruner | None = None,
+        budget: int | None = None,
+        *,
+        method_params: dict | None = None,
+        max_new_tokens: int = 32,
+        batch_size: int = 32,
+        erank_stats: dict | None = None,
+        image_id: str | None = None,
+        eos_token_id: int | None = None,
+    ) -> RunOutput:
+        """Greedy generation for several prompts about **one** image (``pixel_values`` ``(1, 3, H, W)``), e.g. the
+        POPE questions of an image: the tower and the method's selection run once, the kept tokens are spliced
+        into every prompt, and the prompts are decoded ``batch_size`` at a time with left padding (the path
+        :meth:`run` tests against batch 1). Records are :meth:`run`'s, one per prompt, with ``shared_selection``
+        True and ``select_s`` the one selection's time.
+
+        A method whose selection depends on the prompt (``requires`` ``"text"``: CDPruner, SparseVLM) or that
+        prunes inside the LLM (FastV, PDrop, DART) cannot share a selection: each prompt then runs through
+        :meth:`run` with batch 1, as before (``shared_selection`` False)."""
+        pruner = self._method(method, method_params)
+        rows = [torch.as_tensor(r, dtype=torch.long) for r in (input_ids if not torch.is_tensor(input_ids) else list(input_ids))]
+        if pixel_values.shape[0] != 1:
+            raise ImageError(f"run_shared_image takes one image, got {pixel_values.shape[0]}; use run() for several")
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise BudgetError(f"batch_size must be a positive integer, got {batch_size!r}; pass batch_size=1")
+        in_llm = pruner is not None and getattr(pruner, "stage", "pre_llm") == "in_llm"
+        qk_layers, needs_text = parse_requires(getattr(pruner, "requires", ()) if (pruner and not in_llm) else ())
+        kw = dict(method_params=None, max_new_tokens=max_new_tokens, erank_stats=erank_stats,
+                  image_ids=None if image_id is None else [image_id], eos_token_id=eos_token_id)
+        if in_llm or needs_text or not rows:
+            outs = [self.run([r], pixel_values, pruner, budget, **kw) for r in rows]
+            recs = [dict(o.records[0], sample=i, shared_selection=False) for i, o in enumerate(outs)]
+            texts = None if self.tokenizer is None else [o.texts[0] for o in outs]
+            return RunOutput([o.sequences[0] for o in outs], recs, texts)
+        n_img = self.tokens_for(pixel_values)
+        if pruner is not None:
+            if budget is None:
+                raise BudgetError(f"method {pruner.name!r} needs a budget; pass budget=T with 1 <= T <= {n_img}")
+            budget = check_budget(budget, n_img)
+        eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
+        first = self._prepare(rows[:1], [0], pixel_values, pruner, budget, False, qk_layers, False, erank_stats,
+                              kw["image_ids"])[0]
+        visual = first.embeds[first.image_start: first.embeds.shape[0] - (first.ids.shape[0] - first.image_start - first.n_image)]
+        p = self.parts
+        samples = [first]
+        for i, r in enumerate(rows[1:], start=1):
+            ids = expand_image_placeholder(r, p.image_token_id, first.n_image).to(self.device)
+            start, n = find_image_span(ids, p.image_token_id)
+            safe = ids.masked_fill(ids == p.image_token_id, 0) if p.image_token_id >= p.embed.num_embeddings else ids
+            text_emb = p.embed(safe)
+            rec = dict(first.record, sample=i, prompt_len_unpruned=int(ids.shape[0]))
+            s = _Sample(ids=ids, image_start=start, n_image=n, record=rec, kept=first.kept)
+            s.embeds = torch.cat([text_emb[:start], visual, text_emb[start + n:]], dim=0)
+            rec["prompt_len"] = int(s.embeds.shape[0])
+            samples.append(s)
+        out_seqs: list[list[int]] = []
+        for c0 in range(0, len(samples), int(batch_size)):
+            chunk = samples[c0: c0 + int(batch_size)]
+            seqs, _, timing = self._generate(chunk, max_new_tokens, eos, False, False)
+            for s, seq, t in zip(chunk, seqs, timing):
+                rec = s.record
+                rec.update(t)
+                rec.update(n_generated=len(seq), batch_size=len(chunk), shared_selection=True)
+                fp, fd = llm_flops(p, [s.embeds.shape[0]] * len(p.text_layers), len(seq))
+                rec["flops_prefill"], rec["flops_decode"] = fp, fd
+                rec["flops_vision"] = self._vflops
+                out_seqs.append(seq)
+        recs = [s.record for s in samples]
+        texts = None
+        if self.tokenizer is not None:
+            texts = [self.tokenizer.decode(q, skip_special_tokens=True).strip() for q in out_seqs]
+            for r, t in zip(recs, texts):
+                r["text"] = t
+        return RunOutput(out_seqs, recs, texts)
+
     def _prepare(self, rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids):
         p = self.parts
         n_img = self.tokens_for(pixel_values)
