@@ -66,6 +66,7 @@ toy-model: assets
 bench: assets
 	$(PY) -m prunelab.benchmarks.selection
 	$(PY) -m prunelab.benchmarks.prefill
+	$(PY) -m prunelab.benchmarks.pope_batching
 	$(PY) -m prunelab.benchmarks.chair_speed
 
 clean:

@@ -1,5 +1,5 @@
-"""Smoke runs of the two ratio benchmarks (``prunelab.benchmarks.selection`` / ``.prefill``) at their smallest
-settings: the printed tables have the expected rows and columns, the timing ratios are finite and positive, and
+"""Smoke runs of the ratio benchmarks (``prunelab.benchmarks.selection`` / ``.prefill`` / ``.pope_batching``) at
+their smallest settings: the printed tables have the expected rows and columns, the timing ratios are finite and positive, and
 the non-timing columns (ideal token ratios, FastV's equivalent token count, greedy identity) have their known
 values. No timing goal is asserted: these are benchmarks, not timed tests."""
 from __future__ import annotations
@@ -121,3 +121,27 @@ def test_bad_arguments_say_what_to_do():
         prefill.main(["--quick", "--model", "tiny", "--device", "cpu", "--budgets", "64,600"])
     with pytest.raises(UnknownNameError, match="--model"):
         prefill.main(["--model", "big", "--device", "cpu"])
+
+
+def test_pope_batching_tiny_table(tmp_path):
+    """The POPE batching benchmark on a tiny model: one row per method x budget, finite positive speed-ups, and
+    every shared-path answer identical to asking the question alone (what the study loop relies on)."""
+    from prunelab.benchmarks import pope_batching
+
+    out = tmp_path / "pope.csv"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = pope_batching.main(["--tiny", "--images", "2", "--rounds", "1", "--methods", "FasterVLM", "DivPrune",
+                                 "Vanilla", "--budgets", "8", "16", "--csv", str(out)])
+    assert rc == 0
+    header, rows = _table(buf.getvalue(), "method")
+    assert header == pope_batching.COLUMNS
+    assert [(r["method"], r["budget"]) for r in rows] == [("FasterVLM", "8"), ("FasterVLM", "16"), ("DivPrune", "8"),
+                                                           ("DivPrune", "16"), ("Vanilla", "64")]
+    for r in rows:
+        assert float(r["identical"]) == 1.0
+        assert float(r["questions"]) == 4.0
+        for c in ("speedup_shared1", "speedup_shared"):
+            assert math.isfinite(_num(r[c])) and _num(r[c]) > 0
+    with out.open() as fh:
+        assert [dict(r) for r in csv.DictReader(fh)] == rows
