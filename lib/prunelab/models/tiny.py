@@ -147,3 +147,53 @@ class ToyTokenizer:
 
 
 __all__ = ["tiny_config", "tiny_llava", "tiny_inputs", "ToyTokenizer", "IMAGE_TOKEN_ID"]
+
+
+def save_tiny_llava_hf(folder, *, seed: int = 0, words=(), text_layers: int = 2, vision_layers: int = 3):
+    """Write a seeded random **llava-hf-format** checkpoint to ``folder`` and return its path: what a user passes
+    as ``model=/path/to/llava-1.5-7b-hf``, shrunk. A CLIP tower at LLaVA-1.5's 336 px / patch 14 (576 tokens, width
+    32), a Llama decoder (width 64), a word-level ``PreTrainedTokenizerFast`` over ``words`` plus LLaVA-1.5's prompt
+    words, a CLIP image processor (resize + centre crop to 336, CLIP mean/std) and a ``LlavaProcessor`` — all
+    through ``save_pretrained``, so loading goes through ``from_pretrained`` like a real checkpoint. The config
+    carries no ToyLLaVA vocabulary digest: the study treats it as a llava-hf model (Vicuna prompt, padding to
+    square). Its text is random words; it exists to run the real-model code path of every notebook offline."""
+    from pathlib import Path
+
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    try:  # transformers >= 5: the PIL backend by name (the default one needs torchvision)
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:  # pragma: no cover - 4.x
+        from transformers import CLIPImageProcessor
+
+    from prunelab.models import toyllava as T
+    from prunelab.models.prompts import VICUNA_SYSTEM
+
+    texts = [VICUNA_SYSTEM, "USER: ASSISTANT: Please describe this image in detail.",
+             "Is there a dog in the image? Answer the question using a single word or phrase. Yes No", " ".join(words)]
+    tok = T.build_tokenizer(texts)
+    tok.chat_template = None  # llava-hf checkpoints use the Vicuna format, not ToyLLaVA's template
+    cfg = tiny_config("clip", image_size=336, patch_size=14, vision_layers=vision_layers, text_layers=text_layers,
+                      vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(T.IMAGE_TOKEN))
+    cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = tok.bos_token_id, tok.eos_token_id
+    cfg.text_config.pad_token_id = tok.pad_token_id
+    cfg.vision_config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p.shape[1] if "embed" not in name and "position" not in name else 16
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.25 / max(1.0, (fan_in / 16) ** 0.5))
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    ip = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True,
+                            image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1)
+    out = Path(folder)
+    model.eval().save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
