@@ -131,13 +131,13 @@ def test_pope_batching_tiny_table(tmp_path):
     out = tmp_path / "pope.csv"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = pope_batching.main(["--tiny", "--images", "2", "--rounds", "1", "--methods", "FasterVLM", "DivPrune",
+        rc = pope_batching.main(["--tiny", "--images", "2", "--rounds", "1", "--methods", "FasterVLM", "AgilePruner",
                                  "Vanilla", "--budgets", "8", "16", "--csv", str(out)])
     assert rc == 0
     header, rows = _table(buf.getvalue(), "method")
     assert header == pope_batching.COLUMNS
-    assert [(r["method"], r["budget"]) for r in rows] == [("FasterVLM", "8"), ("FasterVLM", "16"), ("DivPrune", "8"),
-                                                           ("DivPrune", "16"), ("Vanilla", "64")]
+    assert [(r["method"], r["budget"]) for r in rows] == [("FasterVLM", "8"), ("FasterVLM", "16"), ("AgilePruner", "8"),
+                                                           ("AgilePruner", "16"), ("Vanilla", "64")]
     for r in rows:
         assert float(r["identical"]) == 1.0
         assert float(r["questions"]) == 4.0

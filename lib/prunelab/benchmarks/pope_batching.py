@@ -61,7 +61,7 @@ def _setup(tiny: bool, n_images: int, seed: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--images", type=int, default=4, help="images (>= 2: erank-calibrated methods need statistics)")
     ap.add_argument("--methods", nargs="+", default=["FasterVLM", "DivPrune", "AgilePruner", "Vanilla"])
     ap.add_argument("--budgets", nargs="+", type=int, default=None, help="default: 64 (ToyLLaVA) or 16 (--tiny)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -85,9 +85,19 @@ def main(argv=None) -> int:
     encs = {}
     for iid, pv, _ in images:
         encs[iid] = ad.encode_images(pv, G._qk_layers_for(specs, ad))
+    # Erank-calibrated methods (AgilePruner, +erank hybrids) get statistics from these images, as the study does.
+    from prunelab.methods.adaptive import input_erank
+    from prunelab.runner import erank_stats_from
+
+    stats = {}
+    for es in {G.erank_spec(sp.pruner) for sp in specs if sp.pruner is not None} - {None}:
+        ctxs = [ad.context(encs[iid], 0) for iid, _, _ in images]
+        stats[es] = erank_stats_from(float(input_erank(c.space(es[0]), center=es[1], row_normalize=es[2],
+                                                       spectrum=es[3])) for c in ctxs)
 
     def one(variant, sp, b, iid, pv, qs):
-        kw = dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos)
+        es = G.erank_spec(sp.pruner) if sp.pruner is not None else None
+        kw = dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos, erank_stats=stats.get(es))
         budget = None if sp.pruner is None else b
         with G._memo_encode(ad, pv, encs[iid]):
             t0 = time.perf_counter()
