@@ -92,3 +92,32 @@ def test_sync_chapters_removes_stale(tmp_path):
     (tmp_path / "a.ipynb").write_text("{}")
     build.sync_chapters(["a"], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ipynb"]
+
+
+def test_parallel_runs_start_the_longest_notebook_first(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    for name, secs in (("a", 10), ("b", None), ("c", 300), ("d", 10)):
+        p = _notebook(d / f"{name}.ipynb")
+        if secs is not None:
+            nb = nbformat.read(p, as_version=4)
+            nb.metadata["prunelab"] = {"expected_s": secs}
+            nbformat.write(nb, p)
+    jobs = build.plan(["a", "b", "c", "d"], notebooks_dir=d, build_dir=tmp_path / "b", chapters_dir=None)
+    assert build.expected_seconds(d / "b.ipynb") == 0
+    assert [j.name for j in build.execution_order(jobs, 1)] == ["a", "b", "c", "d"]
+    assert [j.name for j in build.execution_order(jobs, 2)] == ["c", "a", "d", "b"]
+
+
+def test_kernel_threads_share_the_cpus_and_restore_the_environment(monkeypatch):
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")  # the caller's own choice is kept
+    with build.kernel_threads(2, cpus=2):
+        assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ["MKL_NUM_THREADS"] == "7"
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "7"
+    with build.kernel_threads(3, cpus=16):
+        assert os.environ["OMP_NUM_THREADS"] == "5"
+    with build.kernel_threads(1, cpus=2):  # one kernel: torch's own default
+        assert "OMP_NUM_THREADS" not in os.environ

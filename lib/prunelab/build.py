@@ -432,6 +432,14 @@ def plan(
     return jobs
 
 
+def execution_order(jobs: list[Job], n_jobs: int) -> list[Job]:
+    """The order jobs are submitted in: as given for one worker; longest first (:func:`expected_seconds`, ties in
+    the given order) for several, so the pool does not end waiting on one heavy notebook started last."""
+    if n_jobs <= 1:
+        return list(jobs)
+    return sorted(jobs, key=lambda j: -expected_seconds(j.input_path))
+
+
 def run(jobs: list[Job], *, n_jobs: int = 1, force: bool = False, log=print) -> list[Outcome]:
     """Execute the jobs that are not up to date (all with ``force``), ``n_jobs`` at a time."""
     outcomes: list[Outcome] = []
@@ -446,8 +454,7 @@ def run(jobs: list[Job], *, n_jobs: int = 1, force: bool = False, log=print) -> 
             todo.append(job)
     if not todo:
         return outcomes
-    if n_jobs > 1:  # longest first, so the pool does not end waiting on one late heavy notebook
-        todo.sort(key=lambda j: -expected_seconds(j.input_path))
+    todo = execution_order(todo, n_jobs)
     log(f"[build] executing {len(todo)} notebook(s) with {min(n_jobs, len(todo))} worker(s): {', '.join(j.name for j in todo)}")
     try:
         from tqdm.auto import tqdm
