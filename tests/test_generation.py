@@ -225,6 +225,30 @@ def test_memoised_tower_gives_the_same_text_as_a_plain_adapter_call(described, t
         assert out.records[0]["kept_indices"] == row["kept_indices"]
 
 
+@pytest.mark.parametrize("keep_bytes,towers_per_image", [(G.KEEP_ENCODINGS_BYTES, 1), (0, 2)])
+def test_tower_runs_once_per_image_while_its_output_fits(tiny, chair_parser, monkeypatch, keep_bytes, towers_per_image):
+    """Pass 1's tower output is reused by pass 2 while the kept outputs fit KEEP_ENCODINGS_BYTES; beyond it the
+    image is encoded again, with the same result."""
+    monkeypatch.setattr(G, "KEEP_ENCODINGS_BYTES", keep_bytes)
+    calls = []
+    real = tiny.adapter.encode_images
+
+    def counting(pv, qk_layers=()):
+        calls.append(1)
+        return real(pv, qk_layers)
+
+    tiny.adapter.encode_images = counting
+    try:
+        df = G.run_generation(tiny, _items(3), [None, "FasterVLM", "AgilePruner"], [8], task="describe",
+                              max_new_tokens=6, cache_dir=False, chair_parser=chair_parser, progress=False)
+    finally:
+        del tiny.adapter.encode_images
+    assert len(calls) == 3 * towers_per_image
+    ref = G.run_generation(tiny, _items(3), [None, "FasterVLM", "AgilePruner"], [8], task="describe",
+                           max_new_tokens=6, cache_dir=False, chair_parser=chair_parser, progress=False)
+    assert list(df["text"]) == list(ref["text"]) and list(df["kept_indices"]) == list(ref["kept_indices"])
+
+
 def test_erank_stats_equal_calibrate_erank_on_tower_contexts(described, tiny):
     from prunelab.methods.adaptive import calibrate_erank
 

@@ -59,7 +59,9 @@ image as JSON.
 
 Speed. The tower runs once per image (not once per method x budget): while an image's entries are generated, the
 adapter's ``encode_images`` is memoised for that image's pixels, which returns the very tensors a fresh forward
-would (tests compare). ``vision_s`` is that one tower pass. For POPE, an image-only pre-LLM method selects once
+would (tests compare); the output of the statistics pass is kept for generation up to
+:data:`KEEP_ENCODINGS_BYTES` (1 GiB), so on the book's runs the tower runs once per image and call. ``vision_s`` is
+that one tower pass. For POPE, an image-only pre-LLM method selects once
 per image x method x budget and all of that image's questions are decoded in one left-padded batch
 (:meth:`~prunelab.models.adapter.LlavaAdapter.run_shared_image`, ``pope_batch_size`` at a time): the questions
 differ only after the image, so the kept tokens are the same for all of them. Left padding is masked, so the
@@ -534,6 +536,20 @@ def _memo_encode(adapter, pixel_values: torch.Tensor, enc: dict):
             del adapter.encode_images
 
 
+#: Tower outputs of pass 1 (image statistics) kept for pass 2 (generation) up to this many bytes; beyond it an
+#: image is encoded again when its entries are generated (same tensors, more time). ToyLLaVA's DINOv2 output with
+#: two q/k layers is ~5 MB per image; a 7B checkpoint's CLIP-L ~12 MB.
+KEEP_ENCODINGS_BYTES = 1 << 30
+
+
+def _nbytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    return 0
+
+
 def _qk_layers_for(specs: list[_Spec], adapter) -> tuple[int, ...]:
     from prunelab.models.adapter import parse_requires
 
@@ -672,7 +688,7 @@ def run_generation(
     img_dir = root / "images" / _key([CACHE_FORMAT, gm.fingerprint, code, dev.type, str(dtype)])
     per_image: dict[str, dict] = {}
     encodings: dict[str, tuple[torch.Tensor, dict, float]] = {}
-    keep = len(items) <= 64
+    kept_bytes = [0]  # tower outputs kept from pass 1 for pass 2, up to KEEP_ENCODINGS_BYTES (else re-encoded)
 
     def encode(it):
         from prunelab.device import synchronize
@@ -715,7 +731,9 @@ def run_generation(
         if use_cache:
             with atomic_write(ipath(it), "w") as fh:
                 json.dump(per_image[it.id], fh)
-        if keep:
+        size = _nbytes(enc) + pv.numel() * pv.element_size()
+        if kept_bytes[0] + size <= KEEP_ENCODINGS_BYTES:
+            kept_bytes[0] += size
             encodings[it.id] = (pv, enc, secs)
         else:
             it.release()
