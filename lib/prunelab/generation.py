@@ -51,7 +51,7 @@ Caching and resuming. Every image x method x budget entry is one small CSV writt
 ``cache_dir`` (default ``<prunelab cache>/generation``), named by a SHA-256 of everything that determines its
 text: model fingerprint (weights, config, tokenizer, prompt format, image processor), device type and dtype, the
 image (set and id), the method's name and parameters, the budget, the prompt token ids (every question for POPE),
-the decoding settings (greedy, batch 1, ``max_new_tokens``), the erank statistics for methods that consume them,
+the decoding settings (greedy, batch 1 for descriptions or ``pope_batch_size``, ``max_new_tokens``), the erank statistics for methods that consume them,
 and the source of the code that produces the text. A second call generates nothing; an interrupted run resumes at
 the first missing entry. CHAIR and POPE scores are recomputed from the cached text on every call (fast,
 deterministic), so a change in the scorers never needs a new generation. Image-level statistics are cached per
