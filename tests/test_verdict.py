@@ -70,6 +70,7 @@ def test_checks_from_summary_and_table():
     assert V.summary_line([claim, V.Claim("o", "p", "r", [_c(True)])]) == "1 of 2 claims replicate, 1 partly"
     html = V.style_verdict(tab).to_html()
     assert "replicates" in html and V.OUTCOME_COLOURS["partly"] in html
+    assert "ratio &lt; 0.8 for every method" in html and "ratio < 0.8" not in html  # rules are text, not markup
     with pytest.raises(V.VerdictError):
         V.checks_from_summary(summ, "nope", "<", 1.0)
     with pytest.raises(V.VerdictError):

@@ -184,11 +184,12 @@ OUTCOME_COLOURS = {"replicates": "#d9f0d3", "partly": "#fee8c8", "does not": "#f
 
 
 def style_verdict(table: pd.DataFrame):
-    """A pandas Styler of a verdict table: outcome cells coloured, text left-aligned, no index."""
+    """A pandas Styler of a verdict table: outcome cells coloured, text left-aligned, no index, cell text
+    HTML-escaped (rules hold ``<`` and ``>``)."""
     def colour(v):
         return f"background-color: {OUTCOME_COLOURS.get(v, '')}; font-weight: bold" if v in OUTCOME_COLOURS else ""
 
-    return (table.style.hide(axis="index").map(colour, subset=["outcome"])
+    return (table.style.hide(axis="index").format(escape="html").map(colour, subset=["outcome"])
             .set_properties(**{"text-align": "left", "white-space": "normal"}))
 
 
