@@ -68,17 +68,10 @@ def tiny_config(
     )
 
 
-def tiny_llava(tower: str = "clip", *, seed: int = 0, init_std: float = 0.25, dtype=torch.float32, **config_kw):
-    """A seeded random tiny LLaVA (``eval()`` mode). ``config_kw`` go to :func:`tiny_config`.
-
-    Linear and embedding weights ~ N(0, init_std / sqrt(fan_in / 16)) so activations keep a useful spread at
-    any width; norms stay at 1 / 0 (their defaults).
-    """
+def _seeded_model(cfg, seed: int, init_std: float = 0.25):
+    """``LlavaForConditionalGeneration(cfg)`` with the seeded spread-out init described in the module docstring."""
     from transformers import LlavaForConditionalGeneration
 
-    cfg = tiny_config(tower, **config_kw)
-    cfg.vision_config._attn_implementation = "eager"
-    cfg.text_config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
     gen = torch.Generator().manual_seed(seed)
@@ -89,6 +82,19 @@ def tiny_llava(tower: str = "clip", *, seed: int = 0, init_std: float = 0.25, dt
                 p.copy_(torch.randn(p.shape, generator=gen) * init_std / max(1.0, (fan_in / 16) ** 0.5))
             elif name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model
+
+
+def tiny_llava(tower: str = "clip", *, seed: int = 0, init_std: float = 0.25, dtype=torch.float32, **config_kw):
+    """A seeded random tiny LLaVA (``eval()`` mode). ``config_kw`` go to :func:`tiny_config`.
+
+    Linear and embedding weights ~ N(0, init_std / sqrt(fan_in / 16)) so activations keep a useful spread at
+    any width; norms stay at 1 / 0 (their defaults).
+    """
+    cfg = tiny_config(tower, **config_kw)
+    cfg.vision_config._attn_implementation = "eager"
+    cfg.text_config._attn_implementation = "sdpa"
+    model = _seeded_model(cfg, seed, init_std)
     model.generation_config.pad_token_id = PAD
     model.generation_config.eos_token_id = EOS
     model.generation_config.bos_token_id = BOS
@@ -159,7 +165,7 @@ def save_tiny_llava_hf(folder, *, seed: int = 0, words=(), text_layers: int = 2,
     square). Its text is random words; it exists to run the real-model code path of every notebook offline."""
     from pathlib import Path
 
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaProcessor
 
     try:  # transformers >= 5: the PIL backend by name (the default one needs torchvision)
         from transformers import CLIPImageProcessorPil as CLIPImageProcessor
@@ -178,14 +184,7 @@ def save_tiny_llava_hf(folder, *, seed: int = 0, words=(), text_layers: int = 2,
     cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     cfg.text_config.pad_token_id = tok.pad_token_id
     cfg.vision_config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                fan_in = p.shape[1] if "embed" not in name and "position" not in name else 16
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.25 / max(1.0, (fan_in / 16) ** 0.5))
+    model = _seeded_model(cfg, seed)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.bos_token_id = tok.bos_token_id
