@@ -117,7 +117,7 @@ class CDPruner(Pruner):
                 "CDPruner needs the instruction's embeddings (ctx.text_embeds); run it through LlavaAdapter with a "
                 "question after <image>, or fill text_embeds"
             )
-        z = ctx.space("projected").float()
+        z = ctx.space("projected").detach().float()  # selection needs no graph (a caller may project with grad on)
         if ctx.text_embeds.shape[-1] != z.shape[-1]:
             raise CapabilityError(
                 f"text_embeds width {ctx.text_embeds.shape[-1]} differs from the projected width {z.shape[-1]}; "
@@ -125,7 +125,7 @@ class CDPruner(Pruner):
             )
         zn = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         sim = zn @ zn.T
-        r = relevance(z, ctx.text_embeds, self.pooling, self.negate, self.theta)
+        r = relevance(z, ctx.text_embeds.detach(), self.pooling, self.negate, self.theta)
         kernel = r[:, None] * sim * r[None, :]
         picked = dpp_greedy_map(kernel, budget)
         keep = torch.sort(picked).values
