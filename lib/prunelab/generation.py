@@ -394,6 +394,13 @@ def _spec_name(spec: tuple) -> str:
     return "input_erank[{}|c={}|rn={}|{}]".format(*spec)
 
 
+def spec_input_erank(ctx, spec: tuple) -> float:
+    """The input erank of ``ctx`` with the options of an :func:`erank_spec` (what the consuming method computes)."""
+    from prunelab.methods.adaptive import input_erank
+
+    return float(input_erank(ctx.space(spec[0]), center=spec[1], row_normalize=spec[2], spectrum=spec[3]))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Ground truth and questions
 
@@ -688,7 +695,7 @@ def run_generation(
     img_dir = root / "images" / _key([CACHE_FORMAT, gm.fingerprint, code, dev.type, str(dtype)])
     per_image: dict[str, dict] = {}
     encodings: dict[str, tuple[torch.Tensor, dict, float]] = {}
-    kept_bytes = [0]  # tower outputs kept from pass 1 for pass 2, up to KEEP_ENCODINGS_BYTES (else re-encoded)
+    kept_bytes = 0  # tower outputs kept from pass 1 for pass 2, up to KEEP_ENCODINGS_BYTES (else re-encoded)
 
     def encode(it):
         from prunelab.device import synchronize
@@ -701,13 +708,12 @@ def run_generation(
         return pv, enc, time.perf_counter() - t0
 
     def image_entry(it, enc) -> dict:
-        from prunelab.methods.adaptive import input_erank
         from prunelab.runner import image_stats
 
         ctx = adapter.context(enc, 0, image_id=it.id)
         st = image_stats(ctx)
         for sp in need_specs:
-            st[_spec_name(sp)] = float(input_erank(ctx.space(sp[0]), center=sp[1], row_normalize=sp[2], spectrum=sp[3]))
+            st[_spec_name(sp)] = spec_input_erank(ctx, sp)
         return st
 
     def ipath(it):
@@ -732,8 +738,8 @@ def run_generation(
             with atomic_write(ipath(it), "w") as fh:
                 json.dump(per_image[it.id], fh)
         size = _nbytes(enc) + pv.numel() * pv.element_size()
-        if kept_bytes[0] + size <= KEEP_ENCODINGS_BYTES:
-            kept_bytes[0] += size
+        if kept_bytes + size <= KEEP_ENCODINGS_BYTES:
+            kept_bytes += size
             encodings[it.id] = (pv, enc, secs)
         else:
             it.release()
@@ -1101,6 +1107,6 @@ def highlight_caption(caption: str, ground_truth_objects, parser=None) -> str:
 __all__ = [
     "TASKS", "VANILLA", "BASE_COLUMNS", "POPE_QUESTION_COLUMNS", "CHAIR_COLUMNS", "POPE_COLUMNS",
     "GenerationModel", "from_adapter", "load_generation_model", "model_fingerprint", "resolve_generation_methods",
-    "erank_spec", "ground_truth_for", "Question", "pope_questions_for", "run_generation", "score_chair",
+    "erank_spec", "spec_input_erank", "ground_truth_for", "Question", "pope_questions_for", "run_generation", "score_chair",
     "caption_scores", "chair_table", "paired_chair", "score_pope", "pope_table", "caption_spans", "highlight_caption",
 ]

@@ -86,14 +86,12 @@ def main(argv=None) -> int:
     for iid, pv, _ in images:
         encs[iid] = ad.encode_images(pv, G._qk_layers_for(specs, ad))
     # Erank-calibrated methods (AgilePruner, +erank hybrids) get statistics from these images, as the study does.
-    from prunelab.methods.adaptive import input_erank
     from prunelab.runner import erank_stats_from
 
-    stats = {}
-    for es in {G.erank_spec(sp.pruner) for sp in specs if sp.pruner is not None} - {None}:
-        ctxs = [ad.context(encs[iid], 0) for iid, _, _ in images]
-        stats[es] = erank_stats_from(float(input_erank(c.space(es[0]), center=es[1], row_normalize=es[2],
-                                                       spectrum=es[3])) for c in ctxs)
+    ctxs = [ad.context(encs[iid], 0) for iid, _, _ in images]
+    stats = {es: erank_stats_from(G.spec_input_erank(c, es) for c in ctxs)
+             for es in {G.erank_spec(sp.pruner) for sp in specs if sp.pruner is not None} - {None}}
+    n_q = sum(len(q) for _, _, q in images) / len(images)
 
     def one(variant, sp, b, iid, pv, qs):
         es = G.erank_spec(sp.pruner) if sp.pruner is not None else None
@@ -113,7 +111,7 @@ def main(argv=None) -> int:
     for sp in specs:
         for b in ([gm.n_image_tokens] if sp.pruner is None else budgets):
             times = {v: [] for v in ("alone", "shared1", "shared")}
-            same, total, n_q = 0, 0, 0
+            same, total = 0, 0
             for _ in range(args.rounds):
                 for v in times:  # interleaved, so a load change hits every variant alike
                     secs, answers = 0.0, []
@@ -127,7 +125,6 @@ def main(argv=None) -> int:
                     else:
                         same += sum(x == y for a, r in zip(answers, ref) for x, y in zip(a, r))
                         total += sum(len(r) for r in ref)
-                n_q = sum(len(q) for _, _, q in images) / len(images)
             med = {v: statistics.median(ts) * 1000 for v, ts in times.items()}
             rows.append({"method": sp.label, "budget": b, "questions": f"{n_q:.1f}", "alone_ms": f"{med['alone']:.1f}",
                          "shared1_ms": f"{med['shared1']:.1f}", "shared_ms": f"{med['shared']:.1f}",

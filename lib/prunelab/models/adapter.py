@@ -720,11 +720,7 @@ class LlavaAdapter:
         """
         pruner = self._method(method, method_params)
         in_llm = pruner is not None and getattr(pruner, "stage", "pre_llm") == "in_llm"
-        n_img = self.tokens_for(pixel_values)
-        if pruner is not None:
-            if budget is None:
-                raise BudgetError(f"method {pruner.name!r} needs a budget; pass budget=T with 1 <= T <= {n_img}")
-            budget = check_budget(budget, n_img)
+        budget = self._method_budget(pruner, budget, pixel_values)
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise BudgetError(f"batch_size must be a positive integer, got {batch_size!r}; pass batch_size=1")
         if in_llm and batch_size != 1:
@@ -750,26 +746,51 @@ class LlavaAdapter:
             samples = self._prepare(rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text,
                                     erank_stats, image_ids)
             seqs, logits, timing = self._generate(samples, max_new_tokens, eos, output_logits, in_llm)
-            for j, s in enumerate(samples):
-                rec = s.record
-                steps = len(seqs[j])
-                rec.update(timing[j])
-                rec["n_generated"] = steps
-                rec["batch_size"] = len(samples)
-                per_layer = s.editor.seq_lengths if s.editor is not None else [s.embeds.shape[0]] * len(self.parts.text_layers)
-                fp, fd = llm_flops(self.parts, per_layer, steps)
-                rec["flops_prefill"], rec["flops_decode"] = fp, fd
-                rec["flops_vision"] = self._vflops
-                out_seqs.append(seqs[j])
-                out_recs.append(rec)
-                if output_logits:
-                    out_logits.append(logits[j])
-        texts = None
-        if self.tokenizer is not None:
-            texts = [self.tokenizer.decode(s, skip_special_tokens=True).strip() for s in out_seqs]
-            for r, t in zip(out_recs, texts):
-                r["text"] = t
+            self._finish_records(samples, seqs, timing)
+            out_seqs.extend(seqs)
+            out_recs.extend(s.record for s in samples)
+            if output_logits:
+                out_logits.extend(logits)
+        texts = self._attach_texts(out_seqs, out_recs)
         return RunOutput(out_seqs, out_recs, texts, out_logits if output_logits else None)
+
+    def _method_budget(self, pruner, budget, pixel_values) -> int | None:
+        """``budget`` checked against the image's token count (``None`` for the unpruned model)."""
+        if pruner is None:
+            return budget
+        n_img = self.tokens_for(pixel_values)
+        if budget is None:
+            raise BudgetError(f"method {pruner.name!r} needs a budget; pass budget=T with 1 <= T <= {n_img}")
+        return check_budget(budget, n_img)
+
+    def _finish_records(self, samples, seqs, timing) -> None:
+        """Per sample of one ``_generate`` chunk: its timings, generated count, batch size and FLOPs estimates."""
+        for s, seq, t in zip(samples, seqs, timing):
+            rec = s.record
+            rec.update(t)
+            rec["n_generated"] = len(seq)
+            rec["batch_size"] = len(samples)
+            per_layer = s.editor.seq_lengths if s.editor is not None else [s.embeds.shape[0]] * len(self.parts.text_layers)
+            rec["flops_prefill"], rec["flops_decode"] = llm_flops(self.parts, per_layer, len(seq))
+            rec["flops_vision"] = self._vflops
+
+    def _attach_texts(self, seqs, recs) -> list[str] | None:
+        """Decoded texts (also stored as ``record["text"]``), or ``None`` without a tokenizer."""
+        if self.tokenizer is None:
+            return None
+        texts = [self.tokenizer.decode(q, skip_special_tokens=True).strip() for q in seqs]
+        for r, t in zip(recs, texts):
+            r["text"] = t
+        return texts
+
+    def _prompt_embeds(self, row: torch.Tensor, n_image: int):
+        """``(ids, image_start, n_image, text embeddings)`` of one prompt, its image placeholder expanded to
+        ``n_image`` ids (image ids outside the vocabulary embed as id 0; those rows are replaced anyway)."""
+        p = self.parts
+        ids = expand_image_placeholder(row, p.image_token_id, n_image).to(self.device)
+        start, n = find_image_span(ids, p.image_token_id)
+        safe = ids.masked_fill(ids == p.image_token_id, 0) if p.image_token_id >= p.embed.num_embeddings else ids
+        return ids, start, n, p.embed(safe)
 
     @torch.no_grad()
     def run_shared_image(
@@ -810,22 +831,15 @@ class LlavaAdapter:
             recs = [dict(o.records[0], sample=i, shared_selection=False) for i, o in enumerate(outs)]
             texts = None if self.tokenizer is None else [o.texts[0] for o in outs]
             return RunOutput([o.sequences[0] for o in outs], recs, texts)
-        n_img = self.tokens_for(pixel_values)
-        if pruner is not None:
-            if budget is None:
-                raise BudgetError(f"method {pruner.name!r} needs a budget; pass budget=T with 1 <= T <= {n_img}")
-            budget = check_budget(budget, n_img)
+        budget = self._method_budget(pruner, budget, pixel_values)
         eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
         first = self._prepare(rows[:1], [0], pixel_values, pruner, budget, False, qk_layers, False, erank_stats,
                               kw["image_ids"])[0]
-        visual = first.embeds[first.image_start: first.embeds.shape[0] - (first.ids.shape[0] - first.image_start - first.n_image)]
-        p = self.parts
+        n_visual = first.embeds.shape[0] - (first.ids.shape[0] - first.n_image)  # kept rows (merged ones included)
+        visual = first.embeds[first.image_start: first.image_start + n_visual]
         samples = [first]
         for i, r in enumerate(rows[1:], start=1):
-            ids = expand_image_placeholder(r, p.image_token_id, first.n_image).to(self.device)
-            start, n = find_image_span(ids, p.image_token_id)
-            safe = ids.masked_fill(ids == p.image_token_id, 0) if p.image_token_id >= p.embed.num_embeddings else ids
-            text_emb = p.embed(safe)
+            ids, start, n, text_emb = self._prompt_embeds(r, first.n_image)
             rec = dict(first.record, sample=i, prompt_len_unpruned=int(ids.shape[0]))
             s = _Sample(ids=ids, image_start=start, n_image=n, record=rec, kept=first.kept)
             s.embeds = torch.cat([text_emb[:start], visual, text_emb[start + n:]], dim=0)
@@ -835,21 +849,10 @@ class LlavaAdapter:
         for c0 in range(0, len(samples), int(batch_size)):
             chunk = samples[c0: c0 + int(batch_size)]
             seqs, _, timing = self._generate(chunk, max_new_tokens, eos, False, False)
-            for s, seq, t in zip(chunk, seqs, timing):
-                rec = s.record
-                rec.update(t)
-                rec.update(n_generated=len(seq), batch_size=len(chunk), shared_selection=True)
-                fp, fd = llm_flops(p, [s.embeds.shape[0]] * len(p.text_layers), len(seq))
-                rec["flops_prefill"], rec["flops_decode"] = fp, fd
-                rec["flops_vision"] = self._vflops
-                out_seqs.append(seq)
-        recs = [s.record for s in samples]
-        texts = None
-        if self.tokenizer is not None:
-            texts = [self.tokenizer.decode(q, skip_special_tokens=True).strip() for q in out_seqs]
-            for r, t in zip(recs, texts):
-                r["text"] = t
-        return RunOutput(out_seqs, recs, texts)
+            self._finish_records(chunk, seqs, timing)
+            out_seqs.extend(seqs)
+        recs = [dict(s.record, shared_selection=True) for s in samples]
+        return RunOutput(out_seqs, recs, self._attach_texts(out_seqs, recs))
 
     def _prepare(self, rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids):
         p = self.parts
@@ -859,13 +862,9 @@ class LlavaAdapter:
         enc = self.encode_images(pixel_values[idx], qk_layers)
         synchronize(self.device)
         vision_s = (time.perf_counter() - t0) / len(idx)
-        emb_layer = self.parts.embed
         samples = []
         for j, b in enumerate(idx):
-            ids = expand_image_placeholder(rows[b], p.image_token_id, enc["features"].shape[1]).to(self.device)
-            start, n = find_image_span(ids, p.image_token_id)
-            safe = ids.masked_fill(ids == p.image_token_id, 0) if p.image_token_id >= emb_layer.num_embeddings else ids
-            text_emb = emb_layer(safe)
+            ids, start, n, text_emb = self._prompt_embeds(rows[b], enc["features"].shape[1])
             rec: dict[str, Any] = {
                 "sample": b,
                 "image_id": None if image_ids is None else image_ids[b],
