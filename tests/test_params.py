@@ -41,9 +41,14 @@ def test_cuda_absent():
 
 
 def test_model_folder_checks(tmp_path):
+    from safetensors.torch import save_file
+
     with pytest.raises(AssetError, match="config.json"):
         check_model(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(AssetError, match="no \\*.safetensors weights"):  # a config alone cannot be loaded
+        check_model(str(tmp_path))
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
     assert check_model(str(tmp_path)) == tmp_path
 
 

@@ -33,6 +33,13 @@ optional ``"*"`` section shared by all::
 
     "*": {device: cuda, seed: 0}
     01_erank_shortfall: {n_images: 500, image_set: "coco:/data/coco/val2014"}
+
+The notebooks share one parameter vocabulary (:data:`prunelab.params.VOCABULARY`: ``model``, ``image_set``,
+``n_images``, ``methods``, ``budgets``, ``seed``, ``device``, ``max_new_tokens``, ``results_dir``). Before anything
+runs, the build checks those values (:func:`prunelab.params.check_values`: one line naming the parameter and the
+fix; bad YAML likewise), says which notebooks do not take a given parameter (they run with their own default),
+and skips, with a line saying so, a chapter about the embedded ToyLLaVA (``metadata.prunelab.toy_only``) when
+``model`` names another model. ``-p budgets=64,128`` (a string to YAML) is read as ``[64, 128]``.
 """
 from __future__ import annotations
 
@@ -119,6 +126,13 @@ def smoke_parameters(path: Path) -> dict[str, Any]:
     return dict(nb.get("metadata", {}).get("prunelab", {}).get("smoke_parameters", {}))
 
 
+def toy_only(path: Path) -> bool:
+    """Whether the notebook describes the embedded ToyLLaVA only (``metadata.prunelab.toy_only``): the build skips
+    it when ``model`` names another model."""
+    nb = json.loads(Path(path).read_text())
+    return bool(nb.get("metadata", {}).get("prunelab", {}).get("toy_only", False))
+
+
 def expected_seconds(path: Path) -> float:
     """The notebook's measured run time with its default parameters on the 2-core reference machine
     (``metadata.prunelab.expected_s``; 0 if not declared). Only used to start the longest notebooks first."""
@@ -147,8 +161,16 @@ def kernel_threads(n_workers: int, cpus: int | None = None):
                 os.environ[k] = v
 
 
+def _yaml_problem(err) -> str:
+    """The first line of a YAML error, with its position: enough to find the typo."""
+    mark = getattr(err, "problem_mark", None)
+    what = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
+
+
 def parse_cli_params(items: list[str]) -> dict[str, Any]:
-    """``["model=/x", "budgets=[64, 128]"]`` -> ``{"model": "/x", "budgets": [64, 128]}`` (values read as YAML)."""
+    """``["model=/x", "budgets=[64, 128]"]`` -> ``{"model": "/x", "budgets": [64, 128]}`` (values read as YAML;
+    ``budgets=64,128`` is a string here and becomes ``[64, 128]`` in :func:`plan`)."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -156,7 +178,11 @@ def parse_cli_params(items: list[str]) -> dict[str, Any]:
         name, sep, value = item.partition("=")
         if not sep or not name.strip().isidentifier():
             raise UnknownNameError(f"bad parameter {item!r}; write -p name=value, e.g. -p budgets='[64, 128]'")
-        out[name.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            out[name.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise UnknownNameError(f"-p {item!r} is not a YAML value ({_yaml_problem(err)}); fix the value (wrap text "
+                                   "in double quotes inside single ones, write lists as -p budgets='[64, 128]')") from None
     return out
 
 
@@ -169,7 +195,12 @@ def load_params_file(path: str | os.PathLike | None, names: list[str]) -> dict[s
     p = Path(path)
     if not p.is_file():
         raise UnknownNameError(f"parameter file {p} does not exist; pass an existing YAML file to --params-file")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UnknownNameError(f"parameter file {p} is not valid YAML ({_yaml_problem(err)}); fix it there") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UnknownNameError(f"parameter file {p} cannot be read ({type(err).__name__}); pass a UTF-8 YAML file") from None
     if not isinstance(data, dict):
         raise UnknownNameError(f"parameter file {p} must hold a YAML mapping, got {type(data).__name__}")
     known = set(list_notebooks())
@@ -278,12 +309,14 @@ class Job:
     timeout: int = DEFAULT_CELL_TIMEOUT
     publish_dir: Path | None = None
     cwd: Path | None = None
+    notes: list[str] = field(default_factory=list)  # said before anything runs: parameters it cannot take
+    skip: str = ""  # why the notebook is not run at all (a toy-only chapter for another model)
 
 
 @dataclass
 class Outcome:
     name: str
-    status: str  # executed | up-to-date | failed
+    status: str  # executed | up-to-date | failed | skipped
     seconds: float = 0.0
     output: Path | None = None
     error: str = ""
@@ -397,20 +430,33 @@ def plan(
     """One :class:`Job` per notebook with its effective injected parameters and input key.
 
     Only parameters the notebook declares are injected; a parameter that no selected notebook declares is an
-    error (a typo would otherwise be silently ignored).
+    error (a typo would otherwise be silently ignored), one that only some declare is noted on the others
+    (``Job.notes``, logged by :func:`run` before anything executes). A toy-only notebook (:func:`toy_only`) given
+    a ``model`` that is not ToyLLaVA is planned as skipped (``Job.skip``). The values of the shared vocabulary
+    (:func:`prunelab.params.check_values`) are checked here, before any notebook runs; ``budgets``/``methods``
+    given as one comma-separated string are split into lists.
     """
+    from prunelab import params as P
+
     params = params or {}
     src = source_hash()
     root = Path(build_dir) / ("smoke" if smoke else "")
-    jobs, unused = [], None
+    jobs, unused, defaults = [], None, {}
     for name in names:
         path = Path(notebooks_dir) / f"{name}.ipynb"
-        declared = declared_parameters(path)
+        declared = defaults[name] = declared_parameters(path)
         given = dict(smoke_parameters(path) if smoke else {})
         given.update(params.get(name, {}))
+        given = {k: P.split_list(k, v) for k, v in given.items()}
         injected = {k: v for k, v in given.items() if k in declared}
         missing = set(given) - set(declared)
         unused = missing if unused is None else unused & missing
+        notes, skip = [], ""
+        if toy_only(path) and "model" in injected and not P.is_toy_model(injected["model"]):
+            skip = (f"skipped: it describes the embedded ToyLLaVA only, and model={injected['model']!r} is not a "
+                    "ToyLLaVA model (its last published copy, if any, is kept)")
+        if missing:
+            notes.append(f"does not take {', '.join(sorted(missing))}; it runs with its own default(s) for those")
         jobs.append(
             Job(
                 name=name,
@@ -422,6 +468,8 @@ def plan(
                 smoke=smoke,
                 timeout=timeout,
                 publish_dir=None if smoke else chapters_dir,
+                notes=notes,
+                skip=skip,
             )
         )
     if unused:
@@ -429,6 +477,13 @@ def plan(
             f"parameter(s) {', '.join(sorted(unused))} are declared by none of {', '.join(names)}; "
             "check the names against each notebook's `parameters` cell"
         )
+    for job in jobs:
+        if job.skip:
+            continue
+        try:
+            P.check_values(job.parameters, defaults[job.name])
+        except PrunelabError as err:
+            raise type(err)(f"{job.name}: {err}") from None
     return jobs
 
 
@@ -445,7 +500,13 @@ def run(jobs: list[Job], *, n_jobs: int = 1, force: bool = False, log=print) -> 
     outcomes: list[Outcome] = []
     todo = []
     for job in jobs:
-        if not force and is_up_to_date(job):
+        for note in job.notes if not job.skip else []:
+            log(f"[build] {job.name}: {note}")
+    for job in jobs:
+        if job.skip:
+            outcomes.append(Outcome(job.name, "skipped", 0.0, None, job.skip))
+            log(f"[build] {job.name}: {job.skip}")
+        elif not force and is_up_to_date(job):
             if job.publish_dir is not None:
                 publish(job.output_dir / f"{job.name}.ipynb", job.publish_dir)
             outcomes.append(Outcome(job.name, "up-to-date", 0.0, job.output_dir / f"{job.name}.ipynb"))
@@ -514,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("--params-file", metavar="YAML", help="parameters to inject (see module docstring)")
     nb.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                     help="inject one parameter into every selected notebook that declares it (YAML value; repeatable; "
-                         "overrides --params-file)")
+                         "overrides --params-file; notebooks that do not declare it are named)")
     nb.add_argument("--smoke", action="store_true", help="tiny parameters from each notebook's metadata; output in _build/smoke")
     nb.add_argument("--force", action="store_true", help="execute even if inputs are unchanged")
     nb.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT, help="seconds per cell (default %(default)s)")
@@ -546,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         for o in failed:
             print(f"[build] FAILED notebook {o.name}: {o.error}; see {o.output}", file=sys.stderr)
         return 1
-    print(f"[build] {len(outcomes)} notebook(s) ready")
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    print(f"[build] {len(outcomes) - skipped} notebook(s) ready" + (f", {skipped} skipped" if skipped else ""))
     return 0
 
 

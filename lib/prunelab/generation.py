@@ -249,13 +249,17 @@ def from_adapter(adapter, prompt_format: str | None = None, name: str = "adapter
 
 
 def _has_tower_weights(folder: Path) -> bool:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     files = sorted(folder.glob("*.safetensors"))
     for f in files:
-        with safe_open(str(f), "pt") as fh:
-            if any(".vision_tower." in k or k.startswith("vision_tower.") for k in fh.keys()):
-                return True
+        try:
+            with safe_open(str(f), "pt") as fh:
+                if any(".vision_tower." in k or k.startswith("vision_tower.") for k in fh.keys()):
+                    return True
+        except (SafetensorError, OSError) as err:
+            raise AssetError(f"model weights {f} cannot be read ({str(err).splitlines()[0][:120]}); copy the "
+                             "checkpoint's weight files again") from None
     return False
 
 
@@ -287,10 +291,13 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
         net, processor = load_toyllava(folder, device="cpu", dtype=dtype)
         fmt = "toyllava"
     else:
-        try:
-            net = transformers.LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=dtype)
+        from safetensors import SafetensorError
+
+        try:  # use_safetensors: never fall back to unpickling a .bin (check_model has refused pickle-only folders)
+            net = transformers.LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=dtype,
+                                                                            use_safetensors=True)
             processor = transformers.AutoProcessor.from_pretrained(str(folder))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, SafetensorError) as err:
             raise AssetError(f"cannot load the LLaVA model in {folder} ({str(err).splitlines()[0][:120]}); check that "
                              "the folder holds config, weights, tokenizer and processor files") from None
         fmt = "toyllava" if _is_toyllava_config(cfg) else "llava_v1"
@@ -584,12 +591,9 @@ def _scalars(rec: dict) -> str:
 
 
 def _validate_budgets(budgets) -> list[int]:
-    if isinstance(budgets, (int, float)) and not isinstance(budgets, bool):
-        budgets = [budgets]
-    out = [check_budget(b, 1 << 30) for b in budgets]  # integers >= 1; checked against N once the model is known
-    if not out:
-        raise UnknownNameError("no budgets given; pass e.g. budgets=[64, 128]")
-    return out
+    from prunelab.params import check_budgets
+
+    return check_budgets(budgets, None)  # integers >= 1 now; checked against N once the model is known
 
 
 def run_generation(
@@ -643,8 +647,13 @@ def run_generation(
 
     if task not in TASKS:
         raise UnknownNameError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    from prunelab.params import check_n_images, check_seed
+
+    if isinstance(methods, (list, tuple)) and not methods:
+        raise UnknownNameError("methods is empty; pass at least one, e.g. methods=['Vanilla', 'FasterVLM']")
     specs = resolve_generation_methods(methods)
     budgets = _validate_budgets(budgets)
+    seed, n = check_seed(seed), check_n_images(n, "n")
     if max_new_tokens is None:
         max_new_tokens = DEFAULT_MAX_NEW_TOKENS[task]
     if isinstance(pope_batch_size, bool) or not isinstance(pope_batch_size, int) or pope_batch_size < 1:

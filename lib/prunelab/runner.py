@@ -85,6 +85,8 @@ def resolve_methods(methods) -> list[MethodSpec]:
     ``{"name": .., "params": .., "label": ..}`` dicts, or :class:`Pruner` instances. A name with non-default
     parameters gets a label that shows them, unless a label is given.
     """
+    if methods is None:
+        raise UnknownNameError("methods is None; pass a list of method names, e.g. methods=['FasterVLM', 'DivPrune']")
     if isinstance(methods, (str, Pruner)) or isinstance(methods, dict):
         methods = [methods]
     specs: list[MethodSpec] = []
@@ -487,12 +489,13 @@ def run_vision(
     """
     from tqdm.auto import tqdm
 
+    from prunelab.params import check_budgets, check_n_images, check_seed
+
     specs = resolve_methods(methods)
     if not specs:
         raise UnknownNameError("no methods given; pass e.g. methods=['FasterVLM', 'DivPrune']")
-    budgets = [int(b) for b in budgets]
-    if not budgets:
-        raise UnknownNameError("no budgets given; pass e.g. budgets=[64, 128]")
+    budgets = check_budgets(budgets, None)  # integers >= 1, never truncated; each image's N is checked in prune_image
+    seed, n = check_seed(seed), check_n_images(n, "n")
     set_name, items = _items_of(image_set, n, seed)
     encoder = encoder if encoder is not None else VisionEncoder(device=device, batch_size=batch_size)
     enc_fp = getattr(encoder, "fingerprint", None) or f"{type(encoder).__module__}.{type(encoder).__qualname__}"
