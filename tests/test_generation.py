@@ -303,6 +303,17 @@ def test_chair_table_with_ci_and_complexity(described):
     assert set(t["complexity"]) == {"simple", "complex"}
 
 
+def test_pope_scoring_defaults_to_pope_rule():
+    """score_pope / pope_table read answers with POPE's evaluate.py rule unless told otherwise (issue 13)."""
+    df = pd.DataFrame({"text": ["Without a doubt, yes.", "1. No", "Is there a dog? No."], "label": ["yes", "no", "no"],
+                       "method": ["FasterVLM"] * 3, "budget": [8] * 3, "setting": ["random"] * 3})
+    assert list(G.score_pope(df)["pred"]) == ["yes", "yes", "no"]  # POPE: "1. No" -> first sentence "1" -> yes
+    assert list(G.score_pope(df, parser="robust")["pred"]) == ["yes", "no", "no"]
+    t = G.pope_table(df).iloc[0]
+    assert t["n"] == 3 and t["n_unparsed"] == 0 and t["Accuracy"] == pytest.approx(200 / 3)
+    assert G.pope_table(df, parser="robust").iloc[0]["Accuracy"] == 100.0
+
+
 def test_paired_chair_by_hand():
     rows = []
     for iid, (ha, ma, hb, mb) in {"x": (1, 4, 0, 2), "y": (0, 2, 0, 3), "z": (2, 2, 1, 5)}.items():

@@ -1012,9 +1012,10 @@ def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, *, by: Sequence[
     return pd.DataFrame(rows, columns=list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
 
 
-def score_pope(df: pd.DataFrame, parser: str = "robust") -> pd.DataFrame:
-    """Add ``answer`` (the generated text), ``pred`` (:func:`prunelab.pope.parse_yes_no`: ``"yes"``/``"no"``/None)
-    and ``correct`` (``pred == label``; False when unparsed) to a POPE table."""
+def score_pope(df: pd.DataFrame, parser: str = "reference") -> pd.DataFrame:
+    """Add ``answer`` (the generated text), ``pred`` (:func:`prunelab.pope.parse_yes_no`: ``"yes"``/``"no"``/None;
+    default POPE's own rule, ``parser="robust"`` for the reading that can say "cannot tell") and ``correct``
+    (``pred == label``; False when unparsed) to a POPE table."""
     from prunelab.pope import parse_yes_no
 
     out = df.copy()
@@ -1024,7 +1025,7 @@ def score_pope(df: pd.DataFrame, parser: str = "robust") -> pd.DataFrame:
     return out
 
 
-def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setting"), *, parser: str = "robust",
+def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setting"), *, parser: str = "reference",
                on_unparsed: str = "exclude") -> pd.DataFrame:
     """POPE metrics per group (default method x budget x setting) with :func:`prunelab.pope.pope_metrics` on the
     group's labels and generated answers: ``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``Yes-ratio`` (x100),
