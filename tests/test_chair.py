@@ -380,6 +380,80 @@ def test_describe_records_path(parser):
     d = parser.describe()
     assert d["tokenizer_mode"] == "offline" and d["lemmatizer_mode"] == "noun"
     assert "fallback" in d["lemmatizer"] and d["wordnet"]
+    assert d["text_path"] == "fallback" and "not OPERA's reference path" in d["text_path_note"]
+
+
+def test_fallback_result_says_so_and_warns(parser):
+    """Every CHAIR result names the text path that produced it; the fallback path warns (issue 13)."""
+    from prunelab.chair import evaluate_chair
+    from prunelab.textproc import FallbackPathWarning
+
+    with pytest.warns(FallbackPathWarning, match="not OPERA's reference path.*punkt_tab"):
+        res = evaluate_chair({1: "A dog.", 2: "A cat."}, {1: {"dog"}, 2: {"dog"}}, parser=parser)
+    assert res.text_path == "fallback" and res.config["text_path"] == "fallback"
+    assert res.summary()["text_path"] == "fallback" and res.to_dict()["overall"]["text_path"] == "fallback"
+    assert list(res.to_frame()["text_path"]) == ["fallback", "fallback"]
+
+
+class _ReferenceText:
+    """A text processor that reports OPERA's path (the real tagger data cannot be had here)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def process(self, caption):
+        return self.inner.process(caption)
+
+    def describe(self):
+        from prunelab.textproc import path_record
+
+        return path_record("punkt", "pos", [])
+
+
+def test_reference_path_does_not_warn(parser):
+    import warnings
+
+    from prunelab.chair import CaptionParser, combined_text_path, evaluate_chair
+    from prunelab.textproc import FallbackPathWarning, path_record, warn_if_fallback
+
+    rec = path_record("punkt", "pos", [])
+    assert rec["text_path"] == "reference" and rec["missing_nltk_data"] == []
+    assert path_record("punkt", "noun", ["averaged_perceptron_tagger_eng"])["text_path"] == "fallback"
+    assert "chosen explicitly" in path_record("offline", "pos", [])["text_path_note"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FallbackPathWarning)
+        assert warn_if_fallback(rec)
+        res = evaluate_chair({1: "A dog."}, {1: {"dog"}}, parser=CaptionParser(text_processor=_ReferenceText(parser.text)))
+        assert combined_text_path(["reference", "reference"], warn="CHAIR table") == "reference"
+    assert res.text_path == "reference" and res.summary()["CHAIR_s"] == 0.0
+    assert combined_text_path(["fallback", "reference"]) == "mixed (fallback, reference)"
+    assert combined_text_path(["mixed (fallback, reference)", "reference"]) == "mixed (fallback, reference)"
+    assert combined_text_path([]) == "unknown"
+    with pytest.warns(FallbackPathWarning, match="'unknown' text path"):
+        combined_text_path([float("nan")], warn="CHAIR table")
+
+
+def test_documented_tagger_differences(parser):
+    """The chair docstring's second group: what OPERA's POS-directed lemmas do that the noun fallback does not.
+
+    OPERA ``chair.py`` ``caption_to_words``: ``nltk.pos_tag`` -> J/V/N/R -> WordNet POS (else noun) ->
+    ``WordNetLemmatizer.lemmatize``. The tags below are the ones its tagger gives in these contexts (issue 13)."""
+    def tagged(pairs):
+        return [m.category for m in parser.mentions_from_tokens(parser.merge(parser.text.lemmatize_tagged(pairs)))]
+
+    def fallback(caption):
+        return parser.parse(caption).categories
+
+    # verb forms reduced to an object word: OPERA counts them
+    assert tagged([("a", "DT"), ("man", "NN"), ("seated", "VBN")]) == ["person", "chair"]
+    assert fallback("a man seated") == ["person"]
+    assert tagged([("a", "DT"), ("man", "NN"), ("skiing", "VBG")]) == ["person", "skis"]
+    assert fallback("a man skiing") == ["person"]
+    assert tagged([("a", "DT"), ("dog", "NN"), ("tied", "VBN")]) == ["dog", "tie"]
+    assert fallback("a dog tied") == ["dog"]
+    # plurals read as adjectives are not lemmatised: OPERA misses them
+    assert tagged([("two", "CD"), ("giraffes", "JJ")]) == [] and fallback("two giraffes") == ["giraffe"]
+    assert tagged([("baby", "NN"), ("geese", "JJ")]) == ["person"] and fallback("baby geese") == ["person", "bird"]
 
 
 def test_tokenisation_needs_no_nltk_data(parser, monkeypatch):
@@ -392,6 +466,12 @@ def test_tokenisation_needs_no_nltk_data(parser, monkeypatch):
     monkeypatch.setattr(nltk.data, "path", [wn_root])
     tp = TextProcessor()  # auto
     assert tp.tokenizer == "offline" and tp.lemmatizer == "noun"
+    from prunelab.textproc import auto_path
+
+    rec = auto_path()
+    assert rec["text_path"] == "fallback" and rec["missing_nltk_data"] == ["punkt_tab", "averaged_perceptron_tagger_eng"]
+    assert tp.describe()["text_path_note"] == rec["text_path_note"] and "\n" not in rec["text_path_note"]
+    assert not tp.is_reference
     assert tp.process("Two Dogs. A cat!") == ["two", "dog", ".", "a", "cat", "!"]
     with pytest.raises(AssetError, match="averaged_perceptron_tagger_eng"):
         TextProcessor(lemmatizer="pos")
@@ -438,3 +518,17 @@ def test_lemma_only_reader_matches_nltk_wordnetlemmatizer(parser):
              "ties", "phones", "televisions", "stools", "cheesecakes", "doughnuts", "hydrants", "aardwolves"]
     for pos in "nvar":
         assert [parser.text._lemmatize_uncached(w, pos) for w in words] == [wnl.lemmatize(w, pos) for w in words]
+
+
+def test_setup_assets_reports_chair_text_path(monkeypatch, capsys):
+    """`make assets` ends with the CHAIR text path this machine gives; the fallback is a note, not a failure."""
+    from prunelab import setup_assets
+    from prunelab.textproc import auto_path
+
+    monkeypatch.setattr(setup_assets, "STEPS", ())
+    assert setup_assets.main([]) == 0
+    out = capsys.readouterr()
+    if auto_path()["text_path"] == "reference":
+        assert "CHAIR text path: reference" in out.out
+    else:
+        assert "[assets] NOTE CHAIR text path: offline fallback" in out.err and "punkt_tab" in out.err

@@ -303,6 +303,34 @@ def test_chair_table_with_ci_and_complexity(described):
     assert set(t["complexity"]) == {"simple", "complex"}
 
 
+def test_chair_table_names_its_text_path(chair_parser):
+    """A CHAIR table says which text path scored it, per row and in attrs, and warns off the reference path."""
+    from prunelab.textproc import FallbackPathWarning
+
+    df = pd.DataFrame({"image_id": [1, 2], "text": ["A dog.", "A cat."], "method": ["FasterVLM"] * 2,
+                       "budget": [8, 8], "family": ["attention"] * 2})
+    with pytest.warns(FallbackPathWarning):
+        scored, config = G.score_chair(df, {1: {"dog"}, 2: {"dog"}}, parser=chair_parser)
+    assert list(scored["chair_text_path"]) == ["fallback", "fallback"] and config["text_path"] == "fallback"
+    with pytest.warns(FallbackPathWarning, match="CHAIR table: captions scored on the 'fallback' text path"):
+        t = G.chair_table(scored)
+    assert t.columns[-1] == "text_path" and list(t["text_path"]) == ["fallback"] and t.attrs["text_path"] == "fallback"
+    assert t.iloc[0]["CHAIR_s"] == 50.0
+    with pytest.warns(FallbackPathWarning, match="'unknown' text path"):  # a table saved before paths were recorded
+        assert list(G.chair_table(scored.drop(columns=["chair_text_path"]))["text_path"]) == ["unknown"]
+
+
+def test_pope_scoring_defaults_to_pope_rule():
+    """score_pope / pope_table read answers with POPE's evaluate.py rule unless told otherwise (issue 13)."""
+    df = pd.DataFrame({"text": ["Without a doubt, yes.", "1. No", "Is there a dog? No."], "label": ["yes", "no", "no"],
+                       "method": ["FasterVLM"] * 3, "budget": [8] * 3, "setting": ["random"] * 3})
+    assert list(G.score_pope(df)["pred"]) == ["yes", "yes", "no"]  # POPE: "1. No" -> first sentence "1" -> yes
+    assert list(G.score_pope(df, parser="robust")["pred"]) == ["yes", "no", "no"]
+    t = G.pope_table(df).iloc[0]
+    assert t["n"] == 3 and t["n_unparsed"] == 0 and t["Accuracy"] == pytest.approx(200 / 3)
+    assert G.pope_table(df, parser="robust").iloc[0]["Accuracy"] == 100.0
+
+
 def test_paired_chair_by_hand():
     rows = []
     for iid, (ha, ma, hb, mb) in {"x": (1, 4, 0, 2), "y": (0, 2, 0, 3), "z": (2, 2, 1, 5)}.items():

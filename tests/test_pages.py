@@ -45,8 +45,32 @@ def test_pages_from_a_build_dir(tmp_path):
     assert "| 01_x | 12.5 |" in prov and "test cpu" in prov and "| torch | 2.13.0 |" in prov
     paper = pages.paper_page(tmp_path)
     assert "<td>replicates</td>" in paper and "{doc}`../chapters/01_x`" in paper and "CHAIR_s" in paper
+    assert "## CHAIR text processing" in prov and "| 01_x | not recorded (here now: " in prov
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "No notebook has been executed yet" in pages.provenance_page(empty)
     written = pages.write_pages(tmp_path / "out", tmp_path)
     assert sorted(p.name for p in written) == sorted(pages.PAGES)
+
+
+def test_provenance_records_chair_text_path(tmp_path):
+    """The provenance page says which CHAIR text path each chapter took, loudly when it is not the reference."""
+    from prunelab.textproc import path_record
+
+    (tmp_path / "provenance").mkdir()
+    base = {"wall_time_s": 1.0, "device": {"cuda_available": False}, "git": {}, "parameters": {}, "packages": {}}
+    recs = {"02_chair": path_record("offline", "noun", ["punkt_tab", "averaged_perceptron_tagger_eng"]),
+            "03_simple": path_record("punkt", "pos", [])}
+    for name, rec in recs.items():
+        (tmp_path / "provenance" / f"{name}.json").write_text(json.dumps({**base, "notebook": name, "chair_text_path": rec}))
+    prov = pages.provenance_page(tmp_path)
+    assert "| 02_chair | fallback | punkt_tab, averaged_perceptron_tagger_eng |" in prov
+    assert "| 03_simple | reference |  |" in prov
+    assert prov.count("**Not the reference CHAIR path**") == 1
+    assert "**Not the reference CHAIR path** (02_chair): offline fallback" in prov
+
+
+def test_build_records_chair_text_path():
+    from prunelab.textproc import auto_path
+
+    assert build.chair_text_path() == auto_path()

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prunelab.errors import PrunelabError
 from prunelab.pope import (
     PopeError,
     PopeQuestion,
@@ -170,13 +171,50 @@ ANSWERS = [
     ("The answer is unclear.", None, "yes"),
     ("", None, "yes"),
     ("Yes. But there is no cat.", "yes", "yes"),
+    # issue 13: answers the old robust default misread ("no") or could not read (None, dropped)
+    ("Without a doubt, yes.", "yes", "yes"),
+    ("Not sure, but yes.", "yes", "yes"),  # reference: "Not" is not "not"
+    ("1. No", "no", "yes"),  # reference: its first "."-sentence is "1"
+    ("Is there a dog? No.", "no", "no"),
+    ("Is there a dog in the image? Yes, there is one.", "yes", "yes"),
+    ("Answer: No.", "no", "no"),
+    ("(b) yes", "yes", "yes"),
 ]
+
+
+def _pope_evaluate_rule(text: str) -> str:
+    """POPE's answer rule, transcribed from ``AoiDragon/POPE`` ``evaluate.py`` lines 12-21 (commit 08d957b): keep
+    the part before the first '.', remove ',', split on ' ', then 'No' / 'not' / 'no' among the words -> no."""
+    if text.find(".") != -1:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if "No" in words or "not" in words or "no" in words else "yes"
 
 
 @pytest.mark.parametrize("text,robust,reference", ANSWERS)
 def test_parse_yes_no(text, robust, reference):
-    assert parse_yes_no(text) == robust
+    assert _pope_evaluate_rule(text) == reference  # the table's reference column is POPE's own reading
+    assert parse_yes_no(text) == reference  # the default is POPE's rule (paper-comparable numbers)
     assert parse_yes_no(text, "reference") == reference
+    assert parse_yes_no(text, "robust") == robust
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("Yesnot NoNOT.,?!'\"-1a")), max_size=30))
+def test_default_parser_is_pope_evaluate_rule(text):
+    assert parse_yes_no(text) == _pope_evaluate_rule(text)
+
+
+def test_default_metrics_use_pope_rule():
+    labels = ["yes", "yes", "no", "no"]
+    answers = ["Without a doubt, yes.", "Not sure, but yes.", "1. No", "Is there a dog? No."]
+    ref = pope_metrics(labels, answers)
+    assert ref.parser == "reference" and ref.n == 4 and ref.n_unparsed == 0
+    assert ref.predictions == [_pope_evaluate_rule(a) for a in answers] == ["yes", "yes", "yes", "no"]
+    rob = pope_metrics(labels, answers, parser="robust")
+    assert rob.predictions == ["yes", "yes", "no", "no"] and rob.n == 4 and rob.accuracy == 1.0
+    with pytest.raises(PrunelabError, match="unknown answer parser"):
+        parse_yes_no("yes", "strict")
 
 
 def test_metrics_by_hand():
@@ -194,13 +232,13 @@ def test_metrics_unparsed_policies():
     labels = [PopeQuestion(1, 1, "dog", "", "yes", "random"), PopeQuestion(2, 1, "cat", "", "no", "random"),
               PopeQuestion(3, 1, "cup", "", "yes", "random")]
     answers = ["Yes", "Hmm, hard to say", "Yes"]
-    ex = pope_metrics(labels, answers)
+    ex = pope_metrics(labels, answers, parser="robust")
     assert ex.n == 2 and ex.n_unparsed == 1 and ex.accuracy == 1.0 and math.isnan(ex.f1) is False
-    no = pope_metrics(labels, answers, on_unparsed="no")
+    no = pope_metrics(labels, answers, parser="robust", on_unparsed="no")
     assert no.n == 3 and no.tn == 1 and no.accuracy == 1.0
     with pytest.raises(PopeError, match="neither yes nor no"):
-        pope_metrics(labels, answers, on_unparsed="raise")
-    ref = pope_metrics(labels, answers, parser="reference")
+        pope_metrics(labels, answers, parser="robust", on_unparsed="raise")
+    ref = pope_metrics(labels, answers)
     assert ref.n_unparsed == 0 and ref.fp == 1  # POPE's rule calls it "yes"
     with pytest.raises(PopeError, match="answers for"):
         pope_metrics(labels, answers[:2])

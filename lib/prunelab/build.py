@@ -17,7 +17,7 @@ For each notebook it
 * writes the executed notebook atomically (a failed run leaves ``<name>.failed.ipynb`` next to it, for
   debugging, and never replaces the last good copy);
 * writes ``_build/provenance/<name>.json``: parameters (defaults and injected), package versions, host/device,
-  wall time, git commit, input key.
+  CHAIR text path (reference or offline fallback), wall time, git commit, input key.
 
 Notebooks run in parallel in a process pool (``--jobs``), the longest first (``metadata.prunelab.expected_s``),
 each kernel with its share of the CPU threads (:func:`kernel_threads`). Any failure makes the command exit 1 and
@@ -260,6 +260,16 @@ def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str | None]:
     return out
 
 
+def chair_text_path() -> dict[str, Any] | None:
+    """The CHAIR text path ``auto`` takes on this host (:func:`prunelab.textproc.auto_path`), for provenance."""
+    try:
+        from prunelab.textproc import auto_path
+
+        return auto_path()
+    except ImportError:  # pragma: no cover - nltk is a hard dependency
+        return None
+
+
 def device_info() -> dict[str, Any]:
     """Host and accelerator description (no torch import if torch is absent)."""
     info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()}
@@ -388,6 +398,7 @@ def execute_job(job: Job) -> Outcome:
         "git": git_commit(),
         "packages": package_versions(),
         "device": device_info(),
+        "chair_text_path": chair_text_path(),
     }
     with atomic_write(job.provenance_dir / f"{job.name}.json", "w") as fh:
         json.dump(record, fh, indent=1, sort_keys=True, default=str)

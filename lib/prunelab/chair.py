@@ -4,7 +4,7 @@ Reference implementation whose semantics this follows: ``LisaAnne/Hallucination`
 Python 3 in ``shikiw/OPERA`` ``chair.py`` (class ``CHAIR``: ``caption_to_words``, ``compute_chair``). Written anew
 for this project; behaviour matches it rule by rule:
 
-1. lower-case, tokenise, lemmatise (:mod:`prunelab.textproc`; the path used is recorded);
+1. lower-case, tokenise, lemmatise (:mod:`prunelab.textproc`; the path used is recorded, see below);
 2. merge adjacent token pairs greedily left to right with :data:`DOUBLE_WORDS` plus "baby/adult <animal>" -> animal,
    "passenger jet/train" -> jet/train, "bow tie" -> tie, "toilet seat" -> toilet, "wine glas" -> wine glass;
 3. if both "toilet" and "seat" are among the merged tokens, drop every "seat";
@@ -17,6 +17,21 @@ Metrics over a caption set (micro averages, mentions counted with repetition):
 * ``Recall``  = sum over captions of |distinct mentioned categories in GT| / sum of |GT| (OPERA);
 * ``Len``     = mean number of merged tokens per caption, punctuation included (OPERA stores 0.01x this and prints
   x100, i.e. the printed value is this mean).
+
+Text path. OPERA tokenises with NLTK's trained Punkt model (``punkt_tab``) and lemmatises with POS tags from
+NLTK's perceptron tagger (``averaged_perceptron_tagger_eng``). Neither data package can be fetched here and no
+verified offline copy exists (:mod:`prunelab.textproc`), so without them ``auto`` takes the *fallback*: untrained
+Punkt and every word lemmatised as a noun. Every result says which path produced it (``config["text_path"]``,
+:attr:`ChairResult.text_path`, a ``text_path`` entry in :meth:`ChairResult.summary` and column in
+:meth:`ChairResult.to_frame`), and :func:`evaluate_chair` raises a
+:class:`~prunelab.textproc.FallbackPathWarning` on the fallback. On OPERA's 6,000 logged captions the fallback
+changes the mentions of 398 captions (6.6%; CHAIR_s 69.62 vs 69.87, Recall 64.28 vs 64.86; measured against
+OPERA's own ``chair.py`` for issue 13), in both directions:
+
+* OPERA counts verb and participle forms its tagger reduces to an object word, the fallback does not: "seated"
+  (VBN -> "seat" -> chair), "skiing" (VBG -> "ski" -> skis), "tied" (VBN -> "tie" -> tie);
+* OPERA misses plurals its tagger reads as adjectives (WordNet's adjective lemmatiser leaves them as they are),
+  the fallback counts them: "two giraffes", "baby geese".
 
 Deliberate, documented differences from the reference code (none changes a metric):
 
@@ -221,7 +236,7 @@ class CaptionParser:
         comparability with published CHAIR numbers). False treats "motor bike", "cheesecake" and "iphone" as
         ordinary synonyms.
     tokenizer, lemmatizer : forwarded to :class:`prunelab.textproc.TextProcessor` (``"auto"`` picks OPERA's path
-        when the NLTK data exist and the documented offline fallback otherwise).
+        when the NLTK data exist and the documented offline fallback otherwise; :meth:`describe` says which).
     """
 
     def __init__(self, synonyms: SynonymTable | str | Path | None = None, *, reference_quirks: bool = True,
@@ -341,6 +356,12 @@ class ChairResult:
         return [c for c in self.captions if c.included]
 
     @property
+    def text_path(self) -> str:
+        """``"reference"`` (OPERA's tokenizer and tagger), ``"fallback"`` (see :mod:`prunelab.textproc`) or
+        ``"unknown"`` (a result rebuilt without its config)."""
+        return self.config.get("text_path", "unknown")
+
+    @property
     def n_captions(self) -> int:
         return len(self._inc())
 
@@ -389,12 +410,13 @@ class ChairResult:
         return out
 
     def summary(self, scale: float = 100.0, ndigits: int | None = 1) -> dict:
-        """``CHAIR_s``, ``CHAIR_i``, ``Recall`` (x``scale``) and ``Len`` (mean tokens), as reported in the paper."""
+        """``CHAIR_s``, ``CHAIR_i``, ``Recall`` (x``scale``) and ``Len`` (mean tokens), as reported in the paper,
+        plus counts, flags and the ``text_path`` that produced them."""
         vals = {"CHAIR_s": self.chair_s * scale, "CHAIR_i": self.chair_i * scale, "Recall": self.recall * scale,
                 "Len": self.length}
         if ndigits is not None:
             vals = {k: round(v, ndigits) for k, v in vals.items()}
-        vals.update(n_captions=self.n_captions, n_mentions=self.n_mentions, flags=self.flags)
+        vals.update(n_captions=self.n_captions, n_mentions=self.n_mentions, flags=self.flags, text_path=self.text_path)
         return vals
 
     def to_frame(self):
@@ -409,7 +431,7 @@ class ChairResult:
                 "chair_s": c.chair_s, "chair_i": c.chair_i, "recall": c.recall,
                 "mentioned": [m.category for m in c.mentions],
                 "hallucinated_words": [(m.word, m.category) for m in c.hallucinated],
-                "gt_objects": c.gt_objects, "recalled": c.recalled,
+                "gt_objects": c.gt_objects, "recalled": c.recalled, "text_path": self.text_path,
             })
         return pd.DataFrame(rows)
 
@@ -430,6 +452,23 @@ class ChairResult:
         with atomic_write(path, "w") as fh:
             json.dump(payload, fh, indent=1, default=_json_default, allow_nan=True)
         return path
+
+
+def combined_text_path(paths, *, warn: str | None = None) -> str:
+    """The text path of a set of scored captions (e.g. a table's ``chair_text_path`` column): ``"reference"``,
+    ``"fallback"``, ``"mixed (fallback, reference)"`` or ``"unknown"`` (nothing recorded). With ``warn`` (what is
+    being built, e.g. ``"CHAIR table"``), anything but ``"reference"`` raises a
+    :class:`~prunelab.textproc.FallbackPathWarning`."""
+    from prunelab.textproc import REFERENCE_FIX, warn_if_fallback
+
+    vals = sorted({v for p in paths if isinstance(p, str) and p
+                   for v in (p[len("mixed ("):-1].split(", ") if p.startswith("mixed (") else [p])})
+    label = vals[0] if len(vals) == 1 else ("unknown" if not vals else f"mixed ({', '.join(vals)})")
+    if warn is not None:
+        warn_if_fallback({"text_path": label, "text_path_note": (
+            f"captions scored on the {label!r} text path, not OPERA's reference path (punkt_tab + perceptron "
+            f"tagger); CHAIR differs from published numbers (see prunelab.chair); {REFERENCE_FIX}")}, warn, stacklevel=4)
+    return label
 
 
 def _json_default(o):
@@ -460,6 +499,9 @@ def _iter_captions(captions) -> list[tuple[object, object]]:
 def evaluate_chair(captions, ground_truth, *, parser: CaptionParser | None = None, on_bad: str = "raise",
                    progress: bool = False, **parser_kwargs) -> ChairResult:
     """Score generated captions against per-image ground-truth categories.
+
+    Warns (:class:`~prunelab.textproc.FallbackPathWarning`) when the parser is not on OPERA's text path; the
+    result records the path either way (:attr:`ChairResult.text_path`).
 
     Parameters
     ----------
@@ -510,6 +552,9 @@ def evaluate_chair(captions, ground_truth, *, parser: CaptionParser | None = Non
     config = parser.describe()
     config["ground_truth"] = gt.describe()
     config["on_bad"] = on_bad
+    from prunelab.textproc import warn_if_fallback
+
+    warn_if_fallback(config, "CHAIR", stacklevel=3)
     return ChairResult(scores, config)
 
 

@@ -114,7 +114,7 @@ POPE_QUESTION_COLUMNS = ["setting", "question_id", "question", "object", "label"
 CHAIR_COLUMNS = [
     "caption", "n_words", "length", "n_mentions", "n_hallucinated", "chair_s", "chair_i", "n_gt", "n_gt_covered",
     "recall", "mentioned", "hallucinated_words", "gt_objects", "recalled", "chair_tokens", "mentions", "hallucinated",
-    "chair_flag",
+    "chair_flag", "chair_text_path",
 ]
 #: Columns :func:`score_pope` adds.
 POPE_COLUMNS = ["answer", "pred", "correct"]
@@ -893,6 +893,7 @@ def score_chair(df: pd.DataFrame, ground_truth, parser=None) -> tuple[pd.DataFra
     out["mentions"] = [[[m.word, m.category, m.index] for m in c.mentions] for c in sc]
     out["hallucinated"] = [[[m.word, m.category, m.index] for m in c.hallucinated] for c in sc]
     out["chair_flag"] = [c.flag for c in sc]
+    out["chair_text_path"] = res.text_path  # "reference" | "fallback" (prunelab.textproc)
     return out, res.config
 
 
@@ -947,8 +948,10 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
     ``CHAIR_s``, ``CHAIR_i``, ``Recall`` (x100) and ``Len`` (mean merged tokens), from
     :class:`prunelab.chair.ChairResult` over the group's captions (ratios of sums, flagged captions excluded as the
     evaluator does), plus ``n_captions``, ``n_mentions``, ``family``. With ``ci`` (e.g. 0.95), seeded percentile
-    bootstrap intervals over the group's captions (= images) for each metric (``<metric>_low/_high``)."""
-    from prunelab.chair import ChairResult
+    bootstrap intervals over the group's captions (= images) for each metric (``<metric>_low/_high``). The last
+    column, ``text_path``, says which CHAIR text path scored the group (also ``table.attrs["text_path"]``); a
+    table not wholly on OPERA's reference path warns (:func:`prunelab.chair.combined_text_path`)."""
+    from prunelab.chair import ChairResult, combined_text_path
 
     by = list(by)
     if "chair_s" not in df:
@@ -970,6 +973,7 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
                 lo, hi = _ratio_boot(inc[num].to_numpy(float), inc[den].to_numpy(float) if den else None, n_boot, ci, seed)
                 scale = 1.0 if m == "Len" else 100.0
                 row[f"{m}_low"], row[f"{m}_high"] = lo * scale, hi * scale
+        row["text_path"] = combined_text_path(g.get("chair_text_path", ()))
         rows.append(row)
     out = pd.DataFrame(rows)
     if "method" in by:
@@ -978,6 +982,7 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
         rank = {m: i for i, m in enumerate(method_order(df))}
         out = out.sort_values([c for c in ("budget", "method") if c in by] + [c for c in by if c not in ("budget", "method")],
                               key=lambda c: c.map(rank) if c.name == "method" else c, kind="stable").reset_index(drop=True)
+    out.attrs["text_path"] = combined_text_path(out["text_path"] if len(out) else (), warn="CHAIR table")
     return out
 
 
@@ -1021,9 +1026,10 @@ def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, *, by: Sequence[
     return pd.DataFrame(rows, columns=list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
 
 
-def score_pope(df: pd.DataFrame, parser: str = "robust") -> pd.DataFrame:
-    """Add ``answer`` (the generated text), ``pred`` (:func:`prunelab.pope.parse_yes_no`: ``"yes"``/``"no"``/None)
-    and ``correct`` (``pred == label``; False when unparsed) to a POPE table."""
+def score_pope(df: pd.DataFrame, parser: str = "reference") -> pd.DataFrame:
+    """Add ``answer`` (the generated text), ``pred`` (:func:`prunelab.pope.parse_yes_no`: ``"yes"``/``"no"``/None;
+    default POPE's own rule, ``parser="robust"`` for the reading that can say "cannot tell") and ``correct``
+    (``pred == label``; False when unparsed) to a POPE table."""
     from prunelab.pope import parse_yes_no
 
     out = df.copy()
@@ -1033,7 +1039,7 @@ def score_pope(df: pd.DataFrame, parser: str = "robust") -> pd.DataFrame:
     return out
 
 
-def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setting"), *, parser: str = "robust",
+def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setting"), *, parser: str = "reference",
                on_unparsed: str = "exclude") -> pd.DataFrame:
     """POPE metrics per group (default method x budget x setting) with :func:`prunelab.pope.pope_metrics` on the
     group's labels and generated answers: ``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``Yes-ratio`` (x100),

@@ -8,8 +8,8 @@ drift from what was run:
 * ``paper_vs_study.md`` — for each finding chapter, the verdict table the executed notebook glued under the name
   ``verdict_table`` (the paper's number or direction next to this run's), plus the paper's own CHAIR table from
   ``data/paper_results.csv`` as the reference column;
-* ``provenance.md`` — per executed notebook: parameters, wall time, device, git commit, package versions (from
-  ``_build/provenance/*.json``, written by :mod:`prunelab.build`).
+* ``provenance.md`` — per executed notebook: parameters, wall time, device, git commit, CHAIR text path, package
+  versions (from ``_build/provenance/*.json``, written by :mod:`prunelab.build`).
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def provenance_page(build_dir: Path = BUILD_DIR) -> str:
         rows.append({"notebook": r["notebook"], "wall time (s)": r.get("wall_time_s"), "started (UTC)": r.get("started_utc"),
                      "device": device, "commit": str(r.get("git", {}).get("commit", ""))[:10] + (" (dirty)" if r.get("git", {}).get("dirty") else "")})
     lines += _md_table(rows, list(rows[0]))
-    lines += ["", "## Parameters", ""]
+    lines += ["", *chair_path_section(recs), "## Parameters", ""]
     for r in recs:
         inj = r.get("injected_parameters", {})
         lines += [f"**{r['notebook']}** — injected: `{json.dumps(inj) if inj else 'none (defaults)'}`", "",
@@ -142,6 +142,36 @@ def provenance_page(build_dir: Path = BUILD_DIR) -> str:
     pk = recs[-1].get("packages", {})
     lines += ["## Package versions", ""] + _md_table([{"package": k, "version": v} for k, v in pk.items()], ["package", "version"])
     return "\n".join(lines) + "\n"
+
+
+def chair_path_section(recs: list[dict]) -> list[str]:
+    """Which CHAIR text path each chapter's run took (recorded by :mod:`prunelab.build`); a bold warning when any
+    is not OPERA's reference path. Records written before the path was recorded say so."""
+    from prunelab.textproc import auto_path
+
+    rows, notes = [], {}
+    for r in recs:
+        rec = r.get("chair_text_path")
+        if isinstance(rec, dict):
+            path, note = rec.get("text_path", "unknown"), rec.get("text_path_note", "")
+        else:
+            now = auto_path()
+            path, note = f"not recorded (here now: {now['text_path']})", now["text_path_note"]
+        rows.append({"notebook": r["notebook"], "CHAIR text path": path,
+                     "missing NLTK data": ", ".join(rec.get("missing_nltk_data", [])) if isinstance(rec, dict) else ""})
+        if path != "reference":
+            notes.setdefault(note, []).append(r["notebook"])
+    intro = ("CHAIR's reference (OPERA's `chair.py`) tokenises with NLTK's trained Punkt model and lemmatises with "
+             "POS tags from NLTK's perceptron tagger. Neither data package can be fetched by this project's asset "
+             "step (no verified offline copy exists; see `prunelab.textproc`); without them CHAIR runs on the "
+             "offline fallback (every word lemmatised as a noun), which changes the mentions of 6.6% of OPERA's "
+             "6,000 logged captions.")
+    lines = ["## CHAIR text processing", "", intro, ""]
+    lines += _md_table(rows, list(rows[0]))
+    lines.append("")
+    for note, nbs in notes.items():
+        lines += [f"**Not the reference CHAIR path** ({', '.join(nbs)}): {_md_cell(note or 'path not recorded')}.", ""]
+    return lines
 
 
 PAGES = {"methods.md": methods_page, "paper_vs_study.md": paper_page, "provenance.md": provenance_page}

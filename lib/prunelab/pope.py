@@ -20,10 +20,17 @@ Choices where the reference is silent or not reproducible (documented, parameter
 * positives: ``positives="first"`` takes the first ``sample_num`` objects in COCO category order (the reference
   takes the file's order); ``"random"`` (default) draws them with the seeded generator;
 * ``reference_quirks=True`` reproduces POPE's ``template.replace("a", "an")``, which also turns "image" into
-  "imange" in vowel-initial questions (57 of the 9,000 official COCO questions);
-* answers: ``parser="reference"`` is POPE's rule (first sentence; "no"/"No"/"not" among the space-split words ->
-  no, anything else -> yes); ``parser="robust"`` (default) reads leading yes/no and common negation/affirmation
-  phrases and returns ``None`` when it cannot tell, which ``on_unparsed`` then handles explicitly.
+  "imange" in vowel-initial questions. That is the wording of the COCO question files as first released
+  (``output/coco/coco_pope_*.json`` at commits ``28f884a`` and ``e3e3926``: 246 of 8,910 questions); the files
+  were corrected later ("Fix spelling errors", ``edebdda`` and ``109985c``) and the current ones (9,000
+  questions) contain none;
+* answers: ``parser="reference"`` (default, for numbers comparable with published POPE results) is POPE's rule,
+  ``evaluate.py`` lines 12-21: keep the text before the first ".", drop commas, split on spaces; "No", "no" or
+  "not" among the words -> no, anything else -> yes. ``parser="robust"`` reads the answer as a person would
+  (leading yes/no after a list marker or an echoed question, an explicit yes or no word, then negation /
+  affirmation phrases) and returns ``None`` when it cannot tell, which ``on_unparsed`` then handles explicitly.
+  The two differ on answers such as "1. No" (reference: yes, its first "."-sentence is "1"; robust: no) or
+  "I don't see a dog." (reference: yes, it knows no "don't"; robust: no).
 """
 from __future__ import annotations
 
@@ -236,36 +243,57 @@ _POS = re.compile(
     r"is present|are present|contains|shows|depicts|features)\b"
 )
 _LEAD = re.compile(r"^[\s\"'`*(\[]*(yes|no)\b")
+# A list marker or label before the answer: "1. No", "(a) yes", "- no", "Answer: yes".
+_MARKER = re.compile(r"^\s*(?:\(?\d{1,2}[.)]|\(?[a-d]\)|[-*\u2022]|answer\s*:)\s*")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_YES_WORD = re.compile(r"\byes\b")
+_NO_WORD = re.compile(r"\bno\b")
+PARSERS = ("reference", "robust")
 
 
-def parse_yes_no(text, parser: str = "robust") -> str | None:
-    """Map a free-form answer to ``"yes"``/``"no"`` (``None``: cannot tell; robust parser only).
+def _reference_parse(text: str) -> str:
+    # POPE evaluate.py, lines 12-21: the first "."-sentence, commas dropped, split on single spaces.
+    t = text.split(".")[0] if "." in text else text
+    words = t.replace(",", "").split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
 
-    ``robust``: a leading yes/no decides; otherwise the first sentence is searched for a negation (-> no) or an
-    affirmation phrase (-> yes); neither -> ``None``. ``reference``: POPE's ``evaluate.py`` rule, never ``None``.
-    """
-    if parser == "reference":
-        if not isinstance(text, str):
-            return None
-        t = text.split(".")[0] if "." in text else text
-        words = t.replace(",", "").split(" ")
-        return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
-    if parser != "robust":
-        raise UnknownNameError(f"unknown answer parser {parser!r}; use 'robust' or 'reference'")
-    if not isinstance(text, str):
+
+def _robust_parse(text: str) -> str | None:
+    t = _MARKER.sub("", text.replace("\u2019", "'").strip().lower(), count=1)
+    sentences = [x for x in _SENTENCE.split(t) if x.strip()]
+    # An answer that starts by echoing the question ("Is there a dog? No.") is read from after the question.
+    while len(sentences) > 1 and sentences[0].rstrip().endswith("?"):
+        sentences.pop(0)
+    if not sentences:
         return None
-    t = text.replace("\u2019", "'").strip().lower()
-    if not t:
-        return None
-    m = _LEAD.match(t)
+    first = _MARKER.sub("", sentences[0], count=1)
+    m = _LEAD.match(first)
     if m:
         return m.group(1)
-    first = re.split(r"(?<=[.!?])\s", t, maxsplit=1)[0]
+    # An explicit yes or no word decides over hedges around it ("Not sure, but yes.", "Without a doubt, yes.").
+    has_yes, has_no = bool(_YES_WORD.search(first)), bool(_NO_WORD.search(first))
+    if has_yes != has_no:
+        return "yes" if has_yes else "no"
     if _NEG.search(first):
         return "no"
     if _POS.search(first):
         return "yes"
     return None
+
+
+def parse_yes_no(text, parser: str = "reference") -> str | None:
+    """Map a free-form answer to ``"yes"``/``"no"``; ``None`` for a non-string, or (robust only) when it cannot tell.
+
+    ``reference`` (default): POPE's ``evaluate.py`` rule (module docstring), never ``None`` for a string.
+    ``robust``: after a list marker ("1.") and an echoed question ("Is there a dog?"), a leading yes/no decides;
+    else, in that first sentence, a lone explicit "yes" or "no" word; else a negation (-> no) or an affirmation
+    phrase (-> yes); neither -> ``None``.
+    """
+    if parser not in PARSERS:
+        raise UnknownNameError(f"unknown answer parser {parser!r}; use 'reference' or 'robust'")
+    if not isinstance(text, str):
+        return None
+    return _reference_parse(text) if parser == "reference" else _robust_parse(text)
 
 
 @dataclass
@@ -299,12 +327,14 @@ def _div(a, b) -> float:
     return a / b if b else math.nan
 
 
-def pope_metrics(labels, answers, *, parser: str = "robust", on_unparsed: str = "exclude") -> PopeResult:
+def pope_metrics(labels, answers, *, parser: str = "reference", on_unparsed: str = "exclude") -> PopeResult:
     """Accuracy / precision / recall / F1 / yes-ratio with "yes" as positive class.
 
     ``labels``: ``"yes"``/``"no"`` strings or :class:`PopeQuestion` objects; ``answers``: model outputs (free text)
-    in the same order. ``on_unparsed`` (robust parser only): ``"exclude"`` leaves unparseable answers out of every
-    metric and reports their count, ``"no"`` counts them as "no" (wrong on positives), ``"raise"`` errors.
+    in the same order. ``parser``: :func:`parse_yes_no`'s (default POPE's own rule, as published numbers use).
+    ``on_unparsed`` (answers the parser cannot read: the robust parser's ``None``, or a non-string):
+    ``"exclude"`` leaves them out of every metric and reports their count, ``"no"`` counts them as "no" (wrong on
+    positives), ``"raise"`` errors.
     """
     labels = [q.label if isinstance(q, PopeQuestion) else q for q in labels]
     answers = list(answers)

