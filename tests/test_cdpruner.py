@@ -87,7 +87,8 @@ def _official_cdpruner(features, image_embeds, text_embeds, budget):
     for i in range(budget):
         j = torch.argmax(gains, dim=-1)
         picks[i] = j
-        e = (kernel[b, j] - torch.einsum("tb,tbn->bn", rows[:i, b, j], rows[:i])) / torch.sqrt(gains[b, j]).unsqueeze(-1)
+        e = kernel[b, j] - torch.einsum("tb,tbn->bn", rows[:i, b, j], rows[:i])
+        e = e / torch.sqrt(gains[b, j]).unsqueeze(-1)
         rows[i, :, :] = e
         gains -= torch.square(e)
         gains[b, j] = -float("inf")
