@@ -126,7 +126,7 @@ def vispruner_select(
         if b.shape[1]:
             scores = (a @ b.transpose(-1, -2)).max(dim=-1).values
         else:
-            scores = torch.full((1, a.shape[1]), float("-inf"))
+            scores = torch.full((1, a.shape[1]), float("-inf"), device=a.device)
         keep = scores.argsort(dim=-1, descending=True)[:, r:]
         residual = torch.cat([residual[:, 0::2][0, keep[0]].unsqueeze(0), residual[:, 1::2]], dim=-1)
         iterations += 1

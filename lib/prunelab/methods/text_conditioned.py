@@ -63,8 +63,8 @@ def dpp_greedy_map(kernel: torch.Tensor, k: int, precision: str = "float32", eps
     if eps is None:
         eps = 0.0 if precision == "float32" else 1e-10
     L = kernel.detach().to(dtype).unsqueeze(0)  # (1, N, N): a batch of one, as the source
-    b = torch.zeros(1, dtype=torch.long)
-    rows = torch.zeros(k, 1, n, dtype=dtype)
+    b = torch.zeros(1, dtype=torch.long, device=L.device)
+    rows = torch.zeros(k, 1, n, dtype=dtype, device=L.device)
     gains = torch.diagonal(L, dim1=1, dim2=2).clone()
     out = []
     for t in range(k):
