@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
 from prunelab.methods.base import Pruner, PruneResult, get_pruner, prune
+from prunelab.methods.testing import context_from
 from prunelab.methods.text_conditioned import dpp_greedy_map, relevance
 
 
@@ -49,19 +50,93 @@ def test_matches_determinant_oracle(seed):
     r = torch.rand(9, generator=g) + 0.1
     kernel = r[:, None] * (x @ x.T) * r[None, :]
     assert dpp_greedy_map(kernel, 5).tolist() == greedy_by_determinants(kernel, 5)
+    assert dpp_greedy_map(kernel, 5, precision="float64").tolist() == greedy_by_determinants(kernel, 5)
 
 
 def test_relevance_known_answer():
     tokens = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     text = torch.tensor([[2.0, 0.0]])
-    r = relevance(tokens, text, negate=False)
+    r = relevance(tokens, text, negate=False, offset=0.0)
     assert torch.allclose(r, torch.tensor([1.0, 0.0, 2 ** -0.5]))  # cos = 1, 0, 0.707 -> min-max
-    rn = relevance(tokens, text, negate=True)
+    rn = relevance(tokens, text, negate=True, offset=0.0)
     assert torch.allclose(rn, 1 - r)
-    rt = relevance(tokens, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), pooling="tokens", negate=False)
-    assert torch.allclose(rt, torch.tensor([0.0, 0.0, 1.0]))  # per-token cosines averaged: .5, .5, .707
+    rt = relevance(tokens, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), pooling="tokens", negate=False, offset=0.0)
+    assert torch.allclose(rt, torch.tensor([0.0, 0.0, 1.0]), atol=1e-7)  # per-token cosines averaged: .5, .5, .707
+    # default: the source's (r - min + 1e-6) / (max - min); here the span is 1
+    assert torch.equal(relevance(tokens, text, negate=False), r + 1e-6)
     with pytest.raises(UnknownNameError):
         relevance(tokens, text, pooling="max")
+
+
+def _official_cdpruner(features, image_embeds, text_embeds, budget):
+    """Transcription of the source's selection, batch of one: Theia-4869/CDPruner @ 9541616
+    ``llava/model/llava_arch.py::encode_images`` lines 151-183 (``features``: projected tokens)."""
+    f = features[None]
+    n_batch, n = f.shape[:2]
+    fn = (f / f.norm(dim=-1, keepdim=True)).float()
+    similarity = torch.matmul(fn, fn.transpose(1, 2))  # l. 153
+    ie = image_embeds[None] / image_embeds[None].norm(dim=-1, keepdim=True)
+    te = text_embeds / text_embeds.norm(dim=-1, keepdim=True)
+    rel = (-torch.matmul(ie, te.t())).mean(dim=-1)  # l. 158-159
+    rel = (rel - rel.min() + 1e-6) / (rel.max() - rel.min())  # l. 160
+    kernel = rel.unsqueeze(2) * similarity * rel.unsqueeze(1)  # l. 167
+    rows = torch.zeros((budget, n_batch, n))  # l. 170-181: float32
+    gains = torch.diagonal(kernel, dim1=1, dim2=2).clone()
+    picks = torch.empty((budget, n_batch), dtype=torch.long)
+    b = torch.arange(n_batch)
+    for i in range(budget):
+        j = torch.argmax(gains, dim=-1)
+        picks[i] = j
+        e = kernel[b, j] - torch.einsum("tb,tbn->bn", rows[:i, b, j], rows[:i])
+        e = e / torch.sqrt(gains[b, j]).unsqueeze(-1)
+        rows[i, :, :] = e
+        gains -= torch.square(e)
+        gains[b, j] = -float("inf")
+    return torch.sort(picks.t()).values[0]
+
+
+def _low_rank_context(seed, n=576, d=256, rank=24):
+    """Projected tokens of rank ``rank`` plus noise: the greedy's late gains are small, so float32 vs float64
+    rounding (and the relevance offset) decide between near-tied tokens, as on some real images."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, rank, generator=g) @ torch.randn(rank, d, generator=g) + 0.05 * torch.randn(n, d, generator=g)
+    ctx = context_from(torch.randn(n, 8, generator=g), torch.rand(n, generator=g), projected=z)
+    ctx.text_embeds = torch.randn(3, d, generator=g)
+    return ctx
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_selects_bitwise_like_the_official_encode_images(seed):
+    """Same projected tokens and relevance inputs as the source -> the source's kept set, exactly. The text
+    rows play CLIP's text segments (``pooling="tokens"``) or their mean is the one segment (``"mean"``)."""
+    ctx = _low_rank_context(seed)
+    z, text = ctx.space("projected"), ctx.text_embeds
+    for budget in (64, 192):
+        assert torch.equal(get_pruner("CDPruner", pooling="tokens")(ctx, budget).indices,
+                           _official_cdpruner(z, z, text, budget)), (seed, budget)
+        assert torch.equal(get_pruner("CDPruner", pooling="mean")(ctx, budget).indices,
+                           _official_cdpruner(z, z, text.mean(0, keepdim=True), budget)), (seed, budget)
+
+
+def test_float64_option_is_the_earlier_rule():
+    """``precision="float64"``: no relevance offset, float64 greedy (the earlier behaviour, kept as an option);
+    on these inputs it differs from the source's float32 selection for some seeds."""
+    differs = 0
+    for seed in range(4):
+        ctx = _low_rank_context(seed)
+        z = ctx.space("projected").float()
+        zn = z / z.norm(dim=-1, keepdim=True)
+        r = relevance(z, ctx.text_embeds, pooling="tokens", offset=0.0)
+        kernel = r[:, None] * (zn @ zn.T) * r[None, :]
+        expect = torch.sort(dpp_greedy_map(kernel, 192, precision="float64")).values
+        got = get_pruner("CDPruner", pooling="tokens", precision="float64")(ctx, 192).indices
+        assert torch.equal(got, expect)
+        differs += not torch.equal(got, get_pruner("CDPruner", pooling="tokens")(ctx, 192).indices)
+    assert differs >= 1
+    with pytest.raises(UnknownNameError):
+        get_pruner("CDPruner", precision="float16")
+    with pytest.raises(UnknownNameError):
+        dpp_greedy_map(torch.eye(3), 2, precision="half")
 
 
 def _with_text(ctx, seed=0):

@@ -2,12 +2,14 @@
 score checks against eager attention, position policies, KV cache vs no-cache reference, schedules."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from prunelab.errors import BudgetError, CapabilityError
 from prunelab.methods.base import get_pruner, prune
-from prunelab.methods.in_llm import PDrop, SparseVLM, scale_layers
+from prunelab.methods.in_llm import PDrop, SparseVLM, dart_select, scale_layers
 from prunelab.models.adapter import LlavaAdapter, find_image_span
 from prunelab.models.hooks import HookScope
 from prunelab.models.tiny import tiny_inputs, tiny_llava
@@ -133,6 +135,86 @@ def test_dart_counts(adapter, inputs):
     assert r["n_kept"] == 4 + 8 * (16 // 8)  # the source's max_num_trunction // 8 per pivot
     r = adapter.run(ids, pv, "DART", 17, method_params={"match_budget": True}, max_new_tokens=1).records[0]
     assert r["n_kept"] == 17 and len(r["kept_indices"]) == 17
+
+
+def _official_dart(last_layer_state, key_states, start, length, max_num_trunction, pivot_image=4, pivot_text=4):
+    """Transcription of the fork's rule: xqy1111111/DART @ d6a5af6
+    ``llava/model/language_model/modeling_llama_self.py::get_retained_image_token`` lines 397-449 (LLaVA-1.5
+    path, ``text_length`` None). ``last_layer_state`` ``(1, L, D)`` (after ``model.norm``), ``key_states``
+    ``(1, H, L, d)``. Returns the retained absolute positions, sorted (the caller sorts them, l. 353)."""
+    token_topk = math.ceil(max_num_trunction // (pivot_image + pivot_text))  # l. 409
+    keys = key_states.permute(0, 2, 1, 3).reshape(key_states.shape[0], key_states.shape[2], -1)  # l. 419
+    img_norm = torch.norm(keys[0][start:start + length, :], p=1, dim=-1)  # l. 421-425
+    txt_norm = torch.norm(keys[0][start + length:, :], p=1, dim=-1)
+    image_indices = (img_norm.topk(pivot_image).indices + start).tolist()  # l. 427-429
+    query_indices = (txt_norm.topk(pivot_text).indices + start + length).tolist()
+    indices_set = set(image_indices + query_indices)
+    valid = set(range(start, start + length)) - set(image_indices)  # l. 431-443
+    valid_list = list(valid)
+    for item in list(indices_set):
+        pivot, others = last_layer_state[0][item, :], last_layer_state[0][valid_list, :]
+        sims = -torch.nn.functional.cosine_similarity(pivot, others, dim=-1)
+        picked = [valid_list[i] for i in sims.topk(token_topk).indices]
+        indices_set.update(picked)
+        valid.difference_update(picked)
+        valid_list = list(valid)
+    indices_set.difference_update(query_indices)  # l. 445
+    return sorted(indices_set)
+
+
+@pytest.mark.parametrize("start,length,n_text", [(35, 576, 40), (5, 576, 30), (9, 64, 13)])
+def test_dart_select_matches_the_forks_loop(start, length, n_text):
+    """The default pivot order is the fork's ``list(set(...))`` over absolute positions; the earlier
+    ``"norm"`` order (image pivots, then text pivots) gives other kept sets."""
+    differs = 0
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        total = start + length + n_text
+        states = torch.randn(1, total, 32, generator=g)
+        keys = torch.randn(1, 2, total, 8, generator=g)
+        key_l1 = torch.norm(keys[0].transpose(0, 1).reshape(total, -1), p=1, dim=-1)
+        image_pos, text_pos = torch.arange(start, start + length), torch.arange(start + length, total)
+        for budget in (16, 64, 128) if length > 200 else (16, 32, 48):  # the fork needs 8 * picks <= N - 4
+            ref = _official_dart(states, keys, start, length, budget)
+            keep, _, picks = dart_select(states[0], key_l1, image_pos, text_pos, budget)
+            assert (keep + start).tolist() == ref, (seed, budget)
+            assert len(keep) == 4 + 8 * (budget // 8) and picks == [budget // 8] * 8
+            other, _, _ = dart_select(states[0], key_l1, image_pos, text_pos, budget, pivot_order="norm")
+            differs += (other + start).tolist() != ref
+    assert differs >= 1
+
+
+def test_dart_adapter_keeps_what_the_fork_keeps(adapter, model, inputs):
+    """End to end on the tiny model: the fork's rule on the adapter's own layer K-1 keys and layer-K input
+    (``model.norm`` applied) keeps exactly the adapter's ``kept_indices``, at the prompt's absolute positions."""
+    from prunelab.methods.in_llm import DART
+
+    seen = {}
+
+    class Spy(DART):
+        def observe(self, state, view):
+            seen["keys"] = view.keys(view.layer_idx).float().clone()  # (L, kv_heads * head_dim)
+            super().observe(state, view)
+
+        def edit(self, state, view):
+            seen["states"] = view.decoder.norm(view.hidden).float().clone()  # (1, L, D)
+            return super().edit(state, view)
+
+    ids, pv = inputs
+    start, n = find_image_span(ids[0], model.config.image_token_id)
+    tc = model.config.text_config
+    kv_heads = tc.num_key_value_heads
+    differs = 0
+    for budget in (8, 16, 24, 32):
+        r = adapter.run(ids, pv, Spy(), budget, max_new_tokens=1).records[0]
+        total = seen["keys"].shape[0]
+        keys = seen["keys"].reshape(total, kv_heads, -1).permute(1, 0, 2)[None]  # back to the fork's (1, H, L, d)
+        ref = _official_dart(seen["states"], keys, start, n, budget)
+        assert [start + i for i in r["kept_indices"]] == ref, budget
+        assert sorted(r["pivot_positions"]) == sorted(set(r["pivot_positions"])) and len(r["pivot_positions"]) == 8
+        norm = adapter.run(ids, pv, "DART", budget, method_params={"pivot_order": "norm"}, max_new_tokens=1).records[0]
+        differs += [start + i for i in norm["kept_indices"]] != ref
+    assert differs >= 1  # the order matters on this model too
 
 
 def test_sparsevlm_recycling(adapter, inputs):

@@ -84,6 +84,69 @@ def test_vispruner_extremes():
         assert prune(ctx, "VisPruner", t, important_ratio=0.0).n_kept == t
 
 
+def _official_vispruner(features, attention, budget, ratio):
+    """Transcription of the source's rule, batch of one: Theia-4869/VisPruner @ aefa01a
+    ``llava/model/llava_arch.py::encode_images`` lines 150-181 (raises wherever the source raises)."""
+    f = features[None]
+    n_batch = f.shape[0]
+    t_imp = int(budget * ratio)
+    t_div = budget - t_imp
+    ranked = attention[None].argsort(dim=-1, descending=True)  # l. 155
+    important, residual = ranked[:, :t_imp], ranked[:, t_imp:]
+    fn = f / f.norm(dim=-1, keepdim=True)  # l. 160
+    while t_div > 0:  # l. 161-176
+        length = residual.shape[1]
+        r = min(8, length - t_div)
+        if r <= 0:
+            break
+        rows = fn[torch.arange(n_batch).unsqueeze(-1).expand(-1, length), residual]
+        half_a, half_b = rows[..., ::2, :], rows[..., 1::2, :]
+        best = (half_a @ half_b.transpose(-1, -2)).max(dim=-1).values
+        survivors = best.argsort(dim=-1, descending=True)[:, r:]
+        batch = torch.arange(n_batch).unsqueeze(-1).expand(-1, length // 2 - r)
+        residual = torch.cat([residual[..., ::2][batch, survivors], residual[..., 1::2]], dim=-1)
+    chosen = torch.cat([important, residual], dim=-1) if t_div > 0 else important  # l. 178-181
+    return chosen[0]
+
+
+def _clustered(n, c, seed, noise):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(60, c, generator=g)
+    feats = centres[torch.randint(0, 60, (n,), generator=g)] + noise * torch.randn(n, c, generator=g)
+    return feats, torch.softmax(2 * torch.randn(n, generator=g), dim=0)
+
+
+@pytest.mark.parametrize("width", [384, 768, 1024])
+def test_vispruner_selects_bitwise_like_the_official_loop(width):
+    """Same kept set as the source on every input (CLIP ViT-L width 1024 included), exactly tied scores too:
+    the clustered features give tied A-scores in about one iteration in 20."""
+    for seed in range(4):
+        for noise in (0.3, 3.0):
+            feats, attn = _clustered(576, width, seed, noise)
+            for budget, ratio in [(64, 0.5), (128, 0.5), (64, 0.75), (192, 0.5)]:
+                kept, stats = vispruner_select(feats, attn, budget, ratio)
+                ref = torch.sort(_official_vispruner(feats, attn, budget, ratio)).values
+                assert torch.equal(kept, ref), (width, seed, noise, budget, ratio)
+                assert stats["source_defined"]
+
+
+def test_vispruner_where_the_source_fails():
+    """The source raises (or loses a token) where its even-split arithmetic breaks; here T tokens, flagged."""
+    feats, attn = _clustered(576, 16, 0, 0.3)
+    with pytest.raises(RuntimeError, match="numel"):  # R = 12, r = 8: expand(-1, -2)
+        _official_vispruner(feats, attn, 16, 0.75)
+    for budget, ratio in [(24, 0.75), (63, 0.5)]:  # odd R after / before the first iteration
+        with pytest.raises(IndexError):
+            _official_vispruner(feats, attn, budget, ratio)
+    assert _official_vispruner(feats, attn, 14, 0.75).numel() == 13
+    for budget, ratio in [(16, 0.75), (24, 0.75), (63, 0.5), (14, 0.75)]:
+        kept, stats = vispruner_select(feats, attn, budget, ratio)
+        assert kept.numel() == budget == torch.unique(kept).numel() and not stats["source_defined"]
+    # important_ratio = 1: the source skips the loop; so does this, and both keep the top-T attention tokens.
+    kept, stats = vispruner_select(feats, attn, 64, 1.0)
+    assert torch.equal(kept, torch.sort(_official_vispruner(feats, attn, 64, 1.0)).values) and stats["source_defined"]
+
+
 # ------------------------------------------------------------------------------------------------ VisionZip
 
 

@@ -14,8 +14,10 @@
   ``base`` in BAT, VisPruner, AttnDiv.
 
 All are pure functions of a :class:`VisualContext` and an absolute budget ``T`` and return exactly ``T`` tokens.
-Sorting is always stable with ties going to the lower patch index, so results are deterministic even on
-exactly tied scores (the sources use ``torch.argsort``/``topk``, whose tie order is unspecified).
+Sorting is stable with ties going to the lower patch index, so results are deterministic even on exactly tied
+scores (the sources use ``torch.argsort``/``topk``, whose tie order is unspecified) -- except in VisPruner, which
+sorts with the source's own ``argsort`` calls so that it selects exactly as the source does, ties included
+(:func:`vispruner_select`).
 """
 from __future__ import annotations
 
@@ -73,80 +75,66 @@ def vispruner_select(
     * drop the ``r`` highest-scoring (most duplicated) A-tokens; the new list is the surviving A-tokens in
       descending score order followed by all B-tokens (in their previous order).
 
-    Matches the source whenever it is well defined. Two edge cases the source does not handle (it assumes an
-    even ``R``, which holds for LLaVA's 576 tokens with an even ``T_imp``) are generalised here: for odd
-    ``R`` A holds the extra token and every surviving A-token is kept; when ``r`` exceeds ``|A|`` all of A is
-    dropped (the source does the same) and the loop goes on. With an empty B (``R == 1``) the lone A-token has
-    score ``-inf`` and is dropped only if ``T_div == 0``.
+    **Fidelity.** Every score and sort is the same torch operation, on tensors of the same shapes, as in the
+    source (Theia-4869/VisPruner @ ``aefa01a`` ``llava/model/llava_arch.py::encode_images``, lines 154-183): one
+    ``argsort(descending=True)`` of the attention over a batch of one; each iteration the residual rows gathered
+    afresh, ``A @ Bᵀ`` on their strided even/odd halves, ``argsort(descending=True)`` of the row maxima. So on
+    the same device and torch build the selection is the source's bit for bit at every feature width,
+    *including* the order of exactly tied scores: torch's own (unstable but deterministic) ``argsort`` order,
+    not the lower-index rule of the other methods here. Such ties are common: with clustered float32 features
+    about one iteration in 20 has two equal A-scores. (An earlier version gathered the scores from one product
+    of the initial residual and broke ties by index; it selected differently from the source on most inputs,
+    at width 1024 through rounding and at any width through ties.) Zero feature vectors normalise to zero here,
+    to NaN in the source.
+
+    **Where the source fails.** Its index arithmetic assumes an even ``R`` and ``r <= R // 2`` at every
+    iteration; otherwise it raises (checked with torch 2.x on CPU): for ``r > R // 2 + 1`` ``expand`` gets a
+    negative size (``RuntimeError: numel: integer multiplication overflow``; e.g. ``T = 16, r = 0.75``, whose
+    list reaches ``R = 12`` with ``r = 8``); for ``r = R // 2 + 1`` the size ``-1`` reads as "keep", all of A
+    is dropped, and the odd ``R`` that follows makes the index shapes mismatch (``IndexError``; e.g.
+    ``T = 24, r = 0.75``); an odd ``T_imp`` makes the first ``R`` odd (``IndexError`` at once; e.g.
+    ``T = 63, r = 0.5``). The LLaVA settings (``T`` = 64/128/192 with the README's ratios) never get there.
+    Here the loop is generalised instead, so every budget returns exactly ``T`` tokens (the erank-guided split
+    needs any ``T_imp``): for odd ``R`` A holds the extra token; when ``r`` exceeds ``|A|`` all of A is dropped
+    and the loop goes on; with an empty B (``R == 1``) the lone A-token scores ``-inf``. ``T_div == 0`` keeps
+    the ``T`` most attended tokens, as the source does (it skips the loop then). ``stats["source_defined"]``
+    is ``True`` when every iteration had an even ``R`` and ``r <= R // 2`` (the source's ``step`` is 8): then
+    the selection is the source's. Of the other ``(T, r)`` on 576 tokens (``T`` = 1..576, ``r`` in {0, .25, .5,
+    .75, .9, 1}) the source raises on 1182, silently returns ``T - 1`` tokens on 2 (``T = 14, r = 0.75`` and
+    ``T = 38, r = 0.9``) and agrees with this generalisation on 13.
     """
     n = features.shape[0]
     t_imp = int(budget * important_ratio)
     t_div = budget - t_imp
-    order = _desc(attention)
-    important = order[:t_imp]
-    residual = order[t_imp:]
-    xn = features.detach().float()
-    xn = xn / xn.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    # Batch of one throughout, as the source: same kernels, same tie order.
+    order = attention.detach().float().reshape(1, n).argsort(dim=-1, descending=True)
+    important = order[:, :t_imp]
+    residual = order[:, t_imp:]
+    x = features.detach().float().reshape(1, n, -1)
+    xn = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     iterations = 0
+    source_defined = True
     if t_div == 0:
-        residual = residual[:0]  # nothing diverse to keep; the loop would just empty the list
-    sims = _ResidualSims(xn, residual, t_div, step)
-    while residual.numel() > t_div:
-        r_len = residual.numel()
+        residual = residual[:, :0]  # the source skips the loop and keeps the important tokens only
+    while residual.shape[1] > t_div:
+        r_len = residual.shape[1]
         r = min(step, r_len - t_div)
-        a_idx, b_idx = residual[0::2], residual[1::2]
-        if b_idx.numel() >= _GATHER_MIN and sims.ready:
-            scores = sims.block(a_idx, b_idx).max(dim=1).values
-        elif b_idx.numel():
-            scores = (xn[a_idx] @ xn[b_idx].T).max(dim=1).values
+        if r_len % 2 or r > r_len // 2:
+            source_defined = False
+        rows = xn[0, residual[0]].unsqueeze(0)  # (1, R, C), gathered afresh
+        a, b = rows[:, 0::2], rows[:, 1::2]
+        if b.shape[1]:
+            scores = (a @ b.transpose(-1, -2)).max(dim=-1).values
         else:
-            scores = torch.full((a_idx.numel(),), float("-inf"))
-        keep_a = a_idx[_desc(scores)[r:]]
-        residual = torch.cat([keep_a, b_idx])
+            scores = torch.full((1, a.shape[1]), float("-inf"), device=a.device)
+        keep = scores.argsort(dim=-1, descending=True)[:, r:]
+        residual = torch.cat([residual[:, 0::2][0, keep[0]].unsqueeze(0), residual[:, 1::2]], dim=-1)
         iterations += 1
-    kept = torch.sort(torch.cat([important, residual])).values
+    kept = torch.sort(torch.cat([important, residual], dim=-1)[0]).values
     assert kept.numel() == budget and torch.unique(kept).numel() == budget <= n
-    return kept, {"n_important": int(t_imp), "n_diverse": int(t_div), "dedup_iterations": iterations}
-
-
-#: Smallest A/B split served from the precomputed similarity matrix. Below it the BLAS may take a small-matrix
-#: kernel whose summation order differs from the large GEMM's, so the split is recomputed as the source does.
-_GATHER_MIN = 32
-
-
-class _ResidualSims:
-    """Cosine similarities among the initial residual tokens, computed once, then gathered per iteration.
-
-    The source recomputes ``xn[A] @ xn[B].T`` every iteration: about ``sum R²/4`` dot products over the ~``(N -
-    T_imp - T_div)/step`` iterations (1.3 GFLOP for N = 576, T = 64), against ``R₀²`` for one product of the
-    initial residual with itself (0.23 GFLOP). Every entry of a float32 GEMM with the same inner dimension is
-    accumulated in the same order whatever the outer sizes (checked bit for bit against the per-iteration product
-    in ``tests/test_bench_selection.py``; on this MKL build only splits with fewer than 16 rows differ, hence
-    :data:`_GATHER_MIN`), so gathered scores equal the source's bit for bit and the selection is unchanged. Used
-    on CPU tensors and only when the large iterations would cost more than the one product.
-    """
-
-    def __init__(self, xn: torch.Tensor, residual: torch.Tensor, t_div: int, step: int):
-        self.ready = False
-        r_len = residual.numel()
-        if xn.device.type != "cpu" or r_len <= t_div:
-            return
-        saved, length = 0, r_len
-        while length > t_div:  # replay the list lengths of the loop to price the per-iteration products
-            n_a, n_b = (length + 1) // 2, length // 2
-            if n_b >= _GATHER_MIN:
-                saved += n_a * n_b
-            length -= min(min(step, length - t_div), n_a)
-        if saved <= r_len * r_len:
-            return
-        self.pos = torch.full((xn.shape[0],), -1, dtype=torch.long)
-        self.pos[residual] = torch.arange(r_len)
-        xr = xn[residual]
-        self.sim = xr @ xr.T
-        self.ready = True
-
-    def block(self, a_idx: torch.Tensor, b_idx: torch.Tensor) -> torch.Tensor:
-        return self.sim[self.pos[a_idx][:, None], self.pos[b_idx][None, :]]
+    stats = {"n_important": int(t_imp), "n_diverse": int(t_div), "dedup_iterations": iterations,
+             "source_defined": source_defined}
+    return kept, stats
 
 
 @register("VisPruner")

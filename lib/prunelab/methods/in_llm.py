@@ -28,8 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from prunelab.errors import BudgetError, CapabilityError
+from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, register
 
 REFERENCE_DEPTH = 32  # Vicuna-7B, the depth the sources' layer indices refer to
@@ -324,35 +325,103 @@ class SparseVLM(InLLMPruner):
                 "recycled_per_layer": state["recycled"], "n_raters": state["n_raters"]}
 
 
+PIVOT_ORDERS = ("source", "norm")
+
+
+def _check_pivot_order(order: str) -> None:
+    if order not in PIVOT_ORDERS:
+        raise UnknownNameError(f"unknown DART pivot_order {order!r}; pass 'source' (the fork's set order) or 'norm'")
+
+
+def dart_select(states: torch.Tensor, key_l1: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor,
+                budget: int, pivot_image: int = 4, pivot_text: int = 4, match_budget: bool = False,
+                pivot_order: str = "source") -> tuple[torch.Tensor, list[int], list[int]]:
+    """DART's choice of image tokens (methods-spec §2.11); see :class:`DART`.
+
+    ``states``: ``(L, D)`` layer ``K-1`` outputs after ``model.norm``; ``key_l1``: ``(L,)`` L1 norms of layer
+    ``K-1``'s keys; ``image_pos`` / ``text_pos``: *absolute* sequence positions (ascending) of the image tokens
+    and of the prompt tokens after the image. Returns ``(kept image-token indices 0..n-1 sorted, pivot positions in the
+    order they were served, picks per served pivot)``.
+
+    Scores and picks use the source's own calls (``torch.norm(p=1)`` in the caller, ``topk`` of the norms,
+    ``-cosine_similarity(...).topk``), and with ``pivot_order="source"`` the pivots are served in the order
+    of ``list(set(image pivots + text pivots))`` over absolute positions, as ``get_retained_image_token`` does
+    (CPython's order for a set of small ints: deterministic, by value modulo the table size, so it depends on
+    where the image sits in the prompt). The candidates are likewise ``list()`` of the shrinking set of free
+    image positions. ``pivot_order="norm"``: image pivots by descending norm, then text pivots by descending norm
+    (this library's earlier order; with it the kept sets equal the earlier code's, 60 of 60 on the tiny model,
+    and could differ only on exactly tied norms or similarities, which the earlier code broke by index).
+    """
+    _check_pivot_order(pivot_order)
+    n = int(image_pos.numel())
+    n_pi = min(pivot_image, n, budget)
+    n_pt = min(pivot_text, int(text_pos.numel()))
+    img_piv = image_pos[key_l1[image_pos].topk(n_pi).indices].tolist()
+    txt_piv = text_pos[key_l1[text_pos].topk(n_pt).indices].tolist() if n_pt else []
+    served = list(set(img_piv + txt_piv)) if pivot_order == "source" else img_piv + txt_piv
+    n_piv = len(served)
+    if match_budget:
+        rest = max(0, budget - n_pi)
+        picks = [rest // n_piv + (1 if j < rest % n_piv else 0) for j in range(n_piv)]
+    else:
+        picks = [budget // n_piv] * n_piv
+    free = set(image_pos.tolist()) - set(img_piv)
+    kept = list(img_piv)
+    for pivot, m in zip(served, picks):
+        candidates = list(free)
+        m = min(m, len(candidates))
+        if m <= 0:
+            continue
+        dissim = -F.cosine_similarity(states[pivot], states[candidates], dim=-1)
+        chosen = [candidates[i] for i in dissim.topk(m).indices.tolist()]
+        kept += chosen
+        free.difference_update(chosen)
+    keep = torch.searchsorted(image_pos, torch.tensor(sorted(kept), dtype=torch.long, device=image_pos.device))
+    return keep, served, picks
+
+
 @register("DART")
 class DART(InLLMPruner):
     """DART: keep image tokens that are *least* duplicated with respect to a few pivot tokens.
 
-    Source: DART (arXiv 2502.11494), fork ``xqy1111111/DART`` of ``ZichenWen1/DART``
-    ``llava/model/language_model/modeling_llama_self.py::LlamaModel.forward`` and ``::get_retained_image_token``;
-    ``scripts/v1_5/eval/mme.sh``. At the input of layer ``K`` (default 2):
+    Source: DART (arXiv 2502.11494), fork ``xqy1111111/DART`` @ ``d6a5af6`` of ``ZichenWen1/DART``
+    ``llava/model/language_model/modeling_llama_self.py::LlamaModel.forward`` (lines 337-359) and
+    ``::get_retained_image_token`` (lines 397-449); ``scripts/v1_5/eval/mme.sh``. At the input of layer ``K``
+    (default 2), with :func:`dart_select`:
 
     * pivots: the ``pivot_image`` image tokens and ``pivot_text`` text tokens (after the image) with the largest
       L1 norm of their layer ``K-1`` keys (after RoPE, heads concatenated);
-    * for each pivot, the ``picks`` not-yet-chosen, non-pivot image tokens with the **lowest** cosine similarity
-      to the pivot in the space of layer ``K-1``'s output passed through the final ``model.norm``;
+    * for each pivot, in turn, the ``picks`` not-yet-chosen, non-pivot image tokens with the **lowest** cosine
+      similarity to the pivot in the space of layer ``K-1``'s output passed through the final ``model.norm``;
     * kept = image pivots ∪ picks (text pivots are not added), original position ids.
 
     ``picks = T // (pivot_image + pivot_text)`` (the source's ``max_num_trunction // 8``), so the kept count is
     ``4 + 8·(T // 8)`` (132 for T=128), reported as ``n_kept``; ``match_budget=True`` instead spreads
-    ``T - pivot_image`` picks over the pivots (exactly ``T``). Pivot order [choice]: the source iterates a Python
-    set; here image pivots by descending norm, then text pivots by descending norm.
+    ``T - pivot_image`` picks over the pivots (exactly ``T``).
+
+    ``pivot_order`` — the order pivots pick in, which decides the kept set since each pick removes candidates
+    from the later pivots: ``"source"`` (default) iterates ``list(set(...))`` of the pivots' absolute sequence
+    positions, as the fork does, so the order (and the kept set) depends on the image's offset in the prompt
+    (the original LLaVA prompt puts it at 35, llava-hf's chat format at 5: same rule, other orders);
+    ``"norm"`` serves image pivots by descending norm, then text pivots (the earlier default here: its kept
+    sets never matched the fork's, neither in the issue-13 check on LLaVA, Jaccard about 0.75, nor on the tiny
+    test model, 0 of 30, where ``"source"`` matches 30 of 30; ``tests/test_in_llm.py`` checks it against a
+    transcription of the fork).
     """
 
     positions = "original"
     source = "arXiv 2502.11494; xqy1111111/DART modeling_llama_self.py::get_retained_image_token"
 
-    def __init__(self, k: int = 2, pivot_image: int = 4, pivot_text: int = 4, match_budget: bool = False):
-        super().__init__(k=k, pivot_image=pivot_image, pivot_text=pivot_text, match_budget=match_budget)
+    def __init__(self, k: int = 2, pivot_image: int = 4, pivot_text: int = 4, match_budget: bool = False,
+                 pivot_order: str = "source"):
+        super().__init__(k=k, pivot_image=pivot_image, pivot_text=pivot_text, match_budget=match_budget,
+                         pivot_order=pivot_order)
         if int(k) < 1:
             raise BudgetError(f"DART needs K >= 1 (it reads layer K-1's keys), got K={k!r}; pass k=2")
+        _check_pivot_order(pivot_order)
         self.k, self.pivot_image, self.pivot_text = int(k), int(pivot_image), int(pivot_text)
         self.match_budget = bool(match_budget)
+        self.pivot_order = pivot_order
 
     def plan(self, n_layers, n_image, budget):
         if self.k >= n_layers:
@@ -360,45 +429,23 @@ class DART(InLLMPruner):
         return Plan(observe={self.k - 1}, edit={self.k})
 
     def observe(self, state, view):
-        keys = view.keys(view.layer_idx).float()
-        norms = keys.abs().sum(-1)
-        state["img_norm"] = norms[view.visual_pos]
-        state["txt_norm"] = norms[view.text_after_pos]
+        state["key_l1"] = torch.norm(view.keys(view.layer_idx).float(), p=1, dim=-1)
 
     def edit(self, state, view):
         from prunelab.models.adapter import LayerEdit
 
-        budget = state["budget"]
-        hid = view.decoder.norm(view.hidden)[0].float()
-        vis_h = hid[view.visual_pos]
-        txt_h = hid[view.text_after_pos]
-        n = vis_h.shape[0]
-        n_pi = min(self.pivot_image, n, budget)
-        n_pt = min(self.pivot_text, txt_h.shape[0])
-        img_piv = torch.sort(state["img_norm"].double(), descending=True, stable=True).indices[:n_pi]
-        txt_piv = torch.sort(state["txt_norm"].double(), descending=True, stable=True).indices[:n_pt]
-        pivots = [vis_h[i] for i in img_piv] + [txt_h[i] for i in txt_piv]
-        n_piv = len(pivots)
-        if self.match_budget:
-            rest = max(0, budget - n_pi)
-            picks = [rest // n_piv + (1 if j < rest % n_piv else 0) for j in range(n_piv)]
-        else:
-            picks = [budget // n_piv] * n_piv
-        chosen = torch.zeros(n, dtype=torch.bool, device=hid.device)
-        chosen[img_piv] = True
-        vn = vis_h / vis_h.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        for p, m in zip(pivots, picks):
-            avail = (~chosen).nonzero().flatten()
-            if avail.numel() == 0 or m <= 0:
-                continue
-            sim = vn[avail] @ (p / p.norm().clamp_min(1e-8))
-            low = torch.sort(sim.double(), stable=True).indices[: min(m, avail.numel())]
-            chosen[avail[low]] = True
-        state["picks"] = picks
-        return LayerEdit(keep_visual=chosen.nonzero().flatten())
+        # DART edits first, so current positions are the absolute prompt positions the fork's set holds.
+        n_cur = view.engine.n_prompt_cur
+        assert torch.equal(view.engine.cur_orig[:n_cur].cpu(), torch.arange(n_cur))
+        states = view.decoder.norm(view.hidden)[0].float()
+        keep, served, picks = dart_select(states, state["key_l1"], view.visual_pos, view.text_after_pos,
+                                          state["budget"], self.pivot_image, self.pivot_text, self.match_budget,
+                                          self.pivot_order)
+        state["picks"], state["pivots"] = picks, served
+        return LayerEdit(keep_visual=keep)
 
     def describe(self, state):
-        return {"prune_layers": [self.k], "picks_per_pivot": state.get("picks")}
+        return {"prune_layers": [self.k], "picks_per_pivot": state.get("picks"), "pivot_positions": state.get("pivots")}
 
 
-__all__ = ["InLLMPruner", "Plan", "FastV", "PDrop", "SparseVLM", "DART", "scale_layers"]
+__all__ = ["InLLMPruner", "Plan", "FastV", "PDrop", "SparseVLM", "DART", "dart_select", "scale_layers"]
