@@ -33,11 +33,10 @@ def cache_dir(*parts: str, create: bool = True) -> Path:
 def current_umask() -> int:
     """The process umask, read without changing it where Linux shows it (``/proc/self/status``, kernel >= 4.7);
     elsewhere set and restored at once (``os.umask`` has no read-only form)."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
