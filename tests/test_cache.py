@@ -318,3 +318,18 @@ def test_cache_cli_runs_as_a_module(tmp_path):
                        timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     assert "removed runs/rows" in r.stdout and not (tmp_path / "runs" / "rows").exists()
+
+
+def test_greedy_selection_cache_recomputes_damaged_entries(tmp_path, ctx_factory):
+    """The analysis cache read entries with ``read_text``: invalid UTF-8 crashed, a cut list was used."""
+    from prunelab import analysis as A
+
+    contexts = {"a": ctx_factory(n=25, c=8, seed=1)}
+    kw = dict(screen=None, fingerprint="fp", image_set="s", cache_dir=tmp_path, progress=False)
+    first = A.greedy_selections(contexts, 5, **kw)
+    (entry,) = tmp_path.glob("*.json")
+    good = entry.read_bytes()
+    for data in (b"\xff\xfe" + good[2:], b"[1, 2]", good[: len(good) // 2]):
+        entry.write_bytes(data)
+        assert A.greedy_selections(contexts, 5, **kw) == first
+        assert TC.read_entry(entry) == first["a"]  # rewritten intact

@@ -155,7 +155,8 @@ def du(root: Path, out=None) -> dict[str, Usage]:
         print(f"  vision-features : {human(feats.bytes / feats.files)} per image on average", file=out)
     assets = sorted(p for p in root.iterdir() if p.name not in KINDS) if root.is_dir() else []
     if assets:
-        sizes = ", ".join(f"{p.name} {human(_size(p)[1])}" for p in assets)
+        sizes = ", ".join(f"{p.name} -> {os.readlink(p)}" if p.is_symlink() else f"{p.name} {human(_size(p)[1])}"
+                          for p in assets)
         print(f"  not managed here (offline assets and models; make assets / make toy-model rebuild them): {sizes}",
               file=out)
     return usage

@@ -52,7 +52,8 @@ Caching and resuming. Every image x method x budget entry is one small file writ
 the code that produces the text (``v2-<code hash>/``; ``python -m prunelab.cache prune`` drops the others). An
 entry is checked on read (:mod:`prunelab.tablecache`: row count, columns and SHA-256 in its header; one that is
 not intact is generated again) and stores a column with one value on every row once (the image's numbers, a
-shared POPE selection's ``kept_indices``). It is named by a SHA-256 of everything that determines its text: model fingerprint (weights, config, tokenizer, prompt format, image processor), device type and dtype, the
+shared POPE selection's ``kept_indices``). It is named by a SHA-256 of everything that determines its text:
+model fingerprint (weights, config, tokenizer, prompt format, image processor), device type and dtype, the
 image (set and id), the method's name and parameters, the budget, the prompt token ids (every question for POPE),
 the decoding settings (greedy, batch 1 for descriptions or ``pope_batch_size``, ``max_new_tokens``), the erank statistics for methods that consume them,
 and the source of the code that produces the text. A second call generates nothing; an interrupted run resumes at
