@@ -30,7 +30,8 @@ def _frame(n=420):
         "budget": np.arange(n, dtype="int64"),
         "score": rng.standard_normal(n) * 1e-7,  # floats that a CSV round trip may not keep exactly
         "edge": [(-0.0, math.nan, math.inf, 1e-300, 0.1 + 0.2)[i % 5] for i in range(n)],
-        "text": [("", "nan", "None", "naïve ✓ \"quoted\", comma\nnewline", "NA")[i % 5] for i in range(n)],
+        "text": [("", "nan", "None", "naïve ✓ \"quoted\", comma\nnewline", "NA", "lone \ud800 surrogate")[i % 6]
+                 for i in range(n)],
         "maybe": [None if i % 3 else "x" for i in range(n)],
         "flag": [bool(i % 2) for i in range(n)],
         "kept_indices": [[3, 17, 40]] * n,  # shared selection: stored once

@@ -71,7 +71,8 @@ def _plain(v: Any):
 
 
 def _dumps(v) -> str:
-    return json.dumps(v, default=_plain, ensure_ascii=False, separators=(",", ":"))
+    # ASCII escapes: any Python string round-trips, lone surrogates from a decoder included (UTF-8 cannot hold them)
+    return json.dumps(v, default=_plain, ensure_ascii=True, separators=(",", ":"))
 
 
 def _write(path: Path, payload: str, header: dict) -> None:
