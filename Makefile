@@ -10,7 +10,7 @@ STAMP_JS := book/vendor/.stamp-$(shell cat book/package-lock.json 2>/dev/null | 
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all setup assets js browser test book book-html book-check toy-model bench clean distclean
+.PHONY: all setup assets js browser test book book-html book-check toy-model bench bench-smoke clean clean-cache distclean
 
 all: book
 
@@ -68,6 +68,19 @@ bench: assets
 	$(PY) -m prunelab.benchmarks.prefill
 	$(PY) -m prunelab.benchmarks.pope_batching
 	$(PY) -m prunelab.benchmarks.chair_speed
+
+# The same four benchmarks at their smallest settings (seconds each): every code path of make bench, for CI.
+bench-smoke: assets
+	$(PY) -m prunelab.benchmarks.selection --smoke
+	$(PY) -m prunelab.benchmarks.prefill --smoke
+	$(PY) -m prunelab.benchmarks.pope_batching --smoke
+	$(PY) -m prunelab.benchmarks.chair_speed --smoke
+
+# Drop cached results no current code can read (entries keyed by an older library), then show what is left.
+# Everything: $(PY) -m prunelab.cache clear --yes
+clean-cache: setup
+	$(PY) -m prunelab.cache prune
+	$(PY) -m prunelab.cache du
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis

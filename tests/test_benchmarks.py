@@ -1,5 +1,6 @@
-"""Smoke runs of the ratio benchmarks (``prunelab.benchmarks.selection`` / ``.prefill`` / ``.pope_batching``) at
-their smallest settings: the printed tables have the expected rows and columns, the timing ratios are finite and positive, and
+"""Smoke runs of the ratio benchmarks (``prunelab.benchmarks.selection`` / ``.prefill`` / ``.pope_batching`` /
+``.chair_speed``; every one's ``--smoke`` mode, what ``make bench-smoke`` runs) at their smallest settings: the
+printed tables have the expected rows and columns, the timing ratios are finite and positive, and
 the non-timing columns (ideal token ratios, FastV's equivalent token count, greedy identity) have their known
 values. No timing goal is asserted: these are benchmarks, not timed tests."""
 from __future__ import annotations
@@ -46,7 +47,7 @@ def selection_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "sel.csv"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = selection.main(["--quick", "--csv", str(out)])
+        rc = selection.main(["--smoke", "--csv", str(out)])  # what make bench-smoke runs
     return rc, buf.getvalue(), out
 
 
@@ -145,3 +146,65 @@ def test_pope_batching_tiny_table(tmp_path):
             assert math.isfinite(_num(r[c])) and _num(r[c]) > 0
     with out.open() as fh:
         assert [dict(r) for r in csv.DictReader(fh)] == rows
+
+
+# ---- every benchmark's --smoke mode on the default model (what make bench / bench-smoke run) ---------------------
+
+def _need_default_model():
+    from prunelab.errors import AssetError
+    from prunelab.vision import default_tower
+
+    try:
+        default_tower()
+    except AssetError as err:
+        pytest.skip(f"DINOv2 tower unavailable: {err}")
+
+
+def test_prefill_plans_fastv_for_the_decoder_depth():
+    plan, notes = prefill.plan_methods(4)
+    assert [(label, p.params()) for label, _, p in plan][-1] == ("FastV", {"k": 2}) and notes == []
+    plan, notes = prefill.plan_methods(2)  # ToyLLaVA: K=2 cannot run, K=1 can
+    assert [(label, p.params()) for label, _, p in plan][-1] == ("FastV(k=1)", {"k": 1})
+    assert len(notes) == 1 and "K=1" in notes[0] and "has 2" in notes[0]
+    plan, notes = prefill.plan_methods(1)
+    assert [label for label, _, _ in plan] == ["FasterVLM", "DivPrune"] and notes[0].startswith("skipped FastV")
+
+
+def test_prefill_smoke_runs_on_the_two_layer_toyllava(capsys):
+    """``make bench`` ran FastV K=2 on the 2-layer ToyLLaVA and died with a BudgetError (issue 13, item 8)."""
+    _need_default_model()
+    rc = prefill.main(["--smoke", "--device", "cpu"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "ToyLLaVA" in text and "decoder   : 2 layers" in text
+    assert "note      : FastV: K=2 needs more than 2 decoder layers" in text
+    _, rows = _table(text, "method")
+    assert [(r["method"], int(r["T"])) for r in rows] == [("full", 576)] + [
+        (m, t) for m in ("FasterVLM", "DivPrune", "FastV(k=1)") for t in (64, 128)]
+    for r in rows[-2:]:  # K=1 of 2 layers: T_eq = (576 + T) / 2
+        assert _num(r["T_eq"]) == pytest.approx((576 + int(r["T"])) / 2)
+    for r in rows[1:]:
+        assert math.isfinite(_num(r["speedup"])) and _num(r["speedup"]) > 0
+
+
+def test_pope_batching_smoke_runs_on_toyllava(capsys):
+    from prunelab.benchmarks import pope_batching
+
+    _need_default_model()
+    assert pope_batching.main(["--smoke"]) == 0
+    header, rows = _table(capsys.readouterr().out, "method")
+    assert header == pope_batching.COLUMNS
+    assert [(r["method"], r["budget"]) for r in rows] == [("FasterVLM", "64"), ("Vanilla", "576")]
+    assert all(float(r["identical"]) == 1.0 for r in rows)
+
+
+def test_chair_speed_smoke(capsys):
+    from prunelab.benchmarks import chair_speed
+
+    assert chair_speed.main(["--smoke"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("chair_speed: 20 captions")
+    sanity = dict(zip(text.split("sanity")[1].split()[1::2], text.split("sanity")[1].split()[2::2]))
+    assert 0 <= float(sanity["CHAIR_s"]) <= 100 and float(sanity["Len"]) > 0
+    with pytest.raises(UnknownNameError, match="--n"):
+        chair_speed.main(["--n", "0"])

@@ -121,3 +121,34 @@ def test_kernel_threads_share_the_cpus_and_restore_the_environment(monkeypatch):
         assert os.environ["OMP_NUM_THREADS"] == "5"
     with build.kernel_threads(1, cpus=2):  # one kernel: torch's own default
         assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_concurrent_builds_of_one_notebook_use_distinct_temporary_files(nbdir, tmp_path, monkeypatch):
+    """Two builds of one notebook overlap (another shell, another --jobs pool): each must write its own temporary
+    copy, so neither overwrites nor publishes the other's half-executed notebook (issue 13, item 14)."""
+    import os
+
+    import papermill
+
+    job = _plan(nbdir, tmp_path)[0]
+    job.output_dir.mkdir(parents=True)
+    # What another build of "a" has on disk under the old fixed name while it runs.
+    other = job.output_dir / ".a.running.ipynb"
+    other.write_text("the other build's notebook")
+    written = []
+
+    def fake_execute(src, out, **kw):
+        written.append(out)
+        nb = nbformat.read(src, as_version=4)
+        nb.cells[1].source = f"# run {len(written)}"
+        nbformat.write(nb, out)
+        if len(written) == 1:  # a second build starts while the first one is still executing
+            assert build.execute_job(job).status == "executed"
+        assert nbformat.read(out, as_version=4).cells[1].source == f"# run {written.index(out) + 1}"
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    assert build.execute_job(job).status == "executed"
+    assert len(written) == 2 and written[0] != written[1]
+    assert all(str(os.getpid()) in os.path.basename(w) for w in written)
+    assert other.read_text() == "the other build's notebook"  # untouched
+    assert not [p for p in job.output_dir.iterdir() if p.name.endswith(".running.ipynb") and p != other]

@@ -182,7 +182,7 @@ def test_second_call_generates_nothing(described, tiny, chair_parser):
 def test_resume_after_deleting_one_entry(tiny, chair_parser, tmp_path):
     kw = dict(task="describe", max_new_tokens=8, cache_dir=tmp_path, chair_parser=chair_parser, progress=False)
     first = G.run_generation(tiny, _items(2), ["FasterVLM", "DivPrune"], [8], **kw)
-    files = sorted((tmp_path / "entries").glob("*.csv"))
+    files = sorted(tmp_path.glob("v*/entries/*.json"))
     assert len(files) == 4
     files[1].unlink()
     with _Counting(tiny.adapter) as c:

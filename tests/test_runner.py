@@ -148,11 +148,10 @@ def test_cache_hit_and_resume(tmp_path):
     df2 = run_vision(_items(3), METHODS, [8], encoder=enc, cache_dir=tmp_path, progress=False)
     assert enc.calls == first  # everything read back from disk
     pd.testing.assert_frame_equal(df1, df2)
-    # Resume: drop the combined file and one image's rows; only that image is encoded again.
-    run_dir = next((tmp_path / "rows").iterdir())
-    for f in run_dir.glob("all-*.csv"):
-        f.unlink()
-    per_image = sorted(p for p in run_dir.glob("*.csv"))
+    # Resume: drop one image's rows; only that image is encoded again.
+    (run_dir,) = tmp_path.glob("v*/rows/*")
+    per_image = sorted(run_dir.glob("*.json"))
+    assert len(per_image) == 3  # one entry per image, nothing else
     per_image[0].unlink()
     df3 = run_vision(_items(3), METHODS, [8], encoder=enc, cache_dir=tmp_path, progress=False)
     assert enc.calls == first + 1

@@ -55,7 +55,8 @@ import torch
 
 from prunelab.errors import BudgetError, UnknownNameError, check_budget
 from prunelab.metrics import erank
-from prunelab.paths import atomic_write, cache_dir as _cache_dir
+from prunelab.paths import cache_dir as _cache_dir
+from prunelab.tablecache import read_entry, write_entry
 
 ANALYSIS_FORMAT = 1  # bump when a cached number changes meaning
 
@@ -265,17 +266,14 @@ def greedy_selections(contexts: dict, budget: int, *, space: str = "vision", scr
     disable = None if progress is None else not progress
     for iid, ctx in tqdm(contexts.items(), desc=f"erank-greedy T={budget}", unit="img", disable=disable):
         p = _ceiling_path(root, f"{fingerprint}|{space}", image_set, iid, budget, screen)
-        if use_cache and p.is_file():
-            try:
-                out[iid] = json.loads(p.read_text())
-                continue
-            except json.JSONDecodeError:
-                pass
+        cached = read_entry(p) if use_cache else None  # a damaged or older entry is a miss
+        if isinstance(cached, list) and len(cached) == budget:
+            out[iid] = cached
+            continue
         sel = erank_greedy(ctx.space(space), budget, screen=screen).tolist()
         out[iid] = sel
         if use_cache:
-            with atomic_write(p, "w") as fh:
-                json.dump(sel, fh)
+            write_entry(p, sel)
     return out
 
 

@@ -51,6 +51,7 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import time
@@ -358,7 +359,9 @@ def execute_job(job: Job) -> Outcome:
     out_path = job.output_dir / f"{job.name}.ipynb"
     failed_path = job.output_dir / f"{job.name}.failed.ipynb"
     job.output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = job.output_dir / f".{job.name}.running.ipynb"
+    # Unique per process and call: two builds of one notebook (two shells, two --jobs pools) must not write into
+    # one file and then move each other's output into place.
+    tmp = job.output_dir / f".{job.name}.{os.getpid()}-{secrets.token_hex(4)}.running.ipynb"
     t0 = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc)
     try:
@@ -381,6 +384,10 @@ def execute_job(job: Job) -> Outcome:
             os.replace(tmp, failed_path)
         msg = summary or f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         return Outcome(job.name, "failed", seconds, failed_path if failed_path.exists() else None, msg)
+    except BaseException:  # interrupted: leave no stray temporary copy behind
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
     seconds = time.perf_counter() - t0
     os.replace(tmp, out_path)  # same directory: atomic
     with contextlib.suppress(FileNotFoundError):

@@ -47,15 +47,19 @@ method's erank options (:func:`prunelab.methods.adaptive.input_erank`, the funct
 :func:`~prunelab.methods.adaptive.calibrate_erank` applies), then mean/min/max/std over the images
 (:func:`prunelab.runner.erank_stats_from`, equal to ``calibrate_erank`` on the same images; a test checks it).
 
-Caching and resuming. Every image x method x budget entry is one small CSV written atomically under
-``cache_dir`` (default ``<prunelab cache>/generation``), named by a SHA-256 of everything that determines its
-text: model fingerprint (weights, config, tokenizer, prompt format, image processor), device type and dtype, the
+Caching and resuming. Every image x method x budget entry is one small file written atomically under
+``cache_dir`` (default ``<prunelab cache>/generation``), in a folder named for the cache format and the hash of
+the code that produces the text (``v2-<code hash>/``; ``python -m prunelab.cache prune`` drops the others). An
+entry is checked on read (:mod:`prunelab.tablecache`: row count, columns and SHA-256 in its header; one that is
+not intact is generated again) and stores a column with one value on every row once (the image's numbers, a
+shared POPE selection's ``kept_indices``). It is named by a SHA-256 of everything that determines its text:
+model fingerprint (weights, config, tokenizer, prompt format, image processor), device type and dtype, the
 image (set and id), the method's name and parameters, the budget, the prompt token ids (every question for POPE),
 the decoding settings (greedy, batch 1 for descriptions or ``pope_batch_size``, ``max_new_tokens``), the erank statistics for methods that consume them,
 and the source of the code that produces the text. A second call generates nothing; an interrupted run resumes at
 the first missing entry. CHAIR and POPE scores are recomputed from the cached text on every call (fast,
 deterministic), so a change in the scorers never needs a new generation. Image-level statistics are cached per
-image as JSON.
+image (a checked JSON entry).
 
 Speed. The tower runs once per image (not once per method x budget): while an image's entries are generated, the
 adapter's ``encode_images`` is memoised for that image's pixels, which returns the very tensors a fresh forward
@@ -85,10 +89,10 @@ import pandas as pd
 import torch
 
 from prunelab.errors import AssetError, CapabilityError, PrunelabError, UnknownNameError, check_budget
-from prunelab.tablecache import code_hash, key as _key, write_csv
-from prunelab.paths import atomic_write, cache_dir as _cache_dir
+from prunelab.tablecache import code_hash, key as _key, read_entry, read_table, version_dir, write_entry, write_table
+from prunelab.paths import cache_dir as _cache_dir
 
-CACHE_FORMAT = 1  # bump when the meaning of a cached column changes
+CACHE_FORMAT = 2  # bump when the meaning of a cached column or the entry layout changes (2: checked entries)
 TASKS = ("describe", "pope")
 VANILLA = "Vanilla"
 _VANILLA_NAMES = ("vanilla", "full", "none", "unpruned")
@@ -488,26 +492,13 @@ def _code_hash() -> str:
     return code_hash(_CODE_FILES)
 
 
-_LIST_COLUMNS = ("kept_indices",)
+def _write_entry(df: pd.DataFrame, path: Path) -> None:
+    write_table(df, path)
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    write_csv(df, path, _LIST_COLUMNS)
-
-
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    try:
-        df = pd.read_csv(path, keep_default_na=False, na_values=[""],
-                         dtype={"image_id": str, "method_stats": str, "text": str, "question_id": str,
-                                "question": str, "object": str, "label": str, "setting": str, "complexity": str})
-        for c in _LIST_COLUMNS:
-            if c in df:
-                df[c] = df[c].map(json.loads)
-    except (OSError, ValueError, pd.errors.ParserError, json.JSONDecodeError):
-        return None  # unreadable entry: generate it again
-    return df
+def _read_entry(path: Path, task: str) -> pd.DataFrame | None:
+    """An entry's cached rows, or ``None`` (missing, not intact or lacking a column: generate it again)."""
+    return read_table(path, BASE_COLUMNS + (POPE_QUESTION_COLUMNS if task == "pope" else []))
 
 
 def _normalize(df: pd.DataFrame) -> pd.DataFrame:
@@ -678,6 +669,7 @@ def run_generation(
     use_cache = cache_dir is not False
     root = Path(cache_dir) if cache_dir not in (None, False, True) else _cache_dir("generation")
     code = _code_hash()
+    vroot = root / version_dir(CACHE_FORMAT, code)
     disable = None if progress is None else not progress
     qk_layers = _qk_layers_for(specs, adapter)
 
@@ -701,7 +693,7 @@ def run_generation(
 
     # Pass 1: image-level statistics (tower once per image; cached), which also calibrate the erank statistics.
     need_specs = sorted({s for s in (erank_spec(sp.pruner) for sp in specs if sp.pruner is not None) if s is not None})
-    img_dir = root / "images" / _key([CACHE_FORMAT, gm.fingerprint, code, dev.type, str(dtype)])
+    img_dir = vroot / "images" / _key([CACHE_FORMAT, gm.fingerprint, code, dev.type, str(dtype)])
     per_image: dict[str, dict] = {}
     encodings: dict[str, tuple[torch.Tensor, dict, float]] = {}
     kept_bytes = 0  # tower outputs kept from pass 1 for pass 2, up to KEEP_ENCODINGS_BYTES (else re-encoded)
@@ -731,21 +723,16 @@ def run_generation(
     todo = []
     for it in items:
         p = ipath(it)
-        if use_cache and not refresh and p.is_file():
-            try:
-                st = json.loads(p.read_text())
-                if all(_spec_name(sp) in st for sp in need_specs):
-                    per_image[it.id] = st
-                    continue
-            except json.JSONDecodeError:
-                pass
+        st = read_entry(p) if use_cache and not refresh else None
+        if isinstance(st, dict) and all(k in st for k in _IMAGE_COLUMNS + [_spec_name(sp) for sp in need_specs]):
+            per_image[it.id] = st
+            continue
         todo.append(it)
     for it in tqdm(todo, desc="image stats", unit="img", disable=disable or not todo):
         pv, enc, secs = encode(it)
         per_image[it.id] = image_entry(it, enc)
         if use_cache:
-            with atomic_write(ipath(it), "w") as fh:
-                json.dump(per_image[it.id], fh)
+            write_entry(ipath(it), per_image[it.id])
         size = _nbytes(enc) + pv.numel() * pv.element_size()
         if kept_bytes + size <= KEEP_ENCODINGS_BYTES:
             kept_bytes += size
@@ -775,13 +762,13 @@ def run_generation(
             parts.append(describe_ids)
         else:
             parts.append([[q.setting, q.question_id, q_ids[q.question], q.label] for q in questions[it.id]])
-        return root / "entries" / f"{_key(parts)}.csv"
+        return vroot / "entries" / f"{_key(parts)}.json"
 
     frames: dict[tuple, pd.DataFrame] = {}
     missing: dict[str, list] = {}
     for it, sp, b in entries:
         path = entry_path(it, sp, b)
-        cached = _read_csv(path) if use_cache and not refresh else None
+        cached = _read_entry(path, task) if use_cache and not refresh else None
         if cached is not None:
             frames[(it.id, sp.label, b)] = cached
         else:
@@ -836,7 +823,7 @@ def run_generation(
                     cols = BASE_COLUMNS + (POPE_QUESTION_COLUMNS if task == "pope" else [])
                     frame = pd.DataFrame(rows, columns=cols)
                     if use_cache:
-                        _write_csv(frame, path)
+                        _write_entry(frame, path)
                     frames[(it.id, sp.label, b)] = frame
                     bar.update(1)
             it.release()

@@ -20,11 +20,14 @@ Erank statistics. AgilePruner and the erank-guided hybrids need the dataset's in
 exactly :func:`prunelab.methods.adaptive.calibrate_erank` with its defaults) before any pruning, and stored in
 ``df.attrs["erank_stats"]``.
 
-Caching and resuming. Per-image image statistics and per-image result rows are written atomically as small CSV
-files under ``cache_dir`` (default ``<prunelab cache>/runs``), keyed by a SHA-256 of everything that determines
-them: encoder fingerprint (tower weights, preprocessing, projector), image set and id, method names and
-parameters, budgets, seed, ``n_random``, erank statistics and the source of the code that computes the rows.
-An interrupted run resumes at the first image without results; a finished run is read back in one file.
+Caching and resuming. Per-image image statistics and per-image result rows are written atomically as small
+checked entries (:mod:`prunelab.tablecache`: row count, columns and SHA-256 in a header; an entry that is not
+intact is recomputed) under ``cache_dir`` (default ``<prunelab cache>/runs``), in a folder named for the cache
+format and the hash of the code that computes the rows (``v2-<code hash>/``; ``python -m prunelab.cache prune``
+drops the others) and keyed by a SHA-256 of everything that determines them: encoder fingerprint (tower
+weights, preprocessing, projector), image set and id, method names and parameters, budgets, seed,
+``n_random`` and erank statistics. Each image's rows are stored once (its image-level numbers once per entry).
+An interrupted run resumes at the first image without results.
 
 Generation fields (caption, CHAIR, POPE) are added later by the model adapter: a ``run_generation`` with the same
 keys (``image_set, image_id, method, budget``) can be merged onto this table.
@@ -46,10 +49,10 @@ from prunelab.device import cpu_threads
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
 from prunelab.metrics import attention_entropy, erank
-from prunelab.tablecache import code_hash, key as _key, write_csv
+from prunelab.tablecache import code_hash, key as _key, read_entry, read_table, version_dir, write_entry, write_table
 from prunelab.paths import atomic_write, cache_dir as _cache_dir
 
-CACHE_FORMAT = 1  # bump when the meaning of a column changes
+CACHE_FORMAT = 2  # bump when the meaning of a column or the entry layout changes (2: checked entries, no all-file)
 
 VISION_COLUMNS = [
     "image_set", "image_id", "complexity", "method", "family", "budget", "seed", "n_tokens", "n_kept",
@@ -399,8 +402,8 @@ def _code_hash() -> str:
     return code_hash(_CODE_FILES)
 
 
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    write_csv(df, path)
+def _write_rows(df: pd.DataFrame, path: Path) -> None:
+    write_table(df, path)
 
 
 def _normalize(df: pd.DataFrame) -> pd.DataFrame:
@@ -413,16 +416,9 @@ def _normalize(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    try:
-        df = pd.read_csv(path, keep_default_na=True, dtype={"image_id": str, "method_stats": str})
-    except (OSError, ValueError, pd.errors.ParserError):
-        return None  # unreadable entry: recompute it
-    if "kept_indices" in df:
-        df["kept_indices"] = df["kept_indices"].map(json.loads)
-    return df
+def _read_rows(path: Path) -> pd.DataFrame | None:
+    """An image's cached rows, or ``None`` (missing or not intact: recompute them)."""
+    return read_table(path, VISION_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -502,10 +498,11 @@ def run_vision(
     use_cache = cache_dir is not False
     root = Path(cache_dir) if cache_dir not in (None, False) else _cache_dir("runs")
     code = _code_hash()
+    vroot = root / version_dir(CACHE_FORMAT, code)
     disable = None if progress is None else not progress
 
     # Pass 1: image-level statistics (cached per image), contexts kept for small sets.
-    img_dir = root / "images" / _key([CACHE_FORMAT, enc_fp, code])
+    img_dir = vroot / "images" / _key([CACHE_FORMAT, enc_fp, code])
     per_image: dict[str, dict[str, float]] = {}
     contexts: dict[str, VisualContext] = {}
     keep = len(items) <= keep_in_memory
@@ -525,12 +522,10 @@ def run_vision(
     todo = []
     for it in items:
         p = ipath(it)
-        if use_cache and not refresh and p.is_file():
-            try:
-                per_image[it.id] = json.loads(p.read_text())
-                continue
-            except json.JSONDecodeError:
-                pass
+        st = read_entry(p) if use_cache and not refresh else None
+        if isinstance(st, dict) and all(k in st for k in IMAGE_COLUMNS):
+            per_image[it.id] = st
+            continue
         todo.append(it)
     with tqdm(total=len(todo), desc="image stats", unit="img", disable=disable or not todo) as bar:
         for batch in _batches(todo, batch_size):
@@ -538,8 +533,7 @@ def run_vision(
                 st = image_stats(ctx)
                 per_image[it.id] = st
                 if use_cache:
-                    with atomic_write(ipath(it), "w") as fh:
-                        json.dump(st, fh)
+                    write_entry(ipath(it), st)
                 if keep:
                     contexts[it.id] = ctx
             bar.update(len(batch))
@@ -548,39 +542,35 @@ def run_vision(
 
     # Pass 2: pruning rows (cached per image).
     run_key = _key([CACHE_FORMAT, enc_fp, code, [s.key() for s in specs], budgets, seed, n_random, stats])
-    run_dir = root / "rows" / run_key
-    all_path = run_dir / f"all-{_key(sorted((it.source, it.id) for it in items))}.csv"
+    # One entry per image, nothing else: a combined copy of the whole run stored every row twice.
+    run_dir = vroot / "rows" / run_key
     frames: dict[str, pd.DataFrame] = {}
-    df_all = _read_csv(all_path) if use_cache and not refresh else None
-    if df_all is None:
-        todo = []
-        for it in items:
-            cached = _read_csv(run_dir / f"{_key([it.source, it.id])}.csv") if use_cache and not refresh else None
-            if cached is not None:
-                frames[it.id] = cached
-            else:
-                todo.append(it)
-        with tqdm(total=len(todo), desc="pruning", unit="img", disable=disable or not todo) as bar:
-            for batch in _batches(todo, batch_size):
-                missing = [it for it in batch if it.id not in contexts]
-                fresh = dict(zip([it.id for it in missing], encode(missing))) if missing else {}
-                for it in batch:
-                    ctx = contexts.pop(it.id, None) or fresh[it.id]
-                    ctx.erank_stats = stats
-                    with cpu_threads(select_threads):
-                        rows = prune_image(ctx, specs, budgets, seed=seed, n_random=n_random)
-                    img = per_image[it.id]
-                    for r in rows:
-                        r.update(image_set=set_name, image_id=it.id, complexity=it.complexity, seed=seed,
-                                 **{k: img[k] for k in IMAGE_COLUMNS})
-                    frame = pd.DataFrame(rows)[VISION_COLUMNS]
-                    if use_cache:
-                        _write_csv(frame, run_dir / f"{_key([it.source, it.id])}.csv")
-                    frames[it.id] = frame
-                    bar.update(1)
-        df_all = pd.concat([frames[it.id] for it in items], ignore_index=True)[VISION_COLUMNS]
-        if use_cache:
-            _write_csv(df_all, all_path)
+    todo = []
+    for it in items:
+        cached = _read_rows(run_dir / f"{_key([it.source, it.id])}.json") if use_cache and not refresh else None
+        if cached is not None:
+            frames[it.id] = cached
+        else:
+            todo.append(it)
+    with tqdm(total=len(todo), desc="pruning", unit="img", disable=disable or not todo) as bar:
+        for batch in _batches(todo, batch_size):
+            missing = [it for it in batch if it.id not in contexts]
+            fresh = dict(zip([it.id for it in missing], encode(missing))) if missing else {}
+            for it in batch:
+                ctx = contexts.pop(it.id, None) or fresh[it.id]
+                ctx.erank_stats = stats
+                with cpu_threads(select_threads):
+                    rows = prune_image(ctx, specs, budgets, seed=seed, n_random=n_random)
+                img = per_image[it.id]
+                for r in rows:
+                    r.update(image_set=set_name, image_id=it.id, complexity=it.complexity, seed=seed,
+                             **{k: img[k] for k in IMAGE_COLUMNS})
+                frame = pd.DataFrame(rows)[VISION_COLUMNS]
+                if use_cache:
+                    _write_rows(frame, run_dir / f"{_key([it.source, it.id])}.json")
+                frames[it.id] = frame
+                bar.update(1)
+    df_all = pd.concat([frames[it.id] for it in items], ignore_index=True)[VISION_COLUMNS]
     df_all = _normalize(df_all)
     df_all.attrs.update(erank_stats=stats, encoder=enc_fp, run_key=run_key, image_set=set_name)
     return df_all

@@ -1,9 +1,10 @@
-"""CHAIR scoring speed: ``python -m prunelab.benchmarks.chair_speed [--n 500] [--words 100] [--seed 0]``.
+"""CHAIR scoring speed: ``python -m prunelab.benchmarks.chair_speed [--n 500] [--words 100] [--seed 0] [--smoke]``.
 
 Builds ``n`` synthetic detailed captions of about ``words`` words each (LLaVA-style sentences mixing COCO object
 words, synonyms, plurals, two-word objects and filler), random ground-truth sets, and times: loading WordNet and
 building the parser, scoring all captions with cold lemma caches, and scoring them again (warm). Target from the
-project brief: 500 captions of ~100 words in <= 10 s on 2 cores. Prints timings; asserts nothing.
+project brief: 500 captions of ~100 words in <= 10 s on 2 cores. ``--smoke``: 20 captions of ~30 words. Prints
+timings; asserts nothing.
 """
 from __future__ import annotations
 
@@ -46,7 +47,14 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--words", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="smoke run: 20 captions of ~30 words")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.n, args.words = 20, 30
+    if args.n < 1 or args.words < 1:
+        from prunelab.errors import UnknownNameError
+
+        raise UnknownNameError(f"--n and --words must be >= 1, got {args.n} and {args.words}; pass e.g. --n 500")
 
     from prunelab.chair import CaptionParser, SynonymTable, evaluate_chair
     from prunelab.textproc import TextProcessor

@@ -1,4 +1,4 @@
-"""POPE decoding speed: ``python -m prunelab.benchmarks.pope_batching [--images 4] [--methods ...] [--tiny]``.
+"""POPE decoding speed: ``python -m prunelab.benchmarks.pope_batching [--images 4] [--methods ...] [--tiny] [--smoke]``.
 
 For every image x method x budget, the POPE questions of the image are answered three ways on the same model and
 the same tower output (the tower is timed once per image and left out):
@@ -12,8 +12,9 @@ the same tower output (the tower is timed once per image and left out):
 
 Prints milliseconds per entry, the speed-up of each shared variant over ``alone`` and the share of answers that
 are identical to ``alone`` (the batched path must give batch-1's answers). Default model: the committed ToyLLaVA
-on toy test scenes; ``--tiny`` uses a seeded tiny LLaVA and synthetic images (what the tests run). Asserts
-nothing; one torch thread; medians over ``--rounds`` interleaved rounds.
+on toy test scenes; ``--tiny`` uses a seeded tiny LLaVA and synthetic images. ``--smoke`` is the smallest run of
+the default model (2 images, 1 round, FasterVLM and Vanilla, 2 new tokens; what ``make bench-smoke`` and the
+tests run). Asserts nothing; one torch thread; medians over ``--rounds`` interleaved rounds.
 """
 from __future__ import annotations
 
@@ -69,7 +70,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="a seeded tiny LLaVA instead of the committed ToyLLaVA")
     ap.add_argument("--csv", metavar="PATH", help="also write the table as CSV")
+    ap.add_argument("--smoke", action="store_true", help="smoke run: 2 images, 1 round, FasterVLM + Vanilla, 2 tokens")
     args = ap.parse_args(argv)
+    if args.smoke:
+        args.images, args.rounds, args.max_new_tokens, args.methods = 2, 1, 2, ["FasterVLM", "Vanilla"]
 
     import torch
 

@@ -1,5 +1,5 @@
 """Prefill speed-up from pruning: ``python -m prunelab.benchmarks.prefill [--model auto|toyllava|tiny]
-[--device auto|cpu|cuda] [--budgets 64,128] [--images 2] [--repeats 10] [--threads 1] [--csv PATH] [--quick]``.
+[--device auto|cpu|cuda] [--budgets 64,128] [--images 2] [--repeats 10] [--threads 1] [--csv PATH] [--smoke]``.
 
 Question (project issue 3): on the embedded model, how much of the ideal prefill speed-up does pruning to
 ``T = 64`` / ``128`` of 576 image tokens deliver, and how much of the saved prefill time does the selection
@@ -16,7 +16,7 @@ Definitions (one sample, batch 1, greedy, measured by :meth:`prunelab.models.ada
 * ideal speed-up ``= L(576) / L(T)``: prefill cost taken as linear in the token count (the per-token weight
   multiplies; the issue's "ideal token-count ratio"). The FLOPs ratio ``flops_prefill(576) / flops_prefill(T)``
   of :func:`prunelab.models.adapter.llm_flops` is printed beside it: it is larger, because the attention's
-  ``4·n²·d`` term shrinks quadratically — a narrow decoder (width 64 in ``--quick``) is attention-dominated at
+  ``4·n²·d`` term shrinks quadratically — a narrow decoder (width 64 in ``--smoke``) is attention-dominated at
   600 tokens, so there the token ratio is a lenient yardstick and the FLOPs ratio a strict one.
 * measured speed-up ``= prefill_s(576) / prefill_s(T)``; fraction ``= measured / ideal`` (goal >= 0.85).
 * selection overhead ``= select_s / (prefill_s(576) - prefill_s(T))`` (goal <= 2 %); for FastV the selection runs
@@ -25,13 +25,18 @@ Definitions (one sample, batch 1, greedy, measured by :meth:`prunelab.models.ada
 Prompt: synthetic text ids with the LLaVA-1.5 evaluation layout (methods-spec §4.6, ``prunelab.models.prompts``):
 35 tokens before the image (BOS + Vicuna system message + ``USER:``; DivPrune's source slices the image at
 ``[35, 35+576)``, methods-spec §2.5) and 12 after (``\\nPlease describe this image in detail. ASSISTANT:``).
-Images: real photos (:mod:`prunelab.photos`; ``--quick``: scikit-image ones) resized to the tower's input size.
+Images: real photos (:mod:`prunelab.photos`; ``--smoke``: scikit-image ones) resized to the tower's input size.
 
 Model: ``auto`` uses ToyLLaVA (:func:`prunelab.models.toyllava.load_toyllava`) when ``data/models/toyllava`` is
 present, else a seeded random tiny LLaVA (:func:`prunelab.models.tiny.tiny_llava`) with LLaVA-1.5's geometry
-(336 px, 14 px patches -> 576 image tokens) and ToyLLaVA's decoder shape (4 Llama layers, width 256, MLP 688);
-random weights change no timing. ``--quick`` shrinks the tiny decoder to width 64 (smoke runs). The header
-says which model ran.
+(336 px, 14 px patches -> 576 image tokens) and a 4-layer Llama decoder (width 256, MLP 688; ToyLLaVA's is
+2 x 128, MLP 344), deep enough for FastV's ``K = 2``; random weights change no timing. ``--smoke`` (alias
+``--quick``: 1 image, 1 round) also shrinks the tiny decoder to width 64. The header says which model ran.
+
+Methods the model cannot run as configured are adapted or skipped, each with a printed line: FastV's ``K = 2``
+needs a decoder with more than 2 layers, so on ToyLLaVA's 2 layers it runs with ``K = 1`` (the largest ``K`` the
+decoder allows; the label says ``FastV(k=1)``), and on a 1-layer decoder it is skipped; any other method whose
+first run raises a :class:`~prunelab.errors.PrunelabError` (a budget or capability the model lacks) is skipped.
 
 Timing protocol: per image one untimed warm-up pass over all settings, then ``--repeats`` rounds that each run
 every setting once (interleaved, so all see the same machine load); per image the median over rounds, in the table
@@ -57,7 +62,10 @@ COLUMNS = ["method", "stage", "T", "T_eq", "prompt_len", "prefill_ms", "select_m
 
 
 def build_model(kind: str, device, quick: bool):
-    """``(model, description)``: ToyLLaVA or the tiny LLaVA-geometry stand-in (see the module docstring)."""
+    """``(model, description, image size)``: ToyLLaVA or the tiny LLaVA-geometry stand-in (module docstring).
+
+    The image size is what the model's processor feeds it: ToyLLaVA's config keeps DINOv2's 518 px, but its
+    processor resizes to 336 px (576 tokens), the geometry the study runs."""
     from prunelab.errors import AssetError, UnknownNameError
 
     if kind not in ("auto", "toyllava", "tiny"):
@@ -66,8 +74,9 @@ def build_model(kind: str, device, quick: bool):
         from prunelab.models.toyllava import load_toyllava
 
         try:
-            model, _ = load_toyllava(device=str(device))
-            return model, "ToyLLaVA (data/models/toyllava, trained weights)"
+            model, processor = load_toyllava(device=str(device))
+            size = int(processor.image_processor.size["height"])
+            return model, "ToyLLaVA (data/models/toyllava, trained weights)", size
         except AssetError as err:
             if kind == "toyllava":
                 raise
@@ -81,7 +90,30 @@ def build_model(kind: str, device, quick: bool):
                        vision_heads=4, text_hidden=width, text_layers=4, text_heads=4, text_intermediate=mlp)
     desc = (f"tiny random LLaVA (prunelab.models.tiny, seed 0; 336 px -> 576 image tokens; decoder 4 x {width}, "
             f"MLP {mlp}) — fallback: {reason}")
-    return model.to(device), desc
+    return model.to(device), desc, model.config.vision_config.image_size
+
+
+def plan_methods(n_layers: int) -> tuple[list[tuple[str, str, object]], list[str]]:
+    """``([(label, stage, Pruner)], [printed notes])`` for a decoder of ``n_layers`` layers.
+
+    FastV keeps its default ``K`` where the decoder has more than ``K`` layers, else runs with the largest ``K``
+    it allows (``n_layers - 1``) under the label ``FastV(k=..)``; a 1-layer decoder cannot run it (skipped)."""
+    from prunelab.methods.base import get_pruner
+
+    plan, notes = [], []
+    for name, stage in METHODS:
+        if name == "FastV":
+            k = get_pruner("FastV").k
+            if k >= n_layers:
+                if n_layers < 2:
+                    notes.append(f"skipped FastV: it prunes after a decoder layer K >= 1; this decoder has {n_layers}")
+                    continue
+                notes.append(f"FastV: K={k} needs more than {k} decoder layers and this decoder has {n_layers}, so it "
+                             f"runs with K={n_layers - 1} (tokens pruned after layer {n_layers - 1})")
+                plan.append((f"FastV(k={n_layers - 1})", stage, get_pruner("FastV", k=n_layers - 1)))
+                continue
+        plan.append((name, stage, get_pruner(name)))
+    return plan, notes
 
 
 def prompt_ids(model, seed: int = 0):
@@ -179,7 +211,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds per image (default 10)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (default 1)")
     ap.add_argument("--csv", default=None, help="also write the table to this CSV file")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 image, 1 round, narrow tiny decoder")
+    ap.add_argument("--smoke", "--quick", dest="smoke", action="store_true",
+                    help="smoke run: 1 image, 1 round, narrow tiny decoder")
     args = ap.parse_args(argv)
 
     import torch
@@ -187,7 +220,7 @@ def main(argv=None) -> int:
     from prunelab.device import resolve_device
     from prunelab.errors import BudgetError
 
-    if args.quick:
+    if args.smoke:
         args.images, args.repeats = 1, 1
     for flag in ("repeats", "threads"):
         if getattr(args, flag) < 1:
@@ -211,41 +244,56 @@ def _run(args, budgets, device) -> int:
 
     from prunelab import vision
     from prunelab.benchmarks.selection import pick_photos
-    from prunelab.errors import BudgetError
-    from prunelab.models.adapter import LlavaAdapter
+    from prunelab.errors import BudgetError, PrunelabError
+    from prunelab.generation import _memo_encode
+    from prunelab.models.adapter import LlavaAdapter, parse_requires
     from prunelab.photos import load_photo
 
-    model, desc = build_model(args.model, device, args.quick)
+    model, desc, size = build_model(args.model, device, args.smoke)
     adapter = LlavaAdapter(model, device=device)
-    n_img = adapter.n_image_tokens
+    n_img = (size // model.config.vision_config.patch_size) ** 2  # at the processor's size, not the config's
     bad = [b for b in budgets if not 1 <= b < n_img]
     if bad or not budgets:
         raise BudgetError(f"--budgets {args.budgets!r}: each T must be in 1..{n_img - 1} (the model has {n_img} image tokens)")
     ids = prompt_ids(model)
-    names = pick_photos(args.images, "scikit-image" if args.quick else None)
-    size = model.config.vision_config.image_size
+    names = pick_photos(args.images, "scikit-image" if args.smoke else None)
     dtype = next(model.parameters()).dtype
     pixels = [vision.preprocess(load_photo(n), vision.Preprocess(image_size=size))[None].to(dtype) for n in names]
 
-    settings = [("full", n_img)] + [(m, t) for m, _ in METHODS for t in budgets]
+    plan, notes = plan_methods(model.config.text_config.num_hidden_layers)
+    methods = {label: pruner for label, _, pruner in plan}
+    # The tower runs once per image (its output is memoised for the runs): prefill_s and select_s never include
+    # it, and re-running it for every setting only made the benchmark slow.
+    qk = sorted(set().union(*(parse_requires(getattr(m, "requires", ()))[0] for m in methods.values()
+                              if getattr(m, "stage", "pre_llm") != "in_llm")))
+    encodings = [adapter.encode_images(px, qk) for px in pixels]
 
-    def once(px, method, t):
-        out = adapter.run([ids], px, None if method == "full" else method, None if method == "full" else t,
-                          max_new_tokens=1)
+    def once(i, label, t):
+        with _memo_encode(adapter, pixels[i], encodings[i]):
+            out = adapter.run([ids], pixels[i], None if label == "full" else methods[label],
+                              None if label == "full" else t, max_new_tokens=1)
         return out.records[0]
+
+    for label, _, _ in list(plan):  # a method the model cannot run is skipped, with the reason
+        try:
+            once(0, label, budgets[0])
+        except PrunelabError as err:
+            notes.append(f"skipped {label}: {err}")
+            plan = [p for p in plan if p[0] != label]
+    settings = [("full", n_img)] + [(label, t) for label, _, _ in plan for t in budgets]
 
     keys = ("prefill_s", "select_s", "prompt_len", "equivalent_tokens", "flops_prefill")
     per_image = []
-    for px in pixels:
+    for i in range(len(pixels)):
         for m, t in settings:  # warm-up
-            once(px, m, t)
+            once(i, m, t)
         got = {s: [] for s in settings}
         for _ in range(args.repeats):
             for m, t in settings:
-                got[(m, t)].append(once(px, m, t))
+                got[(m, t)].append(once(i, m, t))
         per_image.append({s: {k: _median([float(r[k]) for r in recs]) for k in keys} for s, recs in got.items()})
 
-    rows = summarize(per_image, budgets, METHODS, n_img)
+    rows = summarize(per_image, budgets, [(label, stage) for label, stage, _ in plan], n_img)
 
     tc = model.config.text_config
     n_params = sum(p.numel() for p in adapter.parts.decoder.parameters())
@@ -261,6 +309,8 @@ def _run(args, budgets, device) -> int:
     print(f"  device    : {device} ({dev_name}), {cores} cores visible, {threads}, torch {torch.__version__}, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"  images    : {', '.join(names)}")
+    for note in notes:
+        print(f"  note      : {note}")
     print("  ideal     = L(576)/L(T), L = text + visual tokens (T_eq for FastV); fraction = measured/ideal "
           f"(goal >= {GOAL_FRACTION}); overhead = select / (prefill(576) - prefill(T)) "
           f"(goal <= {100 * GOAL_OVERHEAD:.0f}%)")

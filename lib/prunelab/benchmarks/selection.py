@@ -1,5 +1,5 @@
 """Selection cost vs the vision tower: ``python -m prunelab.benchmarks.selection [--images 4] [--budget 64]
-[--repeats 5] [--greedy-repeats 5] [--threads 1] [--projector auto|none] [--csv PATH] [--quick]``.
+[--repeats 5] [--greedy-repeats 5] [--threads 1] [--projector auto|none] [--csv PATH] [--smoke]``.
 
 Question (project issue "selection speed"): how long does each pre-LLM method take to choose ``T = 64`` of the
 576 tokens of one image, *as a share of the vision tower's forward on the same image*? Goal: <= 2 % for every
@@ -11,8 +11,8 @@ speed-up at T = 64, 128, 192 (goal >= 10x) and whether both pick the same tokens
 
 How it measures (real DINOv2-S/14 tower of the offline wheel, real photos from :mod:`prunelab.photos`):
 
-* images: ``--images`` photos spread evenly over the photo manifest (``--quick``: scikit-image photos only),
-  each resized to 336 px -> 576 patches;
+* images: ``--images`` photos spread evenly over the photo manifest (``--smoke``, alias ``--quick``: scikit-image
+  photos only), each resized to 336 px -> 576 patches;
 * tower time: one batch-1 no-grad forward of the preprocessed image (``prunelab.vision._forward``: the forward
   :func:`prunelab.vision.encode_images` runs per batch, including the q/k recomputation of layers -2 and -1
   that VisionZip/PruMerge read; image decoding, resizing and cache hashing are *not* counted, so the ratio is
@@ -59,7 +59,7 @@ def is_exempt(name: str) -> bool:
 
 def pick_photos(n: int, source: str | None = None) -> list[str]:
     """``n`` photo names spread evenly over the manifest (deterministic); ``source`` restricts them to one
-    package (``--quick`` uses ``scikit-image``, installed with the package, so smoke runs fetch nothing)."""
+    package (``--smoke`` uses ``scikit-image``, installed with the package, so smoke runs fetch nothing)."""
     from prunelab.errors import UnknownNameError
     from prunelab.photos import list_photos
 
@@ -109,7 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=None, help="comma-separated subset of the vision-only methods")
     ap.add_argument("--greedy-repeats", type=int, default=5, help="best-of repeats for the greedy speed-up (default 5)")
     ap.add_argument("--csv", default=None, help="also write the selection table to this CSV file")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 1 image, 1 round, greedy at T=64 only")
+    ap.add_argument("--smoke", "--quick", dest="quick", action="store_true",
+                    help="smoke run: 1 image, 1 round, greedy at T=64 only")
     args = ap.parse_args(argv)
 
     import torch
