@@ -1,0 +1,627 @@
+"""Training ToyLLaVA-S (:mod:`prunelab.models.toyllava_s`) with the LLaVA recipe, plus a cheap alignment stage.
+
+Stages (all resumable from the checkpoint of the last finished step; batches are a function of the seed and the
+step, so a resumed run equals an uninterrupted one):
+
+0. ``align`` (a documented deviation from LLaVA; toy-model-probe.md, option 3): the projector alone is fitted so
+   that each patch token lands near the LM's input embedding of the word for what the patch shows (the COCO
+   category of the object covering it, else the word " background"): cosine-softmax cross-entropy over those
+   class vectors plus a penalty pulling the token norm to the median embedding norm. It needs no LM forward
+   (thousands of scenes a minute) and replaces the ~20k LM-forward sequences that grounding took from a random
+   projector (12-14 CPU hours at 2.2-2.5 s per sequence, probe 2). Pruning-relevant consequence: object patches
+   start out word-like; stages 1-2 then train every token against the LM's own loss.
+1. ``pretrain`` (LLaVA stage 1): projector only, LM frozen, loss on the description.
+2. ``instruct`` (LLaVA stage 2): projector + LoRA on every decoder projection, multi-turn dialogues: a
+   description, then yes/no (POPE-style), counting and where questions; loss on the answers only.
+
+No stage trains on pruned token subsets (the primary model must become robust the way LLaVA is).
+CLI: ``python -m prunelab.train.toyllava_s {align,pretrain,instruct,package,eval}`` (``make toy-model-s``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from prunelab.errors import PrunelabError
+from prunelab.paths import atomic_write, cache_dir
+
+N_TOK, FEAT_DIM, LM_DIM = 576, 384, 576
+
+
+@dataclass
+class Config:
+    """Everything that determines a ToyLLaVA-S run (stored in checkpoints and the model card)."""
+
+    seed: int = 0
+    train_split: str = "train"
+    n_train: int = 2000
+    n_val: int = 150
+    # stage 0
+    align_epochs: int = 3
+    align_batch: int = 32
+    align_lr: float = 2e-3
+    align_tau: float = 0.1
+    align_norm_weight: float = 0.1
+    # stages 1-2
+    batch_size: int = 4
+    pretrain_steps: int = 30
+    pretrain_lr: float = 1e-3
+    instruct_steps: int = 1500
+    instruct_lr_projector: float = 2e-4
+    instruct_lr_lora: float = 3e-4
+    warmup: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    qa_turns: int = 4
+    count_turns: int = 1
+    where_turns: int = 1
+    bf16: bool = True
+    ckpt_every: int = 25
+    threads: int = 1
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def run_dir(cfg: Config) -> Path:
+    return cache_dir("toyllava-s", f"run-s{cfg.seed}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data: toy-world records and cached tower features (shared with the scratch ToyLLaVA's trainer)
+# ----------------------------------------------------------------------------------------------------------
+
+def load_split(split: str, n: int, with_patches: bool = False, progress: bool = False):
+    """``(records, store)`` of a split: texts and ground truth plus the DINOv2 features (extracted once, cached)."""
+    from prunelab.models import toytrain as T
+
+    recs, scenes = T.load_records(split, n, n_descriptions=3 if split == "train" else 1, with_patches=with_patches,
+                                  progress=progress)
+    ids = [r.id for r in recs]
+    store = prefix_store(split, ids)
+    if store is None:
+        store = T.extract_features(split, scenes, ids)
+    return recs, store
+
+
+def prefix_store(split: str, ids: list[str]):
+    """The first ``len(ids)`` rows of a larger extraction of ``split`` (finished, or in progress with at least
+    that many rows done) whose ids start with ``ids``; ``None`` if there is none. Rows below the progress mark
+    are final, so training can start while the tower still runs over the rest of the split."""
+    from prunelab.models import toytrain as T
+
+    n = len(ids)
+    parent = T.feature_dir(split, n).parent
+    for folder in sorted(parent.glob(f"{split}-*")):
+        for name in ("meta.json", "progress.json"):
+            try:
+                rec = json.loads((folder / name).read_text())
+            except (OSError, ValueError):
+                continue
+            done = len(rec["ids"]) if name == "meta.json" else int(rec.get("done", 0))
+            if done >= n and rec["ids"][:n] == ids:
+                feats = np.load(folder / "features.npy", mmap_mode="r")[:n]
+                attn = np.load(folder / "cls_attention.npy", mmap_mode="r")[:n]
+                return T.FeatureStore.from_arrays(feats, attn, ids)
+    return None
+
+
+def patch_labels(rec, n_classes_bg: int, class_of: dict[str, int]) -> np.ndarray:
+    """Per patch, the class index of the object covering it (later objects drawn on top win), else background."""
+    lab = np.full(N_TOK, n_classes_bg, dtype=np.int64)
+    for (cat, _box), patches in zip(rec.boxes, rec.patches or []):
+        lab[np.asarray(patches, dtype=np.int64)] = class_of[cat]
+    return lab
+
+
+def class_words() -> list[str]:
+    from prunelab.toyworld import categories as C
+
+    return [c.name for c in C.CATEGORIES]
+
+
+def class_vectors(lm, tokenizer, words: Sequence[str]):
+    """Mean input embedding of each word's tokens (``" " + word``), plus `` background`` last."""
+    import torch
+
+    E = lm.get_input_embeddings().weight.detach().float()
+    vecs = [E[torch.tensor(tokenizer(" " + w, add_special_tokens=False).input_ids)].mean(0) for w in [*words, "background"]]
+    return torch.stack(vecs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trainable parts: standardised projector and LoRA
+# ----------------------------------------------------------------------------------------------------------
+
+def _nn():
+    import torch
+
+    return torch.nn
+
+
+class Projector(_nn().Module):
+    """LLaVA's 2-layer GELU projector on per-channel standardised features (the affine map is folded into
+    ``linear_1`` by :meth:`export`, so the package is a plain ``LlavaMultiModalProjector``)."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray):
+        import torch
+
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.linear_1 = torch.nn.Linear(FEAT_DIM, LM_DIM)
+        self.act = torch.nn.GELU()
+        self.linear_2 = torch.nn.Linear(LM_DIM, LM_DIM)
+
+    def forward(self, feats):
+        return self.linear_2(self.act(self.linear_1((feats - self.mean) / self.std)))
+
+    def export(self) -> dict:
+        w1, b1 = self.linear_1.weight.detach(), self.linear_1.bias.detach()
+        w = w1 / self.std[None, :]
+        b = b1 - (w1 * (self.mean / self.std)[None, :]).sum(1)
+        return {"linear_1.weight": w.clone(), "linear_1.bias": b.clone(),
+                "linear_2.weight": self.linear_2.weight.detach().clone(), "linear_2.bias": self.linear_2.bias.detach().clone()}
+
+
+class LoRALinear(_nn().Module):
+    """``base(x) + scale * B(A(x))`` around a frozen ``nn.Linear`` (Hu et al. 2021; A Kaiming-uniform, B zero, as
+    peft initialises them), for training only: the package merges ``scale * B @ A`` into the weight."""
+
+    def __init__(self, base, rank: int, scale: float, seed: int):
+        import torch
+
+        super().__init__()
+        self.base, self.scale = base, scale
+        g = torch.Generator().manual_seed(seed)
+        bound = 1.0 / math.sqrt(base.in_features)
+        self.A = torch.nn.Parameter((torch.rand(rank, base.in_features, generator=g) * 2 - 1) * bound)
+        self.B = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + self.scale * ((x @ self.A.t().to(x.dtype)) @ self.B.t().to(x.dtype))
+
+
+def add_lora(lm, cfg: Config) -> dict:
+    """Wrap every target projection of ``lm`` in :class:`LoRALinear` (training copy only); returns name -> module."""
+    from prunelab.models.toyllava_s import LORA_TARGETS, lora_key
+
+    out = {}
+    for i, layer in enumerate(lm.model.layers):
+        for name in LORA_TARGETS:
+            parent = layer.self_attn if hasattr(layer.self_attn, name) else layer.mlp
+            mod = LoRALinear(getattr(parent, name), cfg.lora_rank, cfg.lora_scale, seed=cfg.seed * 1000 + i * 10 + LORA_TARGETS.index(name))
+            setattr(parent, name, mod)
+            out[lora_key(i, name, "")[:-1]] = mod
+    return out
+
+
+def export_lora(mods: dict) -> dict:
+    return {f"{k}.{p}": getattr(m, p).detach().clone() for k, m in mods.items() for p in ("A", "B")}
+
+
+def load_lora(mods: dict, state: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        for k, m in mods.items():
+            m.A.copy_(state[f"{k}.A"])
+            m.B.copy_(state[f"{k}.B"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dialogues
+# ----------------------------------------------------------------------------------------------------------
+
+SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+
+
+def _where(box) -> str:
+    x = (box[0] + box[2]) / 2 / 336
+    y = (box[1] + box[3]) / 2 / 336
+    v = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else ""
+    h = "left" if x < 1 / 3 else "right" if x > 2 / 3 else ""
+    if not v and not h:
+        return "in the center of the image"
+    return f"in the {v + ' ' if v else ''}{h}{' part' if not h or not v else ''} of the image".replace("  ", " ")
+
+
+def count_qa(rec, rng) -> tuple[str, str]:
+    from prunelab.toyworld import categories as C
+    from prunelab.toyworld import text as tt
+
+    cats = sorted({c for c, _ in rec.boxes})
+    cat = cats[int(rng.integers(len(cats)))]
+    n = sum(1 for c, _ in rec.boxes if c == cat)
+    # the category's first noun: its COCO name where it has a plural ("hair drier" / "hair driers")
+    noun = C.BY_NAME[cat].nouns[0]
+    singular, plural = noun.singular, noun.plural or noun.singular
+    word = tt.NUMBERS[n] if n < len(tt.NUMBERS) else str(n)
+    q = f"How many {plural} are there in the image?"
+    return q, (f"There is {word} {singular}." if n == 1 else f"There are {word} {plural}.")
+
+
+def where_qa(rec, rng) -> tuple[str, str]:
+    singles = [(c, b) for c, b in rec.boxes if sum(1 for c2, _ in rec.boxes if c2 == c) == 1]
+    if not singles:
+        return count_qa(rec, rng)
+    cat, box = singles[int(rng.integers(len(singles)))]
+    return f"Where is the {cat} in the image?", f"The {cat} is {_where(box)}."
+
+
+class Dialogues:
+    """Token ids and answer masks of multi-turn ChatML dialogues with one ``<image>`` in the first user turn."""
+
+    def __init__(self, tokenizer):
+        from prunelab.models.toyllava_s import image_token_id
+
+        self.tok = tokenizer
+        self.image_id = image_token_id()
+        self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    def build(self, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
+        """``(ids, mask)``: mask is 1 on answer tokens and the ``<|im_end|>`` closing each answer."""
+        ids = self._ids(SYSTEM + "<|im_start|>user\n") + [self.image_id]
+        mask = [0] * len(ids)
+        for k, (q, a) in enumerate(turns):
+            head = ("\n" if k == 0 else "<|im_start|>user\n") + q + "<|im_end|>\n<|im_start|>assistant\n"
+            h = self._ids(head)
+            ans = self._ids(a) + [self.eos]
+            nl = self._ids("\n")
+            ids += h + ans + nl
+            mask += [0] * len(h) + [1] * len(ans) + [0] * len(nl)
+        return ids, mask
+
+    def prompt(self, question: str) -> list[int]:
+        """The generation prompt for one question (what the processor's chat template gives, as ids)."""
+        return self._ids(SYSTEM + "<|im_start|>user\n") + [self.image_id] + self._ids(
+            "\n" + question + "<|im_end|>\n<|im_start|>assistant\n")
+
+
+def dialogue_turns(rec, rng, cfg: Config, stage: str) -> list[tuple[str, str]]:
+    from prunelab.models import toytrain as T
+
+    prompt = T.describe_prompt()
+    turns = [(prompt, rec.descriptions[int(rng.integers(len(rec.descriptions)))])]
+    if stage == "instruct":
+        if rec.train_questions and cfg.qa_turns:
+            turns += T._balanced_turns(rng, rec.train_questions, cfg.qa_turns)
+        turns += [count_qa(rec, rng) for _ in range(cfg.count_turns)] if rec.boxes else []
+        turns += [where_qa(rec, rng) for _ in range(cfg.where_turns)] if rec.boxes else []
+        head, rest = turns[:1], turns[1:]
+        turns = head + [rest[int(i)] for i in rng.permutation(len(rest))]
+    return turns
+
+
+def make_batch(cfg: Config, stage: str, step: int, records, store, dia: Dialogues):
+    """``(ids, feats, labels, attention_mask)`` of one step (right padding; a function of seed, stage and step)."""
+    import torch
+
+    from prunelab.models import toytrain as T
+
+    idx = T.batch_indices(cfg.seed + (0 if stage == "pretrain" else 17), step, cfg.batch_size, len(records))
+    rng = np.random.default_rng([cfg.seed, step, 3 if stage == "pretrain" else 5])
+    seqs = [dia.build(dialogue_turns(records[int(i)], rng, cfg, stage)) for i in idx]
+    n_vis = int(store.features.shape[1])
+    L = max(len(s) for s, _ in seqs) + n_vis - 1
+    ids = torch.full((len(seqs), L), dia.eos, dtype=torch.long)
+    labels = torch.full((len(seqs), L), -100, dtype=torch.long)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    for b, (s, m) in enumerate(seqs):
+        p = s.index(dia.image_id)
+        full = s[:p] + [dia.image_id] * n_vis + s[p + 1:]
+        mf = m[:p] + [0] * n_vis + m[p + 1:]
+        t = torch.tensor(full)
+        ids[b, :len(full)] = t
+        att[b, :len(full)] = 1
+        lab = t.clone()
+        lab[torch.tensor(mf) == 0] = -100
+        labels[b, :len(full)] = lab
+    feats = torch.from_numpy(np.stack([np.asarray(store.features[int(i)], dtype=np.float32) for i in idx]))
+    return ids, feats, labels, att
+
+
+def embed(lm, projector, ids, feats, image_id: int):
+    """Input embeddings with the projected image rows written at the ``<image>`` positions (row-major order)."""
+    emb = lm.get_input_embeddings()(ids.clamp(max=lm.get_input_embeddings().num_embeddings - 1))
+    vis = projector(feats).to(emb.dtype)
+    mask = (ids == image_id).unsqueeze(-1)
+    return emb.masked_scatter(mask, vis.reshape(-1, vis.shape[-1]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stage 0: alignment
+# ----------------------------------------------------------------------------------------------------------
+
+def base_parts(cfg: Config, store):
+    """The frozen SmolLM2 (+ ``<image>`` row), its tokenizer and a fresh standardised projector (seeded)."""
+    import torch
+
+    from prunelab.models import toytrain as T
+    from prunelab.models import toyllava_s as S
+    from prunelab.models import smollm2
+
+    lm = smollm2.load_lm()
+    S.add_image_row(lm)
+    lm.requires_grad_(False)
+    tok = S.build_tokenizer()
+    mean, std = T.feature_stats(store, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    proj = Projector(mean, std)
+    return lm, tok, proj
+
+
+def align(cfg: Config, records, store, val, lm, tok, proj, log=print) -> dict:
+    """Stage 0 (see the module docstring). Returns per-epoch ``{loss, val_accuracy}``; deterministic."""
+    import torch
+
+    words = class_words()
+    class_of = {w: i for i, w in enumerate(words)}
+    C = class_vectors(lm, tok, words)
+    Cn = torch.nn.functional.normalize(C, dim=-1)
+    norm_target = float(lm.get_input_embeddings().weight.detach().norm(dim=1).median())
+    labels = np.stack([patch_labels(r, len(words), class_of) for r in records])
+    v_recs, v_store = val
+    v_lab = np.stack([patch_labels(r, len(words), class_of) for r in v_recs])
+    opt = torch.optim.AdamW(proj.parameters(), lr=cfg.align_lr, weight_decay=0.0)
+    # background patches outnumber object patches ~6:1; weigh classes so objects are not ignored
+    counts = np.bincount(labels.ravel(), minlength=len(words) + 1).astype(np.float64)
+    w = torch.tensor(np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0.0), dtype=torch.float32)
+    w = w / w[counts > 0].mean()
+    hist = []
+    n = len(records)
+    steps_per_epoch = math.ceil(n / cfg.align_batch)
+    total = cfg.align_epochs * steps_per_epoch
+    step = 0
+    for epoch in range(cfg.align_epochs):
+        perm = np.random.default_rng([cfg.seed, epoch, 11]).permutation(n)
+        tot = 0.0
+        for s in range(steps_per_epoch):
+            idx = np.sort(perm[s * cfg.align_batch:(s + 1) * cfg.align_batch])
+            x = torch.from_numpy(np.asarray(store.features[idx], dtype=np.float32))
+            y = torch.from_numpy(labels[idx])
+            for g in opt.param_groups:
+                g["lr"] = cfg.align_lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                p = proj(x)
+            p = p.float()
+            logits = torch.nn.functional.normalize(p, dim=-1) @ Cn.t() / cfg.align_tau
+            ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), weight=w)
+            nrm = ((p.norm(dim=-1) - norm_target) ** 2).mean()
+            loss = ce + cfg.align_norm_weight * nrm
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach())
+            step += 1
+        acc = align_accuracy(proj, v_store, v_lab, Cn)
+        hist.append({"epoch": epoch + 1, "loss": tot / steps_per_epoch, **acc})
+        log(f"[align] epoch {epoch + 1}: loss {tot / steps_per_epoch:.3f} val object-patch acc {acc['object_acc']:.3f} "
+            f"background acc {acc['background_acc']:.3f} norm {acc['mean_norm']:.2f} (target {norm_target:.2f})")
+    return {"history": hist, "norm_target": norm_target}
+
+
+def align_accuracy(proj, store, labels: np.ndarray, Cn) -> dict:
+    import torch
+
+    with torch.no_grad():
+        p = proj(torch.from_numpy(np.asarray(store.features[: len(labels)], dtype=np.float32)))
+        pred = (torch.nn.functional.normalize(p, dim=-1) @ Cn.t()).argmax(-1).numpy()
+    bg = labels == Cn.shape[0] - 1
+    return {"object_acc": float((pred == labels)[~bg].mean()), "background_acc": float((pred == labels)[bg].mean()),
+            "mean_norm": float(p.norm(dim=-1).mean())}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Stages 1-2: LM loss, resumable
+# ----------------------------------------------------------------------------------------------------------
+
+def _lr(base: float, cfg: Config, step: int, total: int) -> float:
+    if step < cfg.warmup:
+        return base * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def lm_loss(lm, proj, batch, image_id: int, bf16: bool):
+    import torch
+
+    ids, feats, labels, att = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        emb = embed(lm, proj, ids, feats, image_id)
+        out = lm(inputs_embeds=emb, attention_mask=att, use_cache=False)
+    logits = out.logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+def save_ckpt(path: Path, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in state["tensors"].items()}
+    meta = {"json": json.dumps(state["meta"])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{__import__('os').getpid()}.part")
+    save_file(tensors, str(tmp), metadata=meta)
+    __import__("os").replace(tmp, path)
+
+
+def load_ckpt(path: Path) -> dict | None:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as fh:
+        meta = json.loads(fh.metadata()["json"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    return {"meta": meta, "tensors": tensors}
+
+
+def _opt_state_tensors(opt, params: dict) -> dict:
+    out = {}
+    names = {id(p): n for n, p in params.items()}
+    for p, st in opt.state.items():
+        for k in ("exp_avg", "exp_avg_sq"):
+            out[f"opt.{names[id(p)]}.{k}"] = st[k]
+        out[f"opt.{names[id(p)]}.step"] = st["step"].reshape(1).float()
+    return out
+
+
+def _load_opt_state(opt, params: dict, tensors: dict) -> None:
+    for n, p in params.items():
+        if f"opt.{n}.exp_avg" in tensors:
+            opt.state[p] = {"exp_avg": tensors[f"opt.{n}.exp_avg"].clone(), "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].clone(),
+                            "step": tensors[f"opt.{n}.step"].reshape(()).clone()}
+
+
+def train_stage(cfg: Config, stage: str, records, store, lm, tok, proj, lora_mods: dict, ckpt: Path, log=print,
+                stop_after: float | None = None) -> list[dict]:
+    """Run ``pretrain`` or ``instruct`` from the checkpoint at ``ckpt`` (if any) to its last step."""
+    import torch
+
+    dia = Dialogues(tok)
+    total = cfg.pretrain_steps if stage == "pretrain" else cfg.instruct_steps
+    pparams = {f"projector.{n}": p for n, p in proj.named_parameters()}
+    lparams = {f"{k}.{p}": getattr(m, p) for k, m in lora_mods.items() for p in ("A", "B")} if stage == "instruct" else {}
+    for p in pparams.values():
+        p.requires_grad_(True)
+    for p in lparams.values():
+        p.requires_grad_(True)
+    lr_p = cfg.pretrain_lr if stage == "pretrain" else cfg.instruct_lr_projector
+    groups = [{"params": list(pparams.values()), "lr": lr_p, "base": lr_p}]
+    if lparams:
+        groups.append({"params": list(lparams.values()), "lr": cfg.instruct_lr_lora, "base": cfg.instruct_lr_lora})
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    allp = {**pparams, **lparams}
+    state = load_ckpt(ckpt)
+    start, hist = 0, []
+    if state is not None and state["meta"].get("stage") == stage:
+        with torch.no_grad():
+            for n, p in allp.items():
+                p.copy_(state["tensors"][n])
+        _load_opt_state(opt, allp, state["tensors"])
+        start, hist = int(state["meta"]["step"]), state["meta"]["history"]
+        log(f"[{stage}] resumed at step {start}")
+    t_start = time.perf_counter()
+    lm.train()
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        batch = make_batch(cfg, stage, step, records, store, dia)
+        for g in opt.param_groups:
+            g["lr"] = _lr(g["base"], cfg, step, total)
+        loss = lm_loss(lm, proj, batch, dia.image_id, cfg.bf16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(allp.values()), cfg.grad_clip)
+        opt.step()
+        hist.append({"step": step + 1, "loss": round(float(loss.detach()), 5), "seconds": round(time.perf_counter() - t0, 2),
+                     "tokens": int(batch[3].sum())})
+        if (step + 1) % 5 == 0:
+            log(f"[{stage}] step {step + 1}/{total} loss {np.mean([h['loss'] for h in hist[-5:]]):.3f} "
+                f"{np.mean([h['seconds'] for h in hist[-5:]]):.1f} s/step")
+        done = step + 1 == total
+        out_of_time = stop_after is not None and time.perf_counter() - t_start > stop_after
+        if (step + 1) % cfg.ckpt_every == 0 or done or out_of_time:
+            tensors = {n: p.detach().clone() for n, p in allp.items()}
+            tensors.update(_opt_state_tensors(opt, allp))
+            save_ckpt(ckpt, {"meta": {"stage": stage, "step": step + 1, "history": hist, "config": cfg.to_json()},
+                             "tensors": tensors})
+        if out_of_time:
+            log(f"[{stage}] stopped after {stop_after:.0f} s at step {step + 1}; run again to resume")
+            break
+    lm.eval()
+    return hist
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------
+
+def _setup(cfg: Config):
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    recs, store = load_split(cfg.train_split, cfg.n_train, with_patches=True)
+    val = load_split("val", cfg.n_val, with_patches=True)
+    lm, tok, proj = base_parts(cfg, store)
+    return recs, store, val, lm, tok, proj
+
+
+def cmd_train(cfg: Config, stop_after: float | None = None, log=print) -> Path:
+    """All stages in order, each resumed from its checkpoint; returns the run folder."""
+    import torch
+
+    rd = run_dir(cfg)
+    recs, store, val, lm, tok, proj = _setup(cfg)
+    a_path = rd / "align.safetensors"
+    a = load_ckpt(a_path)
+    if a is None:
+        t0 = time.perf_counter()
+        res = align(cfg, recs, store, val, lm, tok, proj, log=log)
+        save_ckpt(a_path, {"meta": {"stage": "align", **res, "seconds": time.perf_counter() - t0,
+                                    "config": cfg.to_json()},
+                           "tensors": {f"projector.{n}": p.detach().clone() for n, p in proj.state_dict().items()}})
+    else:
+        proj.load_state_dict({k[len("projector."):]: v for k, v in a["tensors"].items()})
+        log("[align] loaded")
+    t_all = time.perf_counter()
+    remaining = lambda: None if stop_after is None else max(0.0, stop_after - (time.perf_counter() - t_all))  # noqa: E731
+    p_path, i_path = rd / "pretrain.safetensors", rd / "instruct.safetensors"
+    p_state = load_ckpt(p_path)
+    if p_state is None or p_state["meta"]["step"] < cfg.pretrain_steps:
+        train_stage(cfg, "pretrain", recs, store, lm, tok, proj, {}, p_path, log=log, stop_after=remaining())
+        p_state = load_ckpt(p_path)
+        if p_state["meta"]["step"] < cfg.pretrain_steps:
+            return rd
+    with torch.no_grad():
+        for n, p in proj.named_parameters():
+            p.copy_(p_state["tensors"][f"projector.{n}"])
+    mods = add_lora(lm, cfg)
+    train_stage(cfg, "instruct", recs, store, lm, tok, proj, mods, i_path, log=log, stop_after=remaining())
+    return rd
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m prunelab.train.toyllava_s")
+    ap.add_argument("command", choices=["train"])
+    ap.add_argument("--stop-after", type=float, default=None, help="seconds of LM training before stopping (resumable)")
+    ap.add_argument("--set", nargs="*", default=[], help="Config overrides, key=value")
+    args = ap.parse_args(argv)
+    cfg = Config()
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        if not hasattr(cfg, k):
+            raise SystemExit(f"unknown config key {k!r}; known: {', '.join(cfg.to_json())}")
+        setattr(cfg, k, type(getattr(cfg, k))(v))
+    log_path = run_dir(cfg) / "train.log"
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        with open(log_path, "a") as fh:
+            fh.write(msg + "\n")
+
+    if args.command == "train":
+        cmd_train(cfg, stop_after=args.stop_after, log=log)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

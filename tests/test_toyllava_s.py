@@ -1,0 +1,357 @@
+"""ToyLLaVA-S: the SmolLM2 asset, the delta package and its assembly, and the trainer's pieces (tiny models)."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from prunelab.errors import AssetError
+from prunelab.models import smollm2, wheel
+from prunelab.models import toyllava_s as S
+from prunelab.train import toyllava_s as TS
+
+
+def _tiny_llama(vocab: int = 64, hidden: int = 16, layers: int = 2, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=32, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+# --- pinned wheel -------------------------------------------------------------------------------------------
+
+def test_wheel_member_with_the_wrong_hash_is_refused_and_nothing_is_left(tmp_path):
+    whl = tmp_path / "w.whl"
+    with zipfile.ZipFile(whl, "w") as zf:
+        zf.writestr("pkg/model.gguf", b"not the pinned bytes")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(AssetError) as exc:
+        wheel.extract_member(whl, "pkg/model.gguf", out / "model.gguf", "0" * 64, "pkg==1")
+    assert "\n" not in str(exc.value) and "sha256" in str(exc.value) and "pkg==1" in str(exc.value)
+    assert list(out.iterdir()) == []
+
+
+def test_wheel_member_with_the_right_hash_is_extracted(tmp_path):
+    import hashlib
+
+    data = b"pinned bytes"
+    whl = tmp_path / "w.whl"
+    with zipfile.ZipFile(whl, "w") as zf:
+        zf.writestr("pkg/model.gguf", data)
+    got = wheel.extract_member(whl, "pkg/model.gguf", tmp_path / "model.gguf", hashlib.sha256(data).hexdigest(), "pkg==1")
+    assert got.read_bytes() == data
+
+
+def test_downloaded_wheel_with_the_wrong_hash_is_refused(tmp_path, monkeypatch):
+    import subprocess
+
+    def fake_run(cmd, **kw):
+        (tmp_dir := __import__("pathlib").Path(cmd[cmd.index("-d") + 1])).mkdir(exist_ok=True)
+        (tmp_dir / "x-1-py3-none-any.whl").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(wheel.subprocess, "run", fake_run)
+    with pytest.raises(AssetError) as exc:
+        wheel.fetch_wheel("x==1", "x-1-py3-none-any.whl", tmp_path, sha256="0" * 64)
+    assert "\n" not in str(exc.value) and "sha256" in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gguf_that_does_not_convert_is_one_line_and_leaves_no_folder(tmp_path):
+    bad = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    bad.write_bytes(b"GGUF but truncated")
+    with pytest.raises(AssetError) as exc:
+        smollm2.convert(bad, tmp_path / "hf")
+    msg = str(exc.value)
+    assert "\n" not in msg and str(bad) in msg and "make assets" in msg
+    assert not (tmp_path / "hf").exists()
+
+
+def test_a_tokenizer_with_another_vocabulary_is_refused():
+    lm = _tiny_llama()
+    lm.config.num_hidden_layers, lm.config.hidden_size, lm.config.vocab_size = 30, 576, 49152
+
+    class Tok:
+        def get_vocab(self):
+            return {"a": 0, "b": 1}
+
+    with pytest.raises(AssetError) as exc:
+        smollm2.check_lm(lm, Tok(), "/some/folder")
+    assert "another vocabulary" in str(exc.value) and "/some/folder" in str(exc.value)
+
+
+def test_a_language_model_that_is_not_smollm2_is_refused():
+    with pytest.raises(AssetError) as exc:
+        smollm2.check_lm(_tiny_llama(), None, "/x")
+    assert "not SmolLM2-135M" in str(exc.value)
+
+
+# --- LoRA and projector: what is trained equals what is packaged --------------------------------------------
+
+def test_merged_lora_equals_the_training_wrappers():
+    cfg = TS.Config(lora_rank=4, lora_alpha=8.0)
+    lm = _tiny_llama()
+    ref = _tiny_llama()
+    ref.load_state_dict(lm.state_dict())
+    mods = TS.add_lora(lm, cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in mods.values():
+            m.B.copy_(torch.randn(m.B.shape, generator=g) * 0.1)
+    ids = torch.randint(0, 64, (2, 9), generator=g)
+    with torch.no_grad():
+        want = lm(ids).logits
+        before = ref(ids).logits
+        n = S.merge_lora(ref, TS.export_lora(mods), cfg.lora_scale)
+        got = ref(ids).logits
+    assert n == 2 * len(S.LORA_TARGETS)
+    assert not torch.allclose(before, want, atol=1e-4)  # the deltas do something
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_starts_as_the_identity():
+    lm = _tiny_llama()
+    ids = torch.arange(10)[None]
+    with torch.no_grad():
+        want = lm(ids).logits
+        TS.add_lora(lm, TS.Config(lora_rank=2))
+        got = lm(ids).logits
+    torch.testing.assert_close(got, want)
+
+
+def test_exported_projector_folds_the_standardisation():
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(size=384).astype(np.float32), rng.uniform(0.5, 2, size=384).astype(np.float32)
+    torch.manual_seed(0)
+    p = TS.Projector(mean, std)
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+    from transformers import LlavaConfig
+
+    cfg = LlavaConfig(text_config={"model_type": "llama", "hidden_size": 576},
+                      vision_config={"model_type": "clip_vision_model", "hidden_size": 384})
+    plain = LlavaMultiModalProjector(cfg)
+    plain.load_state_dict(p.export())
+    x = torch.randn(2, 5, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), p(x), atol=1e-4, rtol=1e-4)
+
+
+def test_image_row_is_the_mean_and_tied():
+    lm = _tiny_llama()
+    E = lm.get_input_embeddings().weight.detach().clone()
+    S.add_image_row(lm)
+    W = lm.get_input_embeddings().weight
+    assert W.shape == (65, 16) and lm.config.vocab_size == 65
+    torch.testing.assert_close(W[-1], E.mean(0))
+    assert lm.lm_head.weight.data_ptr() == W.data_ptr()
+
+
+# --- package: deltas checked against the base ---------------------------------------------------------------
+
+def _proj_sd():
+    return {"linear_1.weight": torch.zeros(576, 384), "linear_1.bias": torch.zeros(576),
+            "linear_2.weight": torch.zeros(576, 576), "linear_2.bias": torch.zeros(576)}
+
+
+def test_package_round_trip(tmp_path):
+    lora = {S.lora_key(0, "q_proj", "A"): torch.ones(2, 576), S.lora_key(0, "q_proj", "B"): torch.ones(576, 2)}
+    S.write_package(tmp_path / "m", _proj_sd(), lora, {"lora_scale": 2.0})
+    proj, lo, rec = S.read_deltas(tmp_path / "m")
+    assert set(proj) == set(_proj_sd()) and set(lo) == set(lora) and rec["lora_scale"] == 2.0
+
+
+def test_deltas_of_another_base_model_are_refused(tmp_path, monkeypatch):
+    S.write_package(tmp_path / "m", _proj_sd(), {}, {})
+    monkeypatch.setattr(smollm2, "GGUF_SHA256", "f" * 64)
+    with pytest.raises(AssetError) as exc:
+        S.read_deltas(tmp_path / "m")
+    msg = str(exc.value)
+    assert "\n" not in msg and "another base model" in msg and "deltas.safetensors" in msg
+
+
+def test_corrupt_or_missing_deltas_are_one_line(tmp_path):
+    with pytest.raises(AssetError, match="deltas missing"):
+        S.read_deltas(tmp_path)
+    S.write_package(tmp_path / "m", _proj_sd(), {}, {})
+    (tmp_path / "m" / S.DELTAS_FILE).write_bytes(b"\xff" * 64)
+    with pytest.raises(AssetError) as exc:
+        S.read_deltas(tmp_path / "m")
+    assert "corrupt" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_half_a_lora_pair_is_refused():
+    lm = _tiny_llama()
+    with pytest.raises(AssetError, match="only one of A/B"):
+        S.merge_lora(lm, {S.lora_key(1, "v_proj", "A"): torch.zeros(2, 16)}, 1.0)
+
+
+# --- trainer pieces -----------------------------------------------------------------------------------------
+
+class _Rec:
+    def __init__(self, boxes, patches):
+        self.boxes, self.patches = boxes, patches
+
+
+def test_patch_labels_known_answer():
+    rec = _Rec([("dog", (0, 0, 28, 28)), ("cat", (14, 0, 42, 14))], [[0, 1, 24, 25], [1, 2]])
+    lab = TS.patch_labels(rec, 5, {"dog": 0, "cat": 1})
+    assert lab[[0, 1, 2, 24, 25]].tolist() == [0, 1, 1, 0, 0]  # the cat, drawn later, wins patch 1
+    assert (lab[3:24] == 5).all() and lab.shape == (576,)
+
+
+@pytest.mark.parametrize("box, want", [
+    ((0, 0, 40, 40), "in the top left of the image"),
+    ((300, 300, 336, 336), "in the bottom right of the image"),
+    ((150, 150, 180, 180), "in the center of the image"),
+    ((0, 150, 40, 180), "in the left part of the image"),
+    ((150, 0, 180, 40), "in the top part of the image"),
+])
+def test_where_words(box, want):
+    assert TS._where(box) == want
+
+
+def test_count_answers_use_number_words_and_plurals():
+    rec = _Rec([("dog", (0, 0, 1, 1)), ("dog", (0, 0, 1, 1)), ("bus", (0, 0, 1, 1))], None)
+    got = {TS.count_qa(rec, np.random.default_rng(s)) for s in range(20)}
+    assert got == {("How many dogs are there in the image?", "There are two dogs."),
+                   ("How many buses are there in the image?", "There is one bus.")}
+
+
+class _Tok:
+    """A character-level stand-in for SmolLM2's tokenizer (ids < 49152, ``<|im_end|>`` = 2)."""
+
+    def __call__(self, text, add_special_tokens=False):
+        out, i = [], 0
+        while i < len(text):
+            if text.startswith("<|im_end|>", i):
+                out.append(2)
+                i += len("<|im_end|>")
+            elif text.startswith("<|im_start|>", i):
+                out.append(1)
+                i += len("<|im_start|>")
+            else:
+                out.append(3 + ord(text[i]) % 60)
+                i += 1
+        return type("E", (), {"input_ids": out})()
+
+    def convert_tokens_to_ids(self, t):
+        return {"<|im_end|>": 2, "<|im_start|>": 1}[t]
+
+
+def test_dialogue_mask_covers_answers_and_their_end_only():
+    dia = TS.Dialogues(_Tok())
+    ids, mask = dia.build([("Q1", "ab"), ("Q2", "c")])
+    assert ids.count(dia.image_id) == 1
+    masked = [i for i, m in zip(ids, mask) if m]
+    tok = _Tok()
+    assert masked == tok("ab").input_ids + [2] + tok("c").input_ids + [2]
+
+
+class _Store:
+    def __init__(self, n, seed=0):
+        self.features = np.random.default_rng(seed).normal(size=(n, 576, 384)).astype(np.float16)
+
+
+class _TrainRec:
+    def __init__(self, i):
+        self.id = f"s{i}"
+        self.descriptions = [f"A picture {i}."]
+        self.train_questions = [("Is there a dog in the image?", "Yes"), ("Is there a cat in the image?", "No")]
+        self.boxes = [("dog", (0, 0, 30, 30))]
+        self.objects = ["dog"]
+
+
+def test_batches_are_a_function_of_the_step():
+    cfg = TS.Config(batch_size=2)
+    recs, store, dia = [_TrainRec(i) for i in range(5)], _Store(5), TS.Dialogues(_Tok())
+    a = TS.make_batch(cfg, "instruct", 3, recs, store, dia)
+    b = TS.make_batch(cfg, "instruct", 3, recs, store, dia)
+    c = TS.make_batch(cfg, "instruct", 4, recs, store, dia)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, c))
+    ids, feats, labels, att = a
+    assert ((ids == dia.image_id).sum(1) == 576).all() and feats.shape == (2, 576, 384)
+    assert (labels[ids == dia.image_id] == -100).all() and (labels[att == 0] == -100).all()
+
+
+def _tiny_lm_for_training():
+    lm = _tiny_llama(vocab=smollm2.VOCAB_SIZE + 1, hidden=576, layers=1)
+    lm.requires_grad_(False)
+    return lm
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
+    cfg = TS.Config(batch_size=1, instruct_steps=4, ckpt_every=2, warmup=1, lora_rank=2, bf16=False)
+    recs, store = [_TrainRec(i) for i in range(3)], _Store(3)
+    mean, std = np.zeros(384, np.float32), np.ones(384, np.float32)
+
+    def fresh():
+        torch.manual_seed(0)
+        lm, proj = _tiny_lm_for_training(), TS.Projector(mean, std)
+        return lm, proj, TS.add_lora(lm, cfg)
+
+    lm, proj, mods = fresh()
+    TS.train_stage(cfg, "instruct", recs, store, lm, _Tok(), proj, mods, tmp_path / "a.safetensors", log=lambda m: None)
+    want = TS.export_lora(mods), proj.export()
+
+    lm, proj, mods = fresh()
+    cfg2 = TS.Config(**{**cfg.to_json(), "instruct_steps": 4})
+    # stop after the first checkpoint (2 steps), then resume in a new process-like state
+    TS.train_stage(TS.Config(**{**cfg.to_json(), "instruct_steps": 4}), "instruct", recs, store, lm, _Tok(), proj, mods,
+                   tmp_path / "b.safetensors", log=lambda m: None, stop_after=0.0)
+    state = TS.load_ckpt(tmp_path / "b.safetensors")
+    assert state["meta"]["step"] == 1
+    lm, proj, mods = fresh()
+    hist = TS.train_stage(cfg2, "instruct", recs, store, lm, _Tok(), proj, mods, tmp_path / "b.safetensors",
+                          log=lambda m: None)
+    assert [h["step"] for h in hist] == [1, 2, 3, 4]
+    got = TS.export_lora(mods), proj.export()
+    for w, g in zip(want, got):
+        for k in w:
+            assert torch.equal(w[k], g[k]), k
+
+
+def test_checkpoint_is_safetensors_with_json_metadata(tmp_path):
+    TS.save_ckpt(tmp_path / "c.safetensors", {"meta": {"stage": "x", "step": 3}, "tensors": {"a": torch.ones(2)}})
+    got = TS.load_ckpt(tmp_path / "c.safetensors")
+    assert got["meta"] == {"stage": "x", "step": 3} and torch.equal(got["tensors"]["a"], torch.ones(2))
+    assert json.loads(json.dumps(got["meta"])) == got["meta"]
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+# --- the real assets (fetched and converted by `make assets`) -----------------------------------------------
+
+@pytest.mark.slow
+def test_prompt_ids_equal_the_processors_chat_template():
+    tok = S.build_tokenizer()
+    proc = S.build_processor(tok)
+    q = "Please describe this image in detail."
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+                                    add_generation_prompt=True)
+    assert tok(text, add_special_tokens=False).input_ids == TS.Dialogues(tok).prompt(q)
+    ids, mask = TS.Dialogues(tok).build([(q, "A dog."), ("Is there a cat in the image?", "No")])
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "A dog.<|im_end|>No<|im_end|>"
+
+
+def test_prefix_of_a_running_extraction_is_used(tmp_path, monkeypatch):
+    from prunelab.models import toytrain as T
+
+    monkeypatch.setattr(T, "feature_dir", lambda split, n, seed_tag="": tmp_path / f"{split}-{n}")
+    big = tmp_path / "train-10"
+    big.mkdir()
+    feats = np.arange(10 * 2 * 3, dtype=np.float16).reshape(10, 2, 3)
+    np.save(big / "features.npy", feats)
+    np.save(big / "cls_attention.npy", np.zeros((10, 2), np.float32))
+    ids = [f"train-{i:05d}" for i in range(10)]
+    (big / "progress.json").write_text(json.dumps({"ids": ids, "done": 4}))
+    got = TS.prefix_store("train", ids[:4])
+    assert got is not None and len(got) == 4 and np.array_equal(got.features, feats[:4])
+    assert TS.prefix_store("train", ids[:5]) is None  # row 4 is not written yet
+    assert TS.prefix_store("train", ["x"] + ids[1:4]) is None  # another split's ids
