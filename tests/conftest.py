@@ -46,8 +46,8 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def chair_parser():
     """CHAIR caption parser on the offline path (Debian WordNet, noun lemmatiser); skips if WordNet cannot be had."""
-    from prunelab import textproc
-    from prunelab.chair import CaptionParser
+    from prunelab.eval import textproc
+    from prunelab.eval.chair import CaptionParser
     from prunelab.errors import AssetError
 
     try:

@@ -1,4 +1,4 @@
-"""prunelab.adaptive_study (chapter 4): method grids, the paper's numbers, the enhancement table, the τ sweep and
+"""prunelab.study.adaptive_study (chapter 4): method grids, the paper's numbers, the enhancement table, the τ sweep and
 the verdict rules in both directions, figures."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prunelab import adaptive_study as A
+from prunelab.study import adaptive_study as A
 from prunelab.errors import UnknownNameError
 
 BASES = ["BAT", "VisPruner", "AttnDiv"]
@@ -38,7 +38,7 @@ def test_tau_grid_labels_and_errors():
 
 def test_study_methods_dedupes_in_order():
     s = A.study_methods(["FasterVLM", "VisPruner", "AgilePruner"], ["VisPruner"], [0, 0.1, 0.3])
-    from prunelab.runner import resolve_methods
+    from prunelab.study.runner import resolve_methods
 
     labels = [r.label for r in resolve_methods(s["pope"])]
     assert labels == ["FasterVLM", "VisPruner", "AgilePruner", "VisPruner+erank", "VisPruner+inverse", "AgilePruner(tau_max=0.3)"]
@@ -157,7 +157,7 @@ def test_tau_table_and_erank_gain():
 
 
 def test_claims_replicate_when_the_data_say_so():
-    from prunelab.verdict import verdict_table
+    from prunelab.study.verdict import verdict_table
 
     pope, desc, vis = _all()
     t = verdict_table(A.finding4_claims(pope, desc, vis, methods=METHODS, bases=BASES, taus=TAUS, n_boot=400))
@@ -166,7 +166,7 @@ def test_claims_replicate_when_the_data_say_so():
 
 
 def test_claims_fail_when_the_data_say_so():
-    from prunelab.verdict import verdict_table
+    from prunelab.study.verdict import verdict_table
 
     pope, desc, vis = _all(reverse=True)
     t = verdict_table(A.finding4_claims(pope, desc, vis, methods=METHODS, bases=BASES, taus=TAUS, n_boot=400))
@@ -174,7 +174,7 @@ def test_claims_fail_when_the_data_say_so():
 
 
 def test_claims_without_the_needed_methods_are_not_tested():
-    from prunelab.verdict import verdict_table
+    from prunelab.study.verdict import verdict_table
 
     pope, _, _ = _all()
     pope = pope[pope["method"].isin(["FasterVLM", "DivPrune", "BAT", "BAT+erank", "BAT+inverse"])]

@@ -1,4 +1,4 @@
-"""prunelab.analysis: erank-greedy ceiling (vs oracles), diversity stats (hand values), bootstrap, summaries."""
+"""prunelab.study.analysis: erank-greedy ceiling (vs oracles), diversity stats (hand values), bootstrap, summaries."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prunelab import analysis as A
+from prunelab.study import analysis as A
 from prunelab.errors import BudgetError, UnknownNameError
-from prunelab.metrics import erank
+from prunelab.eval.metrics import erank
 
 
 def _rand(n, d, seed, scale=True):

@@ -38,7 +38,7 @@ def _num(cell: str) -> float:
 @pytest.fixture(scope="module")
 def selection_run(tmp_path_factory):
     from prunelab.errors import AssetError
-    from prunelab.vision import default_tower
+    from prunelab.models.vision import default_tower
 
     try:
         default_tower()
@@ -52,7 +52,7 @@ def selection_run(tmp_path_factory):
 
 
 def test_selection_quick_table(selection_run):
-    from prunelab.runner import vision_methods
+    from prunelab.study.runner import vision_methods
 
     rc, text, csv_path = selection_run
     assert rc == 0
@@ -152,7 +152,7 @@ def test_pope_batching_tiny_table(tmp_path):
 
 def _need_default_model():
     from prunelab.errors import AssetError
-    from prunelab.vision import default_tower
+    from prunelab.models.vision import default_tower
 
     try:
         default_tower()

@@ -1,4 +1,4 @@
-"""The reader's-eye book check (:mod:`prunelab.bookcheck`) on a tiny book built here with the project's
+"""The reader's-eye book check (:mod:`prunelab.book.bookcheck`) on a tiny book built here with the project's
 ``_config.yml``: a Markdown page with maths and an executed notebook with a glued matplotlib figure and saved
 ipywidgets state (an IntSlider and a Dropdown). The checker must pass it in headless Chromium, and must fail copies
 of its pages that load a script from another host, lose MathJax, lose the widget manager or point at a missing
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prunelab import bookcheck
+from prunelab.book import bookcheck
 from prunelab.errors import AssetError
 from prunelab.paths import REPO_ROOT
 
@@ -68,7 +68,7 @@ def chromium():
 @pytest.fixture(scope="module")
 def vendored_js():
     """book/vendor (MathJax, require.js, widget manager) as `make js` leaves it."""
-    from prunelab import book_assets
+    from prunelab.book import book_assets
 
     if book_assets.check():
         res = subprocess.run(["make", "js"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)

@@ -7,7 +7,7 @@ import json
 import nbformat
 import pytest
 
-from prunelab import build
+from prunelab.book import build
 from prunelab.errors import UnknownNameError
 
 

@@ -1,5 +1,5 @@
 """The result caches (issue 13, items 12 and 13): an entry that is not intact is a miss (recomputed), a table read
-back equals the one computed, redundant columns are stored once, and ``python -m prunelab.cache`` sizes, prunes and
+back equals the one computed, redundant columns are stored once, and ``python -m prunelab.study.cache`` sizes, prunes and
 clears them."""
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from prunelab import cache as C
-from prunelab import generation as G
-from prunelab import runner as R
-from prunelab import tablecache as TC
-from prunelab.data import ImageItem
+from prunelab.study import cache as C
+from prunelab.study import generation as G
+from prunelab.study import runner as R
+from prunelab.study import tablecache as TC
+from prunelab.study.data import ImageItem
 from prunelab.errors import UnknownNameError
 
 # ---- the entry format -------------------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_pope_entries_store_the_shared_selection_once_and_recompute_when_damaged
     pd.testing.assert_frame_equal(back, again, check_exact=True)  # read back == generated, timings included
 
 
-# ---- python -m prunelab.cache -------------------------------------------------------------------------------------
+# ---- python -m prunelab.study.cache -------------------------------------------------------------------------------------
 
 
 def _safetensors(path, fmt):
@@ -263,7 +263,7 @@ def _populate(root):
     old_part.write_text("crashed")
     new_part.write_text("running")
     os.utime(old_part, (time.time() - 2 * C.STALE_PART_S,) * 2)
-    from prunelab.vision import CACHE_FORMAT
+    from prunelab.models.vision import CACHE_FORMAT
 
     _safetensors(root / "vision-features" / "ab" / "cur.safetensors", str(CACHE_FORMAT))
     _safetensors(root / "vision-features" / "ab" / "old.safetensors", "0")
@@ -315,7 +315,7 @@ def test_cache_cli_runs_as_a_module(tmp_path):
     env = {**os.environ, "PRUNELAB_CACHE": str(tmp_path)}
     (tmp_path / "runs" / "rows").mkdir(parents=True)
     (tmp_path / "runs" / "rows" / "x.csv").write_text("z")
-    r = subprocess.run([sys.executable, "-m", "prunelab.cache", "prune"], env=env, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "prunelab.study.cache", "prune"], env=env, capture_output=True, text=True,
                        timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     assert "removed runs/rows" in r.stdout and not (tmp_path / "runs" / "rows").exists()
@@ -323,7 +323,7 @@ def test_cache_cli_runs_as_a_module(tmp_path):
 
 def test_greedy_selection_cache_recomputes_damaged_entries(tmp_path, ctx_factory):
     """The analysis cache read entries with ``read_text``: invalid UTF-8 crashed, a cut list was used."""
-    from prunelab import analysis as A
+    from prunelab.study import analysis as A
 
     contexts = {"a": ctx_factory(n=25, c=8, seed=1)}
     kw = dict(screen=None, fingerprint="fp", image_set="s", cache_dir=tmp_path, progress=False)

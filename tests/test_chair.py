@@ -101,7 +101,7 @@ def test_case_table_is_large_enough():
 
 @pytest.mark.parametrize("caption,gt,mentioned,hallucinated", CASES, ids=[c[0][:40] for c in CASES])
 def test_hand_computed_caption(parser, caption, gt, mentioned, hallucinated):
-    from prunelab.chair import evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
 
     res = evaluate_chair([(0, caption)], {0: gt}, parser=parser)
     c = res.captions[0]
@@ -131,7 +131,7 @@ def test_tokens_and_length(parser, caption, tokens):
 
 
 def test_hallucinated_words_keep_surface_word(parser):
-    from prunelab.chair import evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
 
     c = evaluate_chair([(1, "A puppy next to a sofa.")], {1: {"couch"}}, parser=parser).captions[0]
     assert [(m.word, m.category) for m in c.hallucinated] == [("puppy", "dog")]
@@ -139,7 +139,7 @@ def test_hallucinated_words_keep_surface_word(parser):
 
 
 def test_aggregates_on_the_table_match_hand_totals(parser):
-    from prunelab.chair import evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
 
     caps = [(k, c[0]) for k, c in enumerate(CASES)]
     gt = {k: c[1] for k, c in enumerate(CASES)}
@@ -177,7 +177,7 @@ WORDS = ["a", "the", "dog", "dogs", "cat", "sofa", "hot", "teddy", "bear", "toil
                           st.sets(st.sampled_from(["dog", "cat", "couch", "person", "toilet", "chair", "teddy bear"]),
                                   min_size=1)), min_size=1, max_size=8))
 def test_aggregation_identities_property(parser, data):
-    from prunelab.chair import evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
 
     caps = [(k, " ".join(ws) + " x") for k, (ws, _) in enumerate(data)]
     gt = {k: g for k, (_, g) in enumerate(data)}
@@ -203,7 +203,7 @@ def test_aggregation_identities_property(parser, data):
 # Synonym table
 # ---------------------------------------------------------------------------------------------------------------
 def test_own_table_has_80_coco_categories():
-    from prunelab.chair import SynonymTable
+    from prunelab.eval.chair import SynonymTable
 
     t = SynonymTable.load()
     assert len(t.categories) == 80 and t.categories[0] == "person" and t.categories[-1] == "toothbrush"
@@ -215,7 +215,7 @@ def test_own_table_has_80_coco_categories():
 @pytest.mark.skipif(not REFERENCE.exists(), reason=f"reference synonym table {REFERENCE} not present")
 def test_table_against_reference_reports_every_difference(capsys):
     """Our table differs from the reference only by the three documented never-matching reference entries."""
-    from prunelab.chair import SynonymTable, compare_with_reference, parse_reference_synonyms
+    from prunelab.eval.chair import SynonymTable, compare_with_reference, parse_reference_synonyms
 
     diffs = compare_with_reference(REFERENCE)
     print("\n".join(diffs))
@@ -230,7 +230,7 @@ def test_table_against_reference_reports_every_difference(capsys):
 
 
 def test_reference_quirks_option(parser):
-    from prunelab.chair import CaptionParser
+    from prunelab.eval.chair import CaptionParser
 
     fixed = CaptionParser(reference_quirks=False, text_processor=parser.text)
     assert fixed.objects("A motor bike and a cheesecake near an iPhone.") == {"motorcycle", "cake", "cell phone"}
@@ -238,7 +238,7 @@ def test_reference_quirks_option(parser):
 
 
 def test_bad_synonym_table(tmp_path):
-    from prunelab.chair import SynonymTable, SynonymTableError
+    from prunelab.eval.chair import SynonymTable, SynonymTableError
 
     p = tmp_path / "syn.txt"
     p.write_text("person: man\ndog: puppy\n")
@@ -252,7 +252,7 @@ def test_bad_synonym_table(tmp_path):
 
 
 def test_merge_table_rules():
-    from prunelab.chair import DOUBLE_WORDS, merge_table
+    from prunelab.eval.chair import DOUBLE_WORDS, merge_table
 
     assert len(DOUBLE_WORDS) == 29 and len(set(DOUBLE_WORDS)) == 27
     t = merge_table()
@@ -268,7 +268,7 @@ def _one_line(err) -> bool:
 
 
 def test_non_string_caption(parser):
-    from prunelab.chair import CaptionError, evaluate_chair
+    from prunelab.eval.chair import CaptionError, evaluate_chair
 
     with pytest.raises(CaptionError) as e:
         evaluate_chair([(1, None)], {1: {"dog"}}, parser=parser)
@@ -280,7 +280,7 @@ def test_non_string_caption(parser):
 
 
 def test_empty_caption(parser):
-    from prunelab.chair import CaptionError, evaluate_chair
+    from prunelab.eval.chair import CaptionError, evaluate_chair
 
     with pytest.raises(CaptionError, match="empty"):
         evaluate_chair([(1, "   ")], {1: {"dog"}}, parser=parser)
@@ -290,8 +290,8 @@ def test_empty_caption(parser):
 
 
 def test_image_without_ground_truth(parser):
-    from prunelab.chair import evaluate_chair
-    from prunelab.groundtruth import MissingGroundTruthError
+    from prunelab.eval.chair import evaluate_chair
+    from prunelab.eval.groundtruth import MissingGroundTruthError
 
     with pytest.raises(MissingGroundTruthError) as e:
         evaluate_chair([(7, "A dog.")], {1: {"dog"}}, parser=parser)
@@ -305,8 +305,8 @@ def test_image_without_ground_truth(parser):
 
 
 def test_unknown_gt_category_rejected(parser):
-    from prunelab.chair import evaluate_chair
-    from prunelab.groundtruth import AnnotationError
+    from prunelab.eval.chair import evaluate_chair
+    from prunelab.eval.groundtruth import AnnotationError
 
     with pytest.raises(AnnotationError, match="sofa"):
         evaluate_chair([(1, "A dog.")], {1: {"sofa"}}, parser=parser)
@@ -315,7 +315,7 @@ def test_unknown_gt_category_rejected(parser):
 def test_caption_records_and_files(parser, tmp_path):
     import json
 
-    from prunelab.chair import CaptionError, evaluate_chair, load_captions_file
+    from prunelab.eval.chair import CaptionError, evaluate_chair, load_captions_file
 
     recs = [{"image_id": 1, "caption": "A dog on a sofa."}, {"image_id": 2, "caption": "A cat."}]
     f = tmp_path / "caps.jsonl"
@@ -335,7 +335,7 @@ def test_caption_records_and_files(parser, tmp_path):
 def test_result_save_records_path_and_ids(parser, tmp_path):
     import json
 
-    from prunelab.chair import evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
 
     res = evaluate_chair({1: "A dog and a cat.", 2: "A man."}, {1: {"dog"}, 2: {"person"}}, parser=parser)
     out = res.save(tmp_path / "r" / "chair.json", image_ids=[1, 2], protocol={"seed": 42})
@@ -352,7 +352,7 @@ def test_result_save_records_path_and_ids(parser, tmp_path):
 # Offline text processing
 # ---------------------------------------------------------------------------------------------------------------
 def test_lexnames_layout():
-    from prunelab.textproc import lexnames_text
+    from prunelab.eval.textproc import lexnames_text
 
     lines = lexnames_text().splitlines()
     assert len(lines) == 45
@@ -367,7 +367,7 @@ def test_wordnet_lemmas(parser):
 
 
 def test_opera_pos_mapping(parser):
-    from prunelab.textproc import penn_to_wordnet
+    from prunelab.eval.textproc import penn_to_wordnet
 
     assert [penn_to_wordnet(t) for t in ["JJ", "VBG", "NNS", "RB", "DT", "", "IN"]] == ["a", "v", "n", "r", "n", "n", "n"]
     # what OPERA's tagged path does to verb forms (the noun fallback keeps them): documented difference
@@ -385,8 +385,8 @@ def test_describe_records_path(parser):
 
 def test_fallback_result_says_so_and_warns(parser):
     """Every CHAIR result names the text path that produced it; the fallback path warns (issue 13)."""
-    from prunelab.chair import evaluate_chair
-    from prunelab.textproc import FallbackPathWarning
+    from prunelab.eval.chair import evaluate_chair
+    from prunelab.eval.textproc import FallbackPathWarning
 
     with pytest.warns(FallbackPathWarning, match="not OPERA's reference path.*punkt_tab"):
         res = evaluate_chair({1: "A dog.", 2: "A cat."}, {1: {"dog"}, 2: {"dog"}}, parser=parser)
@@ -405,7 +405,7 @@ class _ReferenceText:
         return self.inner.process(caption)
 
     def describe(self):
-        from prunelab.textproc import path_record
+        from prunelab.eval.textproc import path_record
 
         return path_record("punkt", "pos", [])
 
@@ -413,8 +413,8 @@ class _ReferenceText:
 def test_reference_path_does_not_warn(parser):
     import warnings
 
-    from prunelab.chair import CaptionParser, combined_text_path, evaluate_chair
-    from prunelab.textproc import FallbackPathWarning, path_record, warn_if_fallback
+    from prunelab.eval.chair import CaptionParser, combined_text_path, evaluate_chair
+    from prunelab.eval.textproc import FallbackPathWarning, path_record, warn_if_fallback
 
     rec = path_record("punkt", "pos", [])
     assert rec["text_path"] == "reference" and rec["missing_nltk_data"] == []
@@ -460,13 +460,13 @@ def test_tokenisation_needs_no_nltk_data(parser, monkeypatch):
     """Only WordNet on the data path: the offline tokenizer and noun lemmatiser still work."""
     import nltk
 
-    from prunelab.textproc import TextProcessor
+    from prunelab.eval.textproc import TextProcessor
 
     wn_root = str(Path(parser.text.wordnet_path).parents[1])
     monkeypatch.setattr(nltk.data, "path", [wn_root])
     tp = TextProcessor()  # auto
     assert tp.tokenizer == "offline" and tp.lemmatizer == "noun"
-    from prunelab.textproc import auto_path
+    from prunelab.eval.textproc import auto_path
 
     rec = auto_path()
     assert rec["text_path"] == "fallback" and rec["missing_nltk_data"] == ["punkt_tab", "averaged_perceptron_tagger_eng"]
@@ -484,7 +484,7 @@ def test_tokenisation_needs_no_nltk_data(parser, monkeypatch):
 def test_missing_wordnet_says_how_to_install(tmp_path, monkeypatch):
     import nltk
 
-    from prunelab import textproc
+    from prunelab.eval import textproc
 
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "nothing")])
@@ -494,7 +494,7 @@ def test_missing_wordnet_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_ensure_wordnet_idempotent(parser):
-    from prunelab import textproc
+    from prunelab.eval import textproc
 
     root = textproc.ensure_wordnet()
     marker = root / "corpora" / "wordnet" / ".complete"
@@ -522,8 +522,8 @@ def test_lemma_only_reader_matches_nltk_wordnetlemmatizer(parser):
 
 def test_setup_assets_reports_chair_text_path(monkeypatch, capsys):
     """`make assets` ends with the CHAIR text path this machine gives; the fallback is a note, not a failure."""
-    from prunelab import setup_assets
-    from prunelab.textproc import auto_path
+    from prunelab.assets import setup_assets
+    from prunelab.eval.textproc import auto_path
 
     monkeypatch.setattr(setup_assets, "STEPS", ())
     assert setup_assets.main([]) == 0

@@ -1,4 +1,4 @@
-"""prunelab.complexity (chapter 3): splits, separation of labelled images by a measure, per-split POPE tables,
+"""prunelab.study.complexity (chapter 3): splits, separation of labelled images by a measure, per-split POPE tables,
 family gaps and the verdict rules in both directions, figures, and the model-tower encoder (same kept tokens as
 the generation loop)."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prunelab import complexity as C
+from prunelab.study import complexity as C
 from prunelab.errors import UnknownNameError
 
 # method, family, P(correct) on simple images, on complex images
@@ -142,7 +142,7 @@ def test_split_layout_and_check_split():
     assert C.check_split("entropy") == "entropy"
     with pytest.raises(UnknownNameError, match="unknown split 'size'"):
         C.check_split("size")
-    from prunelab.data import ImageItem
+    from prunelab.study.data import ImageItem
 
     items = [ImageItem(id="a", source="coco:x"), ImageItem(id="b", source="coco:x", complexity="medium")]
     with pytest.raises(UnknownNameError, match="split_by='erank'"):
@@ -152,7 +152,7 @@ def test_split_layout_and_check_split():
 
 
 def test_claims_replicate_when_the_data_say_so():
-    from prunelab.verdict import verdict_table
+    from prunelab.study.verdict import verdict_table
 
     img = _img(24)
     sp = C.assign_split(img)
@@ -163,7 +163,7 @@ def test_claims_replicate_when_the_data_say_so():
 
 
 def test_claims_fail_when_the_data_say_so():
-    from prunelab.verdict import verdict_table
+    from prunelab.study.verdict import verdict_table
 
     img = _img(24)
     sp = C.assign_split(img)
@@ -175,7 +175,7 @@ def test_claims_fail_when_the_data_say_so():
 
 
 def test_measure_that_defines_the_split_is_not_tested():
-    from prunelab.verdict import verdict_table
+    from prunelab.study.verdict import verdict_table
 
     img = _img(12)
     sp = C.assign_split(img, "erank")
@@ -215,7 +215,7 @@ def test_figures_draw():
 
 @pytest.fixture(scope="module")
 def tiny_gm(one_torch_thread):
-    from prunelab.generation import from_adapter
+    from prunelab.study.generation import from_adapter
     from prunelab.models.adapter import LlavaAdapter
     from prunelab.models.prompts import VICUNA_SYSTEM
     from prunelab.models.tiny import ToyTokenizer, tiny_llava
@@ -229,7 +229,7 @@ def tiny_gm(one_torch_thread):
 def _items(k=4):
     from PIL import Image
 
-    from prunelab.data import ImageItem
+    from prunelab.study.data import ImageItem
 
     def image(seed):
         rng = np.random.default_rng(seed)
@@ -242,7 +242,7 @@ def _items(k=4):
 
 
 def test_tower_encoder_keeps_what_generation_keeps(tiny_gm, chair_parser, tmp_path):
-    from prunelab import generation, runner
+    from prunelab.study import generation, runner
 
     items = _items(4)
     methods = ["FasterVLM", "DivPrune", "AgilePruner", "BAT+erank", "VisPruner+inverse"]

@@ -1,4 +1,4 @@
-"""prunelab.data: one interface over the image sets (selection rule, lazy loading, errors)."""
+"""prunelab.study.data: one interface over the image sets (selection rule, lazy loading, errors)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from prunelab.data import ImageItem, load_image_set, select
+from prunelab.study.data import ImageItem, load_image_set, select
 from prunelab.errors import AssetError, ImageError, PrunelabError, UnknownNameError
 
 
@@ -100,7 +100,7 @@ def test_photos_set():
         items = load_image_set("photos")
     except PrunelabError as err:  # the photo assets (opencv-doc) are not unpacked on this machine
         pytest.skip(f"photos unavailable: {err}")
-    from prunelab import photos
+    from prunelab.study import photos
 
     assert [it.id for it in items] == sorted(photos.list_photos())
     assert {it.complexity for it in items} <= {"simple", "complex"}

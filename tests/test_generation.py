@@ -1,4 +1,4 @@
-"""prunelab.generation: the generation loop (row schema, cache hit, resume, CHAIR and POPE aggregation,
+"""prunelab.study.generation: the generation loop (row schema, cache hit, resume, CHAIR and POPE aggregation,
 determinism, erank calibration, prompt formats, errors) on tiny random models built here.
 
 Two models: a seeded tiny random llava-hf-style LLaVA (CLIP tower, 8x8 = 64 tokens; prunelab.models.tiny) behind a
@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from prunelab import generation as G
-from prunelab.data import ImageItem
+from prunelab.study import generation as G
+from prunelab.study.data import ImageItem
 from prunelab.errors import AssetError, BudgetError, DeviceError, UnknownNameError
 
 WORDS = ["a", "the", "and", "there", "is", "are", "two", "on", "with", "next", "to", ".", ",",
@@ -271,8 +271,8 @@ def test_given_erank_stats_are_used(tiny, chair_parser):
 # ---- CHAIR ------------------------------------------------------------------------------------------------------
 
 def test_chair_table_equals_evaluate_chair_per_group(described, chair_parser, tmp_path):
-    from prunelab.chair import evaluate_chair
-    from prunelab.runner import save_table
+    from prunelab.eval.chair import evaluate_chair
+    from prunelab.study.runner import save_table
 
     df, _ = described
     gt = {it.id: set(it.labels) for it in _items(3)}
@@ -305,7 +305,7 @@ def test_chair_table_with_ci_and_complexity(described):
 
 def test_chair_table_names_its_text_path(chair_parser):
     """A CHAIR table says which text path scored it, per row and in attrs, and warns off the reference path."""
-    from prunelab.textproc import FallbackPathWarning
+    from prunelab.eval.textproc import FallbackPathWarning
 
     df = pd.DataFrame({"image_id": [1, 2], "text": ["A dog.", "A cat."], "method": ["FasterVLM"] * 2,
                        "budget": [8, 8], "family": ["attention"] * 2})
@@ -422,7 +422,7 @@ def test_describe_on_a_toyllava_package(toy_package, chair_parser):
 
 
 def test_toyworld_pope_questions_are_the_scene_questions():
-    from prunelab.data import load_image_set
+    from prunelab.study.data import load_image_set
     from prunelab.toyworld import text as tt
 
     items = load_image_set("toyworld:test", n=2, seed=0)
@@ -474,7 +474,7 @@ def test_errors_are_one_line(tiny, tmp_path):
 
 
 def test_coco_ground_truth_is_found_next_to_the_image_folder(tmp_path, chair_parser):
-    from prunelab.data import load_image_set
+    from prunelab.study.data import load_image_set
 
     img_dir = tmp_path / "coco" / "val2014"
     img_dir.mkdir(parents=True)

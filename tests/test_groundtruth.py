@@ -8,7 +8,7 @@ import random
 import pytest
 
 from prunelab.errors import AssetError
-from prunelab.groundtruth import (
+from prunelab.eval.groundtruth import (
     AnnotationError,
     CocoGroundTruth,
     MappingGroundTruth,
@@ -76,7 +76,7 @@ def test_coco_restricted_ids_give_same_sets(coco_dir, parser):
 
 
 def test_coco_ground_truth_drives_chair(coco_dir, parser):
-    from prunelab.chair import evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
 
     gt = CocoGroundTruth.from_dir(coco_dir, parser=parser)
     res = evaluate_chair({1: "A dog on a couch with a cat.", 3: "A chair."}, gt, parser=parser)
@@ -180,8 +180,8 @@ def test_groundtruth_module_imports_no_source_modules():
     import subprocess
     import sys
 
-    code = ("import sys, prunelab.groundtruth, prunelab.chair, prunelab.pope; "
-            "print(any(m.startswith(('prunelab.toyworld', 'prunelab.photos', 'nltk')) for m in sys.modules))")
+    code = ("import sys, prunelab.eval.groundtruth, prunelab.eval.chair, prunelab.eval.pope; "
+            "print(any(m.startswith(('prunelab.toyworld', 'prunelab.study.photos', 'nltk')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 

@@ -1,4 +1,4 @@
-"""prunelab.hallucination (chapter 2 helpers): paper numbers, layout, per-image correlations, verdict rules that
+"""prunelab.study.hallucination (chapter 2 helpers): paper numbers, layout, per-image correlations, verdict rules that
 follow the data in both directions, figures, examples and the explorer."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prunelab import hallucination as H
-from prunelab.generation import VANILLA
+from prunelab.study import hallucination as H
+from prunelab.study.generation import VANILLA
 
 # method, family, mean hallucinated mentions, recall probability, erank of kept tokens
 PROFILE = [("FasterVLM", "attention", 0.4, 0.45, 20.0), ("PruMerge+fixed", "attention", 0.5, 0.40, 22.0),
@@ -38,7 +38,7 @@ def _synth(n_img: int = 40, seed: int = 0, reverse: bool = False) -> pd.DataFram
 
 
 def test_paper_chair_matches_the_csv():
-    from prunelab.verdict import paper_value
+    from prunelab.study.verdict import paper_value
 
     p = H.paper_chair(["Vanilla", "FasterVLM", "PruMerge+fixed", "VisionZip", "FPS"])
     assert set(p["method"]) == {"Vanilla", "FasterVLM", "PruMerge+fixed", "FPS"}  # VisionZip is not in the table
@@ -73,7 +73,7 @@ def test_per_image_correlation_known_values():
 
 
 def test_claims_replicate_when_the_data_say_so():
-    from prunelab.verdict import verdict_table
+    from prunelab.study.verdict import verdict_table
 
     claims = H.finding2_claims(_synth(), n_boot=400)
     t = verdict_table(claims)
@@ -84,7 +84,7 @@ def test_claims_replicate_when_the_data_say_so():
 
 
 def test_claims_fail_when_the_data_go_the_other_way():
-    from prunelab.verdict import verdict_table
+    from prunelab.study.verdict import verdict_table
 
     t = verdict_table(H.finding2_claims(_synth(reverse=True), n_boot=400)).set_index("claim")
     for c in t.index[:3]:

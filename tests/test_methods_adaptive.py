@@ -18,7 +18,7 @@ from prunelab.methods.adaptive import (
     threshold_greedy,
 )
 from prunelab.methods.testing import check_result, context_from, make_context, make_contexts
-from prunelab.metrics import erank
+from prunelab.eval.metrics import erank
 
 
 def _unit(*pairs, dim=6):

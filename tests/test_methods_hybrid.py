@@ -17,7 +17,7 @@ from prunelab.methods.hybrid import (
     vispruner_select,
 )
 from prunelab.methods.testing import context_from, make_context
-from prunelab.metrics import erank
+from prunelab.eval.metrics import erank
 
 STATS = {"min": 4.0, "max": 12.0, "mean": 8.0}
 SELECTION = ["VisPruner", "AttnDiv", "VisPruner+erank", "VisPruner+inverse", "AttnDiv+erank", "AttnDiv+inverse"]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunelab.methods.adaptive import GRAM_MIN_DIM, input_erank
-from prunelab.metrics import attention_entropy, erank
+from prunelab.eval.metrics import attention_entropy, erank
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # float64 SVDs spin-wait on a shared 2-core machine
 

@@ -1,12 +1,12 @@
 """Smoke runs of every study notebook with its own tiny parameters (``metadata.prunelab.smoke_parameters``), the
-same path ``python -m prunelab.build notebooks --smoke`` takes, plus the up-front parameter check."""
+same path ``python -m prunelab.book.build notebooks --smoke`` takes, plus the up-front parameter check."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from prunelab import build
+from prunelab.book import build
 
 NOTEBOOKS = build.list_notebooks()
 

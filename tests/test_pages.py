@@ -6,7 +6,7 @@ import json
 import nbformat
 import yaml
 
-from prunelab import build, pages
+from prunelab.book import build, pages
 from prunelab.methods import available_methods
 from prunelab.paths import REPO_ROOT
 
@@ -55,7 +55,7 @@ def test_pages_from_a_build_dir(tmp_path):
 
 def test_provenance_records_chair_text_path(tmp_path):
     """The provenance page says which CHAIR text path each chapter took, loudly when it is not the reference."""
-    from prunelab.textproc import path_record
+    from prunelab.eval.textproc import path_record
 
     (tmp_path / "provenance").mkdir()
     base = {"wall_time_s": 1.0, "device": {"cuda_available": False}, "git": {}, "parameters": {}, "packages": {}}
@@ -71,6 +71,6 @@ def test_provenance_records_chair_text_path(tmp_path):
 
 
 def test_build_records_chair_text_path():
-    from prunelab.textproc import auto_path
+    from prunelab.eval.textproc import auto_path
 
     assert build.chair_text_path() == auto_path()

@@ -1,4 +1,4 @@
-"""prunelab.paired: ratio-of-sums metrics compared between methods or pooled families on the same images (known
+"""prunelab.study.paired: ratio-of-sums metrics compared between methods or pooled families on the same images (known
 values, agreement with generation.paired_chair, stratified interaction, errors)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prunelab import paired as Pd
+from prunelab.study import paired as Pd
 from prunelab.errors import UnknownNameError
 
 
@@ -47,7 +47,7 @@ def test_compare_known_values_and_pooling():
 
 
 def test_compare_equals_generation_paired_chair():
-    from prunelab.generation import paired_chair
+    from prunelab.study.generation import paired_chair
 
     rng = np.random.default_rng(1)
     rows = []

@@ -11,7 +11,8 @@ import struct
 import pytest
 import torch
 
-from prunelab import build, generation, params, runner
+from prunelab.book import build
+from prunelab.study import generation, params, runner
 from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
 from prunelab.paths import REPO_ROOT
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from prunelab.errors import AssetError, BudgetError, DeviceError, PrunelabError, UnknownNameError
-from prunelab.params import check_model, validate
+from prunelab.study.params import check_model, validate
 
 
 def test_valid_parameters_are_normalised(tmp_path):

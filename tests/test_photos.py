@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from prunelab import photos
+from prunelab.study import photos
 from prunelab.errors import AssetError, UnknownNameError
 
 
@@ -112,7 +112,7 @@ def test_missing_opencv_doc_says_how_to_fetch(tmp_path, monkeypatch):
 
 
 def test_failed_fetch_is_one_line_error(tmp_path, monkeypatch):
-    from prunelab import debian
+    from prunelab.assets import debian
 
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
 

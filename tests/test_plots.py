@@ -10,7 +10,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from prunelab import plots  # noqa: E402
+from prunelab.study import plots  # noqa: E402
 
 
 def test_short_label():

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunelab.errors import PrunelabError
-from prunelab.pope import (
+from prunelab.eval.pope import (
     PopeError,
     PopeQuestion,
     build_pope,

@@ -1,4 +1,4 @@
-"""prunelab.runner: the experiment loop (row content, known values, caching, resume, errors)."""
+"""prunelab.study.runner: the experiment loop (row content, known values, caching, resume, errors)."""
 from __future__ import annotations
 
 import json
@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from prunelab.data import ImageItem
+from prunelab.study.data import ImageItem
 from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
 from prunelab.methods import get_pruner, prune
 from prunelab.methods.adaptive import calibrate_erank
 from prunelab.methods.testing import make_context
-from prunelab.metrics import attention_entropy, erank
-from prunelab.runner import (
+from prunelab.eval.metrics import attention_entropy, erank
+from prunelab.study.runner import (
     VISION_COLUMNS,
     PixelPatchEncoder,
     erank_stats_from,
@@ -230,10 +230,10 @@ def test_errors_are_one_line(tmp_path):
 def test_dinov2_encoder_on_two_photos(tmp_path):
     """The default encoder on real photos (needs the converted DINOv2 tower and the photo assets)."""
     from prunelab.errors import PrunelabError
-    from prunelab.runner import VisionEncoder
+    from prunelab.study.runner import VisionEncoder
 
     try:
-        from prunelab.data import load_image_set
+        from prunelab.study.data import load_image_set
 
         items = load_image_set("photos", n=2, seed=0)
         items[0].image
@@ -248,7 +248,7 @@ def test_dinov2_encoder_on_two_photos(tmp_path):
 
 
 def test_glance_table_means_per_method_and_budget():
-    from prunelab.runner import glance_table
+    from prunelab.study.runner import glance_table
 
     df = pd.DataFrame({
         "method": ["A", "A", "B", "B"], "family": ["attention", "attention", "diversity", "diversity"],
@@ -265,7 +265,7 @@ def test_glance_table_means_per_method_and_budget():
 
 
 def test_pick_images_alternates_labels_and_is_deterministic(tmp_path):
-    from prunelab.runner import pick_images, save_table
+    from prunelab.study.runner import pick_images, save_table
 
     df = pd.DataFrame({"image_id": list("abcdef"), "complexity": ["simple"] * 4 + ["complex"] * 2,
                        "kept_indices": [[1, 2]] * 6})

@@ -1,4 +1,4 @@
-"""prunelab.shortfall (finding 1): parameters, references and ratios, verdict rules, encoders, figures, saving."""
+"""prunelab.study.shortfall (finding 1): parameters, references and ratios, verdict rules, encoders, figures, saving."""
 from __future__ import annotations
 
 import math
@@ -9,18 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from prunelab import shortfall as S
-from prunelab.data import ImageItem
+from prunelab.study import shortfall as S
+from prunelab.study.data import ImageItem
 from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
-from prunelab.metrics import erank
-from prunelab.runner import methods_for, random_subset_erank
-from prunelab.verdict import OUTCOMES, verdict_table
+from prunelab.eval.metrics import erank
+from prunelab.study.runner import methods_for, random_subset_erank
+from prunelab.study.verdict import OUTCOMES, verdict_table
 
 # ---------------------------------------------------------------------------------------------- parameters
 
 
 def test_check_vision_methods():
-    from prunelab.runner import vision_methods
+    from prunelab.study.runner import vision_methods
 
     assert S.check_vision_methods(None) == vision_methods()
     assert S.check_vision_methods(["fastervlm", "DivPrune", "FasterVLM"]) == ["FasterVLM", "DivPrune"]
@@ -97,7 +97,7 @@ class SeededContextEncoder:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    import prunelab.data as D
+    import prunelab.study.data as D
 
     sets = {"unitA": _items(4, 0, "unitA"), "unitB": _items(3, 1, "unitB")}
     orig = D.load_image_set
@@ -316,7 +316,7 @@ def test_llava_encoder_matches_the_model(tiny_clip_llava, one_torch_thread):
 
 
 def test_llava_encoder_runs_the_loop(tiny_clip_llava, tmp_path, one_torch_thread):
-    from prunelab.runner import run_vision
+    from prunelab.study.runner import run_vision
 
     model, proc = tiny_clip_llava
     enc = S.LlavaVisionEncoder(model, proc, name="tiny", device="cpu")
@@ -330,7 +330,7 @@ def test_llava_encoder_from_missing_folder(tmp_path):
 
 
 def test_run_study_restores_thread_count(monkeypatch):
-    import prunelab.data as D
+    import prunelab.study.data as D
 
     monkeypatch.setattr(D, "load_image_set", lambda spec, n=None, seed=0: _items(2, 0, "unitT"))
     before = torch.get_num_threads()

@@ -15,7 +15,7 @@ import torch
 
 from prunelab.errors import AssetError
 from prunelab.models import toyllava as T
-from prunelab.models import toytrain as TT
+from prunelab.train import toytrain as TT
 
 PROMPT = "Please describe this image in detail."
 CATS = ["dog", "cat", "cup", "car"]
@@ -382,10 +382,10 @@ def _committed_or_skip():
 @pytest.mark.slow
 def test_committed_model_hf_generate_matches_feature_path():
     """The assembled LlavaForConditionalGeneration (pixels -> tower -> projector -> LLM) gives the same greedy
-    tokens as the trainer's path on features from prunelab.vision.encode_images."""
+    tokens as the trainer's path on features from prunelab.models.vision.encode_images."""
     d = _committed_or_skip()
     from prunelab.toyworld import render, splits
-    from prunelab.vision import encode_images
+    from prunelab.models.vision import encode_images
 
     model, proc = T.load_toyllava(d)
     scene = splits.get_scene("test", 0)

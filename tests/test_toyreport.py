@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 from prunelab.errors import AssetError  # noqa: E402
-from prunelab.models import toyreport  # noqa: E402
-from prunelab.models.toytrain import TrainConfig, write_history  # noqa: E402
+from prunelab.train import toyreport  # noqa: E402
+from prunelab.train.toytrain import TrainConfig, write_history  # noqa: E402
 
 
 def _eval():

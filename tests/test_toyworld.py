@@ -59,7 +59,7 @@ def test_cooccurrence_reflects_contexts():
 def chair_parser():
     """The project's real CHAIR caption parser (WordNet lemmas, COCO synonym table), if its assets are here."""
     try:
-        from prunelab.chair import CaptionParser
+        from prunelab.eval.chair import CaptionParser
 
         return CaptionParser()
     except (ImportError, PrunelabError) as err:
@@ -101,9 +101,9 @@ def test_font_missing_gives_one_line_error(monkeypatch, tmp_path):
     def no_network(package, **kw):
         raise AssetError(f"`apt-get download {package}` failed (no network); run apt-get update")
 
-    import prunelab.debian
+    import prunelab.assets.debian
 
-    monkeypatch.setattr(prunelab.debian, "fetch_deb", no_network)
+    monkeypatch.setattr(prunelab.assets.debian, "fetch_deb", no_network)
     with pytest.raises(AssetError) as err:
         F.ensure_emoji_font()
     msg = str(err.value)

@@ -1,10 +1,10 @@
-"""prunelab.verdict: checks (conservative CI rule), outcomes, tables, paper numbers."""
+"""prunelab.study.verdict: checks (conservative CI rule), outcomes, tables, paper numbers."""
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from prunelab import verdict as V
+from prunelab.study import verdict as V
 
 
 def test_check_point_and_conservative_ci():

@@ -1,4 +1,4 @@
-"""prunelab.vision: image reading/preprocessing (known answers), index bookkeeping against the real DINOv2 tower,
+"""prunelab.models.vision: image reading/preprocessing (known answers), index bookkeeping against the real DINOv2 tower,
 q/k recomputation, the feature cache, and VisualContext construction."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from prunelab import vision
+from prunelab.models import vision
 from prunelab.errors import AssetError, ImageError, UnknownNameError
 from prunelab.methods.base import VisualContext
 from prunelab.models.dinov2 import IMAGE_MEAN, IMAGE_STD
@@ -151,7 +151,7 @@ def tower():
 
 @pytest.fixture(scope="module")
 def photos2():
-    from prunelab.photos import load_photo
+    from prunelab.study.photos import load_photo
 
     return [load_photo("coffee"), load_photo("camera")]
 

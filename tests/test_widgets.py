@@ -1,4 +1,4 @@
-"""prunelab.widgets.tau_explorer: one precomputed view per image x τ x budget, switched by front-end links (so the
+"""prunelab.study.widgets.tau_explorer: one precomputed view per image x τ x budget, switched by front-end links (so the
 static book page works), the right view content, and one-line errors."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from prunelab import widgets
+from prunelab.study import widgets
 
 TAUS = {"FasterVLM": 0.0, "AgilePruner(tau_max=0.05)": 0.05, "AgilePruner": 0.1}
 

@@ -1,5 +1,5 @@
 /* Offline widget rendering fixes for Jupyter Book 1 pages (loaded between require.js and the widget manager,
- * see nb_ipywidgets_js in _config.yml; checked by `python -m prunelab.bookcheck`).
+ * see nb_ipywidgets_js in _config.yml; checked by `python -m prunelab.book.bookcheck`).
  *
  * 1. The widget manager bundle (@jupyter-widgets/html-manager embed-amd.js) derives the folder of its icon fonts
  *    from its AMD module name, which require.js resolves against the *page's* folder

@@ -56,8 +56,8 @@ def main(argv=None) -> int:
 
         raise UnknownNameError(f"--n and --words must be >= 1, got {args.n} and {args.words}; pass e.g. --n 500")
 
-    from prunelab.chair import CaptionParser, SynonymTable, evaluate_chair
-    from prunelab.textproc import TextProcessor
+    from prunelab.eval.chair import CaptionParser, SynonymTable, evaluate_chair
+    from prunelab.eval.textproc import TextProcessor
 
     caps = make_captions(args.n, args.words, args.seed)
     rng = random.Random(args.seed + 1)

@@ -8,7 +8,7 @@ the same tower output (the tower is timed once per image and left out):
 * ``shared1``: :meth:`~prunelab.models.adapter.LlavaAdapter.run_shared_image` with ``batch_size=1`` (one selection
   per entry, questions decoded one by one);
 * ``shared``: the same with all questions of the image in one left-padded batch (what
-  :func:`prunelab.generation.run_generation` does by default).
+  :func:`prunelab.study.generation.run_generation` does by default).
 
 Prints milliseconds per entry, the speed-up of each shared variant over ``alone`` and the share of answers that
 are identical to ``alone`` (the batched path must give batch-1's answers). Default model: the committed ToyLLaVA
@@ -33,7 +33,7 @@ def _setup(tiny: bool, n_images: int, seed: int):
     import numpy as np
     from PIL import Image
 
-    from prunelab import generation as G
+    from prunelab.study import generation as G
 
     if tiny:
         from prunelab.models.adapter import LlavaAdapter
@@ -51,7 +51,7 @@ def _setup(tiny: bool, n_images: int, seed: int):
             qs = [gm.prompt_ids(gm.question_prompt(f"Is there a {o} in the image?")) for o in objects]
             out.append((f"synthetic-{i}", gm.pixels(img), qs))
         return gm, out
-    from prunelab.data import load_image_set
+    from prunelab.study.data import load_image_set
 
     gm = G.load_generation_model("toyllava", device="cpu")
     items = load_image_set("toyworld:test", n=n_images, seed=seed)
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from prunelab import generation as G
+    from prunelab.study import generation as G
     from prunelab.errors import check_budget
 
     torch.set_num_threads(1)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     for iid, pv, _ in images:
         encs[iid] = ad.encode_images(pv, G._qk_layers_for(specs, ad))
     # Erank-calibrated methods (AgilePruner, +erank hybrids) get statistics from these images, as the study does.
-    from prunelab.runner import erank_stats_from
+    from prunelab.study.runner import erank_stats_from
 
     ctxs = [ad.context(encs[iid], 0) for iid, _, _ in images]
     stats = {es: erank_stats_from(G.spec_input_erank(c, es) for c in ctxs)

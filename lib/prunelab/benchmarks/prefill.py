@@ -25,7 +25,7 @@ Definitions (one sample, batch 1, greedy, measured by :meth:`prunelab.models.ada
 Prompt: synthetic text ids with the LLaVA-1.5 evaluation layout (methods-spec §4.6, ``prunelab.models.prompts``):
 35 tokens before the image (BOS + Vicuna system message + ``USER:``; DivPrune's source slices the image at
 ``[35, 35+576)``, methods-spec §2.5) and 12 after (``\\nPlease describe this image in detail. ASSISTANT:``).
-Images: real photos (:mod:`prunelab.photos`; ``--smoke``: scikit-image ones) resized to the tower's input size.
+Images: real photos (:mod:`prunelab.study.photos`; ``--smoke``: scikit-image ones) resized to the tower's input size.
 
 Model: ``auto`` uses ToyLLaVA (:func:`prunelab.models.toyllava.load_toyllava`) when ``data/models/toyllava`` is
 present, else a seeded random tiny LLaVA (:func:`prunelab.models.tiny.tiny_llava`) with LLaVA-1.5's geometry
@@ -242,12 +242,12 @@ def main(argv=None) -> int:
 def _run(args, budgets, device) -> int:
     import torch
 
-    from prunelab import vision
+    from prunelab.models import vision
     from prunelab.benchmarks.selection import pick_photos
     from prunelab.errors import BudgetError, PrunelabError
-    from prunelab.generation import _memo_encode
+    from prunelab.study.generation import _memo_encode
     from prunelab.models.adapter import LlavaAdapter, parse_requires
-    from prunelab.photos import load_photo
+    from prunelab.study.photos import load_photo
 
     model, desc, size = build_model(args.model, device, args.smoke)
     adapter = LlavaAdapter(model, device=device)

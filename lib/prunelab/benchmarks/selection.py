@@ -9,21 +9,21 @@ exempts. Second question: the incremental max–min greedy shared by DivPrune an
 (:mod:`prunelab.methods._greedy`, O(T·N)) vs the textbook recomputation (O(T²·N), methods-spec §2.5 "Cost"):
 speed-up at T = 64, 128, 192 (goal >= 10x) and whether both pick the same tokens.
 
-How it measures (real DINOv2-S/14 tower of the offline wheel, real photos from :mod:`prunelab.photos`):
+How it measures (real DINOv2-S/14 tower of the offline wheel, real photos from :mod:`prunelab.study.photos`):
 
 * images: ``--images`` photos spread evenly over the photo manifest (``--smoke``, alias ``--quick``: scikit-image
   photos only), each resized to 336 px -> 576 patches;
-* tower time: one batch-1 no-grad forward of the preprocessed image (``prunelab.vision._forward``: the forward
-  :func:`prunelab.vision.encode_images` runs per batch, including the q/k recomputation of layers -2 and -1
+* tower time: one batch-1 no-grad forward of the preprocessed image (``prunelab.models.vision._forward``: the forward
+  :func:`prunelab.models.vision.encode_images` runs per batch, including the q/k recomputation of layers -2 and -1
   that VisionZip/PruMerge read; image decoding, resizing and cache hashing are *not* counted, so the ratio is
   the stricter one). No feature cache.
 * selection time: ``pruner(ctx, T)`` (:meth:`prunelab.methods.base.Pruner.__call__`: the method's own
   selection/merge, without the erank statistics :func:`prunelab.methods.base.prune` adds afterwards). When a
   projector is present (ToyLLaVA's, ``--projector auto``) the projected tokens are computed once per image
   *before* timing, as LLaVA projects all tokens anyway; without one, DivPrune/FPS/AttnDiv run on the vision
-  features (:func:`prunelab.runner.methods_for`, labelled ``features=vision``).
+  features (:func:`prunelab.study.runner.methods_for`, labelled ``features=vision``).
 * AgilePruner and the erank-guided hybrids read dataset erank statistics: calibrated on the benchmark images
-  with :func:`prunelab.methods.adaptive.calibrate_erank` (its defaults, as :func:`prunelab.runner.run_vision`).
+  with :func:`prunelab.methods.adaptive.calibrate_erank` (its defaults, as :func:`prunelab.study.runner.run_vision`).
 * interleaving: after one untimed warm-up round per image, each of ``--repeats`` rounds times one tower
   forward and then every method once, on the same image, so both see the same machine load. Per image the
   median over rounds is taken; the table shows the median over images of the selection time, the tower time
@@ -61,7 +61,7 @@ def pick_photos(n: int, source: str | None = None) -> list[str]:
     """``n`` photo names spread evenly over the manifest (deterministic); ``source`` restricts them to one
     package (``--smoke`` uses ``scikit-image``, installed with the package, so smoke runs fetch nothing)."""
     from prunelab.errors import UnknownNameError
-    from prunelab.photos import list_photos
+    from prunelab.study.photos import list_photos
 
     names = list_photos(source=source)
     if not 1 <= n <= len(names):
@@ -133,12 +133,12 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     import torch
 
-    from prunelab import vision
+    from prunelab.models import vision
     from prunelab.errors import BudgetError, UnknownNameError
     from prunelab.methods.adaptive import calibrate_erank
     from prunelab.methods.diversity import compare_greedy_speed
-    from prunelab.photos import load_photo
-    from prunelab.runner import load_projector, methods_for, resolve_methods, vision_methods
+    from prunelab.study.photos import load_photo
+    from prunelab.study.runner import load_projector, methods_for, resolve_methods, vision_methods
 
     greedy_budgets = (64,) if args.quick else GREEDY_BUDGETS
 

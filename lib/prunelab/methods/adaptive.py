@@ -24,14 +24,14 @@ import torch
 
 from prunelab.errors import CapabilityError, UnknownNameError
 from prunelab.methods.base import FEATURE_SPACES, Pruner, PruneResult, VisualContext, register
-from prunelab.metrics import erank
+from prunelab.eval.metrics import erank
 
 ORDER_MODES = ("attention_rank", "selection_index")
 FILL_RULES = ("attention", "relax")
 
 
 #: The Gram route is used only for matrices at least this large in both dimensions (below it ``svdvals`` is cheap
-#: and the result stays bit-identical to :func:`prunelab.metrics.erank`).
+#: and the result stays bit-identical to :func:`prunelab.eval.metrics.erank`).
 GRAM_MIN_DIM = 64
 #: ... and only when ``λ_min / λ_max`` of the Gram matrix is at least this (condition number of the token matrix
 #: <= 1e4). Squaring the matrix squares its condition number; on matrices with prescribed spectra the erank
@@ -44,7 +44,7 @@ def _erank_gram(x: torch.Tensor, *, center: bool, row_normalize: bool, spectrum:
     """erank of one ``(n, c)`` matrix from ``eigvalsh`` of its ``min(n, c)``-sized float64 Gram matrix, or
     ``None`` when the spectrum is too ill-conditioned for that route (see :data:`GRAM_MIN_EIG_RATIO`).
 
-    Same preprocessing and entropy as :func:`prunelab.metrics.erank`; ``s_k = sqrt(λ_k)`` of ``FᵀF`` (or ``FFᵀ``).
+    Same preprocessing and entropy as :func:`prunelab.eval.metrics.erank`; ``s_k = sqrt(λ_k)`` of ``FᵀF`` (or ``FFᵀ``).
     About 2x cheaper than ``svdvals`` on a 576x384 matrix (one GEMM + a symmetric tridiagonal reduction instead
     of a bidiagonal SVD).
     """
@@ -68,13 +68,13 @@ def _erank_gram(x: torch.Tensor, *, center: bool, row_normalize: bool, spectrum:
 def input_erank(
     x: torch.Tensor, *, center: bool = False, row_normalize: bool = False, spectrum: str = "singular"
 ) -> float:
-    """Effective rank of one image's ``(N, C)`` input token matrix (:func:`prunelab.metrics.erank`; default
+    """Effective rank of one image's ``(N, C)`` input token matrix (:func:`prunelab.eval.metrics.erank`; default
     un-centred, un-normalised, singular-value spectrum as methods-spec §3.1).
 
     For matrices of at least :data:`GRAM_MIN_DIM` rows and columns with a condition number <= 1e4 (every real
     DINOv2 image tried: 900-6000) the singular values come from the eigenvalues of the smaller float64 Gram
     matrix, which agrees with ``svdvals`` to better than 1e-9 relative (``tests/test_metrics.py``); otherwise
-    :func:`prunelab.metrics.erank` itself is used.
+    :func:`prunelab.eval.metrics.erank` itself is used.
     """
     if spectrum not in ("singular", "squared"):
         raise ValueError(f"spectrum must be 'singular' or 'squared', got {spectrum!r}")

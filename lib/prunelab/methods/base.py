@@ -268,7 +268,7 @@ def prune(ctx: VisualContext, method: str | Pruner, budget: int, **params) -> Pr
     ``erank_kept_vision`` (erank of the kept tokens' pre-projector rows) and, when a projector is available,
     ``erank_kept_projected`` (erank of the rows the LLM receives) — methods-spec §3.1.
     """
-    from prunelab.metrics import erank
+    from prunelab.eval.metrics import erank
 
     pruner = method if isinstance(method, Pruner) else get_pruner(method, **params)
     res = pruner(ctx, budget)

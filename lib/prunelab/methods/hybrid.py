@@ -414,7 +414,7 @@ def erank_split_ratio(
 class _ErankSplit:
     """Mixin: replace a hybrid's fixed attention share by :func:`erank_split_ratio` of the image.
 
-    ``e_img`` = erank (:func:`prunelab.metrics.erank`, defaults: un-centred, singular values; computed by
+    ``e_img`` = erank (:func:`prunelab.eval.metrics.erank`, defaults: un-centred, singular values; computed by
     :func:`prunelab.methods.adaptive.input_erank`, which agrees with it to 1e-9 relative) of the ``N``
     vision-layer patch features ``ctx.features``; ``e_min``/``e_max`` come from the explicit parameters or
     else from ``ctx.erank_stats["min"/"max"]`` and must be computed the same way (the defaults of

@@ -19,8 +19,9 @@ rebuilds it from the wheel and assembles the full model. ``LlavaForConditionalGe
 committed folder also works (the tower is then left at its random initialisation, which transformers reports);
 :func:`materialize` writes a complete folder, tower included, for code that wants a plain ``from_pretrained``.
 
-CLI: ``python -m prunelab.models.toyllava train|eval|card`` (``make toy-model`` runs ``train``); the training
-pipeline itself lives in :mod:`prunelab.models.toytrain`.
+Inference only: nothing here imports the trainer. Training, evaluation and the model card are
+:mod:`prunelab.train.toytrain` (``python -m prunelab.train.toyllava train|eval|card``; ``make toy-model`` runs
+``train``).
 """
 from __future__ import annotations
 
@@ -366,12 +367,3 @@ def materialize(path=None, out=None) -> Path:
         processor.save_pretrained(tmp)
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    from prunelab.models import toytrain
-
-    return toytrain.cli(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

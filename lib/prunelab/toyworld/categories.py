@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from prunelab.coco import COCO_CATEGORIES
+from prunelab.toyworld.coco import COCO_CATEGORIES
 
 
 

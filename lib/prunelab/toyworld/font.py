@@ -2,7 +2,7 @@
 
 Lookup order: ``PRUNELAB_EMOJI_FONT`` (an explicit file), the system copy installed by Debian's
 ``fonts-noto-color-emoji``, then a private unpack of that same package under the cache (fetched on demand with
-``apt-get download`` + ``dpkg -x`` by :func:`prunelab.debian.fetch_deb`, so nothing in ``/usr`` changes).
+``apt-get download`` + ``dpkg -x`` by :func:`prunelab.assets.debian.fetch_deb`, so nothing in ``/usr`` changes).
 Debian bookworm ships upstream release 2.042; the committed test-split checksum was made with that file, and
 :func:`font_sha256` lets :mod:`prunelab.toyworld.splits` say so when a different font is found.
 """
@@ -65,7 +65,7 @@ def ensure_emoji_font(fetch: bool = True) -> Path:
         return found
     reason = "fetching disabled"
     if fetch:
-        from prunelab.debian import fetch_deb
+        from prunelab.assets.debian import fetch_deb
 
         try:
             root = fetch_deb(DEBIAN_PACKAGE)
@@ -77,7 +77,7 @@ def ensure_emoji_font(fetch: bool = True) -> Path:
             reason = f"the unpacked package has no {FONT_RELPATH.name}"
     raise AssetError(
         f"Noto colour emoji font not found ({SYSTEM_FONT} absent; {reason}); run `apt-get install {DEBIAN_PACKAGE}` "
-        f"(or `python -m prunelab.setup_assets` with Debian's package lists reachable) or set {ENV_VAR}=/path/to/NotoColorEmoji.ttf"
+        f"(or `python -m prunelab.assets.setup_assets` with Debian's package lists reachable) or set {ENV_VAR}=/path/to/NotoColorEmoji.ttf"
     )
 
 
@@ -103,7 +103,7 @@ def _load(path: str, size: int):
     try:
         return ImageFont.truetype(path, size)
     except OSError as err:
-        raise AssetError(f"cannot open emoji font {path} ({err}); delete it and rerun `python -m prunelab.setup_assets`") from err
+        raise AssetError(f"cannot open emoji font {path} ({err}); delete it and rerun `python -m prunelab.assets.setup_assets`") from err
 
 
 def load_emoji_font(size: int = NATIVE_SIZE):

@@ -88,7 +88,7 @@ def run_dir(cfg: Config) -> Path:
 
 def load_split(split: str, n: int, with_patches: bool = False, progress: bool = False):
     """``(records, store)`` of a split: texts and ground truth plus the DINOv2 features (extracted once, cached)."""
-    from prunelab.models import toytrain as T
+    from prunelab.train import toytrain as T
 
     recs, scenes = T.load_records(split, n, n_descriptions=3 if split == "train" else 1, with_patches=with_patches,
                                   progress=progress)
@@ -103,7 +103,7 @@ def prefix_store(split: str, ids: list[str]):
     """The first ``len(ids)`` rows of a larger extraction of ``split`` (finished, or in progress with at least
     that many rows done) whose ids start with ``ids``; ``None`` if there is none. Rows below the progress mark
     are final, so training can start while the tower still runs over the rest of the split."""
-    from prunelab.models import toytrain as T
+    from prunelab.train import toytrain as T
 
     n = len(ids)
     parent = T.feature_dir(split, n).parent
@@ -297,7 +297,7 @@ class Dialogues:
 
 
 def dialogue_turns(rec, rng, cfg: Config, stage: str) -> list[tuple[str, str]]:
-    from prunelab.models import toytrain as T
+    from prunelab.train import toytrain as T
 
     prompt = T.describe_prompt()
     turns = [(prompt, rec.descriptions[int(rng.integers(len(rec.descriptions)))])]
@@ -315,7 +315,7 @@ def make_batch(cfg: Config, stage: str, step: int, records, store, dia: Dialogue
     """``(ids, feats, labels, attention_mask)`` of one step (right padding; a function of seed, stage and step)."""
     import torch
 
-    from prunelab.models import toytrain as T
+    from prunelab.train import toytrain as T
 
     idx = T.batch_indices(cfg.seed + (0 if stage == "pretrain" else 17), step, cfg.batch_size, len(records))
     rng = np.random.default_rng([cfg.seed, step, 3 if stage == "pretrain" else 5])
@@ -355,7 +355,7 @@ def base_parts(cfg: Config, store):
     """The frozen SmolLM2 (+ ``<image>`` row), its tokenizer and a fresh standardised projector (seeded)."""
     import torch
 
-    from prunelab.models import toytrain as T
+    from prunelab.train import toytrain as T
     from prunelab.models import toyllava_s as S
     from prunelab.models import smollm2
 

@@ -2,7 +2,7 @@
 
 Erank-greedy ceiling
 --------------------
-How much effective rank (Roy & Vetterli 2007; :func:`prunelab.metrics.erank`, default options: un-centred,
+How much effective rank (Roy & Vetterli 2007; :func:`prunelab.eval.metrics.erank`, default options: un-centred,
 un-normalised rows, singular-value spectrum) can ``T`` of an image's tokens carry at most? The exact maximum is a
 subset search; :func:`erank_greedy` approximates it by **greedy forward selection**:
 
@@ -33,7 +33,7 @@ Intended vs achieved diversity
 ------------------------------
 Max-min methods (DivPrune, FPS) optimise the *minimum pairwise cosine distance* of the kept tokens; the paper
 measures diversity with erank. :func:`diversity_stats` gives both (plus the mean pairwise cosine distance) for one
-kept set; :func:`diversity_table` for every row of a :func:`prunelab.runner.run_vision` table, next to the same
+kept set; :func:`diversity_table` for every row of a :func:`prunelab.study.runner.run_vision` table, next to the same
 numbers for seeded random subsets and the erank-greedy set of the same size.
 
 Bootstrap
@@ -54,9 +54,9 @@ import pandas as pd
 import torch
 
 from prunelab.errors import BudgetError, UnknownNameError, check_budget
-from prunelab.metrics import erank
+from prunelab.eval.metrics import erank
 from prunelab.paths import cache_dir as _cache_dir
-from prunelab.tablecache import read_entry, write_entry
+from prunelab.study.tablecache import read_entry, write_entry
 
 ANALYSIS_FORMAT = 1  # bump when a cached number changes meaning
 
@@ -149,7 +149,7 @@ def erank_greedy(x: torch.Tensor, budget: int, *, screen: int | None = 48, batch
 
 def erank_greedy_textbook(x: torch.Tensor, budget: int) -> torch.Tensor:
     """Test oracle for :func:`erank_greedy` (``screen=None``): the same rule with one SVD per candidate
-    (:func:`prunelab.metrics.erank`) and an explicit loop over pairs for the start. Slow; tiny inputs only."""
+    (:func:`prunelab.eval.metrics.erank`) and an explicit loop over pairs for the start. Slow; tiny inputs only."""
     xf = x.detach().to(torch.float64)
     n = xf.shape[0]
     t = check_budget(budget, n)
@@ -190,7 +190,7 @@ def erank_best_subset(x: torch.Tensor, budget: int, max_subsets: int = 200_000) 
 def diversity_stats(features: torch.Tensor, kept: Sequence[int] | torch.Tensor) -> dict[str, float]:
     """Diversity of the rows ``kept`` of ``features`` (``-1`` placeholders ignored).
 
-    * ``erank``: effective rank (what the paper measures; default options of :func:`prunelab.metrics.erank`);
+    * ``erank``: effective rank (what the paper measures; default options of :func:`prunelab.eval.metrics.erank`);
     * ``min_cos_dist``: minimum pairwise cosine distance ``1 - cos`` (what max-min greedy maximises);
     * ``mean_cos_dist``: mean pairwise cosine distance over distinct pairs.
     """
@@ -230,9 +230,9 @@ def _stable_int(*parts) -> int:
 
 def contexts_for(image_set: str, n: int | None = None, seed: int = 0, encoder=None, device: str = "auto") -> dict:
     """``{image_id: VisualContext}`` of an image set, encoded with ``encoder`` (default: the runner's DINOv2
-    encoder, whose features are cached on disk, so this is cheap after :func:`prunelab.runner.run_vision`)."""
-    from prunelab.data import load_image_set
-    from prunelab.runner import VisionEncoder
+    encoder, whose features are cached on disk, so this is cheap after :func:`prunelab.study.runner.run_vision`)."""
+    from prunelab.study.data import load_image_set
+    from prunelab.study.runner import VisionEncoder
 
     items = load_image_set(image_set, n=n, seed=seed)
     enc = encoder if encoder is not None else VisionEncoder(device=device)
@@ -281,7 +281,7 @@ def diversity_table(df: pd.DataFrame, contexts: dict, *, space: str = "vision", 
                     n_random: int = 8, seed: int = 0) -> pd.DataFrame:
     """Intended vs achieved diversity, one row per (image, method, budget) of ``df`` plus reference rows.
 
-    ``df`` is a :func:`prunelab.runner.run_vision` table; ``contexts`` maps its image ids to contexts.
+    ``df`` is a :func:`prunelab.study.runner.run_vision` table; ``contexts`` maps its image ids to contexts.
     Method rows use the method's kept patch indices on the ``space`` features of the *source* patches (a merging
     method such as PruMerge+ is measured on the patches it kept, before merging; its extra merged token is
     ignored). Reference rows: ``method="random"`` (mean of ``n_random`` seeded subsets of size ``budget``) and,

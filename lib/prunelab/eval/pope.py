@@ -77,7 +77,7 @@ def question_text(obj: str, template: str = TEMPLATE, reference_quirks: bool = F
 
 
 def _as_mapping(ground_truth) -> dict:
-    from prunelab.groundtruth import GroundTruth
+    from prunelab.eval.groundtruth import GroundTruth
 
     if isinstance(ground_truth, GroundTruth):
         return ground_truth.as_dict()
@@ -152,7 +152,7 @@ def build_questions(ground_truth, setting: str, *, image_ids: Iterable | None = 
     popular = sorted(freq, key=lambda o: (-freq[o], o))
     cooc = co_occurrence(chosen)
     if category_order is None:
-        from prunelab.chair import SynonymTable
+        from prunelab.eval.chair import SynonymTable
 
         category_order = SynonymTable.load().categories
     rank = {c: k for k, c in enumerate(category_order)}

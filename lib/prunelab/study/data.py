@@ -2,7 +2,7 @@
 
 Specs
 -----
-* ``"photos"``: the offline real photographs shipped with the study (:mod:`prunelab.photos`: ``list_photos()``,
+* ``"photos"``: the offline real photographs shipped with the study (:mod:`prunelab.study.photos`: ``list_photos()``,
   ``load_photo(name)``, ``photo_labels()``).
 * ``"toyworld:<split>"``: scenes of the emoji-COCO toy world (:mod:`prunelab.toyworld.splits`: ``split_ids``,
   ``complexity_of``, ``get_scene``), e.g. ``toyworld:test``; labels = the scene's categories (exact ground truth),
@@ -107,7 +107,7 @@ def _complexity(value) -> str | None:
 
 
 def _photos() -> list[ImageItem]:
-    from prunelab import photos  # imported lazily: it needs the unpacked photo assets
+    from prunelab.study import photos  # imported lazily: it needs the unpacked photo assets
 
     manifest = photos.photo_manifest()
     labels = photos.photo_labels()

@@ -1,4 +1,4 @@
-"""Check the built book as a reader sees it: ``python -m prunelab.bookcheck [_build/html] [--screenshots DIR]``.
+"""Check the built book as a reader sees it: ``python -m prunelab.book.bookcheck [_build/html] [--screenshots DIR]``.
 
 Every content page of the built HTML book is opened from disk (``file://``, as a reader opening ``index.html``
 would) in headless Chromium, driven by Playwright's Python client. Playwright is pointed at the system's Debian
@@ -22,12 +22,12 @@ One full-page PNG screenshot per checked page is written to the screenshots fold
 with one line per problem when any page fails.
 
 Which JavaScript the pages load, and why it must be served locally, is described in
-``/work/shared/docs/book-toolchain.md`` and :mod:`prunelab.book_assets`. The widget DOM classes checked here
+``/work/shared/docs/book-toolchain.md`` and :mod:`prunelab.book.book_assets`. The widget DOM classes checked here
 (``widget-subarea`` inserted before each ``widget-view+json`` script, ``widget-readout``, ``select``) are the ones
 ``@jupyter-widgets/html-manager`` 1.0.x (``src/embed.ts``, ``renderWidgets``) and the ipywidgets 8 controls create.
 
 Chromium itself comes from Debian's registry: :func:`ensure_chromium` finds it or, with ``install=True`` and root,
-runs ``apt-get install -y chromium`` (``make browser`` / ``python -m prunelab.bookcheck --install-browser``).
+runs ``apt-get install -y chromium`` (``make browser`` / ``python -m prunelab.book.bookcheck --install-browser``).
 """
 from __future__ import annotations
 
@@ -489,7 +489,7 @@ def format_table(results: list[PageResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prunelab.bookcheck", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m prunelab.book.bookcheck", description=__doc__.splitlines()[0])
     ap.add_argument("html", nargs="?", default=str(DEFAULT_HTML), help="built book folder (default _build/html)")
     ap.add_argument("--screenshots", default=str(DEFAULT_SCREENSHOTS),
                     help="folder for one PNG per page and report.json (default _build/screenshots); '' for none")

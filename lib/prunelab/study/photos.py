@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunelab.coco import COCO_CATEGORIES
+from prunelab.toyworld.coco import COCO_CATEGORIES
 from prunelab.errors import AssetError, UnknownNameError
 from prunelab.paths import cache_dir, data_dir
 
@@ -111,14 +111,14 @@ def opencv_doc_dir() -> Path:
 def ensure_opencv_doc() -> Path:
     """Unpack Debian ``opencv-doc`` into ``cache/debian/opencv-doc`` once (``apt-get download`` + ``dpkg -x``,
     no system-wide install) and return that folder. Idempotent; raises :class:`AssetError` with the manual fix."""
-    from prunelab.debian import fetch_deb
+    from prunelab.assets.debian import fetch_deb
 
     dest = opencv_doc_dir()
     if not (dest / OPENCV_EXAMPLES / "data").is_dir():
         fetch_deb(OPENCV_DOC_PACKAGE, dest=dest)
     if not (dest / OPENCV_EXAMPLES / "data").is_dir():
         raise AssetError(
-            f"{dest} holds no {OPENCV_EXAMPLES}/data; delete {dest} and run `python -m prunelab.setup_assets` "
+            f"{dest} holds no {OPENCV_EXAMPLES}/data; delete {dest} and run `python -m prunelab.assets.setup_assets` "
             f"(needs `apt-get download {OPENCV_DOC_PACKAGE}`)"
         )
     return dest
@@ -141,7 +141,7 @@ def photo_path(name: str, fetch: bool = True) -> Path:
             if not fetch:
                 raise AssetError(
                     f"photo {name!r} comes from Debian {OPENCV_DOC_PACKAGE}, which is not unpacked in {root}; "
-                    f"run `python -m prunelab.setup_assets` or prunelab.photos.ensure_opencv_doc() (uses apt-get download)"
+                    f"run `python -m prunelab.assets.setup_assets` or prunelab.study.photos.ensure_opencv_doc() (uses apt-get download)"
                 )
             try:
                 root = ensure_opencv_doc()
@@ -163,9 +163,9 @@ def photo_path(name: str, fetch: bool = True) -> Path:
 
 def load_photo(name: str, verify: bool = True):
     """Photo ``name`` as an RGB ``PIL.Image`` (greyscale and RGBA files converted, see
-    :func:`prunelab.vision.to_rgb`). With ``verify``, a file whose sha256 differs from the one the labels were
+    :func:`prunelab.models.vision.to_rgb`). With ``verify``, a file whose sha256 differs from the one the labels were
     written for gives a warning (another package version may ship a different picture)."""
-    from prunelab.vision import load_image
+    from prunelab.models.vision import load_image
 
     path = photo_path(name)
     info = photo_info(name)

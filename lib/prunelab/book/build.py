@@ -1,4 +1,4 @@
-"""Execute the study's notebooks with papermill: ``python -m prunelab.build notebooks [options]``.
+"""Execute the study's notebooks with papermill: ``python -m prunelab.book.build notebooks [options]``.
 
 Jupyter Book 1 does not inject papermill parameters (jupyter-book issue 424), so the book is built in two
 steps (book-toolchain.md): this module executes every ``notebooks/*.ipynb`` into ``_build/notebooks/`` with
@@ -34,9 +34,9 @@ optional ``"*"`` section shared by all::
     "*": {device: cuda, seed: 0}
     01_erank_shortfall: {n_images: 500, image_set: "coco:/data/coco/val2014"}
 
-The notebooks share one parameter vocabulary (:data:`prunelab.params.VOCABULARY`: ``model``, ``image_set``,
+The notebooks share one parameter vocabulary (:data:`prunelab.study.params.VOCABULARY`: ``model``, ``image_set``,
 ``n_images``, ``methods``, ``budgets``, ``seed``, ``device``, ``max_new_tokens``, ``results_dir``). Before anything
-runs, the build checks those values (:func:`prunelab.params.check_values`: one line naming the parameter and the
+runs, the build checks those values (:func:`prunelab.study.params.check_values`: one line naming the parameter and the
 fix; bad YAML likewise), says which notebooks do not take a given parameter (they run with their own default),
 and skips, with a line saying so, a chapter about the embedded ToyLLaVA (``metadata.prunelab.toy_only``) when
 ``model`` names another model. ``-p budgets=64,128`` (a string to YAML) is read as ``[64, 128]``.
@@ -262,9 +262,9 @@ def package_versions(names=PROVENANCE_PACKAGES) -> dict[str, str | None]:
 
 
 def chair_text_path() -> dict[str, Any] | None:
-    """The CHAIR text path ``auto`` takes on this host (:func:`prunelab.textproc.auto_path`), for provenance."""
+    """The CHAIR text path ``auto`` takes on this host (:func:`prunelab.eval.textproc.auto_path`), for provenance."""
     try:
-        from prunelab.textproc import auto_path
+        from prunelab.eval.textproc import auto_path
 
         return auto_path()
     except ImportError:  # pragma: no cover - nltk is a hard dependency
@@ -451,10 +451,10 @@ def plan(
     error (a typo would otherwise be silently ignored), one that only some declare is noted on the others
     (``Job.notes``, logged by :func:`run` before anything executes). A toy-only notebook (:func:`toy_only`) given
     a ``model`` that is not ToyLLaVA is planned as skipped (``Job.skip``). The values of the shared vocabulary
-    (:func:`prunelab.params.check_values`) are checked here, before any notebook runs; ``budgets``/``methods``
+    (:func:`prunelab.study.params.check_values`) are checked here, before any notebook runs; ``budgets``/``methods``
     given as one comma-separated string are split into lists.
     """
-    from prunelab import params as P
+    from prunelab.study import params as P
 
     params = params or {}
     src = source_hash()
@@ -585,7 +585,7 @@ def sync_chapters(names: list[str], chapters_dir: Path = CHAPTERS_DIR) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prunelab.build", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m prunelab.book.build", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     nb = sub.add_parser("notebooks", help="execute notebooks/*.ipynb with papermill into _build/notebooks")
     nb.add_argument("--only", action="append", metavar="NAME", help="run only this notebook (repeatable)")

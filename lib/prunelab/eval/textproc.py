@@ -31,7 +31,7 @@ another path raises a :class:`FallbackPathWarning`.
 module it does not ship; ``nltkdata==0.0.1`` and ``tokenizernltk==0.15`` are likewise empty, and Debian packages
 no NLTK data. So on a machine without internet ``auto`` takes the fallback, says so, and the provenance page
 records it. What the fallback changes, measured on OPERA's 6,000 logged captions (issue 13): the mentions of 398
-captions (6.6%; CHAIR_s 69.62 vs 69.87, Recall 64.28 vs 64.86), in both directions (see :mod:`prunelab.chair`).
+captions (6.6%; CHAIR_s 69.62 vs 69.87, Recall 64.28 vs 64.86), in both directions (see :mod:`prunelab.eval.chair`).
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ _WORDNET_REQUIRED = (
 WORDNET_DEB_PACKAGES = ("wordnet-base", "wordnet-sense-index")
 
 INSTALL_HINT = (
-    "run `python -m prunelab.setup_assets` (or `make assets`), which unpacks Debian's wordnet-base into the cache; "
+    "run `python -m prunelab.assets.setup_assets` (or `make assets`), which unpacks Debian's wordnet-base into the cache; "
     "alternatively `python -m nltk.downloader wordnet` on a machine with internet"
 )
 
@@ -94,7 +94,7 @@ def ensure_wordnet(*, force: bool = False) -> Path:
     and that install's root is returned.
 
     Idempotent (a complete copy is marked by ``.complete``) and atomic (built under a temporary name, renamed
-    when complete). Uses :func:`prunelab.debian.fetch_deb` (``apt-get download`` + ``dpkg -x``, no system
+    when complete). Uses :func:`prunelab.assets.debian.fetch_deb` (``apt-get download`` + ``dpkg -x``, no system
     install). Raises :class:`AssetError` naming the fix when the packages cannot be fetched.
     """
     root = wordnet_cache_root()
@@ -107,7 +107,7 @@ def ensure_wordnet(*, force: bool = False) -> Path:
             return Path(found).parents[1]  # a standard NLTK install is used as is
         if found:
             return Path(found.split("wordnet.zip")[0]).parent
-    from prunelab.debian import fetch_deb
+    from prunelab.assets.debian import fetch_deb
 
     sources = []
     for pkg in WORDNET_DEB_PACKAGES:
@@ -125,7 +125,7 @@ def ensure_wordnet(*, force: bool = False) -> Path:
         missing = [f for f in _WORDNET_REQUIRED if not (tmp / f).is_file()]
         if missing:
             raise AssetError(f"WordNet files {missing} missing from Debian packages {WORDNET_DEB_PACKAGES}; {INSTALL_HINT}")
-        (tmp / ".complete").write_text("built by prunelab.textproc.ensure_wordnet from Debian " + ", ".join(WORDNET_DEB_PACKAGES) + "\n")
+        (tmp / ".complete").write_text("built by prunelab.eval.textproc.ensure_wordnet from Debian " + ", ".join(WORDNET_DEB_PACKAGES) + "\n")
     return root
 
 

@@ -1,4 +1,4 @@
-"""Book pages generated from the code and the runs: ``python -m prunelab.pages [--out book/generated]``.
+"""Book pages generated from the code and the runs: ``python -m prunelab.book.pages [--out book/generated]``.
 
 Written before ``jupyter-book build`` (``make book-html``) into ``book/generated/`` (git-ignored), so they can never
 drift from what was run:
@@ -9,7 +9,7 @@ drift from what was run:
   ``verdict_table`` (the paper's number or direction next to this run's), plus the paper's own CHAIR table from
   ``data/paper_results.csv`` as the reference column;
 * ``provenance.md`` — per executed notebook: parameters, wall time, device, git commit, CHAIR text path, package
-  versions (from ``_build/provenance/*.json``, written by :mod:`prunelab.build`).
+  versions (from ``_build/provenance/*.json``, written by :mod:`prunelab.book.build`).
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def _glued_html(nb_path: Path, name: str) -> str | None:
 
 
 def paper_page(build_dir: Path = BUILD_DIR) -> str:
-    from prunelab.verdict import paper_results
+    from prunelab.study.verdict import paper_results
 
     lines = ["# Paper vs this study", "",
              "Each finding chapter ends with a verdict table computed from its run: the paper's number or direction, "
@@ -122,7 +122,7 @@ def paper_page(build_dir: Path = BUILD_DIR) -> str:
 def provenance_page(build_dir: Path = BUILD_DIR) -> str:
     lines = ["# Provenance", "",
              "How each chapter of this build was produced (from `_build/provenance/`, written by "
-             "`python -m prunelab.build notebooks`). A chapter is re-executed only when its notebook, its "
+             "`python -m prunelab.book.build notebooks`). A chapter is re-executed only when its notebook, its "
              "parameters, the library or the committed data change.", ""]
     recs = [json.loads(p.read_text()) for p in sorted((build_dir / "provenance").glob("*.json"))]
     if not recs:
@@ -145,9 +145,9 @@ def provenance_page(build_dir: Path = BUILD_DIR) -> str:
 
 
 def chair_path_section(recs: list[dict]) -> list[str]:
-    """Which CHAIR text path each chapter's run took (recorded by :mod:`prunelab.build`); a bold warning when any
+    """Which CHAIR text path each chapter's run took (recorded by :mod:`prunelab.book.build`); a bold warning when any
     is not OPERA's reference path. Records written before the path was recorded say so."""
-    from prunelab.textproc import auto_path
+    from prunelab.eval.textproc import auto_path
 
     rows, notes = [], {}
     for r in recs:
@@ -163,7 +163,7 @@ def chair_path_section(recs: list[dict]) -> list[str]:
             notes.setdefault(note, []).append(r["notebook"])
     intro = ("CHAIR's reference (OPERA's `chair.py`) tokenises with NLTK's trained Punkt model and lemmatises with "
              "POS tags from NLTK's perceptron tagger. Neither data package can be fetched by this project's asset "
-             "step (no verified offline copy exists; see `prunelab.textproc`); without them CHAIR runs on the "
+             "step (no verified offline copy exists; see `prunelab.eval.textproc`); without them CHAIR runs on the "
              "offline fallback (every word lemmatised as a noun), which changes the mentions of 6.6% of OPERA's "
              "6,000 logged captions.")
     lines = ["## CHAIR text processing", "", intro, ""]
@@ -192,7 +192,7 @@ def write_pages(out_dir: Path = OUT_DIR, build_dir: Path = BUILD_DIR) -> list[Pa
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prunelab.pages", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m prunelab.book.pages", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(OUT_DIR))
     ap.add_argument("--build-dir", default=str(BUILD_DIR))
     a = ap.parse_args(argv)

@@ -10,13 +10,13 @@ holds only the full-set erank of four example images -- so this study's verdict 
 What is measured, per image, budget ``T`` and method, in one feature space (``"projected"`` when the model's
 projector is available, as methods-spec §3.1 asks, else the tower's ``"vision"`` features):
 
-* ``erank(kept)`` (from :func:`prunelab.runner.run_vision`);
+* ``erank(kept)`` (from :func:`prunelab.study.runner.run_vision`);
 * three references of the same image: the **full set** (all ``N`` tokens; note ``erank <= T`` for ``T`` tokens,
   so ``kept / full < 1`` is partly structural), **random subsets** of the same size (what chance keeps) and the
-  **erank-greedy** set of the same size (:func:`prunelab.analysis.erank_greedy`: what a direct erank maximiser
+  **erank-greedy** set of the same size (:func:`prunelab.study.analysis.erank_greedy`: what a direct erank maximiser
   reaches; a lower bound on the true maximum, so "ceiling" is approximate);
 * ratios ``ratio_full``, ``ratio_random``, ``ratio_ceiling`` = ``erank(kept)`` divided by each reference;
-* intended vs achieved diversity (:func:`prunelab.analysis.diversity_table`): max-min methods (DivPrune, FPS)
+* intended vs achieved diversity (:func:`prunelab.study.analysis.diversity_table`): max-min methods (DivPrune, FPS)
   maximise the minimum pairwise cosine distance of the kept tokens; the paper scores them with erank.
 
 Equal sizes. erank grows with the number of tokens, so methods are compared with each other and with the
@@ -25,7 +25,7 @@ erank-greedy set only at equal size (methods-spec §3.1). A method whose kept co
 gets no ``ratio_ceiling`` and is left out of the verdict (:func:`fixed_budget_methods`).
 
 The verdict (:func:`shortfall_claims`, rules written next to the numbers; outcomes computed by
-:mod:`prunelab.verdict`, whose checks compare the far end of a seeded 95% bootstrap CI over images):
+:mod:`prunelab.study.verdict`, whose checks compare the far end of a seeded 95% bootstrap CI over images):
 
 1. attention-based pruners keep less erank than random subsets of the same size (``ratio_random < 1``);
 2. diversity-based pruners keep more erank than attention-based ones (per-image ratio of family means ``> 1``);
@@ -46,7 +46,7 @@ import torch
 
 from prunelab.errors import PrunelabError, UnknownNameError
 from prunelab.methods.base import VisualContext
-from prunelab.metrics import erank
+from prunelab.eval.metrics import erank
 
 #: ``ratio_ceiling`` below this counts as "substantially less than intended" (claim 3): at least 10% short of
 #: what the erank-greedy selection of the same size reaches. Chosen before looking at any result.
@@ -84,7 +84,7 @@ def check_vision_methods(methods: Sequence[str] | str | None) -> list[str]:
     text-conditioned or in-LLM method), naming the methods that can run here.
     """
     from prunelab.methods.base import get_pruner
-    from prunelab.runner import vision_methods
+    from prunelab.study.runner import vision_methods
 
     known = vision_methods()
     if methods is None:
@@ -107,13 +107,13 @@ def validate_parameters(*, model: str, image_sets, n_images, methods, budgets, s
                         results_dir=None) -> StudyParameters:
     """Check every parameter of the notebook up front; one clear :class:`PrunelabError` for the first bad one.
 
-    Shared checks come from :func:`prunelab.params.validate` (image sets, budgets <= 576 tokens, device, method
+    Shared checks come from :func:`prunelab.study.params.validate` (image sets, budgets <= 576 tokens, device, method
     names); this adds what the vision-only notebook needs: methods that run on images alone, ``n_images``
     (positive integer or ``None``), an integer ``seed``, and the model. An embedded model (``toyllava``) needs only
     the offline DINOv2 tower here (its projector is used when its weights exist); another model must be a local
     LLaVA folder or be in the local Hugging Face cache.
     """
-    from prunelab.params import EMBEDDED_MODELS, check_model, validate
+    from prunelab.study.params import EMBEDDED_MODELS, check_model, validate
 
     if isinstance(image_sets, str):
         image_sets = [image_sets]
@@ -149,7 +149,7 @@ def embedded_projector(variant: str = "toyllava"):
     """The trained projector of an embedded ToyLLaVA variant as a ``torch.nn.Module``, or ``None`` when its
     weights are not on this machine (the vision-side analysis then runs on the tower's features).
 
-    Same construction as :func:`prunelab.runner.load_projector` (LLaVA's linear -> GELU -> linear), for any
+    Same construction as :func:`prunelab.study.runner.load_projector` (LLaVA's linear -> GELU -> linear), for any
     variant folder."""
     from prunelab.errors import AssetError
 
@@ -168,7 +168,7 @@ def embedded_projector(variant: str = "toyllava"):
 
 
 class LlavaVisionEncoder:
-    """A :func:`prunelab.runner.run_vision` encoder from a LLaVA checkpoint's own tower and projector.
+    """A :func:`prunelab.study.runner.run_vision` encoder from a LLaVA checkpoint's own tower and projector.
 
     Images go through the checkpoint's image processor, the tower runs once per batch through
     :class:`prunelab.models.adapter.LlavaAdapter` (layer -2 patch features, [CLS] attention recomputed from the
@@ -214,7 +214,7 @@ class LlavaVisionEncoder:
     def fingerprint(self) -> str:
         """Name, tower and projector weights digests, image-processor settings and q/k layers (cache key)."""
         if self._fingerprint is None:
-            from prunelab.runner import _module_fingerprint
+            from prunelab.study.runner import _module_fingerprint
 
             parts = self.adapter.parts
             proc = self.image_processor.to_dict() if hasattr(self.image_processor, "to_dict") else repr(self.image_processor)
@@ -246,14 +246,14 @@ class LlavaVisionEncoder:
 
 def encoder_for(model: str, device: str = "auto", *, model_path: str | Path | None = None,
                 batch_size: int = 8) -> tuple[Any, dict[str, Any]]:
-    """``(encoder, info)`` for :func:`prunelab.runner.run_vision`.
+    """``(encoder, info)`` for :func:`prunelab.study.runner.run_vision`.
 
     An embedded model (``toyllava``) uses the runner's DINOv2-S/14 encoder with the model's trained projector when
     its weights exist (``info["projected"]`` says whether they did); another model uses its own tower and
     projector through :class:`LlavaVisionEncoder`. ``info`` also names the tower and the feature space used.
     """
-    from prunelab.params import EMBEDDED_MODELS
-    from prunelab.runner import VisionEncoder
+    from prunelab.study.params import EMBEDDED_MODELS
+    from prunelab.study.runner import VisionEncoder
 
     if model in EMBEDDED_MODELS:
         projector = embedded_projector(model)
@@ -278,7 +278,7 @@ class StudyRun:
 
     rows: the run_vision tables concatenated; refs: reference rows (random subset, erank-greedy) in the same
     shape; ratios: rows + refs with the three ratios (:func:`ratio_table`); diversity: intended vs achieved
-    (:func:`prunelab.analysis.diversity_table` per set, with ``ratio_ceiling``); items: ``{image_id: ImageItem}``.
+    (:func:`prunelab.study.analysis.diversity_table` per set, with ``ratio_ceiling``); items: ``{image_id: ImageItem}``.
     """
 
     rows: pd.DataFrame
@@ -299,12 +299,12 @@ def reference_rows(df: pd.DataFrame, contexts: dict, greedy: dict[str, list[int]
     """Rows shaped like a run_vision table for the two references at every budget of ``df``:
 
     * ``method="random subset"``: ``erank_kept_*`` = mean erank of the ``n_random`` seeded random subsets of size
-      ``T`` (the same draws :func:`prunelab.runner.random_subset_erank` gives the methods of that size);
+      ``T`` (the same draws :func:`prunelab.study.runner.random_subset_erank` gives the methods of that size);
     * ``method="erank-greedy"``: the first ``T`` picks of ``greedy[image_id]``, with their kept indices.
 
     ``space`` is the feature space of ``greedy``; both spaces' eranks are filled where the context has them.
     """
-    from prunelab.runner import random_subset_erank
+    from prunelab.study.runner import random_subset_erank
 
     keys = ["image_set", "image_id", "complexity", "seed", "n_tokens", "erank_full_vision", "erank_full_projected",
             "attention_entropy", "attention_entropy_norm"]
@@ -356,7 +356,7 @@ def ratio_table(rows: pd.DataFrame, refs: pd.DataFrame, space: str) -> pd.DataFr
 
 
 def diversity_with_ceiling(div: pd.DataFrame, fixed: Sequence[str]) -> pd.DataFrame:
-    """A :func:`prunelab.analysis.diversity_table` with ``ratio_ceiling`` = its erank / the erank-greedy row's of
+    """A :func:`prunelab.study.analysis.diversity_table` with ``ratio_ceiling`` = its erank / the erank-greedy row's of
     the same image and budget (NaN for methods not in ``fixed``; references are kept) and ``fixed_budget``."""
     out = div.copy()
     out["method"] = out["method"].replace({"random": RANDOM})
@@ -374,9 +374,9 @@ def run_study(image_sets: Sequence[str], methods: Sequence, budgets: Sequence[in
               cpu_threads: int | None = 1) -> StudyRun:
     """Run every method at every budget on every image set, add the references and the ratios.
 
-    ``methods`` as for :func:`prunelab.runner.run_vision` (e.g. :func:`prunelab.runner.methods_for`); ``encoder``
+    ``methods`` as for :func:`prunelab.study.runner.run_vision` (e.g. :func:`prunelab.study.runner.methods_for`); ``encoder``
     from :func:`encoder_for`; ``space`` the feature space of the ratios and of the erank-greedy ceiling
-    (``screen`` as in :func:`prunelab.analysis.erank_greedy`). Runner results and greedy selections are cached
+    (``screen`` as in :func:`prunelab.study.analysis.erank_greedy`). Runner results and greedy selections are cached
     (``cache_dir``: ``None`` = the prunelab cache, ``False`` = off).
 
     ``cpu_threads`` caps torch's intra-op CPU threads while the study runs (restored afterwards; ``None`` leaves
@@ -399,12 +399,12 @@ def run_study(image_sets: Sequence[str], methods: Sequence, budgets: Sequence[in
 
 def _run_study(image_sets, methods, budgets, *, seed, n_images, encoder, space, n_random, screen, cache_dir,
                progress) -> StudyRun:
-    from prunelab import analysis
-    from prunelab.data import load_image_set
-    from prunelab.runner import run_vision
+    from prunelab.study import analysis
+    from prunelab.study.data import load_image_set
+    from prunelab.study.runner import run_vision
 
     if encoder is None:
-        from prunelab.runner import VisionEncoder
+        from prunelab.study.runner import VisionEncoder
 
         encoder = VisionEncoder()
     budgets = sorted(int(b) for b in budgets)
@@ -442,8 +442,8 @@ def _run_study(image_sets, methods, budgets, *, seed, n_images, encoder, space, 
 
 
 def method_order(ratios: pd.DataFrame) -> list[str]:
-    """Methods by family (prunelab.plots order), references last."""
-    from prunelab.plots import method_order as _order
+    """Methods by family (prunelab.study.plots order), references last."""
+    from prunelab.study.plots import method_order as _order
 
     order = _order(ratios[~ratios["method"].isin(REFERENCES)])
     return order + [r for r in REFERENCES if (ratios["method"] == r).any()]
@@ -473,7 +473,7 @@ def family_gap(ratios: pd.DataFrame, space: str, a: str = DIVERSITY, b: str = AT
                seed: int = 0) -> pd.DataFrame:
     """Per (image set, budget): mean over images of ``erank(family a) / erank(family b)``, each family's erank
     being the per-image mean over its fixed-budget methods; seeded bootstrap CI. Empty when a family is absent."""
-    from prunelab.analysis import paired
+    from prunelab.study.analysis import paired
 
     fam = family_means(ratios, f"erank_kept_{space}")
     if not {a, b} <= set(fam["family"]):
@@ -486,7 +486,7 @@ def summary_by_method(ratios: pd.DataFrame, value: str, family: str | None = Non
                       n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Mean of ``value`` per (method, budget, image set) with a seeded bootstrap CI over images; restricted to
     one ``family`` and to fixed-budget methods when asked. References excluded."""
-    from prunelab.analysis import summarize
+    from prunelab.study.analysis import summarize
 
     sub = ratios[~ratios["method"].isin(REFERENCES)]
     if family is not None:
@@ -552,7 +552,7 @@ RATIO_LABELS = {"ratio_full": "kept / all tokens", "ratio_random": "kept / rando
 def family_table(ratios: pd.DataFrame, columns: Sequence[str] = tuple(RATIO_LABELS), decimals: int = 2) -> pd.DataFrame:
     """Per family (fixed-budget methods; per image the family mean, then the mean over images) and per reference,
     the ratios in ``columns``; one column per (ratio, image set, budget)."""
-    from prunelab.plots import FAMILY_ORDER
+    from prunelab.study.plots import FAMILY_ORDER
 
     parts = []
     for col in columns:
@@ -581,7 +581,7 @@ def family_table(ratios: pd.DataFrame, columns: Sequence[str] = tuple(RATIO_LABE
 def shortfall_claims(ratios: pd.DataFrame, space: str, *, threshold: float = SHORTFALL, n_boot: int = 2000,
                      seed: int = 0) -> list:
     """The three claims of finding 1 with their computed checks (see the module docstring for the rules)."""
-    from prunelab.verdict import Claim, checks_from_summary
+    from prunelab.study.verdict import Claim, checks_from_summary
 
     tmpl = "{method}, T={budget}, {image_set}"
     att = summary_by_method(ratios, "ratio_random", ATTENTION, n_boot=n_boot, seed=seed)
@@ -631,7 +631,7 @@ def erank_overview(ratios: pd.DataFrame, space: str, height: float = 2.7, aspect
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from prunelab.plots import method_palette, short_label
+    from prunelab.study.plots import method_palette, short_label
 
     col = f"erank_kept_{space}"
     methods = [m for m in method_order(ratios) if m not in REFERENCES]
@@ -678,7 +678,7 @@ def intended_vs_achieved(div: pd.DataFrame, height: float = 3.0, annotate: bool 
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from prunelab.plots import FAMILY_ORDER, short_label
+    from prunelab.study.plots import FAMILY_ORDER, short_label
 
     d = div.dropna(subset=["ratio_ceiling"])
     sets = list(dict.fromkeys(d["image_set"]))

@@ -4,7 +4,7 @@
 image and returns a pandas DataFrame with **one row per image x method x budget** (columns in
 :data:`VISION_COLUMNS`):
 
-* ``erank_kept_{vision,projected}``: effective rank (Roy & Vetterli; :func:`prunelab.metrics.erank`, default
+* ``erank_kept_{vision,projected}``: effective rank (Roy & Vetterli; :func:`prunelab.eval.metrics.erank`, default
   options) of the kept tokens, pre-projector and as the LLM receives them (methods-spec §3.1; the same numbers
   :func:`prunelab.methods.base.prune` attaches);
 * ``erank_full_*``: the same for all ``N`` tokens of the image; ``erank_random_*``: mean over ``n_random``
@@ -21,9 +21,9 @@ exactly :func:`prunelab.methods.adaptive.calibrate_erank` with its defaults) bef
 ``df.attrs["erank_stats"]``.
 
 Caching and resuming. Per-image image statistics and per-image result rows are written atomically as small
-checked entries (:mod:`prunelab.tablecache`: row count, columns and SHA-256 in a header; an entry that is not
+checked entries (:mod:`prunelab.study.tablecache`: row count, columns and SHA-256 in a header; an entry that is not
 intact is recomputed) under ``cache_dir`` (default ``<prunelab cache>/runs``), in a folder named for the cache
-format and the hash of the code that computes the rows (``v2-<code hash>/``; ``python -m prunelab.cache prune``
+format and the hash of the code that computes the rows (``v2-<code hash>/``; ``python -m prunelab.study.cache prune``
 drops the others) and keyed by a SHA-256 of everything that determines them: encoder fingerprint (tower
 weights, preprocessing, projector), image set and id, method names and parameters, budgets, seed,
 ``n_random`` and erank statistics. Each image's rows are stored once (its image-level numbers once per entry).
@@ -48,8 +48,8 @@ import torch
 from prunelab.device import cpu_threads
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
-from prunelab.metrics import attention_entropy, erank
-from prunelab.tablecache import code_hash, key as _key, read_entry, read_table, version_dir, write_entry, write_table
+from prunelab.eval.metrics import attention_entropy, erank
+from prunelab.study.tablecache import code_hash, key as _key, read_entry, read_table, version_dir, write_entry, write_table
 from prunelab.paths import atomic_write, cache_dir as _cache_dir
 
 CACHE_FORMAT = 2  # bump when the meaning of a column or the entry layout changes (2: checked entries, no all-file)
@@ -63,7 +63,7 @@ VISION_COLUMNS = [
 IMAGE_COLUMNS = ["erank_full_vision", "erank_full_projected", "attention_entropy", "attention_entropy_norm", "n_tokens"]
 
 # Code whose change must invalidate cached rows.
-_CODE_FILES = ("runner.py", "metrics.py", "vision.py", "methods/*.py", "models/dinov2.py")
+_CODE_FILES = ("study/runner.py", "eval/metrics.py", "models/vision.py", "methods/*.py", "models/dinov2.py")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -137,11 +137,11 @@ def _jsonable(obj):
 
 
 class VisionEncoder:
-    """The default encoder: the offline DINOv2-S/14 tower via :func:`prunelab.vision.encode_images`.
+    """The default encoder: the offline DINOv2-S/14 tower via :func:`prunelab.models.vision.encode_images`.
 
     ``projector`` (optional, ``(M, C) -> (M, D)``) provides the ``"projected"`` space (e.g. ToyLLaVA's trained
     projector); ``qk_layers`` are the layers whose queries/keys methods may read (VisionZip: -2, PruMerge: -1).
-    Features are cached on disk by :mod:`prunelab.vision`.
+    Features are cached on disk by :mod:`prunelab.models.vision`.
     """
 
     def __init__(self, tower=None, *, projector=None, qk_layers: Sequence[int] = (-2, -1), batch_size: int = 8,
@@ -157,7 +157,7 @@ class VisionEncoder:
     @property
     def tower(self):
         if self._tower is None:
-            from prunelab import vision
+            from prunelab.models import vision
 
             tower = vision.default_tower()
             if self.device not in (None, "cpu"):
@@ -169,13 +169,13 @@ class VisionEncoder:
 
     @property
     def fingerprint(self) -> str:
-        from prunelab import vision
+        from prunelab.models import vision
 
         proj = _module_fingerprint(self.projector) if self.projector is not None else "none"
         return f"dinov2:{vision.tower_fingerprint(self.tower)[:16]}|qk={self.qk_layers}|pad={self.pad_to_square}|proj={proj}"
 
     def __call__(self, images: list, ids: list[str]) -> list[VisualContext]:
-        from prunelab import vision
+        from prunelab.models import vision
 
         out = vision.encode_images(images, self.tower, batch_size=self.batch_size, qk_layers=self.qk_layers,
                                    pad_to_square=self.pad_to_square, names=list(ids), progress=self.progress)
@@ -257,7 +257,7 @@ def vision_methods() -> list[str]:
     question and run through the model adapter), ordered by family then name."""
     from prunelab.methods import available_methods
 
-    from prunelab.plots import FAMILY_ORDER
+    from prunelab.study.plots import FAMILY_ORDER
 
     rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
     names = [n for n in available_methods("pre_llm") if get_pruner(n).family != "text"]
@@ -426,13 +426,13 @@ def _read_rows(path: Path) -> pd.DataFrame | None:
 
 
 def _items_of(image_set, n, seed):
-    from prunelab.data import ImageItem, load_image_set
+    from prunelab.study.data import ImageItem, load_image_set
 
     if isinstance(image_set, str):
         return image_set, load_image_set(image_set, n=n, seed=seed)
     items = list(image_set)
     if not items or not all(isinstance(it, ImageItem) for it in items):
-        raise UnknownNameError("image_set must be a set name such as 'photos' or a non-empty list of prunelab.data.ImageItem")
+        raise UnknownNameError("image_set must be a set name such as 'photos' or a non-empty list of prunelab.study.data.ImageItem")
     sources = sorted({it.source for it in items})
     return "+".join(sources), items
 
@@ -464,8 +464,8 @@ def run_vision(
 
     Parameters
     ----------
-    image_set: a spec for :func:`prunelab.data.load_image_set` (``"photos"``, ``"toyworld:test"``,
-        ``"coco:<dir>"``) or a list of :class:`prunelab.data.ImageItem`.
+    image_set: a spec for :func:`prunelab.study.data.load_image_set` (``"photos"``, ``"toyworld:test"``,
+        ``"coco:<dir>"``) or a list of :class:`prunelab.study.data.ImageItem`.
     methods: see :func:`resolve_methods`.
     budgets: absolute token budgets ``T`` (e.g. ``[64, 128]``).
     seed: selects the image subset (with ``n``) and seeds the random-subset baseline.
@@ -485,7 +485,7 @@ def run_vision(
     """
     from tqdm.auto import tqdm
 
-    from prunelab.params import check_budgets, check_n_images, check_seed
+    from prunelab.study.params import check_budgets, check_n_images, check_seed
 
     specs = resolve_methods(methods)
     if not specs:
@@ -589,7 +589,7 @@ def glance_table(df: pd.DataFrame, space: str = "vision") -> pd.DataFrame:
 
     Ratios are averaged per image (mean of ``kept / full``), not ratios of means, so every image weighs the same.
     """
-    from prunelab.plots import method_order
+    from prunelab.study.plots import method_order
 
     d = df.assign(
         erank_over_full=df[f"erank_kept_{space}"] / df[f"erank_full_{space}"],

@@ -1,5 +1,5 @@
 """Chapter 2 (diversity <-> hallucination): the paper's CHAIR table, per-image correlations, figures, examples and
-the verdict rules, on top of a :func:`prunelab.generation.run_generation` describe table.
+the verdict rules, on top of a :func:`prunelab.study.generation.run_generation` describe table.
 
 The claim (AgilePruner, ICLR 2026, arXiv 2603.01236; project page ``cvsp-lab/AgilePruner``, figure
 ``hallucination_chair.png``; numbers in ``data/paper_results.csv``, table ``chair``): on CHAIR, diversity-based
@@ -11,11 +11,11 @@ attention-based pruning (FasterVLM, PruMerge+), and the diversity these methods 
 * :func:`per_image_correlations` / :func:`correlation_summary` — for each image and budget, the Spearman rank
   correlation *across methods* between a property of the kept tokens (erank, [CLS] attention mass) and the
   caption's hallucinated mentions; the image is held fixed, so image difficulty cannot drive it; averaged over
-  images with a seeded bootstrap CI (:func:`prunelab.analysis.summarize`);
-* :func:`finding2_claims` — the verdict rules as :class:`prunelab.verdict.Claim` objects with computed checks;
+  images with a seeded bootstrap CI (:func:`prunelab.study.analysis.summarize`);
+* :func:`finding2_claims` — the verdict rules as :class:`prunelab.study.verdict.Claim` objects with computed checks;
 * figures (:func:`tradeoff_figure`, :func:`chair_bars`, :func:`correlation_figure`), highlighted example captions
   (:func:`examples_html`) and an image x method x budget caption explorer that works on the static page
-  (:func:`caption_explorer`, the ``jslink`` + ``Stack`` pattern of :mod:`prunelab.widgets`).
+  (:func:`caption_explorer`, the ``jslink`` + ``Stack`` pattern of :mod:`prunelab.study.widgets`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import UnknownNameError
-from prunelab.generation import VANILLA, highlight_caption, paired_chair
+from prunelab.study.generation import VANILLA, highlight_caption, paired_chair
 
 #: Our method label -> the paper's name in its CHAIR table (VisionZip and the hybrids beyond VisPruner are not in it).
 PAPER_NAMES = {"Vanilla": "Vanilla", "FasterVLM": "FasterVLM", "PruMerge+fixed": "PruMerge+", "PruMerge+": "PruMerge+",
@@ -55,7 +55,7 @@ def paper_chair(methods: Sequence[str] | None = None, budgets: Sequence[int] = P
     """The paper's CHAIR numbers (LLaVA-1.5-7B, 500 COCO val2014 images) for our method labels: columns
     ``method`` (our label), ``paper_method``, ``budget`` (576 for Vanilla), ``CHAIR_s``, ``CHAIR_i``, ``Recall``,
     ``Len``. Methods the paper does not report are left out."""
-    from prunelab.verdict import paper_results
+    from prunelab.study.verdict import paper_results
 
     res = paper_results()
     res = res[(res["table"] == "chair") & (res["model"] == PAPER_MODEL)]
@@ -114,7 +114,7 @@ def correlation_summary(df: pd.DataFrame, xs: Sequence[str] = ("erank_kept_proje
     """``(per_image, summary)``: :func:`per_image_correlations` for every ``x`` in ``xs``, and their mean per
     ``by`` x ``x`` with a seeded bootstrap CI over images (``mean, ci_low, ci_high, n`` = images where ρ is
     defined)."""
-    from prunelab.analysis import summarize
+    from prunelab.study.analysis import summarize
 
     per = pd.concat([per_image_correlations(df, x, y, by=by) for x in xs], ignore_index=True)
     summ = summarize(per, "rho", list(by) + ["x"], n_boot=n_boot, ci=ci, seed=seed)
@@ -132,7 +132,7 @@ def _families(df: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def _paper_pairs(metric: str, left: Sequence[str], right: Sequence[str]) -> str:
-    from prunelab.verdict import paper_value
+    from prunelab.study.verdict import paper_value
 
     parts = []
     for b in PAPER_BUDGETS:
@@ -144,7 +144,7 @@ def _paper_pairs(metric: str, left: Sequence[str], right: Sequence[str]) -> str:
 
 def _pair_checks(df: pd.DataFrame, left: Sequence[str], right: Sequence[str], metric: str, op: str, *, n_boot: int,
                  ci: float, seed: int) -> list:
-    from prunelab.verdict import check
+    from prunelab.study.verdict import check
 
     out = []
     for a in left:
@@ -156,13 +156,13 @@ def _pair_checks(df: pd.DataFrame, left: Sequence[str], right: Sequence[str], me
 
 def finding2_claims(df: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
                     erank_column: str = "erank_kept_projected") -> list:
-    """The verdict rules of finding 2 as :class:`prunelab.verdict.Claim` objects (outcomes computed from checks).
+    """The verdict rules of finding 2 as :class:`prunelab.study.verdict.Claim` objects (outcomes computed from checks).
 
     Families come from the table (``family`` column): *diversity* (DivPrune, FPS) vs *attention* (FasterVLM,
     PruMerge+). Every comparison is paired on the same images with a seeded bootstrap CI at level ``ci``, and a
-    check passes only if the whole interval lies on the claimed side of 0 (:func:`prunelab.verdict.check`).
+    check passes only if the whole interval lies on the claimed side of 0 (:func:`prunelab.study.verdict.check`).
     """
-    from prunelab.verdict import Claim, check
+    from prunelab.study.verdict import Claim, check
 
     fam = _families(df)
     div, att = fam.get("diversity", []), fam.get("attention", [])
@@ -208,7 +208,7 @@ def finding2_claims(df: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, s
 
 
 def _palette(df: pd.DataFrame) -> dict:
-    from prunelab.plots import _families as fam_of, method_palette, method_order
+    from prunelab.study.plots import _families as fam_of, method_palette, method_order
 
     return method_palette(method_order(df), fam_of(df))
 
@@ -311,7 +311,7 @@ def correlation_figure(per_image: pd.DataFrame, summary: pd.DataFrame, labels: d
 
 
 def _thumb(image, kept=None, n_tokens: int | None = None, size: int = 168) -> str:
-    from prunelab.plots import overlay_png
+    from prunelab.study.plots import overlay_png
 
     if kept is None:
         import io

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from prunelab.plots import method_order, overlay_png
+from prunelab.study.plots import method_order, overlay_png
 
 
 def _caption(row) -> str:
@@ -31,7 +31,7 @@ def overlay_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str]
                      grid=(24, 24), size: int = 224, max_views: int = 400):
     """Image x method x budget explorer of kept-token overlays.
 
-    ``df`` is a :func:`prunelab.runner.run_vision` table, ``images`` maps ``image_id`` to a PIL image. Three
+    ``df`` is a :func:`prunelab.study.runner.run_vision` table, ``images`` maps ``image_id`` to a PIL image. Three
     dropdowns select the image, method and budget; the overlay and a caption (kept count, erank of the kept
     tokens vs random subsets, attention mass kept) update in the browser, with or without a kernel.
     Raises ``ValueError`` if more than ``max_views`` combinations would be embedded.
@@ -110,10 +110,10 @@ def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: S
     """AgilePruner's threshold and the budget as two sliders (plus an image dropdown): the kept-token overlay, the
     erank and [CLS] attention of the kept tokens, how many tokens the threshold removed and the fill rule added,
     and, when given, the image's POPE accuracy (``pope``) and the highlighted description (``describe``; CHAIR
-    colours, :func:`prunelab.generation.highlight_caption`) at that τ and budget.
+    colours, :func:`prunelab.study.generation.highlight_caption`) at that τ and budget.
 
-    ``vision``: a :func:`prunelab.runner.run_vision` table holding the sweep's methods; ``taus``: ``{method label:
-    tau_max}`` (e.g. from :func:`prunelab.adaptive_study.tau_grid`; τ = 0 is FasterVLM). Like
+    ``vision``: a :func:`prunelab.study.runner.run_vision` table holding the sweep's methods; ``taus``: ``{method label:
+    tau_max}`` (e.g. from :func:`prunelab.study.adaptive_study.tau_grid`; τ = 0 is FasterVLM). Like
     :func:`overlay_explorer`, every view is precomputed and the sliders switch nested ``Stack`` widgets through
     ``jslink`` in the browser, so the widget also works on the static book page. ``ValueError`` beyond
     ``max_views`` views or when a τ has no rows.
@@ -153,7 +153,7 @@ def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: S
         row["budget"] = b
         cap = None
         if caps is not None and key in caps.index:
-            from prunelab.generation import highlight_caption
+            from prunelab.study.generation import highlight_caption
 
             c = caps.loc[key]
             c = c.iloc[0] if isinstance(c, pd.DataFrame) else c

@@ -1,6 +1,6 @@
 """What the book shows about the embedded model: its toy world, training curve, quality table and outputs.
 
-Everything here reads what ``python -m prunelab.models.toyllava train`` wrote into the model folder
+Everything here reads what ``python -m prunelab.train.toyllava train`` wrote into the model folder
 (``data/models/<variant>/``: ``eval.json`` with per-condition summaries and per-image outputs, ``history.json``
 with the training curve, ``config.json``) or renders toy-world scenes; nothing is computed by hand. Used by
 ``notebooks/00_toy_world_and_model.ipynb``.
@@ -27,7 +27,7 @@ def load_eval(path=None) -> dict:
     """The evaluation written by training (``eval.json``); :class:`AssetError` with the fix if it is missing."""
     p = _dir(path) / "eval.json"
     if not p.is_file():
-        raise AssetError(f"{p} is missing; run `python -m prunelab.models.toyllava eval` (or make toy-model)")
+        raise AssetError(f"{p} is missing; run `python -m prunelab.train.toyllava eval` (or make toy-model)")
     return json.loads(p.read_text())
 
 
@@ -62,7 +62,7 @@ def summary_table(ev: dict, complexity: str | None = None) -> pd.DataFrame:
 
 def quality_table(ev: dict) -> pd.DataFrame:
     """The issue's quality bar as rows ``criterion, value, bar, pass`` (:func:`toytrain.quality_checks`)."""
-    from prunelab.models.toytrain import TrainConfig, quality_checks
+    from prunelab.train.toytrain import TrainConfig, quality_checks
 
     cfg_d = dict(ev.get("config", {}))
     known = set(TrainConfig.__dataclass_fields__)

@@ -8,16 +8,16 @@ erank of the patch features); diversity-based pruning wins on *complex* images, 
 
 * Complexity of an image: the [CLS] attention entropy (methods-spec §3.2, nats and normalised by log N) and the
   erank of its ``N`` patch features (§3.1), both from the model's own tower (:class:`TowerEncoder` runs that
-  tower inside :func:`prunelab.runner.run_vision`); :func:`image_table`, :func:`separation` (how well a measure
+  tower inside :func:`prunelab.study.runner.run_vision`); :func:`image_table`, :func:`separation` (how well a measure
   separates labelled simple from complex images: group means, difference and AUC with bootstrap CIs).
 * Splits (:func:`assign_split`): the image set's own labels (the toy world's test split is generated simple or
   complex; the photos are labelled by hand), or a median split on erank or entropy for sets without labels
   (COCO).
-* Per split: POPE accuracy (:func:`accuracy_table`), CHAIR (:func:`prunelab.generation.chair_table` with
+* Per split: POPE accuracy (:func:`accuracy_table`), CHAIR (:func:`prunelab.study.generation.chair_table` with
   ``by=(method, budget, split)``) and the family comparisons (:func:`family_gaps`: attention − diversity on each
   split; :func:`family_interactions`: the difference between the two splits), paired on the same images with the
-  bootstrap of :mod:`prunelab.paired`.
-* :func:`finding3_claims` — the verdict rules as :class:`prunelab.verdict.Claim` objects with computed checks.
+  bootstrap of :mod:`prunelab.study.paired`.
+* :func:`finding3_claims` — the verdict rules as :class:`prunelab.study.verdict.Claim` objects with computed checks.
 """
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ ATTENTION, DIVERSITY = "attention", "diversity"
 
 
 class TowerEncoder:
-    """A :func:`prunelab.runner.run_vision` encoder that runs the vision tower of a loaded
-    :class:`prunelab.generation.GenerationModel`, with the model's own preprocessing and projector, one image at
-    a time: the contexts are exactly those :func:`prunelab.generation.run_generation` prunes (same pixels, same
+    """A :func:`prunelab.study.runner.run_vision` encoder that runs the vision tower of a loaded
+    :class:`prunelab.study.generation.GenerationModel`, with the model's own preprocessing and projector, one image at
+    a time: the contexts are exactly those :func:`prunelab.study.generation.run_generation` prunes (same pixels, same
     batch size), so with the same erank statistics both loops keep the same tokens (a test checks). Use it so the
     image-level numbers and overlays of a chapter come from the tower whose tokens the language model reads
     (DINOv2-S for ToyLLaVA, CLIP for llava-hf checkpoints)."""
@@ -82,7 +82,7 @@ class TowerEncoder:
 def image_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per image: ``image_id``, ``complexity`` (the set's label or None), ``n_tokens``, attention entropy
     (nats and normalised) and the erank of all tokens (``erank_full_vision``, ``erank_full_projected``)."""
-    from prunelab.plots import per_image
+    from prunelab.study.plots import per_image
 
     need = {"image_id", "attention_entropy", "erank_full_vision"}
     if not need <= set(df.columns):
@@ -93,7 +93,7 @@ def image_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def check_split(by: str, items=None) -> str:
     """``by`` if it is a known split rule (:data:`SPLIT_MEASURES`) and, for ``"label"`` with ``items``
-    (:class:`prunelab.data.ImageItem`), if some item is labelled simple or complex; else a one-line
+    (:class:`prunelab.study.data.ImageItem`), if some item is labelled simple or complex; else a one-line
     :class:`UnknownNameError` (before any model runs)."""
     if by not in SPLIT_MEASURES:
         raise UnknownNameError(f"unknown split {by!r}; use one of {', '.join(SPLIT_MEASURES)}")
@@ -194,7 +194,7 @@ def split_agreement(img: pd.DataFrame, label: str = "complexity") -> pd.DataFram
 def paper_examples() -> pd.DataFrame:
     """The paper's four example images (LLaVA-1.5-7B's CLIP tower): ``example``, ``split``,
     ``attention_entropy`` (nats), ``erank``."""
-    from prunelab.verdict import paper_results
+    from prunelab.study.verdict import paper_results
 
     res = paper_results()
     res = res[res["table"] == "image_complexity_examples"]
@@ -223,11 +223,11 @@ def accuracy_table(pope: pd.DataFrame, by: Sequence[str] = ("method", "budget", 
                    ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """POPE per group of ``by`` over all three settings: ``Accuracy`` (share of questions answered correctly, an
     unparsed answer counted wrong; seeded bootstrap CI over images), ``F1`` and ``Yes-ratio``
-    (:func:`prunelab.pope.pope_metrics`, unparsed answers read as "no"), ``n_images``, ``n_questions``,
+    (:func:`prunelab.eval.pope.pope_metrics`, unparsed answers read as "no"), ``n_images``, ``n_questions``,
     ``n_unparsed``; plus ``family``. Rows in the study's method order."""
-    from prunelab.generation import pope_table
-    from prunelab.paired import metric_table
-    from prunelab.plots import method_order
+    from prunelab.study.generation import pope_table
+    from prunelab.study.paired import metric_table
+    from prunelab.study.plots import method_order
 
     by = list(by)
     acc = metric_table(pope, "Accuracy", by=by, n_boot=n_boot, ci=ci, seed=seed).rename(
@@ -261,8 +261,8 @@ def split_layout(table: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
 def family_gaps(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b: str = DIVERSITY, n_boot: int = 2000,
                 ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Per budget and split: ``metric(family a) − metric(family b)`` on the split's images, each family's methods
-    pooled (:func:`prunelab.paired.compare`). Empty when a family is absent."""
-    from prunelab.paired import compare
+    pooled (:func:`prunelab.study.paired.compare`). Empty when a family is absent."""
+    from prunelab.study.paired import compare
 
     fam = families(df)
     if not fam.get(a) or not fam.get(b):
@@ -275,8 +275,8 @@ def family_gaps(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b: str = D
 def family_interactions(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b: str = DIVERSITY, n_boot: int = 2000,
                         ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Per budget: ``[metric(a) − metric(b)]_simple − [metric(a) − metric(b)]_complex``
-    (:func:`prunelab.paired.interaction`, images resampled within each split)."""
-    from prunelab.paired import interaction
+    (:func:`prunelab.study.paired.interaction`, images resampled within each split)."""
+    from prunelab.study.paired import interaction
 
     fam = families(df)
     if not fam.get(a) or not fam.get(b):
@@ -302,15 +302,15 @@ def _paper_examples_line(col: str, fmt: str) -> str:
 
 def finding3_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, img: pd.DataFrame, *, split_by: str = "label",
                     n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> list:
-    """The verdict rules of finding 3 as :class:`prunelab.verdict.Claim` objects (outcomes computed).
+    """The verdict rules of finding 3 as :class:`prunelab.study.verdict.Claim` objects (outcomes computed).
 
-    ``pope`` / ``describe``: :func:`prunelab.generation.run_generation` tables with a ``split`` column
+    ``pope`` / ``describe``: :func:`prunelab.study.generation.run_generation` tables with a ``split`` column
     (:func:`add_split`); ``img``: :func:`image_table` with a ``split`` column. Families from the tables' ``family``
     column: *attention* (FasterVLM, PruMerge+) and *diversity* (DivPrune, FPS), each pooled. A check passes only if
-    its whole ``ci`` bootstrap interval lies on the claimed side of 0 (:func:`prunelab.verdict.check`). A measure
+    its whole ``ci`` bootstrap interval lies on the claimed side of 0 (:func:`prunelab.study.verdict.check`). A measure
     that defines the split (``split_by="erank"`` / ``"entropy"``) cannot also test it: that row is "not tested".
     """
-    from prunelab.verdict import Claim, check
+    from prunelab.study.verdict import Claim, check
 
     pct = f"{100 * ci:.0f}%"
     claims = []
@@ -386,7 +386,7 @@ def measures_figure(img: pd.DataFrame, paper: pd.DataFrame | None = None, label:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from prunelab.plots import _complexity_palette
+    from prunelab.study.plots import _complexity_palette
 
     d = img.assign(**{label: img[label].fillna("unknown")})
     order = [s for s in (*SPLITS, "medium", "unknown") if s in set(d[label])]
@@ -441,8 +441,8 @@ def accuracy_figure(acc: pd.DataFrame):
     over images; the dashed line is the unpruned model when present."""
     import matplotlib.pyplot as plt
 
-    from prunelab.generation import VANILLA
-    from prunelab.plots import _complexity_palette, short_label
+    from prunelab.study.generation import VANILLA
+    from prunelab.study.plots import _complexity_palette, short_label
 
     pal = _complexity_palette()
     van = acc[acc["method"] == VANILLA]

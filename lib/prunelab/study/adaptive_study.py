@@ -79,10 +79,10 @@ def hybrid_grid(bases: Sequence[str]) -> pd.DataFrame:
 
 def tau_grid(taus: Sequence[float]) -> pd.DataFrame:
     """The τ sweep: one row per ``tau_max`` with ``method`` (the label it runs under) and ``spec`` (what
-    :func:`prunelab.runner.resolve_methods` takes): ``0`` -> ``"FasterVLM"`` (identical selection), the default
+    :func:`prunelab.study.runner.resolve_methods` takes): ``0`` -> ``"FasterVLM"`` (identical selection), the default
     ``tau_max`` -> ``"AgilePruner"``, others -> ``("AgilePruner", {"tau_max": τ})`` labelled
     ``AgilePruner(tau_max=τ)``. Sorted by τ; τ must be distinct numbers >= 0."""
-    from prunelab.runner import resolve_methods
+    from prunelab.study.runner import resolve_methods
 
     vals = []
     for t in ([taus] if isinstance(taus, (int, float)) else list(taus)):
@@ -109,7 +109,7 @@ def study_methods(methods: Sequence, bases: Sequence[str], taus: Sequence[float]
     """Method specs per task, duplicates (same label) dropped in order: ``"pope"`` = ``methods`` + every hybrid
     variant + the τ sweep; ``"describe"`` = ``methods`` + the τ sweep (the hybrids are compared on POPE, as in the
     paper's enhancement table)."""
-    from prunelab.runner import resolve_methods
+    from prunelab.study.runner import resolve_methods
 
     def dedupe(specs):
         out, seen = [], set()
@@ -133,7 +133,7 @@ def paper_pope(method: str, budget: int) -> tuple[float, str]:
     """The paper's POPE number for one of our labels (or a paper name) at ``budget``: from ``benchmarks`` when it
     is there, else from ``hybrid_enhancement`` (FasterVLM is only there); ``(nan, "")`` if absent. Returns
     ``(value, table)``."""
-    from prunelab.verdict import paper_results
+    from prunelab.study.verdict import paper_results
 
     res = paper_results()
     name = PAPER_NAMES.get(method, method)
@@ -148,7 +148,7 @@ def paper_pope(method: str, budget: int) -> tuple[float, str]:
 def paper_enhancement(bases: Sequence[str], budgets: Sequence[int] = (64, 128)) -> pd.DataFrame:
     """The paper's enhancement table for ``bases``: ``base, variant, paper_method, budget, POPE, Rel%`` (NaN where
     the paper has no such row)."""
-    from prunelab.verdict import paper_results
+    from prunelab.study.verdict import paper_results
 
     res = paper_results()
     res = res[(res["table"] == "hybrid_enhancement") & (res["model"] == PAPER_MODEL)]
@@ -175,7 +175,7 @@ def enhancement_table(pope: pd.DataFrame, bases: Sequence[str], *, n_boot: int =
     (relative to the unpruned model over GQA, SQA-IMG, POPE and MME). Long format: ``base, variant, method,
     budget, accuracy, accuracy_low, accuracy_high, diff_vs_fixed, diff_low, diff_high, paper_POPE,
     paper_diff_vs_fixed, paper_Rel%``."""
-    from prunelab.paired import compare, metric_table
+    from prunelab.study.paired import compare, metric_table
 
     grid = hybrid_grid(bases)
     present = grid[grid["method"].isin(set(pope["method"]))]
@@ -230,7 +230,7 @@ def tau_table(grid: pd.DataFrame, *, vision: pd.DataFrame | None = None, pope: p
     of the kept tokens (``erank_kept``, tower features), the [CLS] attention they carry and AgilePruner's
     ``n_filled`` (tokens the fill rule had to add); from ``pope`` the accuracy; from ``describe`` CHAIR_i and
     Recall; each with a seeded bootstrap CI over images (``<name>_low/_high``)."""
-    from prunelab.paired import metric_table
+    from prunelab.study.paired import metric_table
 
     by = list(by)
     lab2tau = dict(zip(grid["method"], grid["tau"]))
@@ -246,7 +246,7 @@ def tau_table(grid: pd.DataFrame, *, vision: pd.DataFrame | None = None, pope: p
         parts.append(t.rename(columns={"value": name, "ci_low": f"{name}_low", "ci_high": f"{name}_high"}).drop(columns="n"))
 
     if vision is not None and len(vision):
-        from prunelab.runner import method_stats
+        from prunelab.study.runner import method_stats
 
         v = method_stats(vision[vision["method"].isin(lab2tau)])
         v = v.assign(n_filled=v["stat_n_filled"].astype(float).fillna(0.0) if "stat_n_filled" in v else 0.0)
@@ -269,7 +269,7 @@ def tau_erank_gain(vision: pd.DataFrame, grid: pd.DataFrame, *, n_boot: int = 20
                    seed: int = 0) -> pd.DataFrame:
     """Per τ > 0 and budget: mean over images of ``erank_kept(τ) − erank_kept(τ=0)`` (tower features, the same
     image), with a seeded bootstrap CI: ``tau, method, budget, mean, ci_low, ci_high, n``."""
-    from prunelab.analysis import paired
+    from prunelab.study.analysis import paired
 
     zero = grid.loc[grid["tau"] == 0, "method"]
     if zero.empty or not (vision["method"] == zero.iloc[0]).any():
@@ -289,9 +289,9 @@ def tau_erank_gain(vision: pd.DataFrame, grid: pd.DataFrame, *, n_boot: int = 20
 def agile_comparisons(pope: pd.DataFrame, others: Sequence[str], *, agile: str = AGILE, n_boot: int = 2000,
                       ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Per other method and budget: POPE accuracy of ``agile`` minus the other's, paired on the same images, next
-    to the paper's POPE difference (:func:`paper_pope`). Columns of :func:`prunelab.paired.compare` plus
+    to the paper's POPE difference (:func:`paper_pope`). Columns of :func:`prunelab.study.paired.compare` plus
     ``paper_a``, ``paper_b``, ``paper_diff``."""
-    from prunelab.paired import compare
+    from prunelab.study.paired import compare
 
     rows = []
     for m in others:
@@ -316,14 +316,14 @@ def _fmt(v: float, f: str = "{:.1f}") -> str:
 def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: pd.DataFrame | None, *,
                     methods: Sequence[str], bases: Sequence[str], taus: Sequence[float], n_boot: int = 2000,
                     ci: float = 0.95, seed: int = 0) -> list:
-    """The verdict rules of finding 4 as :class:`prunelab.verdict.Claim` objects (outcomes computed).
+    """The verdict rules of finding 4 as :class:`prunelab.study.verdict.Claim` objects (outcomes computed).
 
     ``methods``: this run's labels of the fixed comparison methods (AgilePruner among them or not); ``bases``:
     the hybrids; ``taus``: the sweep. Every comparison is paired on the same images with a seeded bootstrap CI at
     level ``ci``; a check passes only if the whole interval lies on the claimed side of 0.
     """
-    from prunelab.generation import paired_chair
-    from prunelab.verdict import Claim, check, paper_value
+    from prunelab.study.generation import paired_chair
+    from prunelab.study.verdict import Claim, check, paper_value
 
     pct = f"{100 * ci:.0f}%"
     claims = []
@@ -351,7 +351,7 @@ def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: p
         rule=(f"For every hybrid B and budget T: POPE accuracy(B+erank) − accuracy(B) on the same images > 0, {pct} "
               "paired-bootstrap CI entirely above 0."),
         checks=enh, fmt="{:+.1f}"))
-    from prunelab.paired import compare
+    from prunelab.study.paired import compare
 
     inv = []
     for base in bases:

@@ -1,29 +1,29 @@
 """The generation loop of the study: (model, image set, methods, budgets) -> captions / answers -> CHAIR / POPE.
 
 ``run_generation(model, image_set, methods, budgets, task="describe"|"pope")`` is the language-side twin of
-:func:`prunelab.runner.run_vision`. Every method runs *inside* generation of a ``LlavaForConditionalGeneration``
+:func:`prunelab.study.runner.run_vision`. Every method runs *inside* generation of a ``LlavaForConditionalGeneration``
 through :class:`prunelab.models.adapter.LlavaAdapter` (pre-LLM methods: two-stage prefill; in-LLM methods: scoped
 decoder hooks); decoding is greedy, descriptions with batch 1 as in LLaVA-1.5's evaluation (methods-spec §3.3,
 §4.6); the POPE questions of one image share one selection and are decoded together with left padding (see Speed).
 It returns a tidy pandas DataFrame:
 
 * ``task="describe"``: **one row per image x method x budget**: the caption for "Please describe this image in
-  detail." and its CHAIR record (Rohrbach et al. 2018; OPERA's Recall/Len; :func:`prunelab.chair.evaluate_chair`
+  detail." and its CHAIR record (Rohrbach et al. 2018; OPERA's Recall/Len; :func:`prunelab.eval.chair.evaluate_chair`
   against the image set's ground truth): ``chair_s`` (0/1), ``chair_i`` (per caption), ``n_mentions``,
   ``n_hallucinated``, ``n_gt``, ``n_gt_covered``, ``recall``, ``length`` (CHAIR's Len: merged tokens, punctuation
   included), ``n_words``, ``mentioned``, ``hallucinated_words``, ``gt_objects``. :func:`chair_table` aggregates
   them per method x budget into the paper's CHAIR_s / CHAIR_i / Recall / Len as ratios of sums, by building the
-  same :class:`prunelab.chair.ChairResult` the evaluator builds.
+  same :class:`prunelab.eval.chair.ChairResult` the evaluator builds.
 * ``task="pope"``: **one row per image x question x method x budget** (POPE, Li et al. 2023): the toy world's own
   balanced questions per setting (``prunelab.toyworld.text.pope_questions``: random / popular / adversarial
-  negatives) or, for COCO and the photos, :func:`prunelab.pope.build_pope` on the selected images; the answer is
-  read with :func:`prunelab.pope.parse_yes_no`. :func:`pope_table` gives accuracy / precision / recall / F1 /
-  yes-ratio per setting with :func:`prunelab.pope.pope_metrics`.
+  negatives) or, for COCO and the photos, :func:`prunelab.eval.pope.build_pope` on the selected images; the answer is
+  read with :func:`prunelab.eval.pope.parse_yes_no`. :func:`pope_table` gives accuracy / precision / recall / F1 /
+  yes-ratio per setting with :func:`prunelab.eval.pope.pope_metrics`.
 
 Every row also carries what the adapter records for that generation (``n_kept``, ``kept_indices``,
 ``erank_kept_vision`` / ``erank_kept_projected`` of the kept tokens, ``attention_mass_kept``, ``prompt_len``,
 timings, FLOPs estimates, the method's own statistics as JSON) and image-level numbers from the model's own tower
-(``erank_full_*``, ``attention_entropy*``; :func:`prunelab.runner.image_stats`).
+(``erank_full_*``, ``attention_entropy*``; :func:`prunelab.study.runner.image_stats`).
 
 Models and prompts
 ------------------
@@ -37,7 +37,7 @@ Models and prompts
 * a :class:`GenerationModel` (what :func:`load_generation_model` returns; load once, run many) or a bare
   :class:`~prunelab.models.adapter.LlavaAdapter` (tests, tiny models).
 
-``methods`` are what :func:`prunelab.runner.resolve_methods` accepts, plus ``None`` / ``"Vanilla"`` / ``"full"``
+``methods`` are what :func:`prunelab.study.runner.resolve_methods` accepts, plus ``None`` / ``"Vanilla"`` / ``"full"``
 for the unpruned model (all ``N`` tokens through the same path; one row per image with ``budget = N``).
 
 Erank statistics. AgilePruner (``erank_avg`` unset) and the erank-guided hybrids (``e_min``/``e_max`` unset) need
@@ -45,12 +45,12 @@ the dataset's input-erank statistics. Unless ``erank_stats`` is given they are c
 the model's own tower: per image the input erank of the tower's layer ``-2`` patch features with the consuming
 method's erank options (:func:`prunelab.methods.adaptive.input_erank`, the function
 :func:`~prunelab.methods.adaptive.calibrate_erank` applies), then mean/min/max/std over the images
-(:func:`prunelab.runner.erank_stats_from`, equal to ``calibrate_erank`` on the same images; a test checks it).
+(:func:`prunelab.study.runner.erank_stats_from`, equal to ``calibrate_erank`` on the same images; a test checks it).
 
 Caching and resuming. Every image x method x budget entry is one small file written atomically under
 ``cache_dir`` (default ``<prunelab cache>/generation``), in a folder named for the cache format and the hash of
-the code that produces the text (``v2-<code hash>/``; ``python -m prunelab.cache prune`` drops the others). An
-entry is checked on read (:mod:`prunelab.tablecache`: row count, columns and SHA-256 in its header; one that is
+the code that produces the text (``v2-<code hash>/``; ``python -m prunelab.study.cache prune`` drops the others). An
+entry is checked on read (:mod:`prunelab.study.tablecache`: row count, columns and SHA-256 in its header; one that is
 not intact is generated again) and stores a column with one value on every row once (the image's numbers, a
 shared POPE selection's ``kept_indices``). It is named by a SHA-256 of everything that determines its text:
 model fingerprint (weights, config, tokenizer, prompt format, image processor), device type and dtype, the
@@ -89,7 +89,7 @@ import pandas as pd
 import torch
 
 from prunelab.errors import AssetError, CapabilityError, PrunelabError, UnknownNameError, check_budget
-from prunelab.tablecache import code_hash, key as _key, read_entry, read_table, version_dir, write_entry, write_table
+from prunelab.study.tablecache import code_hash, key as _key, read_entry, read_table, version_dir, write_entry, write_table
 from prunelab.paths import cache_dir as _cache_dir
 
 CACHE_FORMAT = 2  # bump when the meaning of a cached column or the entry layout changes (2: checked entries)
@@ -101,7 +101,7 @@ PROMPT_FORMATS = ("toyllava", "llava_v1", "hf_chat")
 LLAVA_SHORT_ANSWER = "Answer the question using a single word or phrase."
 DEFAULT_MAX_NEW_TOKENS = {"describe": 512, "pope": 8}  # OPERA/PAI CHAIR setting; POPE needs one word
 # Code whose change must invalidate cached generations (not the scorers: they run on every call).
-_CODE_FILES = ("generation.py", "metrics.py", "methods/*.py", "models/adapter.py", "models/hooks.py",
+_CODE_FILES = ("study/generation.py", "eval/metrics.py", "methods/*.py", "models/adapter.py", "models/hooks.py",
                "models/prompts.py", "models/toyllava.py")
 
 #: Columns of every row, both tasks (POPE rows add :data:`POPE_QUESTION_COLUMNS`).
@@ -275,7 +275,7 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
     """
     from prunelab.device import resolve_device
     from prunelab.models.adapter import LlavaAdapter
-    from prunelab.params import EMBEDDED_MODELS, check_model
+    from prunelab.study.params import EMBEDDED_MODELS, check_model
 
     dev = resolve_device(device)
     folder = check_model(model)
@@ -308,7 +308,7 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
     adapter = LlavaAdapter(net, processor=processor, device=dev)
     gm = from_adapter(adapter, fmt, name=str(model))
     if fmt == "toyllava":
-        from prunelab.models.toytrain import describe_prompt
+        from prunelab.train.toytrain import describe_prompt
 
         gm.describe_prompt = describe_prompt()
     return gm
@@ -355,7 +355,7 @@ class _Spec:
     def key(self) -> dict:
         if self.pruner is None:
             return {"label": self.label, "name": "full"}
-        from prunelab.runner import _jsonable
+        from prunelab.study.runner import _jsonable
 
         return {"label": self.label, "name": self.pruner.name, "params": _jsonable(self.pruner.params())}
 
@@ -365,9 +365,9 @@ def _is_vanilla(m) -> bool:
 
 
 def resolve_generation_methods(methods) -> list[_Spec]:
-    """Method specs (labels unique): :func:`prunelab.runner.resolve_methods` items, plus ``None`` / ``"Vanilla"``
+    """Method specs (labels unique): :func:`prunelab.study.runner.resolve_methods` items, plus ``None`` / ``"Vanilla"``
     / ``"full"`` for the unpruned model (label ``"Vanilla"``, family ``"base"``)."""
-    from prunelab.runner import resolve_methods
+    from prunelab.study.runner import resolve_methods
 
     if methods is None or isinstance(methods, (str, dict)) or not isinstance(methods, (list, tuple)):
         methods = [methods]
@@ -418,10 +418,10 @@ def spec_input_erank(ctx, spec: tuple) -> float:
 
 def ground_truth_for(items, set_name: str):
     """The ground truth of the selected images, keyed by ``ImageItem.id``: toy world (exact scene categories,
-    :func:`prunelab.groundtruth.toyworld_ground_truth`), photos (:func:`~prunelab.groundtruth.photos_ground_truth`)
-    or COCO (:class:`~prunelab.groundtruth.CocoGroundTruth` from ``instances_val2014.json`` +
+    :func:`prunelab.eval.groundtruth.toyworld_ground_truth`), photos (:func:`~prunelab.eval.groundtruth.photos_ground_truth`)
+    or COCO (:class:`~prunelab.eval.groundtruth.CocoGroundTruth` from ``instances_val2014.json`` +
     ``captions_val2014.json`` found in ``<dir>/../annotations``, ``<dir>/..`` or ``<dir>``)."""
-    from prunelab import groundtruth as G
+    from prunelab.eval import groundtruth as G
 
     kind = set_name.split(":", 1)[0]
     if kind == "toyworld" and all("scene" in it.meta for it in items):
@@ -459,8 +459,8 @@ def pope_questions_for(items, set_name: str, settings: Sequence[str] = ("random"
                        seed: int = 0) -> dict[str, list[Question]]:
     """POPE questions per image id. Toy world: each scene's own balanced questions per setting
     (:func:`prunelab.toyworld.text.pope_questions`, the ones ToyLLaVA's evaluation uses). Otherwise
-    :func:`prunelab.pope.build_pope` on the selected images with >= 3 objects (others get no question)."""
-    from prunelab import pope as P
+    :func:`prunelab.eval.pope.build_pope` on the selected images with >= 3 objects (others get no question)."""
+    from prunelab.eval import pope as P
 
     for s in settings:
         if s not in P.SETTINGS:
@@ -582,7 +582,7 @@ def _scalars(rec: dict) -> str:
 
 
 def _validate_budgets(budgets) -> list[int]:
-    from prunelab.params import check_budgets
+    from prunelab.study.params import check_budgets
 
     return check_budgets(budgets, None)  # integers >= 1 now; checked against N once the model is known
 
@@ -612,8 +612,8 @@ def run_generation(
     ----------
     model: ``"toyllava"``, an HF id / folder of a llava-hf checkpoint, a :class:`GenerationModel` or a
         :class:`~prunelab.models.adapter.LlavaAdapter` (see the module docstring).
-    image_set: a :func:`prunelab.data.load_image_set` spec (``"toyworld:test"``, ``"photos"``, ``"coco:<dir>"``)
-        or a list of :class:`prunelab.data.ImageItem`.
+    image_set: a :func:`prunelab.study.data.load_image_set` spec (``"toyworld:test"``, ``"photos"``, ``"coco:<dir>"``)
+        or a list of :class:`prunelab.study.data.ImageItem`.
     methods: method names / specs (:func:`resolve_generation_methods`); ``None`` or ``"Vanilla"`` = unpruned.
     budgets: absolute numbers of kept visual tokens (``1..N``).
     task: ``"describe"`` (captions + CHAIR) or ``"pope"`` (yes/no questions + POPE).
@@ -623,7 +623,7 @@ def run_generation(
     erank_stats: ``{"mean", "min", "max", ...}`` for erank-calibrated methods; default: calibrated on the image set.
     cache_dir: where entries go (default ``<prunelab cache>/generation``); ``False`` disables caching.
     progress: tqdm bars (default: on a terminal). pope_settings: which POPE negative settings to ask.
-    chair_parser: a :class:`prunelab.chair.CaptionParser` (default: built with its defaults).
+    chair_parser: a :class:`prunelab.eval.chair.CaptionParser` (default: built with its defaults).
     refresh: ignore cached entries (they are overwritten).
     pope_batch_size: POPE questions of one image decoded together (left padding) after one shared selection
         (:meth:`~prunelab.models.adapter.LlavaAdapter.run_shared_image`); ``1`` decodes them one by one. Part of
@@ -638,7 +638,7 @@ def run_generation(
 
     if task not in TASKS:
         raise UnknownNameError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
-    from prunelab.params import check_n_images, check_seed
+    from prunelab.study.params import check_n_images, check_seed
 
     if isinstance(methods, (list, tuple)) and not methods:
         raise UnknownNameError("methods is empty; pass at least one, e.g. methods=['Vanilla', 'FasterVLM']")
@@ -652,14 +652,14 @@ def run_generation(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise UnknownNameError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}; pass e.g. 512")
     if isinstance(image_set, str):
-        from prunelab.params import check_image_set
+        from prunelab.study.params import check_image_set
 
         check_image_set(image_set)
     resolve_device(device)  # a missing CUDA device fails here, before any loading
     gm = _as_generation_model(model, device)
     n_img = gm.n_image_tokens
     budgets = [check_budget(b, n_img) for b in budgets]
-    from prunelab.runner import _items_of
+    from prunelab.study.runner import _items_of
 
     set_name, items = _items_of(image_set, n, seed)
     adapter = gm.adapter
@@ -709,7 +709,7 @@ def run_generation(
         return pv, enc, time.perf_counter() - t0
 
     def image_entry(it, enc) -> dict:
-        from prunelab.runner import image_stats
+        from prunelab.study.runner import image_stats
 
         ctx = adapter.context(enc, 0, image_id=it.id)
         st = image_stats(ctx)
@@ -742,7 +742,7 @@ def run_generation(
 
     stats_by_spec: dict[tuple, dict] = {}
     if need_specs:
-        from prunelab.runner import erank_stats_from
+        from prunelab.study.runner import erank_stats_from
 
         for sp in need_specs:
             stats_by_spec[sp] = dict(erank_stats) if erank_stats is not None else erank_stats_from(
@@ -852,10 +852,10 @@ def run_generation(
 
 def score_chair(df: pd.DataFrame, ground_truth, parser=None) -> tuple[pd.DataFrame, dict]:
     """Add the per-caption CHAIR columns (:data:`CHAIR_COLUMNS`) to a describe table with
-    :func:`prunelab.chair.evaluate_chair` (``on_bad="flag"``: an empty caption is scored as the reference scores
+    :func:`prunelab.eval.chair.evaluate_chair` (``on_bad="flag"``: an empty caption is scored as the reference scores
     it — no mentions, zero length, its ground truth counted in Recall — and flagged ``empty_caption``).
     Returns ``(table, chair config)``."""
-    from prunelab.chair import CaptionParser, evaluate_chair
+    from prunelab.eval.chair import CaptionParser, evaluate_chair
 
     parser = parser or CaptionParser()
     res = evaluate_chair([(iid, str(t)) for iid, t in zip(df["image_id"], df["text"])], ground_truth,
@@ -880,15 +880,15 @@ def score_chair(df: pd.DataFrame, ground_truth, parser=None) -> tuple[pd.DataFra
     out["mentions"] = [[[m.word, m.category, m.index] for m in c.mentions] for c in sc]
     out["hallucinated"] = [[[m.word, m.category, m.index] for m in c.hallucinated] for c in sc]
     out["chair_flag"] = [c.flag for c in sc]
-    out["chair_text_path"] = res.text_path  # "reference" | "fallback" (prunelab.textproc)
+    out["chair_text_path"] = res.text_path  # "reference" | "fallback" (prunelab.eval.textproc)
     return out, res.config
 
 
 def caption_scores(df: pd.DataFrame) -> list:
-    """The :class:`prunelab.chair.CaptionScore` of every row of a scored describe table, rebuilt exactly from its
-    columns (also after :func:`prunelab.runner.save_table` and ``pd.read_csv``: list columns may be JSON text).
+    """The :class:`prunelab.eval.chair.CaptionScore` of every row of a scored describe table, rebuilt exactly from its
+    columns (also after :func:`prunelab.study.runner.save_table` and ``pd.read_csv``: list columns may be JSON text).
     Captions flagged ``not_a_string`` / ``no_ground_truth`` are ``included=False``, as in the evaluator."""
-    from prunelab.chair import CaptionScore, Mention
+    from prunelab.eval.chair import CaptionScore, Mention
 
     def lst(v):
         return json.loads(v) if isinstance(v, str) else list(v)
@@ -933,12 +933,12 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
                 n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """The paper's CHAIR layout per group of ``by`` (default method x budget; add ``"complexity"`` to split):
     ``CHAIR_s``, ``CHAIR_i``, ``Recall`` (x100) and ``Len`` (mean merged tokens), from
-    :class:`prunelab.chair.ChairResult` over the group's captions (ratios of sums, flagged captions excluded as the
+    :class:`prunelab.eval.chair.ChairResult` over the group's captions (ratios of sums, flagged captions excluded as the
     evaluator does), plus ``n_captions``, ``n_mentions``, ``family``. With ``ci`` (e.g. 0.95), seeded percentile
     bootstrap intervals over the group's captions (= images) for each metric (``<metric>_low/_high``). The last
     column, ``text_path``, says which CHAIR text path scored the group (also ``table.attrs["text_path"]``); a
-    table not wholly on OPERA's reference path warns (:func:`prunelab.chair.combined_text_path`)."""
-    from prunelab.chair import ChairResult, combined_text_path
+    table not wholly on OPERA's reference path warns (:func:`prunelab.eval.chair.combined_text_path`)."""
+    from prunelab.eval.chair import ChairResult, combined_text_path
 
     by = list(by)
     if "chair_s" not in df:
@@ -964,7 +964,7 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
         rows.append(row)
     out = pd.DataFrame(rows)
     if "method" in by:
-        from prunelab.plots import method_order
+        from prunelab.study.plots import method_order
 
         rank = {m: i for i, m in enumerate(method_order(df))}
         out = out.sort_values([c for c in ("budget", "method") if c in by] + [c for c in by if c not in ("budget", "method")],
@@ -1014,10 +1014,10 @@ def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, *, by: Sequence[
 
 
 def score_pope(df: pd.DataFrame, parser: str = "reference") -> pd.DataFrame:
-    """Add ``answer`` (the generated text), ``pred`` (:func:`prunelab.pope.parse_yes_no`: ``"yes"``/``"no"``/None;
+    """Add ``answer`` (the generated text), ``pred`` (:func:`prunelab.eval.pope.parse_yes_no`: ``"yes"``/``"no"``/None;
     default POPE's own rule, ``parser="robust"`` for the reading that can say "cannot tell") and ``correct``
     (``pred == label``; False when unparsed) to a POPE table."""
-    from prunelab.pope import parse_yes_no
+    from prunelab.eval.pope import parse_yes_no
 
     out = df.copy()
     out["answer"] = out["text"]
@@ -1028,10 +1028,10 @@ def score_pope(df: pd.DataFrame, parser: str = "reference") -> pd.DataFrame:
 
 def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setting"), *, parser: str = "reference",
                on_unparsed: str = "exclude") -> pd.DataFrame:
-    """POPE metrics per group (default method x budget x setting) with :func:`prunelab.pope.pope_metrics` on the
+    """POPE metrics per group (default method x budget x setting) with :func:`prunelab.eval.pope.pope_metrics` on the
     group's labels and generated answers: ``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``Yes-ratio`` (x100),
     ``n``, ``n_unparsed``."""
-    from prunelab.pope import pope_metrics
+    from prunelab.eval.pope import pope_metrics
 
     if "label" not in df:
         raise UnknownNameError("the table has no POPE columns; pass the output of run_generation(task='pope')")
@@ -1049,10 +1049,10 @@ def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setti
 
 def caption_spans(caption: str, ground_truth_objects, parser=None) -> list[tuple[int, int, str, str]]:
     """Character spans of the CHAIR object mentions in ``caption``: ``(start, end, category, "hallucinated" |
-    "correct")``. The caption is parsed exactly as :meth:`prunelab.chair.CaptionParser.parse` does (tokenise,
+    "correct")``. The caption is parsed exactly as :meth:`prunelab.eval.chair.CaptionParser.parse` does (tokenise,
     lemmatise, merge pairs, map synonyms); tokens are then located in the lower-cased text left to right. A
     mention whose token cannot be located (a tokenizer rewrite such as quotes) is left out."""
-    from prunelab.chair import CaptionParser
+    from prunelab.eval.chair import CaptionParser
 
     parser = parser or CaptionParser()
     lower = caption.lower()

@@ -4,7 +4,7 @@ Reference implementation whose semantics this follows: ``LisaAnne/Hallucination`
 Python 3 in ``shikiw/OPERA`` ``chair.py`` (class ``CHAIR``: ``caption_to_words``, ``compute_chair``). Written anew
 for this project; behaviour matches it rule by rule:
 
-1. lower-case, tokenise, lemmatise (:mod:`prunelab.textproc`; the path used is recorded, see below);
+1. lower-case, tokenise, lemmatise (:mod:`prunelab.eval.textproc`; the path used is recorded, see below);
 2. merge adjacent token pairs greedily left to right with :data:`DOUBLE_WORDS` plus "baby/adult <animal>" -> animal,
    "passenger jet/train" -> jet/train, "bow tie" -> tie, "toilet seat" -> toilet, "wine glas" -> wine glass;
 3. if both "toilet" and "seat" are among the merged tokens, drop every "seat";
@@ -20,11 +20,11 @@ Metrics over a caption set (micro averages, mentions counted with repetition):
 
 Text path. OPERA tokenises with NLTK's trained Punkt model (``punkt_tab``) and lemmatises with POS tags from
 NLTK's perceptron tagger (``averaged_perceptron_tagger_eng``). Neither data package can be fetched here and no
-verified offline copy exists (:mod:`prunelab.textproc`), so without them ``auto`` takes the *fallback*: untrained
+verified offline copy exists (:mod:`prunelab.eval.textproc`), so without them ``auto`` takes the *fallback*: untrained
 Punkt and every word lemmatised as a noun. Every result says which path produced it (``config["text_path"]``,
 :attr:`ChairResult.text_path`, a ``text_path`` entry in :meth:`ChairResult.summary` and column in
 :meth:`ChairResult.to_frame`), and :func:`evaluate_chair` raises a
-:class:`~prunelab.textproc.FallbackPathWarning` on the fallback. On OPERA's 6,000 logged captions the fallback
+:class:`~prunelab.eval.textproc.FallbackPathWarning` on the fallback. On OPERA's 6,000 logged captions the fallback
 changes the mentions of 398 captions (6.6%; CHAIR_s 69.62 vs 69.87, Recall 64.28 vs 64.86; measured against
 OPERA's own ``chair.py`` for issue 13), in both directions:
 
@@ -235,13 +235,13 @@ class CaptionParser:
     reference_quirks : keep the reference table's never-matching entries out of the vocabulary (default True, for
         comparability with published CHAIR numbers). False treats "motor bike", "cheesecake" and "iphone" as
         ordinary synonyms.
-    tokenizer, lemmatizer : forwarded to :class:`prunelab.textproc.TextProcessor` (``"auto"`` picks OPERA's path
+    tokenizer, lemmatizer : forwarded to :class:`prunelab.eval.textproc.TextProcessor` (``"auto"`` picks OPERA's path
         when the NLTK data exist and the documented offline fallback otherwise; :meth:`describe` says which).
     """
 
     def __init__(self, synonyms: SynonymTable | str | Path | None = None, *, reference_quirks: bool = True,
                  tokenizer: str = "auto", lemmatizer: str = "auto", text_processor=None):
-        from prunelab.textproc import get_text_processor
+        from prunelab.eval.textproc import get_text_processor
 
         self.table = synonyms if isinstance(synonyms, SynonymTable) else SynonymTable.load(synonyms)
         self.reference_quirks = bool(reference_quirks)
@@ -285,7 +285,7 @@ class CaptionParser:
         return set(self.parse(caption).categories)
 
     def describe(self) -> dict:
-        from prunelab.textproc import file_sha256
+        from prunelab.eval.textproc import file_sha256
 
         d = dict(self.text.describe())
         d.update(reference_quirks=self.reference_quirks, synonyms=self.table.source,
@@ -357,7 +357,7 @@ class ChairResult:
 
     @property
     def text_path(self) -> str:
-        """``"reference"`` (OPERA's tokenizer and tagger), ``"fallback"`` (see :mod:`prunelab.textproc`) or
+        """``"reference"`` (OPERA's tokenizer and tagger), ``"fallback"`` (see :mod:`prunelab.eval.textproc`) or
         ``"unknown"`` (a result rebuilt without its config)."""
         return self.config.get("text_path", "unknown")
 
@@ -458,8 +458,8 @@ def combined_text_path(paths, *, warn: str | None = None) -> str:
     """The text path of a set of scored captions (e.g. a table's ``chair_text_path`` column): ``"reference"``,
     ``"fallback"``, ``"mixed (fallback, reference)"`` or ``"unknown"`` (nothing recorded). With ``warn`` (what is
     being built, e.g. ``"CHAIR table"``), anything but ``"reference"`` raises a
-    :class:`~prunelab.textproc.FallbackPathWarning`."""
-    from prunelab.textproc import REFERENCE_FIX, warn_if_fallback
+    :class:`~prunelab.eval.textproc.FallbackPathWarning`."""
+    from prunelab.eval.textproc import REFERENCE_FIX, warn_if_fallback
 
     vals = sorted({v for p in paths if isinstance(p, str) and p
                    for v in (p[len("mixed ("):-1].split(", ") if p.startswith("mixed (") else [p])})
@@ -467,7 +467,7 @@ def combined_text_path(paths, *, warn: str | None = None) -> str:
     if warn is not None:
         warn_if_fallback({"text_path": label, "text_path_note": (
             f"captions scored on the {label!r} text path, not OPERA's reference path (punkt_tab + perceptron "
-            f"tagger); CHAIR differs from published numbers (see prunelab.chair); {REFERENCE_FIX}")}, warn, stacklevel=4)
+            f"tagger); CHAIR differs from published numbers (see prunelab.eval.chair); {REFERENCE_FIX}")}, warn, stacklevel=4)
     return label
 
 
@@ -500,20 +500,20 @@ def evaluate_chair(captions, ground_truth, *, parser: CaptionParser | None = Non
                    progress: bool = False, **parser_kwargs) -> ChairResult:
     """Score generated captions against per-image ground-truth categories.
 
-    Warns (:class:`~prunelab.textproc.FallbackPathWarning`) when the parser is not on OPERA's text path; the
+    Warns (:class:`~prunelab.eval.textproc.FallbackPathWarning`) when the parser is not on OPERA's text path; the
     result records the path either way (:attr:`ChairResult.text_path`).
 
     Parameters
     ----------
     captions : ``{image_id: caption}``, ``[(image_id, caption)]`` or ``[{"image_id", "caption"}]``.
-    ground_truth : a :class:`prunelab.groundtruth.GroundTruth` or a plain ``{image_id: set_of_categories}``.
+    ground_truth : a :class:`prunelab.eval.groundtruth.GroundTruth` or a plain ``{image_id: set_of_categories}``.
     parser : a :class:`CaptionParser` (built with ``parser_kwargs`` if omitted).
     on_bad : ``"raise"`` (default): a non-string or empty caption, or an image id without ground truth, raises a
         one-line error. ``"flag"``: such captions are kept in ``result.captions`` with ``flag`` set to
         ``"not_a_string"``, ``"no_ground_truth"`` (both left out of every aggregate) or ``"empty_caption"``
         (scored as the reference would: no mentions, zero length, GT counted in Recall).
     """
-    from prunelab.groundtruth import MissingGroundTruthError, as_ground_truth
+    from prunelab.eval.groundtruth import MissingGroundTruthError, as_ground_truth
 
     if on_bad not in ("raise", "flag"):
         raise UnknownNameError(f"unknown on_bad={on_bad!r}; use 'raise' or 'flag'")
@@ -552,7 +552,7 @@ def evaluate_chair(captions, ground_truth, *, parser: CaptionParser | None = Non
     config = parser.describe()
     config["ground_truth"] = gt.describe()
     config["on_bad"] = on_bad
-    from prunelab.textproc import warn_if_fallback
+    from prunelab.eval.textproc import warn_if_fallback
 
     warn_if_fallback(config, "CHAIR", stacklevel=3)
     return ChairResult(scores, config)

@@ -6,7 +6,7 @@ one line naming the problem and the fix, before any model is loaded or any image
     P = validate(model=model, image_sets=[image_set], n_images=n_images, methods=methods, budgets=budgets,
                  seed=seed, device=device, results_dir=results_dir)
 
-The notebooks share one parameter vocabulary (:data:`VOCABULARY`); ``python -m prunelab.build`` checks the values
+The notebooks share one parameter vocabulary (:data:`VOCABULARY`); ``python -m prunelab.book.build`` checks the values
 of these names with :func:`check_values` before it runs any notebook.
 
 Checks: model (``"toyllava"`` needs its committed weights; another value must be a local folder or an HF id found
@@ -179,7 +179,7 @@ def check_model(model: str) -> Path:
 
 def is_toy_model(model) -> bool:
     """Whether ``model`` names ToyLLaVA: an embedded variant, or a folder whose ``config.json`` carries ToyLLaVA's
-    vocabulary digest (what ``python -m prunelab.models.toyllava train --out`` writes). Never raises."""
+    vocabulary digest (what ``python -m prunelab.train.toyllava train --out`` writes). Never raises."""
     if not isinstance(model, (str, os.PathLike)):
         return False
     if str(model) in EMBEDDED_MODELS:
@@ -196,7 +196,7 @@ def check_toy_model(model) -> None:
     if not is_toy_model(model):
         raise UnknownNameError(
             f"model={model!r} is not ToyLLaVA; this chapter describes the embedded toy model only, pass model="
-            f"{EMBEDDED_MODELS[0]!r} or a folder written by `python -m prunelab.models.toyllava train --out` "
+            f"{EMBEDDED_MODELS[0]!r} or a folder written by `python -m prunelab.train.toyllava train --out` "
             "(the build skips it for other models)"
         )
 
@@ -206,8 +206,8 @@ def check_toy_model(model) -> None:
 
 
 def check_image_set(spec: str) -> str:
-    """A valid image-set spec (see :mod:`prunelab.data`); ``coco:<dir>`` must name an existing folder."""
-    from prunelab.data import IMAGE_SETS
+    """A valid image-set spec (see :mod:`prunelab.study.data`); ``coco:<dir>`` must name an existing folder."""
+    from prunelab.study.data import IMAGE_SETS
 
     if not isinstance(spec, str) or not spec:
         raise UnknownNameError(f"image set must be a string, got {spec!r}; known: {', '.join(IMAGE_SETS)}")

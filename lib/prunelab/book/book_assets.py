@@ -1,4 +1,4 @@
-"""Serve the book's JavaScript locally: ``python -m prunelab.book_assets vendor | check``.
+"""Serve the book's JavaScript locally: ``python -m prunelab.book.book_assets vendor | check``.
 
 Jupyter Book 1 pages load MathJax 3, require.js and the ipywidgets HTML manager from CDNs by default; offline,
 maths shows as raw TeX and widgets as empty boxes (book-toolchain.md). The three packages are pinned in
@@ -94,7 +94,7 @@ def check(book_dir: Path = BOOK_DIR) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m prunelab.book_assets", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m prunelab.book.book_assets", description=__doc__.splitlines()[0])
     ap.add_argument("command", choices=("vendor", "check"))
     ap.add_argument("--book-dir", type=Path, default=BOOK_DIR)
     args = ap.parse_args(argv)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(
                 f"[book_assets] missing in {args.book_dir / 'vendor'}: {', '.join(missing)}; "
-                "run `make js` (npm ci + python -m prunelab.book_assets vendor)",
+                "run `make js` (npm ci + python -m prunelab.book.book_assets vendor)",
                 file=sys.stderr,
             )
             return 1

@@ -1,8 +1,8 @@
-"""Shared pieces of the runners' on-disk result caches (:mod:`prunelab.runner`, :mod:`prunelab.generation`).
+"""Shared pieces of the runners' on-disk result caches (:mod:`prunelab.study.runner`, :mod:`prunelab.study.generation`).
 
 Entries are keyed by a SHA-256 of everything that determines them and live under a folder named for the cache
 format and the hash of the code that computes them (:func:`version_dir`, e.g. ``v2-1a2b...``), so a changed
-method or metric never reuses stale rows, and ``python -m prunelab.cache prune`` can drop every folder no
+method or metric never reuses stale rows, and ``python -m prunelab.study.cache prune`` can drop every folder no
 current code reads without opening a file.
 
 One entry is one file: a JSON header line, then a UTF-8 JSON payload::

@@ -6,7 +6,7 @@ present in the image. Sources:
 * :class:`MappingGroundTruth` — any ``{image_id: iterable_of_categories}``; exact labels (toy world, photos).
 * :class:`CocoGroundTruth` — COCO 2014 from user-provided ``instances_*.json`` + ``captions_*.json``: the union of
   (a) instance category names and (b) every COCO object word found in the image's reference captions by the same
-  :class:`~prunelab.chair.CaptionParser` used for generated captions (``LisaAnne/Hallucination`` /
+  :class:`~prunelab.eval.chair.CaptionParser` used for generated captions (``LisaAnne/Hallucination`` /
   ``shikiw/OPERA`` ``chair.py``: ``get_annotations_from_segments`` + ``get_annotations_from_captions``).
 * :func:`toyworld_ground_truth`, :func:`photos_ground_truth` — lazy adapters for the project's toy world and offline
   photos; they import nothing at module import time.
@@ -44,7 +44,7 @@ class MissingGroundTruthError(PrunelabError, LookupError):
 def _canonical_categories(categories=None) -> tuple[str, ...]:
     if categories is not None:
         return tuple(categories)
-    from prunelab.chair import SynonymTable
+    from prunelab.eval.chair import SynonymTable
 
     return SynonymTable.load().categories
 
@@ -171,7 +171,7 @@ class CocoGroundTruth(MappingGroundTruth):
         ``image_ids`` restricts the result (and the caption parsing, the slow part) to those images; since a
         caption only contributes to its own image this gives exactly the reference's sets for them.
         """
-        from prunelab.chair import CaptionParser
+        from prunelab.eval.chair import CaptionParser
 
         parser = parser or CaptionParser()
         vocab = parser.vocab
@@ -294,14 +294,14 @@ def photos_ground_truth(manifest: str | Path | None = None) -> MappingGroundTrut
             rows = list(csv.DictReader(fh))
             header = rows[0].keys() if rows else []
     except FileNotFoundError as err:
-        raise AssetError(f"photo manifest {path} not found; run `python -m prunelab.setup_assets` or pass manifest=") from err
+        raise AssetError(f"photo manifest {path} not found; run `python -m prunelab.assets.setup_assets` or pass manifest=") from err
     if not rows:
-        raise AnnotationError(f"photo manifest {path} is empty; regenerate it with prunelab.photos")
+        raise AnnotationError(f"photo manifest {path} is empty; regenerate it with prunelab.study.photos")
     if "coco_objects" not in header:
-        raise AnnotationError(f"photo manifest {path} has no 'coco_objects' column; regenerate it with prunelab.photos")
+        raise AnnotationError(f"photo manifest {path} has no 'coco_objects' column; regenerate it with prunelab.study.photos")
     id_col = next((c for c in _PHOTO_ID_COLUMNS if c in header), None)
     if id_col is None:
-        raise AnnotationError(f"photo manifest {path} has no id column (one of {_PHOTO_ID_COLUMNS}); regenerate it with prunelab.photos")
+        raise AnnotationError(f"photo manifest {path} has no id column (one of {_PHOTO_ID_COLUMNS}); regenerate it with prunelab.study.photos")
     mapping = {}
     for k, r in enumerate(rows):
         iid = (r.get(id_col) or "").strip()

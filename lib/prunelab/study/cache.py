@@ -1,9 +1,9 @@
-"""Look after the result caches: ``python -m prunelab.cache {du,prune,clear} [--root DIR]``.
+"""Look after the result caches: ``python -m prunelab.study.cache {du,prune,clear} [--root DIR]``.
 
 The runners cache what they compute under the prunelab cache folder (``PRUNELAB_CACHE`` or
 ``~/.cache/prunelab``, :func:`prunelab.paths.cache_dir`), one sub-folder per kind (:data:`KINDS`). Entries of
 ``runs`` and ``generation`` live under a folder named for the cache format and the hash of the code that
-computes them (:func:`prunelab.tablecache.version_dir`), so every library edit leaves the old folder unread;
+computes them (:func:`prunelab.study.tablecache.version_dir`), so every library edit leaves the old folder unread;
 ``vision-features`` entries record their format in the safetensors header. The commands:
 
 * ``du``: files and bytes per kind, and how much of it ``prune`` would drop; the offline assets next to them
@@ -32,10 +32,10 @@ from pathlib import Path
 
 #: The kinds this tool manages: sub-folder of the cache -> what writes it.
 KINDS = {
-    "runs": "run_vision rows and image statistics (prunelab.runner)",
-    "generation": "run_generation entries and image statistics (prunelab.generation)",
-    "vision-features": "vision tower outputs per image (prunelab.vision)",
-    "analysis": "erank-greedy selections (prunelab.analysis)",
+    "runs": "run_vision rows and image statistics (prunelab.study.runner)",
+    "generation": "run_generation entries and image statistics (prunelab.study.generation)",
+    "vision-features": "vision tower outputs per image (prunelab.models.vision)",
+    "analysis": "erank-greedy selections (prunelab.study.analysis)",
 }
 STALE_PART_S = 3600  # a .part file this old is a crashed write, not a running one
 
@@ -64,8 +64,8 @@ def _size(path: Path) -> tuple[int, int]:
 
 def current_versions() -> dict[str, str]:
     """The folder name (format x code hash) the current library reads, per versioned kind."""
-    from prunelab import generation, runner
-    from prunelab.tablecache import version_dir
+    from prunelab.study import generation, runner
+    from prunelab.study.tablecache import version_dir
 
     return {"runs": version_dir(runner.CACHE_FORMAT, runner._code_hash()),
             "generation": version_dir(generation.CACHE_FORMAT, generation._code_hash())}
@@ -106,7 +106,7 @@ def scan(root: Path, kind: str, versions: dict[str, str] | None = None) -> Usage
         if cur.is_dir():
             u.stale += sorted(p for p in cur.rglob("*.part") if _old_part(p, now))
     elif kind == "vision-features":
-        from prunelab.vision import CACHE_FORMAT
+        from prunelab.models.vision import CACHE_FORMAT
 
         for p in sorted(base.rglob("*")):
             if p.is_file() and (_old_part(p, now) or (p.suffix == ".safetensors"
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     from prunelab.errors import UnknownNameError
     from prunelab.paths import cache_dir
 
-    ap = argparse.ArgumentParser(prog="python -m prunelab.cache", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m prunelab.study.cache", description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=None, help="the cache folder (default: PRUNELAB_CACHE or ~/.cache/prunelab)")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("du", help="sizes per kind, and what prune would drop")
