@@ -47,7 +47,7 @@ def one_torch_thread():
 def chair_parser():
     """CHAIR caption parser on the offline path (Debian WordNet, noun lemmatiser); skips if WordNet cannot be had."""
     from prunelab.eval import textproc
-    from prunelab.eval.chair import CaptionParser
+    from prunelab.eval.mentions import CaptionParser
     from prunelab.errors import AssetError
 
     try:

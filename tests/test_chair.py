@@ -203,7 +203,7 @@ def test_aggregation_identities_property(parser, data):
 # Synonym table
 # ---------------------------------------------------------------------------------------------------------------
 def test_own_table_has_80_coco_categories():
-    from prunelab.eval.chair import SynonymTable
+    from prunelab.eval.mentions import SynonymTable
 
     t = SynonymTable.load()
     assert len(t.categories) == 80 and t.categories[0] == "person" and t.categories[-1] == "toothbrush"
@@ -215,7 +215,7 @@ def test_own_table_has_80_coco_categories():
 @pytest.mark.skipif(not REFERENCE.exists(), reason=f"reference synonym table {REFERENCE} not present")
 def test_table_against_reference_reports_every_difference(capsys):
     """Our table differs from the reference only by the three documented never-matching reference entries."""
-    from prunelab.eval.chair import SynonymTable, compare_with_reference, parse_reference_synonyms
+    from prunelab.eval.mentions import SynonymTable, compare_with_reference, parse_reference_synonyms
 
     diffs = compare_with_reference(REFERENCE)
     print("\n".join(diffs))
@@ -230,7 +230,7 @@ def test_table_against_reference_reports_every_difference(capsys):
 
 
 def test_reference_quirks_option(parser):
-    from prunelab.eval.chair import CaptionParser
+    from prunelab.eval.mentions import CaptionParser
 
     fixed = CaptionParser(reference_quirks=False, text_processor=parser.text)
     assert fixed.objects("A motor bike and a cheesecake near an iPhone.") == {"motorcycle", "cake", "cell phone"}
@@ -238,7 +238,7 @@ def test_reference_quirks_option(parser):
 
 
 def test_bad_synonym_table(tmp_path):
-    from prunelab.eval.chair import SynonymTable, SynonymTableError
+    from prunelab.eval.mentions import SynonymTable, SynonymTableError
 
     p = tmp_path / "syn.txt"
     p.write_text("person: man\ndog: puppy\n")
@@ -252,7 +252,7 @@ def test_bad_synonym_table(tmp_path):
 
 
 def test_merge_table_rules():
-    from prunelab.eval.chair import DOUBLE_WORDS, merge_table
+    from prunelab.eval.mentions import DOUBLE_WORDS, merge_table
 
     assert len(DOUBLE_WORDS) == 29 and len(set(DOUBLE_WORDS)) == 27
     t = merge_table()
@@ -268,7 +268,8 @@ def _one_line(err) -> bool:
 
 
 def test_non_string_caption(parser):
-    from prunelab.eval.chair import CaptionError, evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
+    from prunelab.eval.mentions import CaptionError
 
     with pytest.raises(CaptionError) as e:
         evaluate_chair([(1, None)], {1: {"dog"}}, parser=parser)
@@ -280,7 +281,8 @@ def test_non_string_caption(parser):
 
 
 def test_empty_caption(parser):
-    from prunelab.eval.chair import CaptionError, evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
+    from prunelab.eval.mentions import CaptionError
 
     with pytest.raises(CaptionError, match="empty"):
         evaluate_chair([(1, "   ")], {1: {"dog"}}, parser=parser)
@@ -315,7 +317,8 @@ def test_unknown_gt_category_rejected(parser):
 def test_caption_records_and_files(parser, tmp_path):
     import json
 
-    from prunelab.eval.chair import CaptionError, evaluate_chair, load_captions_file
+    from prunelab.eval.chair import evaluate_chair, load_captions_file
+    from prunelab.eval.mentions import CaptionError
 
     recs = [{"image_id": 1, "caption": "A dog on a sofa."}, {"image_id": 2, "caption": "A cat."}]
     f = tmp_path / "caps.jsonl"
@@ -413,7 +416,8 @@ class _ReferenceText:
 def test_reference_path_does_not_warn(parser):
     import warnings
 
-    from prunelab.eval.chair import CaptionParser, combined_text_path, evaluate_chair
+    from prunelab.eval.chair import combined_text_path, evaluate_chair
+    from prunelab.eval.mentions import CaptionParser
     from prunelab.eval.textproc import FallbackPathWarning, path_record, warn_if_fallback
 
     rec = path_record("punkt", "pos", [])

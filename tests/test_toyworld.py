@@ -59,7 +59,7 @@ def test_cooccurrence_reflects_contexts():
 def chair_parser():
     """The project's real CHAIR caption parser (WordNet lemmas, COCO synonym table), if its assets are here."""
     try:
-        from prunelab.eval.chair import CaptionParser
+        from prunelab.eval.mentions import CaptionParser
 
         return CaptionParser()
     except (ImportError, PrunelabError) as err:

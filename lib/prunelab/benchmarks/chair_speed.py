@@ -56,7 +56,8 @@ def main(argv=None) -> int:
 
         raise UnknownNameError(f"--n and --words must be >= 1, got {args.n} and {args.words}; pass e.g. --n 500")
 
-    from prunelab.eval.chair import CaptionParser, SynonymTable, evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
+    from prunelab.eval.mentions import CaptionParser, SynonymTable
     from prunelab.eval.textproc import TextProcessor
 
     caps = make_captions(args.n, args.words, args.seed)

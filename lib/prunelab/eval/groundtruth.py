@@ -6,7 +6,7 @@ present in the image. Sources:
 * :class:`MappingGroundTruth` — any ``{image_id: iterable_of_categories}``; exact labels (toy world, photos).
 * :class:`CocoGroundTruth` — COCO 2014 from user-provided ``instances_*.json`` + ``captions_*.json``: the union of
   (a) instance category names and (b) every COCO object word found in the image's reference captions by the same
-  :class:`~prunelab.eval.chair.CaptionParser` used for generated captions (``LisaAnne/Hallucination`` /
+  :class:`~prunelab.eval.mentions.CaptionParser` used for generated captions (``LisaAnne/Hallucination`` /
   ``shikiw/OPERA`` ``chair.py``: ``get_annotations_from_segments`` + ``get_annotations_from_captions``).
 * :func:`toyworld_ground_truth`, :func:`photos_ground_truth` — lazy adapters for the project's toy world and offline
   photos; they import nothing at module import time.
@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from prunelab.errors import AssetError, PrunelabError
+from prunelab.eval.mentions import CaptionParser, SynonymTable
 from prunelab.paths import atomic_write, data_dir
 
 
@@ -44,8 +45,6 @@ class MissingGroundTruthError(PrunelabError, LookupError):
 def _canonical_categories(categories=None) -> tuple[str, ...]:
     if categories is not None:
         return tuple(categories)
-    from prunelab.eval.chair import SynonymTable
-
     return SynonymTable.load().categories
 
 
@@ -171,8 +170,6 @@ class CocoGroundTruth(MappingGroundTruth):
         ``image_ids`` restricts the result (and the caption parsing, the slow part) to those images; since a
         caption only contributes to its own image this gives exactly the reference's sets for them.
         """
-        from prunelab.eval.chair import CaptionParser
-
         parser = parser or CaptionParser()
         vocab = parser.vocab
         wanted = None if image_ids is None else {int(i) for i in image_ids}
@@ -264,10 +261,8 @@ def toyworld_ground_truth(labels: Mapping | None = None, *, scenes: Iterable | N
     if labels is None:
         if scenes is None:
             try:
-                import importlib
-
-                load_split = importlib.import_module("prunelab.toyworld").load_split
-            except (ImportError, AttributeError) as err:
+                from prunelab.toyworld import load_split
+            except ImportError as err:
                 raise AssetError("prunelab.toyworld.load_split is not available; pass labels={image_id: [categories]} or scenes=") from err
             scenes = load_split(split, limit=limit, **kwargs)
         labels = {}

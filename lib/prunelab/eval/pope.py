@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prunelab.errors import PrunelabError, UnknownNameError
+from prunelab.eval.groundtruth import GroundTruth
+from prunelab.eval.mentions import SynonymTable
 from prunelab.paths import atomic_write
 
 SETTINGS = ("random", "popular", "adversarial")
@@ -77,8 +79,6 @@ def question_text(obj: str, template: str = TEMPLATE, reference_quirks: bool = F
 
 
 def _as_mapping(ground_truth) -> dict:
-    from prunelab.eval.groundtruth import GroundTruth
-
     if isinstance(ground_truth, GroundTruth):
         return ground_truth.as_dict()
     if not isinstance(ground_truth, Mapping):
@@ -152,8 +152,6 @@ def build_questions(ground_truth, setting: str, *, image_ids: Iterable | None = 
     popular = sorted(freq, key=lambda o: (-freq[o], o))
     cooc = co_occurrence(chosen)
     if category_order is None:
-        from prunelab.eval.chair import SynonymTable
-
         category_order = SynonymTable.load().categories
     rank = {c: k for k, c in enumerate(category_order)}
     rng = random.Random(f"pope:{setting}:{seed}")

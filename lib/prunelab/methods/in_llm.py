@@ -7,7 +7,7 @@ which calls, during prefill (batch 1):
 * ``plan(n_layers, n_image, budget)`` -> :class:`Plan` (layers whose input the method reads / edits);
 * ``start(engine, embeds)`` before layer 0 (``embeds`` = the LLM input embeddings, ``(1, L, D)``);
 * ``observe(state, view)`` at the input of each ``plan.observe`` layer;
-* ``edit(state, view)`` at the input of each ``plan.edit`` layer -> :class:`~prunelab.models.adapter.LayerEdit`
+* ``edit(state, view)`` at the input of each ``plan.edit`` layer -> :class:`LayerEdit`
   (which current visual tokens survive, and optional new tokens), applied to that layer and all later ones;
 * ``describe(state)`` -> extra per-sample record fields.
 
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, register
+from prunelab.methods.clustering import cluster_and_merge
 
 REFERENCE_DEPTH = 32  # Vicuna-7B, the depth the sources' layer indices refer to
 
@@ -40,6 +41,20 @@ REFERENCE_DEPTH = 32  # Vicuna-7B, the depth the sources' layer indices refer to
 class Plan:
     observe: set[int] = field(default_factory=set)
     edit: set[int] = field(default_factory=set)
+
+
+# Defined here, on the methods side, so that the adapter (models/) imports methods and never the reverse.
+@dataclass
+class LayerEdit:
+    """What an in-LLM method does at the input of one decoder layer.
+
+    keep_visual: indices into the current visual tokens (``view.visual_pos``) that survive, any order (the
+        engine keeps sequence order). Text tokens always survive.
+    extra: ``(M, D)`` new tokens (SparseVLM's recycled clusters) inserted right after the last kept visual token.
+    """
+
+    keep_visual: torch.Tensor
+    extra: torch.Tensor | None = None
 
 
 def scale_layers(layers, n_layers: int, lo: int = 0, hi: int | None = None) -> list[int]:
@@ -130,8 +145,6 @@ class FastV(InLLMPruner):
         state["scores"] = _last_token_scores(view, view.layer_idx)
 
     def edit(self, state, view):
-        from prunelab.models.adapter import LayerEdit
-
         return LayerEdit(keep_visual=_topk_sorted(state["scores"], state["budget"]))
 
     def describe(self, state):
@@ -213,8 +226,6 @@ class PDrop(InLLMPruner):
         state["scores"] = _last_token_scores(view, view.layer_idx)
 
     def edit(self, state, view):
-        from prunelab.models.adapter import LayerEdit
-
         s = state["layers"].index(view.layer_idx)
         k = min(state["counts"][s], int(state["scores"].numel()))
         return LayerEdit(keep_visual=_topk_sorted(state["scores"], k))
@@ -297,9 +308,6 @@ class SparseVLM(InLLMPruner):
         state["scores"] = att.mean(0)[:, view.visual_pos].mean(0)
 
     def edit(self, state, view):
-        from prunelab.methods.clustering import cluster_and_merge
-        from prunelab.models.adapter import LayerEdit
-
         s = state["layers"].index(view.layer_idx - 1)
         scores = state["scores"]
         n_cur = int(scores.numel())
@@ -432,8 +440,6 @@ class DART(InLLMPruner):
         state["key_l1"] = torch.norm(view.keys(view.layer_idx).float(), p=1, dim=-1)
 
     def edit(self, state, view):
-        from prunelab.models.adapter import LayerEdit
-
         # DART edits first, so current positions are the absolute prompt positions the fork's set holds.
         n_cur = view.engine.n_prompt_cur
         assert torch.equal(view.engine.cur_orig[:n_cur].cpu(), torch.arange(n_cur))

@@ -16,22 +16,7 @@ from __future__ import annotations
 import torch
 
 from prunelab.methods.base import VisualContext
-
-
-class SeededProjector(torch.nn.Module):
-    """LLaVA-style projector ``Linear(c, d) -> GELU -> Linear(d, d)`` with seeded random weights."""
-
-    def __init__(self, c: int, d: int, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(10_000 + seed)
-        self.w1 = torch.nn.Parameter(torch.randn(c, d, generator=g) / c**0.5, requires_grad=False)
-        self.b1 = torch.nn.Parameter(0.1 * torch.randn(d, generator=g), requires_grad=False)
-        self.w2 = torch.nn.Parameter(torch.randn(d, d, generator=g) / d**0.5, requires_grad=False)
-        self.b2 = torch.nn.Parameter(0.1 * torch.randn(d, generator=g), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.nn.functional.gelu(x.float() @ self.w1 + self.b1)
-        return h @ self.w2 + self.b2
+from prunelab.methods.projector import SeededProjector
 
 
 def make_context(

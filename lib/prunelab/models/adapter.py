@@ -42,6 +42,7 @@ from torch import nn
 from prunelab.device import resolve_device, synchronize
 from prunelab.errors import BudgetError, CapabilityError, ImageError, check_budget
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner, prune
+from prunelab.methods.in_llm import LayerEdit
 from prunelab.models.hooks import HookScope
 
 __all__ = [
@@ -308,19 +309,6 @@ def vision_flops(parts: LlavaParts, n_images: int = 1) -> float:
 # --------------------------------------------------------------------------------------------------------
 # In-LLM editing engine
 # --------------------------------------------------------------------------------------------------------
-
-@dataclass
-class LayerEdit:
-    """What an in-LLM method does at the input of one decoder layer.
-
-    keep_visual: indices into the current visual tokens (``view.visual_pos``) that survive, any order (the
-        engine keeps sequence order). Text tokens always survive.
-    extra: ``(M, D)`` new tokens (SparseVLM's recycled clusters) inserted right after the last kept visual token.
-    """
-
-    keep_visual: torch.Tensor
-    extra: torch.Tensor | None = None
-
 
 class PrefillView:
     """What an in-LLM method may read at the input of a decoder layer during prefill (batch 1)."""

@@ -280,6 +280,16 @@ def _resolve_dir(path) -> Path:
     return p
 
 
+def n_parameters(path=None) -> int:
+    """Stored parameters of a packaged model (projector + LLM; the tower is not part of the package)."""
+    import numpy as np
+    from safetensors import safe_open
+
+    f = _resolve_dir(path) / "model.safetensors"
+    with safe_open(str(f), "pt") as fh:
+        return int(sum(np.prod(fh.get_slice(k).get_shape()) for k in fh.keys()))
+
+
 def load_tokenizer(path=None):
     """The packaged tokenizer (``PreTrainedTokenizerFast``) of a ToyLLaVA folder."""
     from transformers import PreTrainedTokenizerFast

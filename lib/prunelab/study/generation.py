@@ -623,7 +623,7 @@ def run_generation(
     erank_stats: ``{"mean", "min", "max", ...}`` for erank-calibrated methods; default: calibrated on the image set.
     cache_dir: where entries go (default ``<prunelab cache>/generation``); ``False`` disables caching.
     progress: tqdm bars (default: on a terminal). pope_settings: which POPE negative settings to ask.
-    chair_parser: a :class:`prunelab.eval.chair.CaptionParser` (default: built with its defaults).
+    chair_parser: a :class:`prunelab.eval.mentions.CaptionParser` (default: built with its defaults).
     refresh: ignore cached entries (they are overwritten).
     pope_batch_size: POPE questions of one image decoded together (left padding) after one shared selection
         (:meth:`~prunelab.models.adapter.LlavaAdapter.run_shared_image`); ``1`` decodes them one by one. Part of
@@ -855,7 +855,8 @@ def score_chair(df: pd.DataFrame, ground_truth, parser=None) -> tuple[pd.DataFra
     :func:`prunelab.eval.chair.evaluate_chair` (``on_bad="flag"``: an empty caption is scored as the reference scores
     it — no mentions, zero length, its ground truth counted in Recall — and flagged ``empty_caption``).
     Returns ``(table, chair config)``."""
-    from prunelab.eval.chair import CaptionParser, evaluate_chair
+    from prunelab.eval.chair import evaluate_chair
+    from prunelab.eval.mentions import CaptionParser
 
     parser = parser or CaptionParser()
     res = evaluate_chair([(iid, str(t)) for iid, t in zip(df["image_id"], df["text"])], ground_truth,
@@ -888,7 +889,8 @@ def caption_scores(df: pd.DataFrame) -> list:
     """The :class:`prunelab.eval.chair.CaptionScore` of every row of a scored describe table, rebuilt exactly from its
     columns (also after :func:`prunelab.study.runner.save_table` and ``pd.read_csv``: list columns may be JSON text).
     Captions flagged ``not_a_string`` / ``no_ground_truth`` are ``included=False``, as in the evaluator."""
-    from prunelab.eval.chair import CaptionScore, Mention
+    from prunelab.eval.chair import CaptionScore
+    from prunelab.eval.mentions import Mention
 
     def lst(v):
         return json.loads(v) if isinstance(v, str) else list(v)
@@ -1049,10 +1051,10 @@ def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setti
 
 def caption_spans(caption: str, ground_truth_objects, parser=None) -> list[tuple[int, int, str, str]]:
     """Character spans of the CHAIR object mentions in ``caption``: ``(start, end, category, "hallucinated" |
-    "correct")``. The caption is parsed exactly as :meth:`prunelab.eval.chair.CaptionParser.parse` does (tokenise,
+    "correct")``. The caption is parsed exactly as :meth:`prunelab.eval.mentions.CaptionParser.parse` does (tokenise,
     lemmatise, merge pairs, map synonyms); tokens are then located in the lower-cased text left to right. A
     mention whose token cannot be located (a tokenizer rewrite such as quotes) is left out."""
-    from prunelab.eval.chair import CaptionParser
+    from prunelab.eval.mentions import CaptionParser
 
     parser = parser or CaptionParser()
     lower = caption.lower()

@@ -48,6 +48,7 @@ import torch
 from prunelab.device import cpu_threads
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
+from prunelab.methods.projector import SeededProjector
 from prunelab.eval.metrics import attention_entropy, erank
 from prunelab.study.tablecache import code_hash, key as _key, read_entry, read_table, version_dir, write_entry, write_table
 from prunelab.paths import atomic_write, cache_dir as _cache_dir
@@ -187,14 +188,12 @@ class PixelPatchEncoder:
 
     Each patch's feature is its pixels average-pooled to ``pool x pool`` RGB values, centred per image; its
     [CLS] attention is a softmax over the patch's distance from the image's mean colour (salient patches get
-    more mass). A seeded LLaVA-style GELU projector (:class:`prunelab.methods.testing.SeededProjector`) gives
+    more mass). A seeded LLaVA-style GELU projector (:class:`prunelab.methods.projector.SeededProjector`) gives
     the ``"projected"`` space. Deterministic; nothing to download. Not a substitute for DINOv2 in results.
     """
 
     def __init__(self, grid: int = 24, patch: int = 14, pool: int = 2, projected_dim: int | None = 32,
                  temperature: float = 0.5, seed: int = 0):
-        from prunelab.methods.testing import SeededProjector
-
         self.grid, self.patch, self.pool, self.temperature, self.seed = grid, patch, pool, temperature, seed
         c = 3 * pool * pool
         self.projector = SeededProjector(c, projected_dim, seed) if projected_dim else None

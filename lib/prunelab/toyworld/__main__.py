@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                     fh.write(json.dumps(text.text_record(scene, args.descriptions)) + "\n")
         elif args.cmd == "sheet":
             if args.emoji:
-                from prunelab.toyworld.categories import contact_sheet
+                from prunelab.toyworld.scenes import contact_sheet
 
                 contact_sheet(args.out)
             else:

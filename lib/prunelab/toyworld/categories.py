@@ -1,6 +1,6 @@
 """COCO categories drawn as Noto colour emoji, distractor emoji, and scene contexts with co-occurrence priors.
 
-Every emoji below was checked by eye on a contact sheet of the Noto 2.042 font (``contact_sheet()`` rebuilds
+Every emoji below was checked by eye on a contact sheet of the Noto 2.042 font (``scenes.contact_sheet()`` rebuilds
 it). 64 of the 80 COCO categories have a clear emoji; the 16 without one (fire hydrant, parking meter, bench,
 snowboard, baseball bat, baseball glove, surfboard, fork, dining table, remote, microwave, oven, toaster, sink,
 refrigerator, hair drier) never occur in the toy world.
@@ -280,27 +280,3 @@ def cooccurrence() -> dict[str, dict[str, float]]:
         a: {b: sum(d[a] * d[b] for d in dists) / len(dists) for b in CATEGORY_NAMES if b != a}
         for a in CATEGORY_NAMES
     }
-
-
-def contact_sheet(path=None, size: int = 96, cols: int = 10):
-    """A labelled PNG of every category variant and distractor as the font draws them (for checking by eye)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from prunelab.toyworld.scenes import glyph
-
-    items = [(f"{c.name}", v.codepoint) for c in CATEGORIES for v in c.variants]
-    items += [(f"[{d.word}]", d.codepoint) for d in DISTRACTORS]
-    rows = (len(items) + cols - 1) // cols
-    cell_h = size + 18
-    sheet = Image.new("RGB", (cols * (size + 8), rows * cell_h), "white")
-    draw = ImageDraw.Draw(sheet)
-    label_font = ImageFont.load_default(size=11)
-    for i, (label, cp) in enumerate(items):
-        g = glyph(cp, size)
-        x, y = (i % cols) * (size + 8) + 4, (i // cols) * cell_h
-        im = Image.fromarray(g)
-        sheet.paste(im, (x + (size - im.width) // 2, y + (size - im.height) // 2), im)
-        draw.text((x, y + size + 2), label[:16], fill="black", font=label_font)
-    if path is not None:
-        sheet.save(path)
-    return sheet

@@ -501,3 +501,25 @@ def patch_masks(scene: Scene, min_fraction: float = 0.1) -> np.ndarray:
 def patch_indices(scene: Scene, min_fraction: float = 0.1) -> list[list[int]]:
     """Per object, the raster indices (row * 24 + col, 0..575) of its covered patches."""
     return [np.flatnonzero(m.ravel()).tolist() for m in patch_masks(scene, min_fraction)]
+
+
+def contact_sheet(path=None, size: int = 96, cols: int = 10):
+    """A labelled PNG of every category variant and distractor as the font draws them (for checking by eye)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    items = [(f"{c.name}", v.codepoint) for c in C.CATEGORIES for v in c.variants]
+    items += [(f"[{d.word}]", d.codepoint) for d in C.DISTRACTORS]
+    rows = (len(items) + cols - 1) // cols
+    cell_h = size + 18
+    sheet = Image.new("RGB", (cols * (size + 8), rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    label_font = ImageFont.load_default(size=11)
+    for i, (label, cp) in enumerate(items):
+        g = glyph(cp, size)
+        x, y = (i % cols) * (size + 8) + 4, (i // cols) * cell_h
+        im = Image.fromarray(g)
+        sheet.paste(im, (x + (size - im.width) // 2, y + (size - im.height) // 2), im)
+        draw.text((x, y + size + 2), label[:16], fill="black", font=label_font)
+    if path is not None:
+        sheet.save(path)
+    return sheet

@@ -11,15 +11,13 @@ import html
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from prunelab.errors import AssetError
+from prunelab.models.toyllava import _resolve_dir, n_parameters  # noqa: F401 (n_parameters: shown by the book)
 
 
 def _dir(path) -> Path:
-    from prunelab.models.toyllava import _resolve_dir
-
     return _resolve_dir(path)
 
 
@@ -37,15 +35,6 @@ def load_history(path=None) -> pd.DataFrame:
     if not p.is_file():
         return pd.DataFrame(columns=["step", "loss", "val_loss"])
     return pd.DataFrame(json.loads(p.read_text()))
-
-
-def n_parameters(path=None) -> int:
-    """Stored parameters of a packaged model (projector + LLM; the tower is not part of the package)."""
-    from safetensors import safe_open
-
-    f = _dir(path) / "model.safetensors"
-    with safe_open(str(f), "pt") as fh:
-        return int(sum(np.prod(fh.get_slice(k).get_shape()) for k in fh.keys()))
 
 
 def summary_table(ev: dict, complexity: str | None = None) -> pd.DataFrame:

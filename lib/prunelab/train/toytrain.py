@@ -780,16 +780,16 @@ _PARSER_NAME = ""
 
 
 def mention_parser() -> tuple[Any, str]:
-    """The object-mention parser: CHAIR's (:class:`prunelab.eval.chair.CaptionParser`, COCO synonyms + lemmas) when
+    """The object-mention parser: CHAIR's (:class:`prunelab.eval.mentions.CaptionParser`, COCO synonyms + lemmas) when
     its assets load, else the toy world's exact noun matcher (:func:`prunelab.toyworld.text.mentioned_categories`;
     the descriptions only use those nouns, so both agree on ground-truth text). Returns ``(fn, name)``."""
     global _PARSER, _PARSER_NAME
     if _PARSER is None:
         try:
-            from prunelab.eval.chair import CaptionParser
+            from prunelab.eval.mentions import CaptionParser
 
             p = CaptionParser()
-            _PARSER, _PARSER_NAME = p.objects, "prunelab.eval.chair.CaptionParser"
+            _PARSER, _PARSER_NAME = p.objects, "prunelab.eval.mentions.CaptionParser"
         except (ImportError, PrunelabError) as err:
             from prunelab.toyworld.text import mentioned_categories
 
@@ -1125,7 +1125,7 @@ def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
     S = ev["summary"]
     n_params = None
     try:
-        from prunelab.train.toyreport import n_parameters
+        from prunelab.models.toyllava import n_parameters
 
         n_params = n_parameters(path)
     except Exception:  # card still useful without the count
