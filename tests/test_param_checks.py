@@ -65,7 +65,7 @@ def test_notebooks_share_one_parameter_vocabulary():
 
 def _readme_gpu_params(model, coco):
     readme = (REPO_ROOT / "README.md").read_text()
-    cmd = re.search(r"python -m prunelab\.build notebooks(.*?)```", readme, re.S).group(1).replace("\\\n", " ")
+    cmd = re.search(r"python -m prunelab\.book\.build notebooks(.*?)```", readme, re.S).group(1).replace("\\\n", " ")
     items = [tok for flag, tok in zip(shlex.split(cmd), shlex.split(cmd)[1:]) if flag == "-p"]
     items = [i.replace("/path/to/llava-1.5-7b-hf", str(model)).replace("/path/to/val2014", str(coco))
              .replace("device=cuda", "device=cpu") for i in items]  # the test machine has no GPU

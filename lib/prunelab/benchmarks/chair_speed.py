@@ -13,6 +13,11 @@ import os
 import random
 import time
 
+from prunelab.errors import UnknownNameError
+from prunelab.eval.chair import evaluate_chair
+from prunelab.eval.mentions import CaptionParser, SynonymTable
+from prunelab.eval.textproc import TextProcessor
+
 OBJECTS = ["dog", "dogs", "cat", "man", "woman", "people", "men", "children", "car", "cars", "bus", "traffic light",
            "hot dog", "teddy bear", "cell phone", "wine glasses", "knives", "forks", "table", "chair", "couch",
            "sofa", "laptop", "tv", "bench", "umbrella", "bicycle", "horses", "giraffe", "toilet", "sink", "pizza",
@@ -52,13 +57,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.n, args.words = 20, 30
     if args.n < 1 or args.words < 1:
-        from prunelab.errors import UnknownNameError
-
         raise UnknownNameError(f"--n and --words must be >= 1, got {args.n} and {args.words}; pass e.g. --n 500")
-
-    from prunelab.eval.chair import evaluate_chair
-    from prunelab.eval.mentions import CaptionParser, SynonymTable
-    from prunelab.eval.textproc import TextProcessor
 
     caps = make_captions(args.n, args.words, args.seed)
     rng = random.Random(args.seed + 1)

@@ -24,6 +24,9 @@ import os
 import statistics
 import time
 
+from prunelab.errors import check_budget
+from prunelab.paths import atomic_write
+
 COLUMNS = ["method", "budget", "questions", "alone_ms", "shared1_ms", "shared_ms", "speedup_shared1", "speedup_shared",
            "identical"]
 
@@ -78,7 +81,6 @@ def main(argv=None) -> int:
     import torch
 
     from prunelab.study import generation as G
-    from prunelab.errors import check_budget
 
     torch.set_num_threads(1)
     gm, images = _setup(args.tiny, args.images, args.seed)
@@ -143,8 +145,6 @@ def main(argv=None) -> int:
     for r in rows:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in COLUMNS))
     if args.csv:
-        from prunelab.paths import atomic_write
-
         with atomic_write(args.csv, "w") as fh:
             w = csv.DictWriter(fh, fieldnames=COLUMNS)
             w.writeheader()

@@ -53,6 +53,12 @@ import os
 import platform
 import statistics
 
+from prunelab.benchmarks.selection import pick_photos
+from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
+from prunelab.models.toyllava import load_toyllava
+from prunelab.paths import atomic_write
+from prunelab.study.photos import load_photo
+
 GOAL_FRACTION = 0.85
 GOAL_OVERHEAD = 0.02
 N_BEFORE, N_AFTER = 35, 12  # LLaVA-1.5 prompt: text tokens before / after the image (incl. BOS)
@@ -66,13 +72,9 @@ def build_model(kind: str, device, quick: bool):
 
     The image size is what the model's processor feeds it: ToyLLaVA's config keeps DINOv2's 518 px, but its
     processor resizes to 336 px (576 tokens), the geometry the study runs."""
-    from prunelab.errors import AssetError, UnknownNameError
-
     if kind not in ("auto", "toyllava", "tiny"):
         raise UnknownNameError(f"--model {kind!r} is unknown; use auto, toyllava or tiny")
     if kind in ("auto", "toyllava"):
-        from prunelab.models.toyllava import load_toyllava
-
         try:
             model, processor = load_toyllava(device=str(device))
             size = int(processor.image_processor.size["height"])
@@ -191,8 +193,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path) -> None:
-    from prunelab.paths import atomic_write
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -218,7 +218,6 @@ def main(argv=None) -> int:
     import torch
 
     from prunelab.device import resolve_device
-    from prunelab.errors import BudgetError
 
     if args.smoke:
         args.images, args.repeats = 1, 1
@@ -243,11 +242,8 @@ def _run(args, budgets, device) -> int:
     import torch
 
     from prunelab.models import vision
-    from prunelab.benchmarks.selection import pick_photos
-    from prunelab.errors import BudgetError, PrunelabError
-    from prunelab.study.generation import _memo_encode
     from prunelab.models.adapter import LlavaAdapter, parse_requires
-    from prunelab.study.photos import load_photo
+    from prunelab.study.generation import _memo_encode
 
     model, desc, size = build_model(args.model, device, args.smoke)
     adapter = LlavaAdapter(model, device=device)

@@ -44,6 +44,10 @@ import platform
 import statistics
 import time
 
+from prunelab.errors import BudgetError, UnknownNameError
+from prunelab.paths import atomic_write
+from prunelab.study.photos import list_photos, load_photo
+
 GOAL_RATIO = 0.02  # selection / tower forward
 GOAL_SPEEDUP = 10.0  # textbook / incremental greedy
 GREEDY_BUDGETS = (64, 128, 192)
@@ -60,9 +64,6 @@ def is_exempt(name: str) -> bool:
 def pick_photos(n: int, source: str | None = None) -> list[str]:
     """``n`` photo names spread evenly over the manifest (deterministic); ``source`` restricts them to one
     package (``--smoke`` uses ``scikit-image``, installed with the package, so smoke runs fetch nothing)."""
-    from prunelab.errors import UnknownNameError
-    from prunelab.study.photos import list_photos
-
     names = list_photos(source=source)
     if not 1 <= n <= len(names):
         raise UnknownNameError(f"--images {n} is out of range; pass 1..{len(names)} (photos in the manifest)")
@@ -88,8 +89,6 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path) -> None:
-    from prunelab.paths import atomic_write
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -115,8 +114,6 @@ def main(argv=None) -> int:
 
     import torch
 
-    from prunelab.errors import BudgetError
-
     if args.quick:
         args.images, args.repeats, args.greedy_repeats = 1, 1, 1
     for flag in ("repeats", "threads", "greedy_repeats"):
@@ -133,11 +130,9 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     import torch
 
-    from prunelab.models import vision
-    from prunelab.errors import BudgetError, UnknownNameError
     from prunelab.methods.adaptive import calibrate_erank
     from prunelab.methods.diversity import compare_greedy_speed
-    from prunelab.study.photos import load_photo
+    from prunelab.models import vision
     from prunelab.study.runner import load_projector, methods_for, resolve_methods, vision_methods
 
     greedy_budgets = (64,) if args.quick else GREEDY_BUDGETS

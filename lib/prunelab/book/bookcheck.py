@@ -372,8 +372,7 @@ def check_pages(root: Path, pages: list[Path] | None = None, *, screenshots: Pat
         raise AssetError(f"no HTML pages under {root}; run `make book-html` first")
     chromium = chromium or ensure_chromium(install=False)
     try:
-        from playwright.sync_api import Error as PlaywrightError
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import Error as PlaywrightError, sync_playwright
     except ImportError as err:
         raise AssetError(f"the Python package playwright is missing ({err}); run `pip install -e .[book]`") from err
 

@@ -61,6 +61,7 @@ from typing import Any
 
 from prunelab.errors import PrunelabError, UnknownNameError
 from prunelab.paths import REPO_ROOT, atomic_write
+from prunelab.study import params as P
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BUILD_DIR = REPO_ROOT / "_build"
@@ -454,8 +455,6 @@ def plan(
     (:func:`prunelab.study.params.check_values`) are checked here, before any notebook runs; ``budgets``/``methods``
     given as one comma-separated string are split into lists.
     """
-    from prunelab.study import params as P
-
     params = params or {}
     src = source_hash()
     root = Path(build_dir) / ("smoke" if smoke else "")

@@ -20,6 +20,7 @@ import json
 import re
 from pathlib import Path
 
+from prunelab.eval.textproc import auto_path
 from prunelab.paths import REPO_ROOT, atomic_write
 
 OUT_DIR = REPO_ROOT / "book" / "generated"
@@ -147,8 +148,6 @@ def provenance_page(build_dir: Path = BUILD_DIR) -> str:
 def chair_path_section(recs: list[dict]) -> list[str]:
     """Which CHAIR text path each chapter's run took (recorded by :mod:`prunelab.book.build`); a bold warning when any
     is not OPERA's reference path. Records written before the path was recorded say so."""
-    from prunelab.eval.textproc import auto_path
-
     rows, notes = [], {}
     for r in recs:
         rec = r.get("chair_text_path")

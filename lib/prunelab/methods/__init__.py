@@ -5,8 +5,8 @@ Families, one file each: ``attention`` (FasterVLM, PruMerge, PruMerge+), ``diver
 ``adaptive`` (AgilePruner), ``text_conditioned`` (CDPruner), ``in_llm`` (FastV, PDrop, SparseVLM, DART).
 """
 from prunelab.methods.base import (  # noqa: F401
-    PruneResult,
     Pruner,
+    PruneResult,
     VisualContext,
     available_methods,
     catalog,

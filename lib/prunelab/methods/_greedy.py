@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from prunelab.errors import UnknownNameError
+
 
 def cosine_distance_matrix(x: torch.Tensor) -> torch.Tensor:
     """Pairwise cosine distance ``1 - cos`` of the rows of ``x`` (float32, as DivPrune's
@@ -30,8 +32,6 @@ def distance_matrix(x: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
         return cosine_distance_matrix(x)
     if metric == "l2":
         return l2_distance_matrix(x)
-    from prunelab.errors import UnknownNameError
-
     raise UnknownNameError(f"unknown distance metric {metric!r}; known: cosine, l2")
 
 

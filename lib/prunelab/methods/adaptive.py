@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from prunelab.errors import CapabilityError, UnknownNameError
-from prunelab.methods.base import FEATURE_SPACES, Pruner, PruneResult, VisualContext, register
 from prunelab.eval.metrics import erank
+from prunelab.methods.base import FEATURE_SPACES, Pruner, PruneResult, VisualContext, register
 
 ORDER_MODES = ("attention_rank", "selection_index")
 FILL_RULES = ("attention", "relax")

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 
 from prunelab.errors import CapabilityError, UnknownNameError, check_budget
+from prunelab.eval.metrics import erank
 
 ORDER_POLICIES = ("raster", "attention", "cls_first_raster")
 POSITION_POLICIES = ("contiguous", "original")
@@ -268,8 +269,6 @@ def prune(ctx: VisualContext, method: str | Pruner, budget: int, **params) -> Pr
     ``erank_kept_vision`` (erank of the kept tokens' pre-projector rows) and, when a projector is available,
     ``erank_kept_projected`` (erank of the rows the LLM receives) — methods-spec §3.1.
     """
-    from prunelab.eval.metrics import erank
-
     pruner = method if isinstance(method, Pruner) else get_pruner(method, **params)
     res = pruner(ctx, budget)
     a = ctx.cls_attention.double()

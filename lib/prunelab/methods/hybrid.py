@@ -28,7 +28,7 @@ import torch
 from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
 from prunelab.methods._greedy import distance_matrix, divprune_first_pick, maxmin_greedy
 from prunelab.methods.adaptive import input_erank
-from prunelab.methods.base import FEATURE_SPACES, PruneResult, Pruner, VisualContext, register
+from prunelab.methods.base import FEATURE_SPACES, Pruner, PruneResult, VisualContext, register
 from prunelab.methods.clustering import dpc_knn, merge_clusters
 
 # --------------------------------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ from torch import nn
 from prunelab.device import resolve_device, synchronize
 from prunelab.errors import BudgetError, CapabilityError, ImageError, check_budget
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner, prune
-from prunelab.methods.in_llm import LayerEdit
 from prunelab.models.hooks import HookScope
+from prunelab.models.prompts import VICUNA_SYSTEM, build_prompt, tokenize_with_image
 
 __all__ = [
     "resolve_device",
@@ -1005,8 +1005,6 @@ class LlavaAdapter:
     # ---------------- text interface
     def build_inputs(self, images, questions: Sequence[str], template: str = "llava_v1", system: str | None = None):
         """Prompt ids (one list per question, image run expanded) and ``pixel_values`` via the processor."""
-        from prunelab.models.prompts import VICUNA_SYSTEM, build_prompt, tokenize_with_image
-
         if self.processor is None or self.tokenizer is None:
             raise CapabilityError("build_inputs needs a processor with a tokenizer; pass processor=AutoProcessor...")
         sys_msg = VICUNA_SYSTEM if system is None else system

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prunelab.errors import UnknownNameError
+
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -27,8 +29,6 @@ def build_prompt(question: str, template: str = "llava_v1", system: str | None =
     ``template="hf_chat"``: ``"USER: <image>\\n{question} ASSISTANT:"`` (llava-hf model card; ToyLLaVA's chat
     template), ``system`` ignored.
     """
-    from prunelab.errors import UnknownNameError
-
     q = question.strip()
     if template == "llava_v1":
         head = f"{system} " if system else ""
@@ -45,8 +45,6 @@ def tokenize_with_image(tokenizer, prompt: str, image_token_id: int, n_image_tok
     tokenised separately (the first with the tokenizer's special prefix such as BOS, the others without), so
     the placeholder never merges with neighbouring characters.
     """
-    from prunelab.errors import UnknownNameError
-
     chunks = prompt.split(IMAGE_PLACEHOLDER)
     if len(chunks) != 2:
         raise UnknownNameError(

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from prunelab.errors import UnknownNameError
+from prunelab.models import toyllava as T
+from prunelab.models.prompts import VICUNA_SYSTEM
+
 IMAGE_TOKEN_ID = 250
 VOCAB_SIZE = 256
 BOS, EOS, PAD = 1, 2, 0
@@ -39,8 +43,6 @@ def tiny_config(
 ):
     """A ``LlavaConfig`` with ``(image_size // patch_size)**2`` patch tokens (default 8x8 = 64)."""
     from transformers import CLIPVisionConfig, Dinov2Config, LlamaConfig, LlavaConfig
-
-    from prunelab.errors import UnknownNameError
 
     if tower == "clip":
         vision = CLIPVisionConfig(
@@ -171,9 +173,6 @@ def save_tiny_llava_hf(folder, *, seed: int = 0, words=(), text_layers: int = 2,
         from transformers import CLIPImageProcessorPil as CLIPImageProcessor
     except ImportError:  # pragma: no cover - 4.x
         from transformers import CLIPImageProcessor
-
-    from prunelab.models import toyllava as T
-    from prunelab.models.prompts import VICUNA_SYSTEM
 
     texts = [VICUNA_SYSTEM, "USER: ASSISTANT: Please describe this image in detail.",
              "Is there a dog in the image? Answer the question using a single word or phrase. Yes No", " ".join(words)]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable
 
 from prunelab.errors import AssetError
+from prunelab.models.dinov2 import build_dinov2
 from prunelab.paths import atomic_dir, cache_dir, data_dir
 
 IMAGE_TOKEN = "<image>"
@@ -352,8 +353,6 @@ def load_toyllava(path=None, device: str = "cpu", dtype=None, with_tower: bool =
     if bad_missing or unexpected:
         raise AssetError(f"ToyLLaVA weights in {p} do not match its config (missing {bad_missing[:3]}, unexpected {unexpected[:3]}); restore with git checkout data/models or run make toy-model")
     if with_tower:
-        from prunelab.models.dinov2 import build_dinov2
-
         tower = build_dinov2()
         res = model.model.vision_tower.load_state_dict(tower.state_dict(), strict=False)
         if [k for k in res.missing_keys if "mask_token" not in k] or res.unexpected_keys:

@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 
 from prunelab.errors import AssetError
+from prunelab.models import dinov2, smollm2
 from prunelab.paths import atomic_dir, data_dir
 
 IMAGE_TOKEN = "<image>"
@@ -64,8 +65,6 @@ def default_dir() -> Path:
 
 def build_tokenizer():
     """SmolLM2's tokenizer with ``<image>`` added (id 49,152) and the image-aware chat template."""
-    from prunelab.models import smollm2
-
     tok = smollm2.load_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tok.convert_tokens_to_ids(IMAGE_TOKEN) != smollm2.VOCAB_SIZE:
@@ -77,16 +76,12 @@ def build_tokenizer():
 
 
 def image_token_id() -> int:
-    from prunelab.models import smollm2
-
     return smollm2.VOCAB_SIZE
 
 
 def build_config():
     """``LlavaConfig``: DINOv2-S tower, GELU projector, SmolLM2-135M with the ``<image>`` row appended."""
     from transformers import LlamaConfig, LlavaConfig
-
-    from prunelab.models import dinov2, smollm2
 
     text = LlamaConfig.from_pretrained(str(smollm2.ensure_smollm2()))
     text.vocab_size = smollm2.VOCAB_SIZE + 1
@@ -156,8 +151,6 @@ def write_package(path, projector_sd: dict, lora_sd: dict, meta: dict, extra_fil
     import torch
     from safetensors.torch import save_file
 
-    from prunelab.models import smollm2
-
     tensors = {f"projector.{k}": v for k, v in projector_sd.items()}
     tensors.update(lora_sd)
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}
@@ -174,8 +167,6 @@ def write_package(path, projector_sd: dict, lora_sd: dict, meta: dict, extra_fil
 def read_deltas(path=None) -> tuple[dict, dict, dict]:
     """``(projector_state, lora_state, record)`` of a packaged folder, checked against the base model."""
     from safetensors import SafetensorError, safe_open
-
-    from prunelab.models import smollm2
 
     p = Path(path) if path is not None else default_dir()
     f, rec_p = p / DELTAS_FILE, p / CONFIG_FILE
@@ -205,8 +196,6 @@ def assemble(projector_sd: dict, lora_sd: dict, lora_scale: float, with_tower: b
     """Build the ToyLLaVA-S ``LlavaForConditionalGeneration`` from the assets and the given deltas (eval mode)."""
     import torch
     from transformers import LlavaForConditionalGeneration
-
-    from prunelab.models import dinov2, smollm2
 
     cfg = build_config()
     lm = smollm2.load_lm()

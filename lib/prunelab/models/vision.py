@@ -31,7 +31,7 @@ import torch
 
 from prunelab.errors import ImageError, UnknownNameError
 from prunelab.methods.base import VisualContext
-from prunelab.models.dinov2 import DINOV2_PATCH, IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD
+from prunelab.models.dinov2 import DINOV2_PATCH, IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, build_dinov2
 from prunelab.paths import atomic_write, cache_dir
 
 #: Background used when an image with transparency is flattened to RGB.
@@ -205,8 +205,6 @@ def default_tower():
     """The offline DINOv2-S/14 tower (built once per process, see :func:`prunelab.models.dinov2.build_dinov2`)."""
     global _DEFAULT_TOWER
     if _DEFAULT_TOWER is None:
-        from prunelab.models.dinov2 import build_dinov2
-
         _DEFAULT_TOWER = build_dinov2()
     return _DEFAULT_TOWER
 

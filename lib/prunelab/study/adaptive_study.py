@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import UnknownNameError
+from prunelab.study.paired import compare, metric_table
+from prunelab.study.verdict import Claim, check, paper_results, paper_value
 
 VARIANTS = ("fixed", "+erank", "+inverse")
 #: our base name -> variant -> the paper's method name in ``hybrid_enhancement`` (None: not reported)
@@ -133,8 +135,6 @@ def paper_pope(method: str, budget: int) -> tuple[float, str]:
     """The paper's POPE number for one of our labels (or a paper name) at ``budget``: from ``benchmarks`` when it
     is there, else from ``hybrid_enhancement`` (FasterVLM is only there); ``(nan, "")`` if absent. Returns
     ``(value, table)``."""
-    from prunelab.study.verdict import paper_results
-
     res = paper_results()
     name = PAPER_NAMES.get(method, method)
     for table in ("benchmarks", "hybrid_enhancement"):
@@ -148,8 +148,6 @@ def paper_pope(method: str, budget: int) -> tuple[float, str]:
 def paper_enhancement(bases: Sequence[str], budgets: Sequence[int] = (64, 128)) -> pd.DataFrame:
     """The paper's enhancement table for ``bases``: ``base, variant, paper_method, budget, POPE, Rel%`` (NaN where
     the paper has no such row)."""
-    from prunelab.study.verdict import paper_results
-
     res = paper_results()
     res = res[(res["table"] == "hybrid_enhancement") & (res["model"] == PAPER_MODEL)]
     rows = []
@@ -175,8 +173,6 @@ def enhancement_table(pope: pd.DataFrame, bases: Sequence[str], *, n_boot: int =
     (relative to the unpruned model over GQA, SQA-IMG, POPE and MME). Long format: ``base, variant, method,
     budget, accuracy, accuracy_low, accuracy_high, diff_vs_fixed, diff_low, diff_high, paper_POPE,
     paper_diff_vs_fixed, paper_Rel%``."""
-    from prunelab.study.paired import compare, metric_table
-
     grid = hybrid_grid(bases)
     present = grid[grid["method"].isin(set(pope["method"]))]
     acc = metric_table(pope[pope["method"].isin(present["method"])], "Accuracy", by=("method", "budget"), n_boot=n_boot,
@@ -230,8 +226,6 @@ def tau_table(grid: pd.DataFrame, *, vision: pd.DataFrame | None = None, pope: p
     of the kept tokens (``erank_kept``, tower features), the [CLS] attention they carry and AgilePruner's
     ``n_filled`` (tokens the fill rule had to add); from ``pope`` the accuracy; from ``describe`` CHAIR_i and
     Recall; each with a seeded bootstrap CI over images (``<name>_low/_high``)."""
-    from prunelab.study.paired import metric_table
-
     by = list(by)
     lab2tau = dict(zip(grid["method"], grid["tau"]))
     parts = []
@@ -291,8 +285,6 @@ def agile_comparisons(pope: pd.DataFrame, others: Sequence[str], *, agile: str =
     """Per other method and budget: POPE accuracy of ``agile`` minus the other's, paired on the same images, next
     to the paper's POPE difference (:func:`paper_pope`). Columns of :func:`prunelab.study.paired.compare` plus
     ``paper_a``, ``paper_b``, ``paper_diff``."""
-    from prunelab.study.paired import compare
-
     rows = []
     for m in others:
         if m == agile or not (pope["method"] == m).any():
@@ -323,7 +315,6 @@ def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: p
     level ``ci``; a check passes only if the whole interval lies on the claimed side of 0.
     """
     from prunelab.study.generation import paired_chair
-    from prunelab.study.verdict import Claim, check, paper_value
 
     pct = f"{100 * ci:.0f}%"
     claims = []
@@ -351,8 +342,6 @@ def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: p
         rule=(f"For every hybrid B and budget T: POPE accuracy(B+erank) − accuracy(B) on the same images > 0, {pct} "
               "paired-bootstrap CI entirely above 0."),
         checks=enh, fmt="{:+.1f}"))
-    from prunelab.study.paired import compare
-
     inv = []
     for base in bases:
         e, i = f"{base}+erank", f"{base}+inverse"

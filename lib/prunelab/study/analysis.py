@@ -56,6 +56,7 @@ import torch
 from prunelab.errors import BudgetError, UnknownNameError, check_budget
 from prunelab.eval.metrics import erank
 from prunelab.paths import cache_dir as _cache_dir
+from prunelab.study.runner import VisionEncoder
 from prunelab.study.tablecache import read_entry, write_entry
 
 ANALYSIS_FORMAT = 1  # bump when a cached number changes meaning
@@ -232,7 +233,6 @@ def contexts_for(image_set: str, n: int | None = None, seed: int = 0, encoder=No
     """``{image_id: VisualContext}`` of an image set, encoded with ``encoder`` (default: the runner's DINOv2
     encoder, whose features are cached on disk, so this is cheap after :func:`prunelab.study.runner.run_vision`)."""
     from prunelab.study.data import load_image_set
-    from prunelab.study.runner import VisionEncoder
 
     items = load_image_set(image_set, n=n, seed=seed)
     enc = encoder if encoder is not None else VisionEncoder(device=device)

@@ -30,6 +30,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prunelab.errors import UnknownNameError
+from prunelab.paths import cache_dir
+
 #: The kinds this tool manages: sub-folder of the cache -> what writes it.
 KINDS = {
     "runs": "run_vision rows and image statistics (prunelab.study.runner)",
@@ -201,9 +204,6 @@ def clear(root: Path, kinds: list[str], yes: bool, out=None) -> int:
 
 
 def main(argv=None) -> int:
-    from prunelab.errors import UnknownNameError
-    from prunelab.paths import cache_dir
-
     ap = argparse.ArgumentParser(prog="python -m prunelab.study.cache", description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=None, help="the cache folder (default: PRUNELAB_CACHE or ~/.cache/prunelab)")
     sub = ap.add_subparsers(dest="command", required=True)

@@ -28,6 +28,9 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import UnknownNameError
+from prunelab.study.paired import compare, interaction, metric_table
+from prunelab.study.plots import _complexity_palette, method_order, per_image, short_label
+from prunelab.study.verdict import Claim, check, paper_results
 
 SPLITS = ("simple", "complex")
 #: split_by -> the per-image column a median split uses (``label`` uses the image set's own labels).
@@ -82,8 +85,6 @@ class TowerEncoder:
 def image_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per image: ``image_id``, ``complexity`` (the set's label or None), ``n_tokens``, attention entropy
     (nats and normalised) and the erank of all tokens (``erank_full_vision``, ``erank_full_projected``)."""
-    from prunelab.study.plots import per_image
-
     need = {"image_id", "attention_entropy", "erank_full_vision"}
     if not need <= set(df.columns):
         raise UnknownNameError(f"the table lacks {', '.join(sorted(need - set(df.columns)))}; pass a run_vision or "
@@ -194,8 +195,6 @@ def split_agreement(img: pd.DataFrame, label: str = "complexity") -> pd.DataFram
 def paper_examples() -> pd.DataFrame:
     """The paper's four example images (LLaVA-1.5-7B's CLIP tower): ``example``, ``split``,
     ``attention_entropy`` (nats), ``erank``."""
-    from prunelab.study.verdict import paper_results
-
     res = paper_results()
     res = res[res["table"] == "image_complexity_examples"]
     wide = res.pivot_table(index="method", columns="metric", values="value", sort=False).reset_index()
@@ -226,9 +225,6 @@ def accuracy_table(pope: pd.DataFrame, by: Sequence[str] = ("method", "budget", 
     (:func:`prunelab.eval.pope.pope_metrics`, unparsed answers read as "no"), ``n_images``, ``n_questions``,
     ``n_unparsed``; plus ``family``. Rows in the study's method order."""
     from prunelab.study.generation import pope_table
-    from prunelab.study.paired import metric_table
-    from prunelab.study.plots import method_order
-
     by = list(by)
     acc = metric_table(pope, "Accuracy", by=by, n_boot=n_boot, ci=ci, seed=seed).rename(
         columns={"value": "Accuracy", "ci_low": "Accuracy_low", "ci_high": "Accuracy_high", "n": "n_images"})
@@ -262,8 +258,6 @@ def family_gaps(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b: str = D
                 ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Per budget and split: ``metric(family a) − metric(family b)`` on the split's images, each family's methods
     pooled (:func:`prunelab.study.paired.compare`). Empty when a family is absent."""
-    from prunelab.study.paired import compare
-
     fam = families(df)
     if not fam.get(a) or not fam.get(b):
         return pd.DataFrame(columns=["budget", "split", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
@@ -276,8 +270,6 @@ def family_interactions(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b:
                         ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Per budget: ``[metric(a) − metric(b)]_simple − [metric(a) − metric(b)]_complex``
     (:func:`prunelab.study.paired.interaction`, images resampled within each split)."""
-    from prunelab.study.paired import interaction
-
     fam = families(df)
     if not fam.get(a) or not fam.get(b):
         return pd.DataFrame(columns=["budget", "a", "b", "diff_simple", "diff_complex", "interaction", "ci_low", "ci_high"])
@@ -310,8 +302,6 @@ def finding3_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, img: pd.D
     its whole ``ci`` bootstrap interval lies on the claimed side of 0 (:func:`prunelab.study.verdict.check`). A measure
     that defines the split (``split_by="erank"`` / ``"entropy"``) cannot also test it: that row is "not tested".
     """
-    from prunelab.study.verdict import Claim, check
-
     pct = f"{100 * ci:.0f}%"
     claims = []
     lab = img.assign(complexity=img["split"])
@@ -386,8 +376,6 @@ def measures_figure(img: pd.DataFrame, paper: pd.DataFrame | None = None, label:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from prunelab.study.plots import _complexity_palette
-
     d = img.assign(**{label: img[label].fillna("unknown")})
     order = [s for s in (*SPLITS, "medium", "unknown") if s in set(d[label])]
     pal = _complexity_palette()
@@ -442,7 +430,6 @@ def accuracy_figure(acc: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     from prunelab.study.generation import VANILLA
-    from prunelab.study.plots import _complexity_palette, short_label
 
     pal = _complexity_palette()
     van = acc[acc["method"] == VANILLA]

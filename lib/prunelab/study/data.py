@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prunelab.errors import AssetError, ImageError, UnknownNameError
+from prunelab.study import photos
+from prunelab.toyworld import scenes, splits
 
 IMAGE_SETS = ("photos", "toyworld:<split>", "coco:<val2014 dir>")
 COMPLEXITY = ("simple", "medium", "complex")
@@ -107,8 +109,6 @@ def _complexity(value) -> str | None:
 
 
 def _photos() -> list[ImageItem]:
-    from prunelab.study import photos  # imported lazily: it needs the unpacked photo assets
-
     manifest = photos.photo_manifest()
     labels = photos.photo_labels()
     items = []
@@ -128,8 +128,6 @@ def _photos() -> list[ImageItem]:
 
 
 def _toyworld(split: str, spec: str) -> list[ImageItem]:
-    from prunelab.toyworld import splits  # imported lazily: rendering needs the emoji font
-
     items = []
     for index, sid in enumerate(splits.split_ids(split)):
         items.append(
@@ -145,16 +143,12 @@ def _toyworld(split: str, spec: str) -> list[ImageItem]:
 
 
 def _render_toy(split: str, index: int):
-    from prunelab.toyworld import scenes, splits
-
     return scenes.render(splits.get_scene(split, index))
 
 
 def _finish_toyworld(items: list[ImageItem]) -> list[ImageItem]:
     """Attach ground truth (categories, counts, the scene itself) to the selected toy-world items only: scene
     generation is cheap but not free, and a split has hundreds of scenes."""
-    from prunelab.toyworld import splits
-
     for it in items:
         scene = splits.get_scene(it.meta["split"], it.meta["index"])
         it.labels = list(scene.categories)

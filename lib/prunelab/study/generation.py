@@ -88,9 +88,39 @@ import numpy as np
 import pandas as pd
 import torch
 
+from prunelab.device import resolve_device, synchronize
 from prunelab.errors import AssetError, CapabilityError, PrunelabError, UnknownNameError, check_budget
-from prunelab.study.tablecache import code_hash, key as _key, read_entry, read_table, version_dir, write_entry, write_table
+from prunelab.eval import groundtruth as G, pope as P
+from prunelab.eval.chair import CaptionScore, ChairResult, combined_text_path, evaluate_chair
+from prunelab.eval.mentions import CaptionParser, Mention
+from prunelab.eval.pope import parse_yes_no, pope_metrics
+from prunelab.methods.adaptive import AgilePruner, input_erank
+from prunelab.methods.hybrid import _ErankSplit
+from prunelab.models.adapter import LlavaAdapter, parse_requires
+from prunelab.models.prompts import VICUNA_SYSTEM, build_prompt, tokenize_with_image
+from prunelab.models.toyllava import CHAT_TEMPLATE, load_toyllava, prompt_ids
 from prunelab.paths import cache_dir as _cache_dir
+from prunelab.study.params import (
+    EMBEDDED_MODELS,
+    check_budgets,
+    check_image_set,
+    check_model,
+    check_n_images,
+    check_seed,
+)
+from prunelab.study.plots import method_order
+from prunelab.study.runner import _items_of, _jsonable, erank_stats_from, image_stats, resolve_methods
+from prunelab.study.tablecache import (
+    code_hash,
+    key as _key,
+    read_entry,
+    read_table,
+    version_dir,
+    write_entry,
+    write_table,
+)
+from prunelab.toyworld import text as tt
+from prunelab.train.toytrain import describe_prompt
 
 CACHE_FORMAT = 2  # bump when the meaning of a cached column or the entry layout changes (2: checked entries)
 TASKS = ("describe", "pope")
@@ -191,11 +221,7 @@ class GenerationModel:
         if tok is None:
             raise CapabilityError("the model has no tokenizer; pass LlavaAdapter(model, processor=...) or tokenizer=...")
         if self.prompt_format == "toyllava":
-            from prunelab.models.toyllava import prompt_ids
-
             return list(prompt_ids(tok, question))
-        from prunelab.models.prompts import VICUNA_SYSTEM, build_prompt, tokenize_with_image
-
         system = VICUNA_SYSTEM if self.prompt_format == "llava_v1" else None
         prompt = build_prompt(question, self.prompt_format, system)
         return tokenize_with_image(tok, prompt, self.adapter.parts.image_token_id, 1)
@@ -239,8 +265,6 @@ def from_adapter(adapter, prompt_format: str | None = None, name: str = "adapter
     """Wrap a :class:`~prunelab.models.adapter.LlavaAdapter`. Prompt format: ToyLLaVA's when the config carries its
     vocabulary digest or the tokenizer its chat template, else ``llava_v1``. Pixels: the adapter's processor
     (``do_pad`` for llava_v1) or, without one, a plain resize + CLIP normalisation to the tower's image size."""
-    from prunelab.models.toyllava import CHAT_TEMPLATE
-
     if prompt_format is None:
         tok = adapter.tokenizer
         toy = _is_toyllava_config(adapter.model.config) or getattr(tok, "chat_template", None) == CHAT_TEMPLATE
@@ -273,10 +297,6 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
     Errors are one line: unknown name or weights not on this machine (:class:`AssetError`, with the fix), a
     CUDA device asked for but absent (:class:`DeviceError`). Nothing is downloaded.
     """
-    from prunelab.device import resolve_device
-    from prunelab.models.adapter import LlavaAdapter
-    from prunelab.study.params import EMBEDDED_MODELS, check_model
-
     dev = resolve_device(device)
     folder = check_model(model)
     if dtype is None:
@@ -290,8 +310,6 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
         raise AssetError(f"cannot read a LLaVA config from {folder} ({str(err).splitlines()[0][:120]}); pass a "
                          "LlavaForConditionalGeneration folder or HF id") from None
     if model in EMBEDDED_MODELS or (_is_toyllava_config(cfg) and not _has_tower_weights(folder)):
-        from prunelab.models.toyllava import load_toyllava
-
         net, processor = load_toyllava(folder, device="cpu", dtype=dtype)
         fmt = "toyllava"
     else:
@@ -308,15 +326,11 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
     adapter = LlavaAdapter(net, processor=processor, device=dev)
     gm = from_adapter(adapter, fmt, name=str(model))
     if fmt == "toyllava":
-        from prunelab.train.toytrain import describe_prompt
-
         gm.describe_prompt = describe_prompt()
     return gm
 
 
 def _as_generation_model(model, device) -> GenerationModel:
-    from prunelab.models.adapter import LlavaAdapter
-
     if isinstance(model, GenerationModel):
         return model
     if isinstance(model, LlavaAdapter):
@@ -355,8 +369,6 @@ class _Spec:
     def key(self) -> dict:
         if self.pruner is None:
             return {"label": self.label, "name": "full"}
-        from prunelab.study.runner import _jsonable
-
         return {"label": self.label, "name": self.pruner.name, "params": _jsonable(self.pruner.params())}
 
 
@@ -367,8 +379,6 @@ def _is_vanilla(m) -> bool:
 def resolve_generation_methods(methods) -> list[_Spec]:
     """Method specs (labels unique): :func:`prunelab.study.runner.resolve_methods` items, plus ``None`` / ``"Vanilla"``
     / ``"full"`` for the unpruned model (label ``"Vanilla"``, family ``"base"``)."""
-    from prunelab.study.runner import resolve_methods
-
     if methods is None or isinstance(methods, (str, dict)) or not isinstance(methods, (list, tuple)):
         methods = [methods]
     specs: list[_Spec] = []
@@ -391,9 +401,6 @@ _DEFAULT_ERANK = ("vision", False, False, "singular")
 def erank_spec(pruner) -> tuple | None:
     """The input-erank options whose dataset statistics ``pruner`` consumes, or ``None`` if it needs none
     (AgilePruner without ``erank_avg``; erank-guided hybrids without ``e_min``/``e_max``)."""
-    from prunelab.methods.adaptive import AgilePruner
-    from prunelab.methods.hybrid import _ErankSplit
-
     if isinstance(pruner, AgilePruner) and pruner.erank_avg is None:
         return (pruner.erank_features, pruner.erank_center, pruner.erank_row_normalize, pruner.erank_spectrum)
     if isinstance(pruner, _ErankSplit) and (pruner.e_min is None or pruner.e_max is None):
@@ -407,8 +414,6 @@ def _spec_name(spec: tuple) -> str:
 
 def spec_input_erank(ctx, spec: tuple) -> float:
     """The input erank of ``ctx`` with the options of an :func:`erank_spec` (what the consuming method computes)."""
-    from prunelab.methods.adaptive import input_erank
-
     return float(input_erank(ctx.space(spec[0]), center=spec[1], row_normalize=spec[2], spectrum=spec[3]))
 
 
@@ -421,8 +426,6 @@ def ground_truth_for(items, set_name: str):
     :func:`prunelab.eval.groundtruth.toyworld_ground_truth`), photos (:func:`~prunelab.eval.groundtruth.photos_ground_truth`)
     or COCO (:class:`~prunelab.eval.groundtruth.CocoGroundTruth` from ``instances_val2014.json`` +
     ``captions_val2014.json`` found in ``<dir>/../annotations``, ``<dir>/..`` or ``<dir>``)."""
-    from prunelab.eval import groundtruth as G
-
     kind = set_name.split(":", 1)[0]
     if kind == "toyworld" and all("scene" in it.meta for it in items):
         return G.toyworld_ground_truth(labels={it.id: list(it.meta["scene"].categories) for it in items})
@@ -460,15 +463,11 @@ def pope_questions_for(items, set_name: str, settings: Sequence[str] = ("random"
     """POPE questions per image id. Toy world: each scene's own balanced questions per setting
     (:func:`prunelab.toyworld.text.pope_questions`, the ones ToyLLaVA's evaluation uses). Otherwise
     :func:`prunelab.eval.pope.build_pope` on the selected images with >= 3 objects (others get no question)."""
-    from prunelab.eval import pope as P
-
     for s in settings:
         if s not in P.SETTINGS:
             raise UnknownNameError(f"unknown POPE setting {s!r}; use some of {', '.join(P.SETTINGS)}")
     out: dict[str, list[Question]] = {it.id: [] for it in items}
     if set_name.startswith("toyworld") and all("scene" in it.meta for it in items):
-        from prunelab.toyworld import text as tt
-
         for it in items:
             for s in settings:
                 for k, q in enumerate(tt.pope_questions(it.meta["scene"], s)):
@@ -556,8 +555,6 @@ def _nbytes(obj) -> int:
 
 
 def _qk_layers_for(specs: list[_Spec], adapter) -> tuple[int, ...]:
-    from prunelab.models.adapter import parse_requires
-
     layers: set[int] = set()
     for s in specs:
         if s.pruner is not None and getattr(s.pruner, "stage", "pre_llm") != "in_llm":
@@ -582,8 +579,6 @@ def _scalars(rec: dict) -> str:
 
 
 def _validate_budgets(budgets) -> list[int]:
-    from prunelab.study.params import check_budgets
-
     return check_budgets(budgets, None)  # integers >= 1 now; checked against N once the model is known
 
 
@@ -634,12 +629,8 @@ def run_generation(
     """
     from tqdm.auto import tqdm
 
-    from prunelab.device import resolve_device
-
     if task not in TASKS:
         raise UnknownNameError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
-    from prunelab.study.params import check_n_images, check_seed
-
     if isinstance(methods, (list, tuple)) and not methods:
         raise UnknownNameError("methods is empty; pass at least one, e.g. methods=['Vanilla', 'FasterVLM']")
     specs = resolve_generation_methods(methods)
@@ -652,15 +643,11 @@ def run_generation(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise UnknownNameError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}; pass e.g. 512")
     if isinstance(image_set, str):
-        from prunelab.study.params import check_image_set
-
         check_image_set(image_set)
     resolve_device(device)  # a missing CUDA device fails here, before any loading
     gm = _as_generation_model(model, device)
     n_img = gm.n_image_tokens
     budgets = [check_budget(b, n_img) for b in budgets]
-    from prunelab.study.runner import _items_of
-
     set_name, items = _items_of(image_set, n, seed)
     adapter = gm.adapter
     dev = adapter.device
@@ -699,8 +686,6 @@ def run_generation(
     kept_bytes = 0  # tower outputs kept from pass 1 for pass 2, up to KEEP_ENCODINGS_BYTES (else re-encoded)
 
     def encode(it):
-        from prunelab.device import synchronize
-
         pv = gm.pixels(it.image)
         synchronize(dev)
         t0 = time.perf_counter()
@@ -709,8 +694,6 @@ def run_generation(
         return pv, enc, time.perf_counter() - t0
 
     def image_entry(it, enc) -> dict:
-        from prunelab.study.runner import image_stats
-
         ctx = adapter.context(enc, 0, image_id=it.id)
         st = image_stats(ctx)
         for sp in need_specs:
@@ -742,8 +725,6 @@ def run_generation(
 
     stats_by_spec: dict[tuple, dict] = {}
     if need_specs:
-        from prunelab.study.runner import erank_stats_from
-
         for sp in need_specs:
             stats_by_spec[sp] = dict(erank_stats) if erank_stats is not None else erank_stats_from(
                 per_image[it.id][_spec_name(sp)] for it in items)
@@ -855,9 +836,6 @@ def score_chair(df: pd.DataFrame, ground_truth, parser=None) -> tuple[pd.DataFra
     :func:`prunelab.eval.chair.evaluate_chair` (``on_bad="flag"``: an empty caption is scored as the reference scores
     it — no mentions, zero length, its ground truth counted in Recall — and flagged ``empty_caption``).
     Returns ``(table, chair config)``."""
-    from prunelab.eval.chair import evaluate_chair
-    from prunelab.eval.mentions import CaptionParser
-
     parser = parser or CaptionParser()
     res = evaluate_chair([(iid, str(t)) for iid, t in zip(df["image_id"], df["text"])], ground_truth,
                          parser=parser, on_bad="flag")
@@ -889,9 +867,6 @@ def caption_scores(df: pd.DataFrame) -> list:
     """The :class:`prunelab.eval.chair.CaptionScore` of every row of a scored describe table, rebuilt exactly from its
     columns (also after :func:`prunelab.study.runner.save_table` and ``pd.read_csv``: list columns may be JSON text).
     Captions flagged ``not_a_string`` / ``no_ground_truth`` are ``included=False``, as in the evaluator."""
-    from prunelab.eval.chair import CaptionScore
-    from prunelab.eval.mentions import Mention
-
     def lst(v):
         return json.loads(v) if isinstance(v, str) else list(v)
 
@@ -940,8 +915,6 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
     bootstrap intervals over the group's captions (= images) for each metric (``<metric>_low/_high``). The last
     column, ``text_path``, says which CHAIR text path scored the group (also ``table.attrs["text_path"]``); a
     table not wholly on OPERA's reference path warns (:func:`prunelab.eval.chair.combined_text_path`)."""
-    from prunelab.eval.chair import ChairResult, combined_text_path
-
     by = list(by)
     if "chair_s" not in df:
         raise UnknownNameError("the table has no CHAIR columns; pass the output of run_generation(task='describe')")
@@ -966,8 +939,6 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
         rows.append(row)
     out = pd.DataFrame(rows)
     if "method" in by:
-        from prunelab.study.plots import method_order
-
         rank = {m: i for i, m in enumerate(method_order(df))}
         out = out.sort_values([c for c in ("budget", "method") if c in by] + [c for c in by if c not in ("budget", "method")],
                               key=lambda c: c.map(rank) if c.name == "method" else c, kind="stable").reset_index(drop=True)
@@ -1019,8 +990,6 @@ def score_pope(df: pd.DataFrame, parser: str = "reference") -> pd.DataFrame:
     """Add ``answer`` (the generated text), ``pred`` (:func:`prunelab.eval.pope.parse_yes_no`: ``"yes"``/``"no"``/None;
     default POPE's own rule, ``parser="robust"`` for the reading that can say "cannot tell") and ``correct``
     (``pred == label``; False when unparsed) to a POPE table."""
-    from prunelab.eval.pope import parse_yes_no
-
     out = df.copy()
     out["answer"] = out["text"]
     out["pred"] = [parse_yes_no(t, parser) for t in out["text"]]
@@ -1033,8 +1002,6 @@ def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setti
     """POPE metrics per group (default method x budget x setting) with :func:`prunelab.eval.pope.pope_metrics` on the
     group's labels and generated answers: ``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``Yes-ratio`` (x100),
     ``n``, ``n_unparsed``."""
-    from prunelab.eval.pope import pope_metrics
-
     if "label" not in df:
         raise UnknownNameError("the table has no POPE columns; pass the output of run_generation(task='pope')")
     rows = []
@@ -1054,8 +1021,6 @@ def caption_spans(caption: str, ground_truth_objects, parser=None) -> list[tuple
     "correct")``. The caption is parsed exactly as :meth:`prunelab.eval.mentions.CaptionParser.parse` does (tokenise,
     lemmatise, merge pairs, map synonyms); tokens are then located in the lower-cased text left to right. A
     mention whose token cannot be located (a tokenizer rewrite such as quotes) is left out."""
-    from prunelab.eval.mentions import CaptionParser
-
     parser = parser or CaptionParser()
     lower = caption.lower()
     raw = parser.text.tokenize(lower)

@@ -28,7 +28,10 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import UnknownNameError
+from prunelab.study.analysis import summarize
 from prunelab.study.generation import VANILLA, highlight_caption, paired_chair
+from prunelab.study.plots import _families as fam_of, method_order, method_palette, overlay_png
+from prunelab.study.verdict import Claim, check, paper_results, paper_value
 
 #: Our method label -> the paper's name in its CHAIR table (VisionZip and the hybrids beyond VisPruner are not in it).
 PAPER_NAMES = {"Vanilla": "Vanilla", "FasterVLM": "FasterVLM", "PruMerge+fixed": "PruMerge+", "PruMerge+": "PruMerge+",
@@ -55,8 +58,6 @@ def paper_chair(methods: Sequence[str] | None = None, budgets: Sequence[int] = P
     """The paper's CHAIR numbers (LLaVA-1.5-7B, 500 COCO val2014 images) for our method labels: columns
     ``method`` (our label), ``paper_method``, ``budget`` (576 for Vanilla), ``CHAIR_s``, ``CHAIR_i``, ``Recall``,
     ``Len``. Methods the paper does not report are left out."""
-    from prunelab.study.verdict import paper_results
-
     res = paper_results()
     res = res[(res["table"] == "chair") & (res["model"] == PAPER_MODEL)]
     labels = list(methods) if methods is not None else [k for k in PAPER_NAMES if k != "PruMerge+"]
@@ -114,8 +115,6 @@ def correlation_summary(df: pd.DataFrame, xs: Sequence[str] = ("erank_kept_proje
     """``(per_image, summary)``: :func:`per_image_correlations` for every ``x`` in ``xs``, and their mean per
     ``by`` x ``x`` with a seeded bootstrap CI over images (``mean, ci_low, ci_high, n`` = images where ρ is
     defined)."""
-    from prunelab.study.analysis import summarize
-
     per = pd.concat([per_image_correlations(df, x, y, by=by) for x in xs], ignore_index=True)
     summ = summarize(per, "rho", list(by) + ["x"], n_boot=n_boot, ci=ci, seed=seed)
     summ.insert(len(by) + 1, "y", y)
@@ -132,8 +131,6 @@ def _families(df: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def _paper_pairs(metric: str, left: Sequence[str], right: Sequence[str]) -> str:
-    from prunelab.study.verdict import paper_value
-
     parts = []
     for b in PAPER_BUDGETS:
         lv = ", ".join(f"{m} {paper_value('chair', m, metric, visual_tokens=b):.1f}" for m in left)
@@ -144,8 +141,6 @@ def _paper_pairs(metric: str, left: Sequence[str], right: Sequence[str]) -> str:
 
 def _pair_checks(df: pd.DataFrame, left: Sequence[str], right: Sequence[str], metric: str, op: str, *, n_boot: int,
                  ci: float, seed: int) -> list:
-    from prunelab.study.verdict import check
-
     out = []
     for a in left:
         for b in right:
@@ -162,8 +157,6 @@ def finding2_claims(df: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, s
     PruMerge+). Every comparison is paired on the same images with a seeded bootstrap CI at level ``ci``, and a
     check passes only if the whole interval lies on the claimed side of 0 (:func:`prunelab.study.verdict.check`).
     """
-    from prunelab.study.verdict import Claim, check
-
     fam = _families(df)
     div, att = fam.get("diversity", []), fam.get("attention", [])
     agile = [m for m in df["method"].unique() if base_name(m) == "AgilePruner"]
@@ -208,8 +201,6 @@ def finding2_claims(df: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, s
 
 
 def _palette(df: pd.DataFrame) -> dict:
-    from prunelab.study.plots import _families as fam_of, method_palette, method_order
-
     return method_palette(method_order(df), fam_of(df))
 
 
@@ -311,8 +302,6 @@ def correlation_figure(per_image: pd.DataFrame, summary: pd.DataFrame, labels: d
 
 
 def _thumb(image, kept=None, n_tokens: int | None = None, size: int = 168) -> str:
-    from prunelab.study.plots import overlay_png
-
     if kept is None:
         import io
 

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from prunelab.errors import AssetError, BudgetError, UnknownNameError, check_budget
+from prunelab.study.data import IMAGE_SETS
+from prunelab.toyworld.splits import SPLIT_SIZES as SPLITS
 
 EMBEDDED_MODELS = ("toyllava", "toyllava-subset")
 
@@ -207,16 +209,12 @@ def check_toy_model(model) -> None:
 
 def check_image_set(spec: str) -> str:
     """A valid image-set spec (see :mod:`prunelab.study.data`); ``coco:<dir>`` must name an existing folder."""
-    from prunelab.study.data import IMAGE_SETS
-
     if not isinstance(spec, str) or not spec:
         raise UnknownNameError(f"image set must be a string, got {spec!r}; known: {', '.join(IMAGE_SETS)}")
     kind, _, arg = spec.partition(":")
     if kind == "photos" and not arg:
         return spec
     if kind == "toyworld":
-        from prunelab.toyworld.splits import SPLIT_SIZES as SPLITS
-
         split = arg or "test"
         if split not in SPLITS:
             raise UnknownNameError(f"unknown toy-world split {split!r} in {spec!r}; known: {', '.join(SPLITS)}")

@@ -22,9 +22,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunelab.toyworld.coco import COCO_CATEGORIES
 from prunelab.errors import AssetError, UnknownNameError
 from prunelab.paths import cache_dir, data_dir
+from prunelab.toyworld.coco import COCO_CATEGORIES
 
 OPENCV_DOC_PACKAGE = "opencv-doc"
 OPENCV_EXAMPLES = "usr/share/doc/opencv-doc/examples"

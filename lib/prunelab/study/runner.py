@@ -45,13 +45,25 @@ from typing import Any, Callable, Iterable, Sequence
 import pandas as pd
 import torch
 
-from prunelab.device import cpu_threads
-from prunelab.errors import PrunelabError, UnknownNameError, check_budget
+from prunelab.device import cpu_threads, resolve_device
+from prunelab.errors import AssetError, PrunelabError, UnknownNameError, check_budget
+from prunelab.eval.metrics import attention_entropy, erank
+from prunelab.methods import available_methods
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
 from prunelab.methods.projector import SeededProjector
-from prunelab.eval.metrics import attention_entropy, erank
-from prunelab.study.tablecache import code_hash, key as _key, read_entry, read_table, version_dir, write_entry, write_table
+from prunelab.models import vision
 from prunelab.paths import atomic_write, cache_dir as _cache_dir
+from prunelab.study.params import check_budgets, check_n_images, check_seed
+from prunelab.study.plots import FAMILY_ORDER, method_order
+from prunelab.study.tablecache import (
+    code_hash,
+    key as _key,
+    read_entry,
+    read_table,
+    version_dir,
+    write_entry,
+    write_table,
+)
 
 CACHE_FORMAT = 2  # bump when the meaning of a column or the entry layout changes (2: checked entries, no all-file)
 
@@ -158,26 +170,18 @@ class VisionEncoder:
     @property
     def tower(self):
         if self._tower is None:
-            from prunelab.models import vision
-
             tower = vision.default_tower()
             if self.device not in (None, "cpu"):
-                from prunelab.device import resolve_device
-
                 tower = tower.to(resolve_device(self.device))
             self._tower = tower
         return self._tower
 
     @property
     def fingerprint(self) -> str:
-        from prunelab.models import vision
-
         proj = _module_fingerprint(self.projector) if self.projector is not None else "none"
         return f"dinov2:{vision.tower_fingerprint(self.tower)[:16]}|qk={self.qk_layers}|pad={self.pad_to_square}|proj={proj}"
 
     def __call__(self, images: list, ids: list[str]) -> list[VisualContext]:
-        from prunelab.models import vision
-
         out = vision.encode_images(images, self.tower, batch_size=self.batch_size, qk_layers=self.qk_layers,
                                    pad_to_square=self.pad_to_square, names=list(ids), progress=self.progress)
         return [vision.to_context(out, i, self.projector, image_id=ids[i]) for i in range(len(ids))]
@@ -228,8 +232,6 @@ def load_projector(spec: str | None = "auto"):
     """The projector that defines the ``"projected"`` space: ``"toyllava"`` (the trained ToyLLaVA projector in
     ``data/models/toyllava``; an :class:`~prunelab.errors.AssetError` if its weights are missing), ``"auto"``
     (ToyLLaVA's if present, else ``None``) or ``"none"``/``None``. Returns a ``torch.nn.Module`` or ``None``."""
-    from prunelab.errors import AssetError
-
     if spec in (None, "none", False):
         return None
     if spec not in ("auto", "toyllava"):
@@ -254,10 +256,6 @@ def load_projector(spec: str | None = "auto"):
 def vision_methods() -> list[str]:
     """Registered pre-LLM methods that need only the image (text-conditioned ones such as CDPruner need a
     question and run through the model adapter), ordered by family then name."""
-    from prunelab.methods import available_methods
-
-    from prunelab.study.plots import FAMILY_ORDER
-
     rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
     names = [n for n in available_methods("pre_llm") if get_pruner(n).family != "text"]
     return sorted(names, key=lambda n: (rank.get(get_pruner(n).family, 99), n))
@@ -484,8 +482,6 @@ def run_vision(
     """
     from tqdm.auto import tqdm
 
-    from prunelab.study.params import check_budgets, check_n_images, check_seed
-
     specs = resolve_methods(methods)
     if not specs:
         raise UnknownNameError("no methods given; pass e.g. methods=['FasterVLM', 'DivPrune']")
@@ -588,8 +584,6 @@ def glance_table(df: pd.DataFrame, space: str = "vision") -> pd.DataFrame:
 
     Ratios are averaged per image (mean of ``kept / full``), not ratios of means, so every image weighs the same.
     """
-    from prunelab.study.plots import method_order
-
     d = df.assign(
         erank_over_full=df[f"erank_kept_{space}"] / df[f"erank_full_{space}"],
         erank_over_random=df[f"erank_kept_{space}"] / df[f"erank_random_{space}"],

@@ -44,9 +44,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from prunelab.errors import PrunelabError, UnknownNameError
-from prunelab.methods.base import VisualContext
+from prunelab.device import resolve_device
+from prunelab.errors import AssetError, PrunelabError, UnknownNameError
 from prunelab.eval.metrics import erank
+from prunelab.methods.base import VisualContext, get_pruner
+from prunelab.models.adapter import LlavaAdapter
+from prunelab.study import analysis
+from prunelab.study.analysis import paired, summarize
+from prunelab.study.params import EMBEDDED_MODELS, check_model, validate
+from prunelab.study.plots import FAMILY_ORDER, method_order as _order, method_palette, short_label
+from prunelab.study.runner import VisionEncoder, _module_fingerprint, random_subset_erank, run_vision, vision_methods
+from prunelab.study.verdict import Claim, checks_from_summary
 
 #: ``ratio_ceiling`` below this counts as "substantially less than intended" (claim 3): at least 10% short of
 #: what the erank-greedy selection of the same size reaches. Chosen before looking at any result.
@@ -83,9 +91,6 @@ def check_vision_methods(methods: Sequence[str] | str | None) -> list[str]:
     Raises :class:`UnknownNameError` for an unknown name and for a method that needs the language model (a
     text-conditioned or in-LLM method), naming the methods that can run here.
     """
-    from prunelab.methods.base import get_pruner
-    from prunelab.study.runner import vision_methods
-
     known = vision_methods()
     if methods is None:
         return known
@@ -113,8 +118,6 @@ def validate_parameters(*, model: str, image_sets, n_images, methods, budgets, s
     the offline DINOv2 tower here (its projector is used when its weights exist); another model must be a local
     LLaVA folder or be in the local Hugging Face cache.
     """
-    from prunelab.study.params import EMBEDDED_MODELS, check_model, validate
-
     if isinstance(image_sets, str):
         image_sets = [image_sets]
     if not image_sets:
@@ -151,8 +154,6 @@ def embedded_projector(variant: str = "toyllava"):
 
     Same construction as :func:`prunelab.study.runner.load_projector` (LLaVA's linear -> GELU -> linear), for any
     variant folder."""
-    from prunelab.errors import AssetError
-
     try:
         from prunelab.models.toyllava import default_dir, load_projector_lm
 
@@ -182,8 +183,6 @@ class LlavaVisionEncoder:
 
     def __init__(self, model, image_processor, *, name: str | None = None, device: str = "auto",
                  batch_size: int = 8, qk_layers: Sequence[int] = (-2, -1)):
-        from prunelab.models.adapter import LlavaAdapter
-
         self.adapter = LlavaAdapter(model, device=device)
         self.image_processor = image_processor
         self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
@@ -196,9 +195,6 @@ class LlavaVisionEncoder:
         """Load a ``LlavaForConditionalGeneration`` and its image processor from local files only
         (fp16 on CUDA, fp32 on the CPU unless ``dtype`` is given)."""
         from transformers import AutoImageProcessor, LlavaForConditionalGeneration
-
-        from prunelab.device import resolve_device
-        from prunelab.errors import AssetError
 
         dev = resolve_device(device)
         dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
@@ -214,8 +210,6 @@ class LlavaVisionEncoder:
     def fingerprint(self) -> str:
         """Name, tower and projector weights digests, image-processor settings and q/k layers (cache key)."""
         if self._fingerprint is None:
-            from prunelab.study.runner import _module_fingerprint
-
             parts = self.adapter.parts
             proc = self.image_processor.to_dict() if hasattr(self.image_processor, "to_dict") else repr(self.image_processor)
             proc_h = hashlib.sha256(json.dumps(proc, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -252,9 +246,6 @@ def encoder_for(model: str, device: str = "auto", *, model_path: str | Path | No
     its weights exist (``info["projected"]`` says whether they did); another model uses its own tower and
     projector through :class:`LlavaVisionEncoder`. ``info`` also names the tower and the feature space used.
     """
-    from prunelab.study.params import EMBEDDED_MODELS
-    from prunelab.study.runner import VisionEncoder
-
     if model in EMBEDDED_MODELS:
         projector = embedded_projector(model)
         enc = VisionEncoder(projector=projector, device=device, batch_size=batch_size)
@@ -304,8 +295,6 @@ def reference_rows(df: pd.DataFrame, contexts: dict, greedy: dict[str, list[int]
 
     ``space`` is the feature space of ``greedy``; both spaces' eranks are filled where the context has them.
     """
-    from prunelab.study.runner import random_subset_erank
-
     keys = ["image_set", "image_id", "complexity", "seed", "n_tokens", "erank_full_vision", "erank_full_projected",
             "attention_entropy", "attention_entropy_norm"]
     images = df.drop_duplicates("image_id")[keys]
@@ -399,13 +388,9 @@ def run_study(image_sets: Sequence[str], methods: Sequence, budgets: Sequence[in
 
 def _run_study(image_sets, methods, budgets, *, seed, n_images, encoder, space, n_random, screen, cache_dir,
                progress) -> StudyRun:
-    from prunelab.study import analysis
     from prunelab.study.data import load_image_set
-    from prunelab.study.runner import run_vision
 
     if encoder is None:
-        from prunelab.study.runner import VisionEncoder
-
         encoder = VisionEncoder()
     budgets = sorted(int(b) for b in budgets)
     greedy_dir = Path(cache_dir) / "analysis" if cache_dir not in (None, False) else cache_dir
@@ -443,8 +428,6 @@ def _run_study(image_sets, methods, budgets, *, seed, n_images, encoder, space, 
 
 def method_order(ratios: pd.DataFrame) -> list[str]:
     """Methods by family (prunelab.study.plots order), references last."""
-    from prunelab.study.plots import method_order as _order
-
     order = _order(ratios[~ratios["method"].isin(REFERENCES)])
     return order + [r for r in REFERENCES if (ratios["method"] == r).any()]
 
@@ -473,8 +456,6 @@ def family_gap(ratios: pd.DataFrame, space: str, a: str = DIVERSITY, b: str = AT
                seed: int = 0) -> pd.DataFrame:
     """Per (image set, budget): mean over images of ``erank(family a) / erank(family b)``, each family's erank
     being the per-image mean over its fixed-budget methods; seeded bootstrap CI. Empty when a family is absent."""
-    from prunelab.study.analysis import paired
-
     fam = family_means(ratios, f"erank_kept_{space}")
     if not {a, b} <= set(fam["family"]):
         return pd.DataFrame(columns=["image_set", "budget", "a", "b", "mean", "ci_low", "ci_high", "n"])
@@ -486,8 +467,6 @@ def summary_by_method(ratios: pd.DataFrame, value: str, family: str | None = Non
                       n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """Mean of ``value`` per (method, budget, image set) with a seeded bootstrap CI over images; restricted to
     one ``family`` and to fixed-budget methods when asked. References excluded."""
-    from prunelab.study.analysis import summarize
-
     sub = ratios[~ratios["method"].isin(REFERENCES)]
     if family is not None:
         sub = sub[sub["family"] == family]
@@ -552,8 +531,6 @@ RATIO_LABELS = {"ratio_full": "kept / all tokens", "ratio_random": "kept / rando
 def family_table(ratios: pd.DataFrame, columns: Sequence[str] = tuple(RATIO_LABELS), decimals: int = 2) -> pd.DataFrame:
     """Per family (fixed-budget methods; per image the family mean, then the mean over images) and per reference,
     the ratios in ``columns``; one column per (ratio, image set, budget)."""
-    from prunelab.study.plots import FAMILY_ORDER
-
     parts = []
     for col in columns:
         fam = family_means(ratios, col)
@@ -581,8 +558,6 @@ def family_table(ratios: pd.DataFrame, columns: Sequence[str] = tuple(RATIO_LABE
 def shortfall_claims(ratios: pd.DataFrame, space: str, *, threshold: float = SHORTFALL, n_boot: int = 2000,
                      seed: int = 0) -> list:
     """The three claims of finding 1 with their computed checks (see the module docstring for the rules)."""
-    from prunelab.study.verdict import Claim, checks_from_summary
-
     tmpl = "{method}, T={budget}, {image_set}"
     att = summary_by_method(ratios, "ratio_random", ATTENTION, n_boot=n_boot, seed=seed)
     div = summary_by_method(ratios, "ratio_ceiling", DIVERSITY, n_boot=n_boot, seed=seed)
@@ -631,8 +606,6 @@ def erank_overview(ratios: pd.DataFrame, space: str, height: float = 2.7, aspect
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from prunelab.study.plots import method_palette, short_label
-
     col = f"erank_kept_{space}"
     methods = [m for m in method_order(ratios) if m not in REFERENCES]
     fam = ratios.drop_duplicates("method").set_index("method")["family"].to_dict()
@@ -677,8 +650,6 @@ def intended_vs_achieved(div: pd.DataFrame, height: float = 3.0, annotate: bool 
     panel per image set and budget; references drawn as black symbols."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-
-    from prunelab.study.plots import FAMILY_ORDER, short_label
 
     d = div.dropna(subset=["ratio_ceiling"])
     sets = list(dict.fromkeys(d["image_set"]))

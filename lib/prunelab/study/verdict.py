@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from prunelab.errors import PrunelabError, UnknownNameError
+from prunelab.paths import data_dir
 
 OUTCOMES = ("replicates", "partly", "does not", "not tested")
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -212,8 +213,6 @@ def summary_line(claims: Sequence[Claim]) -> str:
 
 def paper_results(path: str | Path | None = None) -> pd.DataFrame:
     """The paper's published numbers (``data/paper_results.csv``), long format."""
-    from prunelab.paths import data_dir
-
     p = Path(path) if path is not None else data_dir() / "paper_results.csv"
     if not p.is_file():
         raise UnknownNameError(f"paper results file {p} is missing; restore data/paper_results.csv from git")

@@ -7,7 +7,16 @@ descriptions and POPE questions), :mod:`.splits` (fixed train/val/test splits an
 """
 from prunelab.toyworld.categories import CATEGORIES, CATEGORY_NAMES, CONTEXT_NAMES  # noqa: F401
 from prunelab.toyworld.scenes import (  # noqa: F401
-    CANVAS, GRID, PATCH, Scene, SceneObject, make_scene, patch_indices, patch_masks, render, render_array,
+    CANVAS,
+    GRID,
+    PATCH,
+    Scene,
+    SceneObject,
+    make_scene,
+    patch_indices,
+    patch_masks,
+    render,
+    render_array,
 )
 from prunelab.toyworld.splits import SPLIT_SIZES, get_scene, load_split, verify_test_split  # noqa: F401
 from prunelab.toyworld.text import DESCRIBE_PROMPT, POPE_TEMPLATE, describe, pope_questions  # noqa: F401

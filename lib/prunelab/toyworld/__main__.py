@@ -6,11 +6,13 @@ import json
 import sys
 from pathlib import Path
 
+from prunelab.errors import PrunelabError
+from prunelab.toyworld import splits, text
+from prunelab.toyworld.scenes import COMPLEXITIES, make_scene, render
+
 
 def _sheet(path: Path, per_row: int = 6) -> None:
     from PIL import Image
-
-    from prunelab.toyworld.scenes import COMPLEXITIES, make_scene, render
 
     sheet = Image.new("RGB", (per_row * 340, len(COMPLEXITIES) * 340), "white")
     for r, level in enumerate(COMPLEXITIES):
@@ -20,9 +22,6 @@ def _sheet(path: Path, per_row: int = 6) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prunelab.errors import PrunelabError
-    from prunelab.toyworld import splits, text
-
     ap = argparse.ArgumentParser(prog="python -m prunelab.toyworld", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("manifest", help="rewrite data/toyworld/test_ids.csv and test_checksum.txt")

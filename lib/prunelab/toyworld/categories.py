@@ -23,7 +23,6 @@ from functools import lru_cache
 from prunelab.toyworld.coco import COCO_CATEGORIES
 
 
-
 @dataclass(frozen=True)
 class Noun:
     """One surface form: singular and plural (``None``: only used for a single object)."""

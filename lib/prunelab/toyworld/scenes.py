@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prunelab.errors import UnknownNameError
+from prunelab.errors import AssetError, UnknownNameError
 from prunelab.toyworld import categories as C
+from prunelab.toyworld.font import NATIVE_SIZE, load_emoji_font
 
 CANVAS = 336
 PATCH = 14
@@ -79,16 +80,12 @@ def _base_glyph(codepoint: str) -> np.ndarray:
     """The emoji drawn once at the font's native size, cropped to its opaque pixels (RGBA uint8)."""
     from PIL import Image, ImageDraw
 
-    from prunelab.toyworld.font import NATIVE_SIZE, load_emoji_font
-
     font = load_emoji_font(NATIVE_SIZE)
     ch = "".join(chr(int(c, 16)) for c in codepoint.split("+"))
     im = Image.new("RGBA", (160, 160), (0, 0, 0, 0))
     ImageDraw.Draw(im).text((8, 8), ch, font=font, embedded_color=True)
     bbox = im.getbbox()
     if bbox is None:
-        from prunelab.errors import AssetError
-
         raise AssetError(f"the emoji font has no glyph for U+{codepoint}; install fonts-noto-color-emoji 2.042 or newer")
     return np.asarray(im.crop(bbox))
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from prunelab.errors import AssetError, UnknownNameError
 from prunelab.paths import atomic_write, data_dir
+from prunelab.toyworld.font import font_sha256
 from prunelab.toyworld.scenes import Scene, make_scene, render_array, scene_rng
 
 SPLIT_SIZES = {"train": 6000, "val": 300, "test": 400}
@@ -95,8 +96,6 @@ def checksums(scenes, progress: bool = False) -> dict[str, str]:
 def _versions() -> dict[str, str]:
     import numpy
     import PIL
-
-    from prunelab.toyworld.font import font_sha256
 
     return {"font_sha256": font_sha256(), "pillow": PIL.__version__, "numpy": numpy.__version__}
 

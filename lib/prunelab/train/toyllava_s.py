@@ -31,7 +31,11 @@ from typing import Sequence
 import numpy as np
 
 from prunelab.errors import PrunelabError
+from prunelab.models import smollm2, toyllava_s as S
+from prunelab.models.toyllava_s import LORA_TARGETS, image_token_id, lora_key
 from prunelab.paths import atomic_write, cache_dir
+from prunelab.toyworld import categories as C, text as tt
+from prunelab.train import toytrain as T
 
 N_TOK, FEAT_DIM, LM_DIM = 576, 384, 576
 
@@ -88,8 +92,6 @@ def run_dir(cfg: Config) -> Path:
 
 def load_split(split: str, n: int, with_patches: bool = False, progress: bool = False):
     """``(records, store)`` of a split: texts and ground truth plus the DINOv2 features (extracted once, cached)."""
-    from prunelab.train import toytrain as T
-
     recs, scenes = T.load_records(split, n, n_descriptions=3 if split == "train" else 1, with_patches=with_patches,
                                   progress=progress)
     ids = [r.id for r in recs]
@@ -103,8 +105,6 @@ def prefix_store(split: str, ids: list[str]):
     """The first ``len(ids)`` rows of a larger extraction of ``split`` (finished, or in progress with at least
     that many rows done) whose ids start with ``ids``; ``None`` if there is none. Rows below the progress mark
     are final, so training can start while the tower still runs over the rest of the split."""
-    from prunelab.train import toytrain as T
-
     n = len(ids)
     parent = T.feature_dir(split, n).parent
     for folder in sorted(parent.glob(f"{split}-*")):
@@ -130,8 +130,6 @@ def patch_labels(rec, n_classes_bg: int, class_of: dict[str, int]) -> np.ndarray
 
 
 def class_words() -> list[str]:
-    from prunelab.toyworld import categories as C
-
     return [c.name for c in C.CATEGORIES]
 
 
@@ -199,8 +197,6 @@ class LoRALinear(_nn().Module):
 
 def add_lora(lm, cfg: Config) -> dict:
     """Wrap every target projection of ``lm`` in :class:`LoRALinear` (training copy only); returns name -> module."""
-    from prunelab.models.toyllava_s import LORA_TARGETS, lora_key
-
     out = {}
     for i, layer in enumerate(lm.model.layers):
         for name in LORA_TARGETS:
@@ -242,9 +238,6 @@ def _where(box) -> str:
 
 
 def count_qa(rec, rng) -> tuple[str, str]:
-    from prunelab.toyworld import categories as C
-    from prunelab.toyworld import text as tt
-
     cats = sorted({c for c, _ in rec.boxes})
     cat = cats[int(rng.integers(len(cats)))]
     n = sum(1 for c, _ in rec.boxes if c == cat)
@@ -268,8 +261,6 @@ class Dialogues:
     """Token ids and answer masks of multi-turn ChatML dialogues with one ``<image>`` in the first user turn."""
 
     def __init__(self, tokenizer):
-        from prunelab.models.toyllava_s import image_token_id
-
         self.tok = tokenizer
         self.image_id = image_token_id()
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -297,8 +288,6 @@ class Dialogues:
 
 
 def dialogue_turns(rec, rng, cfg: Config, stage: str) -> list[tuple[str, str]]:
-    from prunelab.train import toytrain as T
-
     prompt = T.describe_prompt()
     turns = [(prompt, rec.descriptions[int(rng.integers(len(rec.descriptions)))])]
     if stage == "instruct":
@@ -314,8 +303,6 @@ def dialogue_turns(rec, rng, cfg: Config, stage: str) -> list[tuple[str, str]]:
 def make_batch(cfg: Config, stage: str, step: int, records, store, dia: Dialogues):
     """``(ids, feats, labels, attention_mask)`` of one step (right padding; a function of seed, stage and step)."""
     import torch
-
-    from prunelab.train import toytrain as T
 
     idx = T.batch_indices(cfg.seed + (0 if stage == "pretrain" else 17), step, cfg.batch_size, len(records))
     rng = np.random.default_rng([cfg.seed, step, 3 if stage == "pretrain" else 5])
@@ -354,10 +341,6 @@ def embed(lm, projector, ids, feats, image_id: int):
 def base_parts(cfg: Config, store):
     """The frozen SmolLM2 (+ ``<image>`` row), its tokenizer and a fresh standardised projector (seeded)."""
     import torch
-
-    from prunelab.train import toytrain as T
-    from prunelab.models import toyllava_s as S
-    from prunelab.models import smollm2
 
     lm = smollm2.load_lm()
     S.add_image_row(lm)

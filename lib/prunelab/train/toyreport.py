@@ -15,6 +15,7 @@ import pandas as pd
 
 from prunelab.errors import AssetError
 from prunelab.models.toyllava import _resolve_dir, n_parameters  # noqa: F401 (n_parameters: shown by the book)
+from prunelab.toyworld import scenes, splits
 
 
 def _dir(path) -> Path:
@@ -85,8 +86,6 @@ def scene_sheet(split: str = "test", n_per_kind: int = 3, seed: int = 0, panel: 
     import random
 
     import matplotlib.pyplot as plt
-
-    from prunelab.toyworld import scenes, splits
 
     ids = splits.split_ids(split)
     rows = []

@@ -38,8 +38,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from prunelab import toyworld as tw
 from prunelab.errors import AssetError, PrunelabError
+from prunelab.methods.base import VisualContext, prune
+from prunelab.models.dinov2 import build_dinov2
+from prunelab.models.toyllava import (
+    IMAGE_TOKEN,
+    build_config,
+    build_tokenizer,
+    dialogue_ids,
+    load_projector_lm,
+    prompt_ids,
+)
+from prunelab.models.vision import encode_images
 from prunelab.paths import atomic_write, cache_dir
+from prunelab.toyworld import categories as C, scenes as ts, splits, text as tt
+from prunelab.toyworld.text import DESCRIBE_PROMPT, mentioned_categories
 
 log = logging.getLogger("prunelab.toytrain")
 
@@ -137,8 +151,6 @@ class Record:
 
 
 def describe_prompt() -> str:
-    from prunelab.toyworld.text import DESCRIBE_PROMPT
-
     return DESCRIBE_PROMPT
 
 
@@ -146,8 +158,6 @@ def load_records(split: str, n: int | None = None, n_descriptions: int = 1, with
                  progress: bool = True) -> tuple[list[Record], list[Any]]:
     """``(records, scenes)`` of the first ``n`` scenes of a toy-world split (:func:`prunelab.toyworld.splits.load_split`)."""
     from tqdm.auto import tqdm
-
-    from prunelab.toyworld import splits
 
     size = splits.SPLIT_SIZES[split]
     if n is not None and n > size:
@@ -158,9 +168,6 @@ def load_records(split: str, n: int | None = None, n_descriptions: int = 1, with
 
 
 def _record_of(scene, n_descriptions: int, with_patches: bool) -> Record:
-    from prunelab.toyworld import scenes as ts
-    from prunelab.toyworld import text as tt
-
     yn = {"yes": "Yes", "no": "No"}
     qs = [(q["question"], yn[q["answer"]], q["setting"], q["object"]) for st in tt.POPE_SETTINGS for q in tt.pope_questions(scene, st)]
     # Training pool: the POPE-style questions of two more seeded draws as well, de-duplicated.
@@ -176,16 +183,11 @@ def _record_of(scene, n_descriptions: int, with_patches: bool) -> Record:
 
 
 def render_images(scenes: Sequence[Any]):
-    from prunelab import toyworld as tw
-
     return [tw.render(s) for s in scenes]
 
 
 def world_lexicon() -> list[str]:
     """Words the toy world can use beyond those seen in the splits: every category noun form and number word."""
-    from prunelab.toyworld import categories as C
-    from prunelab.toyworld import text as tt
-
     out = list(tt.NUMBERS)
     for c in C.CATEGORIES:
         for n in c.all_nouns():
@@ -251,9 +253,6 @@ def extract_features(split: str, scenes: Sequence[Any], ids: Sequence[str], batc
     mode = "r+" if done else "w+"
     f_mm = open_memmap(feats_p, mode=mode, dtype=np.float16, shape=(len(scenes), N_TOK, FEAT_DIM))
     a_mm = open_memmap(attn_p, mode=mode, dtype=np.float32, shape=(len(scenes), N_TOK))
-    from prunelab.models.dinov2 import build_dinov2
-    from prunelab.models.vision import encode_images
-
     tower = build_dinov2()
     t0 = time.perf_counter()
     bar = tqdm(total=len(scenes), initial=done, desc=f"tower features [{split}]", unit="img", mininterval=5)
@@ -353,8 +352,6 @@ class ToyLlavaLM(_torch().nn.Module):
     @classmethod
     def from_package(cls, path=None):
         """A trainer-side model holding a packaged model's weights (identity standardisation)."""
-        from prunelab.models.toyllava import load_projector_lm
-
         cfg, tok, proj, lm = load_projector_lm(path)
         m = cls(cfg)
         m.linear_1.load_state_dict({"weight": proj["linear_1.weight"], "bias": proj["linear_1.bias"]})
@@ -372,8 +369,6 @@ class SampleBuilder:
     """Token ids + loss weights of training dialogues, composed from per-turn pieces of the chat template."""
 
     def __init__(self, tokenizer, qa_weight: float = 1.0):
-        from prunelab.models.toyllava import IMAGE_TOKEN
-
         self.tok = tokenizer
         self.qa_weight = qa_weight
         self.image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -382,8 +377,6 @@ class SampleBuilder:
 
     def turn(self, q: str, a: str, first: bool) -> tuple[list[int], list[int]]:
         """Ids/mask of one turn; the first turn includes ``<s>`` and the single ``<image>`` placeholder."""
-        from prunelab.models.toyllava import dialogue_ids
-
         key = (q, a, first)
         if key not in self._cache:
             if first:
@@ -505,8 +498,6 @@ def feature_stats(store: FeatureStore, n: int = 256, seed: int = 0) -> tuple[np.
 
 def new_model(cfg: TrainConfig, tokenizer, store: FeatureStore):
     import torch
-
-    from prunelab.models.toyllava import build_config
 
     lcfg = build_config(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                         intermediate_size=cfg.intermediate_size)
@@ -642,8 +633,6 @@ def validation_loss(model, cfg: TrainConfig, records, store, builder, prompt, n_
 # ----------------------------------------------------------------------------------------------------------
 
 def _split_prompt(tokenizer, text: str) -> tuple[list[int], list[int]]:
-    from prunelab.models.toyllava import IMAGE_TOKEN, prompt_ids
-
     ids = prompt_ids(tokenizer, text)
     p = ids.index(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     return ids[:p], ids[p + 1:]
@@ -791,8 +780,6 @@ def mention_parser() -> tuple[Any, str]:
             p = CaptionParser()
             _PARSER, _PARSER_NAME = p.objects, "prunelab.eval.mentions.CaptionParser"
         except (ImportError, PrunelabError) as err:
-            from prunelab.toyworld.text import mentioned_categories
-
             log.warning("CHAIR parser unavailable (%s); using the toy world's noun matcher", err)
             _PARSER, _PARSER_NAME = (lambda t: set(mentioned_categories(t))), "prunelab.toyworld.text.mentioned_categories"
     return _PARSER, _PARSER_NAME
@@ -819,8 +806,6 @@ def default_conditions(cfg: TrainConfig) -> list[Condition]:
 def _rows_for(model, store: FeatureStore, i: int, cond: Condition):
     """``(projected rows the LLM receives, kept patch indices)`` of image ``i`` under ``cond``."""
     import torch
-
-    from prunelab.methods.base import VisualContext, prune
 
     f = torch.from_numpy(np.asarray(store.features[i], dtype=np.float32))
     if cond.method is None:
@@ -983,8 +968,6 @@ def _record_time(cfg: TrainConfig, stage: str, seconds: float) -> None:
 
 def prepare_data(cfg: TrainConfig, progress: bool = True):
     """Records + feature stores of train/val/test (stages 1-2, resumable) and the tokenizer."""
-    from prunelab.models.toyllava import build_tokenizer
-
     out = {}
     for split, n in (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)):
         t0 = time.perf_counter()
