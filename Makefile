@@ -10,7 +10,8 @@ STAMP_JS := book/vendor/.stamp-$(shell cat book/package-lock.json 2>/dev/null | 
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all setup assets js browser test book book-html book-check toy-model bench bench-smoke clean clean-cache distclean
+.PHONY: all setup assets js browser lint test unit book book-html book-check toy-model bench bench-smoke clean clean-cache \
+	distclean
 
 all: book
 
@@ -40,9 +41,20 @@ js: $(STAMP_JS)
 browser: setup
 	$(PY) -m prunelab.book.bookcheck --install-browser
 
-test: assets js
+# Lint (ruff) and the layer contracts (import-linter, [tool.importlinter] in pyproject.toml): seconds, no assets.
+lint: setup
+	$(VENV)/bin/ruff check lib tests
+	$(VENV)/bin/lint-imports
+
+test: lint assets js
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# The unit tests alone: no notebook runs, no browser, nothing marked slow (converted tower, trained model runs).
+# Needs no `make assets`: a test that wants WordNet or the tower fetches it on first use, or skips.
+UNIT_MARKERS := not notebook and not browser and not slow
+unit: setup
+	$(PY) -m pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
 # Execute every notebook with papermill (cached, resumable), then build the HTML offline with warnings as errors.
 book: assets js
@@ -83,7 +95,7 @@ clean-cache: setup
 	$(PY) -m prunelab.study.cache du
 
 clean:
-	rm -rf _build .pytest_cache .hypothesis
+	rm -rf _build .pytest_cache .hypothesis .import_linter_cache .ruff_cache
 
 distclean: clean
 	rm -rf $(VENV) book/node_modules book/vendor

@@ -28,6 +28,7 @@ def test_every_notebook_declares_parameters_and_smoke_values():
         assert smoke and set(smoke) <= set(build.declared_parameters(path)), f"{name}: smoke parameters must be declared"
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_smoke_run(tmp_path, name):
     out = _run(tmp_path, name)
@@ -43,6 +44,7 @@ def test_notebook_smoke_run(tmp_path, name):
     assert prov["injected_parameters"] == build.smoke_parameters(build.NOTEBOOKS_DIR / f"{name}.ipynb")
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_bad_budget_fails_up_front_with_one_line(tmp_path, name):
     if "budgets" not in build.declared_parameters(build.NOTEBOOKS_DIR / f"{name}.ipynb"):
@@ -63,6 +65,7 @@ MODEL_NOTEBOOKS = [n for n in NOTEBOOKS if "model" in build.declared_parameters(
                    and not build.toy_only(build.NOTEBOOKS_DIR / f"{n}.ipynb")]
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("name", MODEL_NOTEBOOKS)
 def test_notebook_runs_a_llava_hf_checkpoint_folder(tmp_path, llava_hf_folder, name):
     """The real-model path (``-p model=/path/to/llava-1.5-7b-hf``) on a tiny random llava-hf-format folder: CLIP
