@@ -46,9 +46,9 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def chair_parser():
     """CHAIR caption parser on the offline path (Debian WordNet, noun lemmatiser); skips if WordNet cannot be had."""
+    from prunelab.errors import AssetError
     from prunelab.eval import textproc
     from prunelab.eval.mentions import CaptionParser
-    from prunelab.errors import AssetError
 
     try:
         textproc.activate_wordnet()

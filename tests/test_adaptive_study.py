@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prunelab.study import adaptive_study as A
 from prunelab.errors import UnknownNameError
+from prunelab.study import adaptive_study as A
 
 BASES = ["BAT", "VisPruner", "AttnDiv"]
 TAUS = [0, 0.05, 0.1, 0.2]
@@ -76,7 +76,7 @@ def _pope(methods, n_img=30, reverse=False, seed=0, n_q=12):
     for i in range(n_img):
         for m in methods:
             for b in (64, 128):
-                for q in range(n_q):
+                for _q in range(n_q):
                     rows.append({"image_id": f"i{i:02d}", "method": m, "family": "x", "budget": b,
                                  "correct": bool(rng.random() < _accuracy(m, reverse))})
     return pd.DataFrame(rows)

@@ -7,12 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from prunelab.study import analysis as A
 from prunelab.errors import BudgetError, UnknownNameError
 from prunelab.eval.metrics import erank
+from prunelab.study import analysis as A
 
 
 def _rand(n, d, seed, scale=True):

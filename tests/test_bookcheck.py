@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from prunelab.book import bookcheck
 from prunelab.errors import AssetError
 from prunelab.paths import REPO_ROOT

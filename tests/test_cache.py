@@ -13,12 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from prunelab.study import cache as C
-from prunelab.study import generation as G
-from prunelab.study import runner as R
-from prunelab.study import tablecache as TC
-from prunelab.study.data import ImageItem
 from prunelab.errors import UnknownNameError
+from prunelab.study import cache as C, generation as G, runner as R, tablecache as TC
+from prunelab.study.data import ImageItem
 
 # ---- the entry format -------------------------------------------------------------------------------------------
 

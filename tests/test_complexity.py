@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prunelab.study import complexity as C
 from prunelab.errors import UnknownNameError
+from prunelab.study import complexity as C
 
 # method, family, P(correct) on simple images, on complex images
 PROFILE = [("FasterVLM", "attention", 0.92, 0.62), ("PruMerge+fixed", "attention", 0.90, 0.60),
@@ -215,10 +215,10 @@ def test_figures_draw():
 
 @pytest.fixture(scope="module")
 def tiny_gm(one_torch_thread):
-    from prunelab.study.generation import from_adapter
     from prunelab.models.adapter import LlavaAdapter
     from prunelab.models.prompts import VICUNA_SYSTEM
     from prunelab.models.tiny import ToyTokenizer, tiny_llava
+    from prunelab.study.generation import from_adapter
 
     model = tiny_llava("clip", seed=0, text_layers=2)
     words = ["a", "the", "dog", "cat", "car", "cup", "person", "."] + VICUNA_SYSTEM.split()

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from PIL import Image
 
-from prunelab.study.data import ImageItem, load_image_set, select
 from prunelab.errors import AssetError, ImageError, PrunelabError, UnknownNameError
+from prunelab.study.data import ImageItem, load_image_set, select
 
 
 def _items(k):
@@ -86,13 +85,13 @@ def test_corrupt_image_is_one_line_error(tmp_path):
     (tmp_path / "COCO_val2014_000000000001.jpg").write_bytes(b"not a jpeg at all")
     (item,) = load_image_set(f"coco:{tmp_path}")
     with pytest.raises(ImageError) as e:
-        item.image
+        _ = item.image
     assert "\n" not in str(e.value) and "replace" in str(e.value)
 
 
 def test_item_without_loader():
     with pytest.raises(ImageError):
-        ImageItem(id="x", source="t").image
+        _ = ImageItem(id="x", source="t").image
 
 
 def test_photos_set():

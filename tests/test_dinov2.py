@@ -16,8 +16,7 @@ import torch
 
 from prunelab import paths
 from prunelab.errors import AssetError
-from prunelab.models import dinov2 as d
-from prunelab.models import wheel
+from prunelab.models import dinov2 as d, wheel
 
 REF_DIR = paths.REPO_ROOT / "data" / "dinov2_reference"
 

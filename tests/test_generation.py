@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
+from prunelab.errors import AssetError, BudgetError, DeviceError, UnknownNameError
 from prunelab.study import generation as G
 from prunelab.study.data import ImageItem
-from prunelab.errors import AssetError, BudgetError, DeviceError, UnknownNameError
 
 WORDS = ["a", "the", "and", "there", "is", "are", "two", "on", "with", "next", "to", ".", ",",
          "dog", "cat", "car", "person", "man", "cup", "bottle", "chair", "table", "bus", "bird", "boat", "cake",
@@ -72,9 +72,8 @@ class _Counting:
 @pytest.fixture(scope="module")
 def tiny(one_torch_thread):
     from prunelab.models.adapter import LlavaAdapter
-    from prunelab.models.tiny import ToyTokenizer, tiny_llava
-
     from prunelab.models.prompts import VICUNA_SYSTEM
+    from prunelab.models.tiny import ToyTokenizer, tiny_llava
 
     model = tiny_llava("clip", seed=0, text_layers=2)
     prompt_words = VICUNA_SYSTEM.split() + "USER: ASSISTANT: Please describe this image in detail.".split()
@@ -100,7 +99,7 @@ def toy_package(tmp_path_factory, one_torch_thread):
     model = LlavaForConditionalGeneration(cfg).eval()
     with torch.no_grad():  # a wider spread than the default init, so pruning changes the text
         g = torch.Generator().manual_seed(0)
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.25 / max(1.0, (p.shape[1] / 16) ** 0.5))
     ip = BitImageProcessor(do_resize=True, size={"height": 56, "width": 56}, resample=3, do_center_crop=False,

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
+from prunelab.eval.metrics import erank
 from prunelab.methods import get_pruner, prune
 from prunelab.methods.adaptive import (
     AgilePruner,
@@ -18,7 +18,6 @@ from prunelab.methods.adaptive import (
     threshold_greedy,
 )
 from prunelab.methods.testing import check_result, context_from, make_context, make_contexts
-from prunelab.eval.metrics import erank
 
 
 def _unit(*pairs, dim=6):

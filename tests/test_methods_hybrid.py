@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from prunelab.errors import BudgetError, CapabilityError, PrunelabError
+from prunelab.eval.metrics import erank
 from prunelab.methods import get_pruner, prune
 from prunelab.methods.hybrid import (
     erank_split_ratio,
@@ -17,7 +17,6 @@ from prunelab.methods.hybrid import (
     vispruner_select,
 )
 from prunelab.methods.testing import context_from, make_context
-from prunelab.eval.metrics import erank
 
 STATS = {"min": 4.0, "max": 12.0, "mean": 8.0}
 SELECTION = ["VisPruner", "AttnDiv", "VisPruner+erank", "VisPruner+inverse", "AttnDiv+erank", "AttnDiv+inverse"]

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from prunelab.methods.adaptive import GRAM_MIN_DIM, input_erank
 from prunelab.eval.metrics import attention_entropy, erank
+from prunelab.methods.adaptive import GRAM_MIN_DIM, input_erank
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # float64 SVDs spin-wait on a shared 2-core machine
 

@@ -2,13 +2,12 @@
 values, agreement with generation.paired_chair, stratified interaction, errors)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from prunelab.study import paired as Pd
 from prunelab.errors import UnknownNameError
+from prunelab.study import paired as Pd
 
 
 def _pope(n_img=30, p=None, seed=0, n_q=10):

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from prunelab.book import build
-from prunelab.study import generation, params, runner
 from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
 from prunelab.paths import REPO_ROOT
+from prunelab.study import generation, params, runner
 
 NB = build.NOTEBOOKS_DIR
 

@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 
-from prunelab.study import photos
 from prunelab.errors import AssetError, UnknownNameError
+from prunelab.study import photos
 
 
 def _opencv_doc_or_skip():

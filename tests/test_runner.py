@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from prunelab.study.data import ImageItem
 from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
+from prunelab.eval.metrics import attention_entropy, erank
 from prunelab.methods import get_pruner, prune
 from prunelab.methods.adaptive import calibrate_erank
 from prunelab.methods.testing import make_context
-from prunelab.eval.metrics import attention_entropy, erank
+from prunelab.study.data import ImageItem
 from prunelab.study.runner import (
     VISION_COLUMNS,
     PixelPatchEncoder,
@@ -236,9 +236,9 @@ def test_dinov2_encoder_on_two_photos(tmp_path):
         from prunelab.study.data import load_image_set
 
         items = load_image_set("photos", n=2, seed=0)
-        items[0].image
+        _ = items[0].image
         enc = VisionEncoder(batch_size=2)
-        enc.tower
+        _ = enc.tower
     except PrunelabError as err:
         pytest.skip(f"assets unavailable: {err}")
     df = run_vision(items, ["FasterVLM", "VisionZip", "PruMerge+"], [64], encoder=enc, cache_dir=tmp_path, progress=False)

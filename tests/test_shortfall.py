@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from prunelab.study import shortfall as S
-from prunelab.study.data import ImageItem
 from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
 from prunelab.eval.metrics import erank
+from prunelab.study import shortfall as S
+from prunelab.study.data import ImageItem
 from prunelab.study.runner import methods_for, random_subset_erank
 from prunelab.study.verdict import OUTCOMES, verdict_table
 

@@ -384,8 +384,8 @@ def test_committed_model_hf_generate_matches_feature_path():
     """The assembled LlavaForConditionalGeneration (pixels -> tower -> projector -> LLM) gives the same greedy
     tokens as the trainer's path on features from prunelab.models.vision.encode_images."""
     d = _committed_or_skip()
-    from prunelab.toyworld import render, splits
     from prunelab.models.vision import encode_images
+    from prunelab.toyworld import render, splits
 
     model, proc = T.load_toyllava(d)
     scene = splits.get_scene("test", 0)

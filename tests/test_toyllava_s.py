@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from prunelab.errors import AssetError
-from prunelab.models import smollm2, wheel
-from prunelab.models import toyllava_s as S
+from prunelab.models import smollm2, toyllava_s as S, wheel
 from prunelab.train import toyllava_s as TS
 
 
@@ -130,8 +129,8 @@ def test_exported_projector_folds_the_standardisation():
     mean, std = rng.normal(size=384).astype(np.float32), rng.uniform(0.5, 2, size=384).astype(np.float32)
     torch.manual_seed(0)
     p = TS.Projector(mean, std)
-    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
     from transformers import LlavaConfig
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
     cfg = LlavaConfig(text_config={"model_type": "llama", "hidden_size": 576},
                       vision_config={"model_type": "clip_vision_model", "hidden_size": 384})

@@ -11,8 +11,8 @@ import pytest
 
 from prunelab.errors import AssetError, PrunelabError, UnknownNameError
 from prunelab.paths import REPO_ROOT
-from prunelab.toyworld import categories as C
-from prunelab.toyworld import font as F
+from prunelab.toyworld import categories as C, font as F
+
 
 @pytest.fixture(scope="module")
 def tw():
@@ -378,8 +378,11 @@ def test_manifest_write_and_verify_roundtrip(tw, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------ properties, CLI
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import (  # noqa: E402
+    given,
+    settings,
+    strategies as st,  # noqa: E402
+)
 
 
 @settings(max_examples=25, deadline=None)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from prunelab.models import vision
 from prunelab.errors import AssetError, ImageError, UnknownNameError
 from prunelab.methods.base import VisualContext
+from prunelab.models import vision
 from prunelab.models.dinov2 import IMAGE_MEAN, IMAGE_STD
 
 MEAN = torch.tensor(IMAGE_MEAN)[:, None, None]

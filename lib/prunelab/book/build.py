@@ -218,7 +218,7 @@ def load_params_file(path: str | os.PathLike | None, names: list[str]) -> dict[s
     return out
 
 
-def _sha_files(h: "hashlib._Hash", root: Path, pattern: str) -> None:
+def _sha_files(h: hashlib._Hash, root: Path, pattern: str) -> None:
     if not root.exists():
         return
     for f in sorted(p for p in root.rglob(pattern) if p.is_file() and "__pycache__" not in p.parts):
@@ -364,7 +364,7 @@ def execute_job(job: Job) -> Outcome:
     # one file and then move each other's output into place.
     tmp = job.output_dir / f".{job.name}.{os.getpid()}-{secrets.token_hex(4)}.running.ipynb"
     t0 = time.perf_counter()
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
     try:
         papermill.execute_notebook(
             str(job.input_path),

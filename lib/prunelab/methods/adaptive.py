@@ -17,7 +17,7 @@ whenever a comparison ``d < τ`` is too close to call (:meth:`AgilePruner.select
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch

@@ -144,8 +144,8 @@ def compare_greedy_speed(
     first = divprune_first_pick(dist)
     rows = []
     for t in budgets:
-        t_inc, a = best(lambda: maxmin_greedy(dist, t, [first]))
-        t_txt, b = best(lambda: maxmin_greedy_textbook(dist, t, [first]))
+        t_inc, a = best(lambda t=t: maxmin_greedy(dist, t, [first]))
+        t_txt, b = best(lambda t=t: maxmin_greedy_textbook(dist, t, [first]))
         rows.append({
             "n": n, "d": d, "budget": int(t), "distance_s": t_dist, "incremental_s": t_inc, "textbook_s": t_txt,
             "speedup": t_txt / t_inc if t_inc > 0 else float("inf"), "identical": bool(torch.equal(a.cpu(), b.cpu())),

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -313,7 +314,7 @@ def vision_flops(parts: LlavaParts, n_images: int = 1) -> float:
 class PrefillView:
     """What an in-LLM method may read at the input of a decoder layer during prefill (batch 1)."""
 
-    def __init__(self, engine: "DecoderEditor", layer_idx: int, hidden: torch.Tensor, pos_emb):
+    def __init__(self, engine: DecoderEditor, layer_idx: int, hidden: torch.Tensor, pos_emb):
         self.engine = engine
         self.layer_idx = layer_idx
         self.hidden = hidden
@@ -992,7 +993,7 @@ class LlavaAdapter:
         with HookScope() as scope:
             if s.editor is not None:
                 s.editor.install(scope)
-            for step in range(steps):
+            for _step in range(steps):
                 logits = self.model(inputs_embeds=embeds, use_cache=False).logits[0, -1].float()
                 out.append(logits.cpu())
                 if s.editor is not None:

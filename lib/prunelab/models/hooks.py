@@ -8,7 +8,8 @@ no hook is left behind).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class HookScope:
     def __len__(self) -> int:
         return len(self._handles)
 
-    def __enter__(self) -> "HookScope":
+    def __enter__(self) -> HookScope:
         return self
 
     def __exit__(self, *exc) -> bool:

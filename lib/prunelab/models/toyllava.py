@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from prunelab.errors import AssetError
 from prunelab.models.dinov2 import build_dinov2

@@ -22,9 +22,10 @@ import hashlib
 import io
 import json
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def _name_of(image: Any) -> str:
     return f"<{type(image).__name__}>"
 
 
-def to_rgb(img) -> "Image.Image":  # noqa: F821
+def to_rgb(img) -> Image.Image:  # noqa: F821
     """Return ``img`` (a PIL image) as 8-bit RGB.
 
     Greyscale, palette, CMYK and YCbCr are converted by Pillow; 16-bit greyscale is scaled down by 256 (not
@@ -266,7 +267,7 @@ def cls_attention_from_qk(q: torch.Tensor, k: torch.Tensor, scaling: float | Non
     return torch.softmax(logits, dim=-1).to(q.dtype)
 
 
-_FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+_FINGERPRINTS: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def tower_fingerprint(tower) -> str:

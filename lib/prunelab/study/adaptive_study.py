@@ -24,7 +24,7 @@ reads τ = 0 from the FasterVLM rows instead of generating them twice; the defau
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -22,7 +22,7 @@ erank of the patch features); diversity-based pruning wins on *complex* images, 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

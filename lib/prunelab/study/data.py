@@ -19,9 +19,10 @@ toy-world sets are imported only when such a set is asked for.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prunelab.errors import AssetError, ImageError, UnknownNameError
 from prunelab.study import photos

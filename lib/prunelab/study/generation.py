@@ -80,9 +80,10 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -781,7 +782,7 @@ def run_generation(
                     except PrunelabError as err:
                         raise type(err)(f"{sp.label} at T={b} on image {it.id}: {err}") from None
                     rows = []
-                    for k, (q, ids) in enumerate(prompts):
+                    for k, (q, _ids) in enumerate(prompts):
                         rec = out.records[k]
                         seq = out.sequences[k]
                         text = out.texts[k] if out.texts is not None else " ".join(map(str, seq))

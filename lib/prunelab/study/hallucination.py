@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

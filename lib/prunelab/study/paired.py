@@ -23,7 +23,7 @@ rows (e.g. ``erank_kept_vision``). Reported x100 for the rates, as the paper rep
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -173,7 +173,7 @@ def interaction(df: pd.DataFrame, a, b, metric: str, *, group: str = "split", le
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         parts = {}
-        for k, lev in enumerate(levels):
+        for _k, lev in enumerate(levels):
             gl = g[g[group] == lev]
             ids = _common_ids(gl, la + lb)
             parts[lev] = (ids, *_side(gl, la, ids), *_side(gl, lb, ids))

@@ -22,10 +22,10 @@ import json
 import numbers
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from prunelab.errors import AssetError, BudgetError, UnknownNameError, check_budget
 from prunelab.study.data import IMAGE_SETS

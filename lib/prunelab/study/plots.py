@@ -13,7 +13,7 @@ method keeps its colour across figures.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -178,7 +178,9 @@ def overlay_grid(df: pd.DataFrame, images: dict, budget: int, methods: Sequence[
         if original:
             ax = axes[r, 0]
             ax.imshow(tower_view(img))
-            ax.set_xticks([]); ax.set_yticks([]); ax.grid(False)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
             ax.set_ylabel(str(iid), fontsize="small")
             if r == 0:
                 ax.set_title("image")

@@ -9,7 +9,7 @@ JPEG (about 10-20 kB at 224 px).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 

@@ -75,7 +75,7 @@ _BG_KINDS = {
 
 
 # --------------------------------------------------------------------------------------------- glyphs
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_glyph(codepoint: str) -> np.ndarray:
     """The emoji drawn once at the font's native size, cropped to its opaque pixels (RGBA uint8)."""
     from PIL import Image, ImageDraw
@@ -140,7 +140,7 @@ class SceneObject:
                 "size": self.size, "flip": self.flip}
 
     @classmethod
-    def from_record(cls, r: dict) -> "SceneObject":
+    def from_record(cls, r: dict) -> SceneObject:
         return cls(r["category"], r["codepoint"], tuple(int(v) for v in r["box"]), int(r["size"]), bool(r["flip"]))
 
 
@@ -168,7 +168,7 @@ class Scene:
     def categories(self) -> list[str]:
         return list(self.counts)
 
-    def hflip(self) -> "Scene":
+    def hflip(self) -> Scene:
         """The mirror image (boxes mirrored): ``render(s.hflip())`` equals ``render(s)`` flipped left-right.
 
         Use this for flip augmentation so descriptions that say "on the left" stay true.
@@ -193,7 +193,7 @@ class Scene:
         }
 
     @classmethod
-    def from_record(cls, r: dict) -> "Scene":
+    def from_record(cls, r: dict) -> Scene:
         return cls(
             r["id"], r["split"], int(r["index"]), int(r["seed"]), r["complexity"], r["context"], dict(r["background"]),
             tuple(SceneObject.from_record(o) for o in r["objects"]),
@@ -350,7 +350,7 @@ def make_scene(split: str, index: int, seed: int = 0, complexity: str = "complex
 
 
 # --------------------------------------------------------------------------------------------- backgrounds
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _skimage_image(name: str) -> np.ndarray:
     import skimage.data
 

@@ -24,16 +24,15 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from prunelab.errors import PrunelabError
 from prunelab.models import smollm2, toyllava_s as S
 from prunelab.models.toyllava_s import LORA_TARGETS, image_token_id, lora_key
-from prunelab.paths import atomic_write, cache_dir
+from prunelab.paths import cache_dir
 from prunelab.toyworld import categories as C, text as tt
 from prunelab.train import toytrain as T
 

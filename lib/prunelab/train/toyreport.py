@@ -99,7 +99,9 @@ def scene_sheet(split: str = "test", n_per_kind: int = 3, seed: int = 0, panel: 
             sc = splits.get_scene(split, i)
             ax = axes[r, c]
             ax.imshow(scenes.render(sc))
-            ax.set_xticks([]); ax.set_yticks([]); ax.grid(False)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
             cats = sorted(set(sc.categories))
             ax.set_title(f"{ids[i]} ({kind})", fontsize="small")
             ax.set_xlabel(", ".join(cats[:6]) + (" …" if len(cats) > 6 else ""), fontsize="x-small")

@@ -32,9 +32,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -222,7 +223,7 @@ class FeatureStore:
         return len(self.ids)
 
     @staticmethod
-    def from_arrays(features: np.ndarray, cls_attention: np.ndarray, ids: list[str]) -> "FeatureStore":
+    def from_arrays(features: np.ndarray, cls_attention: np.ndarray, ids: list[str]) -> FeatureStore:
         s = FeatureStore.__new__(FeatureStore)
         s.folder, s.ids, s.features, s.cls_attention = None, list(ids), features, cls_attention
         return s
@@ -263,7 +264,8 @@ def extract_features(split: str, scenes: Sequence[Any], ids: Sequence[str], batc
             out = encode_images(imgs, tower=tower, batch_size=batch, cache=False, progress=False)
         f_mm[sl] = out.features.float().numpy().astype(np.float16)
         a_mm[sl] = out.cls_attention.float().numpy()
-        f_mm.flush(); a_mm.flush()
+        f_mm.flush()
+        a_mm.flush()
         with atomic_write(prog_p, "w") as fh:
             json.dump({"ids": list(ids), "done": sl.stop}, fh)
         bar.update(sl.stop - sl.start)
@@ -569,7 +571,8 @@ def train(cfg: TrainConfig, records: Sequence[Record], store: FeatureStore, toke
         st = load_checkpoint(last)
         if st["config"] != cfg.to_json():
             raise PrunelabError(f"checkpoint {last} was made with another configuration; use a new --run-dir or delete {run_dir}")
-        model.load_state_dict(st["model"]); opt.load_state_dict(st["optim"])
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optim"])
         start, history = int(st["step"]), list(st["history"])
         print(f"[toyllava] resuming {cfg.run_name()} at step {start}/{cfg.steps}", file=logf, flush=True)
     builder = SampleBuilder(tokenizer, cfg.qa_weight)
@@ -666,7 +669,7 @@ def generate_descriptions(model, tokenizer, rows_list, prompt: str, max_new_toke
         groups.setdefault(int(r.shape[0]), []).append(i)
     eos = tokenizer.eos_token_id
     chunks = [(n, idx[s:s + batch]) for n, idx in groups.items() for s in range(0, len(idx), batch)]
-    for n, idx in tqdm(chunks, desc="describe", disable=not progress, mininterval=10):
+    for _n, idx in tqdm(chunks, desc="describe", disable=not progress, mininterval=10):
         with torch.inference_mode():
             emb = _embed_rows(model, pre, torch.stack([rows_list[i] for i in idx]), post)
             gen = model.lm.generate(inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long),
@@ -838,14 +841,16 @@ def evaluate(model, tokenizer, records: Sequence[Record], store: FeatureStore, c
         rows, kept = [], []
         for i in range(len(records)):
             r, k = _rows_for(model, store, i, cond)
-            rows.append(r); kept.append(k)
+            rows.append(r)
+            kept.append(k)
         t_sel = time.perf_counter() - t0
         gens = generate_descriptions(model, tokenizer, rows, prompt, max_new_tokens, progress=progress)
         t_gen = time.perf_counter() - t0 - t_sel
         items, owners = [], []
         for i, rec in enumerate(records):
             for q in rec.questions:
-                items.append((rows[i], q[0])); owners.append((i, q))
+                items.append((rows[i], q[0]))
+                owners.append((i, q))
         answers = answer_yes_no(model, tokenizer, items, progress=progress)
         t_pope = time.perf_counter() - t0 - t_sel - t_gen
         pope_by_img: dict[int, list] = {}
@@ -1011,7 +1016,8 @@ def cmd_train(cfg: TrainConfig, progress: bool = True, out_dir: Path | None = No
     if final.exists():
         st = load_checkpoint(final)
         model = new_model(cfg, tok, data["train"][1])
-        model.load_state_dict(st["model"]); model.eval()
+        model.load_state_dict(st["model"])
+        model.eval()
         history = st["history"]
     else:
         t0 = time.perf_counter()
