@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from prunelab.errors import UnknownNameError
+from prunelab.paths import REPO_ROOT
 from prunelab.study import cache as C, generation as G, runner as R, tablecache as TC
 from prunelab.study.data import ImageItem
 
@@ -35,6 +37,16 @@ def _frame(n=420):
         "per_row": [[i, -1] for i in range(n)],
         "method_stats": ['{"rho": 0.5}'] * n,
     })
+
+
+@pytest.mark.parametrize("module", [R, G], ids=["runner", "generation"])
+def test_every_code_hash_pattern_names_library_files(module):
+    """A pattern that matches nothing (a module moved or renamed) would silently drop its code from the cache key."""
+    base = REPO_ROOT / "lib" / "prunelab"
+    empty = [p for p in module._CODE_FILES if not any(base.glob(p))]
+    assert not empty, f"{module.__name__}._CODE_FILES names no file for {empty}"
+    own = Path(module.__file__).resolve().relative_to(base)
+    assert any(own in {f.relative_to(base) for f in base.glob(p)} for p in module._CODE_FILES), own
 
 
 def test_a_table_read_back_equals_the_one_written(tmp_path):
