@@ -355,3 +355,29 @@ def test_prefix_of_a_running_extraction_is_used(tmp_path, monkeypatch):
     assert got is not None and len(got) == 4 and np.array_equal(got.features, feats[:4])
     assert TS.prefix_store("train", ids[:5]) is None  # row 4 is not written yet
     assert TS.prefix_store("train", ["x"] + ids[1:4]) is None  # another split's ids
+
+
+def test_loss_on_label_positions_equals_the_full_vocabulary_loss():
+    torch.manual_seed(0)
+    lm = _tiny_lm_for_training()
+    proj = TS.Projector(np.zeros(384, np.float32), np.ones(384, np.float32))
+    batch = TS.make_batch(TS.Config(batch_size=2), "instruct", 0, [_TrainRec(i) for i in range(3)], _Store(3),
+                          TS.Dialogues(_Tok()))
+    ids, feats, labels, att = batch
+    with torch.no_grad():
+        logits = lm(inputs_embeds=TS.embed(lm, proj, ids, feats, 49152), attention_mask=att).logits[:, :-1]
+        want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                                 ignore_index=-100)
+        got = TS.lm_loss(lm, proj, batch, 49152, bf16=False)
+    torch.testing.assert_close(got, want)
+
+
+def test_quick_check_rows():
+    store = _Store(2)
+    store.cls_attention = np.tile(np.arange(576, dtype=np.float32), (2, 1))
+    assert TS.kept_rows(store, 0, "cls", 3).tolist() == [573, 574, 575]
+    assert TS.kept_rows(store, 0, "all", 3).shape == (576,)
+    r = TS.kept_rows(store, 1, "random", 8)
+    assert len(set(r.tolist())) == 8 and (np.diff(r) > 0).all()
+    with pytest.raises(Exception, match="unknown condition"):
+        TS.kept_rows(store, 0, "fancy", 3)
