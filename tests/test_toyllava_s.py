@@ -381,3 +381,54 @@ def test_quick_check_rows():
     assert len(set(r.tolist())) == 8 and (np.diff(r) > 0).all()
     with pytest.raises(Exception, match="unknown condition"):
         TS.kept_rows(store, 0, "fancy", 3)
+
+
+@pytest.fixture(scope="module")
+def toy_s():
+    """ToyLLaVA-S with the real tower and LM and a seeded random projector (no trained deltas needed)."""
+    torch.manual_seed(0)
+    proj = {"linear_1.weight": torch.randn(576, 384) * 0.02, "linear_1.bias": torch.zeros(576),
+            "linear_2.weight": torch.randn(576, 576) * 0.02, "linear_2.bias": torch.zeros(576)}
+    model = S.assemble(proj, {}, 1.0)
+    return model, S.build_processor(S.build_tokenizer())
+
+
+def _enc(processor, question="Is there a dog in the image?"):
+    from prunelab.toyworld import render, splits
+
+    scene = next(iter(splits.load_split("val", limit=1)))
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(msgs, add_generation_prompt=True)
+    return processor(images=[render(scene)], text=[text], return_tensors="pt")
+
+
+@pytest.mark.slow
+def test_in_llm_methods_run_with_their_paper_schedules_on_the_30_layer_decoder(toy_s):
+    from prunelab.models.adapter import LlavaAdapter
+
+    model, processor = toy_s
+    enc = _enc(processor)
+    ad = LlavaAdapter(model, processor=processor)
+    per_layer = {}
+    for method in ("FasterVLM", "DivPrune", "VisPruner", "FastV", "PDrop", "SparseVLM", "DART"):
+        rec = ad.run(enc["input_ids"], enc["pixel_values"], method, 64, max_new_tokens=2).records[0]
+        per_layer[method] = rec["visual_tokens_per_layer"]
+        assert len(per_layer[method]) == 30
+    assert per_layer["FasterVLM"] == [64] * 30
+    assert per_layer["FastV"][:2] == [576, 576] and set(per_layer["FastV"][2:]) == {64}  # K = 2, as the paper
+    assert per_layer["PDrop"][0] == 576 and per_layer["PDrop"][-1] < per_layer["PDrop"][0]
+    assert per_layer["SparseVLM"][0] == 576 and per_layer["SparseVLM"][-1] < 576
+
+
+@pytest.mark.slow
+def test_packaged_folder_loads_and_matches_the_assembled_model(toy_s, tmp_path):
+    model, processor = toy_s
+    proj = {k.split("multi_modal_projector.", 1)[1]: v for k, v in model.state_dict().items() if "multi_modal_projector." in k}
+    S.write_package(tmp_path / "m", proj, {}, {"lora_scale": 1.0})
+    loaded, proc2 = S.load_toyllava_s(tmp_path / "m")
+    enc = _enc(processor)
+    with torch.inference_mode():
+        a = model.generate(**enc, max_new_tokens=5, do_sample=False)
+        b = loaded.generate(**enc, max_new_tokens=5, do_sample=False)
+    assert torch.equal(a, b)
+    assert S.image_token_id() not in a[0, enc["input_ids"].shape[1]:].tolist()
