@@ -354,3 +354,95 @@ def test_prefix_of_a_running_extraction_is_used(tmp_path, monkeypatch):
     assert got is not None and len(got) == 4 and np.array_equal(got.features, feats[:4])
     assert TS.prefix_store("train", ids[:5]) is None  # row 4 is not written yet
     assert TS.prefix_store("train", ["x"] + ids[1:4]) is None  # another split's ids
+
+
+def test_loss_on_label_positions_equals_the_full_vocabulary_loss():
+    torch.manual_seed(0)
+    lm = _tiny_lm_for_training()
+    proj = TS.Projector(np.zeros(384, np.float32), np.ones(384, np.float32))
+    batch = TS.make_batch(TS.Config(batch_size=2), "instruct", 0, [_TrainRec(i) for i in range(3)], _Store(3),
+                          TS.Dialogues(_Tok()))
+    ids, feats, labels, att = batch
+    with torch.no_grad():
+        logits = lm(inputs_embeds=TS.embed(lm, proj, ids, feats, 49152), attention_mask=att).logits[:, :-1]
+        want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                                 ignore_index=-100)
+        got = TS.lm_loss(lm, proj, batch, 49152, bf16=False)
+    torch.testing.assert_close(got, want)
+
+
+def test_quick_check_rows():
+    store = _Store(2)
+    store.cls_attention = np.tile(np.arange(576, dtype=np.float32), (2, 1))
+    assert TS.kept_rows(store, 0, "cls", 3).tolist() == [573, 574, 575]
+    assert TS.kept_rows(store, 0, "all", 3).shape == (576,)
+    r = TS.kept_rows(store, 1, "random", 8)
+    assert len(set(r.tolist())) == 8 and (np.diff(r) > 0).all()
+    with pytest.raises(Exception, match="unknown condition"):
+        TS.kept_rows(store, 0, "fancy", 3)
+
+
+@pytest.fixture(scope="module")
+def toy_s():
+    """ToyLLaVA-S with the real tower and LM and a seeded random projector (no trained deltas needed)."""
+    torch.manual_seed(0)
+    proj = {"linear_1.weight": torch.randn(576, 384) * 0.02, "linear_1.bias": torch.zeros(576),
+            "linear_2.weight": torch.randn(576, 576) * 0.02, "linear_2.bias": torch.zeros(576)}
+    model = S.assemble(proj, {}, 1.0)
+    return model, S.build_processor(S.build_tokenizer())
+
+
+def _enc(processor, question="Is there a dog in the image?"):
+    from prunelab.toyworld import render, splits
+
+    scene = next(iter(splits.load_split("val", limit=1)))
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(msgs, add_generation_prompt=True)
+    return processor(images=[render(scene)], text=[text], return_tensors="pt")
+
+
+@pytest.mark.slow
+def test_in_llm_methods_run_with_their_paper_schedules_on_the_30_layer_decoder(toy_s):
+    from prunelab.models.adapter import LlavaAdapter
+
+    model, processor = toy_s
+    enc = _enc(processor)
+    ad = LlavaAdapter(model, processor=processor)
+    per_layer = {}
+    for method in ("FasterVLM", "DivPrune", "VisPruner", "FastV", "PDrop", "SparseVLM", "DART"):
+        rec = ad.run(enc["input_ids"], enc["pixel_values"], method, 64, max_new_tokens=2).records[0]
+        per_layer[method] = rec["visual_tokens_per_layer"]
+        assert len(per_layer[method]) == 30
+    assert per_layer["FasterVLM"] == [64] * 30
+    assert per_layer["FastV"][:2] == [576, 576] and set(per_layer["FastV"][2:]) == {64}  # K = 2, as the paper
+    assert per_layer["PDrop"][0] == 576 and per_layer["PDrop"][-1] < per_layer["PDrop"][0]
+    assert per_layer["SparseVLM"][0] == 576 and per_layer["SparseVLM"][-1] < 576
+
+
+@pytest.mark.slow
+def test_packaged_folder_loads_and_matches_the_assembled_model(toy_s, tmp_path):
+    model, processor = toy_s
+    proj = {k.split("multi_modal_projector.", 1)[1]: v for k, v in model.state_dict().items() if "multi_modal_projector." in k}
+    S.write_package(tmp_path / "m", proj, {}, {"lora_scale": 1.0})
+    loaded, proc2 = S.load_toyllava_s(tmp_path / "m")
+    enc = _enc(processor)
+    with torch.inference_mode():
+        a = model.generate(**enc, max_new_tokens=5, do_sample=False)
+        b = loaded.generate(**enc, max_new_tokens=5, do_sample=False)
+    assert torch.equal(a, b)
+    assert S.image_token_id() not in a[0, enc["input_ids"].shape[1]:].tolist()
+
+
+def test_model_card_reports_the_stages_and_the_quick_check():
+    cfg = TS.Config().to_json()
+    meta = {"stage": "instruct", "step": 40, "config": cfg, "history": {
+        "align": [{"epoch": 3, "loss": 1.2, "object_acc": 0.71, "background_acc": 0.95, "mean_norm": 3.1}],
+        "pretrain": [{"step": 30, "loss": 2.8, "seconds": 15.0}],
+        "instruct": [{"step": 40, "loss": 1.5, "seconds": 17.0}]}}
+    val = {"all576": {"recall": 0.5, "chair_i": 0.2, "length": 60.0, "degenerate": 0.0, "pope_acc": 0.7, "pope_f1": 0.72,
+                      "pope_yes": 0.5}, "checkpoint": {"stage": "instruct", "step": 40}}
+    card = TS.write_card(meta, val)
+    assert "step 40 of 1500" in card and "160 stage-2 sequences" in card
+    assert "| instruct | projector + LoRA r=16 | 40 | 1.500 | 17.0 |" in card
+    assert "| all576 | 0.500 | 0.200 | 60.0 | 0.000 | 0.700 | 0.720 | 0.500 |" in card
+    assert "val object-patch acc 0.710" in card
