@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from prunelab.errors import PrunelabError
 from prunelab.models import smollm2, toyllava_s as S
 from prunelab.models.toyllava_s import LORA_TARGETS, image_token_id, lora_key
-from prunelab.paths import cache_dir
+from prunelab.paths import atomic_write, cache_dir
 from prunelab.toyworld import categories as C, text as tt
 from prunelab.train import toytrain as T
 
@@ -629,8 +630,6 @@ def validate(lm, tok, proj, recs, store, n: int = 24, conditions=(("all", 576), 
     on the first ``n`` records (val split), plus a few example descriptions."""
     import torch
 
-    from prunelab.models import toytrain as T
-
     dia = Dialogues(tok)
     out = {}
     lm.eval()
@@ -722,7 +721,7 @@ def write_card(meta: dict, validation: dict | None) -> str:
         "| stage | what trains | steps | last loss | median s/step |", "|---|---|---|---|---|",
     ]
     for st, what in (("align", "projector (patch -> word embedding)"), ("pretrain", "projector (LM frozen)"),
-                     ("instruct", "projector + LoRA r=%d" % cfg["lora_rank"])):
+                     ("instruct", f"projector + LoRA r={int(cfg['lora_rank'])}")):
         hist = h.get(st) or []
         if st == "align":
             lines.append(f"| {st} | {what} | {cfg['align_epochs']} epochs | "
@@ -747,8 +746,6 @@ def write_card(meta: dict, validation: dict | None) -> str:
 
 def package(cfg: Config, out=None) -> Path:
     """Write the newest checkpoint of the run as a ToyLLaVA-S folder (deltas + build record + training log)."""
-    from prunelab.models import toyllava_s as S
-
     lm, tok, proj = base_parts(cfg, prefix_store("train", [f"train-{i:05d}" for i in range(cfg.n_train)])
                                or load_split(cfg.train_split, cfg.n_train)[1])
     stage, step, st, mods = parts_from_run(cfg, lm, proj)
