@@ -10,7 +10,7 @@ STAMP_JS := book/vendor/.stamp-$(shell cat book/package-lock.json 2>/dev/null | 
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all setup assets js browser lint test unit book book-html book-check toy-model bench bench-smoke clean clean-cache \
+.PHONY: all setup assets js browser lint test unit book book-html book-check toy-model toy-model-s bench bench-smoke clean clean-cache \
 	distclean
 
 all: book
@@ -74,6 +74,13 @@ book-check: browser
 
 toy-model: assets
 	$(PY) -m prunelab.train.toyllava train
+
+# ToyLLaVA-S (DINOv2-S + SmolLM2-135M): resumes from data/models/toyllava-s/resume; STOP_AFTER=seconds of LM
+# training per call (a CPU run spans sessions); then writes the deltas, card and resume checkpoints to commit.
+STOP_AFTER ?= 3600
+toy-model-s: assets
+	OMP_NUM_THREADS=1 $(PY) -m prunelab.train.toyllava_s train --stop-after $(STOP_AFTER)
+	OMP_NUM_THREADS=1 $(PY) -m prunelab.train.toyllava_s publish
 
 bench: assets
 	$(PY) -m prunelab.benchmarks.selection

@@ -446,3 +446,33 @@ def test_model_card_reports_the_stages_and_the_quick_check():
     assert "| instruct | projector + LoRA r=16 | 40 | 1.500 | 17.0 |" in card
     assert "| all576 | 0.500 | 0.200 | 60.0 | 0.000 | 0.700 | 0.720 | 0.500 |" in card
     assert "val object-patch acc 0.710" in card
+
+
+def test_committed_checkpoints_seed_a_fresh_run_folder(tmp_path, monkeypatch):
+    cfg = TS.Config()
+    run, committed = tmp_path / "run", tmp_path / "resume"
+    run.mkdir()
+    committed.mkdir()
+    monkeypatch.setattr(TS, "run_dir", lambda c: run)
+
+    def ck(folder, stage, step, config=None):
+        TS.save_ckpt(folder / f"{stage}.safetensors", {"meta": {"stage": stage, "step": step, "config": config or cfg.to_json()},
+                                                        "tensors": {"x": torch.full((1,), float(step))}})
+
+    ck(committed, "align", 0)
+    ck(committed, "instruct", 50)
+    ck(run, "instruct", 25)
+    assert TS.seed_run_dir(cfg, committed, log=lambda m: None)
+    assert TS.load_ckpt(run / "instruct.safetensors")["meta"]["step"] == 50 and (run / "align.safetensors").is_file()
+    assert not TS.seed_run_dir(cfg, committed, log=lambda m: None)  # nothing further along any more
+    ck(committed, "instruct", 75, config={**cfg.to_json(), "lora_rank": 8})
+    with pytest.raises(Exception, match="another configuration"):
+        TS.seed_run_dir(cfg, committed, log=lambda m: None)
+
+
+def test_repackaging_keeps_the_resume_checkpoints(tmp_path):
+    S.write_package(tmp_path / "m", _proj_sd(), {}, {})
+    (tmp_path / "m" / "resume").mkdir()
+    (tmp_path / "m" / "resume" / "instruct.safetensors").write_bytes(b"x")
+    S.write_package(tmp_path / "m", _proj_sd(), {}, {"step": 2})
+    assert (tmp_path / "m" / "resume" / "instruct.safetensors").read_bytes() == b"x"

@@ -22,6 +22,7 @@ deltas were trained on another base model is refused.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from prunelab.errors import AssetError
@@ -161,6 +162,8 @@ def write_package(path, projector_sd: dict, lora_sd: dict, meta: dict, extra_fil
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        if (Path(path) / "resume").is_dir():  # the trainer's committed resume checkpoints survive a repackaging
+            shutil.copytree(Path(path) / "resume", tmp / "resume")
     return Path(path)
 
 

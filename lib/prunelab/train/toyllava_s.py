@@ -86,6 +86,59 @@ def run_dir(cfg: Config) -> Path:
     return cache_dir("toyllava-s", f"run-s{cfg.seed}")
 
 
+STAGES = ("align", "pretrain", "instruct")
+
+
+def resume_dir() -> Path:
+    """Committed resume checkpoints (``data/models/toyllava-s/resume``): a CPU run spans several sessions."""
+    return S.default_dir() / "resume"
+
+
+def _ckpt_progress(path: Path) -> tuple[int, int]:
+    st = load_ckpt(path)
+    if st is None:
+        return (-1, -1)
+    return (STAGES.index(st["meta"].get("stage", "align")), int(st["meta"].get("step", 0)))
+
+
+def seed_run_dir(cfg: Config, src: Path | None = None, log=print) -> bool:
+    """Copy the committed checkpoints into the run folder when they are further along than the cached ones (a
+    fresh machine resumes where the last session stopped). Returns whether anything was copied."""
+    import shutil
+
+    src = Path(src) if src is not None else resume_dir()
+    rd = run_dir(cfg)
+    ahead = [st for st in STAGES if _ckpt_progress(src / f"{st}.safetensors") > _ckpt_progress(rd / f"{st}.safetensors")]
+    if not ahead:
+        return False
+    committed = load_ckpt(src / f"{ahead[-1]}.safetensors")["meta"].get("config", {})
+    if committed and committed != cfg.to_json():
+        raise PrunelabError(f"the committed checkpoints in {src} were trained with another configuration "
+                            f"(differs in {sorted(k for k in committed if committed[k] != cfg.to_json().get(k))}); "
+                            "pass the same --set values or delete them to start over")
+    for st in ahead:
+        tmp = rd / f".{st}.copy.part"
+        shutil.copyfile(src / f"{st}.safetensors", tmp)
+        tmp.replace(rd / f"{st}.safetensors")
+    log(f"[resume] copied {', '.join(ahead)} from {src}")
+    return True
+
+
+def publish_resume(cfg: Config, dst: Path | None = None) -> Path:
+    """Copy the run's checkpoints into ``data/models/toyllava-s/resume`` (to be committed)."""
+    import shutil
+
+    dst = Path(dst) if dst is not None else resume_dir()
+    dst.mkdir(parents=True, exist_ok=True)
+    for st in STAGES:
+        f = run_dir(cfg) / f"{st}.safetensors"
+        if f.is_file():
+            tmp = dst / f".{st}.part"
+            shutil.copyfile(f, tmp)
+            tmp.replace(dst / f"{st}.safetensors")
+    return dst
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Data: toy-world records and cached tower features (shared with the scratch ToyLLaVA's trainer)
 # ----------------------------------------------------------------------------------------------------------
@@ -556,6 +609,7 @@ def cmd_train(cfg: Config, stop_after: float | None = None, log=print) -> Path:
     import torch
 
     rd = run_dir(cfg)
+    seed_run_dir(cfg, log=log)
     recs, store, val, lm, tok, proj = _setup(cfg)
     a_path = rd / "align.safetensors"
     a = load_ckpt(a_path)
@@ -764,7 +818,7 @@ def package(cfg: Config, out=None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m prunelab.train.toyllava_s")
-    ap.add_argument("command", choices=["train", "validate", "package"])
+    ap.add_argument("command", choices=["train", "validate", "package", "publish"])
     ap.add_argument("--out", default=None, help="package folder (default data/models/toyllava-s)")
     ap.add_argument("--n", type=int, default=24, help="val scenes for validate")
     ap.add_argument("--stop-after", type=float, default=None, help="seconds of LM training before stopping (resumable)")
@@ -799,6 +853,9 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(res, fh, indent=1)
     elif args.command == "package":
         print(package(cfg, args.out))
+    elif args.command == "publish":  # package + resume checkpoints, both under data/models/toyllava-s
+        out = package(cfg, args.out)
+        print(out, publish_resume(cfg, Path(out) / "resume" if args.out else None))
     return 0
 
 
