@@ -10,7 +10,7 @@ import torch
 
 from prunelab.errors import AssetError
 from prunelab.models import smollm2, toyllava_s as S, wheel
-from prunelab.train import toyllava_s as TS
+from prunelab.train import toyllava_s as TS, toyllava_s_check as TC, toyllava_s_data as TD
 
 
 def _tiny_llama(vocab: int = 64, hidden: int = 16, layers: int = 2, seed: int = 0):
@@ -199,7 +199,7 @@ class _Rec:
 
 def test_patch_labels_known_answer():
     rec = _Rec([("dog", (0, 0, 28, 28)), ("cat", (14, 0, 42, 14))], [[0, 1, 24, 25], [1, 2]])
-    lab = TS.patch_labels(rec, 5, {"dog": 0, "cat": 1})
+    lab = TD.patch_labels(rec, 5, {"dog": 0, "cat": 1})
     assert lab[[0, 1, 2, 24, 25]].tolist() == [0, 1, 1, 0, 0]  # the cat, drawn later, wins patch 1
     assert (lab[3:24] == 5).all() and lab.shape == (576,)
 
@@ -212,12 +212,12 @@ def test_patch_labels_known_answer():
     ((150, 0, 180, 40), "in the top part of the image"),
 ])
 def test_where_words(box, want):
-    assert TS._where(box) == want
+    assert TD._where(box) == want
 
 
 def test_count_answers_use_number_words_and_plurals():
     rec = _Rec([("dog", (0, 0, 1, 1)), ("dog", (0, 0, 1, 1)), ("bus", (0, 0, 1, 1))], None)
-    got = {TS.count_qa(rec, np.random.default_rng(s)) for s in range(20)}
+    got = {TD.count_qa(rec, np.random.default_rng(s)) for s in range(20)}
     assert got == {("How many dogs are there in the image?", "There are two dogs."),
                    ("How many buses are there in the image?", "There is one bus.")}
 
@@ -244,7 +244,7 @@ class _Tok:
 
 
 def test_dialogue_mask_covers_answers_and_their_end_only():
-    dia = TS.Dialogues(_Tok())
+    dia = TD.Dialogues(_Tok())
     ids, mask = dia.build([("Q1", "ab"), ("Q2", "c")])
     assert ids.count(dia.image_id) == 1
     masked = [i for i, m in zip(ids, mask) if m]
@@ -268,10 +268,10 @@ class _TrainRec:
 
 def test_batches_are_a_function_of_the_step():
     cfg = TS.Config(batch_size=2)
-    recs, store, dia = [_TrainRec(i) for i in range(5)], _Store(5), TS.Dialogues(_Tok())
-    a = TS.make_batch(cfg, "instruct", 3, recs, store, dia)
-    b = TS.make_batch(cfg, "instruct", 3, recs, store, dia)
-    c = TS.make_batch(cfg, "instruct", 4, recs, store, dia)
+    recs, store, dia = [_TrainRec(i) for i in range(5)], _Store(5), TD.Dialogues(_Tok())
+    a = TD.make_batch(cfg, "instruct", 3, recs, store, dia)
+    b = TD.make_batch(cfg, "instruct", 3, recs, store, dia)
+    c = TD.make_batch(cfg, "instruct", 4, recs, store, dia)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     assert not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, c))
@@ -334,8 +334,8 @@ def test_prompt_ids_equal_the_processors_chat_template():
     q = "Please describe this image in detail."
     text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
                                     add_generation_prompt=True)
-    assert tok(text, add_special_tokens=False).input_ids == TS.Dialogues(tok).prompt(q)
-    ids, mask = TS.Dialogues(tok).build([(q, "A dog."), ("Is there a cat in the image?", "No")])
+    assert tok(text, add_special_tokens=False).input_ids == TD.Dialogues(tok).prompt(q)
+    ids, mask = TD.Dialogues(tok).build([(q, "A dog."), ("Is there a cat in the image?", "No")])
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == "A dog.<|im_end|>No<|im_end|>"
 
 
@@ -350,21 +350,21 @@ def test_prefix_of_a_running_extraction_is_used(tmp_path, monkeypatch):
     np.save(big / "cls_attention.npy", np.zeros((10, 2), np.float32))
     ids = [f"train-{i:05d}" for i in range(10)]
     (big / "progress.json").write_text(json.dumps({"ids": ids, "done": 4}))
-    got = TS.prefix_store("train", ids[:4])
+    got = TD.prefix_store("train", ids[:4])
     assert got is not None and len(got) == 4 and np.array_equal(got.features, feats[:4])
-    assert TS.prefix_store("train", ids[:5]) is None  # row 4 is not written yet
-    assert TS.prefix_store("train", ["x"] + ids[1:4]) is None  # another split's ids
+    assert TD.prefix_store("train", ids[:5]) is None  # row 4 is not written yet
+    assert TD.prefix_store("train", ["x"] + ids[1:4]) is None  # another split's ids
 
 
 def test_loss_on_label_positions_equals_the_full_vocabulary_loss():
     torch.manual_seed(0)
     lm = _tiny_lm_for_training()
     proj = TS.Projector(np.zeros(384, np.float32), np.ones(384, np.float32))
-    batch = TS.make_batch(TS.Config(batch_size=2), "instruct", 0, [_TrainRec(i) for i in range(3)], _Store(3),
-                          TS.Dialogues(_Tok()))
+    batch = TD.make_batch(TS.Config(batch_size=2), "instruct", 0, [_TrainRec(i) for i in range(3)], _Store(3),
+                          TD.Dialogues(_Tok()))
     ids, feats, labels, att = batch
     with torch.no_grad():
-        logits = lm(inputs_embeds=TS.embed(lm, proj, ids, feats, 49152), attention_mask=att).logits[:, :-1]
+        logits = lm(inputs_embeds=TD.embed(lm, proj, ids, feats, 49152), attention_mask=att).logits[:, :-1]
         want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                                  ignore_index=-100)
         got = TS.lm_loss(lm, proj, batch, 49152, bf16=False)
@@ -374,12 +374,12 @@ def test_loss_on_label_positions_equals_the_full_vocabulary_loss():
 def test_quick_check_rows():
     store = _Store(2)
     store.cls_attention = np.tile(np.arange(576, dtype=np.float32), (2, 1))
-    assert TS.kept_rows(store, 0, "cls", 3).tolist() == [573, 574, 575]
-    assert TS.kept_rows(store, 0, "all", 3).shape == (576,)
-    r = TS.kept_rows(store, 1, "random", 8)
+    assert TC.kept_rows(store, 0, "cls", 3).tolist() == [573, 574, 575]
+    assert TC.kept_rows(store, 0, "all", 3).shape == (576,)
+    r = TC.kept_rows(store, 1, "random", 8)
     assert len(set(r.tolist())) == 8 and (np.diff(r) > 0).all()
     with pytest.raises(Exception, match="unknown condition"):
-        TS.kept_rows(store, 0, "fancy", 3)
+        TC.kept_rows(store, 0, "fancy", 3)
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +441,7 @@ def test_model_card_reports_the_stages_and_the_quick_check():
         "instruct": [{"step": 40, "loss": 1.5, "seconds": 17.0}]}}
     val = {"all576": {"recall": 0.5, "chair_i": 0.2, "length": 60.0, "degenerate": 0.0, "pope_acc": 0.7, "pope_f1": 0.72,
                       "pope_yes": 0.5}, "checkpoint": {"stage": "instruct", "step": 40}}
-    card = TS.write_card(meta, val)
+    card = TC.write_card(meta, val)
     assert "step 40 of 1500" in card and "160 stage-2 sequences" in card
     assert "| instruct | projector + LoRA r=16 | 40 | 1.500 | 17.0 |" in card
     assert "| all576 | 0.500 | 0.200 | 60.0 | 0.000 | 0.700 | 0.720 | 0.500 |" in card

@@ -221,8 +221,9 @@ def build_config(tokenizer, hidden_size: int = 256, num_layers: int = 4, num_hea
     return cfg
 
 
-def build_processor(tokenizer):
-    """``LlavaProcessor``: 336x336 resize + ImageNet normalisation (DINOv2's), one ``<image>`` -> 576 tokens."""
+def build_processor(tokenizer, chat_template: str = CHAT_TEMPLATE):
+    """``LlavaProcessor``: 336x336 resize + ImageNet normalisation (DINOv2's), one ``<image>`` -> 576 tokens.
+    Shared by both embedded models (their tower is the same; only the tokenizer and chat template differ)."""
     from transformers import BitImageProcessor, LlavaProcessor
 
     ip = BitImageProcessor(
@@ -232,7 +233,7 @@ def build_processor(tokenizer):
     )
     return LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=PATCH_SIZE,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=CHAT_TEMPLATE)
+                          chat_template=chat_template)
 
 
 def lm_state_dict_to_llava(projector_sd: dict, lm_sd: dict) -> dict:

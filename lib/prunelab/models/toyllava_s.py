@@ -26,15 +26,11 @@ import shutil
 from pathlib import Path
 
 from prunelab.errors import AssetError
-from prunelab.models import dinov2, smollm2
+from prunelab.models import dinov2, smollm2, toyllava
 from prunelab.paths import atomic_dir, data_dir
 
 IMAGE_TOKEN = "<image>"
-IMAGE_SIZE = 336
-PATCH_SIZE = 14
-N_PATCHES = (IMAGE_SIZE // PATCH_SIZE) ** 2
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+N_PATCHES = toyllava.N_PATCHES
 DELTAS_FILE = "deltas.safetensors"
 CONFIG_FILE = "toyllava_s.json"
 VARIANT = "toyllava-s"
@@ -96,17 +92,8 @@ def build_config():
 
 
 def build_processor(tokenizer):
-    """``LlavaProcessor``: 336x336 resize + ImageNet normalisation (DINOv2's), one ``<image>`` -> 576 tokens."""
-    from transformers import BitImageProcessor, LlavaProcessor
-
-    ip = BitImageProcessor(
-        do_resize=True, size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, resample=3, do_center_crop=False,
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD), do_convert_rgb=True,
-    )
-    return LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=PATCH_SIZE,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=CHAT_TEMPLATE)
+    """``LlavaProcessor`` of ToyLLaVA-S: the same 336 px DINOv2 preprocessing as ToyLLaVA, SmolLM2's ChatML."""
+    return toyllava.build_processor(tokenizer, CHAT_TEMPLATE)
 
 
 def add_image_row(lm) -> None:

