@@ -22,7 +22,7 @@ One full-page PNG screenshot per checked page is written to the screenshots fold
 with one line per problem when any page fails.
 
 Which JavaScript the pages load, and why it must be served locally, is described in
-``/work/shared/docs/book-toolchain.md`` and :mod:`prunelab.book.book_assets`. The widget DOM classes checked here
+``shared/docs/book-toolchain.md`` (beside the repository) and :mod:`prunelab.book.book_assets`. The widget DOM classes checked here
 (``widget-subarea`` inserted before each ``widget-view+json`` script, ``widget-readout``, ``select``) are the ones
 ``@jupyter-widgets/html-manager`` 1.0.x (``src/embed.ts``, ``renderWidgets``) and the ipywidgets 8 controls create.
 

@@ -15,7 +15,7 @@ haotian-liu/LLaVA ``llava/model/llava_arch.py``), packaged as a plain ``LlavaFor
   ``LoraLayer.get_delta_weight``).
 
 The committed folder (``data/models/toyllava-s/``) holds only what training changed: ``deltas.safetensors``
-(projector + LoRA A/B, with the base model's GGUF sha256 in its metadata), the config, the model card and the
+(projector in fp32 + LoRA A/B in fp16, with the base model's GGUF sha256 in its metadata), the config, the model card and the
 evaluation json. :func:`load_toyllava_s` assembles the full model from the converted assets; a folder whose
 deltas were trained on another base model is refused.
 """
@@ -141,7 +141,10 @@ def write_package(path, projector_sd: dict, lora_sd: dict, meta: dict, extra_fil
 
     tensors = {f"projector.{k}": v for k, v in projector_sd.items()}
     tensors.update(lora_sd)
-    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}
+    # projector in fp32; the LoRA factors in fp16 (5 M values: halves the file, well inside fp16's range; the
+    # merge upcasts them). Exact resume state lives in the trainer's checkpoints, not here.
+    tensors = {k: v.detach().to(torch.float16 if k.startswith("lora.") else torch.float32).contiguous()
+               for k, v in tensors.items()}
     record = {"base_gguf_sha256": smollm2.GGUF_SHA256, **meta}
     with atomic_dir(Path(path)) as tmp:
         save_file(tensors, str(tmp / DELTAS_FILE), metadata={"base_gguf_sha256": smollm2.GGUF_SHA256,

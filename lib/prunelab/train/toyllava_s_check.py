@@ -107,7 +107,7 @@ def write_card(meta: dict, validation: dict | None) -> str:
         "# ToyLLaVA-S (trained deltas)", "",
         "DINOv2-S/14 (frozen, 22 M) + 2-layer GELU projector (384 -> 576 -> 576) + SmolLM2-135M-Instruct (frozen, "
         "134.5 M) with LoRA on every decoder projection; see `prunelab.models.toyllava_s` and `prunelab.train.toyllava_s`.",
-        "This folder holds only what training changed (`deltas.safetensors`: projector and LoRA A/B, fp32) and the build "
+        "This folder holds only what training changed (`deltas.safetensors`: projector fp32, LoRA A/B fp16) and the build "
         "record (`toyllava_s.json`: configuration, stage, step, loss history); the loader assembles the rest from the "
         "pinned wheels.", "",
         f"Checkpoint: stage `{meta['stage']}`, step {meta['step']} of {cfg['instruct_steps']} "
