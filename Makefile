@@ -75,8 +75,8 @@ book-check: browser
 toy-model: assets
 	$(PY) -m prunelab.train.toyllava train
 
-# ToyLLaVA-S (DINOv2-S + SmolLM2-135M): resumes from data/models/toyllava-s/resume; STOP_AFTER=seconds of LM
-# training per call (a CPU run spans sessions); then writes the deltas, card and resume checkpoints to commit.
+# ToyLLaVA-S (DINOv2-S + SmolLM2-135M): resumes from its cached checkpoints (or data/models/toyllava-s/resume, not in git); STOP_AFTER=seconds of LM
+# training per call (a CPU run spans sessions); then writes the deltas and card to commit (resume state stays local).
 STOP_AFTER ?= 3600
 toy-model-s: assets
 	OMP_NUM_THREADS=1 $(PY) -m prunelab.train.toyllava_s train --stop-after $(STOP_AFTER)
