@@ -11,8 +11,9 @@ import torch
 from prunelab.device import resolve_device
 from prunelab.errors import BudgetError, CapabilityError, DeviceError, ImageError, PrunelabError, UnknownNameError
 from prunelab.methods.base import Pruner, PruneResult, available_methods, get_pruner, register
-from prunelab.models.adapter import LlavaAdapter, expand_image_placeholder, find_image_span, llm_flops, parse_requires
+from prunelab.models.adapter import LlavaAdapter
 from prunelab.models.hooks import HookScope, count_hooks, hook_ids, state_fingerprint
+from prunelab.models.parts import expand_image_placeholder, find_image_span, llm_flops, parse_requires
 from prunelab.models.prompts import VICUNA_SYSTEM, DecodeSettings, build_prompt, tokenize_with_image
 from prunelab.models.tiny import ToyTokenizer, tiny_inputs, tiny_llava
 

@@ -199,7 +199,8 @@ class SpyText(Pruner):
 
 
 def test_adapter_fills_text_with_llm_embeddings_of_the_instruction():
-    from prunelab.models.adapter import LlavaAdapter, find_image_span
+    from prunelab.models.adapter import LlavaAdapter
+    from prunelab.models.parts import find_image_span
     from prunelab.models.tiny import tiny_inputs, tiny_llava
 
     model = tiny_llava("dinov2", seed=1)

@@ -10,8 +10,9 @@ import torch
 from prunelab.errors import BudgetError, CapabilityError
 from prunelab.methods.base import get_pruner, prune
 from prunelab.methods.in_llm import PDrop, SparseVLM, dart_select, scale_layers
-from prunelab.models.adapter import LlavaAdapter, find_image_span
+from prunelab.models.adapter import LlavaAdapter
 from prunelab.models.hooks import HookScope
+from prunelab.models.parts import find_image_span
 from prunelab.models.tiny import tiny_inputs, tiny_llava
 
 N = 64

@@ -15,7 +15,7 @@ Definitions (one sample, batch 1, greedy, measured by :meth:`prunelab.models.ada
   ``equivalent_tokens`` (mean visual tokens per decoder layer; FastV: ``(K·576 + (layers-K)·T) / layers``).
 * ideal speed-up ``= L(576) / L(T)``: prefill cost taken as linear in the token count (the per-token weight
   multiplies; the issue's "ideal token-count ratio"). The FLOPs ratio ``flops_prefill(576) / flops_prefill(T)``
-  of :func:`prunelab.models.adapter.llm_flops` is printed beside it: it is larger, because the attention's
+  of :func:`prunelab.models.parts.llm_flops` is printed beside it: it is larger, because the attention's
   ``4·n²·d`` term shrinks quadratically — a narrow decoder (width 64 in ``--smoke``) is attention-dominated at
   600 tokens, so there the token ratio is a lenient yardstick and the FLOPs ratio a strict one.
 * measured speed-up ``= prefill_s(576) / prefill_s(T)``; fraction ``= measured / ideal`` (goal >= 0.85).
@@ -242,7 +242,8 @@ def _run(args, budgets, device) -> int:
     import torch
 
     from prunelab.models import vision
-    from prunelab.models.adapter import LlavaAdapter, parse_requires
+    from prunelab.models.adapter import LlavaAdapter
+    from prunelab.models.parts import parse_requires
     from prunelab.study.generation import _memo_encode
 
     model, desc, size = build_model(args.model, device, args.smoke)

@@ -1,7 +1,7 @@
 """In-LLM pruners: FastV, PDrop (PyramidDrop), SparseVLM, DART (methods-spec §2.8-2.11).
 
 These methods drop visual tokens *inside* the language model, so they cannot be a function of a
-:class:`~prunelab.methods.base.VisualContext`; they are driven by :class:`prunelab.models.adapter.DecoderEditor`,
+:class:`~prunelab.methods.base.VisualContext`; they are driven by :class:`prunelab.models.decoder_edit.DecoderEditor`,
 which calls, during prefill (batch 1):
 
 * ``plan(n_layers, n_image, budget)`` -> :class:`Plan` (layers whose input the method reads / edits);
@@ -11,7 +11,7 @@ which calls, during prefill (batch 1):
   (which current visual tokens survive, and optional new tokens), applied to that layer and all later ones;
 * ``describe(state)`` -> extra per-sample record fields.
 
-``view`` is a :class:`~prunelab.models.adapter.PrefillView` (current hidden states, visual / text positions, and
+``view`` is a :class:`~prunelab.models.decoder_edit.PrefillView` (current hidden states, visual / text positions, and
 ``attention_rows`` / ``keys`` recomputed from a decoder layer's own ``input_layernorm``, ``q_proj``, ``k_proj``
 and RoPE, so no eager attention is needed).
 

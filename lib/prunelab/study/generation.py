@@ -97,7 +97,8 @@ from prunelab.eval.mentions import CaptionParser, Mention
 from prunelab.eval.pope import parse_yes_no, pope_metrics
 from prunelab.methods.adaptive import AgilePruner, input_erank
 from prunelab.methods.hybrid import _ErankSplit
-from prunelab.models.adapter import LlavaAdapter, parse_requires
+from prunelab.models.adapter import LlavaAdapter
+from prunelab.models.parts import parse_requires
 from prunelab.models.prompts import VICUNA_SYSTEM, build_prompt, tokenize_with_image
 from prunelab.models.toyllava import CHAT_TEMPLATE, load_toyllava, prompt_ids
 from prunelab.paths import cache_dir as _cache_dir
