@@ -425,7 +425,10 @@ class _ErankSplit:
 
     inverse = False
 
-    def _init_erank(self, r_min, r_max, e_min, e_max):
+    def _init_erank(self, fixed_param, r_min, r_max, e_min, e_max):
+        # the erank rule replaces the base method's fixed share: report the rule's parameters instead
+        self._params.update(r_min=r_min, r_max=r_max, e_min=e_min, e_max=e_max)
+        self._params.pop(fixed_param, None)
         self.r_min = _check_ratio("r_min", r_min)
         self.r_max = _check_ratio("r_max", r_max)
         if self.r_min > self.r_max:
@@ -462,9 +465,7 @@ class VisPrunerErank(_ErankSplit, VisPruner):
     def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
                  e_max: float | None = None, step: int = 8):
         VisPruner.__init__(self, step=step)
-        self._params.update(r_min=r_min, r_max=r_max, e_min=e_min, e_max=e_max)
-        self._params.pop("important_ratio", None)
-        self._init_erank(r_min, r_max, e_min, e_max)
+        self._init_erank("important_ratio", r_min, r_max, e_min, e_max)
 
 
 @register("VisPruner+inverse")
@@ -482,9 +483,7 @@ class BATErank(_ErankSplit, BAT):
     def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
                  e_max: float | None = None, features: str = "vision", k: int | None = None):
         BAT.__init__(self, features=features, k=k)
-        self._params.update(r_min=r_min, r_max=r_max, e_min=e_min, e_max=e_max)
-        self._params.pop("attentive_ratio", None)
-        self._init_erank(r_min, r_max, e_min, e_max)
+        self._init_erank("attentive_ratio", r_min, r_max, e_min, e_max)
 
 
 @register("BAT+inverse")
@@ -502,9 +501,7 @@ class AttnDivErank(_ErankSplit, AttnDiv):
     def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
                  e_max: float | None = None, features: str = "projected", metric: str = "cosine"):
         AttnDiv.__init__(self, features=features, metric=metric)
-        self._params.update(r_min=r_min, r_max=r_max, e_min=e_min, e_max=e_max)
-        self._params.pop("attention_ratio", None)
-        self._init_erank(r_min, r_max, e_min, e_max)
+        self._init_erank("attention_ratio", r_min, r_max, e_min, e_max)
 
 
 @register("AttnDiv+inverse")
