@@ -53,6 +53,7 @@ import os
 import platform
 import statistics
 
+from prunelab.benchmarks.common import add_timing_args, check_positive, torch_threads
 from prunelab.benchmarks.selection import pick_photos
 from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
 from prunelab.models.toyllava import load_toyllava
@@ -207,35 +208,24 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="auto", help="auto (ToyLLaVA if present, else tiny) | toyllava | tiny")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (prunelab.device.resolve_device)")
     ap.add_argument("--budgets", default="64,128", help="comma-separated T values (default 64,128)")
-    ap.add_argument("--images", type=int, default=2, help="photos to run on (default 2)")
-    ap.add_argument("--repeats", type=int, default=10, help="interleaved timing rounds per image (default 10)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (default 1)")
-    ap.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    add_timing_args(ap, images=2, repeats=10)
     ap.add_argument("--smoke", "--quick", dest="smoke", action="store_true",
                     help="smoke run: 1 image, 1 round, narrow tiny decoder")
     args = ap.parse_args(argv)
 
-    import torch
 
     from prunelab.device import resolve_device
 
     if args.smoke:
         args.images, args.repeats = 1, 1
-    for flag in ("repeats", "threads"):
-        if getattr(args, flag) < 1:
-            raise BudgetError(f"--{flag} must be >= 1, got {getattr(args, flag)}; pass a positive integer")
+    check_positive(args, "repeats", "threads")
     try:
         budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     except ValueError:
         raise BudgetError(f"--budgets {args.budgets!r} is not a comma-separated list of integers; pass e.g. 64,128") from None
     device = resolve_device(args.device)
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads, apply=device.type == "cpu"):
         return _run(args, budgets, device)
-    finally:
-        torch.set_num_threads(threads)  # in-process callers (tests) get their setting back
 
 
 def _run(args, budgets, device) -> int:

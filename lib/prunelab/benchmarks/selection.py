@@ -44,6 +44,7 @@ import platform
 import statistics
 import time
 
+from prunelab.benchmarks.common import add_timing_args, check_positive, torch_threads
 from prunelab.errors import BudgetError, UnknownNameError
 from prunelab.paths import atomic_write
 from prunelab.study.photos import list_photos, load_photo
@@ -100,31 +101,21 @@ def write_csv(rows: list[dict], path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=4, help="photos to time on (default 4)")
+    add_timing_args(ap, images=4, repeats=5, what="selection table")
     ap.add_argument("--budget", type=int, default=64, help="tokens kept, T (default 64)")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds per image (default 5)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--projector", default="auto", help="auto (ToyLLaVA's if present) | toyllava | none")
     ap.add_argument("--methods", default=None, help="comma-separated subset of the vision-only methods")
     ap.add_argument("--greedy-repeats", type=int, default=5, help="best-of repeats for the greedy speed-up (default 5)")
-    ap.add_argument("--csv", default=None, help="also write the selection table to this CSV file")
     ap.add_argument("--smoke", "--quick", dest="quick", action="store_true",
                     help="smoke run: 1 image, 1 round, greedy at T=64 only")
     args = ap.parse_args(argv)
 
-    import torch
 
     if args.quick:
         args.images, args.repeats, args.greedy_repeats = 1, 1, 1
-    for flag in ("repeats", "threads", "greedy_repeats"):
-        if getattr(args, flag) < 1:
-            raise BudgetError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}; pass a positive integer")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    check_positive(args, "repeats", "threads", "greedy_repeats")
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)  # in-process callers (tests) get their setting back
 
 
 def _run(args) -> int:
