@@ -64,3 +64,19 @@ def test_errors():
         widgets.tau_explorer(_vision(), _images(), TAUS, max_views=5)
     with pytest.raises(ValueError, match="no rows for AgilePruner\\(tau_max=0.3\\)"):
         widgets.tau_explorer(_vision(), _images(), {**TAUS, "AgilePruner(tau_max=0.3)": 0.3})
+
+
+def test_overlay_explorer_pages_follow_image_method_budget():
+    rows = [{"image_id": iid, "method": m, "family": fam, "budget": b, "kept_indices": list(range(b)), "n_kept": b,
+             "erank_kept_vision": float(b), "erank_random_vision": float(b) + 1, "attention_mass_kept": 0.25}
+            for iid in ("a", "b") for m, fam in (("FasterVLM", "attention"), ("DivPrune", "diversity"))
+            for b in (4, 8)]
+    box = widgets.overlay_explorer(pd.DataFrame(rows), _images(), grid=(4, 4), size=48)
+    d_img, d_met, d_bud = box.children[0].children
+    assert list(d_img.options) == ["a", "b"] and list(d_bud.options) == ["4", "8"]
+    top = box.children[1]
+    assert len(top.children) == 2 and all(len(mid.children) == 2 for mid in top.children)
+    assert len(box._prunelab_links) == 2 * 2 + 2 + 1
+    m = list(d_met.options).index("DivPrune")
+    caption = top.children[1].children[m].children[1].children[1].value  # image b, DivPrune, T = 8
+    assert "<b>DivPrune</b>, T = 8" in caption and "erank 8.0 (random 9.0)" in caption and "25%" in caption

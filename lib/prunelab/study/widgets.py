@@ -26,6 +26,30 @@ def _caption(row) -> str:
     return " · ".join(parts)
 
 
+def linked_views(controls, image_ids: Sequence, middles: Sequence, budgets: Sequence[int], view):
+    """Nested ``Stack`` widgets (image > middle choice > budget) whose shown page follows three controls through
+    ``jslink``, so the choice works in the rendered book without a kernel. ``controls`` is ``(image, middle,
+    budget)``; ``view(image_id, middle, budget)`` makes one page."""
+    import ipywidgets as w
+
+    d_img, d_mid, d_bud = controls
+    links, outer = [], []
+    for iid in image_ids:
+        per_mid = []
+        for m in middles:
+            inner = w.Stack([view(iid, m, b) for b in budgets], selected_index=0)
+            links.append(w.jslink((d_bud, "index"), (inner, "selected_index")))
+            per_mid.append(inner)
+        mid = w.Stack(per_mid, selected_index=0)
+        links.append(w.jslink((d_mid, "index"), (mid, "selected_index")))
+        outer.append(mid)
+    top = w.Stack(outer, selected_index=0)
+    links.append(w.jslink((d_img, "index"), (top, "selected_index")))
+    box = w.VBox([w.HBox([d_img, d_mid, d_bud]), top])
+    box._prunelab_links = links  # keep the Link widgets alive with the view
+    return box
+
+
 def overlay_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str] | None = None,
                      methods: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
                      grid=(24, 24), size: int = 224, max_views: int = 400):
@@ -51,7 +75,6 @@ def overlay_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str]
     d_img = w.Dropdown(options=image_ids, value=image_ids[0], description="image")
     d_met = w.Dropdown(options=methods, value=methods[0], description="method")
     d_bud = w.Dropdown(options=[str(b) for b in budgets], value=str(budgets[0]), description="budget T")
-    links = []
 
     def view(iid, m, b):
         key = (iid, m, b)
@@ -65,21 +88,7 @@ def overlay_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str]
                       width=size, height=size)
         return w.VBox([pic, w.HTML(_caption(row))])
 
-    outer = []
-    for iid in image_ids:
-        per_method = []
-        for m in methods:
-            inner = w.Stack([view(iid, m, b) for b in budgets], selected_index=0)
-            links.append(w.jslink((d_bud, "index"), (inner, "selected_index")))
-            per_method.append(inner)
-        mid = w.Stack(per_method, selected_index=0)
-        links.append(w.jslink((d_met, "index"), (mid, "selected_index")))
-        outer.append(mid)
-    top = w.Stack(outer, selected_index=0)
-    links.append(w.jslink((d_img, "index"), (top, "selected_index")))
-    box = w.VBox([w.HBox([d_img, d_met, d_bud]), top])
-    box._prunelab_links = links  # keep the Link widgets alive with the view
-    return box
+    return linked_views((d_img, d_met, d_bud), image_ids, methods, budgets, view)
 
 
 def _tau_caption(row, tau: float, accuracy: float | None, caption_html: str | None) -> str:
@@ -142,7 +151,6 @@ def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: S
                               continuous_update=True)
     s_bud = w.SelectionSlider(options=[str(b) for b in budgets], value=str(budgets[0]), description="budget T",
                               continuous_update=True)
-    links = []
 
     def view(iid, m, tau, b):
         key = (iid, m, b)
@@ -163,21 +171,8 @@ def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: S
                       width=size, height=size)
         return w.VBox([pic, w.HTML(_tau_caption(row, tau, a, cap))])
 
-    outer = []
-    for iid in image_ids:
-        per_tau = []
-        for m, tau in order:
-            inner = w.Stack([view(iid, m, tau, b) for b in budgets], selected_index=0)
-            links.append(w.jslink((s_bud, "index"), (inner, "selected_index")))
-            per_tau.append(inner)
-        mid = w.Stack(per_tau, selected_index=0)
-        links.append(w.jslink((s_tau, "index"), (mid, "selected_index")))
-        outer.append(mid)
-    top = w.Stack(outer, selected_index=0)
-    links.append(w.jslink((d_img, "index"), (top, "selected_index")))
-    box = w.VBox([w.HBox([d_img, s_tau, s_bud]), top])
-    box._prunelab_links = links
-    return box
+    return linked_views((d_img, s_tau, s_bud), image_ids, order, budgets,
+                        lambda iid, m_tau, b: view(iid, *m_tau, b))
 
 
-__all__ = ["overlay_explorer", "tau_explorer"]
+__all__ = ["linked_views", "overlay_explorer", "tau_explorer"]
