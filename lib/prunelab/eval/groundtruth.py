@@ -145,6 +145,24 @@ def _load_json(path: Path, kind: str) -> dict:
     return obj
 
 
+def _annotations(path: Path, obj: dict, field: str, kind: str, wanted: set | None, into: dict):
+    """``(index, image_id, value of field)`` of each annotation of a wanted image; every wanted image listed under
+    ``images`` gets an (empty) entry in ``into`` first, so images without annotations still count."""
+    for img in obj.get("images", []) or []:
+        iid = img.get("id") if isinstance(img, dict) else None
+        if iid is not None and (wanted is None or iid in wanted):
+            into.setdefault(iid, set())
+    for k, ann in enumerate(obj["annotations"]):
+        try:
+            iid, value = ann["image_id"], ann[field]
+        except (KeyError, TypeError) as err:
+            raise AnnotationError(
+                f"{path}: annotation #{k} lacks 'image_id'/'{field}'; the file is not a COCO {kind} file"
+            ) from err
+        if wanted is None or iid in wanted:
+            yield k, iid, value
+
+
 class CocoGroundTruth(MappingGroundTruth):
     """COCO ground truth: instance categories ∪ objects parsed from the reference captions (per image).
 
@@ -189,17 +207,7 @@ class CocoGroundTruth(MappingGroundTruth):
                     id_to_cat[c["id"]] = vocab[name]
                 except KeyError as err:
                     raise AnnotationError(f"{path}: category {c!r} has no id/name or an unknown name {err}; use the official COCO category list") from err
-            for img in obj.get("images", []) or []:
-                iid = img.get("id") if isinstance(img, dict) else None
-                if iid is not None and (wanted is None or iid in wanted):
-                    inst.setdefault(iid, set())
-            for k, ann in enumerate(obj["annotations"]):
-                try:
-                    iid, cid = ann["image_id"], ann["category_id"]
-                except (KeyError, TypeError) as err:
-                    raise AnnotationError(f"{path}: annotation #{k} lacks 'image_id'/'category_id'; the file is not a COCO instances file") from err
-                if wanted is not None and iid not in wanted:
-                    continue
+            for k, iid, cid in _annotations(path, obj, "category_id", "instances", wanted, inst):
                 if cid not in id_to_cat:
                     raise AnnotationError(f"{path}: annotation #{k} has unknown category_id {cid!r}; the file's 'categories' list is incomplete")
                 inst.setdefault(iid, set()).add(id_to_cat[cid])
@@ -207,17 +215,7 @@ class CocoGroundTruth(MappingGroundTruth):
         for path in map(Path, captions):
             obj = _load_json(path, "captions")
             sources.append(str(path))
-            for img in obj.get("images", []) or []:
-                iid = img.get("id") if isinstance(img, dict) else None
-                if iid is not None and (wanted is None or iid in wanted):
-                    caps.setdefault(iid, set())
-            for k, ann in enumerate(obj["annotations"]):
-                try:
-                    iid, text = ann["image_id"], ann["caption"]
-                except (KeyError, TypeError) as err:
-                    raise AnnotationError(f"{path}: annotation #{k} lacks 'image_id'/'caption'; the file is not a COCO captions file") from err
-                if wanted is not None and iid not in wanted:
-                    continue
+            for k, iid, text in _annotations(path, obj, "caption", "captions", wanted, caps):
                 if not isinstance(text, str):
                     raise AnnotationError(f"{path}: caption #{k} of image {iid} is {type(text).__name__}, not text; re-download the file")
                 todo.append((iid, text))
