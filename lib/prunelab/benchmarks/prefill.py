@@ -46,18 +46,13 @@ nothing; ``--csv`` writes it atomically.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import os
 import platform
-import statistics
 
-from prunelab.benchmarks.common import add_timing_args, check_positive, torch_threads
-from prunelab.benchmarks.selection import pick_photos
+from prunelab.benchmarks.common import add_timing_args, check_positive, median, pick_photos, torch_threads, write_csv
 from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
 from prunelab.models.toyllava import load_toyllava
-from prunelab.paths import atomic_write
 from prunelab.study.photos import load_photo
 
 GOAL_FRACTION = 0.85
@@ -135,9 +130,6 @@ def prompt_ids(model, seed: int = 0):
                       pick[N_BEFORE - 1:]])
 
 
-def _median(xs):
-    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return statistics.median(xs) if xs else math.nan
 
 
 def summarize(per_image: list[dict], budgets, methods, n_image: int) -> list[dict]:
@@ -145,7 +137,7 @@ def summarize(per_image: list[dict], budgets, methods, n_image: int) -> list[dic
     rows = []
     full = [im[("full", n_image)] for im in per_image]
     rows.append({"method": "full", "stage": "none", "T": n_image, "T_eq": float(n_image),
-                 "prompt_len": full[0]["prompt_len"], "prefill_ms": 1e3 * _median([r["prefill_s"] for r in full]),
+                 "prompt_len": full[0]["prompt_len"], "prefill_ms": 1e3 * median([r["prefill_s"] for r in full]),
                  "select_ms": 0.0, "speedup": 1.0, "ideal": 1.0, "flops_ratio": 1.0, "fraction": 1.0,
                  "overhead_pct": math.nan, "goal_fraction": "-", "goal_overhead": "-"})
     for name, stage in methods:
@@ -162,13 +154,13 @@ def summarize(per_image: list[dict], budgets, methods, n_image: int) -> list[dic
                 saved = f["prefill_s"] - r["prefill_s"]
                 if stage == "pre-LLM":
                     ovh.append(r["select_s"] / saved if saved > 0 else math.inf)
-            fraction = _median(frac)
-            overhead = _median(ovh) if ovh else math.nan
+            fraction = median(frac)
+            overhead = median(ovh) if ovh else math.nan
             rows.append({
-                "method": name, "stage": stage, "T": t, "T_eq": _median([r["equivalent_tokens"] for r in recs]),
-                "prompt_len": recs[0]["prompt_len"], "prefill_ms": 1e3 * _median([r["prefill_s"] for r in recs]),
-                "select_ms": 1e3 * _median([r["select_s"] for r in recs]) if stage == "pre-LLM" else math.nan,
-                "speedup": _median(speed), "ideal": _median(ideal), "flops_ratio": _median(fl), "fraction": fraction,
+                "method": name, "stage": stage, "T": t, "T_eq": median([r["equivalent_tokens"] for r in recs]),
+                "prompt_len": recs[0]["prompt_len"], "prefill_ms": 1e3 * median([r["prefill_s"] for r in recs]),
+                "select_ms": 1e3 * median([r["select_s"] for r in recs]) if stage == "pre-LLM" else math.nan,
+                "speedup": median(speed), "ideal": median(ideal), "flops_ratio": median(fl), "fraction": fraction,
                 "overhead_pct": 100 * overhead,
                 "goal_fraction": "yes" if fraction >= GOAL_FRACTION else "NO",
                 "goal_overhead": ("yes" if overhead <= GOAL_OVERHEAD else "NO") if ovh else "n/a",
@@ -193,14 +185,6 @@ def format_table(rows: list[dict]) -> str:
                      for line in cells)
 
 
-def write_csv(rows: list[dict], path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    with atomic_write(path, "w") as fh:
-        fh.write(buf.getvalue())
 
 
 def main(argv=None) -> int:
@@ -278,7 +262,7 @@ def _run(args, budgets, device) -> int:
         for _ in range(args.repeats):
             for m, t in settings:
                 got[(m, t)].append(once(i, m, t))
-        per_image.append({s: {k: _median([float(r[k]) for r in recs]) for k in keys} for s, recs in got.items()})
+        per_image.append({s: {k: median([float(r[k]) for r in recs]) for k in keys} for s, recs in got.items()})
 
     rows = summarize(per_image, budgets, [(label, stage) for label, stage, _ in plan], n_img)
 
@@ -304,8 +288,7 @@ def _run(args, budgets, device) -> int:
     print()
     print(format_table(rows))
     if args.csv:
-        write_csv(rows, args.csv)
-        print(f"\nwrote {args.csv}")
+        write_csv(rows, COLUMNS, args.csv)
     return 0
 
 

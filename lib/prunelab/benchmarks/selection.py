@@ -36,18 +36,14 @@ Prints two tables; asserts nothing. ``--csv`` writes the first table (atomically
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import os
 import platform
-import statistics
 import time
 
-from prunelab.benchmarks.common import add_timing_args, check_positive, torch_threads
+from prunelab.benchmarks.common import add_timing_args, check_positive, median, pick_photos, torch_threads, write_csv
 from prunelab.errors import BudgetError, UnknownNameError
-from prunelab.paths import atomic_write
-from prunelab.study.photos import list_photos, load_photo
+from prunelab.study.photos import load_photo
 
 GOAL_RATIO = 0.02  # selection / tower forward
 GOAL_SPEEDUP = 10.0  # textbook / incremental greedy
@@ -62,17 +58,8 @@ def is_exempt(name: str) -> bool:
     return name.startswith("PruMerge")
 
 
-def pick_photos(n: int, source: str | None = None) -> list[str]:
-    """``n`` photo names spread evenly over the manifest (deterministic); ``source`` restricts them to one
-    package (``--smoke`` uses ``scikit-image``, installed with the package, so smoke runs fetch nothing)."""
-    names = list_photos(source=source)
-    if not 1 <= n <= len(names):
-        raise UnknownNameError(f"--images {n} is out of range; pass 1..{len(names)} (photos in the manifest)")
-    return [names[(i * len(names)) // n] for i in range(n)]
 
 
-def _median(xs):
-    return statistics.median(xs) if xs else math.nan
 
 
 def _fmt_row(vals, widths, left: int = 2) -> str:
@@ -89,14 +76,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: r[k] for k in COLUMNS})
-    with atomic_write(path, "w") as fh:
-        fh.write(buf.getvalue())
 
 
 def main(argv=None) -> int:
@@ -181,17 +160,17 @@ def _run(args) -> int:
             t_tower.append(time_tower(px))
             for s in specs:
                 t_sel[s.label].append(time_select(s, ctx))
-        tower_med.append(_median(t_tower))
+        tower_med.append(median(t_tower))
         for s in specs:
-            sel_med[s.label].append(_median(t_sel[s.label]))
+            sel_med[s.label].append(median(t_sel[s.label]))
 
     rows = []
     for s in specs:
         ratios = [a / b for a, b in zip(sel_med[s.label], tower_med)]
-        ratio = _median(ratios)
+        ratio = median(ratios)
         goal = "exempt" if is_exempt(s.pruner.name) else ("yes" if ratio <= GOAL_RATIO else "NO")
-        rows.append({"method": s.label, "family": s.pruner.family, "select_ms": 1e3 * _median(sel_med[s.label]),
-                     "tower_ms": 1e3 * _median(tower_med), "ratio_pct": 100 * ratio,
+        rows.append({"method": s.label, "family": s.pruner.family, "select_ms": 1e3 * median(sel_med[s.label]),
+                     "tower_ms": 1e3 * median(tower_med), "ratio_pct": 100 * ratio,
                      "max_ratio_pct": 100 * max(ratios), "goal": goal})
 
     greedy = compare_greedy_speed(n=n_tok, budgets=greedy_budgets, repeats=args.greedy_repeats)
@@ -224,8 +203,7 @@ def _run(args) -> int:
                         "yes" if g["speedup"] >= GOAL_SPEEDUP else "NO"], gw, left=1))
     print(f"  (distance matrix, shared by both, {1e3 * greedy[0]['distance_s']:.1f} ms)")
     if args.csv:
-        write_csv(rows, args.csv)
-        print(f"\nwrote {args.csv}")
+        write_csv(rows, COLUMNS, args.csv)
     return 0
 
 
