@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from prunelab.errors import UnknownNameError
+from prunelab.models.encoders import PixelPatchEncoder
 from prunelab.paths import REPO_ROOT
 from prunelab.study import cache as C, generation as G, runner as R, tablecache as TC
 from prunelab.study.data import ImageItem
@@ -115,7 +116,7 @@ def _images(k=3):
     return out
 
 
-class _Encoder(R.PixelPatchEncoder):
+class _Encoder(PixelPatchEncoder):
     def __init__(self):
         super().__init__(grid=8, patch=6, pool=2)
         self.calls = 0

@@ -246,7 +246,7 @@ def test_tower_encoder_keeps_what_generation_keeps(tiny_gm, chair_parser, tmp_pa
 
     items = _items(4)
     methods = ["FasterVLM", "DivPrune", "AgilePruner", "BAT+erank", "VisPruner+inverse"]
-    enc = C.TowerEncoder(tiny_gm)
+    enc = C.tower_encoder(tiny_gm)
     v = runner.run_vision(items, methods, [6, 12], encoder=enc, cache_dir=tmp_path / "runs", progress=False, n_random=2)
     g = generation.run_generation(tiny_gm, items, methods, [6, 12], task="describe", max_new_tokens=2,
                                   erank_stats=v.attrs["erank_stats"], cache_dir=tmp_path / "gen", chair_parser=chair_parser,
@@ -256,6 +256,6 @@ def test_tower_encoder_keeps_what_generation_keeps(tiny_gm, chair_parser, tmp_pa
     assert (m["kept_indices_v"].map(list) == m["kept_indices_g"].map(list)).all()
     for col in ("erank_full_vision", "attention_entropy"):
         assert np.allclose(m[f"{col}_v"], m[f"{col}_g"], rtol=1e-5)
-    assert enc.fingerprint.startswith("tower-of:") and enc.fingerprint == C.TowerEncoder(tiny_gm).fingerprint
+    assert enc.fingerprint.startswith("tower-of:") and enc.fingerprint == C.tower_encoder(tiny_gm).fingerprint
     img = C.image_table(v)
     assert len(img) == 4 and math.isfinite(img["erank_full_projected"].iloc[0])

@@ -14,10 +14,10 @@ from prunelab.eval.metrics import attention_entropy, erank
 from prunelab.methods import get_pruner, prune
 from prunelab.methods.adaptive import calibrate_erank
 from prunelab.methods.testing import make_context
+from prunelab.models.encoders import PixelPatchEncoder
 from prunelab.study.data import ImageItem
 from prunelab.study.runner import (
     VISION_COLUMNS,
-    PixelPatchEncoder,
     erank_stats_from,
     image_stats,
     method_stats,
@@ -230,7 +230,7 @@ def test_errors_are_one_line(tmp_path):
 def test_dinov2_encoder_on_two_photos(tmp_path):
     """The default encoder on real photos (needs the converted DINOv2 tower and the photo assets)."""
     from prunelab.errors import PrunelabError
-    from prunelab.study.runner import VisionEncoder
+    from prunelab.models.encoders import VisionEncoder
 
     try:
         from prunelab.study.data import load_image_set

@@ -11,6 +11,7 @@ from PIL import Image
 
 from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
 from prunelab.eval.metrics import erank
+from prunelab.models.encoders import AdapterEncoder
 from prunelab.study import shortfall as S
 from prunelab.study.data import ImageItem
 from prunelab.study.runner import methods_for, random_subset_erank
@@ -293,7 +294,7 @@ def tiny_clip_llava():
 
 def test_llava_encoder_matches_the_model(tiny_clip_llava, one_torch_thread):
     model, proc = tiny_clip_llava
-    enc = S.LlavaVisionEncoder(model, proc, name="tiny", device="cpu", batch_size=2)
+    enc = AdapterEncoder.from_model(model, proc, name="tiny", device="cpu", batch_size=2)
     imgs = [it.image for it in _items(3)]
     ctxs = enc(imgs, ["a", "b", "c"])
     assert [c.image_id for c in ctxs] == ["a", "b", "c"] and ctxs[0].features.shape == (16, 32)
@@ -311,7 +312,7 @@ def test_llava_encoder_matches_the_model(tiny_clip_llava, one_torch_thread):
     assert fp.startswith("llava:tiny|") and fp == enc.fingerprint
     from prunelab.models.tiny import tiny_llava
 
-    other = S.LlavaVisionEncoder(tiny_llava("clip", seed=1, image_size=56), proc, name="tiny", device="cpu")
+    other = AdapterEncoder.from_model(tiny_llava("clip", seed=1, image_size=56), proc, name="tiny", device="cpu")
     assert other.fingerprint != fp  # different weights, different cache key
 
 
@@ -319,14 +320,14 @@ def test_llava_encoder_runs_the_loop(tiny_clip_llava, tmp_path, one_torch_thread
     from prunelab.study.runner import run_vision
 
     model, proc = tiny_clip_llava
-    enc = S.LlavaVisionEncoder(model, proc, name="tiny", device="cpu")
+    enc = AdapterEncoder.from_model(model, proc, name="tiny", device="cpu")
     df = run_vision(_items(2), ["FasterVLM", "DivPrune"], [4], cache_dir=tmp_path, encoder=enc, progress=False)
     assert len(df) == 4 and df["erank_kept_projected"].notna().all() and (df["n_kept"] == 4).all()
 
 
 def test_llava_encoder_from_missing_folder(tmp_path):
     with pytest.raises(AssetError, match="LLaVA checkpoint"):
-        S.LlavaVisionEncoder.from_pretrained(tmp_path / "none", device="cpu")
+        AdapterEncoder.from_pretrained(tmp_path / "none", device="cpu")
 
 
 def test_run_study_restores_thread_count(monkeypatch):

@@ -103,7 +103,8 @@ def _run(args) -> int:
     from prunelab.methods.adaptive import calibrate_erank
     from prunelab.methods.diversity import compare_greedy_speed
     from prunelab.models import vision
-    from prunelab.study.runner import load_projector, methods_for, resolve_methods, vision_methods
+    from prunelab.models.encoders import load_projector
+    from prunelab.study.runner import methods_for, resolve_methods, vision_methods
 
     greedy_budgets = (64,) if args.quick else GREEDY_BUDGETS
 

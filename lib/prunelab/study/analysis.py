@@ -55,8 +55,8 @@ import torch
 
 from prunelab.errors import BudgetError, UnknownNameError, check_budget
 from prunelab.eval.metrics import erank
+from prunelab.models.encoders import VisionEncoder
 from prunelab.paths import cache_dir as _cache_dir
-from prunelab.study.runner import VisionEncoder
 from prunelab.study.tablecache import read_entry, write_entry
 
 ANALYSIS_FORMAT = 1  # bump when a cached number changes meaning

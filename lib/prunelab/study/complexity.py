@@ -7,7 +7,7 @@ attention-based pruning wins on *simple* images, whose evidence is concentrated 
 erank of the patch features); diversity-based pruning wins on *complex* images, whose evidence is dispersed.
 
 * Complexity of an image: the [CLS] attention entropy (methods-spec §3.2, nats and normalised by log N) and the
-  erank of its ``N`` patch features (§3.1), both from the model's own tower (:class:`TowerEncoder` runs that
+  erank of its ``N`` patch features (§3.1), both from the model's own tower (:func:`tower_encoder` runs that
   tower inside :func:`prunelab.study.runner.run_vision`); :func:`image_table`, :func:`separation` (how well a measure
   separates labelled simple from complex images: group means, difference and AUC with bootstrap CIs).
 * Splits (:func:`assign_split`): the image set's own labels (the toy world's test split is generated simple or
@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import UnknownNameError
+from prunelab.models.encoders import AdapterEncoder
 from prunelab.study.paired import compare, interaction, metric_table
 from prunelab.study.plots import _complexity_palette, method_order, per_image, short_label
 from prunelab.study.verdict import Claim, check, paper_results
@@ -44,38 +45,16 @@ ATTENTION, DIVERSITY = "attention", "diversity"
 # The model's own tower as a run_vision encoder
 
 
-class TowerEncoder:
+def tower_encoder(gm, qk_layers: Sequence[int] = (-2, -1)) -> AdapterEncoder:
     """A :func:`prunelab.study.runner.run_vision` encoder that runs the vision tower of a loaded
     :class:`prunelab.study.generation.GenerationModel`, with the model's own preprocessing and projector, one image at
     a time: the contexts are exactly those :func:`prunelab.study.generation.run_generation` prunes (same pixels, same
     batch size), so with the same erank statistics both loops keep the same tokens (a test checks). Use it so the
     image-level numbers and overlays of a chapter come from the tower whose tokens the language model reads
     (DINOv2-S for ToyLLaVA, CLIP for llava-hf checkpoints)."""
-
-    def __init__(self, gm, qk_layers: Sequence[int] = (-2, -1)):
-        self.gm = gm
-        self.qk_layers = tuple(int(q) for q in qk_layers)
-
-    @property
-    def fingerprint(self) -> str:
-        return f"tower-of:{self.gm.fingerprint}|qk={self.qk_layers}"
-
-    def __call__(self, images: list, ids: list[str]):
-        from prunelab.methods.base import VisualContext
-
-        out = []
-        ad = self.gm.adapter
-        for img, iid in zip(images, ids):
-            enc = ad.encode_images(self.gm.pixels(img), self.qk_layers)
-            c = ad.context(enc, 0, image_id=iid)
-            # CPU copies, so run_vision's per-image numbers never depend on where the model lives.
-            out.append(VisualContext(
-                features=c.features.float().cpu(), cls_attention=c.cls_attention.float().cpu(),
-                cls_attention_heads=c.cls_attention_heads.float().cpu(), cls_feature=c.cls_feature.float().cpu(),
-                projector=lambda x, _p=ad._project, _d=ad.device: _p(x.to(_d)).float().cpu(),
-                queries={k: v.float().cpu() for k, v in c.queries.items()},
-                keys={k: v.float().cpu() for k, v in c.keys.items()}, grid=c.grid, image_id=iid))
-        return out
+    qk = tuple(int(q) for q in qk_layers)
+    return AdapterEncoder(gm.adapter, lambda batch: gm.pixels(batch[0]), batch_size=1, qk_layers=qk,
+                          fingerprint=lambda: f"tower-of:{gm.fingerprint}|qk={qk}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -456,7 +435,7 @@ def accuracy_figure(acc: pd.DataFrame):
 
 
 __all__ = [
-    "SPLITS", "SPLIT_MEASURES", "TowerEncoder", "image_table", "check_split", "assign_split", "split_layout", "add_split", "separation",
+    "SPLITS", "SPLIT_MEASURES", "tower_encoder", "image_table", "check_split", "assign_split", "split_layout", "add_split", "separation",
     "separation_table", "split_agreement", "paper_examples", "families", "accuracy_table", "family_gaps",
     "family_interactions", "finding3_claims", "measures_figure", "gap_figure", "accuracy_figure",
 ]

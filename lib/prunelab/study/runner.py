@@ -46,13 +46,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from prunelab.device import cpu_threads, resolve_device
-from prunelab.errors import AssetError, PrunelabError, UnknownNameError, check_budget
+from prunelab.device import cpu_threads
+from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.eval.metrics import attention_entropy, erank
 from prunelab.methods import available_methods
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
-from prunelab.methods.projector import SeededProjector
-from prunelab.models import vision
+from prunelab.models.encoders import VisionEncoder
 from prunelab.paths import atomic_write, cache_dir as _cache_dir
 from prunelab.study.params import check_budgets, check_n_images, check_seed
 from prunelab.study.plots import FAMILY_ORDER, method_order
@@ -77,7 +76,8 @@ VISION_COLUMNS = [
 IMAGE_COLUMNS = ["erank_full_vision", "erank_full_projected", "attention_entropy", "attention_entropy_norm", "n_tokens"]
 
 # Code whose change must invalidate cached rows.
-_CODE_FILES = ("study/runner.py", "eval/metrics.py", "models/vision.py", "methods/*.py", "models/dinov2.py")
+_CODE_FILES = ("study/runner.py", "eval/metrics.py", "models/vision.py", "models/encoders.py", "methods/*.py",
+               "models/dinov2.py")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -146,114 +146,6 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Encoders: images -> VisualContext
-
-
-class VisionEncoder:
-    """The default encoder: the offline DINOv2-S/14 tower via :func:`prunelab.models.vision.encode_images`.
-
-    ``projector`` (optional, ``(M, C) -> (M, D)``) provides the ``"projected"`` space (e.g. ToyLLaVA's trained
-    projector); ``qk_layers`` are the layers whose queries/keys methods may read (VisionZip: -2, PruMerge: -1).
-    Features are cached on disk by :mod:`prunelab.models.vision`.
-    """
-
-    def __init__(self, tower=None, *, projector=None, qk_layers: Sequence[int] = (-2, -1), batch_size: int = 8,
-                 pad_to_square: bool = False, device: str = "auto", progress: bool | None = False):
-        self._tower = tower
-        self.projector = projector
-        self.qk_layers = tuple(qk_layers)
-        self.batch_size = int(batch_size)
-        self.pad_to_square = bool(pad_to_square)
-        self.device = device
-        self.progress = progress
-
-    @property
-    def tower(self):
-        if self._tower is None:
-            tower = vision.default_tower()
-            if self.device not in (None, "cpu"):
-                tower = tower.to(resolve_device(self.device))
-            self._tower = tower
-        return self._tower
-
-    @property
-    def fingerprint(self) -> str:
-        proj = _module_fingerprint(self.projector) if self.projector is not None else "none"
-        return f"dinov2:{vision.tower_fingerprint(self.tower)[:16]}|qk={self.qk_layers}|pad={self.pad_to_square}|proj={proj}"
-
-    def __call__(self, images: list, ids: list[str]) -> list[VisualContext]:
-        out = vision.encode_images(images, self.tower, batch_size=self.batch_size, qk_layers=self.qk_layers,
-                                   pad_to_square=self.pad_to_square, names=list(ids), progress=self.progress)
-        return [vision.to_context(out, i, self.projector, image_id=ids[i]) for i in range(len(ids))]
-
-
-class PixelPatchEncoder:
-    """A tiny, weight-free "tower" for tests and quick demos: image -> ``grid x grid`` patches of raw pixels.
-
-    Each patch's feature is its pixels average-pooled to ``pool x pool`` RGB values, centred per image; its
-    [CLS] attention is a softmax over the patch's distance from the image's mean colour (salient patches get
-    more mass). A seeded LLaVA-style GELU projector (:class:`prunelab.methods.projector.SeededProjector`) gives
-    the ``"projected"`` space. Deterministic; nothing to download. Not a substitute for DINOv2 in results.
-    """
-
-    def __init__(self, grid: int = 24, patch: int = 14, pool: int = 2, projected_dim: int | None = 32,
-                 temperature: float = 0.5, seed: int = 0):
-        self.grid, self.patch, self.pool, self.temperature, self.seed = grid, patch, pool, temperature, seed
-        c = 3 * pool * pool
-        self.projector = SeededProjector(c, projected_dim, seed) if projected_dim else None
-
-    @property
-    def fingerprint(self) -> str:
-        d = self.projector.w2.shape[0] if self.projector is not None else 0
-        return f"pixels:g{self.grid}p{self.patch}k{self.pool}t{self.temperature}d{d}s{self.seed}"
-
-    def __call__(self, images: list, ids: list[str]) -> list[VisualContext]:
-        import numpy as np
-
-        out = []
-        side = self.grid * self.patch
-        for img, iid in zip(images, ids):
-            x = torch.from_numpy(np.asarray(img.convert("RGB").resize((side, side)), dtype=np.float32) / 255.0)
-            x = x.permute(2, 0, 1)[None]  # (1, 3, S, S)
-            pooled = torch.nn.functional.adaptive_avg_pool2d(x, self.grid * self.pool)[0]  # (3, G*k, G*k)
-            k, g = self.pool, self.grid
-            feats = pooled.reshape(3, g, k, g, k).permute(1, 3, 0, 2, 4).reshape(g * g, 3 * k * k)
-            feats = feats - feats.mean(0, keepdim=True)
-            mean_col = x.mean(dim=(2, 3))[0]
-            patch_col = torch.nn.functional.adaptive_avg_pool2d(x, g)[0].permute(1, 2, 0).reshape(g * g, 3)
-            sal = (patch_col - mean_col).norm(dim=1)
-            attn = torch.softmax(sal / self.temperature, dim=0)
-            out.append(VisualContext(features=feats, cls_attention=attn, projector=self.projector,
-                                     grid=(g, g), image_id=iid))
-        return out
-
-
-def load_projector(spec: str | None = "auto"):
-    """The projector that defines the ``"projected"`` space: ``"toyllava"`` (the trained ToyLLaVA projector in
-    ``data/models/toyllava``; an :class:`~prunelab.errors.AssetError` if its weights are missing), ``"auto"``
-    (ToyLLaVA's if present, else ``None``) or ``"none"``/``None``. Returns a ``torch.nn.Module`` or ``None``."""
-    if spec in (None, "none", False):
-        return None
-    if spec not in ("auto", "toyllava"):
-        raise UnknownNameError(f"unknown projector {spec!r}; use 'auto', 'toyllava' or 'none'")
-    try:
-        from prunelab.models.toyllava import load_projector_lm
-
-        _, _, proj_sd, _ = load_projector_lm()
-    except (AssetError, ImportError):
-        if spec == "toyllava":
-            raise
-        return None
-    w1, w2 = proj_sd["linear_1.weight"], proj_sd["linear_2.weight"]
-    # LlavaMultiModalProjector: linear_1 -> GELU -> linear_2 (the toy model uses the same GELU).
-    mlp = torch.nn.Sequential(torch.nn.Linear(w1.shape[1], w1.shape[0]), torch.nn.GELU(),
-                              torch.nn.Linear(w2.shape[1], w2.shape[0]))
-    mlp[0].load_state_dict({"weight": w1, "bias": proj_sd["linear_1.bias"]})
-    mlp[2].load_state_dict({"weight": w2, "bias": proj_sd["linear_2.bias"]})
-    return mlp.eval().requires_grad_(False)
-
-
 def vision_methods() -> list[str]:
     """Registered pre-LLM methods that need only the image (text-conditioned ones such as CDPruner need a
     question and run through the model adapter), ordered by family then name."""
@@ -273,17 +165,6 @@ def methods_for(names: Sequence[str], projected: bool) -> list:
         else:
             out.append(name)
     return out
-
-
-def _module_fingerprint(module) -> str:
-    if not isinstance(module, torch.nn.Module):
-        return f"{type(module).__module__}.{type(module).__qualname__}"
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -638,9 +519,6 @@ __all__ = [
     "glance_table",
     "MethodSpec",
     "resolve_methods",
-    "VisionEncoder",
-    "PixelPatchEncoder",
-    "load_projector",
     "methods_for",
     "vision_methods",
     "image_stats",

