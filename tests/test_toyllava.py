@@ -15,7 +15,7 @@ import torch
 
 from prunelab.errors import AssetError
 from prunelab.models import toyllava as T
-from prunelab.train import toytrain as TT
+from prunelab.train import toydata as TD, toyeval as TE, toytrain as TT
 
 PROMPT = "Please describe this image in detail."
 CATS = ["dog", "cat", "cup", "car"]
@@ -27,8 +27,8 @@ SIDE = 8  # an 8x8 token grid keeps the tests fast; the code takes the token cou
 def _synthetic(n: int = 24, seed: int = 0):
     """Records + a FeatureStore where each category is a direction written into a 2x2 block of patches."""
     rng = np.random.default_rng(seed)
-    dirs = rng.normal(size=(len(CATS), TT.FEAT_DIM)).astype(np.float32) * 3
-    feats = rng.normal(size=(n, SIDE * SIDE, TT.FEAT_DIM)).astype(np.float32) * 0.5
+    dirs = rng.normal(size=(len(CATS), TD.FEAT_DIM)).astype(np.float32) * 3
+    feats = rng.normal(size=(n, SIDE * SIDE, TD.FEAT_DIM)).astype(np.float32) * 0.5
     recs = []
     for i in range(n):
         present = sorted(rng.choice(len(CATS), size=int(rng.integers(1, 3)), replace=False).tolist())
@@ -41,18 +41,18 @@ def _synthetic(n: int = 24, seed: int = 0):
         names = [CATS[c] for c in present]
         desc = "There is " + " and ".join(f"a {w}" for w in names) + "."
         qs = [(f"Is there a {w} in the image?", "Yes" if w in names else "No", "positive" if w in names else "random", w) for w in CATS]
-        recs.append(TT.Record(id=f"s{i}", complexity="simple" if len(names) == 1 else "complex", objects=names, boxes=boxes,
+        recs.append(TD.Record(id=f"s{i}", complexity="simple" if len(names) == 1 else "complex", objects=names, boxes=boxes,
                               descriptions=[desc], questions=qs, train_questions=[(q, a) for q, a, *_ in qs]))
-    store = TT.FeatureStore.from_arrays(feats.astype(np.float16), np.full((n, SIDE * SIDE), 1 / SIDE**2, np.float32),
+    store = TD.FeatureStore.from_arrays(feats.astype(np.float16), np.full((n, SIDE * SIDE), 1 / SIDE**2, np.float32),
                                         [r.id for r in recs])
     return recs, store
 
 
 def _tok(recs):
-    return T.build_tokenizer([PROMPT] + TT.all_texts(recs))
+    return T.build_tokenizer([PROMPT] + TD.all_texts(recs))
 
 
-TINY = TT.TrainConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=6, batch_size=4, lr=3e-3,
+TINY = TD.TrainConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=6, batch_size=4, lr=3e-3,
                       warmup=1, ckpt_every=3, val_every=100, emb_dropout=0.1, attn_dropout=0.1, bf16=False)
 
 
@@ -74,7 +74,7 @@ def test_tokenizer_round_trip_and_fixed_ids(data):
     assert [tok.convert_tokens_to_ids(t) for t in T.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
     assert tok.pad_token_id == 0 and tok.eos_token_id == 3
     # same texts in another order -> same vocabulary
-    assert T.vocab_digest(T.build_tokenizer(reversed([PROMPT] + TT.all_texts(recs)))) == T.vocab_digest(tok)
+    assert T.vocab_digest(T.build_tokenizer(reversed([PROMPT] + TD.all_texts(recs)))) == T.vocab_digest(tok)
     # unknown words map to <unk>, they are not silently split
     assert tok("a zebra")["input_ids"][-1] == tok.unk_token_id
 
@@ -269,7 +269,7 @@ def test_package_loads_with_from_pretrained_and_generates(data, package):
         m2, _ = TT.ToyLlavaLM.from_package(out)
         ours = m2(full_ids, f[None])[0, -1]
     assert torch.allclose(hf_logits, ours, atol=1e-4)
-    gen = TT.generate_descriptions(m2, tok, [m2.project(f)], PROMPT, max_new_tokens=5)
+    gen = TE.generate_descriptions(m2, tok, [m2.project(f)], PROMPT, max_new_tokens=5)
     assert 1 <= len(gen[0]) <= 5
     with torch.no_grad():
         g2 = m.generate(inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long), max_new_tokens=5,
@@ -306,21 +306,21 @@ def test_corrupt_weights_and_missing_folder(data, package, tmp_path):
 
 def test_degenerate_detection():
     eos = 3
-    assert not TT.is_degenerate([10, 11, 12, 13, 14, 6, eos], eos)
-    assert TT.is_degenerate([10, 11, 12], eos)  # never ended
-    assert TT.is_degenerate([7, 8, 9, 8, 9, 8, 9, 6, eos], eos)  # "a cup a cup a cup"
-    assert not TT.is_degenerate([7, 8, 9, 8, 9, 6, eos], eos)  # twice is not a loop
-    assert TT.is_degenerate([5, 5, 5, eos], eos)
+    assert not TE.is_degenerate([10, 11, 12, 13, 14, 6, eos], eos)
+    assert TE.is_degenerate([10, 11, 12], eos)  # never ended
+    assert TE.is_degenerate([7, 8, 9, 8, 9, 8, 9, 6, eos], eos)  # "a cup a cup a cup"
+    assert not TE.is_degenerate([7, 8, 9, 8, 9, 6, eos], eos)  # twice is not a loop
+    assert TE.is_degenerate([5, 5, 5, eos], eos)
 
 
 def test_patches_of_box_and_object_hit():
-    assert TT.patches_of_box((0, 0, 14, 14)).tolist() == [0]
-    assert TT.patches_of_box((14, 0, 29, 14)).tolist() == [1, 2]
-    assert sorted(TT.patches_of_box((322, 322, 336, 336)).tolist()) == [575]
+    assert TE.patches_of_box((0, 0, 14, 14)).tolist() == [0]
+    assert TE.patches_of_box((14, 0, 29, 14)).tolist() == [1, 2]
+    assert sorted(TE.patches_of_box((322, 322, 336, 336)).tolist()) == [575]
     boxes = [("dog", (0, 0, 28, 28)), ("cat", (322, 322, 336, 336))]
-    assert TT.object_hit(boxes, np.array([25])) == (1, 2)
-    assert TT.object_hit(boxes, np.array([25, 575])) == (2, 2)
-    assert TT.object_hit(boxes, np.array([100])) == (0, 2)
+    assert TE.object_hit(boxes, np.array([25])) == (1, 2)
+    assert TE.object_hit(boxes, np.array([25, 575])) == (2, 2)
+    assert TE.object_hit(boxes, np.array([100])) == (0, 2)
 
 
 def test_paired_bootstrap_detects_a_clear_drop():
@@ -329,24 +329,24 @@ def test_paired_bootstrap_detects_a_clear_drop():
         per.append({"condition": "full", "id": i, "complexity": "complex", "mentioned": ["a", "b"], "hallucinated": [], "objects": ["a", "b"]})
         per.append({"condition": "pruned", "id": i, "complexity": "complex", "mentioned": ["a"] if i % 2 else ["a", "b"], "hallucinated": [],
                     "objects": ["a", "b"]})
-    d = TT.paired_bootstrap(per, "full", "pruned", "recall")
+    d = TE.paired_bootstrap(per, "full", "pruned", "recall")
     assert d["delta"] == pytest.approx(-0.25) and d["significant"]
-    same = TT.paired_bootstrap(per, "full", "full", "recall")
+    same = TE.paired_bootstrap(per, "full", "full", "recall")
     assert same["delta"] == 0 and not same["significant"]
 
 
 def test_object_hit_with_patch_lists():
     objs = [[0, 1, 24], [575]]
-    assert TT.object_hit(objs, np.array([24, 7])) == (1, 2)
-    assert TT.object_hit(objs, np.array([], dtype=int)) == (0, 2)
+    assert TE.object_hit(objs, np.array([24, 7])) == (1, 2)
+    assert TE.object_hit(objs, np.array([], dtype=int)) == (0, 2)
 
 
 def test_evaluate_runs_every_condition_on_tiny_model(data, package):
     recs, store, tok = data
     m, _ = TT.ToyLlavaLM.from_package(package[1])
-    conds = [TT.Condition("full", None, SIDE * SIDE), TT.Condition("FasterVLM-16", "FasterVLM", 16),
-             TT.Condition("DivPrune-16", "DivPrune", 16)]
-    ev = TT.evaluate(m, tok, recs[:6], store, conds, prompt=PROMPT, max_new_tokens=6, progress=False)
+    conds = [TE.Condition("full", None, SIDE * SIDE), TE.Condition("FasterVLM-16", "FasterVLM", 16),
+             TE.Condition("DivPrune-16", "DivPrune", 16)]
+    ev = TE.evaluate(m, tok, recs[:6], store, conds, prompt=PROMPT, max_new_tokens=6, progress=False)
     per = ev["per_image"]
     assert len(per) == 18 and {p["n_kept"] for p in per if p["condition"] != "full"} == {16}
     S = {(s["condition"], s["complexity"]): s for s in ev["summary"]}
@@ -397,7 +397,7 @@ def test_committed_model_hf_generate_matches_feature_path():
     hf = out[0, inputs["input_ids"].shape[1]:].tolist()
     m2, tok = TT.ToyLlavaLM.from_package(d)
     f = encode_images([img], cache=False, progress=False).features[0].float()
-    ours = TT.generate_descriptions(m2, tok, [m2.project(f)], PROMPT, max_new_tokens=20)[0]
+    ours = TE.generate_descriptions(m2, tok, [m2.project(f)], PROMPT, max_new_tokens=20)[0]
     assert hf[: len(ours)] == ours
 
 

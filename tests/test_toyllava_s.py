@@ -340,7 +340,7 @@ def test_prompt_ids_equal_the_processors_chat_template():
 
 
 def test_prefix_of_a_running_extraction_is_used(tmp_path, monkeypatch):
-    from prunelab.train import toytrain as T
+    from prunelab.train import toydata as T
 
     monkeypatch.setattr(T, "feature_dir", lambda split, n, seed_tag="": tmp_path / f"{split}-{n}")
     big = tmp_path / "train-10"

@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 
 from prunelab.errors import AssetError  # noqa: E402
 from prunelab.train import toyreport  # noqa: E402
-from prunelab.train.toytrain import TrainConfig, write_history  # noqa: E402
+from prunelab.train.toydata import TrainConfig  # noqa: E402
+from prunelab.train.toytrain import write_history  # noqa: E402
 
 
 def _eval():

@@ -122,7 +122,6 @@ from prunelab.study.tablecache import (
     write_table,
 )
 from prunelab.toyworld import text as tt
-from prunelab.train.toytrain import describe_prompt
 
 CACHE_FORMAT = 2  # bump when the meaning of a cached column or the entry layout changes (2: checked entries)
 TASKS = ("describe", "pope")
@@ -328,7 +327,7 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
     adapter = LlavaAdapter(net, processor=processor, device=dev)
     gm = from_adapter(adapter, fmt, name=str(model))
     if fmt == "toyllava":
-        gm.describe_prompt = describe_prompt()
+        gm.describe_prompt = tt.DESCRIBE_PROMPT  # the toy world's prompt, which the model was trained on
     return gm
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from prunelab.errors import PrunelabError
-from prunelab.train import toytrain as T
+from prunelab.train import toydata as D, toyeval as E
 from prunelab.train.toyllava_s_data import N_TOK, Dialogues, embed
 
 # ----------------------------------------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def validate(lm, tok, proj, recs, store, n: int = 24, conditions=(("all", 576), 
         with torch.inference_mode():
             for s in range(0, n, batch):
                 idx = list(range(s, min(n, s + batch)))
-                embs = [_prompt_embeds(lm, proj, dia, T.describe_prompt(), store.features[i],
+                embs = [_prompt_embeds(lm, proj, dia, D.describe_prompt(), store.features[i],
                                        kept_rows(store, i, cond, budget)) for i in idx]
                 e, att = _left_pad(embs)
                 gen = lm.generate(inputs_embeds=e, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=False,
@@ -70,10 +70,10 @@ def validate(lm, tok, proj, recs, store, n: int = 24, conditions=(("all", 576), 
                     g = g.tolist()
                     g = g[: g.index(dia.eos) + 1] if dia.eos in g else g
                     text = tok.decode(g, skip_special_tokens=True)
-                    said = T.objects_in(text)
+                    said = E.objects_in(text)
                     gt = set(recs[i].objects)
                     per.append({"recall": len(said & gt) / max(1, len(gt)), "n_said": len(said),
-                                "n_hall": len(said - gt), "n_tokens": len(g), "degenerate": T.is_degenerate(g, dia.eos)})
+                                "n_hall": len(said - gt), "n_tokens": len(g), "degenerate": E.is_degenerate(g, dia.eos)})
                     if len(examples) < 3:
                         examples.append({"id": recs[i].id, "objects": sorted(gt), "text": text})
                 # POPE: greedy first token, yes / no / other

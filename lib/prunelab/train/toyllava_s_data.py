@@ -13,7 +13,7 @@ import numpy as np
 
 from prunelab.models.toyllava_s import image_token_id
 from prunelab.toyworld import categories as C, text as tt
-from prunelab.train import toytrain as T
+from prunelab.train import toydata as D, toytrain as T
 
 N_TOK = 576
 
@@ -24,12 +24,12 @@ N_TOK = 576
 
 def load_split(split: str, n: int, with_patches: bool = False, progress: bool = False):
     """``(records, store)`` of a split: texts and ground truth plus the DINOv2 features (extracted once, cached)."""
-    recs, scenes = T.load_records(split, n, n_descriptions=3 if split == "train" else 1, with_patches=with_patches,
+    recs, scenes = D.load_records(split, n, n_descriptions=3 if split == "train" else 1, with_patches=with_patches,
                                   progress=progress)
     ids = [r.id for r in recs]
     store = prefix_store(split, ids)
     if store is None:
-        store = T.extract_features(split, scenes, ids)
+        store = D.extract_features(split, scenes, ids)
     return recs, store
 
 
@@ -38,7 +38,7 @@ def prefix_store(split: str, ids: list[str]):
     that many rows done) whose ids start with ``ids``; ``None`` if there is none. Rows below the progress mark
     are final, so training can start while the tower still runs over the rest of the split."""
     n = len(ids)
-    parent = T.feature_dir(split, n).parent
+    parent = D.feature_dir(split, n).parent
     for folder in sorted(parent.glob(f"{split}-*")):
         for name in ("meta.json", "progress.json"):
             try:
@@ -49,7 +49,7 @@ def prefix_store(split: str, ids: list[str]):
             if done >= n and rec["ids"][:n] == ids:
                 feats = np.load(folder / "features.npy", mmap_mode="r")[:n]
                 attn = np.load(folder / "cls_attention.npy", mmap_mode="r")[:n]
-                return T.FeatureStore.from_arrays(feats, attn, ids)
+                return D.FeatureStore.from_arrays(feats, attn, ids)
     return None
 
 
@@ -142,7 +142,7 @@ class Dialogues:
 
 
 def dialogue_turns(rec, rng, cfg, stage: str) -> list[tuple[str, str]]:
-    prompt = T.describe_prompt()
+    prompt = D.describe_prompt()
     turns = [(prompt, rec.descriptions[int(rng.integers(len(rec.descriptions)))])]
     if stage == "instruct":
         if rec.train_questions and cfg.qa_turns:

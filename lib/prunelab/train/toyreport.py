@@ -52,7 +52,8 @@ def summary_table(ev: dict, complexity: str | None = None) -> pd.DataFrame:
 
 def quality_table(ev: dict) -> pd.DataFrame:
     """The issue's quality bar as rows ``criterion, value, bar, pass`` (:func:`toytrain.quality_checks`)."""
-    from prunelab.train.toytrain import TrainConfig, quality_checks
+    from prunelab.train.toydata import TrainConfig
+    from prunelab.train.toytrain import quality_checks
 
     cfg_d = dict(ev.get("config", {}))
     known = set(TrainConfig.__dataclass_fields__)
