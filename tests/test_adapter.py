@@ -276,6 +276,43 @@ def test_shared_image_prompts_give_per_prompt_text(model, adapter, method, budge
     assert [r["sample"] for r in shared.records] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("method,budget", [(None, None), ("FasterVLM", 12), ("PruMerge", 16)])
+def test_shared_prefix_cache_gives_the_uncached_answers(model, adapter, method, budget):
+    """POPE-like prompts (same text before the image, different questions): the shared prefix is prefilled once
+    and its KV cache reused; tokens equal the uncached batches and each prompt alone, logits within rounding."""
+    ids, pv = tiny_inputs(model, prefix=5, suffix=3, seed=24)
+    head = ids[0][: 1 + 5 + N]  # BOS, the shared text, the image run
+    gen = torch.Generator().manual_seed(7)
+    rows = [torch.cat([head, torch.randint(3, 200, (k,), generator=gen)]) for k in (2, 6, 4, 9, 3)]
+    plain = adapter.run_shared_image(rows, pv, method, budget, max_new_tokens=5, batch_size=3, eos_token_id=-1)
+    cached = adapter.run_shared_image(rows, pv, method, budget, max_new_tokens=5, batch_size=3, eos_token_id=-1,
+                                      prefix_cache=True)
+    alone = [adapter.run([r], pv, method, budget, max_new_tokens=5, eos_token_id=-1, output_logits=True) for r in rows]
+    assert cached.sequences == plain.sequences == [o.sequences[0] for o in alone]
+    n_vis = cached.records[0]["n_kept"]  # PruMerge chooses its own count
+    assert {r["prefix_len"] for r in cached.records} == {1 + 5 + n_vis}  # BOS + text + kept rows (no common question)
+    assert all(r["prefix_s"] > 0 for r in cached.records) and "prefix_len" not in plain.records[0]
+    assert [r["kept_indices"] for r in cached.records] == [o.records[0]["kept_indices"] for o in alone]
+    # first-step logits of each prompt, recomputed through the cache, against the prompt alone
+    c = cached.records[0]["prefix_len"]
+    s = adapter._prepare(rows[3:4], [0], pv, adapter._method(method, None),
+                         adapter._method_budget(adapter._method(method, None), budget, pv), False,
+                         *adapter._inputs([rows[3]], method, None, 1)[3:], None, None)[0]
+    with torch.no_grad():
+        pre = adapter.model(inputs_embeds=s.embeds[None, :c], use_cache=True).past_key_values
+        step = adapter.model(inputs_embeds=s.embeds[None, c:], past_key_values=pre).logits[0, -1]
+    assert torch.allclose(step, alone[3].logits[0][0], atol=1e-4)
+
+
+def test_shared_prefix_cache_with_nothing_shared_falls_back(model, adapter):
+    _, pv = tiny_inputs(model, seed=25)
+    rows = [tiny_inputs(model, prefix=pre, suffix=3, seed=50 + pre)[0][0] for pre in (4, 6)]  # different first ids
+    out = adapter.run_shared_image(rows, pv, "FasterVLM", 8, max_new_tokens=3, eos_token_id=-1, prefix_cache=True)
+    plain = adapter.run_shared_image(rows, pv, "FasterVLM", 8, max_new_tokens=3, eos_token_id=-1)
+    assert out.sequences == plain.sequences
+    assert all(r.get("prefix_len", 1) >= 1 for r in out.records)  # BOS at least is common, or no cache at all
+
+
 def test_shared_image_runs_prompt_dependent_methods_one_by_one(model, adapter):
     _, pv = tiny_inputs(model, seed=22)
     rows = [tiny_inputs(model, prefix=3, suffix=s, seed=40 + s)[0][0] for s in (4, 7)]

@@ -30,6 +30,7 @@ The model family's layout (tower, projector, decoder, image-token id) comes from
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -338,12 +339,20 @@ class LlavaAdapter:
         erank_stats: dict | None = None,
         image_id: str | None = None,
         eos_token_id: int | None = None,
+        prefix_cache: bool = False,
     ) -> RunOutput:
         """Greedy generation for several prompts about **one** image (``pixel_values`` ``(1, 3, H, W)``), e.g. the
         POPE questions of an image: the tower and the method's selection run once, the kept tokens are spliced
         into every prompt, and the prompts are decoded ``batch_size`` at a time with left padding (the path
         :meth:`run` tests against batch 1). Records are :meth:`run`'s, one per prompt, with ``shared_selection``
         True and ``select_s`` the one selection's time.
+
+        ``prefix_cache=True`` also shares the prefill of what the prompts have in common (the text before the
+        image and the kept visual rows, often more): it runs once, its KV cache is copied into every batch, and
+        each prompt prefills only its own rest. The batch is then padded between the shared prefix and each rest
+        (masked; positions follow the mask, so every row sees the positions it has alone). Records add
+        ``prefix_len`` (cached rows) and ``prefix_s`` (the one shared forward); ``prefill_s`` is the rest's.
+        Answers equal the uncached path's up to floating-point rounding (the tests compare tokens and logits).
 
         A method whose selection depends on the prompt (``requires`` ``"text"``: CDPruner, SparseVLM) or that
         prunes inside the LLM (FastV, PDrop, DART) cannot share a selection: each prompt then runs through
@@ -372,14 +381,34 @@ class LlavaAdapter:
             s.embeds = torch.cat([text_emb[:start], visual, text_emb[start + n:]], dim=0)
             rec["prompt_len"] = int(s.embeds.shape[0])
             samples.append(s)
+        prefix = self._shared_prefix(samples, n_visual) if prefix_cache else None
         out_seqs: list[list[int]] = []
         for c0 in range(0, len(samples), int(batch_size)):
             chunk = samples[c0: c0 + int(batch_size)]
-            seqs, _, timing = self._generate(chunk, max_new_tokens, eos, False, False)
+            seqs, _, timing = self._generate(chunk, max_new_tokens, eos, False, False, prefix=prefix)
             self._finish_records(chunk, seqs, timing)
             out_seqs.extend(seqs)
         recs = [dict(s.record, shared_selection=True) for s in samples]
         return RunOutput(out_seqs, recs, self._attach_texts(out_seqs, recs))
+
+    def _shared_prefix(self, samples, n_visual: int):
+        """``(KV cache, length, seconds)`` of the longest run of rows every sample starts with (text ids, then the
+        shared visual rows), leaving each sample at least one row of its own; ``None`` if nothing is shared."""
+        def keys(s):
+            ids = s.ids.tolist()
+            return ids[: s.image_start] + [-1 - j for j in range(n_visual)] + ids[s.image_start + s.n_image:]
+
+        seqs = [keys(s) for s in samples]
+        c = min(len(k) for k in seqs) - 1
+        for k in seqs[1:]:
+            c = next((i for i in range(c) if k[i] != seqs[0][i]), c)
+        if c < 1:
+            return None
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        out = self.model(inputs_embeds=samples[0].embeds[None, :c], use_cache=True)
+        synchronize(self.device)
+        return out.past_key_values, c, time.perf_counter() - t0
 
     def _prepare(self, rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids):
         p = self.parts
@@ -441,16 +470,25 @@ class LlavaAdapter:
             samples.append(s)
         return samples
 
-    def _generate(self, samples, max_new_tokens, eos, output_logits, in_llm):
-        """One ``generate`` call for a chunk (left padding when lengths differ)."""
-        lens = [s.embeds.shape[0] for s in samples]
+    def _generate(self, samples, max_new_tokens, eos, output_logits, in_llm, prefix=None):
+        """One ``generate`` call for a chunk (left padding when lengths differ). With ``prefix`` (from
+        :meth:`_shared_prefix`) the rows share its KV cache and are padded between the prefix and their rest."""
+        c = 0 if prefix is None else prefix[1]
+        lens = [s.embeds.shape[0] - c for s in samples]
         lmax = max(lens)
         d = samples[0].embeds.shape[1]
-        emb = samples[0].embeds.new_zeros(len(samples), lmax, d)
-        mask = torch.zeros(len(samples), lmax, dtype=torch.long, device=emb.device)
+        emb = samples[0].embeds.new_zeros(len(samples), c + lmax, d)
+        mask = torch.zeros(len(samples), c + lmax, dtype=torch.long, device=emb.device)
         for j, s in enumerate(samples):
-            emb[j, lmax - lens[j]:] = s.embeds
-            mask[j, lmax - lens[j]:] = 1
+            emb[j, :c] = s.embeds[:c]
+            mask[j, :c] = 1
+            emb[j, c + lmax - lens[j]:] = s.embeds[c:]
+            mask[j, c + lmax - lens[j]:] = 1
+        extra = {}
+        if prefix is not None:
+            cache = copy.deepcopy(prefix[0])  # generate appends to it
+            cache.batch_repeat_interleave(len(samples))
+            extra["past_key_values"] = cache
         calls: list[tuple[int, float]] = []
         t_start = [0.0]
 
@@ -474,7 +512,7 @@ class LlavaAdapter:
             out = self.model.generate(
                 inputs_embeds=emb, attention_mask=mask, max_new_tokens=int(max_new_tokens), do_sample=False,
                 num_beams=1, return_dict_in_generate=True, output_logits=output_logits, eos_token_id=eos,
-                pad_token_id=pad,
+                pad_token_id=pad, **extra,
             )
         seqs = []
         eos_set = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
@@ -498,6 +536,8 @@ class LlavaAdapter:
         timing = []
         for s in samples:
             t = {"prefill_s": prefill_s, "decode_s": decode_s, "kv_len_per_layer": kv_lens}
+            if prefix is not None:
+                t.update(prefix_len=c, prefix_s=prefix[2])
             if s.editor is not None:
                 ed = s.editor
                 counts = ed.visual_counts[: len(self.parts.text_layers)]
