@@ -313,6 +313,35 @@ def test_shared_prefix_cache_with_nothing_shared_falls_back(model, adapter):
     assert all(r.get("prefix_len", 1) >= 1 for r in out.records)  # BOS at least is common, or no cache at all
 
 
+def test_selections_of_one_image_batched_equal_each_alone(model, adapter):
+    """Every method x budget of one prompt and image in left-padded batches == each through run() alone; the
+    tower runs once; in-LLM methods run alone; records keep the order of the selections."""
+    ids, pv = tiny_inputs(model, seed=26)
+    sel = [(None, None), ("FasterVLM", 8), ("FasterVLM", 24), ("DivPrune", 12), ("FastV", 16), ("CDPruner", 10),
+           ("PruMerge", 16)]
+    calls = []
+    real = adapter.encode_images
+    adapter.encode_images = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    try:
+        out = adapter.run_selections(ids[0], pv, sel, max_new_tokens=5, batch_size=4, eos_token_id=-1)
+    finally:
+        del adapter.encode_images
+    assert len(calls) == 2  # once for the batched selections, once inside FastV's own run()
+    alone = [adapter.run(ids, pv, m, b, max_new_tokens=5, eos_token_id=-1) for m, b in sel]
+    assert out.sequences == [o.sequences[0] for o in alone]
+    for r, o in zip(out.records, alone):
+        assert r["kept_indices"] == o.records[0]["kept_indices"] and r["method"] == o.records[0]["method"]
+    assert [r["selection"] for r in out.records] == list(range(len(sel)))
+    order = sorted((i for i, (m, _) in enumerate(sel) if m != "FastV"), key=lambda i: out.records[i]["prompt_len"])
+    expected = {i: len(order[c:c + 4]) for c in range(0, len(order), 4) for i in order[c:c + 4]}
+    assert [r["batch_size"] for r in out.records] == [expected.get(i, 1) for i in range(len(sel))]
+    assert order[-1] == 0  # the unpruned prompt (longest) sits in the last batch
+    with pytest.raises(BudgetError, match="one per selection"):
+        adapter.run_selections(ids[0], pv, sel[:2], erank_stats=[None])
+    with pytest.raises(ImageError, match="one image"):
+        adapter.run_selections(ids[0], torch.cat([pv, pv]), sel[:2])
+
+
 def test_shared_image_runs_prompt_dependent_methods_one_by_one(model, adapter):
     _, pv = tiny_inputs(model, seed=22)
     rows = [tiny_inputs(model, prefix=3, suffix=s, seed=40 + s)[0][0] for s in (4, 7)]

@@ -391,6 +391,71 @@ class LlavaAdapter:
         recs = [dict(s.record, shared_selection=True) for s in samples]
         return RunOutput(out_seqs, recs, self._attach_texts(out_seqs, recs))
 
+    @torch.no_grad()
+    def run_selections(
+        self,
+        input_ids,
+        pixel_values: torch.Tensor,
+        selections: Sequence[tuple],
+        *,
+        max_new_tokens: int = 32,
+        batch_size: int = 8,
+        erank_stats=None,
+        image_id: str | None = None,
+        eos_token_id: int | None = None,
+    ) -> RunOutput:
+        """Greedy generation of **one** prompt about **one** image under several ``(method, budget)`` selections,
+        e.g. every method x budget of an image's description: the tower runs once, each selection prunes its own
+        context, and the prompts are decoded ``batch_size`` at a time with left padding, grouped as below. The
+        batches are therefore fixed by ``selections`` and ``batch_size`` (same parameters, same batches, same text);
+        a row's text equals its batch-1 text up to floating-point rounding of the padded batch.
+
+        ``method`` is what :meth:`run` takes (``None`` for the unpruned model); ``erank_stats`` one dict for all or a
+        sequence, one per selection. In-LLM methods (FastV, PDrop, SparseVLM, DART) edit the decoder per sequence and
+        run alone through :meth:`run` (``batch_size`` 1 in their records). The others are grouped by prompt length
+        (a stable sort, so equal budgets share a batch and the unpruned prompt is not padded against short ones).
+        Records are :meth:`run`'s, one per selection, in the order given, with ``selection`` its index."""
+        if pixel_values.shape[0] != 1:
+            raise ImageError(f"run_selections takes one image, got {pixel_values.shape[0]}; use run() for several")
+        if isinstance(batch_size, bool) or int(batch_size) < 1:
+            raise BudgetError(f"batch_size must be a positive integer, got {batch_size!r}; pass batch_size=1")
+        row = torch.as_tensor(input_ids[0] if torch.is_tensor(input_ids) and input_ids.ndim == 2 else input_ids)
+        stats = list(erank_stats) if isinstance(erank_stats, (list, tuple)) else [erank_stats] * len(selections)
+        if len(stats) != len(selections):
+            raise BudgetError(f"{len(stats)} erank statistics for {len(selections)} selections; pass one per selection")
+        eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
+        n_img = self.tokens_for(pixel_values)
+        plan = []
+        for method, budget in selections:
+            pruner = self._method(method, None)
+            in_llm = pruner is not None and getattr(pruner, "stage", "pre_llm") == "in_llm"
+            qk, text = parse_requires(getattr(pruner, "requires", ()) if (pruner and not in_llm) else ())
+            plan.append((pruner, self._method_budget(pruner, budget, pixel_values), in_llm, qk, text))
+        qk_all = sorted({q for *_, qk, _ in plan for q in qk})
+        enc, vision_s = self._encode_timed(pixel_values, qk_all)
+        ids = None if image_id is None else [image_id]
+        outputs: dict[int, tuple[list[int], dict]] = {}
+        batched = []
+        for i, ((pruner, budget, in_llm, _, text), st) in enumerate(zip(plan, stats)):
+            if in_llm:
+                o = self.run([row], pixel_values, pruner, budget, max_new_tokens=max_new_tokens, erank_stats=st,
+                             image_ids=ids, eos_token_id=eos_token_id)
+                outputs[i] = (o.sequences[0], o.records[0])
+            else:
+                batched.append((i, self._sample(enc, 0, row, 0, image_id, pruner, budget, False, text, st, n_img,
+                                                vision_s)))
+        # Similar lengths together (little padding to prefill); stable, so the batches follow from the selections.
+        batched.sort(key=lambda t: t[1].embeds.shape[0])
+        for c0 in range(0, len(batched), int(batch_size)):
+            chunk = [s for _, s in batched[c0: c0 + int(batch_size)]]
+            seqs, _, timing = self._generate(chunk, max_new_tokens, eos, False, False)
+            self._finish_records(chunk, seqs, timing)
+            for (i, smp), seq in zip(batched[c0: c0 + int(batch_size)], seqs):
+                outputs[i] = (seq, smp.record)
+        seqs = [outputs[i][0] for i in range(len(plan))]
+        recs = [dict(outputs[i][1], selection=i) for i in range(len(plan))]
+        return RunOutput(seqs, recs, self._attach_texts(seqs, recs))
+
     def _shared_prefix(self, samples, n_visual: int):
         """``(KV cache, length, seconds)`` of the longest run of rows every sample starts with (text ids, then the
         shared visual rows), leaving each sample at least one row of its own; ``None`` if nothing is shared."""
@@ -410,65 +475,71 @@ class LlavaAdapter:
         synchronize(self.device)
         return out.past_key_values, c, time.perf_counter() - t0
 
-    def _prepare(self, rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids):
-        p = self.parts
-        n_img = self.tokens_for(pixel_values)
+    def _encode_timed(self, pixel_values, qk_layers) -> tuple[dict, float]:
+        """The tower's outputs for ``pixel_values`` and the seconds per image."""
         synchronize(self.device)
         t0 = time.perf_counter()
-        enc = self.encode_images(pixel_values[idx], qk_layers)
+        enc = self.encode_images(pixel_values, qk_layers)
         synchronize(self.device)
-        vision_s = (time.perf_counter() - t0) / len(idx)
-        samples = []
-        for j, b in enumerate(idx):
-            ids, start, n, text_emb = self._prompt_embeds(rows[b], enc["features"].shape[1])
-            rec: dict[str, Any] = {
-                "sample": b,
-                "image_id": None if image_ids is None else image_ids[b],
-                "method": "full" if pruner is None else pruner.name,
-                "stage": "none" if pruner is None else pruner.stage,
-                "budget": n_img if pruner is None else budget,
-                "params": {} if pruner is None else pruner.params(),
-                "n_image_tokens": n,
-                "prompt_len_unpruned": int(ids.shape[0]),
-                "vision_s": vision_s,
-            }
-            s = _Sample(ids=ids, image_start=start, n_image=n, record=rec)
-            if pruner is None or in_llm:
-                t1 = time.perf_counter()
-                tokens = self._project(enc["features"][j]).to(text_emb.dtype)
-                rec["select_s"] = 0.0
-                if in_llm:
-                    s.editor = DecoderEditor(p, pruner, budget, int(ids.shape[0]), start, n)
-                    rec["order"], rec["positions"] = "raster", pruner.positions
-                else:
-                    rec.update(n_kept=n, kept_indices=list(range(n)), order="raster", positions="contiguous")
-                    rec["visual_tokens_per_layer"] = [n] * len(p.text_layers)
-                    rec["equivalent_tokens"] = float(n)
-                rec["assemble_s"] = time.perf_counter() - t1
+        return enc, (time.perf_counter() - t0) / pixel_values.shape[0]
+
+    def _prepare(self, rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids):
+        n_img = self.tokens_for(pixel_values)
+        enc, vision_s = self._encode_timed(pixel_values[idx], qk_layers)
+        return [self._sample(enc, j, rows[b], b, None if image_ids is None else image_ids[b], pruner, budget, in_llm,
+                             needs_text, erank_stats, n_img, vision_s) for j, b in enumerate(idx)]
+
+    def _sample(self, enc, j, row, sample, image_id, pruner, budget, in_llm, needs_text, erank_stats, n_img, vision_s):
+        """One prompt's embeddings (image ``j`` of ``enc`` pruned by ``pruner`` at ``budget``) and its record."""
+        p = self.parts
+        ids, start, n, text_emb = self._prompt_embeds(row, enc["features"].shape[1])
+        rec: dict[str, Any] = {
+            "sample": sample,
+            "image_id": image_id,
+            "method": "full" if pruner is None else pruner.name,
+            "stage": "none" if pruner is None else pruner.stage,
+            "budget": n_img if pruner is None else budget,
+            "params": {} if pruner is None else pruner.params(),
+            "n_image_tokens": n,
+            "prompt_len_unpruned": int(ids.shape[0]),
+            "vision_s": vision_s,
+        }
+        s = _Sample(ids=ids, image_start=start, n_image=n, record=rec)
+        if pruner is None or in_llm:
+            t1 = time.perf_counter()
+            tokens = self._project(enc["features"][j]).to(text_emb.dtype)
+            rec["select_s"] = 0.0
+            if in_llm:
+                s.editor = DecoderEditor(p, pruner, budget, int(ids.shape[0]), start, n)
+                rec["order"], rec["positions"] = "raster", pruner.positions
             else:
-                text_ctx = None
-                if needs_text:
-                    after = torch.arange(start + n, ids.shape[0], device=ids.device)
-                    text_ctx = text_emb[after].float()
-                ctx = self.context(enc, j, text_embeds=text_ctx, erank_stats=erank_stats,
-                                   image_id=None if image_ids is None else str(image_ids[b]))
-                timed = _TimedPruner(pruner, self.device)
-                res = prune(ctx, timed, budget)
-                t1 = time.perf_counter()
-                tokens = res.output_tokens(ctx, "projected").to(text_emb.dtype)
-                rec["select_s"] = timed.elapsed
-                rec["assemble_s"] = time.perf_counter() - t1
-                s.kept = res
-                rec.update({k: v for k, v in res.stats.items() if k not in ("method", "budget")})
-                rec["n_kept"] = res.n_kept
-                rec["kept_indices"] = res.indices.tolist()
-                rec["order"], rec["positions"] = res.order, res.positions
-                rec["visual_tokens_per_layer"] = [res.n_kept] * len(p.text_layers)
-                rec["equivalent_tokens"] = float(res.n_kept)
-            s.embeds = torch.cat([text_emb[:start], tokens, text_emb[start + n:]], dim=0)
-            rec["prompt_len"] = int(s.embeds.shape[0])
-            samples.append(s)
-        return samples
+                rec.update(n_kept=n, kept_indices=list(range(n)), order="raster", positions="contiguous")
+                rec["visual_tokens_per_layer"] = [n] * len(p.text_layers)
+                rec["equivalent_tokens"] = float(n)
+            rec["assemble_s"] = time.perf_counter() - t1
+        else:
+            text_ctx = None
+            if needs_text:
+                after = torch.arange(start + n, ids.shape[0], device=ids.device)
+                text_ctx = text_emb[after].float()
+            ctx = self.context(enc, j, text_embeds=text_ctx, erank_stats=erank_stats,
+                               image_id=None if image_id is None else str(image_id))
+            timed = _TimedPruner(pruner, self.device)
+            res = prune(ctx, timed, budget)
+            t1 = time.perf_counter()
+            tokens = res.output_tokens(ctx, "projected").to(text_emb.dtype)
+            rec["select_s"] = timed.elapsed
+            rec["assemble_s"] = time.perf_counter() - t1
+            s.kept = res
+            rec.update({k: v for k, v in res.stats.items() if k not in ("method", "budget")})
+            rec["n_kept"] = res.n_kept
+            rec["kept_indices"] = res.indices.tolist()
+            rec["order"], rec["positions"] = res.order, res.positions
+            rec["visual_tokens_per_layer"] = [res.n_kept] * len(p.text_layers)
+            rec["equivalent_tokens"] = float(res.n_kept)
+        s.embeds = torch.cat([text_emb[:start], tokens, text_emb[start + n:]], dim=0)
+        rec["prompt_len"] = int(s.embeds.shape[0])
+        return s
 
     def _generate(self, samples, max_new_tokens, eos, output_logits, in_llm, prefix=None):
         """One ``generate`` call for a chunk (left padding when lengths differ). With ``prefix`` (from
