@@ -55,6 +55,21 @@ def test_paper_numbers():
     assert pe.loc[("VisPruner", "+inverse", 64), "Rel%"] == 91.83 and math.isnan(pe.loc[("AttnDiv", "+inverse", 64), "POPE"])
 
 
+def test_paper_beaters_match_the_chapter_loop_they_replace():
+    # notebook 04 (commit f392b85) looped over the old PAPER_NAMES map, skipping AgilePruner and PruMerge+fixed
+    old = {"FasterVLM": "FasterVLM", "DivPrune": "DivPrune", "VisPruner": "VisPruner", "VisionZip": "VisionZip",
+           "PruMerge+fixed": "PruMerge+", "PruMerge+": "PruMerge+", "FPS": "FPSPruner", "AgilePruner": "AgilePruner"}
+    want = []
+    for b in (64, 128):
+        pa = A.paper_pope("AgilePruner", b)[0]
+        for m, pn in old.items():
+            pm = A.paper_pope(m, b)[0]
+            if m not in ("AgilePruner", "PruMerge+fixed") and pm > pa:
+                want.append(f"{pn} at T = {b}: {pm:.1f} vs {pa:.1f}")
+    assert A.paper_beaters((64, 128)) == want == ["DivPrune at T = 64: 85.5 vs 84.1"]
+    assert A.paper_beaters((32,)) == ["DivPrune at T = 32: 81.5 vs 80.1"]
+
+
 # ---- synthetic runs ------------------------------------------------------------------------------------------
 
 def _accuracy(method: str, reverse: bool) -> float:

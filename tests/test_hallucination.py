@@ -48,6 +48,13 @@ def test_paper_chair_matches_the_csv():
     assert p[(p["method"] == "PruMerge+fixed") & (p["budget"] == 128)]["Recall"].item() == 71.5
 
 
+def test_paper_chair_default_rows_in_the_papers_order():
+    p = H.paper_chair()
+    assert list(dict.fromkeys(p["method"])) == ["Vanilla", "FasterVLM", "PruMerge+fixed", "VisPruner", "DivPrune", "FPS",
+                                                "AgilePruner"]
+    assert list(dict.fromkeys(p["paper_method"]))[2] == "PruMerge+" and len(p) == 1 + 6 * 2
+
+
 def test_chair_layout_puts_budgets_side_by_side():
     t = pd.DataFrame({"method": ["A", "B", "A", "B", VANILLA], "budget": [64, 64, 128, 128, 576],
                       **{m: [1.0, 2.0, 3.0, 4.0, 5.0] for m in H.METRICS}})

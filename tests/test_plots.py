@@ -19,6 +19,21 @@ def test_short_label():
     assert plots.short_label("FasterVLM") == "FasterVLM"
 
 
+def test_family_colours_are_the_colour_blind_palette_in_family_order():
+    import seaborn as sns
+
+    from prunelab.methods import FAMILY_ORDER
+
+    pal = plots.family_palette()
+    assert list(pal) == list(FAMILY_ORDER)
+    cb = sns.color_palette("colorblind", 10)
+    assert pal["attention"] == cb[0] and pal["base"] == cb[6] and pal["in_llm"] == cb[7]
+    fams = {"FasterVLM": "attention", "PruMerge+": "attention", "FastV": "in_llm"}
+    mp = plots.method_palette(list(fams), fams)
+    assert mp["FasterVLM"] == sns.light_palette(cb[0], n_colors=4, reverse=True)[0]
+    assert mp["FastV"] == sns.light_palette(cb[7], n_colors=3, reverse=True)[0]
+
+
 def test_kept_mask_and_overlay_pixels():
     m = plots.kept_mask([0, 5, -1], grid=(2, 3))
     assert m.tolist() == [[True, False, False], [False, False, True]]

@@ -96,11 +96,11 @@ def main(argv=None) -> int:
 
     ctxs = [ad.context(encs[iid], 0) for iid, _, _ in images]
     stats = {es: erank_stats_from(G.spec_input_erank(c, es) for c in ctxs)
-             for es in {G.erank_spec(sp.pruner) for sp in specs if sp.pruner is not None} - {None}}
+             for es in {sp.pruner.erank_stats_spec() for sp in specs if sp.pruner is not None} - {None}}
     n_q = sum(len(q) for _, _, q in images) / len(images)
 
     def one(variant, sp, b, iid, pv, qs):
-        es = G.erank_spec(sp.pruner) if sp.pruner is not None else None
+        es = sp.pruner.erank_stats_spec() if sp.pruner is not None else None
         kw = dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos, erank_stats=stats.get(es))
         budget = None if sp.pruner is None else b
         with G._memo_encode(ad, pv, encs[iid]):

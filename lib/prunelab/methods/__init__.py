@@ -5,12 +5,17 @@ Families, one file each: ``attention`` (FasterVLM, PruMerge, PruMerge+), ``diver
 ``adaptive`` (AgilePruner), ``text_conditioned`` (CDPruner), ``in_llm`` (FastV, PDrop, SparseVLM, DART).
 """
 from prunelab.methods.base import (  # noqa: F401
+    FAMILY_ORDER,
+    UNPRUNED,
+    ErankStatsSpec,
     Pruner,
     PruneResult,
     VisualContext,
     available_methods,
+    base_label,
     catalog,
     get_pruner,
+    paper_name,
     prune,
     register,
     replace_params,

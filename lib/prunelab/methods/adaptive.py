@@ -24,7 +24,7 @@ import torch
 
 from prunelab.errors import CapabilityError, UnknownNameError
 from prunelab.eval.metrics import erank
-from prunelab.methods.base import FEATURE_SPACES, Pruner, PruneResult, VisualContext, register
+from prunelab.methods.base import FEATURE_SPACES, ErankStatsSpec, Pruner, PruneResult, VisualContext, register
 
 ORDER_MODES = ("attention_rank", "selection_index")
 FILL_RULES = ("attention", "relax")
@@ -279,6 +279,7 @@ class AgilePruner(Pruner):
     adaptive = False  # always exactly T tokens; the *threshold* adapts per image, not the count
     order = "raster"
     source = "[RECONSTRUCTION] arXiv 2603.01236, cvsp-lab/AgilePruner docs/index.html (methods-spec §2.14)"
+    paper_name = "AgilePruner"
 
     def __init__(
         self,
@@ -317,6 +318,13 @@ class AgilePruner(Pruner):
         self.erank_center = bool(erank_center)
         self.erank_row_normalize = bool(erank_row_normalize)
         self.erank_spectrum = erank_spectrum
+
+    def erank_stats_spec(self) -> ErankStatsSpec | None:
+        """The mean input erank with this instance's erank options (see :meth:`complexity`), unless ``erank_avg``
+        is given."""
+        if self.erank_avg is not None:
+            return None
+        return ErankStatsSpec(self.erank_features, self.erank_center, self.erank_row_normalize, self.erank_spectrum)
 
     def _erank_avg(self, ctx: VisualContext) -> float:
         if self.erank_avg is not None:

@@ -46,6 +46,7 @@ class FasterVLM(Pruner):
     requires = ("attention",)
     order = "raster"
     source = "arXiv 2412.01818; Theia-4869/FasterVLM llava/model/llava_arch.py::encode_images"
+    paper_name = "FasterVLM"
 
     def __init__(self):
         super().__init__()
@@ -248,6 +249,7 @@ class PruMergePlus(_PruMergeBase):
     """
 
     source = "arXiv 2403.15388; 42Shawn/LLaVA-PruMerge clip_encoder.py::token_prune_merge_advanced_plus"
+    paper_name = "PruMerge+"
     _plus = True
 
 
@@ -286,6 +288,7 @@ class PruMergePlusFixed(Pruner):
     requires = ("keys[-1]", "queries[-1]")
     order = "attention"
     source = "[RECONSTRUCTION] of arXiv 2403.15388 PruMerge+ at a fixed budget (methods-spec §2.2)"
+    paper_name = "PruMerge+"
 
     def __init__(self, k_att_fraction: float = 0.25, extra_token: bool = True, layer: int = -1, n_neighbours: int = 32):
         super().__init__()

@@ -18,9 +18,12 @@ Conventions
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +34,13 @@ from prunelab.eval.metrics import erank
 ORDER_POLICIES = ("raster", "attention", "cls_first_raster")
 POSITION_POLICIES = ("contiguous", "original")
 FEATURE_SPACES = ("vision", "projected")
+
+#: The one order of method families (tables and figures sort and colour methods by it). ``random`` and ``base``
+#: are the study's reference rows (random subsets; the unpruned model and the erank-greedy reference). ``in_llm``
+#: comes last: unlisted families sorted last before it was added, so every existing order and colour stays.
+FAMILY_ORDER = ("attention", "diversity", "hybrid", "adaptive", "text", "random", "base", "in_llm")
+#: The label of the unpruned model in every study table (``prunelab.study.generation.VANILLA``).
+UNPRUNED = "Vanilla"
 
 
 @dataclass
@@ -116,6 +126,23 @@ class VisualContext:
         return store[layer]
 
 
+@dataclass(frozen=True, order=True)
+class ErankStatsSpec:
+    """The input-erank options of the dataset statistics (``ctx.erank_stats``: mean / min / max over a calibration
+    set) a method reads: the arguments of :func:`prunelab.methods.adaptive.input_erank` on feature space
+    ``features``. The study calibrates once per distinct spec (:meth:`Pruner.erank_stats_spec`)."""
+
+    features: str = "vision"
+    center: bool = False
+    row_normalize: bool = False
+    spectrum: str = "singular"
+
+    @property
+    def name(self) -> str:
+        """The statistic's column name in the study's per-image cache (its format keeps cached entries valid)."""
+        return f"input_erank[{self.features}|c={self.center}|rn={self.row_normalize}|{self.spectrum}]"
+
+
 @dataclass
 class PruneResult:
     """What a pre-LLM pruner returns.
@@ -178,8 +205,9 @@ class Pruner:
     returns them for provenance. ``adaptive`` methods may return a number of tokens that differs from ``T``.
     """
 
-    name: str = "base"
-    family: str = "base"  # attention | diversity | hybrid | adaptive | text
+    name: str = "base"  # the registered name: the method's one display name in every table and figure
+    paper_name: str | None = None  # the name the AgilePruner paper's tables use (data/paper_results.csv), if any
+    family: str = "base"  # one of FAMILY_ORDER
     stage: str = "pre_llm"  # pre_llm | in_llm
     requires: tuple[str, ...] = ()  # subset of: attention, projected, keys[L], queries[L], cls_feature, text
     adaptive: bool = False
@@ -208,6 +236,11 @@ class Pruner:
 
     def select(self, ctx: VisualContext, budget: int) -> PruneResult:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def erank_stats_spec(self) -> ErankStatsSpec | None:
+        """The dataset input-erank statistics this configuration reads from ``ctx.erank_stats``, or ``None`` when
+        it needs none (the default; also for erank-guided methods given their statistics as parameters)."""
+        return None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
@@ -251,16 +284,44 @@ def get_pruner(name: str, **params) -> Pruner:
         raise UnknownNameError(f"bad parameters for method {cls.name!r}: {err}; see help(prunelab.methods.{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__})") from None
 
 
-def _load_builtin_methods() -> None:
-    # Imported lazily so `base` has no import cycle with the method modules that register themselves.
-    import importlib
+#: Modules of the methods package that hold no method family (helpers, the test factories).
+_NOT_FAMILIES = frozenset({"base", "testing", "projector", "clustering"})
+_loaded = False
 
-    for mod in ("attention", "diversity", "hybrid", "adaptive", "text_conditioned", "in_llm"):
-        try:
-            importlib.import_module(f"prunelab.methods.{mod}")
-        except ModuleNotFoundError as err:
-            if err.name != f"prunelab.methods.{mod}":
-                raise
+
+def family_modules() -> list[str]:
+    """Names of the family modules of :mod:`prunelab.methods`, discovered: every module of the package except
+    the helpers (:data:`_NOT_FAMILIES`, names starting with ``_``)."""
+    return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+                  if not m.ispkg and not m.name.startswith("_") and m.name not in _NOT_FAMILIES)
+
+
+def _load_builtin_methods() -> None:
+    # Imported on first use so that `base` has no import cycle with the family modules that register themselves.
+    global _loaded
+    if not _loaded:
+        for mod in family_modules():
+            importlib.import_module(f"{__package__}.{mod}")
+        _loaded = True
+
+
+def base_label(label: str) -> str:
+    """A method label without its parameters: ``"DivPrune(features=vision)"`` -> ``"DivPrune"``."""
+    return str(label).split("(")[0].strip()
+
+
+def paper_name(label: str) -> str | None:
+    """The name the AgilePruner paper's tables (``data/paper_results.csv``) give the method behind a study label:
+    the registered method's :attr:`Pruner.paper_name` (``"PruMerge+fixed"`` -> ``"PruMerge+"``, ``"BAT+erank"``
+    -> ``"BAT+adaptive"``), ``"Vanilla"`` for the unpruned model, ``None`` for methods the paper does not report.
+    Parameters in the label are dropped (``"DivPrune(features=vision)"`` -> ``"DivPrune"``): the caller decides
+    whether a run with other parameters may be set against the paper's row. Names are matched exactly."""
+    base = base_label(label)
+    if base == UNPRUNED:
+        return UNPRUNED
+    _load_builtin_methods()
+    cls = _REGISTRY.get(base.lower())
+    return cls.paper_name if cls is not None and cls.name == base else None
 
 
 def prune(ctx: VisualContext, method: str | Pruner, budget: int, **params) -> PruneResult:
@@ -310,6 +371,12 @@ def catalog(names=None, stage: str | None = None):
 
 
 __all__ = [
+    "FAMILY_ORDER",
+    "UNPRUNED",
+    "ErankStatsSpec",
+    "base_label",
+    "family_modules",
+    "paper_name",
     "catalog",
     "VisualContext",
     "PruneResult",

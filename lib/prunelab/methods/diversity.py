@@ -52,6 +52,7 @@ class DivPrune(Pruner):
     requires = ("projected",)
     order = "raster"
     source = "arXiv 2503.02175; vbdi/divprune LLaVA/llava/model/llava_arch.py::DivPrune"
+    paper_name = "DivPrune"
 
     def __init__(self, features: str = "projected"):
         super().__init__()
@@ -83,6 +84,7 @@ class FPS(Pruner):
     requires = ("projected", "attention")
     order = "raster"
     source = "[RECONSTRUCTION] FPSPruner of AgilePruner (arXiv 2603.01236), methods-spec §2.6"
+    paper_name = "FPSPruner"
 
     def __init__(self, metric: str = "cosine", features: str = "projected", seed: str = "attention", random_seed: int = 0):
         super().__init__()

@@ -28,7 +28,7 @@ import torch
 from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
 from prunelab.methods._greedy import distance_matrix, divprune_first_pick, maxmin_greedy
 from prunelab.methods.adaptive import input_erank
-from prunelab.methods.base import FEATURE_SPACES, Pruner, PruneResult, VisualContext, register
+from prunelab.methods.base import FEATURE_SPACES, ErankStatsSpec, Pruner, PruneResult, VisualContext, register
 from prunelab.methods.clustering import dpc_knn, merge_clusters
 
 # --------------------------------------------------------------------------------------------------------------
@@ -156,6 +156,7 @@ class VisPruner(Pruner):
     requires = ("attention",)
     order = "raster"
     source = "VisPruner (arXiv 2412.01818v2), Theia-4869/VisPruner llava/model/llava_arch.py::encode_images"
+    paper_name = "VisPruner"
 
     def __init__(self, important_ratio: float = 0.5, step: int = 8):
         super().__init__(important_ratio=important_ratio, step=step)
@@ -218,6 +219,7 @@ class VisionZip(Pruner):
     requires = ("attention", "keys[-2]", "cls_feature")
     order = "cls_first_raster"
     source = "VisionZip (arXiv 2412.04467), dvlab-research/VisionZip visionzip/clip_encoder.py, utils.py, main.py"
+    paper_name = "VisionZip"
 
     def __init__(self, contextual: int | None = None, key_layer: int = -2):
         super().__init__(contextual=contextual, key_layer=key_layer)
@@ -306,6 +308,7 @@ class BAT(Pruner):
     requires = ("attention",)
     order = "raster"
     source = "[RECONSTRUCTION] BAT (CVPR'23, BWLONG/BeyondAttentiveTokens, no code) + SparseVLM utils.py::cluster_and_merge"
+    paper_name = "BAT"
 
     def __init__(self, attentive_ratio: float = 0.5, features: str = "vision", k: int | None = None):
         super().__init__(attentive_ratio=attentive_ratio, features=features, k=k)
@@ -367,6 +370,7 @@ class AttnDiv(Pruner):
     requires = ("attention", "projected")
     order = "raster"
     source = "[RECONSTRUCTION] AgilePruner project page (analysis_enhancement.png); FasterVLM + vbdi/divprune llava_arch.py::DivPrune"
+    paper_name = "DivPrune+FasterVLM"
 
     def __init__(self, attention_ratio: float = 0.5, features: str = "projected", metric: str = "cosine"):
         super().__init__(attention_ratio=attention_ratio, features=features, metric=metric)
@@ -436,6 +440,11 @@ class _ErankSplit:
         self.e_min = None if e_min is None else float(e_min)
         self.e_max = None if e_max is None else float(e_max)
 
+    def erank_stats_spec(self) -> ErankStatsSpec | None:
+        """The min/max of the default input erank (:meth:`select` computes ``input_erank(ctx.features)``), unless
+        ``e_min`` and ``e_max`` are both given."""
+        return ErankStatsSpec() if self.e_min is None or self.e_max is None else None
+
     def _stats_bounds(self, ctx: VisualContext) -> tuple[float, float]:
         stats = ctx.erank_stats or {}
         e_min = self.e_min if self.e_min is not None else stats.get("min")
@@ -462,6 +471,8 @@ class VisPrunerErank(_ErankSplit, VisPruner):
     """[RECONSTRUCTION] VisPruner whose ``important_ratio`` follows the erank-guided mapping
     (:func:`erank_split_ratio`, AgilePruner "analysis-driven enhancement"); see :class:`_ErankSplit`."""
 
+    paper_name = "VisPruner+adaptive"
+
     def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
                  e_max: float | None = None, step: int = 8):
         VisPruner.__init__(self, step=step)
@@ -472,6 +483,7 @@ class VisPrunerErank(_ErankSplit, VisPruner):
 class VisPrunerInverse(VisPrunerErank):
     """[RECONSTRUCTION] Inverse-rule ablation of :class:`VisPrunerErank` (complex image -> more attention)."""
 
+    paper_name = "VisPruner+inverse"
     inverse = True
 
 
@@ -479,6 +491,8 @@ class VisPrunerInverse(VisPrunerErank):
 class BATErank(_ErankSplit, BAT):
     """[RECONSTRUCTION] BAT adaptation whose ``attentive_ratio`` follows the erank-guided mapping
     (:func:`erank_split_ratio`); see :class:`_ErankSplit`."""
+
+    paper_name = "BAT+adaptive"
 
     def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
                  e_max: float | None = None, features: str = "vision", k: int | None = None):
@@ -490,6 +504,7 @@ class BATErank(_ErankSplit, BAT):
 class BATInverse(BATErank):
     """[RECONSTRUCTION] Inverse-rule ablation of :class:`BATErank`."""
 
+    paper_name = "BAT+inverse"
     inverse = True
 
 
@@ -497,6 +512,8 @@ class BATInverse(BATErank):
 class AttnDivErank(_ErankSplit, AttnDiv):
     """[RECONSTRUCTION] Attention+diversity mixture whose ``attention_ratio`` follows the erank-guided mapping
     (:func:`erank_split_ratio`); see :class:`_ErankSplit`."""
+
+    paper_name = "DivPrune+FasterVLM+adaptive"
 
     def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
                  e_max: float | None = None, features: str = "projected", metric: str = "cosine"):
@@ -508,6 +525,7 @@ class AttnDivErank(_ErankSplit, AttnDiv):
 class AttnDivInverse(AttnDivErank):
     """[RECONSTRUCTION] Inverse-rule ablation of :class:`AttnDivErank`."""
 
+    paper_name = None  # the paper reports no inverse row for the mixture
     inverse = True
 
 

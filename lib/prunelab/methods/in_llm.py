@@ -129,6 +129,7 @@ class FastV(InLLMPruner):
 
     positions = "original"
     source = "arXiv 2403.06764; pkunlp-icler/FastV modeling_llama.py (FastV branch), fastv_kvcache.py"
+    paper_name = "FastV"
 
     def __init__(self, k: int = 2):
         super().__init__(k=k)
@@ -171,6 +172,7 @@ class PDrop(InLLMPruner):
 
     positions = "contiguous"
     source = "CVPR'25 PyramidDrop; Cooperx521/PyramidDrop llava/model/modeling_llama_pdrop.py::pdrop_forward"
+    paper_name = "PDrop"
 
     def __init__(self, layers: tuple[int, ...] | None = None, ratio: float | None = None):
         super().__init__(layers=layers, ratio=ratio)
@@ -258,6 +260,7 @@ class SparseVLM(InLLMPruner):
 
     positions = "contiguous"
     source = "arXiv 2410.04417; Gumpest/SparseVLMs@v1.5 modelling_sparse_llama.py, score.py, utils.py"
+    paper_name = "SparseVLM"
     SCHEDULES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
 
     def __init__(self, layers: tuple[int, ...] | None = None, schedule: tuple[int, ...] | None = None,

@@ -14,7 +14,8 @@ tables ``hybrid_enhancement``, ``benchmarks`` and ``chair``):
 
 Names. This study registers the hybrids as ``<base>``, ``<base>+erank`` and ``<base>+inverse``; the paper's table
 calls them ``<base>``, ``<base>+adaptive`` and ``<base>+inverse``, and calls the attention+diversity mixture
-(``AttnDiv`` here) ``DivPrune+FasterVLM`` (it reports no inverse row for that one): :data:`PAPER_HYBRIDS`.
+(``AttnDiv`` here) ``DivPrune+FasterVLM`` (it reports no inverse row for that one): each method's ``paper_name``
+(:func:`prunelab.methods.paper_name`).
 
 The τ sweep (:func:`tau_grid`) runs AgilePruner at several ``tau_max`` values. ``tau_max = 0`` removes nothing
 and is FasterVLM's selection exactly (by construction; ``tests/test_methods_adaptive.py`` checks), so the sweep
@@ -30,19 +31,13 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import UnknownNameError
+from prunelab.methods import paper_name
 from prunelab.study.paired import compare, metric_table
 from prunelab.study.verdict import Claim, check, paper_results, paper_value
 
 VARIANTS = ("fixed", "+erank", "+inverse")
-#: our base name -> variant -> the paper's method name in ``hybrid_enhancement`` (None: not reported)
-PAPER_HYBRIDS = {
-    "BAT": {"fixed": "BAT", "+erank": "BAT+adaptive", "+inverse": "BAT+inverse"},
-    "VisPruner": {"fixed": "VisPruner", "+erank": "VisPruner+adaptive", "+inverse": "VisPruner+inverse"},
-    "AttnDiv": {"fixed": "DivPrune+FasterVLM", "+erank": "DivPrune+FasterVLM+adaptive", "+inverse": None},
-}
-#: our label -> the paper's name in the ``benchmarks`` / ``chair`` tables
-PAPER_NAMES = {"FasterVLM": "FasterVLM", "DivPrune": "DivPrune", "VisPruner": "VisPruner", "VisionZip": "VisionZip",
-               "PruMerge+fixed": "PruMerge+", "PruMerge+": "PruMerge+", "FPS": "FPSPruner", "AgilePruner": "AgilePruner"}
+#: The fixed methods whose paper POPE numbers the chapter sets against AgilePruner's (our labels; :func:`paper_beaters`).
+PAPER_FIXED = ("FasterVLM", "DivPrune", "VisPruner", "VisionZip", "PruMerge+", "FPS")
 PAPER_MODEL = "llava-1.5-7b"
 AGILE = "AgilePruner"
 
@@ -75,7 +70,7 @@ def hybrid_grid(bases: Sequence[str]) -> pd.DataFrame:
                 known = sorted(n.split("+")[0] for n in names if n.endswith("+erank"))
                 raise UnknownNameError(f"hybrid {base!r} has no registered {label!r}; use one of {', '.join(known)}")
             rows.append({"base": base, "variant": v, "method": label,
-                         "paper_method": PAPER_HYBRIDS.get(base, {}).get(v)})
+                         "paper_method": paper_name(label)})
     return pd.DataFrame(rows, columns=["base", "variant", "method", "paper_method"])
 
 
@@ -136,13 +131,26 @@ def paper_pope(method: str, budget: int) -> tuple[float, str]:
     is there, else from ``hybrid_enhancement`` (FasterVLM is only there); ``(nan, "")`` if absent. Returns
     ``(value, table)``."""
     res = paper_results()
-    name = PAPER_NAMES.get(method, method)
+    name = paper_name(method) or method
     for table in ("benchmarks", "hybrid_enhancement"):
         sel = res[(res["table"] == table) & (res["model"] == PAPER_MODEL) & (res["method"] == name)
                   & (res["metric"] == "POPE") & (res["visual_tokens"] == int(budget))]
         if len(sel):
             return float(sel["value"].iloc[0]), table
     return math.nan, ""
+
+
+def paper_beaters(budgets: Sequence[int] = (64, 128), methods: Sequence[str] = PAPER_FIXED) -> list[str]:
+    """The paper's POPE numbers above AgilePruner's: ``"<paper name> at T = <b>: <theirs> vs <AgilePruner's>"`` for
+    every method of ``methods`` (our labels) and budget where the paper reports a higher POPE accuracy."""
+    out = []
+    for b in budgets:
+        pa = paper_pope(AGILE, b)[0]
+        for m in methods:
+            pm = paper_pope(m, b)[0]
+            if m != AGILE and pm > pa:
+                out.append(f"{paper_name(m) or m} at T = {b}: {pm:.1f} vs {pa:.1f}")
+    return out
 
 
 def paper_enhancement(bases: Sequence[str], budgets: Sequence[int] = (64, 128)) -> pd.DataFrame:
@@ -329,7 +337,8 @@ def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: p
             for b in (64, 128):
                 p = pe[(pe["base"] == base) & (pe["budget"] == b)].set_index("variant")["POPE"]
                 if math.isfinite(p.get(variant, math.nan)) and math.isfinite(p.get(against, math.nan)):
-                    shown = base if PAPER_HYBRIDS.get(base, {}).get("fixed") in (None, base) else f"{base} ({PAPER_HYBRIDS[base]['fixed']})"
+                    pn = paper_name(base)
+                    shown = base if pn in (None, base) else f"{base} ({pn})"
                     parts.append(f"{shown} T={b}: {names[against]} {p[against]:.1f} vs {names[variant]} {p[variant]:.1f}")
         return "POPE " + "; ".join(parts) if parts else "n/a"
 
@@ -487,7 +496,7 @@ def tau_figure(tab: pd.DataFrame, metrics: Sequence[str] = ("erank_kept", "accur
 
 
 __all__ = [
-    "VARIANTS", "PAPER_HYBRIDS", "PAPER_NAMES", "default_tau", "hybrid_grid", "tau_grid", "study_methods", "paper_pope",
+    "VARIANTS", "PAPER_FIXED", "default_tau", "hybrid_grid", "tau_grid", "study_methods", "paper_pope", "paper_beaters",
     "paper_enhancement", "enhancement_table", "enhancement_layout", "tau_table", "tau_erank_gain",
     "agile_comparisons", "finding4_claims", "delta_figure", "tau_figure",
 ]

@@ -40,12 +40,13 @@ Models and prompts
 ``methods`` are what :func:`prunelab.study.runner.resolve_methods` accepts, plus ``None`` / ``"Vanilla"`` / ``"full"``
 for the unpruned model (all ``N`` tokens through the same path; one row per image with ``budget = N``).
 
-Erank statistics. AgilePruner (``erank_avg`` unset) and the erank-guided hybrids (``e_min``/``e_max`` unset) need
-the dataset's input-erank statistics. Unless ``erank_stats`` is given they are calibrated on the image set with
-the model's own tower: per image the input erank of the tower's layer ``-2`` patch features with the consuming
-method's erank options (:func:`prunelab.methods.adaptive.input_erank`, the function
-:func:`~prunelab.methods.adaptive.calibrate_erank` applies), then mean/min/max/std over the images
-(:func:`prunelab.study.runner.erank_stats_from`, equal to ``calibrate_erank`` on the same images; a test checks it).
+Erank statistics. Methods whose :meth:`~prunelab.methods.base.Pruner.erank_stats_spec` names a spec (AgilePruner
+without ``erank_avg``, the erank-guided hybrids without ``e_min``/``e_max``) need the dataset's input-erank
+statistics. Unless ``erank_stats`` is given they are calibrated on the image set with the model's own tower: per
+image the input erank of the tower's layer ``-2`` patch features with the consuming method's erank options
+(:func:`prunelab.methods.adaptive.input_erank`, the function :func:`~prunelab.methods.adaptive.calibrate_erank`
+applies), then mean/min/max/std over the images (:func:`prunelab.study.runner.erank_stats_from`, equal to
+``calibrate_erank`` on the same images; a test checks it).
 
 Caching and resuming. Every image x method x budget entry is one small file written atomically under
 ``cache_dir`` (default ``<prunelab cache>/generation``), in a folder named for the cache format and the hash of
@@ -95,8 +96,8 @@ from prunelab.eval import groundtruth as G, pope as P
 from prunelab.eval.chair import CaptionScore, ChairResult, combined_text_path, evaluate_chair
 from prunelab.eval.mentions import CaptionParser, Mention
 from prunelab.eval.pope import parse_yes_no, pope_metrics
-from prunelab.methods.adaptive import AgilePruner, input_erank
-from prunelab.methods.hybrid import _ErankSplit
+from prunelab.methods.adaptive import input_erank
+from prunelab.methods.base import ErankStatsSpec
 from prunelab.models.adapter import LlavaAdapter
 from prunelab.models.parts import parse_requires
 from prunelab.models.prompts import VICUNA_SYSTEM, build_prompt, tokenize_with_image
@@ -396,26 +397,11 @@ def resolve_generation_methods(methods) -> list[_Spec]:
     return specs
 
 
-_DEFAULT_ERANK = ("vision", False, False, "singular")
-
-
-def erank_spec(pruner) -> tuple | None:
-    """The input-erank options whose dataset statistics ``pruner`` consumes, or ``None`` if it needs none
-    (AgilePruner without ``erank_avg``; erank-guided hybrids without ``e_min``/``e_max``)."""
-    if isinstance(pruner, AgilePruner) and pruner.erank_avg is None:
-        return (pruner.erank_features, pruner.erank_center, pruner.erank_row_normalize, pruner.erank_spectrum)
-    if isinstance(pruner, _ErankSplit) and (pruner.e_min is None or pruner.e_max is None):
-        return _DEFAULT_ERANK
-    return None
-
-
-def _spec_name(spec: tuple) -> str:
-    return "input_erank[{}|c={}|rn={}|{}]".format(*spec)
-
-
-def spec_input_erank(ctx, spec: tuple) -> float:
-    """The input erank of ``ctx`` with the options of an :func:`erank_spec` (what the consuming method computes)."""
-    return float(input_erank(ctx.space(spec[0]), center=spec[1], row_normalize=spec[2], spectrum=spec[3]))
+def spec_input_erank(ctx, spec: ErankStatsSpec) -> float:
+    """The input erank of ``ctx`` with the options of a method's :meth:`~prunelab.methods.base.Pruner.erank_stats_spec`
+    (what the consuming method computes)."""
+    return float(input_erank(ctx.space(spec.features), center=spec.center, row_normalize=spec.row_normalize,
+                             spectrum=spec.spectrum))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -680,7 +666,7 @@ def run_generation(
     base_key = [CACHE_FORMAT, gm.fingerprint, code, task, decode]
 
     # Pass 1: image-level statistics (tower once per image; cached), which also calibrate the erank statistics.
-    need_specs = sorted({s for s in (erank_spec(sp.pruner) for sp in specs if sp.pruner is not None) if s is not None})
+    need_specs = sorted({s for sp in specs if sp.pruner is not None and (s := sp.pruner.erank_stats_spec()) is not None})
     img_dir = vroot / "images" / _key([CACHE_FORMAT, gm.fingerprint, code, dev.type, str(dtype)])
     per_image: dict[str, dict] = {}
     encodings: dict[str, tuple[torch.Tensor, dict, float]] = {}
@@ -698,7 +684,7 @@ def run_generation(
         ctx = adapter.context(enc, 0, image_id=it.id)
         st = image_stats(ctx)
         for sp in need_specs:
-            st[_spec_name(sp)] = spec_input_erank(ctx, sp)
+            st[sp.name] = spec_input_erank(ctx, sp)
         return st
 
     def ipath(it):
@@ -708,7 +694,7 @@ def run_generation(
     for it in items:
         p = ipath(it)
         st = read_entry(p) if use_cache and not refresh else None
-        if isinstance(st, dict) and all(k in st for k in _IMAGE_COLUMNS + [_spec_name(sp) for sp in need_specs]):
+        if isinstance(st, dict) and all(k in st for k in _IMAGE_COLUMNS + [sp.name for sp in need_specs]):
             per_image[it.id] = st
             continue
         todo.append(it)
@@ -724,11 +710,11 @@ def run_generation(
         else:
             it.release()
 
-    stats_by_spec: dict[tuple, dict] = {}
+    stats_by_spec: dict[ErankStatsSpec, dict] = {}
     if need_specs:
         for sp in need_specs:
             stats_by_spec[sp] = dict(erank_stats) if erank_stats is not None else erank_stats_from(
-                per_image[it.id][_spec_name(sp)] for it in items)
+                per_image[it.id][sp.name] for it in items)
 
     # Pass 2: generation entries (cached per image x method x budget).
     entries = []  # (item, spec, budget)
@@ -738,7 +724,7 @@ def run_generation(
                 entries.append((it, sp, b))
 
     def entry_path(it, sp, b):
-        es = erank_spec(sp.pruner) if sp.pruner is not None else None
+        es = sp.pruner.erank_stats_spec() if sp.pruner is not None else None
         parts = base_key + [[it.source, it.id], sp.key(), b, stats_by_spec.get(es) if es else None]
         if task == "describe":
             parts.append(describe_ids)
@@ -765,7 +751,7 @@ def run_generation(
             img = per_image[it.id]
             with _memo_encode(adapter, pv, enc):
                 for sp, b, path in missing[it.id]:
-                    es = erank_spec(sp.pruner) if sp.pruner is not None else None
+                    es = sp.pruner.erank_stats_spec() if sp.pruner is not None else None
                     stats = stats_by_spec.get(es) if es else None
                     prompts = [(None, describe_ids)] if task == "describe" else [(q, q_ids[q.question]) for q in questions[it.id]]
                     budget_arg = None if sp.pruner is None else b
@@ -818,7 +804,7 @@ def run_generation(
     df = _normalize(df)
     attrs = dict(model=gm.fingerprint, model_name=gm.name, prompt_format=gm.prompt_format, task=task,
                  max_new_tokens=int(max_new_tokens), image_set=set_name,
-                 erank_stats={_spec_name(k): v for k, v in stats_by_spec.items()})
+                 erank_stats={k.name: v for k, v in stats_by_spec.items()})
     if task == "describe":
         df, config = score_chair(df, gt, parser=chair_parser)
         attrs.update(prompt=prompt, chair_config=config)
@@ -1077,6 +1063,6 @@ def highlight_caption(caption: str, ground_truth_objects, parser=None) -> str:
 __all__ = [
     "TASKS", "VANILLA", "BASE_COLUMNS", "POPE_QUESTION_COLUMNS", "CHAIR_COLUMNS", "POPE_COLUMNS",
     "GenerationModel", "from_adapter", "load_generation_model", "model_fingerprint", "resolve_generation_methods",
-    "erank_spec", "spec_input_erank", "ground_truth_for", "Question", "pope_questions_for", "run_generation", "score_chair",
+    "spec_input_erank", "ground_truth_for", "Question", "pope_questions_for", "run_generation", "score_chair",
     "caption_scores", "chair_table", "paired_chair", "score_pope", "pope_table", "caption_spans", "highlight_caption",
 ]

@@ -28,26 +28,18 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import UnknownNameError
+from prunelab.methods import base_label, paper_name
 from prunelab.study.analysis import summarize
 from prunelab.study.generation import VANILLA, highlight_caption, paired_chair
 from prunelab.study.plots import _families as fam_of, method_order, method_palette, overlay_png
 from prunelab.study.verdict import Claim, check, paper_results, paper_value
 
-#: Our method label -> the paper's name in its CHAIR table (VisionZip and the hybrids beyond VisPruner are not in it).
-PAPER_NAMES = {"Vanilla": "Vanilla", "FasterVLM": "FasterVLM", "PruMerge+fixed": "PruMerge+", "PruMerge+": "PruMerge+",
-               "VisPruner": "VisPruner", "DivPrune": "DivPrune", "FPS": "FPSPruner", "AgilePruner": "AgilePruner"}
+#: Our labels for the rows of the paper's CHAIR table, in its order (PruMerge+ at the paper's fixed budgets is
+#: ``PruMerge+fixed`` here); names map through :func:`prunelab.methods.paper_name`.
+PAPER_CHAIR_LABELS = ("Vanilla", "FasterVLM", "PruMerge+fixed", "VisPruner", "DivPrune", "FPS", "AgilePruner")
 METRICS = ("CHAIR_s", "CHAIR_i", "Recall", "Len")
 PAPER_BUDGETS = (64, 128)
 PAPER_MODEL = "llava-1.5-7b"
-
-
-def base_name(label: str) -> str:
-    """``"DivPrune(features=vision)"`` -> ``"DivPrune"``."""
-    return str(label).split("(")[0].strip()
-
-
-def paper_name(label: str) -> str | None:
-    return PAPER_NAMES.get(base_name(label))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -60,7 +52,7 @@ def paper_chair(methods: Sequence[str] | None = None, budgets: Sequence[int] = P
     ``Len``. Methods the paper does not report are left out."""
     res = paper_results()
     res = res[(res["table"] == "chair") & (res["model"] == PAPER_MODEL)]
-    labels = list(methods) if methods is not None else [k for k in PAPER_NAMES if k != "PruMerge+"]
+    labels = list(methods) if methods is not None else list(PAPER_CHAIR_LABELS)
     rows = []
     for lab in labels:
         pn = paper_name(lab)
@@ -159,7 +151,7 @@ def finding2_claims(df: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, s
     """
     fam = _families(df)
     div, att = fam.get("diversity", []), fam.get("attention", [])
-    agile = [m for m in df["method"].unique() if base_name(m) == "AgilePruner"]
+    agile = [m for m in df["method"].unique() if base_label(m) == "AgilePruner"]
     pct = f"{100 * ci:.0f}%"
     paper_div, paper_att = ["DivPrune", "FPSPruner"], ["FasterVLM", "PruMerge+"]
     claims = []
@@ -392,7 +384,7 @@ def caption_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str]
 
 
 __all__ = [
-    "PAPER_NAMES", "METRICS", "paper_name", "base_name", "paper_chair", "chair_layout", "per_image_correlations",
+    "PAPER_CHAIR_LABELS", "METRICS", "paper_chair", "chair_layout", "per_image_correlations",
     "correlation_summary", "finding2_claims", "tradeoff_figure", "chair_bars", "correlation_figure", "examples_html",
     "caption_explorer",
 ]

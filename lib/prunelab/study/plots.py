@@ -8,8 +8,8 @@
   full set and against random subsets of the same size.
 * :func:`entropy_strip`, :func:`entropy_vs_erank` — per-image [CLS] attention entropy.
 
-Methods are ordered and coloured by family (attention, diversity, hybrid, adaptive, text) everywhere, so a
-method keeps its colour across figures.
+Methods are ordered and coloured by family (:data:`prunelab.methods.FAMILY_ORDER`, the one order next to the method
+registry) everywhere, so a method keeps its colour across figures.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-FAMILY_ORDER = ("attention", "diversity", "hybrid", "adaptive", "text", "random", "base")
+from prunelab.methods import FAMILY_ORDER
+
 KIND_LABELS = {"kept": "kept by the method", "random": "random subset, same size", "full": "all tokens"}
 
 
@@ -54,13 +55,20 @@ def method_order(df: pd.DataFrame) -> list[str]:
     return sorted(fam.index, key=lambda m: (rank.get(fam[m], len(rank)), first[m]))
 
 
+def family_palette() -> dict[str, tuple]:
+    """One colour per family of :data:`~prunelab.methods.FAMILY_ORDER` (the colour-blind palette, in that order)."""
+    import seaborn as sns
+
+    return dict(zip(FAMILY_ORDER, sns.color_palette("colorblind", len(FAMILY_ORDER))))
+
+
 def method_palette(methods: Sequence[str], families: dict[str, str] | None = None) -> dict[str, tuple]:
     """A colour per method: one hue family per method family (shades within a family)."""
     import seaborn as sns
 
     if families is None:
         return dict(zip(methods, sns.color_palette("colorblind", len(methods))))
-    base = {f: c for f, c in zip(FAMILY_ORDER, sns.color_palette("colorblind", len(FAMILY_ORDER)))}
+    base = family_palette()
     out = {}
     for fam in dict.fromkeys(families[m] for m in methods):
         members = [m for m in methods if families[m] == fam]
@@ -335,7 +343,7 @@ def entropy_vs_erank(df: pd.DataFrame, normalized: bool = True, space: str = "vi
 
 
 __all__ = [
-    "set_theme", "short_label", "method_order", "method_palette", "tower_view", "kept_mask", "overlay_array", "overlay_png",
+    "set_theme", "short_label", "method_order", "family_palette", "method_palette", "tower_view", "kept_mask", "overlay_array", "overlay_png",
     "overlay", "overlay_grid", "erank_long", "erank_points", "erank_ratio_bars", "per_image", "entropy_strip",
     "entropy_vs_erank",
 ]

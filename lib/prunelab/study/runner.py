@@ -49,12 +49,12 @@ import torch
 from prunelab.device import cpu_threads
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.eval.metrics import attention_entropy, erank
-from prunelab.methods import available_methods
+from prunelab.methods import FAMILY_ORDER, available_methods
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
 from prunelab.models.encoders import VisionEncoder
 from prunelab.paths import atomic_write, cache_dir as _cache_dir
 from prunelab.study.params import check_budgets, check_n_images, check_seed
-from prunelab.study.plots import FAMILY_ORDER, method_order
+from prunelab.study.plots import method_order
 from prunelab.study.tablecache import (
     code_hash,
     key as _key,

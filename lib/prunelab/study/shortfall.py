@@ -45,12 +45,12 @@ import torch
 
 from prunelab.errors import PrunelabError, UnknownNameError
 from prunelab.eval.metrics import erank
-from prunelab.methods.base import get_pruner
+from prunelab.methods.base import FAMILY_ORDER, get_pruner
 from prunelab.models.encoders import AdapterEncoder, VisionEncoder, embedded_projector
 from prunelab.study import analysis
 from prunelab.study.analysis import paired, summarize
 from prunelab.study.params import EMBEDDED_MODELS, check_model, validate
-from prunelab.study.plots import FAMILY_ORDER, method_order as _order, method_palette, short_label
+from prunelab.study.plots import family_palette, method_order as _order, method_palette, short_label
 from prunelab.study.runner import random_subset_erank, run_vision, vision_methods
 from prunelab.study.verdict import Claim, checks_from_summary
 
@@ -557,7 +557,6 @@ def intended_vs_achieved(div: pd.DataFrame, height: float = 3.0, annotate: bool 
     maximise) against erank(kept) / erank(erank-greedy) (what the paper measures, relative to the ceiling); one
     panel per image set and budget; references drawn as black symbols."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     d = div.dropna(subset=["ratio_ceiling"])
     sets = list(dict.fromkeys(d["image_set"]))
@@ -565,7 +564,7 @@ def intended_vs_achieved(div: pd.DataFrame, height: float = 3.0, annotate: bool 
     means = d.groupby(["image_set", "budget", "method", "family"], sort=False)[["min_cos_dist", "ratio_ceiling"]].mean().reset_index()
     fams = [f for f in FAMILY_ORDER if f in set(means["family"]) and f not in ("random", "base")]
     short = {m: short_label(m) for m in means["method"].unique()}
-    pal = dict(zip(FAMILY_ORDER, sns.color_palette("colorblind", len(FAMILY_ORDER))))
+    pal = family_palette()
     fig, axes = plt.subplots(len(sets), len(budgets), figsize=(height * 1.45 * len(budgets), height * len(sets) + 0.4),
                              squeeze=False, sharey=True)
     for r, s in enumerate(sets):
