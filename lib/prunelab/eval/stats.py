@@ -1,11 +1,13 @@
 """One statistics module: seeded percentile-bootstrap intervals for the study's tables and the toy trainer.
 
 Method: the nonparametric bootstrap with **percentile intervals** (Efron & Tibshirani 1993, *An Introduction to the
-Bootstrap*, ch. 6 and 13.3): resample the units (images) with replacement ``n_boot`` times, recompute the statistic
-on each resample, report the ``(1 - ci) / 2`` and ``1 - (1 - ci) / 2`` quantiles of the replicates. Paired
-comparisons resample the *same* images for both sides (ch. 10, two-sample paired data), so the image-to-image
-variation common to both methods cancels in the difference. Stratified comparisons resample within each stratum
-(e.g. simple / complex images) so every replicate keeps the strata's sizes (ch. 8.3).
+Bootstrap*, ch. 13): resample the units (images) with replacement ``n_boot`` times, recompute the statistic on each
+resample, report the ``(1 - ci) / 2`` and ``1 - (1 - ci) / 2`` quantiles of the replicates. Paired comparisons
+resample the *same* images for both sides, so the image-to-image variation common to both methods cancels in the
+difference. Stratified comparisons resample within each stratum (e.g. simple / complex images), so every replicate
+keeps the strata's sizes (the two-sample bootstrap, ch. 8). The paper's numbers the book compares with
+(``data/paper_results.csv``) are point values with no interval protocol to follow; the image is the unit here
+because it is what varies between the runs compared (every method sees the same images).
 
 Statistics:
 

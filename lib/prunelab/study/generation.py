@@ -91,11 +91,10 @@ import torch
 
 from prunelab.device import resolve_device, synchronize
 from prunelab.errors import AssetError, CapabilityError, PrunelabError, UnknownNameError, check_budget
-from prunelab.eval import groundtruth as G, pope as P
+from prunelab.eval import groundtruth as G, pope as P, stats as S
 from prunelab.eval.chair import CaptionScore, ChairResult, combined_text_path, evaluate_chair
 from prunelab.eval.mentions import CaptionParser, Mention
 from prunelab.eval.pope import parse_yes_no, pope_metrics
-from prunelab.eval.stats import paired_ratio_diff, ratio_ci
 from prunelab.methods.adaptive import AgilePruner, input_erank
 from prunelab.methods.hybrid import _ErankSplit
 from prunelab.models.adapter import LlavaAdapter
@@ -917,8 +916,8 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
             inc = g[g["chair_flag"].map(lambda f: f not in ("not_a_string", "no_ground_truth"))]
             for m in ("CHAIR_s", "CHAIR_i", "Recall", "Len"):
                 num, den = _chair_metric_parts(m)
-                _, lo, hi = ratio_ci(inc[num].to_numpy(float), inc[den].to_numpy(float) if den else None,
-                                     n_boot=n_boot, ci=ci, seed=seed)
+                _, lo, hi = S.ratio_ci(inc[num].to_numpy(float), inc[den].to_numpy(float) if den else None,
+                                       n_boot=n_boot, ci=ci, seed=seed)
                 scale = 1.0 if m == "Len" else 100.0
                 row[f"{m}_low"], row[f"{m}_high"] = lo * scale, hi * scale
         row["text_path"] = combined_text_path(g.get("chair_text_path", ()))
@@ -951,8 +950,8 @@ def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, *, by: Sequence[
         if not ids:
             continue
         A, B = A.loc[ids], B.loc[ids]
-        r = paired_ratio_diff(A[num], A[den] if den else None, B[num], B[den] if den else None, n_boot=n_boot, ci=ci,
-                              seed=seed)
+        r = S.paired_ratio_diff(A[num], A[den] if den else None, B[num], B[den] if den else None, n_boot=n_boot,
+                                ci=ci, seed=seed)
         rows.append({**dict(zip(by, key)), "a": a, "b": b, "value_a": r.value_a * scale, "value_b": r.value_b * scale,
                      "diff": r.diff * scale, "ci_low": r.ci_low * scale, "ci_high": r.ci_high * scale, "n": len(ids)})
     return pd.DataFrame(rows, columns=list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
