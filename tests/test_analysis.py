@@ -212,26 +212,6 @@ def test_add_ratios(ctx_factory):
 # ---------------------------------------------------------------------------------------------- bootstrap
 
 
-def test_bootstrap_ci_basic():
-    v = np.arange(20, dtype=float)
-    est, lo, hi = A.bootstrap_ci(v, seed=0)
-    assert est == pytest.approx(9.5)
-    assert lo < est < hi
-    assert (est, lo, hi) == A.bootstrap_ci(v, seed=0)
-    assert A.bootstrap_ci([3.0]) == (3.0, 3.0, 3.0)
-    assert all(math.isnan(x) for x in A.bootstrap_ci([float("nan")]))
-    assert A.bootstrap_ci([1.0, float("nan"), 3.0], seed=1)[0] == pytest.approx(2.0)
-    with pytest.raises(UnknownNameError):
-        A.bootstrap_ci(v, ci=1.5)
-
-
-def test_bootstrap_ci_covers_true_mean_usually():
-    rng = np.random.default_rng(0)
-    hits = sum(lo <= 0 <= hi for _, lo, hi in (A.bootstrap_ci(rng.normal(size=40), n_boot=500, seed=s)
-                                                for s in range(60)))
-    assert hits >= 48  # ~95% nominal; percentile bootstrap is slightly narrow at n=40
-
-
 def test_summarize_and_paired():
     df = pd.DataFrame({"image_id": ["a", "b", "c"] * 2, "method": ["X"] * 3 + ["Y"] * 3, "budget": 64,
                        "image_set": "s", "v": [2.0, 4.0, 6.0, 1.0, 2.0, 3.0]})

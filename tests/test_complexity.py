@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from prunelab.errors import UnknownNameError
+from prunelab.eval import stats
 from prunelab.study import complexity as C
 
 # method, family, P(correct) on simple images, on complex images
@@ -105,7 +106,7 @@ def test_separation_known_values():
     from scipy.stats import rankdata
 
     r = rankdata(np.concatenate([a, b]))[len(a):].sum()
-    assert (r - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)) == pytest.approx(C._auc(a, b))
+    assert (r - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)) == pytest.approx(stats.auc(a, b))
 
 
 def test_split_agreement_and_paper_examples():

@@ -38,7 +38,8 @@ numbers for seeded random subsets and the erank-greedy set of the same size.
 
 Bootstrap
 ---------
-:func:`bootstrap_ci` (percentile bootstrap of the mean, seeded) and :func:`summarize` (mean and CI per group).
+:func:`summarize` (mean and CI per group) and :func:`paired` (per-image paired differences or ratios between two
+methods), on the percentile bootstrap of :mod:`prunelab.eval.stats`.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ import torch
 
 from prunelab.errors import BudgetError, UnknownNameError, check_budget
 from prunelab.eval.metrics import erank
+from prunelab.eval.stats import mean_ci, paired_mean
 from prunelab.models.encoders import VisionEncoder
 from prunelab.paths import cache_dir as _cache_dir
 from prunelab.study.tablecache import read_entry, write_entry
@@ -318,37 +320,16 @@ def diversity_table(df: pd.DataFrame, contexts: dict, *, space: str = "vision", 
 # Bootstrap
 
 
-def bootstrap_ci(values: Iterable[float], *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
-                 stat=np.mean) -> tuple[float, float, float]:
-    """``(estimate, low, high)``: ``stat`` of ``values`` and its percentile-bootstrap ``ci`` interval.
-
-    NaNs are dropped; an empty input gives NaNs; a single value gives a zero-width interval. Seeded: the same
-    values and seed always give the same interval.
-    """
-    v = np.asarray([float(x) for x in values], dtype=float)
-    v = v[np.isfinite(v)]
-    if not 0 < ci < 1:
-        raise UnknownNameError(f"ci must be in (0, 1), got {ci!r}; pass e.g. ci=0.95")
-    if v.size == 0:
-        return (math.nan, math.nan, math.nan)
-    est = float(stat(v))
-    if v.size == 1:
-        return (est, est, est)
-    rng = np.random.default_rng(seed)
-    boots = stat(v[rng.integers(0, v.size, size=(int(n_boot), v.size))], axis=1)
-    lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    return (est, float(lo), float(hi))
-
-
 def summarize(df: pd.DataFrame, value: str, by: Sequence[str], *, n_boot: int = 2000, ci: float = 0.95,
               seed: int = 0) -> pd.DataFrame:
-    """Mean of ``value`` per group of ``by`` with a seeded bootstrap CI: columns ``by + [mean, ci_low, ci_high, n]``."""
+    """Mean of ``value`` per group of ``by`` with a seeded bootstrap CI (:func:`prunelab.eval.stats.mean_ci`):
+    columns ``by + [mean, ci_low, ci_high, n]``."""
     if value not in df:
         raise UnknownNameError(f"column {value!r} is not in the table; choose one of {', '.join(map(str, df.columns))}")
     rows = []
     for key, g in df.groupby(list(by), sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        est, lo, hi = bootstrap_ci(g[value], n_boot=n_boot, ci=ci, seed=seed)
+        est, lo, hi = mean_ci(g[value], n_boot=n_boot, ci=ci, seed=seed)
         rows.append({**dict(zip(by, key)), "mean": est, "ci_low": lo, "ci_high": hi,
                      "n": int(np.isfinite(g[value].astype(float)).sum())})
     return pd.DataFrame(rows)
@@ -358,7 +339,8 @@ def paired(df: pd.DataFrame, value: str, a: str, b: str, *, by: Sequence[str] = 
            how: str = "diff", key: str = "image_id", column: str = "method", n_boot: int = 2000, ci: float = 0.95,
            seed: int = 0) -> pd.DataFrame:
     """Per-image paired comparison of ``value`` between ``column == a`` and ``column == b`` within each group of
-    ``by``: ``how="diff"`` (a - b) or ``"ratio"`` (a / b), averaged over images with a seeded bootstrap CI.
+    ``by``: ``how="diff"`` (a - b) or ``"ratio"`` (a / b), averaged over images with a seeded paired bootstrap CI
+    (:func:`prunelab.eval.stats.paired_mean`).
 
     Returns ``by + [a, b, mean, ci_low, ci_high, n]`` (``a``/``b`` hold the two labels). Images present for only
     one side are dropped.
@@ -372,11 +354,12 @@ def paired(df: pd.DataFrame, value: str, a: str, b: str, *, by: Sequence[str] = 
     left = df[df[column] == a].set_index(by + [key])[value]
     right = df[df[column] == b].set_index(by + [key])[value]
     both = pd.concat([left.rename("a"), right.rename("b")], axis=1, join="inner").reset_index()
-    both["d"] = both["a"] - both["b"] if how == "diff" else both["a"] / both["b"]
-    out = summarize(both, "d", by, n_boot=n_boot, ci=ci, seed=seed)
-    out.insert(len(by), "a", a)
-    out.insert(len(by) + 1, "b", b)
-    return out
+    rows = []
+    for k, g in both.groupby(by, sort=False, dropna=False):
+        k = k if isinstance(k, tuple) else (k,)
+        est, lo, hi, n = paired_mean(g["a"], g["b"], how=how, n_boot=n_boot, ci=ci, seed=seed)
+        rows.append({**dict(zip(by, k)), "a": a, "b": b, "mean": est, "ci_low": lo, "ci_high": hi, "n": n})
+    return pd.DataFrame(rows)
 
 
 def add_ratios(df: pd.DataFrame, ceiling: pd.DataFrame | None = None, space: str = "vision") -> pd.DataFrame:
@@ -397,5 +380,5 @@ def add_ratios(df: pd.DataFrame, ceiling: pd.DataFrame | None = None, space: str
 
 __all__ = [
     "erank_greedy", "erank_greedy_textbook", "erank_best_subset", "diversity_stats", "random_diversity",
-    "contexts_for", "greedy_selections", "diversity_table", "bootstrap_ci", "summarize", "paired", "add_ratios",
+    "contexts_for", "greedy_selections", "diversity_table", "summarize", "paired", "add_ratios",
 ]

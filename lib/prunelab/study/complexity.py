@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import UnknownNameError
+from prunelab.eval.stats import two_sample
 from prunelab.models.encoders import AdapterEncoder
 from prunelab.study.paired import compare, interaction, metric_table
 from prunelab.study.plots import _complexity_palette, method_order, per_image, short_label
@@ -111,46 +112,19 @@ def add_split(df: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     return out[out["split"].isin(SPLITS)].reset_index(drop=True)
 
 
-def _auc(simple: np.ndarray, complex_: np.ndarray) -> float:
-    """P(measure of a random complex image > that of a random simple one), ties counted half (Mann-Whitney)."""
-    if not len(simple) or not len(complex_):
-        return math.nan
-    d = complex_[:, None] - simple[None, :]
-    return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / d.size)
-
-
 def separation(img: pd.DataFrame, measure: str, *, label: str = "complexity", n_boot: int = 2000, ci: float = 0.95,
                seed: int = 0) -> dict:
     """How ``measure`` separates the images labelled simple from those labelled complex: group sizes and means,
-    ``diff`` = mean(complex) − mean(simple) and ``auc`` (:func:`_auc`), each with a seeded stratified bootstrap CI
-    (images resampled within each label)."""
+    ``diff`` = mean(complex) − mean(simple) and ``auc`` (P(complex > simple), Mann-Whitney), each with a seeded
+    stratified bootstrap CI (images resampled within each label; :func:`prunelab.eval.stats.two_sample`)."""
     if measure not in img:
         raise UnknownNameError(f"measure {measure!r} is not a column; use one of {', '.join(MEASURE_LABELS)}")
     s = img.loc[img[label] == "simple", measure].astype(float).dropna().to_numpy()
     c = img.loc[img[label] == "complex", measure].astype(float).dropna().to_numpy()
     out = {"measure": measure, "n_simple": len(s), "n_complex": len(c),
            "mean_simple": float(s.mean()) if len(s) else math.nan, "mean_complex": float(c.mean()) if len(c) else math.nan}
-    out["diff"] = out["mean_complex"] - out["mean_simple"]
-    out["auc"] = _auc(s, c)
-    lo = {k: math.nan for k in ("diff", "auc")}
-    hi = dict(lo)
-    if len(s) >= 2 and len(c) >= 2:
-        rng = np.random.default_rng(seed)
-        si = rng.integers(0, len(s), size=(int(n_boot), len(s)))
-        cj = rng.integers(0, len(c), size=(int(n_boot), len(c)))
-        diffs = c[cj].mean(1) - s[si].mean(1)
-        # AUC per replicate through ranks of the pooled resample (Mann-Whitney U / (n_s n_c)).
-        from scipy.stats import rankdata
-
-        pooled = np.concatenate([s[si], c[cj]], axis=1)
-        r = rankdata(pooled, axis=1)[:, len(s):].sum(1)
-        aucs = (r - len(c) * (len(c) + 1) / 2) / (len(s) * len(c))
-        q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
-        lo["diff"], hi["diff"] = (float(x) for x in np.quantile(diffs, q))
-        lo["auc"], hi["auc"] = (float(x) for x in np.quantile(aucs, q))
-    for k in ("diff", "auc"):
-        out[f"{k}_low"], out[f"{k}_high"] = lo[k], hi[k]
-    return out
+    sep = two_sample(s, c, n_boot=n_boot, ci=ci, seed=seed)
+    return {**out, **{k: sep[k] for k in ("diff", "auc", "diff_low", "diff_high", "auc_low", "auc_high")}}
 
 
 def separation_table(img: pd.DataFrame, measures: Sequence[str] = ("attention_entropy", "attention_entropy_norm",

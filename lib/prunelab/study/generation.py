@@ -92,7 +92,7 @@ import torch
 
 from prunelab.device import resolve_device, synchronize
 from prunelab.errors import AssetError, CapabilityError, PrunelabError, UnknownNameError, check_budget
-from prunelab.eval import groundtruth as G, pope as P
+from prunelab.eval import groundtruth as G, pope as P, stats as S
 from prunelab.eval.chair import CaptionScore, ChairResult, combined_text_path, evaluate_chair
 from prunelab.eval.mentions import CaptionParser, Mention
 from prunelab.eval.pope import parse_yes_no, pope_metrics
@@ -876,23 +876,6 @@ def _chair_metric_parts(metric: str) -> tuple[str, str | None]:
     return parts[metric]
 
 
-def _ratio_boot(num: np.ndarray, den: np.ndarray | None, n_boot: int, ci: float, seed: int) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    n = len(num)
-    if n < 2:
-        return (math.nan, math.nan)
-    idx = rng.integers(0, n, size=(int(n_boot), n))
-    s_num = num[idx].sum(1)
-    s_den = den[idx].sum(1) if den is not None else np.full(len(idx), n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        v = s_num / s_den
-    v = v[np.isfinite(v)]
-    if not v.size:
-        return (math.nan, math.nan)
-    lo, hi = np.quantile(v, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    return float(lo), float(hi)
-
-
 def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, ci: float | None = None,
                 n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """The paper's CHAIR layout per group of ``by`` (default method x budget; add ``"complexity"`` to split):
@@ -919,7 +902,8 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
             inc = g[g["chair_flag"].map(lambda f: f not in ("not_a_string", "no_ground_truth"))]
             for m in ("CHAIR_s", "CHAIR_i", "Recall", "Len"):
                 num, den = _chair_metric_parts(m)
-                lo, hi = _ratio_boot(inc[num].to_numpy(float), inc[den].to_numpy(float) if den else None, n_boot, ci, seed)
+                _, lo, hi = S.ratio_ci(inc[num].to_numpy(float), inc[den].to_numpy(float) if den else None,
+                                       n_boot=n_boot, ci=ci, seed=seed)
                 scale = 1.0 if m == "Len" else 100.0
                 row[f"{m}_low"], row[f"{m}_high"] = lo * scale, hi * scale
         row["text_path"] = combined_text_path(g.get("chair_text_path", ()))
@@ -936,9 +920,10 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
 def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, *, by: Sequence[str] = ("budget",),
                  n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """Difference ``metric(a) - metric(b)`` between two methods on the same images, per group of ``by``, with a
-    seeded paired bootstrap over images (both methods' captions of an image resampled together). ``metric`` is
-    computed as CHAIR defines it (ratio of sums; x100 except Len). Columns ``by + [a, b, value_a, value_b, diff,
-    ci_low, ci_high, n]``."""
+    seeded paired bootstrap over images (both methods' captions of an image resampled together;
+    :func:`prunelab.eval.stats.paired_ratio_diff`). ``metric`` is computed as CHAIR defines it (ratio of sums; x100
+    except Len) over every caption of the two methods, flagged ones included (:func:`prunelab.study.paired.compare`
+    leaves them out). Columns ``by + [a, b, value_a, value_b, diff, ci_low, ci_high, n]``."""
     num, den = _chair_metric_parts(metric)
     scale = 1.0 if metric == "Len" else 100.0
     rows = []
@@ -951,25 +936,10 @@ def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, *, by: Sequence[
         if not ids:
             continue
         A, B = A.loc[ids], B.loc[ids]
-
-        def val(X, idx=None):
-            x = X[num].to_numpy(float)
-            d = X[den].to_numpy(float) if den else np.ones(len(X))
-            if idx is None:
-                return x.sum() / d.sum() if d.sum() else math.nan
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return x[idx].sum(1) / d[idx].sum(1)
-
-        va, vb = val(A), val(B)
-        lo = hi = math.nan
-        if len(ids) >= 2:
-            idx = np.random.default_rng(seed).integers(0, len(ids), size=(int(n_boot), len(ids)))
-            diffs = val(A, idx) - val(B, idx)
-            diffs = diffs[np.isfinite(diffs)]
-            if diffs.size:
-                lo, hi = (float(q) for q in np.quantile(diffs, [(1 - ci) / 2, 1 - (1 - ci) / 2]))
-        rows.append({**dict(zip(by, key)), "a": a, "b": b, "value_a": va * scale, "value_b": vb * scale,
-                     "diff": (va - vb) * scale, "ci_low": lo * scale, "ci_high": hi * scale, "n": len(ids)})
+        r = S.paired_ratio_diff(A[num], A[den] if den else None, B[num], B[den] if den else None, n_boot=n_boot,
+                                ci=ci, seed=seed)
+        rows.append({**dict(zip(by, key)), "a": a, "b": b, "value_a": r.value_a * scale, "value_b": r.value_b * scale,
+                     "diff": r.diff * scale, "ci_low": r.ci_low * scale, "ci_high": r.ci_high * scale, "n": len(ids)})
     return pd.DataFrame(rows, columns=list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
 
 

@@ -5,13 +5,15 @@ hallucinated mentions / mentions, Recall = covered ground-truth objects / ground
 with a hallucination / captions (Rohrbach et al. 2018; OPERA's Recall; :func:`prunelab.study.generation.chair_table`).
 Comparing two methods on the same images, the image is the unit that varies, so the uncertainty of a difference
 comes from a **paired percentile bootstrap over images**: resample image ids with replacement, recompute both
-ratios on the resampled images (the numerator and denominator sums of each side), take the difference (seeded).
+ratios on the resampled images (the numerator and denominator sums of each side), take the difference (seeded;
+the statistics live in :mod:`prunelab.eval.stats`; this module shapes the tables).
 
 * :func:`image_sums` — per method x image (x group) the numerator and denominator of a metric;
 * :func:`compare` — ``metric(a) − metric(b)`` where ``a`` and ``b`` are a method label *or a list of labels*
   (a family: its methods' sums are pooled, i.e. the family is scored as if it were one method answering every
   question once per member), per group of ``by``, with the paired bootstrap CI. For one method on each side and a
-  CHAIR metric it is exactly :func:`prunelab.study.generation.paired_chair` (same resampling; a test checks);
+  CHAIR metric it is :func:`prunelab.study.generation.paired_chair` (same resampling, both call
+  :func:`prunelab.eval.stats.paired_ratio_diff`) except that captions the CHAIR evaluator flags are left out here;
 * :func:`interaction` — a difference of differences between two image groups (e.g. simple vs complex images):
   ``[metric(a) − metric(b)]_{first} − [metric(a) − metric(b)]_{second}``, with images resampled *within* each group
   (stratified bootstrap), so the two groups keep their sizes.
@@ -22,13 +24,13 @@ rows (e.g. ``erank_kept_vision``). Reported x100 for the rates, as the paper rep
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from prunelab.errors import UnknownNameError
+from prunelab.eval.stats import check_ci, interaction_ratio_diff, paired_ratio_diff, ratio_ci
 
 #: metric -> (numerator column, denominator column or None = number of rows, scale)
 METRICS = {
@@ -95,26 +97,6 @@ def _common_ids(sums: pd.DataFrame, labels: list[str]) -> list[str]:
     return sorted(ids or [])
 
 
-def _ratio(num: np.ndarray, den: np.ndarray, idx: np.ndarray | None = None):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if idx is None:
-            return float(num.sum() / den.sum()) if den.sum() else math.nan
-        return num[idx].sum(-1) / den[idx].sum(-1)
-
-
-def _quantiles(v: np.ndarray, ci: float) -> tuple[float, float]:
-    v = v[np.isfinite(v)]
-    if not v.size:
-        return (math.nan, math.nan)
-    lo, hi = np.quantile(v, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    return float(lo), float(hi)
-
-
-def _check_ci(ci: float) -> None:
-    if not 0 < ci < 1:
-        raise UnknownNameError(f"ci must be in (0, 1), got {ci!r}; pass e.g. ci=0.95")
-
-
 def compare(df: pd.DataFrame, a, b, metric: str, *, by: Sequence[str] = ("budget",), n_boot: int = 2000,
             ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """``metric(a) − metric(b)`` on the images both sides have, per group of ``by``, with a seeded paired bootstrap
@@ -123,7 +105,7 @@ def compare(df: pd.DataFrame, a, b, metric: str, *, by: Sequence[str] = ("budget
     Columns ``by + [a, b, value_a, value_b, diff, ci_low, ci_high, n]`` (``a``/``b`` hold the side names, lists
     joined with " + "; ``n`` = images). A group where a side has no rows is skipped.
     """
-    _check_ci(ci)
+    check_ci(ci)
     la, lb = _labels(a), _labels(b)
     for m in la + lb:
         if not (df["method"] == m).any():
@@ -138,15 +120,10 @@ def compare(df: pd.DataFrame, a, b, metric: str, *, by: Sequence[str] = ("budget
         ids = _common_ids(g, la + lb)
         if not ids:
             continue
-        na, da = _side(g, la, ids)
-        nb, db = _side(g, lb, ids)
-        va, vb = _ratio(na, da), _ratio(nb, db)
-        lo = hi = math.nan
-        if len(ids) >= 2:
-            idx = np.random.default_rng(seed).integers(0, len(ids), size=(int(n_boot), len(ids)))
-            lo, hi = _quantiles(_ratio(na, da, idx) - _ratio(nb, db, idx), ci)
-        rows.append({**dict(zip(by, key)), "a": _name(a), "b": _name(b), "value_a": va * scale, "value_b": vb * scale,
-                     "diff": (va - vb) * scale, "ci_low": lo * scale, "ci_high": hi * scale, "n": len(ids)})
+        r = paired_ratio_diff(*_side(g, la, ids), *_side(g, lb, ids), n_boot=n_boot, ci=ci, seed=seed)
+        rows.append({**dict(zip(by, key)), "a": _name(a), "b": _name(b), "value_a": r.value_a * scale,
+                     "value_b": r.value_b * scale, "diff": r.diff * scale, "ci_low": r.ci_low * scale,
+                     "ci_high": r.ci_high * scale, "n": len(ids)})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -158,7 +135,7 @@ def interaction(df: pd.DataFrame, a, b, metric: str, *, group: str = "split", le
 
     Columns ``by + [a, b, diff_<first>, diff_<second>, interaction, ci_low, ci_high, n_<first>, n_<second>]``.
     """
-    _check_ci(ci)
+    check_ci(ci)
     if group not in df:
         raise UnknownNameError(f"column {group!r} is not in the table; add it first (e.g. complexity.add_split)")
     if len(levels) != 2:
@@ -179,21 +156,11 @@ def interaction(df: pd.DataFrame, a, b, metric: str, *, group: str = "split", le
             parts[lev] = (ids, *_side(gl, la, ids), *_side(gl, lb, ids))
         if not parts[l0][0] or not parts[l1][0]:
             continue
-        point = {}
-        boots = {}
-        rng = np.random.default_rng(seed)
-        for lev in levels:
-            ids, na, da, nb, db = parts[lev]
-            point[lev] = _ratio(na, da) - _ratio(nb, db)
-            if len(ids) >= 2:
-                idx = rng.integers(0, len(ids), size=(int(n_boot), len(ids)))
-                boots[lev] = _ratio(na, da, idx) - _ratio(nb, db, idx)
-        lo = hi = math.nan
-        if len(boots) == 2:
-            lo, hi = _quantiles(boots[l0] - boots[l1], ci)
-        rows.append({**dict(zip(by, key)), "a": _name(a), "b": _name(b), f"diff_{l0}": point[l0] * scale,
-                     f"diff_{l1}": point[l1] * scale, "interaction": (point[l0] - point[l1]) * scale,
-                     "ci_low": lo * scale, "ci_high": hi * scale, f"n_{l0}": len(parts[l0][0]), f"n_{l1}": len(parts[l1][0])})
+        r = interaction_ratio_diff(parts[l0][1:], parts[l1][1:], n_boot=n_boot, ci=ci, seed=seed)
+        rows.append({**dict(zip(by, key)), "a": _name(a), "b": _name(b), f"diff_{l0}": r.diff_first * scale,
+                     f"diff_{l1}": r.diff_second * scale, "interaction": r.interaction * scale,
+                     "ci_low": r.ci_low * scale, "ci_high": r.ci_high * scale, f"n_{l0}": len(parts[l0][0]),
+                     f"n_{l1}": len(parts[l1][0])})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -201,7 +168,7 @@ def metric_table(df: pd.DataFrame, metric: str, *, by: Sequence[str] = ("method"
                  ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """``metric`` per group of ``by`` (ratio of sums over the group's rows) with a seeded percentile bootstrap CI
     over images: columns ``by + [value, ci_low, ci_high, n]`` (x100 for rates)."""
-    _check_ci(ci)
+    check_ci(ci)
     _, _, scale = metric_parts(metric, df)
     by = list(by)
     if "method" not in by:
@@ -212,13 +179,9 @@ def metric_table(df: pd.DataFrame, metric: str, *, by: Sequence[str] = ("method"
     for key, g in sums.groupby(["method"] + inner, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         g = g.sort_values("image_id")
-        num, den = g["num"].to_numpy(float), g["den"].to_numpy(float)
-        lo = hi = math.nan
-        if len(g) >= 2:
-            idx = np.random.default_rng(seed).integers(0, len(g), size=(int(n_boot), len(g)))
-            lo, hi = _quantiles(_ratio(num, den, idx), ci)
+        value, lo, hi = ratio_ci(g["num"].to_numpy(float), g["den"].to_numpy(float), n_boot=n_boot, ci=ci, seed=seed)
         keyd = dict(zip(["method"] + inner, key))
-        rows.append({**{c: keyd[c] for c in by}, "value": _ratio(num, den) * scale, "ci_low": lo * scale,
+        rows.append({**{c: keyd[c] for c in by}, "value": value * scale, "ci_low": lo * scale,
                      "ci_high": hi * scale, "n": len(g)})
     return pd.DataFrame(rows, columns=by + ["value", "ci_low", "ci_high", "n"])
 

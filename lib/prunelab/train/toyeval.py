@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from prunelab.errors import PrunelabError
+from prunelab.eval.stats import paired_ratio_diff
 from prunelab.methods.base import VisualContext, prune
 from prunelab.models.toyllava import (
     IMAGE_TOKEN,
@@ -306,9 +307,10 @@ def _summarise(sel: list[dict]) -> dict:
 
 def paired_bootstrap(per_image: list[dict], cond_a: str, cond_b: str, metric: str, complexity: str = "complex",
                      n_boot: int = 2000, seed: int = 0) -> dict:
-    """Difference ``metric(b) - metric(a)`` on the same images with a 95% paired-bootstrap interval.
+    """Difference ``metric(b) - metric(a)`` on the same images with a 95% paired percentile-bootstrap interval
+    (:func:`prunelab.eval.stats.paired_ratio_diff`, ``"percent"`` levels).
 
-    ``metric``: ``recall`` or ``chair_i`` (ratio of sums, recomputed on each resample).
+    ``metric``: ``recall`` or ``chair_i`` (ratio of sums, recomputed on each resample; denominator at least 1).
     """
     a = {p["id"]: p for p in per_image if p["condition"] == cond_a and (complexity == "all" or p["complexity"] == complexity)}
     b = {p["id"]: p for p in per_image if p["condition"] == cond_b and p["id"] in a}
@@ -322,13 +324,10 @@ def paired_bootstrap(per_image: list[dict], cond_a: str, cond_b: str, metric: st
 
     A = np.array([parts(a[i]) for i in ids], dtype=float)
     B = np.array([parts(b[i]) for i in ids], dtype=float)
-
-    def val(M, idx):
-        return M[idx, 0].sum() / max(1.0, M[idx, 1].sum())
-
-    rng = np.random.default_rng(seed)
-    full = np.arange(len(ids))
-    boots = [val(B, s) - val(A, s) for s in (rng.integers(0, len(ids), len(ids)) for _ in range(n_boot))]
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"metric": metric, "from": cond_a, "to": cond_b, "complexity": complexity, "delta": val(B, full) - val(A, full),
+    # b first: the record reports metric(b) - metric(a); percent levels, a floor of one on the denominator and a
+    # bootstrap even of one image reproduce the records written before the statistics module existed
+    r = paired_ratio_diff(B[:, 0], B[:, 1], A[:, 0], A[:, 1], n_boot=n_boot, ci=0.95, seed=seed, levels="percent",
+                          den_floor=1.0, min_n=1)
+    lo, hi = r.ci_low, r.ci_high
+    return {"metric": metric, "from": cond_a, "to": cond_b, "complexity": complexity, "delta": r.diff,
             "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0), "n_images": len(ids)}
