@@ -51,37 +51,55 @@ def flat_map(lib: Path = REPO_ROOT / "lib" / "prunelab") -> dict[str, str]:
     return out
 
 
-def _kinds(value, model_types, method_types) -> set[str]:
+def _kinds(value, model_ids: set[int], method_types) -> set[str]:
     items = value if isinstance(value, (list, tuple)) else (value,)
     out = set()
     for v in items[:64]:
-        if isinstance(v, model_types):
+        if id(v) in model_ids or (isinstance(v, str) and v == _MODEL_NAME[0]):
             out.add("model")
-        elif isinstance(v, method_types):
+        elif isinstance(v, method_types) or (isinstance(v, str) and v in _METHOD_NAMES):
             out.add("methods")
     return out
 
 
-def trace_loop(work: Path, flat: bool = False) -> dict[str, dict]:
-    """Run the loops under a trace; per parameter: ``modules`` (Counter of calls) and ``climbs`` (list)."""
+_METHOD_NAMES: set[str] = set()
+_MODEL_NAME = [None]  # the model's name when the loop is given a name (the chapters' path)
+
+
+def _import(new: str, old: str):
+    """A module by today's name, or by its pre-redesign flat name (``--layout flat``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(new)
+    except ImportError:
+        return importlib.import_module(old)
+
+
+def trace_loop(work: Path, flat: bool = False, pyproject: Path | None = None, lib: Path | None = None,
+               model_name: str | None = None) -> dict[str, dict]:
+    """Run the loops under a trace; per parameter: ``modules`` (Counter of calls) and ``climbs`` (list of calls up a
+    layer that hand it over); ``"callbacks"``: every prunelab call up a layer, whatever it carries."""
     import torch
     from PIL import Image
 
     import prunelab
-    from prunelab.methods.base import Pruner
-    from prunelab.models.adapter import LlavaAdapter
-    from prunelab.models.tiny import ToyTokenizer, tiny_llava
-    from prunelab.study import generation as G, runner as R
-    from prunelab.study.data import ImageItem
 
+    base = _import("prunelab.methods.base", "prunelab.methods.base")
+    LlavaAdapter = _import("prunelab.models.adapter", "prunelab.adapter").LlavaAdapter
+    tiny = _import("prunelab.models.tiny", "prunelab.tiny")
+    G = _import("prunelab.study.generation", "prunelab.generation")
+    R = _import("prunelab.study.runner", "prunelab.runner")
+    ImageItem = _import("prunelab.study.data", "prunelab.data").ImageItem
     spec_types = tuple(t for t in (getattr(R, "MethodSpec", None), getattr(G, "_Spec", None)) if t is not None)
-    model_types = (G.GenerationModel, LlavaAdapter, torch.nn.Module)
-    method_types = (Pruner, *spec_types)
-    ranks = layer_ranks()
-    renames = flat_map() if flat else None
+    method_types = (base.Pruner, *spec_types)
+    _METHOD_NAMES.update(base.available_methods())
+    ranks = layer_ranks(pyproject or REPO_ROOT / "pyproject.toml")
+    renames = flat_map(lib or REPO_ROOT / "lib" / "prunelab") if flat else None
     root = str(Path(prunelab.__file__).parent)
     seen = {"model": Counter(), "methods": Counter()}
     climbs = {"model": [], "methods": []}
+    callbacks: list[str] = []
 
     def module_of(frame) -> str | None:
         name = frame.f_globals.get("__name__", "")
@@ -94,47 +112,56 @@ def trace_loop(work: Path, flat: bool = False) -> dict[str, dict]:
         if mod is None or mod.startswith("prunelab.benchmarks"):
             return None
         code = frame.f_code
-        args = [frame.f_locals.get(n) for n in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]]
-        got = set().union(*(_kinds(a, model_types, method_types) for a in args)) if args else set()
-        if not got:
-            return None
         caller = frame.f_back
         while caller is not None and module_of(caller) is None and caller.f_back is not None:
             caller = caller.f_back  # through torch / transformers frames to the prunelab code that called them
         cmod = module_of(caller) if caller is not None else None
+        r, rc = rank_of(mod, ranks, renames), rank_of(cmod, ranks, renames) if cmod else None
+        up = r is not None and rc is not None and r < rc
+        if up:
+            callbacks.append(f"{cmod}:{caller.f_code.co_name} -> {mod}:{code.co_name}")
+        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        # an object's own methods do not count: a parameter passes through a module when it is handed to it
+        args = [frame.f_locals.get(n) for n in names if n not in ("self", "cls")]
+        got = set().union(*(_kinds(a, model_ids, method_types) for a in args)) if args else set()
+        if not got:
+            return None
         for k in got:
             seen[k][mod] += 1
-            r, rc = rank_of(mod, ranks, renames), rank_of(cmod, ranks, renames) if cmod else None
-            if r is not None and rc is not None and r < rc:
-                climbs[k].append(f"{cmod}:{caller.f_code.co_name} -> {mod}:{code.co_name}")
+            if up:
+                climbs[k].append(callbacks[-1])
         return None
 
-    model = tiny_llava("clip", seed=0, image_size=56)
-    words = "USER: ASSISTANT: Please describe this image in detail. Is there a dog cat in the image? yes no".split()
-    gm = G.from_adapter(LlavaAdapter(model, tokenizer=ToyTokenizer(model, words + [f"w{i}" for i in range(200)]),
+    model = tiny.tiny_llava("clip", seed=0, image_size=56)
+    words = ("USER: ASSISTANT: Please describe this image in detail. Is there a dog cat cup car person bus in the image?"
+             " yes no").split()
+    gm = G.from_adapter(LlavaAdapter(model, tokenizer=tiny.ToyTokenizer(model, words + [f"w{i}" for i in range(200)]),
                                      device="cpu"), "hf_chat")
+    model_ids = {id(gm), id(gm.adapter), id(model)}
     gen = torch.Generator().manual_seed(0)
-    items = [ImageItem(id=f"img{i}", source="synthetic", labels=["dog", "cat"], complexity="simple",
+    labels = (["dog", "cat", "cup"], ["car", "person", "bus"], ["cup", "bus", "cat", "chair"],
+              ["bicycle", "kite", "clock"])
+    items = [ImageItem(id=f"img{i}", source="synthetic", labels=lab, complexity=("simple", "complex")[i % 2],
                        loader=(lambda i=i: Image.fromarray((torch.rand(56, 56, 3, generator=gen) * 255).byte().numpy())))
-             for i in range(2)]
+             for i, lab in enumerate(labels)]
     methods = ["FasterVLM", "DivPrune", "AgilePruner", "FastV"]
+    _MODEL_NAME[0] = model_name
+    if model_name is not None:  # by name, as the chapters pass it: loaded inside the loop, on the toy world
+        gm = model_name
+        items = _import("prunelab.study.data", "prunelab.data").load_image_set("toyworld:test", n=4, seed=0)
+        methods[-1] = ("FastV", {"k": 1})  # the embedded ToyLLaVA has 2 decoder layers
     sys.settrace(tracer)
     try:
         for task in ("describe", "pope"):
             G.run_generation(gm, items, methods, [4], task=task, max_new_tokens=2, cache_dir=work / task,
                              progress=False)
-        R.run_vision(items, methods[:3], [4], encoder=R.PixelPatchEncoder(grid=4, patch=14)
-                     if hasattr(R, "PixelPatchEncoder") else _pixel_encoder(), cache_dir=work / "vision",
-                     progress=False)
+        enc = _import("prunelab.models.encoders", "prunelab.runner").PixelPatchEncoder(grid=4, patch=14)
+        R.run_vision(items, methods[:3], [4], encoder=enc, cache_dir=work / "vision", progress=False)
     finally:
         sys.settrace(None)
-    return {k: {"modules": seen[k], "climbs": climbs[k]} for k in seen}
-
-
-def _pixel_encoder():
-    from prunelab.models.encoders import PixelPatchEncoder
-
-    return PixelPatchEncoder(grid=4, patch=14)
+    out = {k: {"modules": seen[k], "climbs": climbs[k]} for k in seen}
+    out["callbacks"] = {"modules": Counter(c.split(" -> ")[1].split(":")[0] for c in callbacks), "climbs": callbacks}
+    return out
 
 
 def main(argv=None) -> int:
@@ -142,11 +169,18 @@ def main(argv=None) -> int:
     ap.add_argument("--layout", choices=("folders", "flat"), default="folders",
                     help="flat: a pre-redesign checkout whose modules sat side by side in prunelab/")
     ap.add_argument("--work", default=None, help="cache folder for the runs (default: a temporary folder)")
+    ap.add_argument("--model", default=None,
+                    help="pass this model name to the loop (e.g. toyllava: loaded inside it, as the chapters do) "
+                         "instead of a loaded tiny model")
+    ap.add_argument("--pyproject", default=None, help="the pyproject.toml whose layers to use (default: this one)")
+    ap.add_argument("--lib", default=None, help="today's lib/prunelab, for --layout flat (default: this one)")
     args = ap.parse_args(argv)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        res = trace_loop(Path(args.work or tmp), flat=args.layout == "flat")
+        res = trace_loop(Path(args.work or tmp), flat=args.layout == "flat",
+                         pyproject=Path(args.pyproject) if args.pyproject else None,
+                         lib=Path(args.lib) if args.lib else None, model_name=args.model)
     for k, r in res.items():
         mods = sorted(r["modules"])
         print(f"{k}: {len(mods)} modules, {len(r['climbs'])} calls up a layer")
