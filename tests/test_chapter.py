@@ -3,6 +3,7 @@ glue, number formats, the model's generation limit and the verdict glue)."""
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import matplotlib
@@ -13,14 +14,50 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from prunelab.book import pages  # noqa: E402
+from prunelab.book import build, pages  # noqa: E402
 from prunelab.errors import AssetError, UnknownNameError  # noqa: E402
 from prunelab.models import toyllava  # noqa: E402
 from prunelab.study import chapter  # noqa: E402
 from prunelab.study.verdict import Claim, VerdictError, check, verdict_table  # noqa: E402
 
+NOTEBOOKS = build.list_notebooks()
+FINDING_CHAPTERS = [n for n in NOTEBOOKS if not n.startswith("00")]
+
+
+def _code(name: str) -> list[str]:
+    nb = json.loads((build.NOTEBOOKS_DIR / f"{name}.ipynb").read_text())
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The chapters
+
+
+def test_the_finding_chapters_are_01_to_04():
+    assert FINDING_CHAPTERS == ["01_erank_shortfall", "02_chair_hallucination", "03_simple_vs_complex",
+                                "04_adaptive_pruning"]
+
+
+@pytest.mark.parametrize("name", FINDING_CHAPTERS)
+def test_every_finding_chapter_glues_its_verdict_through_the_helper(name):
+    """The "paper vs this study" page lists only the tables glued as ``verdict_table``: a chapter that shows its
+    verdict without gluing it is missing from that page."""
+    code = "\n".join(_code(name))
+    assert len(re.findall(r"\bglue_verdict\(", code)) == 1, f"{name}: glue its verdict once with glue_verdict(table)"
+    assert not re.search(r"""glue\(\s*["']verdict_table""", code), f"{name}: glues verdict_table by hand"
+    assert "style_verdict(" not in code, f"{name}: shows a verdict table outside glue_verdict"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_chapter_sets_up_through_the_helper_and_copies_nothing(name):
+    cells = _code(name)
+    assert re.search(r"^P = setup\(", cells[1], re.M), f"{name}: the cell after parameters must call setup(...)"
+    code = "\n".join(cells)
+    for copy in ("def glue_figure", "def glue_fig", "def fmt", "def fmt_ci", "def sign_word", "validate(",
+                 "plots.set_theme()", "disable_progress_bar()", "TrainConfig"):
+        assert copy not in code, f"{name}: {copy!r} is the chapter helper's job (prunelab.study.chapter)"
+    if name != "00_toy_world_and_model":  # the chapter about the trainer reads its records
+        assert "prunelab.train" not in code, f"{name}: a study chapter imports the trainer"
 
 
 def test_the_pages_collect_the_name_the_helper_glues():
