@@ -292,6 +292,22 @@ def n_parameters(path=None) -> int:
         return int(sum(np.prod(fh.get_slice(k).get_shape()) for k in fh.keys()))
 
 
+def generation_limit(path=None) -> int:
+    """The ``max_new_tokens`` this model's own evaluation used, as training recorded it in the folder's
+    ``eval.json`` (``config.max_new_tokens``; 144 for the committed model): the default limit of its descriptions,
+    read from the model rather than from the trainer's config, which inference never imports."""
+    p = _resolve_dir(path) / "eval.json"
+    try:
+        limit = json.loads(p.read_text())["config"]["max_new_tokens"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise AssetError(f"{p} is missing or records no config.max_new_tokens; restore it with git checkout "
+                         "data/models (or run make toy-model), or pass max_new_tokens explicitly") from None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise AssetError(f"{p} records max_new_tokens={limit!r}, not a positive integer; restore it with git checkout "
+                         "data/models, or pass max_new_tokens explicitly")
+    return limit
+
+
 def load_tokenizer(path=None):
     """The packaged tokenizer (``PreTrainedTokenizerFast``) of a ToyLLaVA folder."""
     from transformers import PreTrainedTokenizerFast

@@ -1,10 +1,11 @@
 """Up-front validation of notebook parameters (issue 5: "validated up front with one clear error").
 
-Every study notebook calls :func:`validate` in its first code cell after ``parameters``, so a bad value fails in
+Every study notebook calls :func:`validate` (through :func:`prunelab.study.chapter.setup`, which passes the
+notebooks' ``image_set`` on as ``image_sets``) in its first code cell after ``parameters``, so a bad value fails in
 one line naming the problem and the fix, before any model is loaded or any image encoded::
 
-    P = validate(model=model, image_sets=[image_set], n_images=n_images, methods=methods, budgets=budgets,
-                 seed=seed, device=device, results_dir=results_dir)
+    P = setup(model=model, image_set=image_set, n_images=n_images, methods=methods, budgets=budgets,
+              seed=seed, device=device, results_dir=results_dir)
 
 The notebooks share one parameter vocabulary (:data:`VOCABULARY`); ``python -m prunelab.book.build`` checks the values
 of these names with :func:`check_values` before it runs any notebook.
