@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         es = sp.pruner.erank_stats_spec() if sp.pruner is not None else None
         kw = dict(max_new_tokens=args.max_new_tokens, eos_token_id=eos, erank_stats=stats.get(es))
         budget = None if sp.pruner is None else b
-        with G._memo_encode(ad, pv, encs[iid]):
+        with ad.reuse_encoding(pv, encs[iid]):
             t0 = time.perf_counter()
             if variant == "alone":
                 texts = [ad.run([torch.tensor(q)], pv, sp.pruner, budget, image_ids=[iid], **kw).texts[0] for q in qs]

@@ -218,7 +218,6 @@ def _run(args, budgets, device) -> int:
     from prunelab.models import vision
     from prunelab.models.adapter import LlavaAdapter
     from prunelab.models.parts import parse_requires
-    from prunelab.study.generation import _memo_encode
 
     model, desc, size = build_model(args.model, device, args.smoke)
     adapter = LlavaAdapter(model, device=device)
@@ -240,7 +239,7 @@ def _run(args, budgets, device) -> int:
     encodings = [adapter.encode_images(px, qk) for px in pixels]
 
     def once(i, label, t):
-        with _memo_encode(adapter, pixels[i], encodings[i]):
+        with adapter.reuse_encoding(pixels[i], encodings[i]):
             out = adapter.run([ids], pixels[i], None if label == "full" else methods[label],
                               None if label == "full" else t, max_new_tokens=1)
         return out.records[0]

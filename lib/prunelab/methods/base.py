@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 import torch
 
+from prunelab.device import synchronize
 from prunelab.errors import CapabilityError, UnknownNameError, check_budget
 from prunelab.eval.metrics import erank
 
@@ -108,8 +110,10 @@ class VisualContext:
                         "this context has no projector, so feature space 'projected' is unavailable; "
                         "pass features='vision' or build the context from a model with a projector"
                     )
-                with torch.no_grad():
-                    self.projected = self.projector(self.features)
+                w = next(self.projector.parameters(), None) if isinstance(self.projector, torch.nn.Module) else None
+                with torch.no_grad():  # a model's own projector may hold fp16 / bf16 weights: feed its dtype
+                    out = self.projector(self.features if w is None else self.features.to(w.dtype))
+                self.projected = out if w is None else out.float()
             return self.projected
         raise UnknownNameError(f"unknown feature space {name!r}; known: {', '.join(FEATURE_SPACES)}")
 
@@ -156,6 +160,8 @@ class PruneResult:
         they bypass it).
     order / positions: the order and position policies (see module docstring).
     stats: per-image numbers (floats/ints/lists) the runner stores, e.g. ``tau_max_used``.
+    select_s: wall seconds of the method's own selection, set by :func:`prune` (the standard statistics it adds
+    afterwards are not counted).
     """
 
     indices: torch.Tensor
@@ -164,6 +170,7 @@ class PruneResult:
     order: str = "raster"
     positions: str = "contiguous"
     stats: dict[str, Any] = field(default_factory=dict)
+    select_s: float | None = None
 
     def __post_init__(self):
         if self.order not in ORDER_POLICIES:
@@ -332,7 +339,12 @@ def prune(ctx: VisualContext, method: str | Pruner, budget: int, **params) -> Pr
     ``erank_kept_projected`` (erank of the rows the LLM receives) — methods-spec §3.1.
     """
     pruner = method if isinstance(method, Pruner) else get_pruner(method, **params)
+    device = ctx.features.device
+    synchronize(device)
+    t0 = time.perf_counter()
     res = pruner(ctx, budget)
+    synchronize(device)
+    res.select_s = time.perf_counter() - t0
     a = ctx.cls_attention.double()
     pi = res.patch_indices
     res.stats["n_kept"] = res.n_kept

@@ -76,7 +76,6 @@ question alone.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -503,30 +502,6 @@ def _normalize(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-@contextlib.contextmanager
-def _memo_encode(adapter, pixel_values: torch.Tensor, enc: dict):
-    """Within the block, ``adapter.encode_images`` returns ``enc`` for these pixels (same q/k layers or fewer)
-    instead of running the tower again; any other call goes to the real method."""
-    real = adapter.encode_images
-    had = "encode_images" in adapter.__dict__
-    ref = pixel_values.detach().cpu()
-
-    def cached(pv, qk_layers=()):
-        if (pv.shape == ref.shape and set(int(q) for q in qk_layers) <= set(enc["queries"])
-                and torch.equal(pv.detach().cpu().to(ref.dtype), ref)):
-            return enc
-        return real(pv, qk_layers)
-
-    adapter.encode_images = cached
-    try:
-        yield
-    finally:
-        if had:
-            adapter.encode_images = real
-        else:
-            del adapter.encode_images
-
-
 #: Tower outputs of pass 1 (image statistics) kept for pass 2 (generation) up to this many bytes; beyond it an
 #: image is encoded again when its entries are generated (same tensors, more time). ToyLLaVA's DINOv2 output with
 #: two q/k layers is ~5 MB per image; a 7B checkpoint's CLIP-L ~12 MB.
@@ -749,7 +724,7 @@ def run_generation(
                 continue
             pv, enc, secs = encodings.pop(it.id, None) or encode(it)
             img = per_image[it.id]
-            with _memo_encode(adapter, pv, enc):
+            with adapter.reuse_encoding(pv, enc):
                 for sp, b, path in missing[it.id]:
                     es = sp.pruner.erank_stats_spec() if sp.pruner is not None else None
                     stats = stats_by_spec.get(es) if es else None
