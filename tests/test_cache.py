@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from prunelab.errors import UnknownNameError
+from prunelab.models import loader as L
 from prunelab.models.encoders import PixelPatchEncoder
 from prunelab.paths import REPO_ROOT
 from prunelab.study import cache as C, generation as G, runner as R, tablecache as TC
@@ -185,9 +186,9 @@ def tiny_gm(one_torch_thread):
 
     model = tiny_llava("clip", seed=0, text_layers=2)
     objects = sorted({o for ls in LABELS for o in ls} | {"bowl", "bird", "boat", "pizza", "bench", "chair", "book"})
-    words = (f"USER: ASSISTANT: Is there a an in the image? yes no {G.LLAVA_SHORT_ANSWER}".split() + objects
+    words = (f"USER: ASSISTANT: Is there a an in the image? yes no {L.LLAVA_SHORT_ANSWER}".split() + objects
              + [f"w{i}" for i in range(200)])
-    return G.from_adapter(LlavaAdapter(model, tokenizer=ToyTokenizer(model, words), device="cpu"), "hf_chat")
+    return L.from_adapter(LlavaAdapter(model, tokenizer=ToyTokenizer(model, words), device="cpu"), "hf_chat")
 
 
 class _Count:

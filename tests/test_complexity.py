@@ -217,9 +217,9 @@ def test_figures_draw():
 @pytest.fixture(scope="module")
 def tiny_gm(one_torch_thread):
     from prunelab.models.adapter import LlavaAdapter
+    from prunelab.models.loader import from_adapter
     from prunelab.models.prompts import VICUNA_SYSTEM
     from prunelab.models.tiny import ToyTokenizer, tiny_llava
-    from prunelab.study.generation import from_adapter
 
     model = tiny_llava("clip", seed=0, text_layers=2)
     words = ["a", "the", "dog", "cat", "car", "cup", "person", "."] + VICUNA_SYSTEM.split()

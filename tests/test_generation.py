@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from prunelab.errors import AssetError, BudgetError, DeviceError, UnknownNameError
-from prunelab.study import generation as G
+from prunelab.models import loader as L
+from prunelab.study import generation as G, scoring as SC
 from prunelab.study.data import ImageItem
 
 WORDS = ["a", "the", "and", "there", "is", "are", "two", "on", "with", "next", "to", ".", ",",
@@ -78,7 +79,7 @@ def tiny(one_torch_thread):
     model = tiny_llava("clip", seed=0, text_layers=2)
     prompt_words = VICUNA_SYSTEM.split() + "USER: ASSISTANT: Please describe this image in detail.".split()
     tok = ToyTokenizer(model, WORDS + prompt_words + [f"w{i}" for i in range(300)])
-    return G.from_adapter(LlavaAdapter(model, tokenizer=tok, device="cpu"))
+    return L.from_adapter(LlavaAdapter(model, tokenizer=tok, device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_describe_rows_and_columns(described, tiny):
     df, _ = described
     assert len(df) == 3 * (1 + 3 * 2)
     assert list(df.columns[: len(G.BASE_COLUMNS)]) == G.BASE_COLUMNS
-    assert set(G.CHAIR_COLUMNS) <= set(df.columns)
+    assert set(SC.CHAIR_COLUMNS) <= set(df.columns)
     assert df.groupby(["image_id", "method", "budget"]).size().eq(1).all()
     pruned = df[df["method"] != G.VANILLA]
     assert (pruned["n_kept"] == pruned["budget"]).all()
@@ -163,7 +164,7 @@ def test_llava_v1_prompt_has_the_vicuna_system_message(tiny):
     assert ids.count(tiny.adapter.parts.image_token_id) == 1
     text = tok.decode(ids)
     assert text == f"{VICUNA_SYSTEM} USER: <img> Please describe this image in detail. ASSISTANT:"
-    assert G.LLAVA_SHORT_ANSWER in tiny.question_prompt("Is there a dog in the image?")
+    assert L.LLAVA_SHORT_ANSWER in tiny.question_prompt("Is there a dog in the image?")
 
 
 # ---- caching ----------------------------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def test_determinism_without_cache(tiny, chair_parser):
     a = G.run_generation(tiny, _items(2), ["FasterVLM", "AgilePruner"], [8, 16], **kw)
     b = G.run_generation(tiny, _items(2), ["FasterVLM", "AgilePruner"], [8, 16], **kw)
     pd.testing.assert_frame_equal(_comparable(a), _comparable(b))
-    assert G.chair_table(a).equals(G.chair_table(b))
+    assert SC.chair_table(a).equals(SC.chair_table(b))
 
 
 def test_memoised_tower_gives_the_same_text_as_a_plain_adapter_call(described, tiny):
@@ -269,7 +270,7 @@ def test_chair_table_equals_evaluate_chair_per_group(described, chair_parser, tm
 
     df, _ = described
     gt = {it.id: set(it.labels) for it in _items(3)}
-    table = G.chair_table(df)
+    table = SC.chair_table(df)
     assert list(table.columns[:6]) == ["method", "budget", "family", "CHAIR_s", "CHAIR_i", "Recall"]
     assert len(table) == 1 + 3 * 2
     for r in table.itertuples(index=False):
@@ -279,17 +280,17 @@ def test_chair_table_equals_evaluate_chair_per_group(described, chair_parser, tm
             a, b = getattr(r, m), ref[m]
             assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12), (r.method, r.budget, m)
     # ratios of sums, not means of per-caption ratios
-    allr = G.chair_table(df, by=["task"]).iloc[0]
+    allr = SC.chair_table(df, by=["task"]).iloc[0]
     assert math.isclose(allr["CHAIR_i"], 100 * df["n_hallucinated"].sum() / df["n_mentions"].sum())
     assert math.isclose(allr["Recall"], 100 * df["n_gt_covered"].sum() / df["n_gt"].sum())
     # the same table after writing and reading the CSV
     back = pd.read_csv(save_table(df.drop(columns=["kept_indices"]), tmp_path, "gen"), dtype={"image_id": str})
-    pd.testing.assert_frame_equal(G.chair_table(back), table, check_dtype=False)
+    pd.testing.assert_frame_equal(SC.chair_table(back), table, check_dtype=False)
 
 
 def test_chair_table_with_ci_and_complexity(described):
     df, _ = described
-    t = G.chair_table(df, by=["method", "budget", "complexity"], ci=0.9, n_boot=200)
+    t = SC.chair_table(df, by=["method", "budget", "complexity"], ci=0.9, n_boot=200)
     assert {"CHAIR_s_low", "CHAIR_s_high", "Len_low", "Len_high"} <= set(t.columns)
     ok = t.dropna(subset=["CHAIR_i_low"])
     assert ((ok["CHAIR_i_low"] <= ok["CHAIR_i"] + 1e-9) & (ok["CHAIR_i"] <= ok["CHAIR_i_high"] + 1e-9)).all()
@@ -303,25 +304,25 @@ def test_chair_table_names_its_text_path(chair_parser):
     df = pd.DataFrame({"image_id": [1, 2], "text": ["A dog.", "A cat."], "method": ["FasterVLM"] * 2,
                        "budget": [8, 8], "family": ["attention"] * 2})
     with pytest.warns(FallbackPathWarning):
-        scored, config = G.score_chair(df, {1: {"dog"}, 2: {"dog"}}, parser=chair_parser)
+        scored, config = SC.score_chair(df, {1: {"dog"}, 2: {"dog"}}, parser=chair_parser)
     assert list(scored["chair_text_path"]) == ["fallback", "fallback"] and config["text_path"] == "fallback"
     with pytest.warns(FallbackPathWarning, match="CHAIR table: captions scored on the 'fallback' text path"):
-        t = G.chair_table(scored)
+        t = SC.chair_table(scored)
     assert t.columns[-1] == "text_path" and list(t["text_path"]) == ["fallback"] and t.attrs["text_path"] == "fallback"
     assert t.iloc[0]["CHAIR_s"] == 50.0
     with pytest.warns(FallbackPathWarning, match="'unknown' text path"):  # a table saved before paths were recorded
-        assert list(G.chair_table(scored.drop(columns=["chair_text_path"]))["text_path"]) == ["unknown"]
+        assert list(SC.chair_table(scored.drop(columns=["chair_text_path"]))["text_path"]) == ["unknown"]
 
 
 def test_pope_scoring_defaults_to_pope_rule():
     """score_pope / pope_table read answers with POPE's evaluate.py rule unless told otherwise (issue 13)."""
     df = pd.DataFrame({"text": ["Without a doubt, yes.", "1. No", "Is there a dog? No."], "label": ["yes", "no", "no"],
                        "method": ["FasterVLM"] * 3, "budget": [8] * 3, "setting": ["random"] * 3})
-    assert list(G.score_pope(df)["pred"]) == ["yes", "yes", "no"]  # POPE: "1. No" -> first sentence "1" -> yes
-    assert list(G.score_pope(df, parser="robust")["pred"]) == ["yes", "no", "no"]
-    t = G.pope_table(df).iloc[0]
+    assert list(SC.score_pope(df)["pred"]) == ["yes", "yes", "no"]  # POPE: "1. No" -> first sentence "1" -> yes
+    assert list(SC.score_pope(df, parser="robust")["pred"]) == ["yes", "no", "no"]
+    t = SC.pope_table(df).iloc[0]
     assert t["n"] == 3 and t["n_unparsed"] == 0 and t["Accuracy"] == pytest.approx(200 / 3)
-    assert G.pope_table(df, parser="robust").iloc[0]["Accuracy"] == 100.0
+    assert SC.pope_table(df, parser="robust").iloc[0]["Accuracy"] == 100.0
 
 
 def test_paired_chair_by_hand():
@@ -330,21 +331,21 @@ def test_paired_chair_by_hand():
         for m, h, n in (("A", ha, ma), ("B", hb, mb)):
             rows.append({"image_id": iid, "method": m, "budget": 64, "n_hallucinated": h, "n_mentions": n,
                          "chair_s": int(h > 0), "n_gt_covered": 1, "n_gt": 2, "length": 10})
-    p = G.paired_chair(pd.DataFrame(rows), "A", "B", "CHAIR_i", n_boot=500).iloc[0]
+    p = SC.paired_chair(pd.DataFrame(rows), "A", "B", "CHAIR_i", n_boot=500).iloc[0]
     assert math.isclose(p["value_a"], 100 * 3 / 8) and math.isclose(p["value_b"], 100 * 1 / 10)
     assert math.isclose(p["diff"], 100 * (3 / 8 - 1 / 10)) and p["n"] == 3
     assert p["ci_low"] <= p["diff"] <= p["ci_high"]
-    s = G.paired_chair(pd.DataFrame(rows), "A", "B", "CHAIR_s", n_boot=100).iloc[0]
+    s = SC.paired_chair(pd.DataFrame(rows), "A", "B", "CHAIR_s", n_boot=100).iloc[0]
     assert math.isclose(s["diff"], 100 * (2 / 3 - 1 / 3))
 
 
 def test_caption_spans_mark_hallucinated_words(chair_parser):
     cap = "Two dogs sit near a hot dog, and a teddy bear is on the Chair."
-    spans = G.caption_spans(cap, {"dog", "chair"}, parser=chair_parser)
+    spans = SC.caption_spans(cap, {"dog", "chair"}, parser=chair_parser)
     got = [(cap[s:e], cat, kind) for s, e, cat, kind in spans]
     assert got == [("dogs", "dog", "correct"), ("hot dog", "hot dog", "hallucinated"),
                    ("teddy bear", "teddy bear", "hallucinated"), ("Chair", "chair", "correct")]
-    html = G.highlight_caption(cap, {"dog", "chair"}, parser=chair_parser)
+    html = SC.highlight_caption(cap, {"dog", "chair"}, parser=chair_parser)
     assert html.count("<span") == 4 and "hallucinated" in html and html.startswith("Two ")
     parsed = chair_parser.parse(cap)
     assert [m.category for m in parsed.mentions] == [c for _, c, _ in got]
@@ -357,9 +358,9 @@ def test_pope_table_by_hand_on_four_questions():
         "method": ["M"] * 4, "budget": [64] * 4, "setting": ["random"] * 4,
         "label": ["yes", "yes", "no", "no"], "text": ["Yes .", "Yes, there is.", "Yes", "No ."],
     })
-    df = G.score_pope(df)
+    df = SC.score_pope(df)
     assert list(df["pred"]) == ["yes", "yes", "yes", "no"] and list(df["correct"]) == [True, True, False, True]
-    r = G.pope_table(df).iloc[0]
+    r = SC.pope_table(df).iloc[0]
     # tp=2 fp=1 tn=1 fn=0
     assert math.isclose(r["Accuracy"], 75.0) and math.isclose(r["Precision"], 200 / 3)
     assert math.isclose(r["Recall"], 100.0) and math.isclose(r["F1"], 80.0) and math.isclose(r["Yes-ratio"], 75.0)
@@ -367,7 +368,7 @@ def test_pope_table_by_hand_on_four_questions():
 
 
 def test_pope_run_on_a_toyllava_package(toy_package, tmp_path):
-    gm = G.load_generation_model(str(toy_package), device="cpu")
+    gm = L.load_generation_model(str(toy_package), device="cpu")
     assert gm.prompt_format == "toyllava" and gm.n_image_tokens == 16
     from prunelab.models.toyllava import prompt_ids
 
@@ -380,11 +381,11 @@ def test_pope_run_on_a_toyllava_package(toy_package, tmp_path):
     n_q = sum(len(v) for v in qs.values())
     assert n_q == 4 * 2 * 6  # every image has >= 3 objects: 3 yes + 3 no per setting
     assert len(df) == n_q * 2
-    assert set(G.POPE_QUESTION_COLUMNS + G.POPE_COLUMNS) <= set(df.columns)
+    assert set(G.POPE_QUESTION_COLUMNS + SC.POPE_COLUMNS) <= set(df.columns)
     assert df.groupby(["image_id", "method", "budget", "question_id"]).size().eq(1).all()
     van = df[df["method"] == G.VANILLA]
     assert (van["budget"] == 16).all() and (van["n_kept"] == 16).all()
-    t = G.pope_table(df)
+    t = SC.pope_table(df)
     assert len(t) == 2 * 2
     for r in t.itertuples(index=False):
         g = df[(df["method"] == r.method) & (df["setting"] == r.setting)]
@@ -407,7 +408,7 @@ def test_pope_run_on_a_toyllava_package(toy_package, tmp_path):
 
 
 def test_describe_on_a_toyllava_package(toy_package, chair_parser):
-    gm = G.load_generation_model(str(toy_package), device="cpu")
+    gm = L.load_generation_model(str(toy_package), device="cpu")
     df = G.run_generation(gm, _items(2), ["DivPrune"], [4, 8], task="describe", max_new_tokens=6, cache_dir=False,
                           chair_parser=chair_parser, progress=False)
     assert len(df) == 4 and (df["n_kept"] == df["budget"]).all()

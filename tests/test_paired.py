@@ -1,5 +1,5 @@
 """prunelab.study.paired: ratio-of-sums metrics compared between methods or pooled families on the same images (known
-values, agreement with generation.paired_chair, stratified interaction, errors)."""
+values, agreement with scoring.paired_chair, stratified interaction, errors)."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,7 +46,7 @@ def test_compare_known_values_and_pooling():
 
 
 def test_compare_equals_generation_paired_chair():
-    from prunelab.study.generation import paired_chair
+    from prunelab.study.scoring import paired_chair
 
     rng = np.random.default_rng(1)
     rows = []

@@ -13,6 +13,7 @@ import torch
 
 from prunelab.book import build
 from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
+from prunelab.models import loader
 from prunelab.paths import REPO_ROOT
 from prunelab.study import generation, params, runner
 
@@ -113,9 +114,9 @@ def test_run_reports_notes_and_skips_before_executing(tmp_path):
 
 
 def test_toy_model_detection(tmp_path):
-    assert params.is_toy_model("toyllava") and params.is_toy_model("toyllava-subset")
-    assert params.is_toy_model(_weights(tmp_path / "toy", {"model_type": "llava", "toyllava_vocab_digest": "ab"}))
-    assert not params.is_toy_model(_weights(tmp_path / "llava")) and not params.is_toy_model("/no/such/dir")
+    assert loader.is_toy_model("toyllava") and loader.is_toy_model("toyllava-subset")
+    assert loader.is_toy_model(_weights(tmp_path / "toy", {"model_type": "llava", "toyllava_vocab_digest": "ab"}))
+    assert not loader.is_toy_model(_weights(tmp_path / "llava")) and not loader.is_toy_model("/no/such/dir")
     with pytest.raises(UnknownNameError) as ei:
         params.validate(model=str(tmp_path / "llava"), toy_only=True)
     assert "ToyLLaVA" in _one_line(ei) and "skips" in _one_line(ei)
@@ -216,16 +217,16 @@ def test_corrupt_safetensors_named_before_loading(tmp_path):
     good = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(b"\xff" * 64)  # "header too large" to safetensors
     with pytest.raises(AssetError) as ei:
-        generation.load_generation_model(str(folder), device="cpu")
+        loader.load_generation_model(str(folder), device="cpu")
     msg = _one_line(ei)
     assert str(folder / "model.safetensors") in msg and "corrupt" in msg and "copy" in msg
     (folder / "model.safetensors").write_bytes(good[:-8])  # cut short: the table promises more data
     with pytest.raises(AssetError, match="truncated"):
-        params.check_model(str(folder))
+        loader.check_model(str(folder))
     (n,) = struct.unpack("<Q", good[:8])
     (folder / "model.safetensors").write_bytes(good[:8] + b"{" * n + good[8 + n:])
     with pytest.raises(AssetError, match="unreadable header"):
-        params.check_model(str(folder))
+        loader.check_model(str(folder))
 
 
 def test_pickle_only_checkpoint_refused_with_the_fix(tmp_path):
@@ -234,7 +235,7 @@ def test_pickle_only_checkpoint_refused_with_the_fix(tmp_path):
     (folder / "config.json").write_text("{}")
     torch.save({"w": torch.zeros(2)}, folder / "pytorch_model.bin")
     with pytest.raises(AssetError) as ei:
-        params.check_model(str(folder))
+        loader.check_model(str(folder))
     msg = _one_line(ei)
     assert "pytorch_model.bin" in msg and "pickle" in msg and "safe_serialization=True" in msg
     assert "weights_only" not in msg
@@ -245,13 +246,13 @@ def test_sharded_checkpoint_with_a_missing_shard(tmp_path):
     (folder / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"w": "model.safetensors", "v": "model-00002-of-00002.safetensors"}}))
     with pytest.raises(AssetError, match="model-00002-of-00002.safetensors"):
-        params.check_model(str(folder))
+        loader.check_model(str(folder))
 
 
 @pytest.mark.parametrize("model", ["/no/such/llava-1.5-7b-hf", "./models/llava", "~/nowhere/llava", "a/b/c"])
 def test_path_like_model_is_not_sent_to_the_hub(model):
     with pytest.raises(AssetError) as ei:
-        params.check_model(model)
+        loader.check_model(model)
     msg = _one_line(ei)
     assert "does not exist" in msg and "huggingface-cli" not in msg
 

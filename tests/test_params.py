@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from prunelab.errors import AssetError, BudgetError, DeviceError, PrunelabError, UnknownNameError
-from prunelab.study.params import check_model, validate
+from prunelab.models.loader import check_model
+from prunelab.study.params import validate
 
 
 def test_valid_parameters_are_normalised(tmp_path):

@@ -14,7 +14,7 @@ from scipy.stats import rankdata
 
 from prunelab.errors import UnknownNameError
 from prunelab.eval import stats as S
-from prunelab.study import analysis as A, complexity as C, generation as G, paired as Pd
+from prunelab.study import analysis as A, complexity as C, paired as Pd, scoring as SC
 from prunelab.train import toyeval as TE
 
 
@@ -212,7 +212,7 @@ def _old_ratio_boot(num, den, n_boot, ci, seed):  # generation.py 893-907
 
 
 def _old_paired_chair(df, a, b, metric, *, by=("budget",), n_boot=2000, ci=0.95, seed=0):  # generation.py 950-987
-    num, den = G._chair_metric_parts(metric)
+    num, den = SC._chair_metric_parts(metric)
     scale = 1.0 if metric == "Len" else 100.0
     rows = []
     for key, g in df.groupby(list(by), sort=False, dropna=False):
@@ -352,13 +352,13 @@ def test_compare_interaction_metric_table_equal_old():
 def test_paired_chair_equals_old_and_keeps_flagged_rows():
     df = _chair_rows(flagged=(2, 5, 11))
     for metric in ("CHAIR_i", "CHAIR_s", "Recall", "Len"):
-        new = G.paired_chair(df, "A", "B", metric, n_boot=300, seed=6)
+        new = SC.paired_chair(df, "A", "B", metric, n_boot=300, seed=6)
         _same(new, _old_paired_chair(df, "A", "B", metric, n_boot=300, seed=6))
         # paired.compare leaves the flagged captions out; paired_chair keeps them (both as before)
         assert (Pd.compare(df, "A", "B", metric)["n"] == 20).all() and (new["n"] == 23).all()
     # zero mentions on every image of a side: NaN point, NaN interval
     z = df.assign(n_mentions=0, n_hallucinated=0)
-    _same(G.paired_chair(z, "A", "B", "CHAIR_i", n_boot=50), _old_paired_chair(z, "A", "B", "CHAIR_i", n_boot=50))
+    _same(SC.paired_chair(z, "A", "B", "CHAIR_i", n_boot=50), _old_paired_chair(z, "A", "B", "CHAIR_i", n_boot=50))
 
 
 def test_ratio_ci_equals_old_chair_table_bootstrap():

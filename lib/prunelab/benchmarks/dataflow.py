@@ -89,6 +89,7 @@ def trace_loop(work: Path, flat: bool = False, pyproject: Path | None = None, li
     LlavaAdapter = _import("prunelab.models.adapter", "prunelab.adapter").LlavaAdapter
     tiny = _import("prunelab.models.tiny", "prunelab.tiny")
     G = _import("prunelab.study.generation", "prunelab.generation")
+    L = _import("prunelab.models.loader", "prunelab.generation")
     R = _import("prunelab.study.runner", "prunelab.runner")
     ImageItem = _import("prunelab.study.data", "prunelab.data").ImageItem
     spec_types = tuple(t for t in (getattr(R, "MethodSpec", None), getattr(G, "_Spec", None)) if t is not None)
@@ -135,7 +136,7 @@ def trace_loop(work: Path, flat: bool = False, pyproject: Path | None = None, li
     model = tiny.tiny_llava("clip", seed=0, image_size=56)
     words = ("USER: ASSISTANT: Please describe this image in detail. Is there a dog cat cup car person bus in the image?"
              " yes no").split()
-    gm = G.from_adapter(LlavaAdapter(model, tokenizer=tiny.ToyTokenizer(model, words + [f"w{i}" for i in range(200)]),
+    gm = L.from_adapter(LlavaAdapter(model, tokenizer=tiny.ToyTokenizer(model, words + [f"w{i}" for i in range(200)]),
                                      device="cpu"), "hf_chat")
     model_ids = {id(gm), id(gm.adapter), id(model)}
     gen = torch.Generator().manual_seed(0)

@@ -36,6 +36,7 @@ def _setup(tiny: bool, n_images: int, seed: int):
     import numpy as np
     from PIL import Image
 
+    from prunelab.models import loader as L
     from prunelab.study import generation as G
 
     if tiny:
@@ -43,9 +44,9 @@ def _setup(tiny: bool, n_images: int, seed: int):
         from prunelab.models.tiny import ToyTokenizer, tiny_llava
 
         model = tiny_llava("clip", seed=seed, text_layers=2)
-        words = (f"USER: ASSISTANT: Is there a dog cat car person in the image? yes no {G.LLAVA_SHORT_ANSWER}".split()
+        words = (f"USER: ASSISTANT: Is there a dog cat car person in the image? yes no {L.LLAVA_SHORT_ANSWER}".split()
                  + [f"w{i}" for i in range(300)])
-        gm = G.from_adapter(LlavaAdapter(model, tokenizer=ToyTokenizer(model, words), device="cpu"), "hf_chat")
+        gm = L.from_adapter(LlavaAdapter(model, tokenizer=ToyTokenizer(model, words), device="cpu"), "hf_chat")
         rng = np.random.default_rng(seed)
         objects = ["dog", "cat", "car", "person"]
         out = []
@@ -56,7 +57,7 @@ def _setup(tiny: bool, n_images: int, seed: int):
         return gm, out
     from prunelab.study.data import load_image_set
 
-    gm = G.load_generation_model("toyllava", device="cpu")
+    gm = L.load_generation_model("toyllava", device="cpu")
     items = load_image_set("toyworld:test", n=n_images, seed=seed)
     qs = G.pope_questions_for(items, "toyworld:test")
     return gm, [(it.id, gm.pixels(it.image), [gm.prompt_ids(gm.question_prompt(q.question)) for q in qs[it.id]])

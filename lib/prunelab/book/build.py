@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError, UnknownNameError
+from prunelab.models import loader
 from prunelab.paths import REPO_ROOT, atomic_write
 from prunelab.study import params as P
 
@@ -469,7 +470,7 @@ def plan(
         missing = set(given) - set(declared)
         unused = missing if unused is None else unused & missing
         notes, skip = [], ""
-        if toy_only(path) and "model" in injected and not P.is_toy_model(injected["model"]):
+        if toy_only(path) and "model" in injected and not loader.is_toy_model(injected["model"]):
             skip = (f"skipped: it describes the embedded ToyLLaVA only, and model={injected['model']!r} is not a "
                     "ToyLLaVA model (its last published copy, if any, is kept)")
         if missing:

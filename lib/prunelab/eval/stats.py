@@ -26,7 +26,7 @@ serves every caller. What differs between the callers is how the interval's leve
 
 * ``"fraction"`` — :func:`numpy.quantile` at ``(1 - ci) / 2`` and ``1 - (1 - ci) / 2`` computed in floats
   (0.025000000000000022 for ``ci=0.95``), non-finite replicates (a resample with a zero denominator) dropped. The
-  study's tables: :mod:`prunelab.study.paired`, :func:`prunelab.study.generation.paired_chair` and ``chair_table``,
+  study's tables: :mod:`prunelab.study.paired`, :func:`prunelab.study.scoring.paired_chair` and ``chair_table``,
   :mod:`prunelab.study.analysis`, :func:`prunelab.study.complexity.separation`.
 * ``"percent"`` — :func:`numpy.percentile` at ``50 (1 - ci)`` and ``100 - 50 (1 - ci)`` rounded to 1e-10 (exactly 2.5
   and 97.5 for ``ci=0.95``). The toy trainer's sensitivity check (:func:`prunelab.train.toyeval.paired_bootstrap`),

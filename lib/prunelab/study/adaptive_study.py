@@ -322,7 +322,7 @@ def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: p
     the hybrids; ``taus``: the sweep. Every comparison is paired on the same images with a seeded bootstrap CI at
     level ``ci``; a check passes only if the whole interval lies on the claimed side of 0.
     """
-    from prunelab.study.generation import paired_chair
+    from prunelab.study.scoring import paired_chair
 
     pct = f"{100 * ci:.0f}%"
     claims = []

@@ -26,9 +26,10 @@ from transformers.utils import logging as hf_logging
 
 from prunelab.errors import UnknownNameError
 from prunelab.models import toyllava
+from prunelab.models.loader import EMBEDDED_MODELS
 from prunelab.study import plots
 from prunelab.study.generation import DEFAULT_MAX_NEW_TOKENS
-from prunelab.study.params import EMBEDDED_MODELS, validate
+from prunelab.study.params import validate
 from prunelab.study.verdict import VerdictError, style_verdict
 
 #: The glue name under which every finding chapter stores its verdict table; ``prunelab.book.pages`` collects the

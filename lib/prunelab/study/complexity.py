@@ -13,7 +13,7 @@ erank of the patch features); diversity-based pruning wins on *complex* images, 
 * Splits (:func:`assign_split`): the image set's own labels (the toy world's test split is generated simple or
   complex; the photos are labelled by hand), or a median split on erank or entropy for sets without labels
   (COCO).
-* Per split: POPE accuracy (:func:`accuracy_table`), CHAIR (:func:`prunelab.study.generation.chair_table` with
+* Per split: POPE accuracy (:func:`accuracy_table`), CHAIR (:func:`prunelab.study.scoring.chair_table` with
   ``by=(method, budget, split)``) and the family comparisons (:func:`family_gaps`: attention − diversity on each
   split; :func:`family_interactions`: the difference between the two splits), paired on the same images with the
   bootstrap of :mod:`prunelab.study.paired`.
@@ -48,7 +48,7 @@ ATTENTION, DIVERSITY = "attention", "diversity"
 
 def tower_encoder(gm, qk_layers: Sequence[int] = (-2, -1)) -> AdapterEncoder:
     """A :func:`prunelab.study.runner.run_vision` encoder that runs the vision tower of a loaded
-    :class:`prunelab.study.generation.GenerationModel`, with the model's own preprocessing and projector, one image at
+    :class:`prunelab.models.loader.GenerationModel`, with the model's own preprocessing and projector, one image at
     a time: the contexts are exactly those :func:`prunelab.study.generation.run_generation` prunes (same pixels, same
     batch size), so with the same erank statistics both loops keep the same tokens (a test checks). Use it so the
     image-level numbers and overlays of a chapter come from the tower whose tokens the language model reads
@@ -177,7 +177,7 @@ def accuracy_table(pope: pd.DataFrame, by: Sequence[str] = ("method", "budget", 
     unparsed answer counted wrong; seeded bootstrap CI over images), ``F1`` and ``Yes-ratio``
     (:func:`prunelab.eval.pope.pope_metrics`, unparsed answers read as "no"), ``n_images``, ``n_questions``,
     ``n_unparsed``; plus ``family``. Rows in the study's method order."""
-    from prunelab.study.generation import pope_table
+    from prunelab.study.scoring import pope_table
     by = list(by)
     acc = metric_table(pope, "Accuracy", by=by, n_boot=n_boot, ci=ci, seed=seed).rename(
         columns={"value": "Accuracy", "ci_low": "Accuracy_low", "ci_high": "Accuracy_high", "n": "n_images"})

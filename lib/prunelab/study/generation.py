@@ -11,13 +11,13 @@ It returns a tidy pandas DataFrame:
   detail." and its CHAIR record (Rohrbach et al. 2018; OPERA's Recall/Len; :func:`prunelab.eval.chair.evaluate_chair`
   against the image set's ground truth): ``chair_s`` (0/1), ``chair_i`` (per caption), ``n_mentions``,
   ``n_hallucinated``, ``n_gt``, ``n_gt_covered``, ``recall``, ``length`` (CHAIR's Len: merged tokens, punctuation
-  included), ``n_words``, ``mentioned``, ``hallucinated_words``, ``gt_objects``. :func:`chair_table` aggregates
+  included), ``n_words``, ``mentioned``, ``hallucinated_words``, ``gt_objects``. :func:`prunelab.study.scoring.chair_table` aggregates
   them per method x budget into the paper's CHAIR_s / CHAIR_i / Recall / Len as ratios of sums, by building the
   same :class:`prunelab.eval.chair.ChairResult` the evaluator builds.
 * ``task="pope"``: **one row per image x question x method x budget** (POPE, Li et al. 2023): the toy world's own
   balanced questions per setting (``prunelab.toyworld.text.pope_questions``: random / popular / adversarial
   negatives) or, for COCO and the photos, :func:`prunelab.eval.pope.build_pope` on the selected images; the answer is
-  read with :func:`prunelab.eval.pope.parse_yes_no`. :func:`pope_table` gives accuracy / precision / recall / F1 /
+  read with :func:`prunelab.eval.pope.parse_yes_no`. :func:`prunelab.study.scoring.pope_table` gives accuracy / precision / recall / F1 /
   yes-ratio per setting with :func:`prunelab.eval.pope.pope_metrics`.
 
 Every row also carries what the adapter records for that generation (``n_kept``, ``kept_indices``,
@@ -76,42 +76,33 @@ question alone.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from prunelab.device import resolve_device, synchronize
-from prunelab.errors import AssetError, CapabilityError, PrunelabError, UnknownNameError, check_budget
-from prunelab.eval import groundtruth as G, pope as P, stats as S
-from prunelab.eval.chair import CaptionScore, ChairResult, combined_text_path, evaluate_chair
-from prunelab.eval.mentions import CaptionParser, Mention
-from prunelab.eval.pope import parse_yes_no, pope_metrics
+from prunelab.errors import AssetError, PrunelabError, UnknownNameError, check_budget
+from prunelab.eval import groundtruth as G, pope as P
 from prunelab.methods.adaptive import input_erank
 from prunelab.methods.base import ErankStatsSpec
-from prunelab.models.adapter import LlavaAdapter
+from prunelab.models.loader import as_generation_model
 from prunelab.models.parts import parse_requires
-from prunelab.models.prompts import VICUNA_SYSTEM, build_prompt, tokenize_with_image
-from prunelab.models.toyllava import CHAT_TEMPLATE, load_toyllava, prompt_ids
 from prunelab.paths import cache_dir as _cache_dir
 from prunelab.study.params import (
-    EMBEDDED_MODELS,
     check_budgets,
     check_image_set,
-    check_model,
     check_n_images,
     check_seed,
 )
-from prunelab.study.plots import method_order
 from prunelab.study.runner import _items_of, _jsonable, erank_stats_from, image_stats, resolve_methods
+from prunelab.study.scoring import score_chair, score_pope
 from prunelab.study.tablecache import (
     code_hash,
     key as _key,
@@ -127,13 +118,11 @@ CACHE_FORMAT = 2  # bump when the meaning of a cached column or the entry layout
 TASKS = ("describe", "pope")
 VANILLA = "Vanilla"
 _VANILLA_NAMES = ("vanilla", "full", "none", "unpruned")
-PROMPT_FORMATS = ("toyllava", "llava_v1", "hf_chat")
-#: LLaVA-1.5's POPE instruction suffix (``haotian-liu/LLaVA`` ``playground/data/eval/pope/llava_pope_test.jsonl``).
-LLAVA_SHORT_ANSWER = "Answer the question using a single word or phrase."
 DEFAULT_MAX_NEW_TOKENS = {"describe": 512, "pope": 8}  # OPERA/PAI CHAIR setting; POPE needs one word
 # Code whose change must invalidate cached generations (not the scorers: they run on every call).
-_CODE_FILES = ("study/generation.py", "eval/metrics.py", "methods/*.py", "models/adapter.py", "models/hooks.py",
-               "models/prompts.py", "models/toyllava.py")
+_CODE_FILES = ("study/generation.py", "eval/metrics.py", "methods/*.py", "models/adapter.py", "models/parts.py",
+               "models/decoder_edit.py", "models/loader.py", "models/hooks.py", "models/prompts.py",
+               "models/toyllava.py")
 
 #: Columns of every row, both tasks (POPE rows add :data:`POPE_QUESTION_COLUMNS`).
 BASE_COLUMNS = [
@@ -145,14 +134,6 @@ BASE_COLUMNS = [
     "kept_indices", "method_stats",
 ]
 POPE_QUESTION_COLUMNS = ["setting", "question_id", "question", "object", "label"]
-#: Columns :func:`score_chair` adds (``caption`` is the generated text).
-CHAIR_COLUMNS = [
-    "caption", "n_words", "length", "n_mentions", "n_hallucinated", "chair_s", "chair_i", "n_gt", "n_gt_covered",
-    "recall", "mentioned", "hallucinated_words", "gt_objects", "recalled", "chair_tokens", "mentions", "hallucinated",
-    "chair_flag", "chair_text_path",
-]
-#: Columns :func:`score_pope` adds.
-POPE_COLUMNS = ["answer", "pred", "correct"]
 _IMAGE_COLUMNS = ["n_tokens", "erank_full_vision", "erank_full_projected", "attention_entropy", "attention_entropy_norm"]
 _RECORD_KEYS = {  # adapter record keys that become columns (the rest of the scalars go to method_stats)
     "n_kept", "equivalent_tokens", "prompt_len", "n_generated", "erank_kept_vision", "erank_kept_projected",
@@ -162,199 +143,6 @@ _RECORD_KEYS = {  # adapter record keys that become columns (the rest of the sca
 _RECORD_SKIP = {"sample", "image_id", "method", "budget", "params", "stage", "n_image_tokens", "order",
                 "positions", "batch_size", "assemble_s", "prompt_len_unpruned", "visual_tokens_per_layer",
                 "kv_len_per_layer"}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Models
-
-
-@dataclass
-class GenerationModel:
-    """A LLaVA model ready for :func:`run_generation`: adapter, prompt format, image preprocessing, fingerprint.
-
-    ``prompt_format``: ``"toyllava"`` (ToyLLaVA's chat template, no system prompt), ``"llava_v1"`` (Vicuna system
-    message + ``USER: <image>\\n... ASSISTANT:``) or ``"hf_chat"`` (llava-hf chat format, no system prompt).
-    ``pixels``: ``callable(PIL image) -> (1, 3, H, W)`` tensor. ``name``: what the model was loaded from.
-    """
-
-    adapter: Any
-    prompt_format: str
-    pixels: Callable[[Any], torch.Tensor]
-    name: str = "model"
-    describe_prompt: str = "Please describe this image in detail."
-    _fingerprint: str | None = field(default=None, repr=False)
-    _n_tokens: int | None = field(default=None, repr=False)
-
-    @property
-    def tokenizer(self):
-        return self.adapter.tokenizer
-
-    @property
-    def n_image_tokens(self) -> int:
-        """Visual tokens per image, from the pixels the preprocessing really produces (ToyLLaVA's config keeps
-        DINOv2's stored 518-px position grid while its processor feeds 336 px, i.e. 576 tokens)."""
-        if self._n_tokens is None:
-            from PIL import Image
-
-            pv = self.pixels(Image.new("RGB", (32, 32)))
-            p = int(self.adapter.model.config.vision_config.patch_size)
-            self._n_tokens = (int(pv.shape[-2]) // p) * (int(pv.shape[-1]) // p)
-        return self._n_tokens
-
-    @property
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            tok = self.tokenizer
-            vocab = "none"
-            if tok is not None and hasattr(tok, "get_vocab"):
-                items = sorted(tok.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
-                vocab = hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
-            elif tok is not None:
-                vocab = f"{type(tok).__module__}.{type(tok).__qualname__}:{len(getattr(tok, 'vocab', {}))}"
-            cfg = self.adapter.model.config.to_json_string(use_diff=False)
-            self._fingerprint = _key([model_fingerprint(self.adapter.model), hashlib.sha256(cfg.encode()).hexdigest(),
-                                      vocab, self.prompt_format, getattr(self.pixels, "key", repr(self.pixels))])
-        return self._fingerprint
-
-    def prompt_ids(self, question: str) -> list[int]:
-        """Prompt token ids with one ``<image>`` id (the adapter expands it to the N image tokens)."""
-        tok = self.tokenizer
-        if tok is None:
-            raise CapabilityError("the model has no tokenizer; pass LlavaAdapter(model, processor=...) or tokenizer=...")
-        if self.prompt_format == "toyllava":
-            return list(prompt_ids(tok, question))
-        system = VICUNA_SYSTEM if self.prompt_format == "llava_v1" else None
-        prompt = build_prompt(question, self.prompt_format, system)
-        return tokenize_with_image(tok, prompt, self.adapter.parts.image_token_id, 1)
-
-    def question_prompt(self, question: str) -> str:
-        """The instruction for a POPE question: LLaVA-1.5 appends its short-answer suffix; ToyLLaVA was trained on
-        the bare question."""
-        return question if self.prompt_format == "toyllava" else f"{question}\n{LLAVA_SHORT_ANSWER}"
-
-
-class _Pixels:
-    """Image preprocessing as a picklable callable with a cache key (processor class + config)."""
-
-    def __init__(self, image_processor=None, size: int | None = None, pad: bool = False):
-        self.ip = image_processor
-        self.size = size
-        self.pad = bool(pad and image_processor is not None and hasattr(image_processor, "do_pad"))
-        if image_processor is not None:
-            conf = image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor)
-            self.key = f"{type(image_processor).__name__}:{hashlib.sha256(conf.encode()).hexdigest()[:12]}:pad={self.pad}"
-        else:
-            self.key = f"resize{size}:clip-norm"
-
-    def __call__(self, image) -> torch.Tensor:
-        if self.ip is not None:
-            kw = {"do_pad": True} if self.pad else {}
-            return self.ip(images=[image], return_tensors="pt", **kw)["pixel_values"]
-        # No processor (tiny test models): resize, scale to 0..1, normalise with CLIP's mean/std.
-        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1)
-        std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
-        arr = np.asarray(image.convert("RGB").resize((self.size, self.size), resample=3), dtype=np.float32) / 255.0
-        x = torch.from_numpy(arr).permute(2, 0, 1)
-        return ((x - mean) / std)[None]
-
-
-def _is_toyllava_config(config) -> bool:
-    return getattr(config, "toyllava_vocab_digest", None) is not None
-
-
-def from_adapter(adapter, prompt_format: str | None = None, name: str = "adapter") -> GenerationModel:
-    """Wrap a :class:`~prunelab.models.adapter.LlavaAdapter`. Prompt format: ToyLLaVA's when the config carries its
-    vocabulary digest or the tokenizer its chat template, else ``llava_v1``. Pixels: the adapter's processor
-    (``do_pad`` for llava_v1) or, without one, a plain resize + CLIP normalisation to the tower's image size."""
-    if prompt_format is None:
-        tok = adapter.tokenizer
-        toy = _is_toyllava_config(adapter.model.config) or getattr(tok, "chat_template", None) == CHAT_TEMPLATE
-        prompt_format = "toyllava" if toy else "llava_v1"
-    if prompt_format not in PROMPT_FORMATS:
-        raise UnknownNameError(f"unknown prompt format {prompt_format!r}; known: {', '.join(PROMPT_FORMATS)}")
-    ip = getattr(adapter.processor, "image_processor", adapter.processor) if adapter.processor is not None else None
-    size = int(adapter.model.config.vision_config.image_size)
-    return GenerationModel(adapter, prompt_format, _Pixels(ip, size, pad=prompt_format == "llava_v1"), name=name)
-
-
-def _has_tower_weights(folder: Path) -> bool:
-    from safetensors import SafetensorError, safe_open
-
-    files = sorted(folder.glob("*.safetensors"))
-    for f in files:
-        try:
-            with safe_open(str(f), "pt") as fh:
-                if any(".vision_tower." in k or k.startswith("vision_tower.") for k in fh.keys()):
-                    return True
-        except (SafetensorError, OSError) as err:
-            raise AssetError(f"model weights {f} cannot be read ({str(err).splitlines()[0][:120]}); copy the "
-                             "checkpoint's weight files again") from None
-    return False
-
-
-def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=None) -> GenerationModel:
-    """Load ``model`` (see the module docstring) onto ``device`` for :func:`run_generation`.
-
-    Errors are one line: unknown name or weights not on this machine (:class:`AssetError`, with the fix), a
-    CUDA device asked for but absent (:class:`DeviceError`). Nothing is downloaded.
-    """
-    dev = resolve_device(device)
-    folder = check_model(model)
-    if dtype is None:
-        dtype = torch.float16 if dev.type == "cuda" and model not in EMBEDDED_MODELS else torch.float32
-    import transformers
-    from transformers import LlavaConfig
-
-    try:
-        cfg = LlavaConfig.from_pretrained(str(folder))
-    except (OSError, ValueError) as err:
-        raise AssetError(f"cannot read a LLaVA config from {folder} ({str(err).splitlines()[0][:120]}); pass a "
-                         "LlavaForConditionalGeneration folder or HF id") from None
-    if model in EMBEDDED_MODELS or (_is_toyllava_config(cfg) and not _has_tower_weights(folder)):
-        net, processor = load_toyllava(folder, device="cpu", dtype=dtype)
-        fmt = "toyllava"
-    else:
-        from safetensors import SafetensorError
-
-        try:  # use_safetensors: never fall back to unpickling a .bin (check_model has refused pickle-only folders)
-            net = transformers.LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=dtype,
-                                                                            use_safetensors=True)
-            processor = transformers.AutoProcessor.from_pretrained(str(folder))
-        except (OSError, ValueError, SafetensorError) as err:
-            raise AssetError(f"cannot load the LLaVA model in {folder} ({str(err).splitlines()[0][:120]}); check that "
-                             "the folder holds config, weights, tokenizer and processor files") from None
-        fmt = "toyllava" if _is_toyllava_config(cfg) else "llava_v1"
-    adapter = LlavaAdapter(net, processor=processor, device=dev)
-    gm = from_adapter(adapter, fmt, name=str(model))
-    if fmt == "toyllava":
-        gm.describe_prompt = tt.DESCRIBE_PROMPT  # the toy world's prompt, which the model was trained on
-    return gm
-
-
-def _as_generation_model(model, device) -> GenerationModel:
-    if isinstance(model, GenerationModel):
-        return model
-    if isinstance(model, LlavaAdapter):
-        return from_adapter(model)
-    if isinstance(model, (str, Path)):
-        return load_generation_model(str(model), device=device)
-    raise UnknownNameError(f"model must be a name such as 'toyllava', an HF id or folder, a GenerationModel or a "
-                           f"LlavaAdapter, got {type(model).__name__}")
-
-
-def model_fingerprint(model: torch.nn.Module, full_limit: int = 1 << 22, sample: int = 1 << 16) -> str:
-    """SHA-256 (16 hex) of a model's weights: every tensor with up to ``full_limit`` elements in full, larger ones
-    (7B-scale layers) by ``sample`` evenly strided elements, plus every name, shape and dtype."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, t in sorted(model.state_dict().items()):
-            t = t.detach()
-            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-            flat = t.reshape(-1)
-            if flat.numel() > full_limit:
-                flat = flat[:: max(1, flat.numel() // sample)]
-            h.update(flat.to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -607,7 +395,7 @@ def run_generation(
     if isinstance(image_set, str):
         check_image_set(image_set)
     resolve_device(device)  # a missing CUDA device fails here, before any loading
-    gm = _as_generation_model(model, device)
+    gm = as_generation_model(model, device)
     n_img = gm.n_image_tokens
     budgets = [check_budget(b, n_img) for b in budgets]
     set_name, items = _items_of(image_set, n, seed)
@@ -789,225 +577,7 @@ def run_generation(
     return df
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Scoring
-
-
-def score_chair(df: pd.DataFrame, ground_truth, parser=None) -> tuple[pd.DataFrame, dict]:
-    """Add the per-caption CHAIR columns (:data:`CHAIR_COLUMNS`) to a describe table with
-    :func:`prunelab.eval.chair.evaluate_chair` (``on_bad="flag"``: an empty caption is scored as the reference scores
-    it — no mentions, zero length, its ground truth counted in Recall — and flagged ``empty_caption``).
-    Returns ``(table, chair config)``."""
-    parser = parser or CaptionParser()
-    res = evaluate_chair([(iid, str(t)) for iid, t in zip(df["image_id"], df["text"])], ground_truth,
-                         parser=parser, on_bad="flag")
-    out = df.copy()
-    sc = res.captions
-    out["caption"] = out["text"]
-    out["n_words"] = [len(str(t).split()) for t in out["text"]]
-    out["length"] = [c.length for c in sc]
-    out["n_mentions"] = [c.n_mentions for c in sc]
-    out["n_hallucinated"] = [c.n_hallucinated for c in sc]
-    out["chair_s"] = [c.chair_s for c in sc]
-    out["chair_i"] = [c.chair_i for c in sc]
-    out["n_gt"] = [len(c.gt_objects) for c in sc]
-    out["n_gt_covered"] = [len(c.recalled) for c in sc]
-    out["recall"] = [c.recall for c in sc]
-    out["mentioned"] = [[m.category for m in c.mentions] for c in sc]
-    out["hallucinated_words"] = [[m.word for m in c.hallucinated] for c in sc]
-    out["gt_objects"] = [list(c.gt_objects) for c in sc]
-    out["recalled"] = [list(c.recalled) for c in sc]
-    out["chair_tokens"] = [list(c.tokens) for c in sc]
-    out["mentions"] = [[[m.word, m.category, m.index] for m in c.mentions] for c in sc]
-    out["hallucinated"] = [[[m.word, m.category, m.index] for m in c.hallucinated] for c in sc]
-    out["chair_flag"] = [c.flag for c in sc]
-    out["chair_text_path"] = res.text_path  # "reference" | "fallback" (prunelab.eval.textproc)
-    return out, res.config
-
-
-def caption_scores(df: pd.DataFrame) -> list:
-    """The :class:`prunelab.eval.chair.CaptionScore` of every row of a scored describe table, rebuilt exactly from its
-    columns (also after :func:`prunelab.study.runner.save_table` and ``pd.read_csv``: list columns may be JSON text).
-    Captions flagged ``not_a_string`` / ``no_ground_truth`` are ``included=False``, as in the evaluator."""
-    def lst(v):
-        return json.loads(v) if isinstance(v, str) else list(v)
-
-    out = []
-    for r in df.itertuples(index=False):
-        flag = r.chair_flag if isinstance(r.chair_flag, str) and r.chair_flag else None
-        out.append(CaptionScore(
-            r.image_id, r.caption, tokens=lst(r.chair_tokens), mentions=[Mention(*m) for m in lst(r.mentions)],
-            hallucinated=[Mention(*m) for m in lst(r.hallucinated)], gt_objects=lst(r.gt_objects),
-            recalled=lst(r.recalled), flag=flag, included=flag not in ("not_a_string", "no_ground_truth"),
-        ))
-    return out
-
-
-def _chair_metric_parts(metric: str) -> tuple[str, str | None]:
-    parts = {"CHAIR_s": ("chair_s", None), "CHAIR_i": ("n_hallucinated", "n_mentions"),
-             "Recall": ("n_gt_covered", "n_gt"), "Len": ("length", None)}
-    if metric not in parts:
-        raise UnknownNameError(f"unknown CHAIR metric {metric!r}; use one of {', '.join(parts)}")
-    return parts[metric]
-
-
-def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, ci: float | None = None,
-                n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """The paper's CHAIR layout per group of ``by`` (default method x budget; add ``"complexity"`` to split):
-    ``CHAIR_s``, ``CHAIR_i``, ``Recall`` (x100) and ``Len`` (mean merged tokens), from
-    :class:`prunelab.eval.chair.ChairResult` over the group's captions (ratios of sums, flagged captions excluded as the
-    evaluator does), plus ``n_captions``, ``n_mentions``, ``family``. With ``ci`` (e.g. 0.95), seeded percentile
-    bootstrap intervals over the group's captions (= images) for each metric (``<metric>_low/_high``). The last
-    column, ``text_path``, says which CHAIR text path scored the group (also ``table.attrs["text_path"]``); a
-    table not wholly on OPERA's reference path warns (:func:`prunelab.eval.chair.combined_text_path`)."""
-    by = list(by)
-    if "chair_s" not in df:
-        raise UnknownNameError("the table has no CHAIR columns; pass the output of run_generation(task='describe')")
-    rows = []
-    for key, g in df.groupby(by, sort=False, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        res = ChairResult(caption_scores(g), {})
-        s = res.summary(ndigits=None)
-        row = {**dict(zip(by, key))}
-        if "family" in g and "family" not in by:
-            row["family"] = g["family"].iloc[0]
-        row.update({m: s[m] for m in ("CHAIR_s", "CHAIR_i", "Recall", "Len")})
-        row.update(n_captions=res.n_captions, n_mentions=res.n_mentions, n_hallucinated=res.n_hallucinated)
-        if ci is not None:
-            inc = g[g["chair_flag"].map(lambda f: f not in ("not_a_string", "no_ground_truth"))]
-            for m in ("CHAIR_s", "CHAIR_i", "Recall", "Len"):
-                num, den = _chair_metric_parts(m)
-                _, lo, hi = S.ratio_ci(inc[num].to_numpy(float), inc[den].to_numpy(float) if den else None,
-                                       n_boot=n_boot, ci=ci, seed=seed)
-                scale = 1.0 if m == "Len" else 100.0
-                row[f"{m}_low"], row[f"{m}_high"] = lo * scale, hi * scale
-        row["text_path"] = combined_text_path(g.get("chair_text_path", ()))
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    if "method" in by:
-        rank = {m: i for i, m in enumerate(method_order(df))}
-        out = out.sort_values([c for c in ("budget", "method") if c in by] + [c for c in by if c not in ("budget", "method")],
-                              key=lambda c: c.map(rank) if c.name == "method" else c, kind="stable").reset_index(drop=True)
-    out.attrs["text_path"] = combined_text_path(out["text_path"] if len(out) else (), warn="CHAIR table")
-    return out
-
-
-def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, *, by: Sequence[str] = ("budget",),
-                 n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Difference ``metric(a) - metric(b)`` between two methods on the same images, per group of ``by``, with a
-    seeded paired bootstrap over images (both methods' captions of an image resampled together;
-    :func:`prunelab.eval.stats.paired_ratio_diff`). ``metric`` is computed as CHAIR defines it (ratio of sums; x100
-    except Len) over every caption of the two methods, flagged ones included (:func:`prunelab.study.paired.compare`
-    leaves them out). Columns ``by + [a, b, value_a, value_b, diff, ci_low, ci_high, n]``."""
-    num, den = _chair_metric_parts(metric)
-    scale = 1.0 if metric == "Len" else 100.0
-    rows = []
-    for key, g in df.groupby(list(by), sort=False, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        cols = [num] + ([den] if den else [])
-        A = g[g["method"] == a].set_index("image_id")[cols]
-        B = g[g["method"] == b].set_index("image_id")[cols]
-        ids = sorted(set(A.index) & set(B.index))
-        if not ids:
-            continue
-        A, B = A.loc[ids], B.loc[ids]
-        r = S.paired_ratio_diff(A[num], A[den] if den else None, B[num], B[den] if den else None, n_boot=n_boot,
-                                ci=ci, seed=seed)
-        rows.append({**dict(zip(by, key)), "a": a, "b": b, "value_a": r.value_a * scale, "value_b": r.value_b * scale,
-                     "diff": r.diff * scale, "ci_low": r.ci_low * scale, "ci_high": r.ci_high * scale, "n": len(ids)})
-    return pd.DataFrame(rows, columns=list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
-
-
-def score_pope(df: pd.DataFrame, parser: str = "reference") -> pd.DataFrame:
-    """Add ``answer`` (the generated text), ``pred`` (:func:`prunelab.eval.pope.parse_yes_no`: ``"yes"``/``"no"``/None;
-    default POPE's own rule, ``parser="robust"`` for the reading that can say "cannot tell") and ``correct``
-    (``pred == label``; False when unparsed) to a POPE table."""
-    out = df.copy()
-    out["answer"] = out["text"]
-    out["pred"] = [parse_yes_no(t, parser) for t in out["text"]]
-    out["correct"] = [p == lab for p, lab in zip(out["pred"], out["label"])]
-    return out
-
-
-def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setting"), *, parser: str = "reference",
-               on_unparsed: str = "exclude") -> pd.DataFrame:
-    """POPE metrics per group (default method x budget x setting) with :func:`prunelab.eval.pope.pope_metrics` on the
-    group's labels and generated answers: ``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``Yes-ratio`` (x100),
-    ``n``, ``n_unparsed``."""
-    if "label" not in df:
-        raise UnknownNameError("the table has no POPE columns; pass the output of run_generation(task='pope')")
-    rows = []
-    for key, g in df.groupby(list(by), sort=False, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        r = pope_metrics(list(g["label"]), list(g["text"]), parser=parser, on_unparsed=on_unparsed)
-        rows.append({**dict(zip(by, key)), **r.summary(ndigits=None)})
-    return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Display
-
-
-def caption_spans(caption: str, ground_truth_objects, parser=None) -> list[tuple[int, int, str, str]]:
-    """Character spans of the CHAIR object mentions in ``caption``: ``(start, end, category, "hallucinated" |
-    "correct")``. The caption is parsed exactly as :meth:`prunelab.eval.mentions.CaptionParser.parse` does (tokenise,
-    lemmatise, merge pairs, map synonyms); tokens are then located in the lower-cased text left to right. A
-    mention whose token cannot be located (a tokenizer rewrite such as quotes) is left out."""
-    parser = parser or CaptionParser()
-    lower = caption.lower()
-    raw = parser.text.tokenize(lower)
-    lemmas = parser.text.lemmatize(raw)
-    spans: list[tuple[int, int] | None] = []
-    pos = 0
-    for tok in raw:
-        k = lower.find(tok, pos)
-        if k < 0:
-            spans.append(None)
-            continue
-        spans.append((k, k + len(tok)))
-        pos = k + len(tok)
-    merged: list[str] = []
-    merged_spans: list[tuple[int, int] | None] = []
-    i = 0
-    while i < len(lemmas):
-        rep = parser.merges.get(f"{lemmas[i]} {lemmas[i + 1]}") if i + 1 < len(lemmas) else None
-        if rep is not None:
-            a, b = spans[i], spans[i + 1]
-            merged.append(rep)
-            merged_spans.append((a[0], b[1]) if a and b else None)
-            i += 2
-        else:
-            merged.append(lemmas[i])
-            merged_spans.append(spans[i])
-            i += 1
-    gt = set(ground_truth_objects)
-    out = []
-    for m in parser.mentions_from_tokens(merged):
-        sp = merged_spans[m.index]
-        if sp is not None:
-            out.append((sp[0], sp[1], m.category, "correct" if m.category in gt else "hallucinated"))
-    return out
-
-
-HIGHLIGHT = {"hallucinated": "background-color:#f4a6a6;font-weight:bold", "correct": "background-color:#c7e9c0"}
-
-
-def highlight_caption(caption: str, ground_truth_objects, parser=None) -> str:
-    """HTML of ``caption`` with hallucinated object mentions in red and correct ones in green (title = category)."""
-    import html
-
-    out, last = [], 0
-    for s, e, cat, kind in caption_spans(caption, ground_truth_objects, parser):
-        out.append(html.escape(caption[last:s]))
-        out.append(f'<span style="{HIGHLIGHT[kind]}" title="{html.escape(cat)} ({kind})">{html.escape(caption[s:e])}</span>')
-        last = e
-    out.append(html.escape(caption[last:]))
-    return "".join(out)
-
-
 __all__ = [
-    "TASKS", "VANILLA", "BASE_COLUMNS", "POPE_QUESTION_COLUMNS", "CHAIR_COLUMNS", "POPE_COLUMNS",
-    "GenerationModel", "from_adapter", "load_generation_model", "model_fingerprint", "resolve_generation_methods",
-    "spec_input_erank", "ground_truth_for", "Question", "pope_questions_for", "run_generation", "score_chair",
-    "caption_scores", "chair_table", "paired_chair", "score_pope", "pope_table", "caption_spans", "highlight_caption",
+    "TASKS", "VANILLA", "BASE_COLUMNS", "POPE_QUESTION_COLUMNS", "resolve_generation_methods", "spec_input_erank",
+    "ground_truth_for", "Question", "pope_questions_for", "run_generation",
 ]

@@ -30,8 +30,9 @@ import pandas as pd
 from prunelab.errors import UnknownNameError
 from prunelab.methods import base_label, paper_name
 from prunelab.study.analysis import summarize
-from prunelab.study.generation import VANILLA, highlight_caption, paired_chair
+from prunelab.study.generation import VANILLA
 from prunelab.study.plots import _families as fam_of, method_order, method_palette, overlay_png
+from prunelab.study.scoring import highlight_caption, paired_chair
 from prunelab.study.verdict import Claim, check, paper_results, paper_value
 
 #: Our labels for the rows of the paper's CHAIR table, in its order (PruMerge+ at the paper's fixed budgets is

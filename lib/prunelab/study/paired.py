@@ -2,7 +2,7 @@
 
 POPE accuracy and the CHAIR metrics are *ratios of sums*: accuracy = correct answers / questions, CHAIR_i =
 hallucinated mentions / mentions, Recall = covered ground-truth objects / ground-truth objects, CHAIR_s = captions
-with a hallucination / captions (Rohrbach et al. 2018; OPERA's Recall; :func:`prunelab.study.generation.chair_table`).
+with a hallucination / captions (Rohrbach et al. 2018; OPERA's Recall; :func:`prunelab.study.scoring.chair_table`).
 Comparing two methods on the same images, the image is the unit that varies, so the uncertainty of a difference
 comes from a **paired percentile bootstrap over images**: resample image ids with replacement, recompute both
 ratios on the resampled images (the numerator and denominator sums of each side), take the difference (seeded;
@@ -12,7 +12,7 @@ the statistics live in :mod:`prunelab.eval.stats`; this module shapes the tables
 * :func:`compare` — ``metric(a) − metric(b)`` where ``a`` and ``b`` are a method label *or a list of labels*
   (a family: its methods' sums are pooled, i.e. the family is scored as if it were one method answering every
   question once per member), per group of ``by``, with the paired bootstrap CI. For one method on each side and a
-  CHAIR metric it is :func:`prunelab.study.generation.paired_chair` (same resampling, both call
+  CHAIR metric it is :func:`prunelab.study.scoring.paired_chair` (same resampling, both call
   :func:`prunelab.eval.stats.paired_ratio_diff`) except that captions the CHAIR evaluator flags are left out here;
 * :func:`interaction` — a difference of differences between two image groups (e.g. simple vs complex images):
   ``[metric(a) − metric(b)]_{first} − [metric(a) − metric(b)]_{second}``, with images resampled *within* each group
@@ -71,7 +71,7 @@ def _name(x) -> str:
 def image_sums(df: pd.DataFrame, metric: str, by: Sequence[str] = ("budget",)) -> pd.DataFrame:
     """Per ``by`` x method x image: ``num`` and ``den`` of ``metric`` (sums over the image's rows: questions for
     POPE, the caption for describe). Captions the CHAIR evaluator excludes (``chair_flag`` not_a_string /
-    no_ground_truth) are left out, as :func:`prunelab.study.generation.chair_table` does."""
+    no_ground_truth) are left out, as :func:`prunelab.study.scoring.chair_table` does."""
     num, den, _ = metric_parts(metric, df)
     d = df
     if metric in METRICS and metric != "Accuracy" and "chair_flag" in d:

@@ -10,7 +10,7 @@ one line naming the problem and the fix, before any model is loaded or any image
 The notebooks share one parameter vocabulary (:data:`VOCABULARY`); ``python -m prunelab.book.build`` checks the values
 of these names with :func:`check_values` before it runs any notebook.
 
-Checks: model (``"toyllava"`` needs its committed weights; another value must be a local folder or an HF id found
+Checks: model (:func:`prunelab.models.loader.check_model`: ``"toyllava"`` needs its committed weights; another value must be a local folder or an HF id found
 in the local cache, with readable safetensors weights — nothing is ever downloaded, no pickle is ever loaded),
 image set specs (``coco:<dir>`` must be an existing folder), method names (a non-empty list; ``None`` only where the
 notebook reads it as "every method"), budgets (positive integers no larger than the image token count), ``seed``,
@@ -19,20 +19,17 @@ notebook reads it as "every method"), budgets (positive integers no larger than 
 """
 from __future__ import annotations
 
-import json
 import numbers
 import os
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prunelab.errors import AssetError, BudgetError, UnknownNameError, check_budget
+from prunelab.models.loader import check_model, check_toy_model
 from prunelab.study.data import IMAGE_SETS
 from prunelab.toyworld.splits import SPLIT_SIZES as SPLITS
-
-EMBEDDED_MODELS = ("toyllava", "toyllava-subset")
 
 #: The parameter names the notebooks share, with what each means; a notebook declares those it can use.
 VOCABULARY = {
@@ -63,145 +60,6 @@ class Params:
     n_images: int | None = None
     max_new_tokens: int | None = None
     results_dir: Path | None = None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Model folders
-
-
-def _looks_like_path(model: str) -> bool:
-    """True when ``model`` cannot be a Hugging Face repo id (``name`` or ``org/name``), so it must be a folder."""
-    if model.startswith(("/", "~", ".")) or "\\" in model or model.endswith("/") or model.count("/") > 1:
-        return True
-    try:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return False
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        return True
-    return False
-
-
-def _check_safetensors(path: Path) -> None:
-    """Read the header of one safetensors file (the 8-byte length, the JSON table, the data extent) without
-    loading tensors, so a truncated or overwritten file fails here with its name rather than deep in a loader.
-    Format: https://github.com/huggingface/safetensors (README, "Format")."""
-    size = path.stat().st_size
-    problem = None
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            problem = f"{size} bytes, shorter than a safetensors header"
-        else:
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8:
-                problem = f"header length {n} exceeds the file size {size}"
-            else:
-                try:
-                    table = json.loads(fh.read(n))
-                    ends = [int(v["data_offsets"][1]) for k, v in table.items() if k != "__metadata__"]
-                except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-                    problem = "unreadable header"
-                else:
-                    if max(ends, default=0) > size - 8 - n:
-                        problem = f"tensor data ends at byte {8 + n + max(ends)} but the file has {size} (truncated)"
-    if problem:
-        raise AssetError(f"model weights {path} are corrupt ({problem}); copy the checkpoint's weight files again")
-
-
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-def check_weights(folder: str | os.PathLike) -> Path:
-    """The folder, once its weights are found loadable: ``*.safetensors`` files with sound headers (all shards an
-    index names). Pickle-only checkpoints (``pytorch_model.bin``) are refused: unpickling runs code (guide:
-    "safetensors and from_pretrained only"), so they have to be converted once on a trusted machine."""
-    folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors"))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise AssetError(f"weight index {index} is unreadable; copy the checkpoint's files again") from None
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise AssetError(f"model folder {folder} lacks {len(missing)} weight shard(s) its index names "
-                             f"({', '.join(missing[:3])}); copy the missing files")
-    if not files:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES) if folder.is_dir() else []
-        if pickles:
-            raise AssetError(
-                f"model folder {folder} holds only pickle weights ({', '.join(pickles[:3])}), which prunelab never "
-                "loads (unpickling can run code); convert them once on a machine you trust, e.g. "
-                "LlavaForConditionalGeneration.from_pretrained(folder).save_pretrained(out, safe_serialization=True), "
-                "and pass the new folder"
-            )
-        raise AssetError(f"model folder {folder} has no *.safetensors weights; copy the checkpoint's weight files there")
-    for f in files:
-        _check_safetensors(f)
-    return folder
-
-
-def check_model(model: str) -> Path:
-    """The folder of ``model``: an embedded ToyLLaVA variant, a local folder, or an HF id already in the local
-    HF cache, after :func:`check_weights`. Raises :class:`AssetError` (with the fix) when its weights are not on
-    this machine or cannot be read."""
-    if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
-        raise UnknownNameError(f"model must be a name such as 'toyllava' or 'llava-hf/llava-1.5-7b-hf', got {model!r}")
-    model = str(model)
-    if model in EMBEDDED_MODELS:
-        from prunelab.models.toyllava import default_dir
-
-        d = default_dir(model)
-        if not (d / "config.json").exists() or not (d / "model.safetensors").exists():
-            raise AssetError(f"the embedded model {model!r} has no weights at {d}; run `make toy-model` (or check out data/models/)")
-        return check_weights(d)
-    p = Path(model).expanduser()
-    if p.exists():
-        if not p.is_dir() or not (p / "config.json").exists():
-            raise AssetError(f"model folder {p} has no config.json; point model= at a LlavaForConditionalGeneration folder")
-        return check_weights(p)
-    if _looks_like_path(model):
-        raise AssetError(f"model folder {p} does not exist; check the path (or pass a cached HF id such as "
-                         "'llava-hf/llava-1.5-7b-hf')")
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(model, local_files_only=True, allow_patterns=["config.json"]))
-    except Exception:  # not cached / not a valid id: the same fix either way
-        raise AssetError(
-            f"model {model!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), a local folder, nor in the "
-            "local Hugging Face cache; download it on a machine with internet (huggingface-cli download "
-            f"{model}) and copy the cache, or pass the folder path"
-        ) from None
-    return check_weights(folder)
-
-
-def is_toy_model(model) -> bool:
-    """Whether ``model`` names ToyLLaVA: an embedded variant, or a folder whose ``config.json`` carries ToyLLaVA's
-    vocabulary digest (what ``python -m prunelab.train.toyllava train --out`` writes). Never raises."""
-    if not isinstance(model, (str, os.PathLike)):
-        return False
-    if str(model) in EMBEDDED_MODELS:
-        return True
-    try:
-        cfg = json.loads((Path(model).expanduser() / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and cfg.get("toyllava_vocab_digest") is not None
-
-
-def check_toy_model(model) -> None:
-    """Refuse a model that is not ToyLLaVA, for the chapter that describes ToyLLaVA itself."""
-    if not is_toy_model(model):
-        raise UnknownNameError(
-            f"model={model!r} is not ToyLLaVA; this chapter describes the embedded toy model only, pass model="
-            f"{EMBEDDED_MODELS[0]!r} or a folder written by `python -m prunelab.train.toyllava train --out` "
-            "(the build skips it for other models)"
-        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -404,6 +262,5 @@ def validate(*, model: str | None = None, image_sets: Sequence[str] | str | None
     return p
 
 
-__all__ = ["Params", "validate", "check_model", "check_weights", "check_image_set", "check_methods", "check_budgets",
-           "check_seed", "check_n_images", "check_max_new_tokens", "check_results_dir", "check_values", "split_list",
-           "is_toy_model", "check_toy_model", "EMBEDDED_MODELS", "VOCABULARY", "LIST_PARAMETERS"]
+__all__ = ["Params", "validate", "check_image_set", "check_methods", "check_budgets", "check_seed", "check_n_images",
+           "check_max_new_tokens", "check_results_dir", "check_values", "split_list", "VOCABULARY", "LIST_PARAMETERS"]

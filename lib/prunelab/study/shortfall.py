@@ -47,9 +47,10 @@ from prunelab.errors import PrunelabError, UnknownNameError
 from prunelab.eval.metrics import erank
 from prunelab.methods.base import FAMILY_ORDER, get_pruner
 from prunelab.models.encoders import AdapterEncoder, VisionEncoder, embedded_projector
+from prunelab.models.loader import EMBEDDED_MODELS, check_model
 from prunelab.study import analysis
 from prunelab.study.analysis import paired, summarize
-from prunelab.study.params import EMBEDDED_MODELS, check_model, validate
+from prunelab.study.params import validate
 from prunelab.study.plots import family_palette, method_order as _order, method_palette, short_label
 from prunelab.study.runner import random_subset_erank, run_vision, vision_methods
 from prunelab.study.verdict import Claim, checks_from_summary

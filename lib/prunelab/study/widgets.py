@@ -119,7 +119,7 @@ def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: S
     """AgilePruner's threshold and the budget as two sliders (plus an image dropdown): the kept-token overlay, the
     erank and [CLS] attention of the kept tokens, how many tokens the threshold removed and the fill rule added,
     and, when given, the image's POPE accuracy (``pope``) and the highlighted description (``describe``; CHAIR
-    colours, :func:`prunelab.study.generation.highlight_caption`) at that τ and budget.
+    colours, :func:`prunelab.study.scoring.highlight_caption`) at that τ and budget.
 
     ``vision``: a :func:`prunelab.study.runner.run_vision` table holding the sweep's methods; ``taus``: ``{method label:
     tau_max}`` (e.g. from :func:`prunelab.study.adaptive_study.tau_grid`; τ = 0 is FasterVLM). Like
@@ -161,7 +161,7 @@ def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: S
         row["budget"] = b
         cap = None
         if caps is not None and key in caps.index:
-            from prunelab.study.generation import highlight_caption
+            from prunelab.study.scoring import highlight_caption
 
             c = caps.loc[key]
             c = c.iloc[0] if isinstance(c, pd.DataFrame) else c
