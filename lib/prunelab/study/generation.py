@@ -104,12 +104,11 @@ from prunelab.study.params import (
 from prunelab.study.runner import _items_of, _jsonable, erank_stats_from, image_stats, resolve_methods
 from prunelab.study.scoring import score_chair, score_pope
 from prunelab.study.tablecache import (
+    cached_per_item,
     code_hash,
     key as _key,
-    read_entry,
     read_table,
     version_dir,
-    write_entry,
     write_table,
 )
 from prunelab.toyworld import text as tt
@@ -431,7 +430,6 @@ def run_generation(
     # Pass 1: image-level statistics (tower once per image; cached), which also calibrate the erank statistics.
     need_specs = sorted({s for sp in specs if sp.pruner is not None and (s := sp.pruner.erank_stats_spec()) is not None})
     img_dir = vroot / "images" / _key([CACHE_FORMAT, gm.fingerprint, code, dev.type, str(dtype)])
-    per_image: dict[str, dict] = {}
     encodings: dict[str, tuple[torch.Tensor, dict, float]] = {}
     kept_bytes = 0  # tower outputs kept from pass 1 for pass 2, up to KEEP_ENCODINGS_BYTES (else re-encoded)
 
@@ -453,25 +451,20 @@ def run_generation(
     def ipath(it):
         return img_dir / f"{_key([it.source, it.id])}.json"
 
-    todo = []
-    for it in items:
-        p = ipath(it)
-        st = read_entry(p) if use_cache and not refresh else None
-        if isinstance(st, dict) and all(k in st for k in _IMAGE_COLUMNS + [sp.name for sp in need_specs]):
-            per_image[it.id] = st
-            continue
-        todo.append(it)
-    for it in tqdm(todo, desc="image stats", unit="img", disable=disable or not todo):
+    def compute(batch):
+        nonlocal kept_bytes
+        (it,) = batch
         pv, enc, secs = encode(it)
-        per_image[it.id] = image_entry(it, enc)
-        if use_cache:
-            write_entry(ipath(it), per_image[it.id])
         size = _nbytes(enc) + pv.numel() * pv.element_size()
         if kept_bytes + size <= KEEP_ENCODINGS_BYTES:
             kept_bytes += size
             encodings[it.id] = (pv, enc, secs)
         else:
             it.release()
+        return [image_entry(it, enc)]
+
+    per_image = cached_per_item(items, ipath, compute, required=_IMAGE_COLUMNS + [sp.name for sp in need_specs],
+                                use_cache=use_cache, refresh=refresh, disable=disable)
 
     stats_by_spec: dict[ErankStatsSpec, dict] = {}
     if need_specs:

@@ -56,12 +56,11 @@ from prunelab.paths import atomic_write, cache_dir as _cache_dir
 from prunelab.study.params import check_budgets, check_n_images, check_seed
 from prunelab.study.plots import method_order
 from prunelab.study.tablecache import (
+    cached_per_item,
     code_hash,
     key as _key,
-    read_entry,
     read_table,
     version_dir,
-    write_entry,
     write_table,
 )
 
@@ -380,7 +379,6 @@ def run_vision(
 
     # Pass 1: image-level statistics (cached per image), contexts kept for small sets.
     img_dir = vroot / "images" / _key([CACHE_FORMAT, enc_fp, code])
-    per_image: dict[str, dict[str, float]] = {}
     contexts: dict[str, VisualContext] = {}
     keep = len(items) <= keep_in_memory
 
@@ -396,24 +394,16 @@ def run_vision(
     def ipath(it):
         return img_dir / f"{_key([it.source, it.id])}.json"
 
-    todo = []
-    for it in items:
-        p = ipath(it)
-        st = read_entry(p) if use_cache and not refresh else None
-        if isinstance(st, dict) and all(k in st for k in IMAGE_COLUMNS):
-            per_image[it.id] = st
-            continue
-        todo.append(it)
-    with tqdm(total=len(todo), desc="image stats", unit="img", disable=disable or not todo) as bar:
-        for batch in _batches(todo, batch_size):
-            for it, ctx in zip(batch, encode(batch)):
-                st = image_stats(ctx)
-                per_image[it.id] = st
-                if use_cache:
-                    write_entry(ipath(it), st)
-                if keep:
-                    contexts[it.id] = ctx
-            bar.update(len(batch))
+    def compute(batch):
+        out = []
+        for it, ctx in zip(batch, encode(batch)):
+            out.append(image_stats(ctx))
+            if keep:
+                contexts[it.id] = ctx
+        return out
+
+    per_image = cached_per_item(items, ipath, compute, required=IMAGE_COLUMNS, use_cache=use_cache, refresh=refresh,
+                                batch_size=batch_size, disable=disable)
 
     stats = dict(erank_stats) if erank_stats is not None else erank_stats_from(per_image[it.id]["erank_full_vision"] for it in items)
 

@@ -165,3 +165,30 @@ def read_table(path: str | Path, columns: Iterable[str] | None = None) -> pd.Dat
 
 
 __all__ = ["code_hash", "key", "version_dir", "write_entry", "read_entry", "write_table", "read_table"]
+
+
+def cached_per_item(items, path_of, compute, *, required: Iterable[str] = (), use_cache: bool = True,
+                    refresh: bool = False, batch_size: int = 1, desc: str = "image stats", disable=None) -> dict:
+    """``{item.id: entry}`` for every item: read from its checked entry at ``path_of(item)`` when that holds a dict
+    with the ``required`` keys, else computed by ``compute(batch) -> [entry per item]`` (``batch_size`` items at a
+    time, in order) and written. The image-level pass of both study loops (``run_vision``, ``run_generation``)."""
+    from tqdm.auto import tqdm
+
+    need = list(required)
+    out: dict = {}
+    todo = []
+    for it in items:
+        st = read_entry(path_of(it)) if use_cache and not refresh else None
+        if isinstance(st, dict) and all(k in st for k in need):
+            out[it.id] = st
+        else:
+            todo.append(it)
+    with tqdm(total=len(todo), desc=desc, unit="img", disable=disable or not todo) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            for it, st in zip(batch, compute(batch), strict=True):
+                out[it.id] = st
+                if use_cache:
+                    write_entry(path_of(it), st)
+            bar.update(len(batch))
+    return out
