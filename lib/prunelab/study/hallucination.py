@@ -34,6 +34,7 @@ from prunelab.study.generation import VANILLA
 from prunelab.study.plots import _families as fam_of, method_order, method_palette, overlay_png
 from prunelab.study.scoring import highlight_caption, paired_chair
 from prunelab.study.verdict import Claim, check, paper_results, paper_value
+from prunelab.study.widgets import linked_views
 
 #: Our labels for the rows of the paper's CHAIR table, in its order (PruMerge+ at the paper's fixed budgets is
 #: ``PruMerge+fixed`` here); names map through :func:`prunelab.methods.paper_name`.
@@ -360,28 +361,14 @@ def caption_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str]
     d_img = w.Dropdown(options=image_ids, value=image_ids[0], description="image")
     d_met = w.Dropdown(options=methods, value=methods[0], description="method")
     d_bud = w.Dropdown(options=[str(b) for b in budgets], value=str(budgets[0]), description="budget T")
-    links, outer = [], []
-    for iid in image_ids:
-        per_m = []
-        for m in methods:
-            views = []
-            for b in budgets:
-                sel = df[(df["image_id"] == iid) & (df["method"] == m) & (df["budget"] == b)]
-                if sel.empty:
-                    views.append(w.HTML(f"<i>no result for {html.escape(str(iid))} / {html.escape(m)} / T={b}</i>"))
-                else:
-                    views.append(w.HTML("<table>" + _row_html(sel.iloc[0], parser, images.get(iid), size) + "</table>"))
-            inner = w.Stack(views, selected_index=0)
-            links.append(w.jslink((d_bud, "index"), (inner, "selected_index")))
-            per_m.append(inner)
-        mid = w.Stack(per_m, selected_index=0)
-        links.append(w.jslink((d_met, "index"), (mid, "selected_index")))
-        outer.append(mid)
-    top = w.Stack(outer, selected_index=0)
-    links.append(w.jslink((d_img, "index"), (top, "selected_index")))
-    box = w.VBox([w.HBox([d_img, d_met, d_bud]), top])
-    box._prunelab_links = links
-    return box
+
+    def view(iid, m, b):
+        sel = df[(df["image_id"] == iid) & (df["method"] == m) & (df["budget"] == b)]
+        if sel.empty:
+            return w.HTML(f"<i>no result for {html.escape(str(iid))} / {html.escape(m)} / T={b}</i>")
+        return w.HTML("<table>" + _row_html(sel.iloc[0], parser, images.get(iid), size) + "</table>")
+
+    return linked_views((d_img, d_met, d_bud), image_ids, methods, budgets, view)
 
 
 __all__ = [
