@@ -345,24 +345,24 @@ def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: p
     enh = []
     for r in table[table["variant"] == "+erank"].itertuples(index=False) if len(table) else []:
         enh.append(check(f"{r.method} − {r.base}, T={int(r.budget)}", r.diff_vs_fixed, ">", 0.0, ci=(r.diff_low, r.diff_high)))
-    claims.append(Claim(
-        claim="An erank-guided attention/diversity split improves the hybrids over their fixed split",
-        paper=paper_pairs("+erank", "fixed"),
-        rule=(f"For every hybrid B and budget T: POPE accuracy(B+erank) − accuracy(B) on the same images > 0, {pct} "
-              "paired-bootstrap CI entirely above 0."),
-        checks=enh, fmt="{:+.1f}"))
+    def variant_claim(claim: str, against: str, rule: str, checks: list) -> Claim:
+        # the +erank variant against another split rule of the same hybrid, in POPE points
+        return Claim(claim=claim, paper=paper_pairs("+erank", against), rule=rule, checks=checks, fmt="{:+.1f}")
+
+    claims.append(variant_claim(
+        "An erank-guided attention/diversity split improves the hybrids over their fixed split", "fixed",
+        f"For every hybrid B and budget T: POPE accuracy(B+erank) − accuracy(B) on the same images > 0, {pct} "
+        "paired-bootstrap CI entirely above 0.", enh))
     inv = []
     for base in bases:
         e, i = f"{base}+erank", f"{base}+inverse"
         if (pope["method"] == e).any() and (pope["method"] == i).any():
             for r in compare(pope, e, i, "Accuracy", by=("budget",), n_boot=n_boot, ci=ci, seed=seed).itertuples(index=False):
                 inv.append(check(f"{e} − {i}, T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high)))
-    claims.append(Claim(
-        claim="The erank-guided rule beats its inverse (complex image → more attention tokens)",
-        paper=paper_pairs("+erank", "+inverse"),
-        rule=(f"For every hybrid B and T: accuracy(B+erank) − accuracy(B+inverse) > 0, {pct} paired-bootstrap CI "
-              "entirely above 0."),
-        checks=inv, fmt="{:+.1f}"))
+    claims.append(variant_claim(
+        "The erank-guided rule beats its inverse (complex image → more attention tokens)", "+inverse",
+        f"For every hybrid B and T: accuracy(B+erank) − accuracy(B+inverse) > 0, {pct} paired-bootstrap CI "
+        "entirely above 0.", inv))
 
     others = [m for m in methods if m != AGILE]
     if "FasterVLM" not in others and (pope["method"] == "FasterVLM").any():

@@ -280,19 +280,21 @@ def finding3_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, img: pd.D
             out.append(check(f"T={int(r.budget)}, {split} ({int(r.n)} images)", v, ">", 0.0, ci=(lo, hi)))
         return out
 
+    def gap_claim(claim, paper, rule, gaps, split, sign):
+        # a family gap on one split, signed so that "> 0" is the claimed direction
+        return Claim(claim=claim, paper=paper, rule=rule, checks=gap_checks(gaps, split, sign), fmt="{:+.1f}")
+
     g_acc = family_gaps(pope, "Accuracy", n_boot=n_boot, ci=ci, seed=seed)
-    claims.append(Claim(
-        claim="On simple images, attention-based pruning answers POPE more accurately than diversity-based pruning",
-        paper="direction: attention-based pruning wins on simple images (concentrated evidence)",
-        rule=(f"Per budget, POPE accuracy of the attention family (its methods pooled) minus that of the diversity "
-              f"family on the simple images, paired on the same images: > 0 with its {pct} bootstrap CI above 0."),
-        checks=gap_checks(g_acc, "simple", +1), fmt="{:+.1f}"))
-    claims.append(Claim(
-        claim="On complex images, diversity-based pruning answers POPE more accurately than attention-based pruning",
-        paper="direction: diversity-based pruning wins on complex images (dispersed evidence)",
-        rule=(f"Per budget, POPE accuracy of the diversity family minus that of the attention family on the complex "
-              f"images, paired: > 0 with its {pct} bootstrap CI above 0."),
-        checks=gap_checks(g_acc, "complex", -1), fmt="{:+.1f}"))
+    claims.append(gap_claim(
+        "On simple images, attention-based pruning answers POPE more accurately than diversity-based pruning",
+        "direction: attention-based pruning wins on simple images (concentrated evidence)",
+        (f"Per budget, POPE accuracy of the attention family (its methods pooled) minus that of the diversity "
+              f"family on the simple images, paired on the same images: > 0 with its {pct} bootstrap CI above 0."), g_acc, "simple", +1))
+    claims.append(gap_claim(
+        "On complex images, diversity-based pruning answers POPE more accurately than attention-based pruning",
+        "direction: diversity-based pruning wins on complex images (dispersed evidence)",
+        (f"Per budget, POPE accuracy of the diversity family minus that of the attention family on the complex "
+              f"images, paired: > 0 with its {pct} bootstrap CI above 0."), g_acc, "complex", -1))
     inter = family_interactions(pope, "Accuracy", n_boot=n_boot, ci=ci, seed=seed)
     claims.append(Claim(
         claim="Attention's advantage over diversity is larger on simple than on complex images (POPE)",
@@ -304,17 +306,15 @@ def finding3_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, img: pd.D
         fmt="{:+.1f}"))
     if describe is not None and len(describe):
         g_rec = family_gaps(describe, "Recall", n_boot=n_boot, ci=ci, seed=seed)
-        claims.append(Claim(
-            claim="On complex images, diversity-based pruning lets the model name more of the objects (CHAIR Recall)",
-            paper="implied by the finding (dispersed evidence is kept); the paper's CHAIR table pools all images",
-            rule=f"Per budget, Recall(diversity) − Recall(attention) on the complex images > 0, {pct} paired-bootstrap CI above 0.",
-            checks=gap_checks(g_rec, "complex", -1), fmt="{:+.1f}"))
+        claims.append(gap_claim(
+            "On complex images, diversity-based pruning lets the model name more of the objects (CHAIR Recall)",
+            "implied by the finding (dispersed evidence is kept); the paper's CHAIR table pools all images",
+            f"Per budget, Recall(diversity) − Recall(attention) on the complex images > 0, {pct} paired-bootstrap CI above 0.", g_rec, "complex", -1))
         g_hal = family_gaps(describe, "CHAIR_i", n_boot=n_boot, ci=ci, seed=seed)
-        claims.append(Claim(
-            claim="On simple images, attention-based pruning hallucinates less (CHAIR_i)",
-            paper="implied by the finding (diverse tokens of a simple image are background); the paper's CHAIR table pools all images",
-            rule=f"Per budget, CHAIR_i(diversity) − CHAIR_i(attention) on the simple images > 0, {pct} paired-bootstrap CI above 0.",
-            checks=gap_checks(g_hal, "simple", -1), fmt="{:+.1f}"))
+        claims.append(gap_claim(
+            "On simple images, attention-based pruning hallucinates less (CHAIR_i)",
+            "implied by the finding (diverse tokens of a simple image are background); the paper's CHAIR table pools all images",
+            f"Per budget, CHAIR_i(diversity) − CHAIR_i(attention) on the simple images > 0, {pct} paired-bootstrap CI above 0.", g_hal, "simple", -1))
     return claims
 
 

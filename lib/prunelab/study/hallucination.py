@@ -157,20 +157,18 @@ def finding2_claims(df: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, s
     pct = f"{100 * ci:.0f}%"
     paper_div, paper_att = ["DivPrune", "FPSPruner"], ["FasterVLM", "PruMerge+"]
     claims = []
-    for metric, words in (("CHAIR_s", "more captions with a hallucinated object (CHAIR_s)"),
-                          ("CHAIR_i", "a larger share of hallucinated object mentions (CHAIR_i)")):
+    every = "For every diversity method D and attention method A of this run and every budget T"
+    for metric, claim, scope in (
+            ("CHAIR_s", "Diversity-based pruning gives more captions with a hallucinated object (CHAIR_s) than "
+                        "attention-based pruning", every),
+            ("CHAIR_i", "Diversity-based pruning gives a larger share of hallucinated object mentions (CHAIR_i) than "
+                        "attention-based pruning", every),
+            ("Recall", "Diversity-based pruning recalls more of the objects present (Recall)", "For every D, A and T")):
         claims.append(Claim(
-            claim=f"Diversity-based pruning gives {words} than attention-based pruning",
-            paper=_paper_pairs(metric, paper_div, paper_att),
-            rule=(f"For every diversity method D and attention method A of this run and every budget T: "
-                  f"{metric}(D) − {metric}(A) > 0 on the same images, {pct} paired-bootstrap CI entirely above 0."),
+            claim=claim, paper=_paper_pairs(metric, paper_div, paper_att),
+            rule=(f"{scope}: {metric}(D) − {metric}(A) > 0 on the same images, {pct} paired-bootstrap CI entirely "
+                  "above 0."),
             checks=_pair_checks(df, div, att, metric, ">", n_boot=n_boot, ci=ci, seed=seed), fmt="{:+.1f}"))
-    claims.append(Claim(
-        claim="Diversity-based pruning recalls more of the objects present (Recall)",
-        paper=_paper_pairs("Recall", paper_div, paper_att),
-        rule=(f"For every D, A and T: Recall(D) − Recall(A) > 0 on the same images, {pct} paired-bootstrap CI "
-              "entirely above 0."),
-        checks=_pair_checks(df, div, att, "Recall", ">", n_boot=n_boot, ci=ci, seed=seed), fmt="{:+.1f}"))
     _, summ = correlation_summary(df, xs=(erank_column,), n_boot=n_boot, ci=ci, seed=seed)
     claims.append(Claim(
         claim="The diversity the kept tokens carry is tied to hallucination",
