@@ -68,10 +68,10 @@ def _size(path: Path) -> tuple[int, int]:
 def current_versions() -> dict[str, str]:
     """The folder name (format x code hash) the current library reads, per versioned kind."""
     from prunelab.study import generation, runner
-    from prunelab.study.tablecache import version_dir
+    from prunelab.study.tablecache import code_hash, version_dir
 
-    return {"runs": version_dir(runner.CACHE_FORMAT, runner._code_hash()),
-            "generation": version_dir(generation.CACHE_FORMAT, generation._code_hash())}
+    return {"runs": version_dir(runner.CACHE_FORMAT, code_hash(runner._CODE_FILES)),
+            "generation": version_dir(generation.CACHE_FORMAT, code_hash(generation._CODE_FILES))}
 
 
 def _features_format(path: Path) -> str | None:

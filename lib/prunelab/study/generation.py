@@ -94,7 +94,6 @@ from prunelab.methods.adaptive import input_erank
 from prunelab.methods.base import ErankStatsSpec
 from prunelab.models.loader import as_generation_model
 from prunelab.models.parts import parse_requires
-from prunelab.paths import cache_dir as _cache_dir
 from prunelab.study.params import (
     check_budgets,
     check_image_set,
@@ -103,14 +102,7 @@ from prunelab.study.params import (
 )
 from prunelab.study.runner import _items_of, _jsonable, erank_stats_from, image_stats, resolve_methods
 from prunelab.study.scoring import score_chair, score_pope
-from prunelab.study.tablecache import (
-    cached_per_item,
-    code_hash,
-    key as _key,
-    read_table,
-    version_dir,
-    write_table,
-)
+from prunelab.study.tablecache import RunCache, key as _key
 from prunelab.toyworld import text as tt
 
 CACHE_FORMAT = 2  # bump when the meaning of a cached column or the entry layout changes (2: checked entries)
@@ -260,17 +252,9 @@ def pope_questions_for(items, set_name: str, settings: Sequence[str] = ("random"
 # Cache helpers
 
 
-def _code_hash() -> str:
-    return code_hash(_CODE_FILES)
-
-
-def _write_entry(df: pd.DataFrame, path: Path) -> None:
-    write_table(df, path)
-
-
-def _read_entry(path: Path, task: str) -> pd.DataFrame | None:
-    """An entry's cached rows, or ``None`` (missing, not intact or lacking a column: generate it again)."""
-    return read_table(path, BASE_COLUMNS + (POPE_QUESTION_COLUMNS if task == "pope" else []))
+def _entry_columns(task: str) -> list[str]:
+    """The columns a cached entry of ``task`` must hold (one lacking any is generated again)."""
+    return BASE_COLUMNS + (POPE_QUESTION_COLUMNS if task == "pope" else [])
 
 
 def _normalize(df: pd.DataFrame) -> pd.DataFrame:
@@ -402,10 +386,8 @@ def run_generation(
     dev = adapter.device
     dtype = next(adapter.model.parameters()).dtype
     eos = getattr(gm.tokenizer, "eos_token_id", None)
-    use_cache = cache_dir is not False
-    root = Path(cache_dir) if cache_dir not in (None, False, True) else _cache_dir("generation")
-    code = _code_hash()
-    vroot = root / version_dir(CACHE_FORMAT, code)
+    cache = RunCache(cache_dir, "generation", _CODE_FILES, CACHE_FORMAT, refresh)
+    code, vroot = cache.code, cache.root
     disable = None if progress is None else not progress
     qk_layers = _qk_layers_for(specs, adapter)
 
@@ -463,8 +445,8 @@ def run_generation(
             it.release()
         return [image_entry(it, enc)]
 
-    per_image = cached_per_item(items, ipath, compute, required=_IMAGE_COLUMNS + [sp.name for sp in need_specs],
-                                use_cache=use_cache, refresh=refresh, disable=disable)
+    per_image = cache.per_item(items, ipath, compute, required=_IMAGE_COLUMNS + [sp.name for sp in need_specs],
+                                disable=disable)
 
     stats_by_spec: dict[ErankStatsSpec, dict] = {}
     if need_specs:
@@ -492,7 +474,7 @@ def run_generation(
     missing: dict[str, list] = {}
     for it, sp, b in entries:
         path = entry_path(it, sp, b)
-        cached = _read_entry(path, task) if use_cache and not refresh else None
+        cached = cache.read(path, _entry_columns(task))
         if cached is not None:
             frames[(it.id, sp.label, b)] = cached
         else:
@@ -546,8 +528,7 @@ def run_generation(
                         rows.append(row)
                     cols = BASE_COLUMNS + (POPE_QUESTION_COLUMNS if task == "pope" else [])
                     frame = pd.DataFrame(rows, columns=cols)
-                    if use_cache:
-                        _write_entry(frame, path)
+                    cache.write(frame, path)
                     frames[(it.id, sp.label, b)] = frame
                     bar.update(1)
             it.release()

@@ -52,17 +52,10 @@ from prunelab.eval.metrics import attention_entropy, erank
 from prunelab.methods import FAMILY_ORDER, available_methods
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
 from prunelab.models.encoders import VisionEncoder
-from prunelab.paths import atomic_write, cache_dir as _cache_dir
+from prunelab.paths import atomic_write
 from prunelab.study.params import check_budgets, check_n_images, check_seed
 from prunelab.study.plots import method_order
-from prunelab.study.tablecache import (
-    cached_per_item,
-    code_hash,
-    key as _key,
-    read_table,
-    version_dir,
-    write_table,
-)
+from prunelab.study.tablecache import RunCache, key as _key
 
 CACHE_FORMAT = 2  # bump when the meaning of a column or the entry layout changes (2: checked entries, no all-file)
 
@@ -276,14 +269,6 @@ def prune_image(ctx: VisualContext, specs: list[MethodSpec], budgets: Sequence[i
 # Cache files
 
 
-def _code_hash() -> str:
-    return code_hash(_CODE_FILES)
-
-
-def _write_rows(df: pd.DataFrame, path: Path) -> None:
-    write_table(df, path)
-
-
 def _normalize(df: pd.DataFrame) -> pd.DataFrame:
     """Same dtypes whether rows were just computed or read back from CSV."""
     df = df.copy()
@@ -292,11 +277,6 @@ def _normalize(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("budget", "seed", "n_tokens", "n_kept"):
         df[col] = df[col].astype("int64")
     return df
-
-
-def _read_rows(path: Path) -> pd.DataFrame | None:
-    """An image's cached rows, or ``None`` (missing or not intact: recompute them)."""
-    return read_table(path, VISION_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -371,10 +351,8 @@ def run_vision(
     set_name, items = _items_of(image_set, n, seed)
     encoder = encoder if encoder is not None else VisionEncoder(device=device, batch_size=batch_size)
     enc_fp = getattr(encoder, "fingerprint", None) or f"{type(encoder).__module__}.{type(encoder).__qualname__}"
-    use_cache = cache_dir is not False
-    root = Path(cache_dir) if cache_dir not in (None, False) else _cache_dir("runs")
-    code = _code_hash()
-    vroot = root / version_dir(CACHE_FORMAT, code)
+    cache = RunCache(cache_dir, "runs", _CODE_FILES, CACHE_FORMAT, refresh)
+    code, vroot = cache.code, cache.root
     disable = None if progress is None else not progress
 
     # Pass 1: image-level statistics (cached per image), contexts kept for small sets.
@@ -402,8 +380,7 @@ def run_vision(
                 contexts[it.id] = ctx
         return out
 
-    per_image = cached_per_item(items, ipath, compute, required=IMAGE_COLUMNS, use_cache=use_cache, refresh=refresh,
-                                batch_size=batch_size, disable=disable)
+    per_image = cache.per_item(items, ipath, compute, required=IMAGE_COLUMNS, batch_size=batch_size, disable=disable)
 
     stats = dict(erank_stats) if erank_stats is not None else erank_stats_from(per_image[it.id]["erank_full_vision"] for it in items)
 
@@ -414,7 +391,7 @@ def run_vision(
     frames: dict[str, pd.DataFrame] = {}
     todo = []
     for it in items:
-        cached = _read_rows(run_dir / f"{_key([it.source, it.id])}.json") if use_cache and not refresh else None
+        cached = cache.read(run_dir / f"{_key([it.source, it.id])}.json", VISION_COLUMNS)
         if cached is not None:
             frames[it.id] = cached
         else:
@@ -433,8 +410,7 @@ def run_vision(
                     r.update(image_set=set_name, image_id=it.id, complexity=it.complexity, seed=seed,
                              **{k: img[k] for k in IMAGE_COLUMNS})
                 frame = pd.DataFrame(rows)[VISION_COLUMNS]
-                if use_cache:
-                    _write_rows(frame, run_dir / f"{_key([it.source, it.id])}.json")
+                cache.write(frame, run_dir / f"{_key([it.source, it.id])}.json")
                 frames[it.id] = frame
                 bar.update(1)
     df_all = pd.concat([frames[it.id] for it in items], ignore_index=True)[VISION_COLUMNS]

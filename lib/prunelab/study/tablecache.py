@@ -192,3 +192,36 @@ def cached_per_item(items, path_of, compute, *, required: Iterable[str] = (), us
                     write_entry(path_of(it), st)
             bar.update(len(batch))
     return out
+
+
+class RunCache:
+    """Where one study loop keeps its checked entries: ``<cache_dir or cache/<name>>/v<format>-<code hash>/``.
+
+    ``cache_dir=False`` turns caching off (nothing read or written); ``refresh=True`` ignores what is there and
+    overwrites it. ``code_files`` are the library files (glob patterns under ``lib/prunelab``) whose change must
+    invalidate the entries."""
+
+    def __init__(self, cache_dir, name: str, code_files: Iterable[str], cache_format: int, refresh: bool = False):
+        from prunelab.paths import cache_dir as default_cache_dir
+
+        self.enabled = cache_dir is not False
+        self.refresh = bool(refresh)
+        self.code = code_hash(code_files)
+        root = Path(cache_dir) if cache_dir not in (None, False, True) else default_cache_dir(name)
+        self.root = root / version_dir(cache_format, self.code)
+
+    @property
+    def reads(self) -> bool:
+        return self.enabled and not self.refresh
+
+    def read(self, path: Path, columns: Iterable[str]) -> pd.DataFrame | None:
+        """The table at ``path`` (checked; ``None`` when missing, not intact, off or refreshing)."""
+        return read_table(path, columns) if self.reads else None
+
+    def write(self, df: pd.DataFrame, path: Path) -> None:
+        if self.enabled:
+            write_table(df, path)
+
+    def per_item(self, items, path_of, compute, **kw) -> dict:
+        """:func:`cached_per_item` with this cache's on/off and refresh settings."""
+        return cached_per_item(items, path_of, compute, use_cache=self.enabled, refresh=self.refresh, **kw)
