@@ -76,7 +76,6 @@ question alone.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -100,7 +99,7 @@ from prunelab.study.params import (
     check_n_images,
     check_seed,
 )
-from prunelab.study.runner import _items_of, _jsonable, erank_stats_from, image_stats, resolve_methods
+from prunelab.study.runner import _items_of, _jsonable, erank_stats_from, image_stats, resolve_methods, scalar_json
 from prunelab.study.scoring import score_chair, score_pope
 from prunelab.study.tablecache import RunCache, key as _key
 from prunelab.toyworld import text as tt
@@ -293,18 +292,6 @@ def _qk_layers_for(specs: list[_Spec], adapter) -> tuple[int, ...]:
         if s.pruner is not None and getattr(s.pruner, "stage", "pre_llm") != "in_llm":
             layers |= parse_requires(getattr(s.pruner, "requires", ()))[0]
     return tuple(sorted(layers))
-
-
-def _scalars(rec: dict) -> str:
-    keep = {}
-    for k, v in rec.items():
-        if k in _RECORD_KEYS or k in _RECORD_SKIP:
-            continue
-        if isinstance(v, torch.Tensor):
-            v = v.item() if v.numel() == 1 else None
-        if isinstance(v, (bool, int, float, str)) or v is None:
-            keep[k] = v
-    return json.dumps(keep, sort_keys=True, default=str)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -518,7 +505,7 @@ def run_generation(
                         row["vision_s"] = secs
                         row["kept_indices"] = [int(i) for i in rec.get("kept_indices", [])]
                         row["hit_max_new_tokens"] = bool(len(seq) >= max_new_tokens and (eos is None or not seq or seq[-1] != eos))
-                        row["method_stats"] = _scalars(rec)
+                        row["method_stats"] = scalar_json(rec, _RECORD_KEYS | _RECORD_SKIP)
                         if sp.pruner is None:  # all N tokens: the kept set is the full set
                             row.update(erank_kept_vision=img["erank_full_vision"],
                                        erank_kept_projected=img["erank_full_projected"], attention_mass_kept=1.0)

@@ -227,10 +227,12 @@ def _result_stats(ctx: VisualContext, res: PruneResult) -> dict[str, float]:
     return out
 
 
-def _scalar_stats(stats: dict) -> str:
+def scalar_json(stats: dict, skip=("method", "budget", "n_kept")) -> str:
+    """The scalar entries of a method's statistics (one-element tensors as numbers) as sorted JSON, ``skip``
+    left out: the ``method_stats`` column of both loops."""
     keep = {}
     for k, v in stats.items():
-        if k in ("method", "budget", "n_kept"):
+        if k in skip:
             continue
         if isinstance(v, torch.Tensor):
             v = v.item() if v.numel() == 1 else None
@@ -260,7 +262,7 @@ def prune_image(ctx: VisualContext, specs: list[MethodSpec], budgets: Sequence[i
                 random_cache[size] = random_subset_erank(ctx, size, n_random, seed)
             row.update(random_cache[size])
             row["kept_indices"] = [int(i) for i in res.indices.tolist()]
-            row["method_stats"] = _scalar_stats(res.stats)
+            row["method_stats"] = scalar_json(res.stats)
             rows.append(row)
     return rows
 
