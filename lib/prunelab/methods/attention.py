@@ -176,6 +176,15 @@ def _finish_prumerge(
     return PruneResult(indices=indices, tokens=merged, token_space="vision", order="attention", stats=stats)
 
 
+def _merge_settings(pruner: Pruner, layer: int, n_neighbours: int) -> None:
+    """The tower layer whose [CLS] attention and keys the PruMerge family reads, and how many key-nearest
+    neighbours each kept token merges (methods-spec §2.2)."""
+    if n_neighbours < 0:
+        raise ValueError(f"n_neighbours must be >= 0, got {n_neighbours}")
+    pruner.layer = int(layer)
+    pruner.n_neighbours = int(n_neighbours)
+
+
 class _PruMergeBase(Pruner):
     family = "attention"
     requires = ("keys[-1]", "queries[-1]")
@@ -185,10 +194,9 @@ class _PruMergeBase(Pruner):
 
     def __init__(self, layer: int = -1, n_neighbours: int = 32, min_keep: int = 1):
         super().__init__()
-        if n_neighbours < 0 or min_keep < 0:
-            raise ValueError("n_neighbours and min_keep must be >= 0")
-        self.layer = int(layer)
-        self.n_neighbours = int(n_neighbours)
+        if min_keep < 0:
+            raise ValueError(f"min_keep must be >= 0, got {min_keep}")
+        _merge_settings(self, layer, n_neighbours)
         self.min_keep = int(min_keep)
 
     def select(self, ctx: VisualContext, budget: int) -> PruneResult:
@@ -296,8 +304,7 @@ class PruMergePlusFixed(Pruner):
             raise ValueError(f"k_att_fraction must be in [0, 1], got {k_att_fraction}")
         self.k_att_fraction = float(k_att_fraction)
         self.extra_token = bool(extra_token)
-        self.layer = int(layer)
-        self.n_neighbours = int(n_neighbours)
+        _merge_settings(self, layer, n_neighbours)
 
     def select(self, ctx: VisualContext, budget: int) -> PruneResult:
         n = ctx.n_tokens
