@@ -1,5 +1,4 @@
 """DPC-kNN clustering (SparseVLM ``cluster_and_merge`` style): known answers and properties."""
-
 from __future__ import annotations
 
 import math

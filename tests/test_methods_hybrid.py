@@ -1,5 +1,4 @@
 """Hybrid pre-LLM pruners: VisPruner, VisionZip, BAT adaptation, AttnDiv, erank-guided / inverse splits."""
-
 from __future__ import annotations
 
 import math
@@ -318,9 +317,7 @@ def test_erank_split_ratio_mapping():
         erank_split_ratio(6.0, 5.0, 5.0, 0.2, 0.6)
 
 
-@pytest.mark.parametrize(
-    "base,param", [("VisPruner", "important_ratio"), ("BAT", "attentive_ratio"), ("AttnDiv", "attention_ratio")]
-)
+@pytest.mark.parametrize("base,param", [("VisPruner", "important_ratio"), ("BAT", "attentive_ratio"), ("AttnDiv", "attention_ratio")])
 def test_erank_variant_equals_base_at_mapped_ratio(base, param):
     ctx = make_context(n=36, c=16, seed=9)
     e = float(erank(ctx.features))
@@ -335,9 +332,7 @@ def test_erank_variant_equals_base_at_mapped_ratio(base, param):
         if ref.tokens is not None:
             torch.testing.assert_close(res.tokens, ref.tokens)
     # erank rule (r = 0.35) and inverse rule (r = 0.65) split the budget differently
-    assert (
-        prune(ctx, f"{base}+erank", 10, **kw).stats["r_used"] != prune(ctx, f"{base}+inverse", 10, **kw).stats["r_used"]
-    )
+    assert prune(ctx, f"{base}+erank", 10, **kw).stats["r_used"] != prune(ctx, f"{base}+inverse", 10, **kw).stats["r_used"]
 
 
 def test_erank_stats_from_context_and_missing():

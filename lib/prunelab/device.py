@@ -1,5 +1,4 @@
 """Device selection with one clear error when an accelerator is asked for but absent."""
-
 from __future__ import annotations
 
 import contextlib
