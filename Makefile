@@ -44,6 +44,7 @@ browser: setup
 # Lint (ruff) and the layer contracts (import-linter, [tool.importlinter] in pyproject.toml): seconds, no assets.
 lint: setup
 	$(VENV)/bin/ruff check lib tests
+	$(VENV)/bin/ruff format --check lib tests
 	$(VENV)/bin/lint-imports
 
 test: lint assets js

@@ -1,4 +1,5 @@
 """Shared pytest fixtures: small seeded visual contexts (see prunelab.methods.testing)."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,10 @@ from prunelab.methods.testing import context_from, make_context, make_contexts  
 
 # Property tests run on 2 shared CPU cores: keep them short and deterministic.
 settings.register_profile(
-    "prunelab", max_examples=40, deadline=None, derandomize=True,
+    "prunelab",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("prunelab")

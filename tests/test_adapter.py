@@ -1,5 +1,6 @@
 """LlavaAdapter on tiny seeded LLaVA models (CLIP tower and DINOv2 tower): index bookkeeping, equality with
 the unpruned HF model, kept counts and order policies, batching, hook hygiene, prompts, bad input."""
+
 from __future__ import annotations
 
 import types
@@ -62,12 +63,19 @@ class Boom(Pruner):
 
 
 def native_logits(model, ids, pv, steps):
-    out = model.generate(input_ids=ids, pixel_values=pv, max_new_tokens=steps, do_sample=False,
-                         output_logits=True, return_dict_in_generate=True)
-    return out.sequences[0, ids.shape[1]:].tolist(), torch.stack(out.logits, 1)[0].float()
+    out = model.generate(
+        input_ids=ids,
+        pixel_values=pv,
+        max_new_tokens=steps,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    return out.sequences[0, ids.shape[1] :].tolist(), torch.stack(out.logits, 1)[0].float()
 
 
 # ------------------------------------------------------------------ devices and prompts
+
 
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
@@ -99,6 +107,7 @@ def test_tokenize_with_image(models):
 
 
 # ------------------------------------------------------------------ vision bookkeeping
+
 
 def test_recomputed_cls_attention_matches_eager(model, adapter):
     _, pv = tiny_inputs(model, batch=2, seed=3)
@@ -141,6 +150,7 @@ def test_image_span_and_placeholder():
 
 # ------------------------------------------------------------------ equality with the unpruned model
 
+
 def test_unpruned_path_equals_native_generate(model, adapter):
     ids, pv = tiny_inputs(model, seed=1)
     seq, logits = native_logits(model, ids, pv, 6)
@@ -169,7 +179,7 @@ def test_budget_equal_n_is_the_unpruned_model(models, method):
     rec = out.records[0]
     ctx = ad.contexts(pv, erank_stats=stats)[0]
     start, _ = find_image_span(ids[0], model.config.image_token_id)
-    ctx.text_embeds = ad.parts.embed(ids[0, start + N:]).float()
+    ctx.text_embeds = ad.parts.embed(ids[0, start + N :]).float()
     res = get_pruner(method)(ctx, N)
     if res.tokens is None:
         assert res.indices.tolist() == list(range(N))
@@ -190,8 +200,10 @@ def _erank_stats(ad, pv):
     return calibrate_erank(ad.contexts(torch.cat([pv, more])))
 
 
-@pytest.mark.parametrize("method,budget", [("FasterVLM", 16), ("DivPrune", 24), ("_TestEveryFourth", 20),
-                                           ("CDPruner", 16), ("VisionZip", 16)])
+@pytest.mark.parametrize(
+    "method,budget",
+    [("FasterVLM", 16), ("DivPrune", 24), ("_TestEveryFourth", 20), ("CDPruner", 16), ("VisionZip", 16)],
+)
 def test_kept_count_order_and_prompt_length(model, adapter, method, budget):
     ids, pv = tiny_inputs(model, seed=4)
     out = adapter.run(ids, pv, method, budget, max_new_tokens=3)
@@ -206,8 +218,16 @@ def test_kept_count_order_and_prompt_length(model, adapter, method, budget):
     assert all(0 <= i < N for i in kept)
     if method == "_TestEveryFourth":
         assert kept == sorted(list(range(0, N, 4)) + [1, 5, 9, 13])
-    for key in ("vision_s", "select_s", "prefill_s", "decode_s", "flops_prefill", "flops_decode", "flops_vision",
-                "erank_kept_projected"):
+    for key in (
+        "vision_s",
+        "select_s",
+        "prefill_s",
+        "decode_s",
+        "flops_prefill",
+        "flops_decode",
+        "flops_vision",
+        "erank_kept_projected",
+    ):
         assert np.isfinite(r[key]) and r[key] >= 0, key
 
 
@@ -228,7 +248,7 @@ def test_pruned_tokens_are_what_the_llm_reads(model, adapter):
     proj = adapter.parts.projector(enc["features"][0, kept])
     emb = adapter.parts.embed(ids[0])
     start, _ = find_image_span(ids[0], model.config.image_token_id)
-    expect = torch.cat([emb[:start], proj, emb[start + N:]])
+    expect = torch.cat([emb[:start], proj, emb[start + N :]])
     assert torch.allclose(seen["h"][0], expect, atol=1e-5)
 
 
@@ -241,6 +261,7 @@ def test_single_placeholder_equals_expanded(model, adapter):
 
 
 # ------------------------------------------------------------------ batching
+
 
 @pytest.mark.parametrize("method,budget", [(None, None), ("FasterVLM", 12), ("PruMerge", 16)])
 def test_batched_left_padding_gives_batch1_text(model, adapter, method, budget):
@@ -264,8 +285,10 @@ def test_batched_left_padding_gives_batch1_text(model, adapter, method, budget):
 def test_shared_image_prompts_give_per_prompt_text(model, adapter, method, budget):
     """Several prompts about one image: one selection, left-padded batches == each prompt alone through run()."""
     _, pv = tiny_inputs(model, seed=21)
-    rows = [tiny_inputs(model, prefix=pre, suffix=suf, seed=30 + k)[0][0] for k, (pre, suf) in
-            enumerate([(3, 4), (9, 2), (5, 8), (2, 11)])]
+    rows = [
+        tiny_inputs(model, prefix=pre, suffix=suf, seed=30 + k)[0][0]
+        for k, (pre, suf) in enumerate([(3, 4), (9, 2), (5, 8), (2, 11)])
+    ]
     alone = [adapter.run([r], pv, method, budget, max_new_tokens=5, eos_token_id=-1) for r in rows]
     shared = adapter.run_shared_image(rows, pv, method, budget, max_new_tokens=5, batch_size=3, eos_token_id=-1)
     assert shared.sequences == [o.sequences[0] for o in alone]
@@ -285,8 +308,9 @@ def test_shared_prefix_cache_gives_the_uncached_answers(model, adapter, method, 
     gen = torch.Generator().manual_seed(7)
     rows = [torch.cat([head, torch.randint(3, 200, (k,), generator=gen)]) for k in (2, 6, 4, 9, 3)]
     plain = adapter.run_shared_image(rows, pv, method, budget, max_new_tokens=5, batch_size=3, eos_token_id=-1)
-    cached = adapter.run_shared_image(rows, pv, method, budget, max_new_tokens=5, batch_size=3, eos_token_id=-1,
-                                      prefix_cache=True)
+    cached = adapter.run_shared_image(
+        rows, pv, method, budget, max_new_tokens=5, batch_size=3, eos_token_id=-1, prefix_cache=True
+    )
     alone = [adapter.run([r], pv, method, budget, max_new_tokens=5, eos_token_id=-1, output_logits=True) for r in rows]
     assert cached.sequences == plain.sequences == [o.sequences[0] for o in alone]
     n_vis = cached.records[0]["n_kept"]  # PruMerge chooses its own count
@@ -295,9 +319,17 @@ def test_shared_prefix_cache_gives_the_uncached_answers(model, adapter, method, 
     assert [r["kept_indices"] for r in cached.records] == [o.records[0]["kept_indices"] for o in alone]
     # first-step logits of each prompt, recomputed through the cache, against the prompt alone
     c = cached.records[0]["prefix_len"]
-    s = adapter._prepare(rows[3:4], [0], pv, adapter._method(method, None),
-                         adapter._method_budget(adapter._method(method, None), budget, pv), False,
-                         *adapter._inputs([rows[3]], method, None, 1)[3:], None, None)[0]
+    s = adapter._prepare(
+        rows[3:4],
+        [0],
+        pv,
+        adapter._method(method, None),
+        adapter._method_budget(adapter._method(method, None), budget, pv),
+        False,
+        *adapter._inputs([rows[3]], method, None, 1)[3:],
+        None,
+        None,
+    )[0]
     with torch.no_grad():
         pre = adapter.model(inputs_embeds=s.embeds[None, :c], use_cache=True).past_key_values
         step = adapter.model(inputs_embeds=s.embeds[None, c:], past_key_values=pre).logits[0, -1]
@@ -317,8 +349,15 @@ def test_selections_of_one_image_batched_equal_each_alone(model, adapter):
     """Every method x budget of one prompt and image in left-padded batches == each through run() alone; the
     tower runs once; in-LLM methods run alone; records keep the order of the selections."""
     ids, pv = tiny_inputs(model, seed=26)
-    sel = [(None, None), ("FasterVLM", 8), ("FasterVLM", 24), ("DivPrune", 12), ("FastV", 16), ("CDPruner", 10),
-           ("PruMerge", 16)]
+    sel = [
+        (None, None),
+        ("FasterVLM", 8),
+        ("FasterVLM", 24),
+        ("DivPrune", 12),
+        ("FastV", 16),
+        ("CDPruner", 10),
+        ("PruMerge", 16),
+    ]
     calls = []
     real = adapter.encode_images
     adapter.encode_images = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
@@ -333,7 +372,7 @@ def test_selections_of_one_image_batched_equal_each_alone(model, adapter):
         assert r["kept_indices"] == o.records[0]["kept_indices"] and r["method"] == o.records[0]["method"]
     assert [r["selection"] for r in out.records] == list(range(len(sel)))
     order = sorted((i for i, (m, _) in enumerate(sel) if m != "FastV"), key=lambda i: out.records[i]["prompt_len"])
-    expected = {i: len(order[c:c + 4]) for c in range(0, len(order), 4) for i in order[c:c + 4]}
+    expected = {i: len(order[c : c + 4]) for c in range(0, len(order), 4) for i in order[c : c + 4]}
     assert [r["batch_size"] for r in out.records] == [expected.get(i, 1) for i in range(len(sel))]
     assert order[-1] == 0  # the unpruned prompt (longest) sits in the last batch
     with pytest.raises(BudgetError, match="one per selection"):
@@ -363,6 +402,7 @@ def test_shared_image_refuses_several_images_and_bad_batch(model, adapter):
 
 
 # ------------------------------------------------------------------ hook hygiene
+
 
 def test_model_is_unchanged_after_runs_and_errors(model, adapter):
     ids, pv = tiny_inputs(model, seed=8)
@@ -401,6 +441,7 @@ def test_hook_scope_removes_on_exception():
 
 # ------------------------------------------------------------------ efficiency accounting
 
+
 def test_flops_estimate_known_answer(models):
     model = models["clip"]
     ad = LlavaAdapter(model)
@@ -421,12 +462,15 @@ def test_flops_estimate_known_answer(models):
 
 # ------------------------------------------------------------------ text interface
 
+
 def test_generate_from_images_and_questions(models):
     from transformers import CLIPImageProcessor
 
     model = models["dinov2"]
-    tok = ToyTokenizer(model, words=VICUNA_SYSTEM.split() + ["USER:", "ASSISTANT:", "Please", "describe", "this",
-                                                              "image", "in", "detail."])
+    tok = ToyTokenizer(
+        model,
+        words=VICUNA_SYSTEM.split() + ["USER:", "ASSISTANT:", "Please", "describe", "this", "image", "in", "detail."],
+    )
     proc = types.SimpleNamespace(
         tokenizer=tok,
         image_processor=CLIPImageProcessor(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112}),
@@ -434,8 +478,9 @@ def test_generate_from_images_and_questions(models):
     ad = LlavaAdapter(model, processor=proc)
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (120, 130, 3), dtype=np.uint8) for _ in range(2)]
-    out = ad.generate(imgs, ["Please describe this image in detail."] * 2, "FasterVLM", 16, max_new_tokens=4,
-                      batch_size=2)
+    out = ad.generate(
+        imgs, ["Please describe this image in detail."] * 2, "FasterVLM", 16, max_new_tokens=4, batch_size=2
+    )
     assert len(out.texts) == 2 and all(isinstance(t, str) for t in out.texts)
     ids, _ = ad.build_inputs(imgs[:1], ["Please describe this image in detail."])
     start, n = find_image_span(ids[0], model.config.image_token_id)
@@ -444,6 +489,7 @@ def test_generate_from_images_and_questions(models):
 
 
 # ------------------------------------------------------------------ bad input
+
 
 def _one_line(err):
     return isinstance(err, PrunelabError) and "\n" not in str(err)
@@ -456,8 +502,13 @@ def test_bad_inputs(models):
     ad = LlavaAdapter(model)
     ids, pv = tiny_inputs(model, seed=11)
     with pytest.raises(CapabilityError) as e:
-        LlavaAdapter(LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=8,
-                                                  num_hidden_layers=1, num_attention_heads=2)))
+        LlavaAdapter(
+            LlamaForCausalLM(
+                LlamaConfig(
+                    vocab_size=16, hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2
+                )
+            )
+        )
     assert _one_line(e.value)
     with pytest.raises(BudgetError) as e:
         ad.run(ids, pv, "FasterVLM", N + 1)

@@ -1,5 +1,6 @@
 """prunelab.study.adaptive_study (chapter 4): method grids, the paper's numbers, the enhancement table, the τ sweep and
 the verdict rules in both directions, figures."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,17 @@ TAUS = [0, 0.05, 0.1, 0.2]
 
 def test_hybrid_grid_names():
     g = A.hybrid_grid(BASES)
-    assert g["method"].tolist() == ["BAT", "BAT+erank", "BAT+inverse", "VisPruner", "VisPruner+erank",
-                                    "VisPruner+inverse", "AttnDiv", "AttnDiv+erank", "AttnDiv+inverse"]
+    assert g["method"].tolist() == [
+        "BAT",
+        "BAT+erank",
+        "BAT+inverse",
+        "VisPruner",
+        "VisPruner+erank",
+        "VisPruner+inverse",
+        "AttnDiv",
+        "AttnDiv+erank",
+        "AttnDiv+inverse",
+    ]
     p = g.set_index("method")["paper_method"]
     assert p["BAT+erank"] == "BAT+adaptive" and p["AttnDiv"] == "DivPrune+FasterVLM" and pd.isna(p["AttnDiv+inverse"])
     with pytest.raises(UnknownNameError, match="no registered 'DivPrune\\+erank'"):
@@ -41,8 +51,20 @@ def test_study_methods_dedupes_in_order():
     from prunelab.study.runner import resolve_methods
 
     labels = [r.label for r in resolve_methods(s["pope"])]
-    assert labels == ["FasterVLM", "VisPruner", "AgilePruner", "VisPruner+erank", "VisPruner+inverse", "AgilePruner(tau_max=0.3)"]
-    assert [r.label for r in resolve_methods(s["describe"])] == ["FasterVLM", "VisPruner", "AgilePruner", "AgilePruner(tau_max=0.3)"]
+    assert labels == [
+        "FasterVLM",
+        "VisPruner",
+        "AgilePruner",
+        "VisPruner+erank",
+        "VisPruner+inverse",
+        "AgilePruner(tau_max=0.3)",
+    ]
+    assert [r.label for r in resolve_methods(s["describe"])] == [
+        "FasterVLM",
+        "VisPruner",
+        "AgilePruner",
+        "AgilePruner(tau_max=0.3)",
+    ]
 
 
 def test_paper_numbers():
@@ -52,13 +74,23 @@ def test_paper_numbers():
     assert math.isnan(A.paper_pope("BAT+erank", 16)[0])
     pe = A.paper_enhancement(BASES).set_index(["base", "variant", "budget"])
     assert pe.loc[("BAT", "+erank", 128), "POPE"] == 86.8 and pe.loc[("BAT", "+erank", 128), "Rel%"] == 97.91
-    assert pe.loc[("VisPruner", "+inverse", 64), "Rel%"] == 91.83 and math.isnan(pe.loc[("AttnDiv", "+inverse", 64), "POPE"])
+    assert pe.loc[("VisPruner", "+inverse", 64), "Rel%"] == 91.83 and math.isnan(
+        pe.loc[("AttnDiv", "+inverse", 64), "POPE"]
+    )
 
 
 def test_paper_beaters_match_the_chapter_loop_they_replace():
     # notebook 04 (commit f392b85) looped over the old PAPER_NAMES map, skipping AgilePruner and PruMerge+fixed
-    old = {"FasterVLM": "FasterVLM", "DivPrune": "DivPrune", "VisPruner": "VisPruner", "VisionZip": "VisionZip",
-           "PruMerge+fixed": "PruMerge+", "PruMerge+": "PruMerge+", "FPS": "FPSPruner", "AgilePruner": "AgilePruner"}
+    old = {
+        "FasterVLM": "FasterVLM",
+        "DivPrune": "DivPrune",
+        "VisPruner": "VisPruner",
+        "VisionZip": "VisionZip",
+        "PruMerge+fixed": "PruMerge+",
+        "PruMerge+": "PruMerge+",
+        "FPS": "FPSPruner",
+        "AgilePruner": "AgilePruner",
+    }
     want = []
     for b in (64, 128):
         pa = A.paper_pope("AgilePruner", b)[0]
@@ -72,9 +104,16 @@ def test_paper_beaters_match_the_chapter_loop_they_replace():
 
 # ---- synthetic runs ------------------------------------------------------------------------------------------
 
+
 def _accuracy(method: str, reverse: bool) -> float:
-    p = {"FasterVLM": 0.70, "DivPrune": 0.72, "VisPruner": 0.74, "AgilePruner": 0.85,
-         "AgilePruner(tau_max=0.05)": 0.80, "AgilePruner(tau_max=0.2)": 0.83}
+    p = {
+        "FasterVLM": 0.70,
+        "DivPrune": 0.72,
+        "VisPruner": 0.74,
+        "AgilePruner": 0.85,
+        "AgilePruner(tau_max=0.05)": 0.80,
+        "AgilePruner(tau_max=0.2)": 0.83,
+    }
     if method in p:
         v = p[method]
         return (1.5 - v) if reverse and method != "FasterVLM" and "Agile" in method else v
@@ -92,8 +131,15 @@ def _pope(methods, n_img=30, reverse=False, seed=0, n_q=12):
         for m in methods:
             for b in (64, 128):
                 for _q in range(n_q):
-                    rows.append({"image_id": f"i{i:02d}", "method": m, "family": "x", "budget": b,
-                                 "correct": bool(rng.random() < _accuracy(m, reverse))})
+                    rows.append(
+                        {
+                            "image_id": f"i{i:02d}",
+                            "method": m,
+                            "family": "x",
+                            "budget": b,
+                            "correct": bool(rng.random() < _accuracy(m, reverse)),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -109,8 +155,19 @@ def _describe(methods, n_img=30, reverse=False, seed=0):
                 h_m, r_m = 3.0, 0.3
             for b in (64, 128):
                 h, c = int(rng.poisson(h_m)), int(rng.binomial(5, r_m))
-                rows.append({"image_id": f"i{i:02d}", "method": m, "budget": b, "n_hallucinated": h, "n_mentions": h + c,
-                             "chair_s": int(h > 0), "n_gt": 5, "n_gt_covered": c, "length": 40})
+                rows.append(
+                    {
+                        "image_id": f"i{i:02d}",
+                        "method": m,
+                        "budget": b,
+                        "n_hallucinated": h,
+                        "n_mentions": h + c,
+                        "chair_s": int(h > 0),
+                        "n_gt": 5,
+                        "n_gt_covered": c,
+                        "length": 40,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -122,10 +179,19 @@ def _vision(grid, n_img=20, reverse=False, seed=0):
         for r in grid.itertuples(index=False):
             for b in (64, 128):
                 gain = (-1 if reverse else 1) * 20 * r.tau
-                rows.append({"image_id": f"i{i:02d}", "method": r.method, "family": "adaptive", "budget": b,
-                             "erank_kept_vision": base + b / 10 + gain + rng.normal(0, 0.2),
-                             "attention_mass_kept": 0.8 - r.tau, "n_kept": b, "kept_indices": list(range(b)),
-                             "method_stats": json.dumps({"n_filled": int(100 * r.tau), "n_removed_by_threshold": 3})})
+                rows.append(
+                    {
+                        "image_id": f"i{i:02d}",
+                        "method": r.method,
+                        "family": "adaptive",
+                        "budget": b,
+                        "erank_kept_vision": base + b / 10 + gain + rng.normal(0, 0.2),
+                        "attention_mass_kept": 0.8 - r.tau,
+                        "n_kept": b,
+                        "kept_indices": list(range(b)),
+                        "method_stats": json.dumps({"n_filled": int(100 * r.tau), "n_removed_by_threshold": 3}),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -135,8 +201,11 @@ METHODS = ["FasterVLM", "DivPrune", "VisPruner", "AgilePruner"]
 def _all(reverse=False):
     grid = A.tau_grid(TAUS)
     pope_methods = list(dict.fromkeys(METHODS + list(A.hybrid_grid(BASES)["method"]) + list(grid["method"])))
-    return (_pope(pope_methods, reverse=reverse), _describe(list(dict.fromkeys(METHODS + list(grid["method"]))), reverse=reverse),
-            _vision(grid, reverse=reverse))
+    return (
+        _pope(pope_methods, reverse=reverse),
+        _describe(list(dict.fromkeys(METHODS + list(grid["method"]))), reverse=reverse),
+        _vision(grid, reverse=reverse),
+    )
 
 
 def test_enhancement_table_and_layout():
@@ -152,8 +221,12 @@ def test_enhancement_table_and_layout():
     assert r["accuracy"] == pytest.approx(100 * sel["correct"].mean())
     lay = A.enhancement_layout(t)
     assert lay.index.tolist()[:3] == [("BAT", "fixed"), ("BAT", "+erank"), ("BAT", "+inverse")]
-    assert lay.columns.tolist()[:4] == [("T = 64", "this run"), ("T = 64", "Δ fixed"), ("T = 64", "paper POPE"),
-                                        ("T = 64", "paper Rel%")]
+    assert lay.columns.tolist()[:4] == [
+        ("T = 64", "this run"),
+        ("T = 64", "Δ fixed"),
+        ("T = 64", "paper POPE"),
+        ("T = 64", "paper Rel%"),
+    ]
 
 
 def test_tau_table_and_erank_gain():
@@ -193,8 +266,9 @@ def test_claims_without_the_needed_methods_are_not_tested():
 
     pope, _, _ = _all()
     pope = pope[pope["method"].isin(["FasterVLM", "DivPrune", "BAT", "BAT+erank", "BAT+inverse"])]
-    t = verdict_table(A.finding4_claims(pope, None, None, methods=["FasterVLM", "DivPrune"], bases=["BAT"], taus=[0, 0.1],
-                                        n_boot=200))
+    t = verdict_table(
+        A.finding4_claims(pope, None, None, methods=["FasterVLM", "DivPrune"], bases=["BAT"], taus=[0, 0.1], n_boot=200)
+    )
     assert t["outcome"].tolist()[:2] == ["replicates", "replicates"]
     assert (t["outcome"].iloc[2:] == "not tested").all()
 
@@ -207,8 +281,15 @@ def test_figures_draw():
 
     pope, desc, vis = _all()
     t = A.enhancement_table(pope, BASES, n_boot=100)
-    d = t[t["variant"] != "fixed"].rename(columns={"diff_vs_fixed": "diff", "diff_low": "ci_low", "diff_high": "ci_high",
-                                                   "paper_diff_vs_fixed": "paper_diff", "method": "label"})
+    d = t[t["variant"] != "fixed"].rename(
+        columns={
+            "diff_vs_fixed": "diff",
+            "diff_low": "ci_low",
+            "diff_high": "ci_high",
+            "paper_diff_vs_fixed": "paper_diff",
+            "method": "label",
+        }
+    )
     f1 = A.delta_figure(d)
     tab = A.tau_table(A.tau_grid(TAUS), vision=vis, pope=pope, describe=desc, n_boot=100)
     f2 = A.tau_figure(tab)

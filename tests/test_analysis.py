@@ -1,4 +1,5 @@
 """prunelab.study.analysis: erank-greedy ceiling (vs oracles), diversity stats (hand values), bootstrap, summaries."""
+
 from __future__ import annotations
 
 import math
@@ -98,8 +99,13 @@ def test_greedy_handles_duplicate_rows():
     assert float(erank(x[sel])) <= 4 + 1e-9
 
 
-@given(n=st.integers(3, 24), d=st.integers(2, 10), t=st.integers(1, 24), seed=st.integers(0, 10_000),
-       screen=st.sampled_from([None, 1, 4]))
+@given(
+    n=st.integers(3, 24),
+    d=st.integers(2, 10),
+    t=st.integers(1, 24),
+    seed=st.integers(0, 10_000),
+    screen=st.sampled_from([None, 1, 4]),
+)
 def test_greedy_properties(n, d, t, seed, screen):
     t = min(t, n)
     x = _rand(n, d, seed)
@@ -160,11 +166,20 @@ def _toy_run_table(contexts, budgets=(4, 8)):
             p = get_pruner(name, **({"features": "vision"} if name == "DivPrune" else {}))
             for b in budgets:
                 res = p(ctx, b)
-                rows.append({"image_set": "toy", "image_id": iid, "complexity": None, "method": name,
-                             "family": p.family, "budget": b, "kept_indices": res.indices.tolist(),
-                             "erank_kept_vision": float(erank(ctx.features[res.indices])),
-                             "erank_full_vision": float(erank(ctx.features)),
-                             "erank_random_vision": 1.0})
+                rows.append(
+                    {
+                        "image_set": "toy",
+                        "image_id": iid,
+                        "complexity": None,
+                        "method": name,
+                        "family": p.family,
+                        "budget": b,
+                        "kept_indices": res.indices.tolist(),
+                        "erank_kept_vision": float(erank(ctx.features[res.indices])),
+                        "erank_full_vision": float(erank(ctx.features)),
+                        "erank_random_vision": 1.0,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -190,11 +205,13 @@ def test_diversity_table_reference_rows(ctx_factory):
 
 def test_greedy_selections_cache(tmp_path, ctx_factory):
     contexts = {"a": ctx_factory(n=25, c=8, seed=1)}
-    first = A.greedy_selections(contexts, 5, screen=None, fingerprint="fp", image_set="s", cache_dir=tmp_path,
-                                progress=False)
+    first = A.greedy_selections(
+        contexts, 5, screen=None, fingerprint="fp", image_set="s", cache_dir=tmp_path, progress=False
+    )
     assert len(list(tmp_path.glob("*.json"))) == 1
-    again = A.greedy_selections(contexts, 5, screen=None, fingerprint="fp", image_set="s", cache_dir=tmp_path,
-                                progress=False)
+    again = A.greedy_selections(
+        contexts, 5, screen=None, fingerprint="fp", image_set="s", cache_dir=tmp_path, progress=False
+    )
     assert first == again == {"a": A.erank_greedy(contexts["a"].features, 5, screen=None).tolist()}
 
 
@@ -213,8 +230,15 @@ def test_add_ratios(ctx_factory):
 
 
 def test_summarize_and_paired():
-    df = pd.DataFrame({"image_id": ["a", "b", "c"] * 2, "method": ["X"] * 3 + ["Y"] * 3, "budget": 64,
-                       "image_set": "s", "v": [2.0, 4.0, 6.0, 1.0, 2.0, 3.0]})
+    df = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"] * 2,
+            "method": ["X"] * 3 + ["Y"] * 3,
+            "budget": 64,
+            "image_set": "s",
+            "v": [2.0, 4.0, 6.0, 1.0, 2.0, 3.0],
+        }
+    )
     s = A.summarize(df, "v", ["method"])
     assert s.set_index("method").loc["X", "mean"] == pytest.approx(4.0)
     assert s.set_index("method").loc["Y", "n"] == 3

@@ -5,6 +5,7 @@ straightforward pass over the full ``N x N`` matrix (:func:`threshold_greedy`) s
 similarities were dropped: not bit-exact at width 1024; it is now checked against the source in
 ``tests/test_methods_hybrid.py``.)
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,15 @@ def _reference_agile(p: AgilePruner, ctx, budget: int) -> torch.Tensor:
     ranking = torch.sort(ctx.cls_attention.double(), descending=True, stable=True).indices
     factor, n_relax = 1.0, 0
     while True:
-        sel, _, _ = threshold_greedy(dist, ranking, budget, rho, tau_scale=p.tau_scale * factor,
-                                     tau_max=p.tau_max * factor, order_mode=p.order_mode)
+        sel, _, _ = threshold_greedy(
+            dist,
+            ranking,
+            budget,
+            rho,
+            tau_scale=p.tau_scale * factor,
+            tau_max=p.tau_max * factor,
+            order_mode=p.order_mode,
+        )
         if len(sel) >= budget or p.fill == "attention":
             break
         n_relax += 1
@@ -47,8 +55,9 @@ def test_agilepruner_too_close_to_call_uses_the_exact_matrix():
     # Token 1 sits at cosine distance exactly 0.1 from token 0 (cos = 0.9); with tau = tau_max = 0.1 the strict
     # comparison d < tau decides whether it is removed, so the blockwise rows must defer to the full matrix.
     c = 0.9
-    feats = torch.tensor([[1.0, 0.0, 0.0], [c, math.sqrt(1 - c * c), 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]],
-                         dtype=torch.float64)
+    feats = torch.tensor(
+        [[1.0, 0.0, 0.0], [c, math.sqrt(1 - c * c), 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64
+    )
     ctx = context_from(feats, torch.tensor([0.4, 0.3, 0.2, 0.1]))
     p = AgilePruner(tau_max=float(cosine_distances(feats)[0, 1]), tau_scale=1.0, erank_avg=1e-6)
     assert torch.equal(p.select(ctx, 3).indices, _reference_agile(p, ctx, 3))

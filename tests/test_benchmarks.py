@@ -3,6 +3,7 @@
 printed tables have the expected rows and columns, the timing ratios are finite and positive, and
 the non-timing columns (ideal token ratios, FastV's equivalent token count, greedy identity) have their known
 values. No timing goal is asserted: these are benchmarks, not timed tests."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,7 @@ def _table(text: str, first: str) -> tuple[list[str], list[dict]]:
     start = next(i for i, line in enumerate(lines) if line.split()[:1] == [first])
     header = lines[start].split()
     rows = []
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.strip() or line.startswith(" "):
             break
         cells = line.split()
@@ -66,8 +67,12 @@ def test_selection_quick_table(selection_run):
             v = _num(r[col])
             assert math.isfinite(v) and v > 0, (r["method"], col, r[col])
         # ratio = select / tower (one image: median ratio == ratio of medians, up to the printed rounding)
-        assert _num(r["ratio_pct"]) == pytest.approx(100 * _num(r["select_ms"]) / _num(r["tower_ms"]), rel=0.02, abs=2e-3)
-        assert r["goal"] == ("exempt" if r["method"].startswith("PruMerge") else ("yes" if _num(r["ratio_pct"]) <= 2 else "NO"))
+        assert _num(r["ratio_pct"]) == pytest.approx(
+            100 * _num(r["select_ms"]) / _num(r["tower_ms"]), rel=0.02, abs=2e-3
+        )
+        assert r["goal"] == (
+            "exempt" if r["method"].startswith("PruMerge") else ("yes" if _num(r["ratio_pct"]) <= 2 else "NO")
+        )
     # the CSV holds the same rows
     with open(csv_path, newline="") as fh:
         saved = list(csv.DictReader(fh))
@@ -132,13 +137,34 @@ def test_pope_batching_tiny_table(tmp_path):
     out = tmp_path / "pope.csv"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = pope_batching.main(["--tiny", "--images", "2", "--rounds", "1", "--methods", "FasterVLM", "AgilePruner",
-                                 "Vanilla", "--budgets", "8", "16", "--csv", str(out)])
+        rc = pope_batching.main(
+            [
+                "--tiny",
+                "--images",
+                "2",
+                "--rounds",
+                "1",
+                "--methods",
+                "FasterVLM",
+                "AgilePruner",
+                "Vanilla",
+                "--budgets",
+                "8",
+                "16",
+                "--csv",
+                str(out),
+            ]
+        )
     assert rc == 0
     header, rows = _table(buf.getvalue(), "method")
     assert header == pope_batching.COLUMNS
-    assert [(r["method"], r["budget"]) for r in rows] == [("FasterVLM", "8"), ("FasterVLM", "16"), ("AgilePruner", "8"),
-                                                           ("AgilePruner", "16"), ("Vanilla", "64")]
+    assert [(r["method"], r["budget"]) for r in rows] == [
+        ("FasterVLM", "8"),
+        ("FasterVLM", "16"),
+        ("AgilePruner", "8"),
+        ("AgilePruner", "16"),
+        ("Vanilla", "64"),
+    ]
     for r in rows:
         assert float(r["identical"]) == 1.0
         assert float(r["questions"]) == 4.0
@@ -149,6 +175,7 @@ def test_pope_batching_tiny_table(tmp_path):
 
 
 # ---- every benchmark's --smoke mode on the default model (what make bench / bench-smoke run) ---------------------
+
 
 def _need_default_model():
     from prunelab.errors import AssetError
@@ -180,7 +207,8 @@ def test_prefill_smoke_runs_on_the_two_layer_toyllava(capsys):
     assert "note      : FastV: K=2 needs more than 2 decoder layers" in text
     _, rows = _table(text, "method")
     assert [(r["method"], int(r["T"])) for r in rows] == [("full", 576)] + [
-        (m, t) for m in ("FasterVLM", "DivPrune", "FastV(k=1)") for t in (64, 128)]
+        (m, t) for m in ("FasterVLM", "DivPrune", "FastV(k=1)") for t in (64, 128)
+    ]
     for r in rows[-2:]:  # K=1 of 2 layers: T_eq = (576 + T) / 2
         assert _num(r["T_eq"]) == pytest.approx((576 + int(r["T"])) / 2)
     for r in rows[1:]:

@@ -3,6 +3,7 @@
 ipywidgets state (an IntSlider and a Dropdown). The checker must pass it in headless Chromium, and must fail copies
 of its pages that load a script from another host, lose MathJax, lose the widget manager or point at a missing
 image. Skipped, with the reason, only when Chromium is absent and cannot be installed from Debian's registry."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,10 @@ def vendored_js():
     if book_assets.check():
         res = subprocess.run(["make", "js"], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
         if res.returncode != 0 or book_assets.check():
-            pytest.fail(f"book/vendor is incomplete ({book_assets.check()}) and `make js` failed: "
-                        f"{(res.stderr or res.stdout).strip()[-300:]}")
+            pytest.fail(
+                f"book/vendor is incomplete ({book_assets.check()}) and `make js` failed: "
+                f"{(res.stderr or res.stdout).strip()[-300:]}"
+            )
     return REPO_ROOT / "book" / "vendor"
 
 
@@ -100,16 +103,25 @@ def tiny_book(tmp_path_factory, vendored_js):
 
     os.environ.pop("MPLBACKEND", None)  # an exported Agg backend would drop the figure (book-toolchain.md)
     nb = _tiny_notebook()
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True,
-                            resources={"metadata": {"path": str(src)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", store_widget_state=True, resources={"metadata": {"path": str(src)}}
+    ).execute()
     import nbformat
 
     nbformat.write(nb, src / "tiny.ipynb")
     assert "widgets" in nb.metadata, "nbclient stored no widget state"
 
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--path-output", str(src),
-           "-W", "-n", "--keep-going"]
+    cmd = [
+        str(jb) if jb.exists() else "jupyter-book",
+        "build",
+        str(src),
+        "--path-output",
+        str(src),
+        "-W",
+        "-n",
+        "--keep-going",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     html = src / "_build" / "html"
@@ -137,14 +149,30 @@ def _variant(html: Path, page: str, name: str, edit) -> Path:
 def bad_results(tiny_book, chromium):
     html = tiny_book
     pages = [
-        _variant(html, "intro.html", "bad_external.html",
-                 lambda t: t.replace("</head>", '<script src="https://example.com/x.js"></script></head>', 1)),
-        _variant(html, "intro.html", "bad_nomathjax.html",
-                 lambda t: re.sub(r'<script[^>]*src="[^"]*mathjax/tex-mml-chtml\.js[^"]*"[^>]*></script>', "", t)),
-        _variant(html, "tiny.html", "bad_nowidgets.html",
-                 lambda t: re.sub(r'<script[^>]*src="[^"]*html-manager/embed-amd\.js[^"]*"[^>]*></script>', "", t)),
-        _variant(html, "tiny.html", "bad_image.html",
-                 lambda t: re.sub(r'(<img[^>]*src=")[^"]+(")', r"\1_images/missing.png\2", t, count=1)),
+        _variant(
+            html,
+            "intro.html",
+            "bad_external.html",
+            lambda t: t.replace("</head>", '<script src="https://example.com/x.js"></script></head>', 1),
+        ),
+        _variant(
+            html,
+            "intro.html",
+            "bad_nomathjax.html",
+            lambda t: re.sub(r'<script[^>]*src="[^"]*mathjax/tex-mml-chtml\.js[^"]*"[^>]*></script>', "", t),
+        ),
+        _variant(
+            html,
+            "tiny.html",
+            "bad_nowidgets.html",
+            lambda t: re.sub(r'<script[^>]*src="[^"]*html-manager/embed-amd\.js[^"]*"[^>]*></script>', "", t),
+        ),
+        _variant(
+            html,
+            "tiny.html",
+            "bad_image.html",
+            lambda t: re.sub(r'(<img[^>]*src=")[^"]+(")', r"\1_images/missing.png\2", t, count=1),
+        ),
     ]
     try:
         results = bookcheck.check_pages(html, pages, screenshots=None, chromium=chromium)
@@ -220,16 +248,29 @@ def test_cli_exit_codes(tiny_book, chromium, tmp_path, capsys, monkeypatch):
 
 
 def test_is_local_url():
-    for url in ("file:///x/y.js", "data:image/png;base64,AA", "blob:null/1", "about:blank",
-                "http://127.0.0.1:8000/a", "http://localhost/b"):
+    for url in (
+        "file:///x/y.js",
+        "data:image/png;base64,AA",
+        "blob:null/1",
+        "about:blank",
+        "http://127.0.0.1:8000/a",
+        "http://localhost/b",
+    ):
         assert bookcheck.is_local_url(url), url
     for url in ("https://example.com/x.js", "http://cdn.jsdelivr.net/npm/mathjax", "//unpkg.com/thebe"):
         assert not bookcheck.is_local_url(url), url
 
 
 def test_list_pages_skips_static_and_utility_pages(tmp_path):
-    for rel in ("index.html", "book/intro.html", "book/chapters/a.html", "_static/x.html", "_sources/y.html",
-                "genindex.html", "search.html"):
+    for rel in (
+        "index.html",
+        "book/intro.html",
+        "book/chapters/a.html",
+        "_static/x.html",
+        "_sources/y.html",
+        "genindex.html",
+        "search.html",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("<html></html>")
     got = [p.relative_to(tmp_path).as_posix() for p in bookcheck.list_pages(tmp_path)]

@@ -1,5 +1,6 @@
 """The papermill build: parameter files and -p values, input keys, skip-when-unchanged, failures never replace
 a good copy, provenance records."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,13 @@ def nbdir(tmp_path):
 
 
 def _plan(nbdir, tmp_path, params=None):
-    return build.plan(["a"], params={"a": params or {}}, notebooks_dir=nbdir, build_dir=tmp_path / "b",
-                      chapters_dir=tmp_path / "chapters")
+    return build.plan(
+        ["a"],
+        params={"a": params or {}},
+        notebooks_dir=nbdir,
+        build_dir=tmp_path / "b",
+        chapters_dir=tmp_path / "chapters",
+    )
 
 
 def test_parse_cli_params_reads_yaml_values():
@@ -43,7 +49,10 @@ def test_params_file_flat_and_per_notebook(tmp_path, monkeypatch):
     monkeypatch.setattr(build, "list_notebooks", lambda *a, **k: ["a", "b"])
     flat = tmp_path / "flat.yml"
     flat.write_text("device: cuda\nseed: 3\n")
-    assert build.load_params_file(flat, ["a", "b"]) == {"a": {"device": "cuda", "seed": 3}, "b": {"device": "cuda", "seed": 3}}
+    assert build.load_params_file(flat, ["a", "b"]) == {
+        "a": {"device": "cuda", "seed": 3},
+        "b": {"device": "cuda", "seed": 3},
+    }
     per = tmp_path / "per.yml"
     per.write_text('"*": {seed: 1}\na: {n_images: 9}\n')
     assert build.load_params_file(per, ["a", "b"]) == {"a": {"seed": 1, "n_images": 9}, "b": {"seed": 1}}

@@ -1,6 +1,7 @@
 """The result caches (issue 13, items 12 and 13): an entry that is not intact is a miss (recomputed), a table read
 back equals the one computed, redundant columns are stored once, and ``python -m prunelab.study.cache`` sizes, prunes and
 clears them."""
+
 from __future__ import annotations
 
 import json
@@ -26,19 +27,23 @@ from prunelab.study.data import ImageItem
 
 def _frame(n=420):
     rng = np.random.default_rng(0)
-    return pd.DataFrame({
-        "image_id": ["000000139"] * n,  # constant, looks like a number
-        "budget": np.arange(n, dtype="int64"),
-        "score": rng.standard_normal(n) * 1e-7,  # floats that a CSV round trip may not keep exactly
-        "edge": [(-0.0, math.nan, math.inf, 1e-300, 0.1 + 0.2)[i % 5] for i in range(n)],
-        "text": [("", "nan", "None", "naïve ✓ \"quoted\", comma\nnewline", "NA", "lone \ud800 surrogate")[i % 6]
-                 for i in range(n)],
-        "maybe": [None if i % 3 else "x" for i in range(n)],
-        "flag": [bool(i % 2) for i in range(n)],
-        "kept_indices": [[3, 17, 40]] * n,  # shared selection: stored once
-        "per_row": [[i, -1] for i in range(n)],
-        "method_stats": ['{"rho": 0.5}'] * n,
-    })
+    return pd.DataFrame(
+        {
+            "image_id": ["000000139"] * n,  # constant, looks like a number
+            "budget": np.arange(n, dtype="int64"),
+            "score": rng.standard_normal(n) * 1e-7,  # floats that a CSV round trip may not keep exactly
+            "edge": [(-0.0, math.nan, math.inf, 1e-300, 0.1 + 0.2)[i % 5] for i in range(n)],
+            "text": [
+                ("", "nan", "None", 'naïve ✓ "quoted", comma\nnewline', "NA", "lone \ud800 surrogate")[i % 6]
+                for i in range(n)
+            ],
+            "maybe": [None if i % 3 else "x" for i in range(n)],
+            "flag": [bool(i % 2) for i in range(n)],
+            "kept_indices": [[3, 17, 40]] * n,  # shared selection: stored once
+            "per_row": [[i, -1] for i in range(n)],
+            "method_stats": ['{"rho": 0.5}'] * n,
+        }
+    )
 
 
 @pytest.mark.parametrize("module", [R, G], ids=["runner", "generation"])
@@ -78,8 +83,8 @@ def _corruptions(path):
     cuts = sorted({i + 1 for i, b in enumerate(data) if b == ord("\n")} | {len(data) // 2, len(data) - 1, 0})
     out = [(f"cut at {c} of {len(data)}", data[:c]) for c in cuts if c < len(data)]
     mid = len(data) // 2
-    out.append(("invalid UTF-8", data[:mid] + b"\xff\xfe\xc3" + data[mid + 3:]))
-    out.append(("one byte changed", data[:mid] + bytes([data[mid] ^ 1]) + data[mid + 1:]))
+    out.append(("invalid UTF-8", data[:mid] + b"\xff\xfe\xc3" + data[mid + 3 :]))
+    out.append(("one byte changed", data[:mid] + bytes([data[mid] ^ 1]) + data[mid + 1 :]))
     out.append(("garbage", b"\x00\x01 not an entry"))
     return out
 
@@ -112,8 +117,14 @@ def _images(k=3):
     for i in range(k):
         a = (rng.random((60, 80, 3)) * 255).astype("uint8")
         a[10:30, 20:50] = [250, 20, 20]
-        out.append(ImageItem(id=f"img{i}", source="unit", complexity=None if i == 2 else "simple",
-                             loader=(lambda a=a: Image.fromarray(a))))
+        out.append(
+            ImageItem(
+                id=f"img{i}",
+                source="unit",
+                complexity=None if i == 2 else "simple",
+                loader=(lambda a=a: Image.fromarray(a)),
+            )
+        )
     return out
 
 
@@ -153,15 +164,19 @@ def test_run_vision_recomputes_every_damaged_entry(tmp_path):
 
 
 def test_run_vision_table_from_the_cache_equals_the_fresh_one(tmp_path):
-    fresh = R.run_vision(_images(), ["FasterVLM", "AgilePruner"], [8], encoder=_Encoder(), cache_dir=tmp_path,
-                         progress=False)
-    cached = R.run_vision(_images(), ["FasterVLM", "AgilePruner"], [8], encoder=_Encoder(), cache_dir=tmp_path,
-                          progress=False)
+    fresh = R.run_vision(
+        _images(), ["FasterVLM", "AgilePruner"], [8], encoder=_Encoder(), cache_dir=tmp_path, progress=False
+    )
+    cached = R.run_vision(
+        _images(), ["FasterVLM", "AgilePruner"], [8], encoder=_Encoder(), cache_dir=tmp_path, progress=False
+    )
     pd.testing.assert_frame_equal(cached, fresh, check_exact=True)
-    uncached = R.run_vision(_images(), ["FasterVLM", "AgilePruner"], [8], encoder=_Encoder(), cache_dir=False,
-                            progress=False)
-    pd.testing.assert_frame_equal(cached.drop(columns="select_time_s"), uncached.drop(columns="select_time_s"),
-                                  check_exact=True)
+    uncached = R.run_vision(
+        _images(), ["FasterVLM", "AgilePruner"], [8], encoder=_Encoder(), cache_dir=False, progress=False
+    )
+    pd.testing.assert_frame_equal(
+        cached.drop(columns="select_time_s"), uncached.drop(columns="select_time_s"), check_exact=True
+    )
 
 
 # ---- run_generation (POPE) ----------------------------------------------------------------------------------------
@@ -186,8 +201,11 @@ def tiny_gm(one_torch_thread):
 
     model = tiny_llava("clip", seed=0, text_layers=2)
     objects = sorted({o for ls in LABELS for o in ls} | {"bowl", "bird", "boat", "pizza", "bench", "chair", "book"})
-    words = (f"USER: ASSISTANT: Is there a an in the image? yes no {L.LLAVA_SHORT_ANSWER}".split() + objects
-             + [f"w{i}" for i in range(200)])
+    words = (
+        f"USER: ASSISTANT: Is there a an in the image? yes no {L.LLAVA_SHORT_ANSWER}".split()
+        + objects
+        + [f"w{i}" for i in range(200)]
+    )
     return L.from_adapter(LlavaAdapter(model, tokenizer=ToyTokenizer(model, words), device="cpu"), "hf_chat")
 
 
@@ -217,8 +235,9 @@ def _old_csv_bytes(df: pd.DataFrame) -> int:
 
 
 def test_pope_entries_store_the_shared_selection_once_and_recompute_when_damaged(tiny_gm, tmp_path):
-    kw = dict(task="pope", max_new_tokens=2, cache_dir=tmp_path, pope_settings=("random", "adversarial"),
-              progress=False)
+    kw = dict(
+        task="pope", max_new_tokens=2, cache_dir=tmp_path, pope_settings=("random", "adversarial"), progress=False
+    )
     first = G.run_generation(tiny_gm, _pope_items(), ["FasterVLM"], [32], **kw)  # half the 64 tokens
     entries = sorted(tmp_path.glob("v*/entries/*.json"))
     assert len(entries) == 2 and len(first) == 2 * 2 * 6
@@ -233,8 +252,11 @@ def test_pope_entries_store_the_shared_selection_once_and_recompute_when_damaged
     target = entries[0]
     good = target.read_bytes()
     table = TC.read_table(target)
-    variants = [("dropped text column", None), ("cut", good[: good.index(b"\n") + 1]),
-                ("invalid UTF-8", good[:-40] + b"\xff" + good[-39:])]
+    variants = [
+        ("dropped text column", None),
+        ("cut", good[: good.index(b"\n") + 1]),
+        ("invalid UTF-8", good[:-40] + b"\xff" + good[-39:]),
+    ]
     for name, data in variants:
         if data is None:
             TC.write_table(table.drop(columns=["text"]), target)
@@ -326,8 +348,14 @@ def test_cache_cli_runs_as_a_module(tmp_path):
     env = {**os.environ, "PRUNELAB_CACHE": str(tmp_path)}
     (tmp_path / "runs" / "rows").mkdir(parents=True)
     (tmp_path / "runs" / "rows" / "x.csv").write_text("z")
-    r = subprocess.run([sys.executable, "-m", "prunelab.study.cache", "prune"], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "prunelab.study.cache", "prune"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert "removed runs/rows" in r.stdout and not (tmp_path / "runs" / "rows").exists()
 

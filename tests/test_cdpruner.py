@@ -1,4 +1,5 @@
 """CDPruner: greedy DPP MAP (known answers + determinant oracle), relevance, properties, adapter text path."""
+
 from __future__ import annotations
 
 import itertools
@@ -56,7 +57,7 @@ def test_relevance_known_answer():
     tokens = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     text = torch.tensor([[2.0, 0.0]])
     r = relevance(tokens, text, negate=False, offset=0.0)
-    assert torch.allclose(r, torch.tensor([1.0, 0.0, 2 ** -0.5]))  # cos = 1, 0, 0.707 -> min-max
+    assert torch.allclose(r, torch.tensor([1.0, 0.0, 2**-0.5]))  # cos = 1, 0, 0.707 -> min-max
     rn = relevance(tokens, text, negate=True, offset=0.0)
     assert torch.allclose(rn, 1 - r)
     rt = relevance(tokens, torch.tensor([[1.0, 0.0], [0.0, 1.0]]), pooling="tokens", negate=False, offset=0.0)
@@ -111,10 +112,13 @@ def test_selects_bitwise_like_the_official_encode_images(seed):
     ctx = _low_rank_context(seed)
     z, text = ctx.space("projected"), ctx.text_embeds
     for budget in (64, 192):
-        assert torch.equal(get_pruner("CDPruner", pooling="tokens")(ctx, budget).indices,
-                           _official_cdpruner(z, z, text, budget)), (seed, budget)
-        assert torch.equal(get_pruner("CDPruner", pooling="mean")(ctx, budget).indices,
-                           _official_cdpruner(z, z, text.mean(0, keepdim=True), budget)), (seed, budget)
+        assert torch.equal(
+            get_pruner("CDPruner", pooling="tokens")(ctx, budget).indices, _official_cdpruner(z, z, text, budget)
+        ), (seed, budget)
+        assert torch.equal(
+            get_pruner("CDPruner", pooling="mean")(ctx, budget).indices,
+            _official_cdpruner(z, z, text.mean(0, keepdim=True), budget),
+        ), (seed, budget)
 
 
 def test_float64_option_is_the_earlier_rule():
@@ -209,11 +213,11 @@ def test_adapter_fills_text_with_llm_embeddings_of_the_instruction():
     spy = SpyText()
     ad.run(ids, pv, spy, 8, max_new_tokens=1)
     start, n = find_image_span(ids[0], model.config.image_token_id)
-    assert torch.allclose(spy.seen, model.get_input_embeddings()(ids[0, start + n:]).float())
+    assert torch.allclose(spy.seen, model.get_input_embeddings()(ids[0, start + n :]).float())
     out = ad.run(ids, pv, "CDPruner", 12, max_new_tokens=2)
     assert out.records[0]["n_kept"] == 12 and 0 <= out.records[0]["relevance_kept_mean"] <= 1
     other, _ = tiny_inputs(model, seed=3, suffix=9)
-    other = torch.cat([ids[:, : start + n], other[:, start + n:]], dim=1)
+    other = torch.cat([ids[:, : start + n], other[:, start + n :]], dim=1)
     picks = {tuple(ad.run(x, pv, "CDPruner", 12, max_new_tokens=1).records[0]["kept_indices"]) for x in (ids, other)}
     assert len(picks) == 2  # same image, different question -> different tokens
 

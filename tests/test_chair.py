@@ -4,6 +4,7 @@ Expected mentions were worked out by hand from the rules in methods-spec §3.3 (
 noun lemmatisation on the offline path, greedy pair merge, toilet/seat rule, synonym -> category). The table runs
 with the explicit offline path (``tokenizer="offline", lemmatizer="noun"``) so it means the same on every machine.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,8 +77,12 @@ CASES = [
     ("Donuts and doughnuts.", {"donut"}, ["donut", "donut"], []),
     ("Sheep and goats.", {"sheep"}, ["sheep", "sheep"], []),
     ("The kid is flying a kite.", {"person", "kite"}, ["person", "kite"], []),
-    ("A laptop, a keyboard and a mouse on the desk.", {"laptop", "keyboard", "mouse", "dining table"},
-     ["laptop", "keyboard", "mouse", "dining table"], []),
+    (
+        "A laptop, a keyboard and a mouse on the desk.",
+        {"laptop", "keyboard", "mouse", "dining table"},
+        ["laptop", "keyboard", "mouse", "dining table"],
+        [],
+    ),
     # repeated mentions (CHAIR_i counts each)
     ("A dog, a dog and another dog.", {"cat"}, ["dog", "dog", "dog"], ["dog", "dog", "dog"]),
     ("A dog chases a dog near a cat.", {"dog"}, ["dog", "dog", "cat"], ["cat"]),
@@ -117,13 +122,16 @@ def test_hand_computed_caption(parser, caption, gt, mentioned, hallucinated):
         assert c.tokens[m.index] == m.word
 
 
-@pytest.mark.parametrize("caption,tokens", [
-    ("A dog.", ["a", "dog", "."]),
-    ("A hot dog with mustard.", ["a", "hot dog", "with", "mustard", "."]),
-    ("The toilet seat is up.", ["the", "toilet", "is", "up", "."]),
-    ("Two women, three children.", ["two", "woman", ",", "three", "child", "."]),
-    ("A baby bear and an adult bear.", ["a", "bear", "and", "an", "bear", "."]),
-])
+@pytest.mark.parametrize(
+    "caption,tokens",
+    [
+        ("A dog.", ["a", "dog", "."]),
+        ("A hot dog with mustard.", ["a", "hot dog", "with", "mustard", "."]),
+        ("The toilet seat is up.", ["the", "toilet", "is", "up", "."]),
+        ("Two women, three children.", ["two", "woman", ",", "three", "child", "."]),
+        ("A baby bear and an adult bear.", ["a", "bear", "and", "an", "bear", "."]),
+    ],
+)
 def test_tokens_and_length(parser, caption, tokens):
     parsed = parser.parse(caption)
     assert list(parsed.tokens) == tokens
@@ -167,14 +175,48 @@ def _recompute(res):
     return chair_s, chair_i, recall, length
 
 
-WORDS = ["a", "the", "dog", "dogs", "cat", "sofa", "hot", "teddy", "bear", "toilet", "seat", "man", "men", "people",
-         "wine", "glasses", "table", "on", "and", ",", ".", "baby", "elephant", "cell", "phone", "red", "near"]
+WORDS = [
+    "a",
+    "the",
+    "dog",
+    "dogs",
+    "cat",
+    "sofa",
+    "hot",
+    "teddy",
+    "bear",
+    "toilet",
+    "seat",
+    "man",
+    "men",
+    "people",
+    "wine",
+    "glasses",
+    "table",
+    "on",
+    "and",
+    ",",
+    ".",
+    "baby",
+    "elephant",
+    "cell",
+    "phone",
+    "red",
+    "near",
+]
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.lists(st.sampled_from(WORDS), max_size=25),
-                          st.sets(st.sampled_from(["dog", "cat", "couch", "person", "toilet", "chair", "teddy bear"]),
-                                  min_size=1)), min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(WORDS), max_size=25),
+            st.sets(st.sampled_from(["dog", "cat", "couch", "person", "toilet", "chair", "teddy bear"]), min_size=1),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_aggregation_identities_property(parser, data):
     from prunelab.eval.chair import evaluate_chair
 
@@ -273,8 +315,9 @@ def test_non_string_caption(parser):
     with pytest.raises(CaptionError) as e:
         evaluate_chair([(1, None)], {1: {"dog"}}, parser=parser)
     assert _one_line(e.value) and "on_bad='flag'" in str(e.value)
-    res = evaluate_chair([(1, None), (2, 3.5), (3, "A dog.")], {1: {"dog"}, 2: {"dog"}, 3: {"dog"}},
-                         parser=parser, on_bad="flag")
+    res = evaluate_chair(
+        [(1, None), (2, 3.5), (3, "A dog.")], {1: {"dog"}, 2: {"dog"}, 3: {"dog"}}, parser=parser, on_bad="flag"
+    )
     assert [c.flag for c in res.captions] == ["not_a_string", "not_a_string", None]
     assert res.n_captions == 1 and res.flags == {"not_a_string": 2}
 
@@ -364,17 +407,35 @@ def test_lexnames_layout():
 
 def test_wordnet_lemmas(parser):
     lem = parser.text._lemma
-    assert [lem(w) for w in ["dogs", "mice", "knives", "geese", "buses", "glasses", "children", "people", "men"]] == \
-        ["dog", "mouse", "knife", "goose", "bus", "glass", "child", "people", "men"]
+    assert [lem(w) for w in ["dogs", "mice", "knives", "geese", "buses", "glasses", "children", "people", "men"]] == [
+        "dog",
+        "mouse",
+        "knife",
+        "goose",
+        "bus",
+        "glass",
+        "child",
+        "people",
+        "men",
+    ]
 
 
 def test_opera_pos_mapping(parser):
     from prunelab.eval.textproc import penn_to_wordnet
 
-    assert [penn_to_wordnet(t) for t in ["JJ", "VBG", "NNS", "RB", "DT", "", "IN"]] == ["a", "v", "n", "r", "n", "n", "n"]
+    assert [penn_to_wordnet(t) for t in ["JJ", "VBG", "NNS", "RB", "DT", "", "IN"]] == [
+        "a",
+        "v",
+        "n",
+        "r",
+        "n",
+        "n",
+        "n",
+    ]
     # what OPERA's tagged path does to verb forms (the noun fallback keeps them): documented difference
-    assert parser.text.lemmatize_tagged([("skiing", "VBG"), ("seated", "VBN"), ("glasses", "NNS"), ("remote", "JJ")]) == \
-        ["ski", "seat", "glass", "remote"]
+    assert parser.text.lemmatize_tagged(
+        [("skiing", "VBG"), ("seated", "VBN"), ("glasses", "NNS"), ("remote", "JJ")]
+    ) == ["ski", "seat", "glass", "remote"]
     assert parser.text.lemmatize(["skiing", "seated"]) == ["skiing", "seated"]
 
 
@@ -426,7 +487,9 @@ def test_reference_path_does_not_warn(parser):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FallbackPathWarning)
         assert warn_if_fallback(rec)
-        res = evaluate_chair({1: "A dog."}, {1: {"dog"}}, parser=CaptionParser(text_processor=_ReferenceText(parser.text)))
+        res = evaluate_chair(
+            {1: "A dog."}, {1: {"dog"}}, parser=CaptionParser(text_processor=_ReferenceText(parser.text))
+        )
         assert combined_text_path(["reference", "reference"], warn="CHAIR table") == "reference"
     assert res.text_path == "reference" and res.summary()["CHAIR_s"] == 0.0
     assert combined_text_path(["fallback", "reference"]) == "mixed (fallback, reference)"
@@ -441,6 +504,7 @@ def test_documented_tagger_differences(parser):
 
     OPERA ``chair.py`` ``caption_to_words``: ``nltk.pos_tag`` -> J/V/N/R -> WordNet POS (else noun) ->
     ``WordNetLemmatizer.lemmatize``. The tags below are the ones its tagger gives in these contexts (issue 13)."""
+
     def tagged(pairs):
         return [m.category for m in parser.mentions_from_tokens(parser.merge(parser.text.lemmatize_tagged(pairs)))]
 
@@ -472,7 +536,10 @@ def test_tokenisation_needs_no_nltk_data(parser, monkeypatch):
     from prunelab.eval.textproc import auto_path
 
     rec = auto_path()
-    assert rec["text_path"] == "fallback" and rec["missing_nltk_data"] == ["punkt_tab", "averaged_perceptron_tagger_eng"]
+    assert rec["text_path"] == "fallback" and rec["missing_nltk_data"] == [
+        "punkt_tab",
+        "averaged_perceptron_tagger_eng",
+    ]
     assert tp.describe()["text_path_note"] == rec["text_path_note"] and "\n" not in rec["text_path_note"]
     assert not tp.is_reference
     assert tp.process("Two Dogs. A cat!") == ["two", "dog", ".", "a", "cat", "!"]
@@ -514,11 +581,59 @@ def test_lemma_only_reader_matches_nltk_wordnetlemmatizer(parser):
     from nltk.stem import WordNetLemmatizer
 
     wnl = WordNetLemmatizer()
-    words = ["dogs", "mice", "knives", "geese", "buses", "glasses", "children", "people", "men", "women", "teeth",
-             "skis", "scissors", "oxen", "benches", "sheep", "cattle", "ponies", "species", "us", "skiing", "seated",
-             "parking", "tied", "bowed", "sinking", "better", "best", "running", "ran", "leaves", "wolves", "feet",
-             "dishes", "boxes", "sandwiches", "couches", "hot", "sitting", "lying", "taken", "quickly", "remote",
-             "ties", "phones", "televisions", "stools", "cheesecakes", "doughnuts", "hydrants", "aardwolves"]
+    words = [
+        "dogs",
+        "mice",
+        "knives",
+        "geese",
+        "buses",
+        "glasses",
+        "children",
+        "people",
+        "men",
+        "women",
+        "teeth",
+        "skis",
+        "scissors",
+        "oxen",
+        "benches",
+        "sheep",
+        "cattle",
+        "ponies",
+        "species",
+        "us",
+        "skiing",
+        "seated",
+        "parking",
+        "tied",
+        "bowed",
+        "sinking",
+        "better",
+        "best",
+        "running",
+        "ran",
+        "leaves",
+        "wolves",
+        "feet",
+        "dishes",
+        "boxes",
+        "sandwiches",
+        "couches",
+        "hot",
+        "sitting",
+        "lying",
+        "taken",
+        "quickly",
+        "remote",
+        "ties",
+        "phones",
+        "televisions",
+        "stools",
+        "cheesecakes",
+        "doughnuts",
+        "hydrants",
+        "aardwolves",
+    ]
     for pos in "nvar":
         assert [parser.text._lemmatize_uncached(w, pos) for w in words] == [wnl.lemmatize(w, pos) for w in words]
 

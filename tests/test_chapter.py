@@ -1,5 +1,6 @@
 """The chapter helper (prunelab.study.chapter) and the chapters' use of it (issue 17: one helper for setup, figure
 glue, number formats, the model's generation limit and the verdict glue)."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,12 @@ def _code(name: str) -> list[str]:
 
 
 def test_the_finding_chapters_are_01_to_04():
-    assert FINDING_CHAPTERS == ["01_erank_shortfall", "02_chair_hallucination", "03_simple_vs_complex",
-                                "04_adaptive_pruning"]
+    assert FINDING_CHAPTERS == [
+        "01_erank_shortfall",
+        "02_chair_hallucination",
+        "03_simple_vs_complex",
+        "04_adaptive_pruning",
+    ]
 
 
 @pytest.mark.parametrize("name", FINDING_CHAPTERS)
@@ -53,8 +58,17 @@ def test_every_chapter_sets_up_through_the_helper_and_copies_nothing(name):
     cells = _code(name)
     assert re.search(r"^P = setup\(", cells[1], re.M), f"{name}: the cell after parameters must call setup(...)"
     code = "\n".join(cells)
-    for copy in ("def glue_figure", "def glue_fig", "def fmt", "def fmt_ci", "def sign_word", "validate(",
-                 "plots.set_theme()", "disable_progress_bar()", "TrainConfig"):
+    for copy in (
+        "def glue_figure",
+        "def glue_fig",
+        "def fmt",
+        "def fmt_ci",
+        "def sign_word",
+        "validate(",
+        "plots.set_theme()",
+        "disable_progress_bar()",
+        "TrainConfig",
+    ):
         assert copy not in code, f"{name}: {copy!r} is the chapter helper's job (prunelab.study.chapter)"
     if name != "00_toy_world_and_model":  # the chapter about the trainer reads its records
         assert "prunelab.train" not in code, f"{name}: a study chapter imports the trainer"
@@ -78,8 +92,9 @@ def test_generation_limit_of_the_embedded_model_is_its_recorded_evaluation_limit
 
 def test_generation_limit_given_wins_and_other_models_use_the_chair_protocol(tmp_path):
     assert chapter.generation_limit(SimpleNamespace(model="toyllava", model_path=None, max_new_tokens=32)) == 32
-    assert chapter.generation_limit(SimpleNamespace(model=str(tmp_path), model_path=tmp_path,
-                                                    max_new_tokens=None)) == 512
+    assert (
+        chapter.generation_limit(SimpleNamespace(model=str(tmp_path), model_path=tmp_path, max_new_tokens=None)) == 512
+    )
 
 
 def test_generation_limit_without_a_record_fails_in_one_line(tmp_path):

@@ -1,4 +1,5 @@
 """DPC-kNN clustering (SparseVLM ``cluster_and_merge`` style): known answers and properties."""
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """prunelab.study.complexity (chapter 3): splits, separation of labelled images by a measure, per-split POPE tables,
 family gaps and the verdict rules in both directions, figures, and the model-tower encoder (same kept tokens as
 the generation loop)."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,12 @@ from prunelab.eval import stats
 from prunelab.study import complexity as C
 
 # method, family, P(correct) on simple images, on complex images
-PROFILE = [("FasterVLM", "attention", 0.92, 0.62), ("PruMerge+fixed", "attention", 0.90, 0.60),
-           ("DivPrune", "diversity", 0.65, 0.90), ("FPS", "diversity", 0.62, 0.88)]
+PROFILE = [
+    ("FasterVLM", "attention", 0.92, 0.62),
+    ("PruMerge+fixed", "attention", 0.90, 0.60),
+    ("DivPrune", "diversity", 0.65, 0.90),
+    ("FPS", "diversity", 0.62, 0.88),
+]
 
 
 def _img(n=20, seed=0):
@@ -23,11 +28,17 @@ def _img(n=20, seed=0):
     rows = []
     for i in range(n):
         simple = i % 2 == 0
-        rows.append({"image_id": f"i{i:02d}", "complexity": "simple" if simple else "complex", "n_tokens": 576,
-                     "attention_entropy": (4.6 if simple else 5.4) + rng.normal(0, 0.1),
-                     "attention_entropy_norm": (0.72 if simple else 0.85) + rng.normal(0, 0.01),
-                     "erank_full_vision": (35.0 if simple else 88.0) + rng.normal(0, 5),
-                     "erank_full_projected": 50.0})
+        rows.append(
+            {
+                "image_id": f"i{i:02d}",
+                "complexity": "simple" if simple else "complex",
+                "n_tokens": 576,
+                "attention_entropy": (4.6 if simple else 5.4) + rng.normal(0, 0.1),
+                "attention_entropy_norm": (0.72 if simple else 0.85) + rng.normal(0, 0.01),
+                "erank_full_vision": (35.0 if simple else 88.0) + rng.normal(0, 5),
+                "erank_full_projected": 50.0,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -44,9 +55,21 @@ def _pope(img, reverse=False, seed=0, n_q=12):
                     lab = "yes" if q % 2 == 0 else "no"
                     ok = bool(rng.random() < p)
                     ans = lab if ok else ("no" if lab == "yes" else "yes")
-                    rows.append({"image_id": r.image_id, "complexity": r.complexity, "method": m, "family": fam,
-                                 "budget": b, "setting": "random", "question_id": f"q{q}", "label": lab, "text": ans,
-                                 "pred": ans, "correct": ok})
+                    rows.append(
+                        {
+                            "image_id": r.image_id,
+                            "complexity": r.complexity,
+                            "method": m,
+                            "family": fam,
+                            "budget": b,
+                            "setting": "random",
+                            "question_id": f"q{q}",
+                            "label": lab,
+                            "text": ans,
+                            "pred": ans,
+                            "correct": ok,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -61,9 +84,21 @@ def _describe(img, reverse=False, seed=0):
             rec = 0.5 if simple else (0.4 if att else 0.8)
             for b in (64, 128):
                 h, cov = int(rng.poisson(lam)), int(rng.binomial(5, rec))
-                rows.append({"image_id": r.image_id, "complexity": r.complexity, "method": m, "family": fam, "budget": b,
-                             "n_hallucinated": h, "n_mentions": h + cov, "chair_s": int(h > 0), "n_gt": 5,
-                             "n_gt_covered": cov, "length": 50})
+                rows.append(
+                    {
+                        "image_id": r.image_id,
+                        "complexity": r.complexity,
+                        "method": m,
+                        "family": fam,
+                        "budget": b,
+                        "n_hallucinated": h,
+                        "n_mentions": h + cov,
+                        "chair_s": int(h > 0),
+                        "n_gt": 5,
+                        "n_gt_covered": cov,
+                        "length": 50,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -73,8 +108,14 @@ def test_assign_split_by_label_and_median():
     assert lab.to_dict() == dict(zip(img["image_id"], img["complexity"]))
     er = C.assign_split(img, "erank")
     assert (er == "complex").sum() == 5 and er[img.loc[img["erank_full_vision"].idxmax(), "image_id"]] == "complex"
-    ties = pd.DataFrame({"image_id": list("abcd"), "complexity": None, "attention_entropy": [1.0, 1.0, 1.0, 2.0],
-                         "erank_full_vision": 1.0})
+    ties = pd.DataFrame(
+        {
+            "image_id": list("abcd"),
+            "complexity": None,
+            "attention_entropy": [1.0, 1.0, 1.0, 2.0],
+            "erank_full_vision": 1.0,
+        }
+    )
     assert C.assign_split(ties, "entropy").tolist() == ["simple", "simple", "simple", "complex"]
     medium = img.assign(complexity=["medium"] + list(img["complexity"][1:]))
     assert C.assign_split(medium, "label").iloc[0] is None
@@ -91,8 +132,13 @@ def test_add_split_drops_unsplit_rows():
 
 
 def test_separation_known_values():
-    img = pd.DataFrame({"image_id": list("abcdef"), "complexity": ["simple"] * 3 + ["complex"] * 3,
-                        "m": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    img = pd.DataFrame(
+        {
+            "image_id": list("abcdef"),
+            "complexity": ["simple"] * 3 + ["complex"] * 3,
+            "m": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        }
+    )
     s = C.separation(img, "m", n_boot=300)
     assert s["mean_simple"] == 2.0 and s["mean_complex"] == 5.0 and s["diff"] == 3.0
     assert s["auc"] == 1.0 and s["auc_low"] == 1.0 and s["auc_high"] == 1.0 and s["diff_low"] > 0
@@ -105,7 +151,7 @@ def test_separation_known_values():
     a, b = rng.normal(size=7), rng.normal(size=5) + 0.5
     from scipy.stats import rankdata
 
-    r = rankdata(np.concatenate([a, b]))[len(a):].sum()
+    r = rankdata(np.concatenate([a, b]))[len(a) :].sum()
     assert (r - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)) == pytest.approx(stats.auc(a, b))
 
 
@@ -134,11 +180,23 @@ def test_accuracy_table_counts_unparsed_as_wrong():
 
 
 def test_split_layout_and_check_split():
-    t = pd.DataFrame({"method": ["A", "A", "A", "A", "Vanilla", "Vanilla"], "budget": [64, 64, 128, 128, 576, 576],
-                      "split": ["simple", "complex"] * 3, "v": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    t = pd.DataFrame(
+        {
+            "method": ["A", "A", "A", "A", "Vanilla", "Vanilla"],
+            "budget": [64, 64, 128, 128, 576, 576],
+            "split": ["simple", "complex"] * 3,
+            "v": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        }
+    )
     w = C.split_layout(t, ["v"])
-    assert w.columns.tolist() == [("T = 64", "simple", "v"), ("T = 64", "complex", "v"), ("T = 128", "simple", "v"),
-                                  ("T = 128", "complex", "v"), ("all 576", "simple", "v"), ("all 576", "complex", "v")]
+    assert w.columns.tolist() == [
+        ("T = 64", "simple", "v"),
+        ("T = 64", "complex", "v"),
+        ("T = 128", "simple", "v"),
+        ("T = 128", "complex", "v"),
+        ("all 576", "simple", "v"),
+        ("all 576", "complex", "v"),
+    ]
     assert w.loc["A", ("T = 128", "complex", "v")] == 4.0 and math.isnan(w.loc["Vanilla", ("T = 64", "simple", "v")])
     assert C.check_split("entropy") == "entropy"
     with pytest.raises(UnknownNameError, match="unknown split 'size'"):
@@ -157,8 +215,12 @@ def test_claims_replicate_when_the_data_say_so():
 
     img = _img(24)
     sp = C.assign_split(img)
-    claims = C.finding3_claims(C.add_split(_pope(img), sp), C.add_split(_describe(img), sp), img.assign(split=img["image_id"].map(sp)),
-                               n_boot=400)
+    claims = C.finding3_claims(
+        C.add_split(_pope(img), sp),
+        C.add_split(_describe(img), sp),
+        img.assign(split=img["image_id"].map(sp)),
+        n_boot=400,
+    )
     t = verdict_table(claims)
     assert len(t) == 7 and (t["outcome"] == "replicates").all(), t[["claim", "outcome", "this run"]]
 
@@ -168,8 +230,12 @@ def test_claims_fail_when_the_data_say_so():
 
     img = _img(24)
     sp = C.assign_split(img)
-    claims = C.finding3_claims(C.add_split(_pope(img, reverse=True), sp), C.add_split(_describe(img, reverse=True), sp),
-                               img.assign(split=img["image_id"].map(sp)), n_boot=400)
+    claims = C.finding3_claims(
+        C.add_split(_pope(img, reverse=True), sp),
+        C.add_split(_describe(img, reverse=True), sp),
+        img.assign(split=img["image_id"].map(sp)),
+        n_boot=400,
+    )
     t = verdict_table(claims).set_index("claim")
     assert (t["outcome"].iloc[:2] == "replicates").all()  # the images themselves did not change
     assert (t["outcome"].iloc[2:] == "does not").all(), t["outcome"]
@@ -180,8 +246,9 @@ def test_measure_that_defines_the_split_is_not_tested():
 
     img = _img(12)
     sp = C.assign_split(img, "erank")
-    claims = C.finding3_claims(C.add_split(_pope(img), sp), None, img.assign(split=img["image_id"].map(sp)),
-                               split_by="erank", n_boot=200)
+    claims = C.finding3_claims(
+        C.add_split(_pope(img), sp), None, img.assign(split=img["image_id"].map(sp)), split_by="erank", n_boot=200
+    )
     t = verdict_table(claims)
     assert len(t) == 5 and t["outcome"].iloc[1] == "not tested" and "median split" in t["rule"].iloc[1]
     assert t["outcome"].iloc[0] == "replicates"
@@ -205,14 +272,20 @@ def test_figures_draw():
     sp = C.assign_split(img)
     pope = C.add_split(_pope(img), sp)
     desc = C.add_split(_describe(img), sp)
-    figs = [C.measures_figure(img, C.paper_examples()), C.accuracy_figure(C.accuracy_table(pope, n_boot=100)),
-            C.gap_figure(pd.concat([C.family_gaps(pope, "Accuracy", n_boot=100), C.family_gaps(desc, "CHAIR_i", n_boot=100)]))]
+    figs = [
+        C.measures_figure(img, C.paper_examples()),
+        C.accuracy_figure(C.accuracy_table(pope, n_boot=100)),
+        C.gap_figure(
+            pd.concat([C.family_gaps(pope, "Accuracy", n_boot=100), C.family_gaps(desc, "CHAIR_i", n_boot=100)])
+        ),
+    ]
     assert len(figs[0].axes) == 3 and len(figs[2].axes) == 2
     for f in figs:
         plt.close(f)
 
 
 # ---- the model's own tower in run_vision -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_gm(one_torch_thread):
@@ -224,7 +297,9 @@ def tiny_gm(one_torch_thread):
     model = tiny_llava("clip", seed=0, text_layers=2)
     words = ["a", "the", "dog", "cat", "car", "cup", "person", "."] + VICUNA_SYSTEM.split()
     words += "USER: ASSISTANT: Please describe this image in detail.".split()
-    return from_adapter(LlavaAdapter(model, tokenizer=ToyTokenizer(model, words + [f"w{i}" for i in range(50)]), device="cpu"))
+    return from_adapter(
+        LlavaAdapter(model, tokenizer=ToyTokenizer(model, words + [f"w{i}" for i in range(50)]), device="cpu")
+    )
 
 
 def _items(k=4):
@@ -235,11 +310,19 @@ def _items(k=4):
     def image(seed):
         rng = np.random.default_rng(seed)
         arr = (rng.random((64, 64, 3)) * 255).astype(np.uint8)
-        arr[8 * (seed % 4): 8 * (seed % 4) + 24, 16:40] = [250, 30, 30]
+        arr[8 * (seed % 4) : 8 * (seed % 4) + 24, 16:40] = [250, 30, 30]
         return Image.fromarray(arr)
 
-    return [ImageItem(id=f"img{i}", source="synthetic", labels=["dog", "cat", "cup"], complexity=("simple", "complex")[i % 2],
-                      loader=(lambda i=i: image(i))) for i in range(k)]
+    return [
+        ImageItem(
+            id=f"img{i}",
+            source="synthetic",
+            labels=["dog", "cat", "cup"],
+            complexity=("simple", "complex")[i % 2],
+            loader=(lambda i=i: image(i)),
+        )
+        for i in range(k)
+    ]
 
 
 def test_tower_encoder_keeps_what_generation_keeps(tiny_gm, chair_parser, tmp_path):
@@ -249,9 +332,18 @@ def test_tower_encoder_keeps_what_generation_keeps(tiny_gm, chair_parser, tmp_pa
     methods = ["FasterVLM", "DivPrune", "AgilePruner", "BAT+erank", "VisPruner+inverse"]
     enc = C.tower_encoder(tiny_gm)
     v = runner.run_vision(items, methods, [6, 12], encoder=enc, cache_dir=tmp_path / "runs", progress=False, n_random=2)
-    g = generation.run_generation(tiny_gm, items, methods, [6, 12], task="describe", max_new_tokens=2,
-                                  erank_stats=v.attrs["erank_stats"], cache_dir=tmp_path / "gen", chair_parser=chair_parser,
-                                  progress=False)
+    g = generation.run_generation(
+        tiny_gm,
+        items,
+        methods,
+        [6, 12],
+        task="describe",
+        max_new_tokens=2,
+        erank_stats=v.attrs["erank_stats"],
+        cache_dir=tmp_path / "gen",
+        chair_parser=chair_parser,
+        progress=False,
+    )
     m = v.merge(g, on=["image_id", "method", "budget"], suffixes=("_v", "_g"))
     assert len(m) == 4 * 5 * 2
     assert (m["kept_indices_v"].map(list) == m["kept_indices_g"].map(list)).all()

@@ -1,4 +1,5 @@
 """prunelab.study.data: one interface over the image sets (selection rule, lazy loading, errors)."""
+
 from __future__ import annotations
 
 import numpy as np

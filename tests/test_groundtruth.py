@@ -1,5 +1,6 @@
 """Ground-truth sources: COCO (synthetic instances/captions fixtures), plain mappings, photos manifest, toy world,
 and the reproducible COCO image-choice protocol."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ from prunelab.eval.groundtruth import (
 )
 
 # Real COCO 2014 category ids for the names used here.
-CATEGORIES = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 19, "name": "horse"},
-              {"id": 62, "name": "chair"}, {"id": 63, "name": "couch"}, {"id": 75, "name": "remote"}]
+CATEGORIES = [
+    {"id": 1, "name": "person"},
+    {"id": 18, "name": "dog"},
+    {"id": 19, "name": "horse"},
+    {"id": 62, "name": "chair"},
+    {"id": 63, "name": "couch"},
+    {"id": 75, "name": "remote"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +42,26 @@ def parser(chair_parser):
 @pytest.fixture
 def coco_dir(tmp_path):
     images = [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in (1, 2, 3)]
-    instances = {"images": images, "categories": CATEGORIES, "annotations": [
-        {"id": 10, "image_id": 1, "category_id": 18},
-        {"id": 11, "image_id": 1, "category_id": 63},
-        {"id": 12, "image_id": 1, "category_id": 18},  # second dog: sets deduplicate
-        {"id": 13, "image_id": 2, "category_id": 1},
-    ]}  # image 3 has no instance annotation
-    captions = {"images": images, "annotations": [
-        {"id": 20, "image_id": 1, "caption": "A puppy sleeping on a sofa next to a remote."},
-        {"id": 21, "image_id": 1, "caption": "A dog on a couch."},
-        {"id": 22, "image_id": 2, "caption": "A man riding a horse."},
-        {"id": 23, "image_id": 3, "caption": "An empty room with a chair."},
-        {"id": 24, "image_id": 3, "caption": "A room with nothing in it."},
-    ]}
+    instances = {
+        "images": images,
+        "categories": CATEGORIES,
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 18},
+            {"id": 11, "image_id": 1, "category_id": 63},
+            {"id": 12, "image_id": 1, "category_id": 18},  # second dog: sets deduplicate
+            {"id": 13, "image_id": 2, "category_id": 1},
+        ],
+    }  # image 3 has no instance annotation
+    captions = {
+        "images": images,
+        "annotations": [
+            {"id": 20, "image_id": 1, "caption": "A puppy sleeping on a sofa next to a remote."},
+            {"id": 21, "image_id": 1, "caption": "A dog on a couch."},
+            {"id": 22, "image_id": 2, "caption": "A man riding a horse."},
+            {"id": 23, "image_id": 3, "caption": "An empty room with a chair."},
+            {"id": 24, "image_id": 3, "caption": "A room with nothing in it."},
+        ],
+    }
     (tmp_path / "instances_val2014.json").write_text(json.dumps(instances))
     (tmp_path / "captions_val2014.json").write_text(json.dumps(captions))
     return tmp_path
@@ -86,14 +100,17 @@ def test_coco_ground_truth_drives_chair(coco_dir, parser):
     assert res.config["ground_truth"]["name"] == "coco2014"
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda d: "{not json", "not valid JSON"),
-    (lambda d: json.dumps({"images": []}), "no 'annotations' list"),
-    (lambda d: json.dumps({**d, "categories": []}), "no 'categories' list"),
-    (lambda d: json.dumps({**d, "annotations": [{"image_id": 1}]}), "lacks 'image_id'/'category_id'"),
-    (lambda d: json.dumps({**d, "annotations": [{"image_id": 1, "category_id": 999}]}), "unknown category_id"),
-    (lambda d: json.dumps({**d, "categories": [{"id": 1, "name": "sofa-bed"}]}), "unknown name"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda d: "{not json", "not valid JSON"),
+        (lambda d: json.dumps({"images": []}), "no 'annotations' list"),
+        (lambda d: json.dumps({**d, "categories": []}), "no 'categories' list"),
+        (lambda d: json.dumps({**d, "annotations": [{"image_id": 1}]}), "lacks 'image_id'/'category_id'"),
+        (lambda d: json.dumps({**d, "annotations": [{"image_id": 1, "category_id": 999}]}), "unknown category_id"),
+        (lambda d: json.dumps({**d, "categories": [{"id": 1, "name": "sofa-bed"}]}), "unknown name"),
+    ],
+)
 def test_malformed_instances(coco_dir, parser, mutate, match):
     p = coco_dir / "instances_val2014.json"
     p.write_text(mutate(json.loads(p.read_text())))
@@ -127,10 +144,12 @@ def test_mapping_ground_truth_validation():
 
 def test_photos_manifest(tmp_path):
     m = tmp_path / "manifest.csv"
-    m.write_text("image_id,source,complexity,coco_objects\n"
-                 "fruit,opencv,simple,apple;banana; orange\n"
-                 "street,opencv,complex,car;person;traffic light\n"
-                 "sky,opencv,simple,\n")
+    m.write_text(
+        "image_id,source,complexity,coco_objects\n"
+        "fruit,opencv,simple,apple;banana; orange\n"
+        "street,opencv,complex,car;person;traffic light\n"
+        "sky,opencv,simple,\n"
+    )
     gt = photos_ground_truth(m)
     assert gt.objects("fruit") == {"apple", "banana", "orange"}
     assert gt.objects("street") == {"car", "person", "traffic light"}
@@ -180,8 +199,10 @@ def test_groundtruth_module_imports_no_source_modules():
     import subprocess
     import sys
 
-    code = ("import sys, prunelab.eval.groundtruth, prunelab.eval.chair, prunelab.eval.pope; "
-            "print(any(m.startswith(('prunelab.toyworld', 'prunelab.study.photos', 'nltk')) for m in sys.modules))")
+    code = (
+        "import sys, prunelab.eval.groundtruth, prunelab.eval.chair, prunelab.eval.pope; "
+        "print(any(m.startswith(('prunelab.toyworld', 'prunelab.study.photos', 'nltk')) for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 

@@ -1,5 +1,6 @@
 """In-LLM methods (FastV, PDrop, SparseVLM, DART) through the adapter's scoped decoder hooks: independent
 score checks against eager attention, position policies, KV cache vs no-cache reference, schedules."""
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,7 @@ def test_fastv_scores_equal_eager_attention(adapter, inputs):
     emb = tw._prepare([ids[0]], [0], pv, None, None, False, set(), False, None, None)[0].embeds[None]
     att = twin.model.language_model(inputs_embeds=emb, output_attentions=True).attentions[1]  # layer K-1 = 1
     start, _ = find_image_span(ids[0], twin.config.image_token_id)
-    score = att[0, :, -1, start:start + N].mean(0)
+    score = att[0, :, -1, start : start + N].mean(0)
     expect = torch.sort(torch.topk(score, 16).indices).values.tolist()
     out = adapter.run(ids, pv, "FastV", 16, max_new_tokens=1)
     r = out.records[0]
@@ -88,8 +89,9 @@ def test_eager_text_attention_gives_same_result(adapter, inputs):
         assert torch.allclose(a.logits[0], b.logits[0], atol=1e-4)
 
 
-@pytest.mark.parametrize("method,policy", [("FastV", "original"), ("DART", "original"), ("PDrop", "contiguous"),
-                                           ("SparseVLM", "contiguous")])
+@pytest.mark.parametrize(
+    "method,policy", [("FastV", "original"), ("DART", "original"), ("PDrop", "contiguous"), ("SparseVLM", "contiguous")]
+)
 def test_position_policy(adapter, model, inputs, method, policy):
     ids, pv = inputs
     seen = {}
@@ -99,6 +101,7 @@ def test_position_policy(adapter, model, inputs, method, policy):
         def hook(_m, _a, kw):
             if kw["hidden_states"].shape[1] > 1:
                 seen[i] = kw["position_ids"][0].clone()
+
         return hook
 
     with HookScope() as s:
@@ -145,8 +148,8 @@ def _official_dart(last_layer_state, key_states, start, length, max_num_trunctio
     ``(1, H, L, d)``. Returns the retained absolute positions, sorted (the caller sorts them, l. 353)."""
     token_topk = math.ceil(max_num_trunction // (pivot_image + pivot_text))  # l. 409
     keys = key_states.permute(0, 2, 1, 3).reshape(key_states.shape[0], key_states.shape[2], -1)  # l. 419
-    img_norm = torch.norm(keys[0][start:start + length, :], p=1, dim=-1)  # l. 421-425
-    txt_norm = torch.norm(keys[0][start + length:, :], p=1, dim=-1)
+    img_norm = torch.norm(keys[0][start : start + length, :], p=1, dim=-1)  # l. 421-425
+    txt_norm = torch.norm(keys[0][start + length :, :], p=1, dim=-1)
     image_indices = (img_norm.topk(pivot_image).indices + start).tolist()  # l. 427-429
     query_indices = (txt_norm.topk(pivot_text).indices + start + length).tolist()
     indices_set = set(image_indices + query_indices)

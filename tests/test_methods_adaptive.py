@@ -1,4 +1,5 @@
 """AgilePruner (reconstruction of methods-spec §2.14) and the erank calibration."""
+
 from __future__ import annotations
 
 import math
@@ -10,13 +11,7 @@ from hypothesis import given, strategies as st
 from prunelab.errors import BudgetError, CapabilityError, UnknownNameError
 from prunelab.eval.metrics import erank
 from prunelab.methods import get_pruner, prune
-from prunelab.methods.adaptive import (
-    AgilePruner,
-    calibrate_erank,
-    cosine_distances,
-    input_erank,
-    threshold_greedy,
-)
+from prunelab.methods.adaptive import AgilePruner, calibrate_erank, cosine_distances, input_erank, threshold_greedy
 from prunelab.methods.testing import check_result, context_from, make_context, make_contexts
 
 
@@ -149,8 +144,9 @@ def _selection_order(p, ctx, budget, factor):
     rho = p.complexity(ctx)[0]
     d = cosine_distances(ctx.space(p.features))
     ranking = torch.sort(ctx.cls_attention.double(), descending=True, stable=True).indices
-    return threshold_greedy(d, ranking, budget, rho, tau_scale=p.tau_scale * factor, tau_max=p.tau_max * factor,
-                            order_mode=p.order_mode), d
+    return threshold_greedy(
+        d, ranking, budget, rho, tau_scale=p.tau_scale * factor, tau_max=p.tau_max * factor, order_mode=p.order_mode
+    ), d
 
 
 @given(n=st.integers(2, 50), seed=st.integers(0, 10_000), data=st.data())
@@ -185,8 +181,13 @@ def test_relax_gives_up_at_tau_zero():
 
 @pytest.mark.parametrize("fill", ["attention", "relax"])
 @pytest.mark.parametrize("order_mode", ["attention_rank", "selection_index"])
-@given(n=st.integers(1, 60), seed=st.integers(0, 10_000), clusters=st.integers(0, 5),
-       tau_max=st.sampled_from([0.0, 0.05, 0.1, 0.3, 1.0]), data=st.data())
+@given(
+    n=st.integers(1, 60),
+    seed=st.integers(0, 10_000),
+    clusters=st.integers(0, 5),
+    tau_max=st.sampled_from([0.0, 0.05, 0.1, 0.3, 1.0]),
+    data=st.data(),
+)
 def test_agilepruner_properties(fill, order_mode, n, seed, clusters, tau_max, data):
     t = data.draw(st.integers(1, n))
     ctx = make_context(n=n, c=6, seed=seed, clusters=clusters, erank_stats={"mean": 4.0})
@@ -241,7 +242,8 @@ def test_erank_source_and_options(ctx):
     assert s2["erank_avg"] == 4.0 and s2["rho"] == pytest.approx(s["rho"] / 2)
     s3 = AgilePruner(erank_center=True, erank_row_normalize=True, erank_spectrum="squared")(ctx, 5).stats
     assert s3["erank_input"] == pytest.approx(
-        float(erank(ctx.features, center=True, row_normalize=True, spectrum="squared")))
+        float(erank(ctx.features, center=True, row_normalize=True, spectrum="squared"))
+    )
     s4 = AgilePruner(erank_features="projected")(ctx, 5).stats
     assert s4["erank_input"] == pytest.approx(float(erank(ctx.projected)))
 

@@ -1,4 +1,5 @@
 """FasterVLM, PruMerge, PruMerge+ and PruMerge+fixed: known answers, reference equivalence, properties."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,7 +64,7 @@ def test_prumerge_attention_is_one_concatenated_head():
     torch.testing.assert_close(got, expected)
     assert got.sum() < 1.0  # CLS column dropped, row not renormalised
     # ... and it is not the head-averaged attention (different quantity)
-    per_head = torch.softmax((q[:, 0:1, :] * k).sum(-1) * 3 ** -0.5, dim=-1)[:, 1:].mean(0)
+    per_head = torch.softmax((q[:, 0:1, :] * k).sum(-1) * 3**-0.5, dim=-1)[:, 1:].mean(0)
     assert not torch.allclose(got, per_head)
 
 
@@ -232,8 +233,7 @@ def test_prumerge_plus_fixed_edges():
     assert two.stats["n_attention"] == 1 and two.n_kept == 2
 
 
-@given(n=st.integers(2, 50), seed=st.integers(0, 10_000), data=st.data(),
-       frac=st.floats(0.0, 1.0), extra=st.booleans())
+@given(n=st.integers(2, 50), seed=st.integers(0, 10_000), data=st.data(), frac=st.floats(0.0, 1.0), extra=st.booleans())
 def test_prumerge_plus_fixed_properties(n, seed, data, frac, extra):
     t = data.draw(st.integers(1, n))
     ctx = make_context(n=n, c=6, seed=seed)

@@ -1,4 +1,5 @@
 """DivPrune and FPS: known answers, equivalence with the textbook greedy, properties."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,14 @@ def _circle(deg):
 
 # exact axis vectors keep the designed ties exact in float32
 HEX = torch.tensor(
-    [[1.0, 0.0], [math.cos(math.radians(10)), math.sin(math.radians(10))], [0.0, 1.0], [-1.0, 0.0],
-     [math.cos(math.radians(185)), math.sin(math.radians(185))], [0.0, -1.0]]
+    [
+        [1.0, 0.0],
+        [math.cos(math.radians(10)), math.sin(math.radians(10))],
+        [0.0, 1.0],
+        [-1.0, 0.0],
+        [math.cos(math.radians(185)), math.sin(math.radians(185))],
+        [0.0, -1.0],
+    ]
 )
 
 
@@ -115,7 +122,9 @@ def test_fps_divprune_seed_equals_divprune():
     for seed in range(6):
         ctx = make_context(n=40, c=8, seed=seed, clusters=seed)
         for t in (1, 7, 40):
-            assert torch.equal(get_pruner("FPS", seed="divprune")(ctx, t).indices, get_pruner("DivPrune")(ctx, t).indices)
+            assert torch.equal(
+                get_pruner("FPS", seed="divprune")(ctx, t).indices, get_pruner("DivPrune")(ctx, t).indices
+            )
 
 
 def test_fps_random_seed_is_deterministic_and_seeded():

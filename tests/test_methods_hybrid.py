@@ -1,4 +1,5 @@
 """Hybrid pre-LLM pruners: VisPruner, VisionZip, BAT adaptation, AttnDiv, erank-guided / inverse splits."""
+
 from __future__ import annotations
 
 import math
@@ -10,12 +11,7 @@ from hypothesis import given, strategies as st
 from prunelab.errors import BudgetError, CapabilityError, PrunelabError
 from prunelab.eval.metrics import erank
 from prunelab.methods import get_pruner, prune
-from prunelab.methods.hybrid import (
-    erank_split_ratio,
-    round_half_up,
-    visionzip_contextual_default,
-    vispruner_select,
-)
+from prunelab.methods.hybrid import erank_split_ratio, round_half_up, visionzip_contextual_default, vispruner_select
 from prunelab.methods.testing import context_from, make_context
 
 STATS = {"min": 4.0, "max": 12.0, "mean": 8.0}
@@ -317,7 +313,9 @@ def test_erank_split_ratio_mapping():
         erank_split_ratio(6.0, 5.0, 5.0, 0.2, 0.6)
 
 
-@pytest.mark.parametrize("base,param", [("VisPruner", "important_ratio"), ("BAT", "attentive_ratio"), ("AttnDiv", "attention_ratio")])
+@pytest.mark.parametrize(
+    "base,param", [("VisPruner", "important_ratio"), ("BAT", "attentive_ratio"), ("AttnDiv", "attention_ratio")]
+)
 def test_erank_variant_equals_base_at_mapped_ratio(base, param):
     ctx = make_context(n=36, c=16, seed=9)
     e = float(erank(ctx.features))
@@ -332,7 +330,9 @@ def test_erank_variant_equals_base_at_mapped_ratio(base, param):
         if ref.tokens is not None:
             torch.testing.assert_close(res.tokens, ref.tokens)
     # erank rule (r = 0.35) and inverse rule (r = 0.65) split the budget differently
-    assert prune(ctx, f"{base}+erank", 10, **kw).stats["r_used"] != prune(ctx, f"{base}+inverse", 10, **kw).stats["r_used"]
+    assert (
+        prune(ctx, f"{base}+erank", 10, **kw).stats["r_used"] != prune(ctx, f"{base}+inverse", 10, **kw).stats["r_used"]
+    )
 
 
 def test_erank_stats_from_context_and_missing():
@@ -384,12 +384,7 @@ def test_params_roundtrip():
 
 
 @pytest.mark.parametrize("name", ALL)
-@given(
-    n=st.integers(4, 49),
-    tfrac=st.floats(0.0, 1.0),
-    seed=st.integers(0, 500),
-    clusters=st.sampled_from([0, 3]),
-)
+@given(n=st.integers(4, 49), tfrac=st.floats(0.0, 1.0), seed=st.integers(0, 500), clusters=st.sampled_from([0, 3]))
 def test_properties(name, n, tfrac, seed, clusters):
     ctx = make_context(n=n, c=6, seed=seed, clusters=clusters, erank_stats=STATS)
     t = max(1, min(n, int(round(tfrac * n))))

@@ -1,5 +1,6 @@
 """erank and attention entropy (methods-spec §3.1-3.2) on matrices with known answers, and the Gram-matrix route
 AgilePruner uses for the input erank."""
+
 from __future__ import annotations
 
 import math
@@ -67,7 +68,9 @@ def test_batched_equals_loop_and_low_precision_input_is_safe():
         for j in range(3):
             assert out[i, j].item() == pytest.approx(erank(x[i, j]).item(), rel=1e-12)
     half = erank(x[0, 0].half())
-    assert half.dtype == torch.float64 and half.item() == pytest.approx(erank(x[0, 0].half().double()).item(), rel=1e-12)
+    assert half.dtype == torch.float64 and half.item() == pytest.approx(
+        erank(x[0, 0].half().double()).item(), rel=1e-12
+    )
 
 
 def test_options_centre_and_normalise():

@@ -1,5 +1,6 @@
 """Smoke runs of every study notebook with its own tiny parameters (``metadata.prunelab.smoke_parameters``), the
 same path ``python -m prunelab.book.build notebooks --smoke`` takes, plus the up-front parameter check."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,13 @@ def test_every_notebook_declares_parameters_and_smoke_values():
         path = build.NOTEBOOKS_DIR / f"{name}.ipynb"
         nb = json.loads(path.read_text())
         first_code = next(c for c in nb["cells"] if c["cell_type"] == "code")
-        assert "parameters" in first_code["metadata"].get("tags", []), f"{name}: first code cell must be tagged parameters"
+        assert "parameters" in first_code["metadata"].get("tags", []), (
+            f"{name}: first code cell must be tagged parameters"
+        )
         smoke = build.smoke_parameters(path)
-        assert smoke and set(smoke) <= set(build.declared_parameters(path)), f"{name}: smoke parameters must be declared"
+        assert smoke and set(smoke) <= set(build.declared_parameters(path)), (
+            f"{name}: smoke parameters must be declared"
+        )
 
 
 @pytest.mark.notebook
@@ -36,8 +41,12 @@ def test_notebook_smoke_run(tmp_path, name):
     nb = json.loads(out.output.read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    figures = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})
-               or "image/png" in str(o.get("metadata", {}))]
+    figures = [
+        o
+        for c in nb["cells"]
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {}) or "image/png" in str(o.get("metadata", {}))
+    ]
     glued = [o for c in nb["cells"] for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})]
     assert figures or glued, f"{name} produced no figure"
     prov = json.loads((tmp_path / "smoke" / "provenance" / f"{name}.json").read_text())
@@ -61,8 +70,12 @@ def llava_hf_folder(tmp_path_factory):
     return save_tiny_llava_hf(tmp_path_factory.mktemp("llava-hf") / "tiny-llava-1.5-hf", words=["dog", "cat", "car"])
 
 
-MODEL_NOTEBOOKS = [n for n in NOTEBOOKS if "model" in build.declared_parameters(build.NOTEBOOKS_DIR / f"{n}.ipynb")
-                   and not build.toy_only(build.NOTEBOOKS_DIR / f"{n}.ipynb")]
+MODEL_NOTEBOOKS = [
+    n
+    for n in NOTEBOOKS
+    if "model" in build.declared_parameters(build.NOTEBOOKS_DIR / f"{n}.ipynb")
+    and not build.toy_only(build.NOTEBOOKS_DIR / f"{n}.ipynb")
+]
 
 
 @pytest.mark.notebook
@@ -74,10 +87,18 @@ def test_notebook_runs_a_llava_hf_checkpoint_folder(tmp_path, llava_hf_folder, n
     out = _run(tmp_path, name, {"model": str(llava_hf_folder)})
     assert out.status == "executed", out.error
     nb = json.loads(out.output.read_text())
-    streams = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", [])
-                      if o.get("output_type") == "stream")
-    glued = {o["metadata"]["scrapbook"]["name"]: o["data"].get("application/papermill.record/text/plain")
-             for c in nb["cells"] for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})}
+    streams = "".join(
+        "".join(o.get("text", ""))
+        for c in nb["cells"]
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream"
+    )
+    glued = {
+        o["metadata"]["scrapbook"]["name"]: o["data"].get("application/papermill.record/text/plain")
+        for c in nb["cells"]
+        for o in c.get("outputs", [])
+        if "scrapbook" in o.get("metadata", {})
+    }
     if name == "01_erank_shortfall":  # the checkpoint's own tower and projector, not ToyLLaVA's DINOv2
         assert str(llava_hf_folder) in glued["tower"] and str(llava_hf_folder) in glued["projector_text"]
     else:

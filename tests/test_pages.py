@@ -1,4 +1,5 @@
 """Generated book pages and the table of contents stay in step with the code and the notebooks."""
+
 from __future__ import annotations
 
 import json
@@ -32,13 +33,23 @@ def test_methods_page_covers_every_method():
 def test_pages_from_a_build_dir(tmp_path):
     (tmp_path / "provenance").mkdir()
     (tmp_path / "notebooks").mkdir()
-    rec = {"notebook": "01_x", "wall_time_s": 12.5, "started_utc": "2026-01-01T00:00:00+00:00",
-           "device": {"cuda_available": False, "cpus": 2, "cpu": "test cpu"}, "git": {"commit": "abc123", "dirty": False},
-           "parameters": {"budgets": [64]}, "injected_parameters": {}, "packages": {"torch": "2.13.0"}}
+    rec = {
+        "notebook": "01_x",
+        "wall_time_s": 12.5,
+        "started_utc": "2026-01-01T00:00:00+00:00",
+        "device": {"cuda_available": False, "cpus": 2, "cpu": "test cpu"},
+        "git": {"commit": "abc123", "dirty": False},
+        "parameters": {"budgets": [64]},
+        "injected_parameters": {},
+        "packages": {"torch": "2.13.0"},
+    }
     (tmp_path / "provenance" / "01_x.json").write_text(json.dumps(rec))
     nb = nbformat.v4.new_notebook()
-    out = nbformat.v4.new_output("display_data", data={"text/html": "<table><tr><td>replicates</td></tr></table>"},
-                                 metadata={"scrapbook": {"name": "verdict_table", "mime_prefix": ""}})
+    out = nbformat.v4.new_output(
+        "display_data",
+        data={"text/html": "<table><tr><td>replicates</td></tr></table>"},
+        metadata={"scrapbook": {"name": "verdict_table", "mime_prefix": ""}},
+    )
     nb.cells = [nbformat.v4.new_code_cell("glue(...)", outputs=[out])]
     nbformat.write(nb, tmp_path / "notebooks" / "01_x.ipynb")
     prov = pages.provenance_page(tmp_path)
@@ -59,10 +70,14 @@ def test_provenance_records_chair_text_path(tmp_path):
 
     (tmp_path / "provenance").mkdir()
     base = {"wall_time_s": 1.0, "device": {"cuda_available": False}, "git": {}, "parameters": {}, "packages": {}}
-    recs = {"02_chair": path_record("offline", "noun", ["punkt_tab", "averaged_perceptron_tagger_eng"]),
-            "03_simple": path_record("punkt", "pos", [])}
+    recs = {
+        "02_chair": path_record("offline", "noun", ["punkt_tab", "averaged_perceptron_tagger_eng"]),
+        "03_simple": path_record("punkt", "pos", []),
+    }
     for name, rec in recs.items():
-        (tmp_path / "provenance" / f"{name}.json").write_text(json.dumps({**base, "notebook": name, "chair_text_path": rec}))
+        (tmp_path / "provenance" / f"{name}.json").write_text(
+            json.dumps({**base, "notebook": name, "chair_text_path": rec})
+        )
     prov = pages.provenance_page(tmp_path)
     assert "| 02_chair | fallback | punkt_tab, averaged_perceptron_tagger_eng |" in prov
     assert "| 03_simple | reference |  |" in prov

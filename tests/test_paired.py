@@ -1,5 +1,6 @@
 """prunelab.study.paired: ratio-of-sums metrics compared between methods or pooled families on the same images (known
 values, agreement with scoring.paired_chair, stratified interaction, errors)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,19 +25,33 @@ def _pope(n_img=30, p=None, seed=0, n_q=10):
             for b in (64, 128):
                 for q in range(n_q):
                     ok = bool(rng.random() < pr)
-                    rows.append({"image_id": f"i{i:02d}", "method": m, "family": m, "budget": b, "split": split,
-                                 "question_id": f"q{q}", "correct": ok})
+                    rows.append(
+                        {
+                            "image_id": f"i{i:02d}",
+                            "method": m,
+                            "family": m,
+                            "budget": b,
+                            "split": split,
+                            "question_id": f"q{q}",
+                            "correct": ok,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
 def test_compare_known_values_and_pooling():
-    df = pd.DataFrame({
-        "image_id": ["x", "x", "y", "y", "x", "y", "x", "y"], "budget": [1] * 8,
-        "method": ["A", "A", "A", "A", "B", "B", "C", "C"],
-        "correct": [1, 1, 1, 0, 0, 1, 1, 1],
-    })
+    df = pd.DataFrame(
+        {
+            "image_id": ["x", "x", "y", "y", "x", "y", "x", "y"],
+            "budget": [1] * 8,
+            "method": ["A", "A", "A", "A", "B", "B", "C", "C"],
+            "correct": [1, 1, 1, 0, 0, 1, 1, 1],
+        }
+    )
     c = Pd.compare(df, "A", "B", "Accuracy", n_boot=200).iloc[0]
-    assert c["value_a"] == pytest.approx(75.0) and c["value_b"] == pytest.approx(50.0) and c["diff"] == pytest.approx(25.0)
+    assert (
+        c["value_a"] == pytest.approx(75.0) and c["value_b"] == pytest.approx(50.0) and c["diff"] == pytest.approx(25.0)
+    )
     assert c["n"] == 2 and c["ci_low"] <= c["diff"] <= c["ci_high"]
     pooled = Pd.compare(df, ["B", "C"], "A", "Accuracy", n_boot=200).iloc[0]
     assert pooled["a"] == "B + C" and pooled["value_a"] == pytest.approx(75.0)  # (0+1+1+1)/4
@@ -54,8 +69,19 @@ def test_compare_equals_generation_paired_chair():
         for m, lam in (("A", 0.5), ("B", 2.0)):
             for b in (64, 128):
                 h, c = int(rng.poisson(lam)), int(rng.integers(0, 4))
-                rows.append({"image_id": f"i{i}", "method": m, "budget": b, "n_hallucinated": h, "n_mentions": h + c,
-                             "chair_s": int(h > 0), "n_gt": 4, "n_gt_covered": c, "length": 40 + h})
+                rows.append(
+                    {
+                        "image_id": f"i{i}",
+                        "method": m,
+                        "budget": b,
+                        "n_hallucinated": h,
+                        "n_mentions": h + c,
+                        "chair_s": int(h > 0),
+                        "n_gt": 4,
+                        "n_gt_covered": c,
+                        "length": 40 + h,
+                    }
+                )
     df = pd.DataFrame(rows)
     for metric in ("CHAIR_i", "CHAIR_s", "Recall", "Len"):
         ours = Pd.compare(df, "A", "B", metric, n_boot=300, seed=3).sort_values("budget").reset_index(drop=True)
@@ -65,8 +91,16 @@ def test_compare_equals_generation_paired_chair():
 
 
 def test_chair_flags_excluded_as_the_evaluator_does():
-    df = pd.DataFrame({"image_id": ["x", "y", "x", "y"], "budget": 1, "method": ["A", "A", "B", "B"],
-                       "n_hallucinated": [1, 9, 0, 0], "n_mentions": [2, 9, 2, 2], "chair_flag": ["", "no_ground_truth", "", ""]})
+    df = pd.DataFrame(
+        {
+            "image_id": ["x", "y", "x", "y"],
+            "budget": 1,
+            "method": ["A", "A", "B", "B"],
+            "n_hallucinated": [1, 9, 0, 0],
+            "n_mentions": [2, 9, 2, 2],
+            "chair_flag": ["", "no_ground_truth", "", ""],
+        }
+    )
     c = Pd.compare(df, "A", "B", "CHAIR_i").iloc[0]
     assert c["value_a"] == pytest.approx(50.0) and c["n"] == 1
 

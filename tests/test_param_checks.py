@@ -1,6 +1,7 @@
 """Bad parameters fail up front, in one line naming the parameter (or file) and the fix (issue 13, items 7, 9, 10,
 11): one vocabulary across the notebooks, the README's GPU command planned through the build, budgets never
 truncated, empty method lists refused, unreadable weights and bad YAML named. Nothing here executes a notebook."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def _notebook(path, params_src, meta=None):
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("print('ran')")]
+    nb.cells = [
+        nbformat.v4.new_code_cell(params_src, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("print('ran')"),
+    ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     if meta:
         nb.metadata["prunelab"] = meta
@@ -55,21 +58,28 @@ def _notebook(path, params_src, meta=None):
 def test_notebooks_share_one_parameter_vocabulary():
     """A declared name may not be a variant (plural/singular) of a shared name: `image_sets` in chapter 01 made
     `-p image_set=...` silently miss it."""
+
     def stem(s):
         return s[:-1] if s.endswith("s") else s
 
     vocab = {stem(v): v for v in params.VOCABULARY}
     for name in build.list_notebooks():
         for p in build.declared_parameters(NB / f"{name}.ipynb"):
-            assert p in params.VOCABULARY or stem(p) not in vocab, f"{name} declares {p!r}; the shared name is {vocab[stem(p)]!r}"
+            assert p in params.VOCABULARY or stem(p) not in vocab, (
+                f"{name} declares {p!r}; the shared name is {vocab[stem(p)]!r}"
+            )
 
 
 def _readme_gpu_params(model, coco):
     readme = (REPO_ROOT / "README.md").read_text()
     cmd = re.search(r"python -m prunelab\.book\.build notebooks(.*?)```", readme, re.S).group(1).replace("\\\n", " ")
     items = [tok for flag, tok in zip(shlex.split(cmd), shlex.split(cmd)[1:]) if flag == "-p"]
-    items = [i.replace("/path/to/llava-1.5-7b-hf", str(model)).replace("/path/to/val2014", str(coco))
-             .replace("device=cuda", "device=cpu") for i in items]  # the test machine has no GPU
+    items = [
+        i.replace("/path/to/llava-1.5-7b-hf", str(model))
+        .replace("/path/to/val2014", str(coco))
+        .replace("device=cuda", "device=cpu")
+        for i in items
+    ]  # the test machine has no GPU
     return build.parse_cli_params(items)
 
 
@@ -79,8 +89,10 @@ def test_readme_gpu_command_plans_every_chapter(tmp_path):
     cli = _readme_gpu_params(model, coco)
     assert set(cli) == {"model", "device", "image_set", "n_images"}
     names = build.list_notebooks()
-    jobs = {j.name: j for j in build.plan(names, params={n: dict(cli) for n in names}, build_dir=tmp_path / "b",
-                                          chapters_dir=None)}
+    jobs = {
+        j.name: j
+        for j in build.plan(names, params={n: dict(cli) for n in names}, build_dir=tmp_path / "b", chapters_dir=None)
+    }
     toy = jobs["00_toy_world_and_model"]
     assert build.toy_only(toy.input_path) and toy.skip and "ToyLLaVA only" in toy.skip and str(model) in toy.skip
     assert jobs["01_erank_shortfall"].parameters["image_set"] == f"coco:{coco}"  # it used to run toyworld + photos
@@ -90,8 +102,12 @@ def test_readme_gpu_command_plans_every_chapter(tmp_path):
     assert glance.notes == ["does not take model; it runs with its own default(s) for those"]
     assert "model" not in glance.parameters and glance.parameters["image_set"] == f"coco:{coco}"
     # The embedded model keeps the toy chapter.
-    (toy2,) = build.plan(["00_toy_world_and_model"], params={"00_toy_world_and_model": {"model": "toyllava"}},
-                         build_dir=tmp_path / "b", chapters_dir=None)
+    (toy2,) = build.plan(
+        ["00_toy_world_and_model"],
+        params={"00_toy_world_and_model": {"model": "toyllava"}},
+        build_dir=tmp_path / "b",
+        chapters_dir=None,
+    )
     assert not toy2.skip
 
 
@@ -101,8 +117,13 @@ def test_run_reports_notes_and_skips_before_executing(tmp_path):
     _notebook(d / "a_toy.ipynb", "model = 'toyllava'\nseed = 0", {"toy_only": True})
     _notebook(d / "b_vision.ipynb", "image_set = 'photos'\nseed = 0")
     folder = _weights(tmp_path / "llava")
-    jobs = build.plan(["a_toy", "b_vision"], params={n: {"model": str(folder), "seed": 1} for n in ("a_toy", "b_vision")},
-                      notebooks_dir=d, build_dir=tmp_path / "b", chapters_dir=None)
+    jobs = build.plan(
+        ["a_toy", "b_vision"],
+        params={n: {"model": str(folder), "seed": 1} for n in ("a_toy", "b_vision")},
+        notebooks_dir=d,
+        build_dir=tmp_path / "b",
+        chapters_dir=None,
+    )
     logs = []
     outcomes = {o.name: o for o in build.run(jobs, log=logs.append)}
     assert outcomes["a_toy"].status == "skipped" and outcomes["b_vision"].status == "executed"
@@ -158,8 +179,10 @@ def test_build_reads_budgets_64_and_64_128(tmp_path):
     assert _one_line(ei).startswith("a: budget must be an integer") and "12.5" in _one_line(ei)
 
 
-@pytest.mark.parametrize("bad,words", [([0], "keeps no visual token"), ([1.5], "integer"), ("64", "string"),
-                                       ([True], "integer"), ([], "empty")])
+@pytest.mark.parametrize(
+    "bad,words",
+    [([0], "keeps no visual token"), ([1.5], "integer"), ("64", "string"), ([True], "integer"), ([], "empty")],
+)
 def test_run_generation_budgets_fail_before_the_model_is_touched(bad, words):
     # model=None cannot be loaded: any error other than the budget's would come from it.
     with pytest.raises((BudgetError, UnknownNameError)) as ei:
@@ -224,7 +247,7 @@ def test_corrupt_safetensors_named_before_loading(tmp_path):
     with pytest.raises(AssetError, match="truncated"):
         loader.check_model(str(folder))
     (n,) = struct.unpack("<Q", good[:8])
-    (folder / "model.safetensors").write_bytes(good[:8] + b"{" * n + good[8 + n:])
+    (folder / "model.safetensors").write_bytes(good[:8] + b"{" * n + good[8 + n :])
     with pytest.raises(AssetError, match="unreadable header"):
         loader.check_model(str(folder))
 
@@ -243,8 +266,9 @@ def test_pickle_only_checkpoint_refused_with_the_fix(tmp_path):
 
 def test_sharded_checkpoint_with_a_missing_shard(tmp_path):
     folder = _weights(tmp_path / "m")
-    (folder / "model.safetensors.index.json").write_text(json.dumps(
-        {"weight_map": {"w": "model.safetensors", "v": "model-00002-of-00002.safetensors"}}))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "model.safetensors", "v": "model-00002-of-00002.safetensors"}})
+    )
     with pytest.raises(AssetError, match="model-00002-of-00002.safetensors"):
         loader.check_model(str(folder))
 
@@ -271,19 +295,26 @@ def test_bad_yaml_in_p_and_params_file_is_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and str(bad) in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("given,words", [
-    ({"seed": "0"}, "seed must be"), ({"seed": -1}, "seed must be"), ({"n_images": 0}, "n_images must be"),
-    ({"n_images": True}, "n_images must be"), ({"max_new_tokens": 0}, "max_new_tokens must be"),
-    ({"results_dir": 5}, "results_dir must be"),
-])
+@pytest.mark.parametrize(
+    "given,words",
+    [
+        ({"seed": "0"}, "seed must be"),
+        ({"seed": -1}, "seed must be"),
+        ({"n_images": 0}, "n_images must be"),
+        ({"n_images": True}, "n_images must be"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be"),
+        ({"results_dir": 5}, "results_dir must be"),
+    ],
+)
 def test_scalar_parameters_checked_before_the_model(tmp_path, given, words):
     # The model folder does not exist: its error would come first if the scalars were checked after it.
     with pytest.raises(PrunelabError) as ei:
         params.validate(model=str(tmp_path / "missing-model"), **given)
     assert words in _one_line(ei)
     with pytest.raises(PrunelabError) as ei:  # and the build refuses the same values before running anything
-        build.plan(["02_chair_hallucination"], params={"02_chair_hallucination": given}, build_dir=tmp_path,
-                   chapters_dir=None)
+        build.plan(
+            ["02_chair_hallucination"], params={"02_chair_hallucination": given}, build_dir=tmp_path, chapters_dir=None
+        )
     assert words in _one_line(ei)
 
 
@@ -317,14 +348,23 @@ def _validation_of(name: str, **values):
     exec("".join(params_cell["source"]), ns)
     ns.update(values)
     tree = ast.parse("".join(first["source"]))
-    keep = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
-            or (isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "P")]
+    keep = [
+        n
+        for n in tree.body
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        or (isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "P")
+    ]
     exec(compile(ast.Module(keep, []), name, "exec"), ns)
     return ns["P"]
 
 
-BAD_IN_NOTEBOOK = [("methods", [], "methods is empty"), ("seed", "0", "seed must be"), ("n_images", 0, "n_images must be"),
-                   ("max_new_tokens", 0, "max_new_tokens must be"), ("results_dir", 5, "results_dir must be")]
+BAD_IN_NOTEBOOK = [
+    ("methods", [], "methods is empty"),
+    ("seed", "0", "seed must be"),
+    ("n_images", 0, "n_images must be"),
+    ("max_new_tokens", 0, "max_new_tokens must be"),
+    ("results_dir", 5, "results_dir must be"),
+]
 
 
 @pytest.mark.parametrize("name", build.list_notebooks())

@@ -1,4 +1,5 @@
 """Notebook parameter validation: every bad value fails up front with one line naming the fix."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,24 +11,31 @@ from prunelab.study.params import validate
 
 
 def test_valid_parameters_are_normalised(tmp_path):
-    p = validate(image_sets=["photos", "toyworld:test", f"coco:{tmp_path}"], methods=["fastervlm", "DivPrune"],
-                 budgets=[64, 128.0], device="cpu")
+    p = validate(
+        image_sets=["photos", "toyworld:test", f"coco:{tmp_path}"],
+        methods=["fastervlm", "DivPrune"],
+        budgets=[64, 128.0],
+        device="cpu",
+    )
     assert p.image_sets == ["photos", "toyworld:test", f"coco:{tmp_path}"]
     assert p.methods == ["FasterVLM", "DivPrune"] and p.budgets == [64, 128] and p.device == "cpu"
     assert validate(image_sets="toyworld", budgets=16).image_sets == ["toyworld:test"]
 
 
-@pytest.mark.parametrize("kwargs,err,words", [
-    (dict(methods=["NoSuchPruner"]), UnknownNameError, "known methods"),
-    (dict(budgets=[64, 577]), BudgetError, "1..576"),
-    (dict(budgets=[0]), BudgetError, "1..576"),
-    (dict(budgets=[12.5]), BudgetError, "integer"),
-    (dict(budgets=[]), UnknownNameError, "budgets"),
-    (dict(image_sets=["coco:/no/such/dir"]), AssetError, "does not exist"),
-    (dict(image_sets=["imagenet"]), UnknownNameError, "known"),
-    (dict(image_sets=["toyworld:holdout"]), UnknownNameError, "split"),
-    (dict(model="no-org/no-such-model-xyz"), AssetError, "local Hugging Face cache"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,words",
+    [
+        (dict(methods=["NoSuchPruner"]), UnknownNameError, "known methods"),
+        (dict(budgets=[64, 577]), BudgetError, "1..576"),
+        (dict(budgets=[0]), BudgetError, "1..576"),
+        (dict(budgets=[12.5]), BudgetError, "integer"),
+        (dict(budgets=[]), UnknownNameError, "budgets"),
+        (dict(image_sets=["coco:/no/such/dir"]), AssetError, "does not exist"),
+        (dict(image_sets=["imagenet"]), UnknownNameError, "known"),
+        (dict(image_sets=["toyworld:holdout"]), UnknownNameError, "split"),
+        (dict(model="no-org/no-such-model-xyz"), AssetError, "local Hugging Face cache"),
+    ],
+)
 def test_bad_values_raise_one_line(kwargs, err, words):
     with pytest.raises(err) as ei:
         validate(**kwargs)

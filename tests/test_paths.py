@@ -1,4 +1,5 @@
 """prunelab.paths: atomic writes keep the mode a plain open() would give (issue 13, item 14)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The offline real-photo set: manifest integrity, loading, labels and error messages."""
+
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
 """Plot helpers: labels, kept masks, overlay pixels, figure shapes (the study's one theme)."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -51,11 +52,23 @@ def _table():
     for iid, cx in (("a", "simple"), ("b", "complex")):
         for m, fam in (("FasterVLM", "attention"), ("DivPrune(features=vision)", "diversity")):
             for b in (4, 8):
-                rows.append({"image_id": iid, "complexity": cx, "method": m, "family": fam, "budget": b, "n_tokens": 16,
-                             "kept_indices": list(range(b)), "erank_kept_vision": rng.uniform(2, 4),
-                             "erank_random_vision": rng.uniform(2, 4), "erank_full_vision": 9.0,
-                             "attention_entropy_norm": 0.5 if cx == "simple" else 0.9, "attention_entropy": 1.0,
-                             "erank_full_projected": np.nan})
+                rows.append(
+                    {
+                        "image_id": iid,
+                        "complexity": cx,
+                        "method": m,
+                        "family": fam,
+                        "budget": b,
+                        "n_tokens": 16,
+                        "kept_indices": list(range(b)),
+                        "erank_kept_vision": rng.uniform(2, 4),
+                        "erank_random_vision": rng.uniform(2, 4),
+                        "erank_full_vision": 9.0,
+                        "attention_entropy_norm": 0.5 if cx == "simple" else 0.9,
+                        "attention_entropy": 1.0,
+                        "erank_full_projected": np.nan,
+                    }
+                )
     return pd.DataFrame(rows)
 
 

@@ -1,4 +1,5 @@
 """POPE: question construction (random/popular/adversarial) on hand-built ground truth, answer parsing, metrics."""
+
 from __future__ import annotations
 
 import math
@@ -123,11 +124,22 @@ def test_errors():
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.dictionaries(st.integers(0, 50),
-                       st.sets(st.sampled_from(["person", "dog", "cat", "car", "bus", "cup", "chair", "apple", "kite",
-                                                "tv", "bed", "sink"]), min_size=3, max_size=6),
-                       min_size=3, max_size=10),
-       st.sampled_from(["random", "popular", "adversarial"]), st.integers(0, 5))
+@given(
+    st.dictionaries(
+        st.integers(0, 50),
+        st.sets(
+            st.sampled_from(
+                ["person", "dog", "cat", "car", "bus", "cup", "chair", "apple", "kite", "tv", "bed", "sink"]
+            ),
+            min_size=3,
+            max_size=6,
+        ),
+        min_size=3,
+        max_size=10,
+    ),
+    st.sampled_from(["random", "popular", "adversarial"]),
+    st.integers(0, 5),
+)
 def test_question_properties(gt, setting, seed):
     try:
         qs = build_questions(gt, setting, seed=seed)
@@ -143,8 +155,10 @@ def test_save_load_roundtrip(tmp_path):
     back = load_questions(p)
     assert back == qs
     official = tmp_path / "coco_pope_random.json"
-    official.write_text('{"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there an '
-                        'umbrella in the imange?", "label": "no"}\n')
+    official.write_text(
+        '{"question_id": 1, "image": "COCO_val2014_000000310196.jpg", "text": "Is there an '
+        'umbrella in the imange?", "label": "no"}\n'
+    )
     q = load_questions(official, setting="random")[0]
     assert q.object == "umbrella" and q.label == "no" and q.setting == "random"
     official.write_text('{"question_id": 1, "text": "x", "label": "maybe"}\n')
@@ -164,7 +178,7 @@ ANSWERS = [
     ("The image does not contain a dog.", "no", "no"),
     ("There isn't any cat.", "no", "yes"),
     ("**Yes**", "yes", "yes"),
-    ("  \"No.\"", "no", "yes"),  # reference: first word is '' then '"No' -> not "No"
+    ('  "No."', "no", "yes"),  # reference: first word is '' then '"No' -> not "No"
     ("Nope, nothing like that.", "no", "yes"),
     ("A dog is visible near the bench.", "yes", "yes"),
     ("The answer is unclear.", None, "yes"),
@@ -228,8 +242,11 @@ def test_metrics_by_hand():
 
 
 def test_metrics_unparsed_policies():
-    labels = [PopeQuestion(1, 1, "dog", "", "yes", "random"), PopeQuestion(2, 1, "cat", "", "no", "random"),
-              PopeQuestion(3, 1, "cup", "", "yes", "random")]
+    labels = [
+        PopeQuestion(1, 1, "dog", "", "yes", "random"),
+        PopeQuestion(2, 1, "cat", "", "no", "random"),
+        PopeQuestion(3, 1, "cup", "", "yes", "random"),
+    ]
     answers = ["Yes", "Hmm, hard to say", "Yes"]
     ex = pope_metrics(labels, answers, parser="robust")
     assert ex.n == 2 and ex.n_unparsed == 1 and ex.accuracy == 1.0 and math.isnan(ex.f1) is False

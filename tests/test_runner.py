@@ -1,4 +1,5 @@
 """prunelab.study.runner: the experiment loop (row content, known values, caching, resume, errors)."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,14 @@ def _items(k=3, seed=0):
     for i in range(k):
         a = (rng.random((60, 80, 3)) * 255).astype("uint8")
         a[10:30, 20:50] = [250, 20, 20]  # a salient block so attention is not uniform
-        out.append(ImageItem(id=f"img{i}", source="unit", complexity="simple" if i % 2 else "complex",
-                             loader=(lambda a=a: Image.fromarray(a))))
+        out.append(
+            ImageItem(
+                id=f"img{i}",
+                source="unit",
+                complexity="simple" if i % 2 else "complex",
+                loader=(lambda a=a: Image.fromarray(a)),
+            )
+        )
     return out
 
 
@@ -175,23 +182,37 @@ def test_no_cache_and_refresh(tmp_path):
 
 def test_large_set_reencodes_instead_of_keeping(tmp_path):
     enc = CountingEncoder(**ENC)
-    run_vision(_items(3), ["FasterVLM"], [8], encoder=enc, cache_dir=tmp_path, progress=False, keep_in_memory=1,
-               batch_size=2)
+    run_vision(
+        _items(3), ["FasterVLM"], [8], encoder=enc, cache_dir=tmp_path, progress=False, keep_in_memory=1, batch_size=2
+    )
     assert enc.calls == 6  # calibration pass + pruning pass
 
 
 def test_given_erank_stats_are_used(tmp_path):
     stats = {"mean": 5.0, "min": 1.0, "max": 9.0, "std": 1.0, "n": 100}
-    df = run_vision(_items(2), ["AgilePruner"], [8], encoder=PixelPatchEncoder(**ENC), cache_dir=tmp_path,
-                    erank_stats=stats, progress=False)
+    df = run_vision(
+        _items(2),
+        ["AgilePruner"],
+        [8],
+        encoder=PixelPatchEncoder(**ENC),
+        cache_dir=tmp_path,
+        erank_stats=stats,
+        progress=False,
+    )
     assert df.attrs["erank_stats"] == stats
     rho = method_stats(df)["stat_erank_avg"]
     assert (rho == 5.0).all()
 
 
 def test_method_labels_and_params():
-    specs = resolve_methods(["FasterVLM", ("AgilePruner", {"tau_max": 0.2}), ("mine", "DivPrune", {"features": "vision"}),
-                             get_pruner("FPS")])
+    specs = resolve_methods(
+        [
+            "FasterVLM",
+            ("AgilePruner", {"tau_max": 0.2}),
+            ("mine", "DivPrune", {"features": "vision"}),
+            get_pruner("FPS"),
+        ]
+    )
     assert [s.label for s in specs] == ["FasterVLM", "AgilePruner(tau_max=0.2)", "mine", "FPS"]
     with pytest.raises(UnknownNameError):
         resolve_methods(["FasterVLM", "FasterVLM"])
@@ -215,7 +236,9 @@ def test_vision_methods_exclude_text_conditioned():
 
 def test_errors_are_one_line(tmp_path):
     with pytest.raises(BudgetError) as e:
-        run_vision(_items(1), ["FasterVLM"], [1000], encoder=PixelPatchEncoder(**ENC), cache_dir=tmp_path, progress=False)
+        run_vision(
+            _items(1), ["FasterVLM"], [1000], encoder=PixelPatchEncoder(**ENC), cache_dir=tmp_path, progress=False
+        )
     assert "\n" not in str(e.value)
     with pytest.raises(CapabilityError) as e:  # PruMerge needs keys/queries the pixel encoder does not give
         run_vision(_items(1), ["PruMerge"], [8], encoder=PixelPatchEncoder(**ENC), cache_dir=tmp_path, progress=False)
@@ -241,7 +264,9 @@ def test_dinov2_encoder_on_two_photos(tmp_path):
         _ = enc.tower
     except PrunelabError as err:
         pytest.skip(f"assets unavailable: {err}")
-    df = run_vision(items, ["FasterVLM", "VisionZip", "PruMerge+"], [64], encoder=enc, cache_dir=tmp_path, progress=False)
+    df = run_vision(
+        items, ["FasterVLM", "VisionZip", "PruMerge+"], [64], encoder=enc, cache_dir=tmp_path, progress=False
+    )
     assert (df["n_tokens"] == 576).all()
     assert df["erank_full_vision"].between(1, 384).all()
     assert (df["erank_kept_vision"] <= df["erank_full_vision"] + 1e-6).all()
@@ -250,13 +275,20 @@ def test_dinov2_encoder_on_two_photos(tmp_path):
 def test_glance_table_means_per_method_and_budget():
     from prunelab.study.runner import glance_table
 
-    df = pd.DataFrame({
-        "method": ["A", "A", "B", "B"], "family": ["attention", "attention", "diversity", "diversity"],
-        "budget": [4, 4, 4, 4], "image_id": ["x", "y", "x", "y"], "n_kept": [4, 4, 4, 4],
-        "erank_kept_vision": [2.0, 3.0, 4.0, 3.0], "erank_full_vision": [4.0, 6.0, 4.0, 6.0],
-        "erank_random_vision": [2.0, 2.0, 2.0, 3.0], "attention_mass_kept": [0.5, 0.7, 0.2, 0.4],
-        "select_time_s": [0.001, 0.003, 0.01, 0.02],
-    })
+    df = pd.DataFrame(
+        {
+            "method": ["A", "A", "B", "B"],
+            "family": ["attention", "attention", "diversity", "diversity"],
+            "budget": [4, 4, 4, 4],
+            "image_id": ["x", "y", "x", "y"],
+            "n_kept": [4, 4, 4, 4],
+            "erank_kept_vision": [2.0, 3.0, 4.0, 3.0],
+            "erank_full_vision": [4.0, 6.0, 4.0, 6.0],
+            "erank_random_vision": [2.0, 2.0, 2.0, 3.0],
+            "attention_mass_kept": [0.5, 0.7, 0.2, 0.4],
+            "select_time_s": [0.001, 0.003, 0.01, 0.02],
+        }
+    )
     t = glance_table(df).set_index("method")
     assert list(t.index) == ["A", "B"]
     assert t.loc["A", "kept / all"] == pytest.approx(0.5) and t.loc["B", "kept / all"] == pytest.approx(0.75)
@@ -267,8 +299,9 @@ def test_glance_table_means_per_method_and_budget():
 def test_pick_images_alternates_labels_and_is_deterministic(tmp_path):
     from prunelab.study.runner import pick_images, save_table
 
-    df = pd.DataFrame({"image_id": list("abcdef"), "complexity": ["simple"] * 4 + ["complex"] * 2,
-                       "kept_indices": [[1, 2]] * 6})
+    df = pd.DataFrame(
+        {"image_id": list("abcdef"), "complexity": ["simple"] * 4 + ["complex"] * 2, "kept_indices": [[1, 2]] * 6}
+    )
     got = pick_images(df, 4, seed=1)
     assert got == pick_images(df, 4, seed=1) and len(set(got)) == 4
     labels = df.set_index("image_id").loc[got, "complexity"].tolist()

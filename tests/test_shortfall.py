@@ -1,4 +1,5 @@
 """prunelab.study.shortfall (finding 1): parameters, references and ratios, verdict rules, encoders, figures, saving."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,7 @@ def test_check_vision_methods():
         S.check_vision_methods([])
 
 
-GOOD = dict(model="toyllava", image_sets=["photos"], n_images=2, methods=None, budgets=[64, 128], seed=0,
-            device="cpu")
+GOOD = dict(model="toyllava", image_sets=["photos"], n_images=2, methods=None, budgets=[64, 128], seed=0, device="cpu")
 
 
 def test_validate_parameters_normalises():
@@ -47,21 +47,24 @@ def test_validate_parameters_normalises():
     assert S.validate_parameters(**{**GOOD, "results_dir": "~/x"}).results_dir.name == "x"
 
 
-@pytest.mark.parametrize("change,err,words", [
-    (dict(n_images=0), UnknownNameError, "n_images"),
-    (dict(n_images=True), UnknownNameError, "n_images"),
-    (dict(n_images=2.5), UnknownNameError, "n_images"),
-    (dict(seed="0"), UnknownNameError, "seed"),
-    (dict(budgets=[64, 577]), BudgetError, "1..576"),
-    (dict(budgets=[]), UnknownNameError, "budgets"),
-    (dict(image_sets=[]), UnknownNameError, "image_sets"),
-    (dict(image_sets=["coco:/no/such/folder"]), AssetError, "does not exist"),
-    (dict(methods=["CDPruner"]), UnknownNameError, "language model"),
-    (dict(methods=["Nope"]), UnknownNameError, "Nope"),
-    (dict(model="no-org/no-such-llava-xyz"), AssetError, "local Hugging Face cache"),
-    (dict(model=""), UnknownNameError, "model"),
-    (dict(results_dir=3), UnknownNameError, "results_dir"),
-])
+@pytest.mark.parametrize(
+    "change,err,words",
+    [
+        (dict(n_images=0), UnknownNameError, "n_images"),
+        (dict(n_images=True), UnknownNameError, "n_images"),
+        (dict(n_images=2.5), UnknownNameError, "n_images"),
+        (dict(seed="0"), UnknownNameError, "seed"),
+        (dict(budgets=[64, 577]), BudgetError, "1..576"),
+        (dict(budgets=[]), UnknownNameError, "budgets"),
+        (dict(image_sets=[]), UnknownNameError, "image_sets"),
+        (dict(image_sets=["coco:/no/such/folder"]), AssetError, "does not exist"),
+        (dict(methods=["CDPruner"]), UnknownNameError, "language model"),
+        (dict(methods=["Nope"]), UnknownNameError, "Nope"),
+        (dict(model="no-org/no-such-llava-xyz"), AssetError, "local Hugging Face cache"),
+        (dict(model=""), UnknownNameError, "model"),
+        (dict(results_dir=3), UnknownNameError, "results_dir"),
+    ],
+)
 def test_validate_parameters_one_line_errors(change, err, words):
     with pytest.raises(err) as ei:
         S.validate_parameters(**{**GOOD, **change})
@@ -78,9 +81,15 @@ def _items(k=4, seed=0, source="unit"):
         a = np.full((64, 64, 3), 200, dtype="uint8")
         a += (rng.random((64, 64, 3)) * 40).astype("uint8")  # textured background
         y, x = rng.integers(0, 40, size=2)
-        a[y:y + 20, x:x + 20] = rng.integers(0, 255, size=3)  # one salient block
-        out.append(ImageItem(id=f"{source}{i}", source=source, complexity="simple" if i % 2 else "complex",
-                             loader=(lambda a=a: Image.fromarray(a))))
+        a[y : y + 20, x : x + 20] = rng.integers(0, 255, size=3)  # one salient block
+        out.append(
+            ImageItem(
+                id=f"{source}{i}",
+                source=source,
+                complexity="simple" if i % 2 else "complex",
+                loader=(lambda a=a: Image.fromarray(a)),
+            )
+        )
     return out
 
 
@@ -92,8 +101,17 @@ class SeededContextEncoder:
     def __call__(self, images, ids):
         from prunelab.methods.testing import make_context
 
-        return [make_context(n=64, c=16, d=None, seed=int(i[-1]) + (10 if i.startswith("unitB") else 0),
-                             clusters=4 * (int(i[-1]) % 2), image_id=i) for i in ids]
+        return [
+            make_context(
+                n=64,
+                c=16,
+                d=None,
+                seed=int(i[-1]) + (10 if i.startswith("unitB") else 0),
+                clusters=4 * (int(i[-1]) % 2),
+                image_id=i,
+            )
+            for i in ids
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +124,17 @@ def study(tmp_path_factory):
     try:
         enc = SeededContextEncoder()
         methods = methods_for(["FasterVLM", "PruMerge", "PruMerge+fixed", "DivPrune", "VisPruner"], projected=False)
-        run = S.run_study(["unitA", "unitB"], methods, [12, 6], seed=0, encoder=enc, space="vision",
-                          n_random=4, screen=None, cache_dir=tmp_path_factory.mktemp("cache"))
+        run = S.run_study(
+            ["unitA", "unitB"],
+            methods,
+            [12, 6],
+            seed=0,
+            encoder=enc,
+            space="vision",
+            n_random=4,
+            screen=None,
+            cache_dir=tmp_path_factory.mktemp("cache"),
+        )
     finally:
         D.load_image_set = orig
     return run, enc, sets
@@ -152,8 +179,9 @@ def test_diversity_table_matches_ratios(study):
     div = d[d["method"] == "DivPrune(features=vision)"].set_index(["image_id", "budget"])["erank"].sort_index()
     rat = run.ratios[run.ratios["method"] == "DivPrune(features=vision)"].set_index(["image_id", "budget"])
     assert np.allclose(div, rat["erank_kept_vision"].sort_index())
-    assert np.allclose(d[d["method"] == "DivPrune(features=vision)"]["ratio_ceiling"].sort_values(),
-                       rat["ratio_ceiling"].sort_values())
+    assert np.allclose(
+        d[d["method"] == "DivPrune(features=vision)"]["ratio_ceiling"].sort_values(), rat["ratio_ceiling"].sort_values()
+    )
     assert d.loc[d["method"] == "PruMerge", "ratio_ceiling"].isna().all()
 
 
@@ -162,8 +190,9 @@ def test_pivot_and_lines(study):
     piv = S.ratio_pivot(run.ratios, "ratio_full")
     assert list(piv.index[-2:]) == [S.RANDOM, S.GREEDY]
     assert list(piv.columns) == [("unitA", "T=6"), ("unitA", "T=12"), ("unitB", "T=6"), ("unitB", "T=12")]
-    sub = run.ratios[(run.ratios["method"] == "FasterVLM") & (run.ratios["image_set"] == "unitB")
-                     & (run.ratios["budget"] == 12)]
+    sub = run.ratios[
+        (run.ratios["method"] == "FasterVLM") & (run.ratios["image_set"] == "unitB") & (run.ratios["budget"] == 12)
+    ]
     assert piv.loc["FasterVLM", ("unitB", "T=12")] == pytest.approx(sub["ratio_full"].mean(), abs=0.005)
     line = S.family_line(run.ratios, S.GREEDY, "ratio_full")
     assert line.startswith("unitA ") and line.endswith("(T = 6 / 12)")
@@ -219,15 +248,45 @@ def _synthetic(att_random=0.8, div_ceiling=0.7, div_over_att=1.3, n=12, seed=0):
             for i in range(n):
                 base = 30 + rng.normal(0, 1)
                 noise = lambda: rng.normal(0, 0.01)  # noqa: E731
-                rows.append(dict(image_set=s, budget=b, image_id=f"{s}{i}", method="Att", family="attention",
-                                 fixed_budget=True, erank_kept_vision=base, ratio_random=att_random + noise(),
-                                 ratio_ceiling=0.6 + noise()))
-                rows.append(dict(image_set=s, budget=b, image_id=f"{s}{i}", method="Div", family="diversity",
-                                 fixed_budget=True, erank_kept_vision=base * div_over_att,
-                                 ratio_random=1.2 + noise(), ratio_ceiling=div_ceiling + noise()))
-                rows.append(dict(image_set=s, budget=b, image_id=f"{s}{i}", method="Own", family="attention",
-                                 fixed_budget=False, erank_kept_vision=99.0, ratio_random=5.0,
-                                 ratio_ceiling=math.nan))
+                rows.append(
+                    dict(
+                        image_set=s,
+                        budget=b,
+                        image_id=f"{s}{i}",
+                        method="Att",
+                        family="attention",
+                        fixed_budget=True,
+                        erank_kept_vision=base,
+                        ratio_random=att_random + noise(),
+                        ratio_ceiling=0.6 + noise(),
+                    )
+                )
+                rows.append(
+                    dict(
+                        image_set=s,
+                        budget=b,
+                        image_id=f"{s}{i}",
+                        method="Div",
+                        family="diversity",
+                        fixed_budget=True,
+                        erank_kept_vision=base * div_over_att,
+                        ratio_random=1.2 + noise(),
+                        ratio_ceiling=div_ceiling + noise(),
+                    )
+                )
+                rows.append(
+                    dict(
+                        image_set=s,
+                        budget=b,
+                        image_id=f"{s}{i}",
+                        method="Own",
+                        family="attention",
+                        fixed_budget=False,
+                        erank_kept_vision=99.0,
+                        ratio_random=5.0,
+                        ratio_ceiling=math.nan,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -251,7 +310,9 @@ def test_claims_partly_and_threshold_is_conservative():
     assert claims[0].outcome == "partly" and claims[0].n_passed == "2/4"
     # a mean just under the threshold whose CI crosses it does not count
     near = _synthetic(div_ceiling=0.897)
-    near.loc[near["method"] == "Div", "ratio_ceiling"] += np.random.default_rng(1).normal(0, 0.05, (near["method"] == "Div").sum())
+    near.loc[near["method"] == "Div", "ratio_ceiling"] += np.random.default_rng(1).normal(
+        0, 0.05, (near["method"] == "Div").sum()
+    )
     assert S.shortfall_claims(near, "vision", n_boot=300)[2].outcome != "replicates"
 
 
@@ -264,8 +325,7 @@ def test_claims_without_a_family_are_not_tested():
 
 
 def test_per_set_line_known_answer():
-    summ = pd.DataFrame({"image_set": ["a", "a", "a", "b"], "budget": [64, 64, 128, 64],
-                         "mean": [0.5, 0.7, 0.9, 1.0]})
+    summ = pd.DataFrame({"image_set": ["a", "a", "a", "b"], "budget": [64, 64, 128, 64], "mean": [0.5, 0.7, 0.9, 1.0]})
     assert S.per_set_line(summ) == "a 0.50–0.70 / 0.90, b 1.00 / n/a (T = 64 / 128)"
     assert S.per_set_line(pd.DataFrame()) == "n/a"
 
@@ -342,6 +402,5 @@ def test_run_study_restores_thread_count(monkeypatch):
             seen.append(torch.get_num_threads())
             return super().__call__(images, ids)
 
-    S.run_study(["unitT"], ["FasterVLM"], [4], encoder=Probe(), n_random=2, screen=None, cache_dir=False,
-                cpu_threads=1)
+    S.run_study(["unitT"], ["FasterVLM"], [4], encoder=Probe(), n_random=2, screen=None, cache_dir=False, cpu_threads=1)
     assert set(seen) == {1} and torch.get_num_threads() == before

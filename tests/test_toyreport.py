@@ -1,4 +1,5 @@
 """Model-card helpers read what training wrote; nothing is computed by hand."""
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,44 @@ def _eval():
     summ = []
     for cond, rec, hall in (("full", 0.9, 0.05), ("FasterVLM-64", 0.7, 0.15), ("DivPrune-64", 0.75, 0.3)):
         for cx in ("simple", "complex", "all"):
-            summ.append({"condition": cond, "method": cond.split("-")[0], "budget": 64, "complexity": cx, "n_images": 1,
-                         "recall": rec, "precision": 1 - hall, "chair_i": hall, "chair_s": hall, "degenerate_rate": 0.0,
-                         "object_hit": 1.0, "mean_length": 20.0, "pope_random_acc": 0.9, "pope_popular_acc": 0.8,
-                         "pope_adversarial_acc": 0.76, "seconds": {}})
-    per = [{"condition": c, "id": "test-00001", "complexity": "complex", "description": "A dog and two cats.",
-            "mentioned": ["cat", "dog"], "objects": ["dog"], "hallucinated": ["cat"], "degenerate": c == "DivPrune-64",
-            "n_tokens": 6, "object_hit": 1, "n_objects": 1, "n_kept": 64, "pope": []}
-           for c in ("full", "FasterVLM-64", "DivPrune-64")]
+            summ.append(
+                {
+                    "condition": cond,
+                    "method": cond.split("-")[0],
+                    "budget": 64,
+                    "complexity": cx,
+                    "n_images": 1,
+                    "recall": rec,
+                    "precision": 1 - hall,
+                    "chair_i": hall,
+                    "chair_s": hall,
+                    "degenerate_rate": 0.0,
+                    "object_hit": 1.0,
+                    "mean_length": 20.0,
+                    "pope_random_acc": 0.9,
+                    "pope_popular_acc": 0.8,
+                    "pope_adversarial_acc": 0.76,
+                    "seconds": {},
+                }
+            )
+    per = [
+        {
+            "condition": c,
+            "id": "test-00001",
+            "complexity": "complex",
+            "description": "A dog and two cats.",
+            "mentioned": ["cat", "dog"],
+            "objects": ["dog"],
+            "hallucinated": ["cat"],
+            "degenerate": c == "DivPrune-64",
+            "n_tokens": 6,
+            "object_hit": 1,
+            "n_objects": 1,
+            "n_kept": 64,
+            "pope": [],
+        }
+        for c in ("full", "FasterVLM-64", "DivPrune-64")
+    ]
     return {"summary": summ, "per_image": per, "sensitivity": [], "config": cfg}
 
 
@@ -45,7 +76,9 @@ def test_tables_from_eval(tmp_path):
 
 
 def test_history_round_trip_and_plot(tmp_path):
-    hist = [{"step": i, "loss": 5.0 / i, "lr": 1e-3, **({"val_loss": 1.0} if i % 10 == 0 else {})} for i in range(1, 31)]
+    hist = [
+        {"step": i, "loss": 5.0 / i, "lr": 1e-3, **({"val_loss": 1.0} if i % 10 == 0 else {})} for i in range(1, 31)
+    ]
     write_history(tmp_path, hist, every=5)
     h = toyreport.load_history(tmp_path)
     assert list(h["step"]) == [1, 5, 10, 15, 20, 25, 30] and h["val_loss"].notna().sum() == 3
@@ -64,6 +97,8 @@ def test_n_parameters_counts_every_stored_tensor(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    save_file({"a.weight": torch.zeros(3, 4, dtype=torch.float16), "a.bias": torch.zeros(3), "b": torch.zeros(2, 2, 5)},
-              str(tmp_path / "model.safetensors"))
+    save_file(
+        {"a.weight": torch.zeros(3, 4, dtype=torch.float16), "a.bias": torch.zeros(3), "b": torch.zeros(2, 2, 5)},
+        str(tmp_path / "model.safetensors"),
+    )
     assert toyreport.n_parameters(tmp_path) == 12 + 3 + 20

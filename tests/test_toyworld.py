@@ -1,4 +1,5 @@
 """The emoji-COCO toy world: categories, scenes, rendering, texts, POPE and the fixed splits."""
+
 from __future__ import annotations
 
 import csv
@@ -144,7 +145,7 @@ def test_boxes_counts_and_overlap(tw, sample):
             g = scenes.glyph(o.codepoint, o.size, o.flip)
             assert g.shape[:2] == (y1 - y0, x1 - x0)
         for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 iw, ih = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
                 inter = max(iw, 0) * max(ih, 0)
                 small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
@@ -166,6 +167,7 @@ def test_simple_and_complex_differ(tw, sample):
         assert max(o.size for o in s.objects) <= 76
     mean = {c: np.mean([len(s.objects) for s in v]) for c, v in by.items()}
     assert mean["simple"] < mean["medium"] < mean["complex"]
+
     # Complex backgrounds are busier: more high-frequency energy in the image.
     def busy(s):
         a = scenes.render_array(s).astype(float).mean(2)
@@ -203,8 +205,16 @@ def test_patch_masks_on_a_hand_built_scene(tw):
     g = scenes.glyph("1F34E", 28)  # an apple, about two patches wide
     h, w = g.shape[:2]
     obj = scenes.SceneObject("apple", "1F34E", (28, 42, 28 + w, 42 + h), 28)
-    s = scenes.Scene("hand-0", "hand", 0, 0, "simple", "kitchen",
-                     {"kind": "plain", "seed": 0, "colour": "white", "phrase": "a plain white background"}, (obj,))
+    s = scenes.Scene(
+        "hand-0",
+        "hand",
+        0,
+        0,
+        "simple",
+        "kitchen",
+        {"kind": "plain", "seed": 0, "colour": "white", "phrase": "a plain white background"},
+        (obj,),
+    )
     m = scenes.patch_masks(s, min_fraction=0)
     assert m.shape == (1, 24, 24)
     rows, cols = np.nonzero(m[0])
@@ -386,8 +396,12 @@ from hypothesis import (  # noqa: E402
 
 
 @settings(max_examples=25, deadline=None)
-@given(index=st.integers(0, 10**6), seed=st.integers(0, 2**31 - 1),
-       level=st.sampled_from(("simple", "medium", "complex")), mirrored=st.booleans())
+@given(
+    index=st.integers(0, 10**6),
+    seed=st.integers(0, 2**31 - 1),
+    level=st.sampled_from(("simple", "medium", "complex")),
+    mirrored=st.booleans(),
+)
 def test_any_scene_is_consistent(index, seed, level, mirrored):
     from prunelab.toyworld import scenes, text
 

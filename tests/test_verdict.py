@@ -1,4 +1,5 @@
 """prunelab.study.verdict: checks (conservative CI rule), outcomes, tables, paper numbers."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -34,15 +35,18 @@ def _c(passed):
     return V.check("x", value, "<", 1.0)
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ([True, True], "replicates"),
-    ([True, False], "partly"),
-    ([False, False], "does not"),
-    ([None, None], "not tested"),
-    ([], "not tested"),
-    ([True, None], "replicates"),
-    ([False, None], "does not"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([True, True], "replicates"),
+        ([True, False], "partly"),
+        ([False, False], "does not"),
+        ([None, None], "not tested"),
+        ([], "not tested"),
+        ([True, None], "replicates"),
+        ([False, None], "does not"),
+    ],
+)
 def test_outcome_rules(flags, expected):
     checks = [_c(f) for f in flags]
     assert [c.passed for c in checks] == flags
@@ -51,8 +55,15 @@ def test_outcome_rules(flags, expected):
 
 
 def test_checks_from_summary_and_table():
-    summ = pd.DataFrame({"method": ["DivPrune", "FPS"], "budget": [64, 64], "mean": [0.5, 0.9],
-                         "ci_low": [0.45, 0.85], "ci_high": [0.55, 0.95]})
+    summ = pd.DataFrame(
+        {
+            "method": ["DivPrune", "FPS"],
+            "budget": [64, 64],
+            "mean": [0.5, 0.9],
+            "ci_low": [0.45, 0.85],
+            "ci_high": [0.55, 0.95],
+        }
+    )
     checks = V.checks_from_summary(summ, ["method", "budget"], "<", 0.8)
     assert [c.condition for c in checks] == ["DivPrune, 64", "FPS, 64"]
     assert [c.passed for c in checks] == [True, False]

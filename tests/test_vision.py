@@ -1,5 +1,6 @@
 """prunelab.models.vision: image reading/preprocessing (known answers), index bookkeeping against the real DINOv2 tower,
 q/k recomputation, the feature cache, and VisualContext construction."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Device selection with one clear error when an accelerator is asked for but absent."""
+
 from __future__ import annotations
 
 import contextlib

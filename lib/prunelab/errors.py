@@ -3,6 +3,7 @@
 Every error the library raises on bad input is a :class:`PrunelabError` whose message names the problem *and*
 the fix in one line, so notebooks and the CLI can show it as is.
 """
+
 from __future__ import annotations
 
 
@@ -39,13 +40,17 @@ def check_budget(budget, n_tokens: int) -> int:
 
     Budgets are absolute counts, never ratios (methods-spec §5). ``bool`` and non-integral floats are refused.
     """
-    if isinstance(budget, bool) or not isinstance(budget, (int,)) and not (
-        hasattr(budget, "__index__") or (isinstance(budget, float) and float(budget).is_integer())
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, (int,))
+        and not (hasattr(budget, "__index__") or (isinstance(budget, float) and float(budget).is_integer()))
     ):
         raise BudgetError(
             f"budget must be an integer number of tokens, got {budget!r}; pass e.g. budget=64 (absolute T, not a ratio)"
         )
     t = int(budget)
     if t <= 0 or t > n_tokens:
-        raise BudgetError(f"budget T={t} is outside 1..{n_tokens} (the image has {n_tokens} visual tokens); choose 1 <= T <= {n_tokens}")
+        raise BudgetError(
+            f"budget T={t} is outside 1..{n_tokens} (the image has {n_tokens} visual tokens); choose 1 <= T <= {n_tokens}"
+        )
     return t

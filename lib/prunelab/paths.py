@@ -7,6 +7,7 @@
   half-written file under the final name. The file gets the mode a plain ``open`` would give it
   (``0o666 & ~umask``), not ``mkstemp``'s private 0600, so results on a shared machine stay readable.
 """
+
 from __future__ import annotations
 
 import contextlib

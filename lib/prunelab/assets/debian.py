@@ -5,6 +5,7 @@ from Debian's registry, the only one besides PyPI and npm that the build machine
 fetches the ``.deb`` as any user; ``dpkg -x`` unpacks it into a private folder under the cache, so nothing
 in ``/usr`` changes and no root is needed once the package lists exist.
 """
+
 from __future__ import annotations
 
 import shutil

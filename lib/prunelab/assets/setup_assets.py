@@ -5,6 +5,7 @@ It ends with the CHAIR text path this machine gives (:func:`prunelab.eval.textpr
 and ``averaged_perceptron_tagger_eng`` have no verified offline source, so no step fetches them; without them
 CHAIR runs on the documented fallback, which is reported here, not counted as a failure.
 """
+
 from __future__ import annotations
 
 import sys

@@ -6,6 +6,7 @@ building the parser, scoring all captions with cold lemma caches, and scoring th
 project brief: 500 captions of ~100 words in <= 10 s on 2 cores. ``--smoke``: 20 captions of ~30 words. Prints
 timings; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,52 @@ from prunelab.eval.chair import evaluate_chair
 from prunelab.eval.mentions import CaptionParser, SynonymTable
 from prunelab.eval.textproc import TextProcessor
 
-OBJECTS = ["dog", "dogs", "cat", "man", "woman", "people", "men", "children", "car", "cars", "bus", "traffic light",
-           "hot dog", "teddy bear", "cell phone", "wine glasses", "knives", "forks", "table", "chair", "couch",
-           "sofa", "laptop", "tv", "bench", "umbrella", "bicycle", "horses", "giraffe", "toilet", "sink", "pizza",
-           "cup", "bottle", "book", "clock", "vase", "kite", "surfboard", "skis", "train", "boat", "bird", "mice"]
+OBJECTS = [
+    "dog",
+    "dogs",
+    "cat",
+    "man",
+    "woman",
+    "people",
+    "men",
+    "children",
+    "car",
+    "cars",
+    "bus",
+    "traffic light",
+    "hot dog",
+    "teddy bear",
+    "cell phone",
+    "wine glasses",
+    "knives",
+    "forks",
+    "table",
+    "chair",
+    "couch",
+    "sofa",
+    "laptop",
+    "tv",
+    "bench",
+    "umbrella",
+    "bicycle",
+    "horses",
+    "giraffe",
+    "toilet",
+    "sink",
+    "pizza",
+    "cup",
+    "bottle",
+    "book",
+    "clock",
+    "vase",
+    "kite",
+    "surfboard",
+    "skis",
+    "train",
+    "boat",
+    "bird",
+    "mice",
+]
 ADJ = ["small", "large", "red", "white", "wooden", "busy", "sunny", "colorful", "old", "modern"]
 TEMPLATES = [
     "The image shows a {a} {o} next to a {o2}.",
@@ -39,8 +82,9 @@ def make_captions(n: int, words: int, seed: int) -> list[str]:
     for _ in range(n):
         parts, count = [], 0
         while count < words:
-            s = rng.choice(TEMPLATES).format(a=rng.choice(ADJ), o=rng.choice(OBJECTS), o2=rng.choice(OBJECTS),
-                                             o3=rng.choice(OBJECTS))
+            s = rng.choice(TEMPLATES).format(
+                a=rng.choice(ADJ), o=rng.choice(OBJECTS), o2=rng.choice(OBJECTS), o3=rng.choice(OBJECTS)
+            )
             parts.append(s)
             count += len(s.split())
         caps.append(" ".join(parts))

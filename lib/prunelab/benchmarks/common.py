@@ -1,4 +1,5 @@
 """What the timing benchmarks share: their common flags, the check of counted flags, the thread setting."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ from prunelab.study.photos import list_photos
 def add_timing_args(ap: argparse.ArgumentParser, *, images: int, repeats: int, what: str = "table") -> None:
     """``--images``, ``--repeats``, ``--threads`` and ``--csv`` with the benchmark's own defaults."""
     ap.add_argument("--images", type=int, default=images, help=f"photos to time on (default {images})")
-    ap.add_argument("--repeats", type=int, default=repeats,
-                    help=f"interleaved timing rounds per image (default {repeats})")
+    ap.add_argument(
+        "--repeats", type=int, default=repeats, help=f"interleaved timing rounds per image (default {repeats})"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on CPU (default 1)")
     ap.add_argument("--csv", default=None, help=f"also write the {what} to this CSV file")
 

@@ -11,6 +11,7 @@ only callbacks can. The redesign issue's bar: at most half the modules of the pr
 The layer of a module is that of its package folder; ``--layout flat`` maps a pre-redesign flat module
 (``prunelab.generation``) to the folder its file lives in now, so the same tool measures an old checkout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,13 @@ def _import(new: str, old: str):
         return importlib.import_module(old)
 
 
-def trace_loop(work: Path, flat: bool = False, pyproject: Path | None = None, lib: Path | None = None,
-               model_name: str | None = None) -> dict[str, dict]:
+def trace_loop(
+    work: Path,
+    flat: bool = False,
+    pyproject: Path | None = None,
+    lib: Path | None = None,
+    model_name: str | None = None,
+) -> dict[str, dict]:
     """Run the loops under a trace; per parameter: ``modules`` (Counter of calls) and ``climbs`` (list of calls up a
     layer that hand it over); ``"callbacks"``: every prunelab call up a layer, whatever it carries."""
     import torch
@@ -134,17 +140,32 @@ def trace_loop(work: Path, flat: bool = False, pyproject: Path | None = None, li
         return None
 
     model = tiny.tiny_llava("clip", seed=0, image_size=56)
-    words = ("USER: ASSISTANT: Please describe this image in detail. Is there a dog cat cup car person bus in the image?"
-             " yes no").split()
-    gm = L.from_adapter(LlavaAdapter(model, tokenizer=tiny.ToyTokenizer(model, words + [f"w{i}" for i in range(200)]),
-                                     device="cpu"), "hf_chat")
+    words = (
+        "USER: ASSISTANT: Please describe this image in detail. Is there a dog cat cup car person bus in the image?"
+        " yes no"
+    ).split()
+    gm = L.from_adapter(
+        LlavaAdapter(model, tokenizer=tiny.ToyTokenizer(model, words + [f"w{i}" for i in range(200)]), device="cpu"),
+        "hf_chat",
+    )
     model_ids = {id(gm), id(gm.adapter), id(model)}
     gen = torch.Generator().manual_seed(0)
-    labels = (["dog", "cat", "cup"], ["car", "person", "bus"], ["cup", "bus", "cat", "chair"],
-              ["bicycle", "kite", "clock"])
-    items = [ImageItem(id=f"img{i}", source="synthetic", labels=lab, complexity=("simple", "complex")[i % 2],
-                       loader=(lambda i=i: Image.fromarray((torch.rand(56, 56, 3, generator=gen) * 255).byte().numpy())))
-             for i, lab in enumerate(labels)]
+    labels = (
+        ["dog", "cat", "cup"],
+        ["car", "person", "bus"],
+        ["cup", "bus", "cat", "chair"],
+        ["bicycle", "kite", "clock"],
+    )
+    items = [
+        ImageItem(
+            id=f"img{i}",
+            source="synthetic",
+            labels=lab,
+            complexity=("simple", "complex")[i % 2],
+            loader=(lambda i=i: Image.fromarray((torch.rand(56, 56, 3, generator=gen) * 255).byte().numpy())),
+        )
+        for i, lab in enumerate(labels)
+    ]
     methods = ["FasterVLM", "DivPrune", "AgilePruner", "FastV"]
     _MODEL_NAME[0] = model_name
     if model_name is not None:  # by name, as the chapters pass it: loaded inside the loop, on the toy world
@@ -154,8 +175,9 @@ def trace_loop(work: Path, flat: bool = False, pyproject: Path | None = None, li
     sys.settrace(tracer)
     try:
         for task in ("describe", "pope"):
-            G.run_generation(gm, items, methods, [4], task=task, max_new_tokens=2, cache_dir=work / task,
-                             progress=False)
+            G.run_generation(
+                gm, items, methods, [4], task=task, max_new_tokens=2, cache_dir=work / task, progress=False
+            )
         enc = _import("prunelab.models.encoders", "prunelab.runner").PixelPatchEncoder(grid=4, patch=14)
         R.run_vision(items, methods[:3], [4], encoder=enc, cache_dir=work / "vision", progress=False)
     finally:
@@ -167,21 +189,32 @@ def trace_loop(work: Path, flat: bool = False, pyproject: Path | None = None, li
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layout", choices=("folders", "flat"), default="folders",
-                    help="flat: a pre-redesign checkout whose modules sat side by side in prunelab/")
+    ap.add_argument(
+        "--layout",
+        choices=("folders", "flat"),
+        default="folders",
+        help="flat: a pre-redesign checkout whose modules sat side by side in prunelab/",
+    )
     ap.add_argument("--work", default=None, help="cache folder for the runs (default: a temporary folder)")
-    ap.add_argument("--model", default=None,
-                    help="pass this model name to the loop (e.g. toyllava: loaded inside it, as the chapters do) "
-                         "instead of a loaded tiny model")
+    ap.add_argument(
+        "--model",
+        default=None,
+        help="pass this model name to the loop (e.g. toyllava: loaded inside it, as the chapters do) "
+        "instead of a loaded tiny model",
+    )
     ap.add_argument("--pyproject", default=None, help="the pyproject.toml whose layers to use (default: this one)")
     ap.add_argument("--lib", default=None, help="today's lib/prunelab, for --layout flat (default: this one)")
     args = ap.parse_args(argv)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        res = trace_loop(Path(args.work or tmp), flat=args.layout == "flat",
-                         pyproject=Path(args.pyproject) if args.pyproject else None,
-                         lib=Path(args.lib) if args.lib else None, model_name=args.model)
+        res = trace_loop(
+            Path(args.work or tmp),
+            flat=args.layout == "flat",
+            pyproject=Path(args.pyproject) if args.pyproject else None,
+            lib=Path(args.lib) if args.lib else None,
+            model_name=args.model,
+        )
     for k, r in res.items():
         mods = sorted(r["modules"])
         print(f"{k}: {len(mods)} modules, {len(r['climbs'])} calls up a layer")

@@ -16,6 +16,7 @@ on toy test scenes; ``--tiny`` uses a seeded tiny LLaVA and synthetic images. ``
 the default model (2 images, 1 round, FasterVLM and Vanilla, 2 new tokens; what ``make bench-smoke`` and the
 tests run). Asserts nothing; one torch thread; medians over ``--rounds`` interleaved rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,17 @@ import time
 from prunelab.errors import check_budget
 from prunelab.paths import atomic_write
 
-COLUMNS = ["method", "budget", "questions", "alone_ms", "shared1_ms", "shared_ms", "speedup_shared1", "speedup_shared",
-           "identical"]
+COLUMNS = [
+    "method",
+    "budget",
+    "questions",
+    "alone_ms",
+    "shared1_ms",
+    "shared_ms",
+    "speedup_shared1",
+    "speedup_shared",
+    "identical",
+]
 
 
 def _setup(tiny: bool, n_images: int, seed: int):
@@ -44,8 +54,10 @@ def _setup(tiny: bool, n_images: int, seed: int):
         from prunelab.models.tiny import ToyTokenizer, tiny_llava
 
         model = tiny_llava("clip", seed=seed, text_layers=2)
-        words = (f"USER: ASSISTANT: Is there a dog cat car person in the image? yes no {L.LLAVA_SHORT_ANSWER}".split()
-                 + [f"w{i}" for i in range(300)])
+        words = (
+            f"USER: ASSISTANT: Is there a dog cat car person in the image? yes no {L.LLAVA_SHORT_ANSWER}".split()
+            + [f"w{i}" for i in range(300)]
+        )
         gm = L.from_adapter(LlavaAdapter(model, tokenizer=ToyTokenizer(model, words), device="cpu"), "hf_chat")
         rng = np.random.default_rng(seed)
         objects = ["dog", "cat", "car", "person"]
@@ -60,8 +72,9 @@ def _setup(tiny: bool, n_images: int, seed: int):
     gm = L.load_generation_model("toyllava", device="cpu")
     items = load_image_set("toyworld:test", n=n_images, seed=seed)
     qs = G.pope_questions_for(items, "toyworld:test")
-    return gm, [(it.id, gm.pixels(it.image), [gm.prompt_ids(gm.question_prompt(q.question)) for q in qs[it.id]])
-                for it in items]
+    return gm, [
+        (it.id, gm.pixels(it.image), [gm.prompt_ids(gm.question_prompt(q.question)) for q in qs[it.id]]) for it in items
+    ]
 
 
 def main(argv=None) -> int:
@@ -96,8 +109,10 @@ def main(argv=None) -> int:
     from prunelab.study.runner import erank_stats_from
 
     ctxs = [ad.context(encs[iid], 0) for iid, _, _ in images]
-    stats = {es: erank_stats_from(G.spec_input_erank(c, es) for c in ctxs)
-             for es in {sp.pruner.erank_stats_spec() for sp in specs if sp.pruner is not None} - {None}}
+    stats = {
+        es: erank_stats_from(G.spec_input_erank(c, es) for c in ctxs)
+        for es in {sp.pruner.erank_stats_spec() for sp in specs if sp.pruner is not None} - {None}
+    }
     n_q = sum(len(q) for _, _, q in images) / len(images)
 
     def one(variant, sp, b, iid, pv, qs):
@@ -109,14 +124,21 @@ def main(argv=None) -> int:
             if variant == "alone":
                 texts = [ad.run([torch.tensor(q)], pv, sp.pruner, budget, image_ids=[iid], **kw).texts[0] for q in qs]
             else:
-                out = ad.run_shared_image([torch.tensor(q) for q in qs], pv, sp.pruner, budget, image_id=iid,
-                                          batch_size=1 if variant == "shared1" else max(1, len(qs)), **kw)
+                out = ad.run_shared_image(
+                    [torch.tensor(q) for q in qs],
+                    pv,
+                    sp.pruner,
+                    budget,
+                    image_id=iid,
+                    batch_size=1 if variant == "shared1" else max(1, len(qs)),
+                    **kw,
+                )
                 texts = out.texts
             return time.perf_counter() - t0, texts
 
     rows = []
     for sp in specs:
-        for b in ([gm.n_image_tokens] if sp.pruner is None else budgets):
+        for b in [gm.n_image_tokens] if sp.pruner is None else budgets:
             times = {v: [] for v in ("alone", "shared1", "shared")}
             same, total = 0, 0
             for _ in range(args.rounds):
@@ -133,14 +155,24 @@ def main(argv=None) -> int:
                         same += sum(x == y for a, r in zip(answers, ref) for x, y in zip(a, r))
                         total += sum(len(r) for r in ref)
             med = {v: statistics.median(ts) * 1000 for v, ts in times.items()}
-            rows.append({"method": sp.label, "budget": b, "questions": f"{n_q:.1f}", "alone_ms": f"{med['alone']:.1f}",
-                         "shared1_ms": f"{med['shared1']:.1f}", "shared_ms": f"{med['shared']:.1f}",
-                         "speedup_shared1": f"{med['alone'] / med['shared1']:.2f}x",
-                         "speedup_shared": f"{med['alone'] / med['shared']:.2f}x",
-                         "identical": f"{same / total:.3f}" if total else "nan"})
+            rows.append(
+                {
+                    "method": sp.label,
+                    "budget": b,
+                    "questions": f"{n_q:.1f}",
+                    "alone_ms": f"{med['alone']:.1f}",
+                    "shared1_ms": f"{med['shared1']:.1f}",
+                    "shared_ms": f"{med['shared']:.1f}",
+                    "speedup_shared1": f"{med['alone'] / med['shared1']:.2f}x",
+                    "speedup_shared": f"{med['alone'] / med['shared']:.2f}x",
+                    "identical": f"{same / total:.3f}" if total else "nan",
+                }
+            )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"POPE decoding per image x method x budget ({'tiny LLaVA' if args.tiny else 'ToyLLaVA'}, {len(images)} "
-          f"images, torch.set_num_threads(1), median of {args.rounds} rounds, load average {load:.1f})")
+    print(
+        f"POPE decoding per image x method x budget ({'tiny LLaVA' if args.tiny else 'ToyLLaVA'}, {len(images)} "
+        f"images, torch.set_num_threads(1), median of {args.rounds} rounds, load average {load:.1f})"
+    )
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS}
     print("  ".join(c.ljust(widths[c]) for c in COLUMNS))
     for r in rows:

@@ -43,6 +43,7 @@ every setting once (interleaved, so all see the same machine load); per image th
 the median over images. CPU runs use ``torch.set_num_threads(--threads)`` (default 1). Prints a table; asserts
 nothing; ``--csv`` writes it atomically.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,22 @@ GOAL_FRACTION = 0.85
 GOAL_OVERHEAD = 0.02
 N_BEFORE, N_AFTER = 35, 12  # LLaVA-1.5 prompt: text tokens before / after the image (incl. BOS)
 METHODS = (("FasterVLM", "pre-LLM"), ("DivPrune", "pre-LLM"), ("FastV", "in-LLM"))
-COLUMNS = ["method", "stage", "T", "T_eq", "prompt_len", "prefill_ms", "select_ms", "speedup", "ideal",
-           "flops_ratio", "fraction", "overhead_pct", "goal_fraction", "goal_overhead"]
+COLUMNS = [
+    "method",
+    "stage",
+    "T",
+    "T_eq",
+    "prompt_len",
+    "prefill_ms",
+    "select_ms",
+    "speedup",
+    "ideal",
+    "flops_ratio",
+    "fraction",
+    "overhead_pct",
+    "goal_fraction",
+    "goal_overhead",
+]
 
 
 def build_model(kind: str, device, quick: bool):
@@ -84,10 +99,23 @@ def build_model(kind: str, device, quick: bool):
     from prunelab.models.tiny import tiny_llava
 
     width, mlp = (64, 128) if quick else (256, 688)
-    model = tiny_llava("dinov2", seed=0, image_size=336, patch_size=14, vision_hidden=32, vision_layers=4,
-                       vision_heads=4, text_hidden=width, text_layers=4, text_heads=4, text_intermediate=mlp)
-    desc = (f"tiny random LLaVA (prunelab.models.tiny, seed 0; 336 px -> 576 image tokens; decoder 4 x {width}, "
-            f"MLP {mlp}) — fallback: {reason}")
+    model = tiny_llava(
+        "dinov2",
+        seed=0,
+        image_size=336,
+        patch_size=14,
+        vision_hidden=32,
+        vision_layers=4,
+        vision_heads=4,
+        text_hidden=width,
+        text_layers=4,
+        text_heads=4,
+        text_intermediate=mlp,
+    )
+    desc = (
+        f"tiny random LLaVA (prunelab.models.tiny, seed 0; 336 px -> 576 image tokens; decoder 4 x {width}, "
+        f"MLP {mlp}) — fallback: {reason}"
+    )
     return model.to(device), desc, model.config.vision_config.image_size
 
 
@@ -106,8 +134,10 @@ def plan_methods(n_layers: int) -> tuple[list[tuple[str, str, object]], list[str
                 if n_layers < 2:
                     notes.append(f"skipped FastV: it prunes after a decoder layer K >= 1; this decoder has {n_layers}")
                     continue
-                notes.append(f"FastV: K={k} needs more than {k} decoder layers and this decoder has {n_layers}, so it "
-                             f"runs with K={n_layers - 1} (tokens pruned after layer {n_layers - 1})")
+                notes.append(
+                    f"FastV: K={k} needs more than {k} decoder layers and this decoder has {n_layers}, so it "
+                    f"runs with K={n_layers - 1} (tokens pruned after layer {n_layers - 1})"
+                )
                 plan.append((f"FastV(k={n_layers - 1})", stage, get_pruner("FastV", k=n_layers - 1)))
                 continue
         plan.append((name, stage, get_pruner(name)))
@@ -126,20 +156,33 @@ def prompt_ids(model, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     pick = pool[torch.randint(0, len(pool), (N_BEFORE - 1 + N_AFTER,), generator=g)]
     bos = gen.bos_token_id if gen.bos_token_id is not None else int(pool[0])
-    return torch.cat([torch.tensor([bos]), pick[: N_BEFORE - 1], torch.tensor([cfg.image_token_id]),
-                      pick[N_BEFORE - 1:]])
-
-
+    return torch.cat(
+        [torch.tensor([bos]), pick[: N_BEFORE - 1], torch.tensor([cfg.image_token_id]), pick[N_BEFORE - 1 :]]
+    )
 
 
 def summarize(per_image: list[dict], budgets, methods, n_image: int) -> list[dict]:
     """Table rows from per-image medians ``{(method, T): record}`` (the full model under key ``("full", N)``)."""
     rows = []
     full = [im[("full", n_image)] for im in per_image]
-    rows.append({"method": "full", "stage": "none", "T": n_image, "T_eq": float(n_image),
-                 "prompt_len": full[0]["prompt_len"], "prefill_ms": 1e3 * median([r["prefill_s"] for r in full]),
-                 "select_ms": 0.0, "speedup": 1.0, "ideal": 1.0, "flops_ratio": 1.0, "fraction": 1.0,
-                 "overhead_pct": math.nan, "goal_fraction": "-", "goal_overhead": "-"})
+    rows.append(
+        {
+            "method": "full",
+            "stage": "none",
+            "T": n_image,
+            "T_eq": float(n_image),
+            "prompt_len": full[0]["prompt_len"],
+            "prefill_ms": 1e3 * median([r["prefill_s"] for r in full]),
+            "select_ms": 0.0,
+            "speedup": 1.0,
+            "ideal": 1.0,
+            "flops_ratio": 1.0,
+            "fraction": 1.0,
+            "overhead_pct": math.nan,
+            "goal_fraction": "-",
+            "goal_overhead": "-",
+        }
+    )
     for name, stage in methods:
         for t in budgets:
             recs = [im[(name, t)] for im in per_image]
@@ -156,15 +199,24 @@ def summarize(per_image: list[dict], budgets, methods, n_image: int) -> list[dic
                     ovh.append(r["select_s"] / saved if saved > 0 else math.inf)
             fraction = median(frac)
             overhead = median(ovh) if ovh else math.nan
-            rows.append({
-                "method": name, "stage": stage, "T": t, "T_eq": median([r["equivalent_tokens"] for r in recs]),
-                "prompt_len": recs[0]["prompt_len"], "prefill_ms": 1e3 * median([r["prefill_s"] for r in recs]),
-                "select_ms": 1e3 * median([r["select_s"] for r in recs]) if stage == "pre-LLM" else math.nan,
-                "speedup": median(speed), "ideal": median(ideal), "flops_ratio": median(fl), "fraction": fraction,
-                "overhead_pct": 100 * overhead,
-                "goal_fraction": "yes" if fraction >= GOAL_FRACTION else "NO",
-                "goal_overhead": ("yes" if overhead <= GOAL_OVERHEAD else "NO") if ovh else "n/a",
-            })
+            rows.append(
+                {
+                    "method": name,
+                    "stage": stage,
+                    "T": t,
+                    "T_eq": median([r["equivalent_tokens"] for r in recs]),
+                    "prompt_len": recs[0]["prompt_len"],
+                    "prefill_ms": 1e3 * median([r["prefill_s"] for r in recs]),
+                    "select_ms": 1e3 * median([r["select_s"] for r in recs]) if stage == "pre-LLM" else math.nan,
+                    "speedup": median(speed),
+                    "ideal": median(ideal),
+                    "flops_ratio": median(fl),
+                    "fraction": fraction,
+                    "overhead_pct": 100 * overhead,
+                    "goal_fraction": "yes" if fraction >= GOAL_FRACTION else "NO",
+                    "goal_overhead": ("yes" if overhead <= GOAL_OVERHEAD else "NO") if ovh else "n/a",
+                }
+            )
     return rows
 
 
@@ -174,17 +226,25 @@ def _cell(v, fmt) -> str:
     return format(v, fmt) if fmt else str(v)
 
 
-FORMATS = {"prompt_len": ".0f", "T_eq": ".1f", "prefill_ms": ".2f", "select_ms": ".3f", "speedup": ".2f", "ideal": ".2f",
-           "flops_ratio": ".2f", "fraction": ".3f", "overhead_pct": ".2f"}
+FORMATS = {
+    "prompt_len": ".0f",
+    "T_eq": ".1f",
+    "prefill_ms": ".2f",
+    "select_ms": ".3f",
+    "speedup": ".2f",
+    "ideal": ".2f",
+    "flops_ratio": ".2f",
+    "fraction": ".3f",
+    "overhead_pct": ".2f",
+}
 
 
 def format_table(rows: list[dict]) -> str:
     cells = [COLUMNS] + [[_cell(r[c], FORMATS.get(c, "")) for c in COLUMNS] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
-                     for line in cells)
-
-
+    return "\n".join(
+        "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths))) for line in cells
+    )
 
 
 def main(argv=None) -> int:
@@ -193,10 +253,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (prunelab.device.resolve_device)")
     ap.add_argument("--budgets", default="64,128", help="comma-separated T values (default 64,128)")
     add_timing_args(ap, images=2, repeats=10)
-    ap.add_argument("--smoke", "--quick", dest="smoke", action="store_true",
-                    help="smoke run: 1 image, 1 round, narrow tiny decoder")
+    ap.add_argument(
+        "--smoke", "--quick", dest="smoke", action="store_true", help="smoke run: 1 image, 1 round, narrow tiny decoder"
+    )
     args = ap.parse_args(argv)
-
 
     from prunelab.device import resolve_device
 
@@ -206,7 +266,9 @@ def main(argv=None) -> int:
     try:
         budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
     except ValueError:
-        raise BudgetError(f"--budgets {args.budgets!r} is not a comma-separated list of integers; pass e.g. 64,128") from None
+        raise BudgetError(
+            f"--budgets {args.budgets!r} is not a comma-separated list of integers; pass e.g. 64,128"
+        ) from None
     device = resolve_device(args.device)
     with torch_threads(args.threads, apply=device.type == "cpu"):
         return _run(args, budgets, device)
@@ -224,7 +286,9 @@ def _run(args, budgets, device) -> int:
     n_img = (size // model.config.vision_config.patch_size) ** 2  # at the processor's size, not the config's
     bad = [b for b in budgets if not 1 <= b < n_img]
     if bad or not budgets:
-        raise BudgetError(f"--budgets {args.budgets!r}: each T must be in 1..{n_img - 1} (the model has {n_img} image tokens)")
+        raise BudgetError(
+            f"--budgets {args.budgets!r}: each T must be in 1..{n_img - 1} (the model has {n_img} image tokens)"
+        )
     ids = prompt_ids(model)
     names = pick_photos(args.images, "scikit-image" if args.smoke else None)
     dtype = next(model.parameters()).dtype
@@ -234,14 +298,26 @@ def _run(args, budgets, device) -> int:
     methods = {label: pruner for label, _, pruner in plan}
     # The tower runs once per image (its output is memoised for the runs): prefill_s and select_s never include
     # it, and re-running it for every setting only made the benchmark slow.
-    qk = sorted(set().union(*(parse_requires(getattr(m, "requires", ()))[0] for m in methods.values()
-                              if getattr(m, "stage", "pre_llm") != "in_llm")))
+    qk = sorted(
+        set().union(
+            *(
+                parse_requires(getattr(m, "requires", ()))[0]
+                for m in methods.values()
+                if getattr(m, "stage", "pre_llm") != "in_llm"
+            )
+        )
+    )
     encodings = [adapter.encode_images(px, qk) for px in pixels]
 
     def once(i, label, t):
         with adapter.reuse_encoding(pixels[i], encodings[i]):
-            out = adapter.run([ids], pixels[i], None if label == "full" else methods[label],
-                              None if label == "full" else t, max_new_tokens=1)
+            out = adapter.run(
+                [ids],
+                pixels[i],
+                None if label == "full" else methods[label],
+                None if label == "full" else t,
+                max_new_tokens=1,
+            )
         return out.records[0]
 
     for label, _, _ in list(plan):  # a method the model cannot run is skipped, with the reason
@@ -271,19 +347,27 @@ def _run(args, budgets, device) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     threads = f"torch.set_num_threads({args.threads})" if device.type == "cpu" else "GPU (threads n/a)"
-    print(f"prefill benchmark: budgets {budgets} vs {n_img} image tokens, {len(names)} image(s), {args.repeats} "
-          "interleaved round(s) per image after 1 warm-up, batch 1")
+    print(
+        f"prefill benchmark: budgets {budgets} vs {n_img} image tokens, {len(names)} image(s), {args.repeats} "
+        "interleaved round(s) per image after 1 warm-up, batch 1"
+    )
     print(f"  model     : {desc}")
-    print(f"  decoder   : {tc.num_hidden_layers} layers x {tc.hidden_size}, {n_params / 1e6:.2f} M params, "
-          f"{dtype}; prompt {N_BEFORE} + image + {N_AFTER} text tokens")
-    print(f"  device    : {device} ({dev_name}), {cores} cores visible, {threads}, torch {torch.__version__}, "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(
+        f"  decoder   : {tc.num_hidden_layers} layers x {tc.hidden_size}, {n_params / 1e6:.2f} M params, "
+        f"{dtype}; prompt {N_BEFORE} + image + {N_AFTER} text tokens"
+    )
+    print(
+        f"  device    : {device} ({dev_name}), {cores} cores visible, {threads}, torch {torch.__version__}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     print(f"  images    : {', '.join(names)}")
     for note in notes:
         print(f"  note      : {note}")
-    print("  ideal     = L(576)/L(T), L = text + visual tokens (T_eq for FastV); fraction = measured/ideal "
-          f"(goal >= {GOAL_FRACTION}); overhead = select / (prefill(576) - prefill(T)) "
-          f"(goal <= {100 * GOAL_OVERHEAD:.0f}%)")
+    print(
+        "  ideal     = L(576)/L(T), L = text + visual tokens (T_eq for FastV); fraction = measured/ideal "
+        f"(goal >= {GOAL_FRACTION}); overhead = select / (prefill(576) - prefill(T)) "
+        f"(goal <= {100 * GOAL_OVERHEAD:.0f}%)"
+    )
     print()
     print(format_table(rows))
     if args.csv:

@@ -33,6 +33,7 @@ How it measures (real DINOv2-S/14 tower of the offline wheel, real photos from :
 
 Prints two tables; asserts nothing. ``--csv`` writes the first table (atomically).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,10 +59,6 @@ def is_exempt(name: str) -> bool:
     return name.startswith("PruMerge")
 
 
-
-
-
-
 def _fmt_row(vals, widths, left: int = 2) -> str:
     """One fixed-width line: the first ``left`` columns left-aligned, the rest right-aligned."""
     return "  ".join(str(v).ljust(w) if i < left else str(v).rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
@@ -71,11 +68,21 @@ def format_table(rows: list[dict]) -> str:
     widths = [max(len(COLUMNS[0]), *(len(r["method"]) for r in rows)), 10, 9, 9, 9, 13, 6]
     lines = [_fmt_row(COLUMNS, widths)]
     for r in rows:
-        lines.append(_fmt_row([r["method"], r["family"], f"{r['select_ms']:.3f}", f"{r['tower_ms']:.1f}",
-                               f"{r['ratio_pct']:.3f}", f"{r['max_ratio_pct']:.3f}", r["goal"]], widths))
+        lines.append(
+            _fmt_row(
+                [
+                    r["method"],
+                    r["family"],
+                    f"{r['select_ms']:.3f}",
+                    f"{r['tower_ms']:.1f}",
+                    f"{r['ratio_pct']:.3f}",
+                    f"{r['max_ratio_pct']:.3f}",
+                    r["goal"],
+                ],
+                widths,
+            )
+        )
     return "\n".join(lines)
-
-
 
 
 def main(argv=None) -> int:
@@ -85,10 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--projector", default="auto", help="auto (ToyLLaVA's if present) | toyllava | none")
     ap.add_argument("--methods", default=None, help="comma-separated subset of the vision-only methods")
     ap.add_argument("--greedy-repeats", type=int, default=5, help="best-of repeats for the greedy speed-up (default 5)")
-    ap.add_argument("--smoke", "--quick", dest="quick", action="store_true",
-                    help="smoke run: 1 image, 1 round, greedy at T=64 only")
+    ap.add_argument(
+        "--smoke", "--quick", dest="quick", action="store_true", help="smoke run: 1 image, 1 round, greedy at T=64 only"
+    )
     args = ap.parse_args(argv)
-
 
     if args.quick:
         args.images, args.repeats, args.greedy_repeats = 1, 1, 1
@@ -125,8 +132,9 @@ def _run(args) -> int:
     # erank-guided hybrids need min < max, so a 1-image run calibrates on 2 photos (the first is the timed one).
     calib = pick_photos(max(2, args.images), source)
     images = [load_photo(n) for n in calib]
-    out = vision.encode_images(images, tower, batch_size=1, qk_layers=QK_LAYERS, cache=False, names=calib,
-                               progress=False)
+    out = vision.encode_images(
+        images, tower, batch_size=1, qk_layers=QK_LAYERS, cache=False, names=calib, progress=False
+    )
     ctxs = [vision.to_context(out, i, projector, image_id=calib[i]) for i in range(len(calib))]
     stats = calibrate_erank(ctxs)
     images, ctxs = images[: len(names)], ctxs[: len(names)]
@@ -170,38 +178,69 @@ def _run(args) -> int:
         ratios = [a / b for a, b in zip(sel_med[s.label], tower_med)]
         ratio = median(ratios)
         goal = "exempt" if is_exempt(s.pruner.name) else ("yes" if ratio <= GOAL_RATIO else "NO")
-        rows.append({"method": s.label, "family": s.pruner.family, "select_ms": 1e3 * median(sel_med[s.label]),
-                     "tower_ms": 1e3 * median(tower_med), "ratio_pct": 100 * ratio,
-                     "max_ratio_pct": 100 * max(ratios), "goal": goal})
+        rows.append(
+            {
+                "method": s.label,
+                "family": s.pruner.family,
+                "select_ms": 1e3 * median(sel_med[s.label]),
+                "tower_ms": 1e3 * median(tower_med),
+                "ratio_pct": 100 * ratio,
+                "max_ratio_pct": 100 * max(ratios),
+                "goal": goal,
+            }
+        )
 
     greedy = compare_greedy_speed(n=n_tok, budgets=greedy_budgets, repeats=args.greedy_repeats)
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"selection benchmark: T={args.budget} of {n_tok} tokens, {len(names)} image(s), {args.repeats} "
-          f"interleaved round(s) per image after 1 warm-up")
-    print(f"  machine   : {platform.machine()}, {cores} cores visible, torch {torch.__version__}, "
-          f"torch.set_num_threads({args.threads}), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"  tower     : DINOv2-S/14 {vision.tower_fingerprint(tower)[:12]}, batch 1, no cache, forward incl. q/k "
-          f"of layers {QK_LAYERS}; projector: {'ToyLLaVA' if projector is not None else 'none (vision features)'}")
+    print(
+        f"selection benchmark: T={args.budget} of {n_tok} tokens, {len(names)} image(s), {args.repeats} "
+        f"interleaved round(s) per image after 1 warm-up"
+    )
+    print(
+        f"  machine   : {platform.machine()}, {cores} cores visible, torch {torch.__version__}, "
+        f"torch.set_num_threads({args.threads}), load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    print(
+        f"  tower     : DINOv2-S/14 {vision.tower_fingerprint(tower)[:12]}, batch 1, no cache, forward incl. q/k "
+        f"of layers {QK_LAYERS}; projector: {'ToyLLaVA' if projector is not None else 'none (vision features)'}"
+    )
     print(f"  images    : {', '.join(names)}")
-    print(f"  erank     : calibrated on {', '.join(calib)}: mean {stats['mean']:.2f} (min {stats['min']:.2f}, "
-          f"max {stats['max']:.2f})")
-    print(f"  goal      : selection <= {100 * GOAL_RATIO:.0f}% of the tower forward (PruMerge family exempt); "
-          "ratio = median over images of per-image median select / median tower")
+    print(
+        f"  erank     : calibrated on {', '.join(calib)}: mean {stats['mean']:.2f} (min {stats['min']:.2f}, "
+        f"max {stats['max']:.2f})"
+    )
+    print(
+        f"  goal      : selection <= {100 * GOAL_RATIO:.0f}% of the tower forward (PruMerge family exempt); "
+        "ratio = median over images of per-image median select / median tower"
+    )
     print()
     print(format_table(rows))
     n_goal = [r for r in rows if r["goal"] != "exempt"]
     print(f"\n  {sum(r['goal'] == 'yes' for r in n_goal)}/{len(n_goal)} non-exempt methods meet the goal")
     print()
-    print(f"greedy max-min speed-up (DivPrune/FPS core; incremental O(T*N) vs textbook O(T^2*N)); n={n_tok}, "
-          f"d={greedy[0]['d']}, seeded random tokens, best of {args.greedy_repeats}; goal >= {GOAL_SPEEDUP:.0f}x")
+    print(
+        f"greedy max-min speed-up (DivPrune/FPS core; incremental O(T*N) vs textbook O(T^2*N)); n={n_tok}, "
+        f"d={greedy[0]['d']}, seeded random tokens, best of {args.greedy_repeats}; goal >= {GOAL_SPEEDUP:.0f}x"
+    )
     gw = [6, 14, 11, 9, 9, 4]
     print(_fmt_row(["budget", "incremental_ms", "textbook_ms", "speedup", "identical", "goal"], gw, left=1))
     for g in greedy:
-        print(_fmt_row([str(g["budget"]), f"{1e3 * g['incremental_s']:.3f}", f"{1e3 * g['textbook_s']:.3f}",
-                        f"{g['speedup']:.1f}x", "yes" if g["identical"] else "NO",
-                        "yes" if g["speedup"] >= GOAL_SPEEDUP else "NO"], gw, left=1))
+        print(
+            _fmt_row(
+                [
+                    str(g["budget"]),
+                    f"{1e3 * g['incremental_s']:.3f}",
+                    f"{1e3 * g['textbook_s']:.3f}",
+                    f"{g['speedup']:.1f}x",
+                    "yes" if g["identical"] else "NO",
+                    "yes" if g["speedup"] >= GOAL_SPEEDUP else "NO",
+                ],
+                gw,
+                left=1,
+            )
+        )
     print(f"  (distance matrix, shared by both, {1e3 * greedy[0]['distance_s']:.1f} ms)")
     if args.csv:
         write_csv(rows, COLUMNS, args.csv)

@@ -9,6 +9,7 @@ the pages need from ``book/node_modules`` into ``book/vendor/`` (git-ignored), w
 The folder is deliberately *not* called ``_static``: JB1 would add every ``.js``/``.css`` found under a
 ``_static/`` folder to every page (dozens of MathJax script tags).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -29,6 +29,7 @@ Which JavaScript the pages load, and why it must be served locally, is described
 Chromium itself comes from Debian's registry: :func:`ensure_chromium` finds it or, with ``install=True`` and root,
 runs ``apt-get install -y chromium`` (``make browser`` / ``python -m prunelab.book.bookcheck --install-browser``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,11 +95,15 @@ def ensure_chromium(*, install: bool = False) -> str:
             f"run `make browser` or `apt-get install -y {DEBIAN_PACKAGE}`"
         )
     if shutil.which("apt-get") is None:
-        raise AssetError(f"Chromium not found and apt-get is missing; install the {DEBIAN_PACKAGE} browser yourself "
-                         f"or set PRUNELAB_CHROMIUM to its binary")
+        raise AssetError(
+            f"Chromium not found and apt-get is missing; install the {DEBIAN_PACKAGE} browser yourself "
+            f"or set PRUNELAB_CHROMIUM to its binary"
+        )
     if hasattr(os, "geteuid") and os.geteuid() != 0:
-        raise AssetError(f"Chromium not found; install it as root: `apt-get install -y {DEBIAN_PACKAGE}` "
-                         f"(or set PRUNELAB_CHROMIUM to a Chromium binary)")
+        raise AssetError(
+            f"Chromium not found; install it as root: `apt-get install -y {DEBIAN_PACKAGE}` "
+            f"(or set PRUNELAB_CHROMIUM to a Chromium binary)"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", DEBIAN_PACKAGE]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -109,8 +114,10 @@ def ensure_chromium(*, install: bool = False) -> str:
     found = find_chromium()
     if res.returncode != 0 or not found:
         tail = (res.stderr or res.stdout).strip().splitlines()
-        raise AssetError(f"`{' '.join(cmd)}` failed ({tail[-1] if tail else 'no output'}); install Chromium by hand "
-                         f"or set PRUNELAB_CHROMIUM to its binary")
+        raise AssetError(
+            f"`{' '.join(cmd)}` failed ({tail[-1] if tail else 'no output'}); install Chromium by hand "
+            f"or set PRUNELAB_CHROMIUM to its binary"
+        )
     return found
 
 
@@ -121,18 +128,18 @@ def ensure_chromium(*, install: bool = False) -> str:
 class PageResult:
     """What the browser saw on one page; ``ok`` when ``problems`` is empty."""
 
-    page: str                      # path relative to the HTML root
-    requests: int = 0              # all requests the page made (local ones included)
-    external: list[str] = field(default_factory=list)   # URLs to non-local hosts (aborted)
-    maths: int = 0                 # Sphinx maths nodes
-    typeset: int = 0               # ... of which hold an mjx-container
-    images: int = 0                # <img> elements
-    widget_views: int = 0          # widget-view+json scripts
-    widgets_rendered: int = 0      # ... rendered into widget DOM
-    state_checked: int = 0         # slider/drop-down values compared with the saved state
-    redirect: str = ""             # target of a meta-refresh page (index.html)
+    page: str  # path relative to the HTML root
+    requests: int = 0  # all requests the page made (local ones included)
+    external: list[str] = field(default_factory=list)  # URLs to non-local hosts (aborted)
+    maths: int = 0  # Sphinx maths nodes
+    typeset: int = 0  # ... of which hold an mjx-container
+    images: int = 0  # <img> elements
+    widget_views: int = 0  # widget-view+json scripts
+    widgets_rendered: int = 0  # ... rendered into widget DOM
+    state_checked: int = 0  # slider/drop-down values compared with the saved state
+    redirect: str = ""  # target of a meta-refresh page (index.html)
     screenshot: str = ""
-    ignored_js_errors: int = 0     # occurrences of HARMLESS_JS_ERRORS
+    ignored_js_errors: int = 0  # occurrences of HARMLESS_JS_ERRORS
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -313,8 +320,10 @@ def _judge(result: PageResult, seen: dict, mathjax: dict, pending_images: int) -
         if not mathjax.get("loaded"):
             p.append(f"{seen['maths']} maths node(s) but MathJax did not load (raw TeX shown, e.g. {seen['raw'][:1]})")
         elif seen["typeset"] < seen["maths"]:
-            p.append(f"{seen['maths'] - seen['typeset']} of {seen['maths']} maths node(s) not typeset "
-                     f"(e.g. {seen['raw'][:2]})")
+            p.append(
+                f"{seen['maths'] - seen['typeset']} of {seen['maths']} maths node(s) not typeset "
+                f"(e.g. {seen['raw'][:2]})"
+            )
         if seen["merror"]:
             p.append(f"{seen['merror']} maths node(s) show a MathJax error")
     result.images = len(seen["images"])
@@ -345,19 +354,30 @@ def _judge(result: PageResult, seen: dict, mathjax: dict, pending_images: int) -
             result.state_checked += 1
             if exp["kind"] == "select":
                 if exp["label"] not in v["shown"]["selects"]:
-                    p.append(f"{tag}: {exp['model']} should show saved choice {exp['label']!r}, "
-                             f"shows {v['shown']['selects']}")
+                    p.append(
+                        f"{tag}: {exp['model']} should show saved choice {exp['label']!r}, "
+                        f"shows {v['shown']['selects']}"
+                    )
             elif not _readout_matches(exp, v["shown"]["readouts"]):
-                p.append(f"{tag}: {exp['model']} should show saved value {exp.get('value')!r}, "
-                         f"readouts {v['shown']['readouts']}")
+                p.append(
+                    f"{tag}: {exp['model']} should show saved value {exp.get('value')!r}, "
+                    f"readouts {v['shown']['readouts']}"
+                )
 
 
 def _screenshot_name(rel: str) -> str:
     return rel.removesuffix(".html").replace("/", "__") + ".png"
 
 
-def check_pages(root: Path, pages: list[Path] | None = None, *, screenshots: Path | None = None,
-                chromium: str | None = None, timeout_s: float = 30.0, log=None) -> list[PageResult]:
+def check_pages(
+    root: Path,
+    pages: list[Path] | None = None,
+    *,
+    screenshots: Path | None = None,
+    chromium: str | None = None,
+    timeout_s: float = 30.0,
+    log=None,
+) -> list[PageResult]:
     """Open each page in headless Chromium and judge it; return one :class:`PageResult` per page.
 
     ``pages`` defaults to :func:`list_pages`. With ``screenshots``, one full-page PNG per page is written there
@@ -420,8 +440,10 @@ def check_pages(root: Path, pages: list[Path] | None = None, *, screenshots: Pat
                     if screenshots is not None:
                         height = page.evaluate("() => document.documentElement.scrollHeight")
                         if height > MAX_SCREENSHOT_HEIGHT:
-                            shots[rel] = page.screenshot(full_page=True, clip={
-                                "x": 0, "y": 0, "width": VIEWPORT["width"], "height": MAX_SCREENSHOT_HEIGHT})
+                            shots[rel] = page.screenshot(
+                                full_page=True,
+                                clip={"x": 0, "y": 0, "width": VIEWPORT["width"], "height": MAX_SCREENSHOT_HEIGHT},
+                            )
                         else:
                             shots[rel] = page.screenshot(full_page=True)
                 except PlaywrightError as err:
@@ -473,14 +495,21 @@ def format_table(results: list[PageResult]) -> str:
     cols = ("page", "ok", "requests", "external", "maths", "images", "widgets", "state", "s")
     rows = []
     for r in results:
-        rows.append((
-            r.page + (f" -> {r.redirect}" if r.redirect else ""),
-            "ok" if r.ok else "FAIL",
-            str(r.requests), str(len(r.external)),
-            f"{r.typeset}/{r.maths}", str(r.images),
-            f"{r.widgets_rendered}/{r.widget_views}", str(r.state_checked), f"{r.seconds:.1f}",
-        ))
+        rows.append(
+            (
+                r.page + (f" -> {r.redirect}" if r.redirect else ""),
+                "ok" if r.ok else "FAIL",
+                str(r.requests),
+                str(len(r.external)),
+                f"{r.typeset}/{r.maths}",
+                str(r.images),
+                f"{r.widgets_rendered}/{r.widget_views}",
+                str(r.state_checked),
+                f"{r.seconds:.1f}",
+            )
+        )
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
+
     def line(vals) -> str:
         return "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
 
@@ -490,18 +519,25 @@ def format_table(results: list[PageResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m prunelab.book.bookcheck", description=__doc__.splitlines()[0])
     ap.add_argument("html", nargs="?", default=str(DEFAULT_HTML), help="built book folder (default _build/html)")
-    ap.add_argument("--screenshots", default=str(DEFAULT_SCREENSHOTS),
-                    help="folder for one PNG per page and report.json (default _build/screenshots); '' for none")
+    ap.add_argument(
+        "--screenshots",
+        default=str(DEFAULT_SCREENSHOTS),
+        help="folder for one PNG per page and report.json (default _build/screenshots); '' for none",
+    )
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per page step (default 30)")
-    ap.add_argument("--install-browser", action="store_true",
-                    help=f"install Debian's {DEBIAN_PACKAGE} if no Chromium is found (needs root), then exit")
+    ap.add_argument(
+        "--install-browser",
+        action="store_true",
+        help=f"install Debian's {DEBIAN_PACKAGE} if no Chromium is found (needs root), then exit",
+    )
     args = ap.parse_args(argv)
     try:
         if args.install_browser:
             print(f"chromium: {ensure_chromium(install=True)}")
             return 0
-        results = check_pages(Path(args.html), screenshots=Path(args.screenshots) if args.screenshots else None,
-                              timeout_s=args.timeout)
+        results = check_pages(
+            Path(args.html), screenshots=Path(args.screenshots) if args.screenshots else None, timeout_s=args.timeout
+        )
     except AssetError as err:
         print(f"bookcheck: {err}", file=sys.stderr)
         return 2

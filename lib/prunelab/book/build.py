@@ -41,6 +41,7 @@ fix; bad YAML likewise), says which notebooks do not take a given parameter (the
 and skips, with a line saying so, a chapter about the embedded ToyLLaVA (``metadata.prunelab.toy_only``) when
 ``model`` names another model. ``-p budgets=64,128`` (a string to YAML) is read as ``[64, 128]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,24 @@ DEFAULT_CELL_TIMEOUT = 1800  # seconds per cell (nbclient/JB1 default of 30 s is
 KERNEL_START_TIMEOUT = 120
 # Packages whose versions go into provenance (missing ones are recorded as null).
 PROVENANCE_PACKAGES = (
-    "prunelab", "torch", "transformers", "numpy", "scipy", "pandas", "scikit-image", "matplotlib", "seaborn",
-    "ipywidgets", "papermill", "nbclient", "ipykernel", "jupyter-book", "myst-nb", "sphinx", "nltk", "onnx",
+    "prunelab",
+    "torch",
+    "transformers",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-image",
+    "matplotlib",
+    "seaborn",
+    "ipywidgets",
+    "papermill",
+    "nbclient",
+    "ipykernel",
+    "jupyter-book",
+    "myst-nb",
+    "sphinx",
+    "nltk",
+    "onnx",
 )
 
 
@@ -184,8 +201,10 @@ def parse_cli_params(items: list[str]) -> dict[str, Any]:
         try:
             out[name.strip()] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError as err:
-            raise UnknownNameError(f"-p {item!r} is not a YAML value ({_yaml_problem(err)}); fix the value (wrap text "
-                                   "in double quotes inside single ones, write lists as -p budgets='[64, 128]')") from None
+            raise UnknownNameError(
+                f"-p {item!r} is not a YAML value ({_yaml_problem(err)}); fix the value (wrap text "
+                "in double quotes inside single ones, write lists as -p budgets='[64, 128]')"
+            ) from None
     return out
 
 
@@ -203,7 +222,9 @@ def load_params_file(path: str | os.PathLike | None, names: list[str]) -> dict[s
     except yaml.YAMLError as err:
         raise UnknownNameError(f"parameter file {p} is not valid YAML ({_yaml_problem(err)}); fix it there") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise UnknownNameError(f"parameter file {p} cannot be read ({type(err).__name__}); pass a UTF-8 YAML file") from None
+        raise UnknownNameError(
+            f"parameter file {p} cannot be read ({type(err).__name__}); pass a UTF-8 YAML file"
+        ) from None
     if not isinstance(data, dict):
         raise UnknownNameError(f"parameter file {p} must hold a YAML mapping, got {type(data).__name__}")
     known = set(list_notebooks())
@@ -396,7 +417,9 @@ def execute_job(job: Job) -> Outcome:
         failed_path.unlink()
     record = {
         "notebook": job.name,
-        "source": str(job.input_path.relative_to(REPO_ROOT)) if job.input_path.is_relative_to(REPO_ROOT) else str(job.input_path),
+        "source": str(job.input_path.relative_to(REPO_ROOT))
+        if job.input_path.is_relative_to(REPO_ROOT)
+        else str(job.input_path),
         "executed": str(out_path.relative_to(REPO_ROOT)) if out_path.is_relative_to(REPO_ROOT) else str(out_path),
         "smoke": job.smoke,
         "parameters": {**declared_parameters(job.input_path), **job.parameters},
@@ -471,8 +494,10 @@ def plan(
         unused = missing if unused is None else unused & missing
         notes, skip = [], ""
         if toy_only(path) and "model" in injected and not loader.is_toy_model(injected["model"]):
-            skip = (f"skipped: it describes the embedded ToyLLaVA only, and model={injected['model']!r} is not a "
-                    "ToyLLaVA model (its last published copy, if any, is kept)")
+            skip = (
+                f"skipped: it describes the embedded ToyLLaVA only, and model={injected['model']!r} is not a "
+                "ToyLLaVA model (its last published copy, if any, is kept)"
+            )
         if missing:
             notes.append(f"does not take {', '.join(sorted(missing))}; it runs with its own default(s) for those")
         jobs.append(
@@ -534,7 +559,9 @@ def run(jobs: list[Job], *, n_jobs: int = 1, force: bool = False, log=print) -> 
     if not todo:
         return outcomes
     todo = execution_order(todo, n_jobs)
-    log(f"[build] executing {len(todo)} notebook(s) with {min(n_jobs, len(todo))} worker(s): {', '.join(j.name for j in todo)}")
+    log(
+        f"[build] executing {len(todo)} notebook(s) with {min(n_jobs, len(todo))} worker(s): {', '.join(j.name for j in todo)}"
+    )
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover
@@ -558,7 +585,10 @@ def run(jobs: list[Job], *, n_jobs: int = 1, force: bool = False, log=print) -> 
 
         # spawn: workers must not inherit a half-initialised torch/BLAS state from the parent.
         workers = min(n_jobs, len(todo))
-        with kernel_threads(workers), cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        with (
+            kernel_threads(workers),
+            cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool,
+        ):
             futures = {pool.submit(execute_job, job): job for job in todo}
             for fut in cf.as_completed(futures):
                 try:
@@ -591,10 +621,18 @@ def main(argv: list[str] | None = None) -> int:
     nb.add_argument("--only", action="append", metavar="NAME", help="run only this notebook (repeatable)")
     nb.add_argument("--jobs", type=int, default=1, help="notebooks executed in parallel (default 1)")
     nb.add_argument("--params-file", metavar="YAML", help="parameters to inject (see module docstring)")
-    nb.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
-                    help="inject one parameter into every selected notebook that declares it (YAML value; repeatable; "
-                         "overrides --params-file; notebooks that do not declare it are named)")
-    nb.add_argument("--smoke", action="store_true", help="tiny parameters from each notebook's metadata; output in _build/smoke")
+    nb.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="inject one parameter into every selected notebook that declares it (YAML value; repeatable; "
+        "overrides --params-file; notebooks that do not declare it are named)",
+    )
+    nb.add_argument(
+        "--smoke", action="store_true", help="tiny parameters from each notebook's metadata; output in _build/smoke"
+    )
     nb.add_argument("--force", action="store_true", help="execute even if inputs are unchanged")
     nb.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT, help="seconds per cell (default %(default)s)")
     args = ap.parse_args(argv)
@@ -608,12 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra in parse_cli_params(args.param).items():
             for nb_name in names:
                 params.setdefault(nb_name, {})[name] = extra
-        jobs = plan(
-            names,
-            params=params,
-            smoke=args.smoke,
-            timeout=args.timeout,
-        )
+        jobs = plan(names, params=params, smoke=args.smoke, timeout=args.timeout)
         if not args.smoke and not args.only:
             sync_chapters(list_notebooks())
         outcomes = run(jobs, n_jobs=max(1, args.jobs), force=args.force)

@@ -11,6 +11,7 @@ drift from what was run:
 * ``provenance.md`` — per executed notebook: parameters, wall time, device, git commit, CHAIR text path, package
   versions (from ``_build/provenance/*.json``, written by :mod:`prunelab.book.build`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,16 +55,21 @@ def methods_page() -> str:
     from prunelab.methods import catalog, get_pruner
 
     cat = catalog()
-    lines = ["# The methods", "",
-             "Every pruning method of the study is one registered class of `prunelab.methods` (one file per family). "
-             "This page is generated from the code: the table from the classes' declared policies, the notes from "
-             "their docstrings, which cite the paper and the file of the official repository each implementation "
-             "follows. *[RECONSTRUCTION]* marks methods or choices for which no official code exists; their open "
-             "choices are parameters with documented defaults.", "",
-             "*Stage*: `pre_llm` methods choose tokens from the vision tower's outputs before the language model; "
-             "`in_llm` methods drop tokens inside the decoder. *Order*: how kept tokens are ordered for the language "
-             "model. *Positions*: `contiguous` renumbers kept tokens, `original` keeps their original position ids. "
-             "*Features*: the space in which diversity is measured.", ""]
+    lines = [
+        "# The methods",
+        "",
+        "Every pruning method of the study is one registered class of `prunelab.methods` (one file per family). "
+        "This page is generated from the code: the table from the classes' declared policies, the notes from "
+        "their docstrings, which cite the paper and the file of the official repository each implementation "
+        "follows. *[RECONSTRUCTION]* marks methods or choices for which no official code exists; their open "
+        "choices are parameters with documented defaults.",
+        "",
+        "*Stage*: `pre_llm` methods choose tokens from the vision tower's outputs before the language model; "
+        "`in_llm` methods drop tokens inside the decoder. *Order*: how kept tokens are ordered for the language "
+        "model. *Positions*: `contiguous` renumbers kept tokens, `original` keeps their original position ids. "
+        "*Features*: the space in which diversity is measured.",
+        "",
+    ]
     cols = ["method", "family", "stage", "adaptive", "order", "positions", "features"]
     lines += _md_table(cat.to_dict("records"), cols)
     lines += [""]
@@ -71,8 +77,16 @@ def methods_page() -> str:
         lines += [f"## {fam.capitalize()} methods", ""]
         for name in cat.loc[cat["family"] == fam, "method"]:
             p = get_pruner(name)
-            lines += [f"### {name}", "", f"**Source.** {_md_cell(p.source)}", "", _first_paragraph(type(p)), "",
-                      f"Defaults: `{_md_cell(repr(p)) if len(repr(p)) < 300 else name}`", ""]
+            lines += [
+                f"### {name}",
+                "",
+                f"**Source.** {_md_cell(p.source)}",
+                "",
+                _first_paragraph(type(p)),
+                "",
+                f"Defaults: `{_md_cell(repr(p)) if len(repr(p)) < 300 else name}`",
+                "",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -92,11 +106,15 @@ def _glued_html(nb_path: Path, name: str) -> str | None:
 def paper_page(build_dir: Path = BUILD_DIR) -> str:
     from prunelab.study.verdict import paper_results
 
-    lines = ["# Paper vs this study", "",
-             "Each finding chapter ends with a verdict table computed from its run: the paper's number or direction, "
-             "this run's number, the rule, and the outcome (*replicates*, *partly*, *does not*, *not tested*). They "
-             "are collected here. The paper's numbers are a reference column only: they were measured on "
-             "LLaVA-1.5-7B with CLIP and COCO, ours on the models and images named in each chapter.", ""]
+    lines = [
+        "# Paper vs this study",
+        "",
+        "Each finding chapter ends with a verdict table computed from its run: the paper's number or direction, "
+        "this run's number, the rule, and the outcome (*replicates*, *partly*, *does not*, *not tested*). They "
+        "are collected here. The paper's numbers are a reference column only: they were measured on "
+        "LLaVA-1.5-7B with CLIP and COCO, ours on the models and images named in each chapter.",
+        "",
+    ]
     found = 0
     for nb_path in sorted((build_dir / "notebooks").glob("[0-9]*.ipynb")):
         if nb_path.name.endswith(".failed.ipynb"):
@@ -105,43 +123,81 @@ def paper_page(build_dir: Path = BUILD_DIR) -> str:
         if table is None:
             continue
         found += 1
-        lines += [f"## {nb_path.stem.replace('_', ' ')}", "", f"From {{doc}}`../chapters/{nb_path.stem}`.", "",
-                  "```{raw} html", table, "```", ""]
+        lines += [
+            f"## {nb_path.stem.replace('_', ' ')}",
+            "",
+            f"From {{doc}}`../chapters/{nb_path.stem}`.",
+            "",
+            "```{raw} html",
+            table,
+            "```",
+            "",
+        ]
     if not found:
         lines += ["*No executed chapter has glued a verdict table yet; run `make book`.*", ""]
     df = paper_results()
     chair = df[df["table"] == "chair"]
     if len(chair):
-        wide = chair.pivot_table(index=["visual_tokens", "method"], columns="metric", values="value", sort=False).reset_index()
-        lines += ["## The paper's CHAIR table (reference)", "",
-                  "Transcribed from the paper (`data/paper_results.csv`, table `chair`; LLaVA-1.5-7B, COCO).", ""]
+        wide = chair.pivot_table(
+            index=["visual_tokens", "method"], columns="metric", values="value", sort=False
+        ).reset_index()
+        lines += [
+            "## The paper's CHAIR table (reference)",
+            "",
+            "Transcribed from the paper (`data/paper_results.csv`, table `chair`; LLaVA-1.5-7B, COCO).",
+            "",
+        ]
         lines += _md_table(wide.to_dict("records"), [str(c) for c in wide.columns])
         lines += [""]
     return "\n".join(lines) + "\n"
 
 
 def provenance_page(build_dir: Path = BUILD_DIR) -> str:
-    lines = ["# Provenance", "",
-             "How each chapter of this build was produced (from `_build/provenance/`, written by "
-             "`python -m prunelab.book.build notebooks`). A chapter is re-executed only when its notebook, its "
-             "parameters, the library or the committed data change.", ""]
+    lines = [
+        "# Provenance",
+        "",
+        "How each chapter of this build was produced (from `_build/provenance/`, written by "
+        "`python -m prunelab.book.build notebooks`). A chapter is re-executed only when its notebook, its "
+        "parameters, the library or the committed data change.",
+        "",
+    ]
     recs = [json.loads(p.read_text()) for p in sorted((build_dir / "provenance").glob("*.json"))]
     if not recs:
         return "\n".join(lines + ["*No notebook has been executed yet; run `make book`.*", ""])
     rows = []
     for r in recs:
         dev = r.get("device", {})
-        device = "GPU " + ", ".join(dev.get("gpus", [])) if dev.get("cuda_available") else f"CPU ({dev.get('cpus', '?')} cores, {dev.get('cpu', '?')})"
-        rows.append({"notebook": r["notebook"], "wall time (s)": r.get("wall_time_s"), "started (UTC)": r.get("started_utc"),
-                     "device": device, "commit": str(r.get("git", {}).get("commit", ""))[:10] + (" (dirty)" if r.get("git", {}).get("dirty") else "")})
+        device = (
+            "GPU " + ", ".join(dev.get("gpus", []))
+            if dev.get("cuda_available")
+            else f"CPU ({dev.get('cpus', '?')} cores, {dev.get('cpu', '?')})"
+        )
+        rows.append(
+            {
+                "notebook": r["notebook"],
+                "wall time (s)": r.get("wall_time_s"),
+                "started (UTC)": r.get("started_utc"),
+                "device": device,
+                "commit": str(r.get("git", {}).get("commit", ""))[:10]
+                + (" (dirty)" if r.get("git", {}).get("dirty") else ""),
+            }
+        )
     lines += _md_table(rows, list(rows[0]))
     lines += ["", *chair_path_section(recs), "## Parameters", ""]
     for r in recs:
         inj = r.get("injected_parameters", {})
-        lines += [f"**{r['notebook']}** — injected: `{json.dumps(inj) if inj else 'none (defaults)'}`", "",
-                  "```json", json.dumps(r.get("parameters", {}), indent=1, sort_keys=True, default=str), "```", ""]
+        lines += [
+            f"**{r['notebook']}** — injected: `{json.dumps(inj) if inj else 'none (defaults)'}`",
+            "",
+            "```json",
+            json.dumps(r.get("parameters", {}), indent=1, sort_keys=True, default=str),
+            "```",
+            "",
+        ]
     pk = recs[-1].get("packages", {})
-    lines += ["## Package versions", ""] + _md_table([{"package": k, "version": v} for k, v in pk.items()], ["package", "version"])
+    lines += ["## Package versions", ""] + _md_table(
+        [{"package": k, "version": v} for k, v in pk.items()], ["package", "version"]
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -156,15 +212,22 @@ def chair_path_section(recs: list[dict]) -> list[str]:
         else:
             now = auto_path()
             path, note = f"not recorded (here now: {now['text_path']})", now["text_path_note"]
-        rows.append({"notebook": r["notebook"], "CHAIR text path": path,
-                     "missing NLTK data": ", ".join(rec.get("missing_nltk_data", [])) if isinstance(rec, dict) else ""})
+        rows.append(
+            {
+                "notebook": r["notebook"],
+                "CHAIR text path": path,
+                "missing NLTK data": ", ".join(rec.get("missing_nltk_data", [])) if isinstance(rec, dict) else "",
+            }
+        )
         if path != "reference":
             notes.setdefault(note, []).append(r["notebook"])
-    intro = ("CHAIR's reference (OPERA's `chair.py`) tokenises with NLTK's trained Punkt model and lemmatises with "
-             "POS tags from NLTK's perceptron tagger. Neither data package can be fetched by this project's asset "
-             "step (no verified offline copy exists; see `prunelab.eval.textproc`); without them CHAIR runs on the "
-             "offline fallback (every word lemmatised as a noun), which changes the mentions of 6.6% of OPERA's "
-             "6,000 logged captions.")
+    intro = (
+        "CHAIR's reference (OPERA's `chair.py`) tokenises with NLTK's trained Punkt model and lemmatises with "
+        "POS tags from NLTK's perceptron tagger. Neither data package can be fetched by this project's asset "
+        "step (no verified offline copy exists; see `prunelab.eval.textproc`); without them CHAIR runs on the "
+        "offline fallback (every word lemmatised as a noun), which changes the mentions of 6.6% of OPERA's "
+        "6,000 logged captions."
+    )
     lines = ["## CHAIR text processing", "", intro, ""]
     lines += _md_table(rows, list(rows[0]))
     lines.append("")

@@ -38,6 +38,7 @@ Deliberate, documented differences from the reference code (none changes a metri
   :class:`~prunelab.errors.PrunelabError`, or with ``on_bad="flag"`` is flagged per caption (see
   :func:`evaluate_chair`); the reference silently scores unknown images against an empty set.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,8 +98,14 @@ class CaptionScore:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(chair_s=self.chair_s, chair_i=self.chair_i, recall=self.recall, length=self.length,
-                 n_mentions=self.n_mentions, n_hallucinated=self.n_hallucinated)
+        d.update(
+            chair_s=self.chair_s,
+            chair_i=self.chair_i,
+            recall=self.recall,
+            length=self.length,
+            n_mentions=self.n_mentions,
+            n_hallucinated=self.n_hallucinated,
+        )
         return d
 
 
@@ -173,8 +180,12 @@ class ChairResult:
     def summary(self, scale: float = 100.0, ndigits: int | None = 1) -> dict:
         """``CHAIR_s``, ``CHAIR_i``, ``Recall`` (x``scale``) and ``Len`` (mean tokens), as reported in the paper,
         plus counts, flags and the ``text_path`` that produced them."""
-        vals = {"CHAIR_s": self.chair_s * scale, "CHAIR_i": self.chair_i * scale, "Recall": self.recall * scale,
-                "Len": self.length}
+        vals = {
+            "CHAIR_s": self.chair_s * scale,
+            "CHAIR_i": self.chair_i * scale,
+            "Recall": self.recall * scale,
+            "Len": self.length,
+        }
         if ndigits is not None:
             vals = {k: round(v, ndigits) for k, v in vals.items()}
         vals.update(n_captions=self.n_captions, n_mentions=self.n_mentions, flags=self.flags, text_path=self.text_path)
@@ -186,19 +197,33 @@ class ChairResult:
 
         rows = []
         for c in self.captions:
-            rows.append({
-                "image_id": c.image_id, "caption": c.caption, "included": c.included, "flag": c.flag,
-                "length": c.length, "n_mentions": c.n_mentions, "n_hallucinated": c.n_hallucinated,
-                "chair_s": c.chair_s, "chair_i": c.chair_i, "recall": c.recall,
-                "mentioned": [m.category for m in c.mentions],
-                "hallucinated_words": [(m.word, m.category) for m in c.hallucinated],
-                "gt_objects": c.gt_objects, "recalled": c.recalled, "text_path": self.text_path,
-            })
+            rows.append(
+                {
+                    "image_id": c.image_id,
+                    "caption": c.caption,
+                    "included": c.included,
+                    "flag": c.flag,
+                    "length": c.length,
+                    "n_mentions": c.n_mentions,
+                    "n_hallucinated": c.n_hallucinated,
+                    "chair_s": c.chair_s,
+                    "chair_i": c.chair_i,
+                    "recall": c.recall,
+                    "mentioned": [m.category for m in c.mentions],
+                    "hallucinated_words": [(m.word, m.category) for m in c.hallucinated],
+                    "gt_objects": c.gt_objects,
+                    "recalled": c.recalled,
+                    "text_path": self.text_path,
+                }
+            )
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
-        return {"overall": self.summary(scale=1.0, ndigits=None), "config": self.config,
-                "captions": [c.to_dict() for c in self.captions]}
+        return {
+            "overall": self.summary(scale=1.0, ndigits=None),
+            "config": self.config,
+            "captions": [c.to_dict() for c in self.captions],
+        }
 
     def save(self, path: str | Path, **extra) -> Path:
         """Write the result (overall metrics, config incl. the text-processing path, per-caption details) as JSON.
@@ -220,13 +245,27 @@ def combined_text_path(paths, *, warn: str | None = None) -> str:
     ``"fallback"``, ``"mixed (fallback, reference)"`` or ``"unknown"`` (nothing recorded). With ``warn`` (what is
     being built, e.g. ``"CHAIR table"``), anything but ``"reference"`` raises a
     :class:`~prunelab.eval.textproc.FallbackPathWarning`."""
-    vals = sorted({v for p in paths if isinstance(p, str) and p
-                   for v in (p[len("mixed ("):-1].split(", ") if p.startswith("mixed (") else [p])})
+    vals = sorted(
+        {
+            v
+            for p in paths
+            if isinstance(p, str) and p
+            for v in (p[len("mixed (") : -1].split(", ") if p.startswith("mixed (") else [p])
+        }
+    )
     label = vals[0] if len(vals) == 1 else ("unknown" if not vals else f"mixed ({', '.join(vals)})")
     if warn is not None:
-        warn_if_fallback({"text_path": label, "text_path_note": (
-            f"captions scored on the {label!r} text path, not OPERA's reference path (punkt_tab + perceptron "
-            f"tagger); CHAIR differs from published numbers (see prunelab.eval.chair); {REFERENCE_FIX}")}, warn, stacklevel=4)
+        warn_if_fallback(
+            {
+                "text_path": label,
+                "text_path_note": (
+                    f"captions scored on the {label!r} text path, not OPERA's reference path (punkt_tab + perceptron "
+                    f"tagger); CHAIR differs from published numbers (see prunelab.eval.chair); {REFERENCE_FIX}"
+                ),
+            },
+            warn,
+            stacklevel=4,
+        )
     return label
 
 
@@ -246,7 +285,9 @@ def _iter_captions(captions) -> list[tuple[object, object]]:
     for i, item in enumerate(captions):
         if isinstance(item, Mapping):
             if "image_id" not in item or "caption" not in item:
-                raise CaptionError(f"caption record #{i} lacks 'image_id' or 'caption' (keys: {sorted(item)[:5]}); pass records with both keys")
+                raise CaptionError(
+                    f"caption record #{i} lacks 'image_id' or 'caption' (keys: {sorted(item)[:5]}); pass records with both keys"
+                )
             out.append((item["image_id"], item["caption"]))
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             out.append((item[0], item[1]))
@@ -255,8 +296,15 @@ def _iter_captions(captions) -> list[tuple[object, object]]:
     return out
 
 
-def evaluate_chair(captions, ground_truth, *, parser: CaptionParser | None = None, on_bad: str = "raise",
-                   progress: bool = False, **parser_kwargs) -> ChairResult:
+def evaluate_chair(
+    captions,
+    ground_truth,
+    *,
+    parser: CaptionParser | None = None,
+    on_bad: str = "raise",
+    progress: bool = False,
+    **parser_kwargs,
+) -> ChairResult:
     """Score generated captions against per-image ground-truth categories.
 
     Warns (:class:`~prunelab.eval.textproc.FallbackPathWarning`) when the parser is not on OPERA's text path; the
@@ -286,7 +334,9 @@ def evaluate_chair(captions, ground_truth, *, parser: CaptionParser | None = Non
     for image_id, caption in it:
         if not isinstance(caption, str):
             if on_bad == "raise":
-                raise CaptionError(f"caption for image {image_id!r} is {type(caption).__name__}, not a string; fix the caption file or use on_bad='flag'")
+                raise CaptionError(
+                    f"caption for image {image_id!r} is {type(caption).__name__}, not a string; fix the caption file or use on_bad='flag'"
+                )
             scores.append(CaptionScore(image_id, caption, flag="not_a_string", included=False))
             continue
         try:
@@ -299,13 +349,25 @@ def evaluate_chair(captions, ground_truth, *, parser: CaptionParser | None = Non
         flag = None
         if not caption.strip():
             if on_bad == "raise":
-                raise CaptionError(f"caption for image {image_id!r} is empty; check the generation step or use on_bad='flag'")
+                raise CaptionError(
+                    f"caption for image {image_id!r} is empty; check the generation step or use on_bad='flag'"
+                )
             flag = "empty_caption"
         parsed = parser.parse(caption)
         hall = [m for m in parsed.mentions if m.category not in gt_objs]
         recalled = sorted({m.category for m in parsed.mentions if m.category in gt_objs})
-        scores.append(CaptionScore(image_id, caption, list(parsed.tokens), list(parsed.mentions), hall,
-                                   sorted(gt_objs), recalled, flag=flag))
+        scores.append(
+            CaptionScore(
+                image_id,
+                caption,
+                list(parsed.tokens),
+                list(parsed.mentions),
+                hall,
+                sorted(gt_objs),
+                recalled,
+                flag=flag,
+            )
+        )
     config = parser.describe()
     config["ground_truth"] = gt.describe()
     config["on_bad"] = on_bad
@@ -325,12 +387,18 @@ def load_captions_file(path: str | Path, image_id_key: str = "image_id", caption
         else:
             recs = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise CaptionError(f"cannot read captions from {path} ({_WS.sub(' ', str(err))}); pass a .json list or .jsonl file") from err
+        raise CaptionError(
+            f"cannot read captions from {path} ({_WS.sub(' ', str(err))}); pass a .json list or .jsonl file"
+        ) from err
     if not isinstance(recs, list):
-        raise CaptionError(f"{path} must hold a list of records with {image_id_key!r} and {caption_key!r}; got {type(recs).__name__}")
+        raise CaptionError(
+            f"{path} must hold a list of records with {image_id_key!r} and {caption_key!r}; got {type(recs).__name__}"
+        )
     out = []
     for i, r in enumerate(recs):
         if not isinstance(r, dict) or image_id_key not in r or caption_key not in r:
-            raise CaptionError(f"{path} record #{i} lacks {image_id_key!r}/{caption_key!r}; fix the file or pass image_id_key/caption_key")
+            raise CaptionError(
+                f"{path} record #{i} lacks {image_id_key!r}/{caption_key!r}; fix the file or pass image_id_key/caption_key"
+            )
         out.append((r[image_id_key], r[caption_key]))
     return out

@@ -16,6 +16,7 @@ The COCO protocol helper :func:`coco_protocol_ids` makes the OPERA/PAI image cho
 ``random.seed(seed); random.shuffle(...)``), take the first ``n``; :func:`save_protocol_ids` stores them with the
 results.
 """
+
 from __future__ import annotations
 
 import csv
@@ -79,19 +80,31 @@ class MappingGroundTruth(GroundTruth):
     Lookups tolerate the int/str id mismatch that JSON round-trips create (``"42"`` finds ``42`` and vice versa).
     """
 
-    def __init__(self, mapping: Mapping, *, name: str = "mapping", categories: Iterable[str] | None = None,
-                 source: str | None = None):
+    def __init__(
+        self,
+        mapping: Mapping,
+        *,
+        name: str = "mapping",
+        categories: Iterable[str] | None = None,
+        source: str | None = None,
+    ):
         if not isinstance(mapping, Mapping):
-            raise AnnotationError(f"ground truth must be a mapping image_id -> categories, got {type(mapping).__name__}; pass a dict")
+            raise AnnotationError(
+                f"ground truth must be a mapping image_id -> categories, got {type(mapping).__name__}; pass a dict"
+            )
         cats = set(_canonical_categories(categories))
         data: dict = {}
         for image_id, objs in mapping.items():
             if isinstance(objs, str) or not isinstance(objs, Iterable):
-                raise AnnotationError(f"ground truth for image {image_id!r} must be a collection of category names, got {type(objs).__name__}; wrap it in a set")
+                raise AnnotationError(
+                    f"ground truth for image {image_id!r} must be a collection of category names, got {type(objs).__name__}; wrap it in a set"
+                )
             objs = frozenset(objs)
             unknown = sorted(o for o in objs if o not in cats)
             if unknown:
-                raise AnnotationError(f"image {image_id!r}: {unknown} are not COCO category names; use canonical names such as 'couch', 'tv', 'dining table' (see data/chair/synonyms.txt)")
+                raise AnnotationError(
+                    f"image {image_id!r}: {unknown} are not COCO category names; use canonical names such as 'couch', 'tv', 'dining table' (see data/chair/synonyms.txt)"
+                )
             data[image_id] = objs
         self._data = data
         self.name = name
@@ -109,7 +122,9 @@ class MappingGroundTruth(GroundTruth):
             alt = str(image_id)
         if alt is not None and alt in self._data:
             return self._data[alt]
-        raise MissingGroundTruthError(f"image {image_id!r} has no ground truth in {self.name} ({len(self._data)} images); check the image id or add its annotations")
+        raise MissingGroundTruthError(
+            f"image {image_id!r} has no ground truth in {self.name} ({len(self._data)} images); check the image id or add its annotations"
+        )
 
     def image_ids(self) -> list:
         return list(self._data)
@@ -136,7 +151,9 @@ def _load_json(path: Path, kind: str) -> dict:
         with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
     except FileNotFoundError as err:
-        raise AnnotationError(f"COCO {kind} file {path} not found; download the COCO 2014 annotations and pass their folder") from err
+        raise AnnotationError(
+            f"COCO {kind} file {path} not found; download the COCO 2014 annotations and pass their folder"
+        ) from err
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         msg = " ".join(str(err).split())[:120]
         raise AnnotationError(f"COCO {kind} file {path} is not valid JSON ({msg}); re-download it") from err
@@ -174,15 +191,25 @@ class CocoGroundTruth(MappingGroundTruth):
     name = "coco2014"
 
     def __init__(self, from_instances: Mapping, from_captions: Mapping, *, sources: list[str], categories):
-        union = {i: set(from_instances.get(i, ())) | set(from_captions.get(i, ())) for i in set(from_instances) | set(from_captions)}
+        union = {
+            i: set(from_instances.get(i, ())) | set(from_captions.get(i, ()))
+            for i in set(from_instances) | set(from_captions)
+        }
         super().__init__(union, name="coco2014", categories=categories, source="; ".join(sources))
         self.from_instances = {k: frozenset(v) for k, v in from_instances.items()}
         self.from_captions = {k: frozenset(v) for k, v in from_captions.items()}
         self.sources = sources
 
     @classmethod
-    def from_files(cls, instances: Iterable[str | Path], captions: Iterable[str | Path], *, image_ids=None,
-                   parser=None, progress: bool = False) -> CocoGroundTruth:
+    def from_files(
+        cls,
+        instances: Iterable[str | Path],
+        captions: Iterable[str | Path],
+        *,
+        image_ids=None,
+        parser=None,
+        progress: bool = False,
+    ) -> CocoGroundTruth:
         """Build from lists of ``instances_*.json`` and ``captions_*.json`` files.
 
         ``image_ids`` restricts the result (and the caption parsing, the slow part) to those images; since a
@@ -199,17 +226,23 @@ class CocoGroundTruth(MappingGroundTruth):
             sources.append(str(path))
             cats = obj.get("categories")
             if not isinstance(cats, list) or not cats:
-                raise AnnotationError(f"COCO instances file {path} has no 'categories' list; pass an official instances_*2014.json")
+                raise AnnotationError(
+                    f"COCO instances file {path} has no 'categories' list; pass an official instances_*2014.json"
+                )
             id_to_cat = {}
             for c in cats:
                 try:
                     name = c["name"]
                     id_to_cat[c["id"]] = vocab[name]
                 except KeyError as err:
-                    raise AnnotationError(f"{path}: category {c!r} has no id/name or an unknown name {err}; use the official COCO category list") from err
+                    raise AnnotationError(
+                        f"{path}: category {c!r} has no id/name or an unknown name {err}; use the official COCO category list"
+                    ) from err
             for k, iid, cid in _annotations(path, obj, "category_id", "instances", wanted, inst):
                 if cid not in id_to_cat:
-                    raise AnnotationError(f"{path}: annotation #{k} has unknown category_id {cid!r}; the file's 'categories' list is incomplete")
+                    raise AnnotationError(
+                        f"{path}: annotation #{k} has unknown category_id {cid!r}; the file's 'categories' list is incomplete"
+                    )
                 inst.setdefault(iid, set()).add(id_to_cat[cid])
         todo = []
         for path in map(Path, captions):
@@ -217,7 +250,9 @@ class CocoGroundTruth(MappingGroundTruth):
             sources.append(str(path))
             for k, iid, text in _annotations(path, obj, "caption", "captions", wanted, caps):
                 if not isinstance(text, str):
-                    raise AnnotationError(f"{path}: caption #{k} of image {iid} is {type(text).__name__}, not text; re-download the file")
+                    raise AnnotationError(
+                        f"{path}: caption #{k} of image {iid} is {type(text).__name__}, not text; re-download the file"
+                    )
                 todo.append((iid, text))
         if progress:
             from tqdm.auto import tqdm
@@ -237,7 +272,9 @@ class CocoGroundTruth(MappingGroundTruth):
         """
         d = Path(annotation_dir)
         splits = list(splits)
-        return cls.from_files([d / f"instances_{s}.json" for s in splits], [d / f"captions_{s}.json" for s in splits], **kwargs)
+        return cls.from_files(
+            [d / f"instances_{s}.json" for s in splits], [d / f"captions_{s}.json" for s in splits], **kwargs
+        )
 
     def describe(self) -> dict:
         d = super().describe()
@@ -248,8 +285,14 @@ class CocoGroundTruth(MappingGroundTruth):
 # ----------------------------------------------------------------------------------------------------------------
 # Project sources (lazy)
 # ----------------------------------------------------------------------------------------------------------------
-def toyworld_ground_truth(labels: Mapping | None = None, *, scenes: Iterable | None = None, split: str = "test",
-                          limit: int | None = None, **kwargs) -> MappingGroundTruth:
+def toyworld_ground_truth(
+    labels: Mapping | None = None,
+    *,
+    scenes: Iterable | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    **kwargs,
+) -> MappingGroundTruth:
     """Toy-world ground truth: the exact object categories of each scene.
 
     Give ``labels`` (``{image_id: [category, ...]}``) or ``scenes`` (objects with ``.id`` and ``.categories``, i.e.
@@ -261,14 +304,18 @@ def toyworld_ground_truth(labels: Mapping | None = None, *, scenes: Iterable | N
             try:
                 from prunelab.toyworld import load_split
             except ImportError as err:
-                raise AssetError("prunelab.toyworld.load_split is not available; pass labels={image_id: [categories]} or scenes=") from err
+                raise AssetError(
+                    "prunelab.toyworld.load_split is not available; pass labels={image_id: [categories]} or scenes="
+                ) from err
             scenes = load_split(split, limit=limit, **kwargs)
         labels = {}
         for sc in scenes:
             try:
                 labels[sc.id] = list(sc.categories)
             except AttributeError as err:
-                raise AnnotationError(f"toy-world scene {sc!r:.60} has no .id/.categories; pass prunelab.toyworld Scene objects") from err
+                raise AnnotationError(
+                    f"toy-world scene {sc!r:.60} has no .id/.categories; pass prunelab.toyworld Scene objects"
+                ) from err
     return MappingGroundTruth({k: set(v) for k, v in labels.items()}, name="toyworld")
 
 
@@ -287,14 +334,20 @@ def photos_ground_truth(manifest: str | Path | None = None) -> MappingGroundTrut
             rows = list(csv.DictReader(fh))
             header = rows[0].keys() if rows else []
     except FileNotFoundError as err:
-        raise AssetError(f"photo manifest {path} not found; run `python -m prunelab.assets.setup_assets` or pass manifest=") from err
+        raise AssetError(
+            f"photo manifest {path} not found; run `python -m prunelab.assets.setup_assets` or pass manifest="
+        ) from err
     if not rows:
         raise AnnotationError(f"photo manifest {path} is empty; regenerate it with prunelab.study.photos")
     if "coco_objects" not in header:
-        raise AnnotationError(f"photo manifest {path} has no 'coco_objects' column; regenerate it with prunelab.study.photos")
+        raise AnnotationError(
+            f"photo manifest {path} has no 'coco_objects' column; regenerate it with prunelab.study.photos"
+        )
     id_col = next((c for c in _PHOTO_ID_COLUMNS if c in header), None)
     if id_col is None:
-        raise AnnotationError(f"photo manifest {path} has no id column (one of {_PHOTO_ID_COLUMNS}); regenerate it with prunelab.study.photos")
+        raise AnnotationError(
+            f"photo manifest {path} has no id column (one of {_PHOTO_ID_COLUMNS}); regenerate it with prunelab.study.photos"
+        )
     mapping = {}
     for k, r in enumerate(rows):
         iid = (r.get(id_col) or "").strip()
@@ -317,7 +370,9 @@ def coco_image_id(file_name: str) -> int:
     """``COCO_val2014_000000123456.jpg`` -> ``123456``."""
     m = _COCO_NAME.search(file_name)
     if not m:
-        raise AnnotationError(f"{file_name!r} is not a COCO image file name (…_<digits>.jpg); point at the val2014 image folder")
+        raise AnnotationError(
+            f"{file_name!r} is not a COCO image file name (…_<digits>.jpg); point at the val2014 image folder"
+        )
     return int(m.group(1))
 
 
@@ -347,8 +402,9 @@ def listing_sha256(names: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
 
 
-def save_protocol_ids(path: str | Path, ids: list[int], *, seed: int, n: int, listing: Iterable[str] | None = None,
-                      note: str = "") -> Path:
+def save_protocol_ids(
+    path: str | Path, ids: list[int], *, seed: int, n: int, listing: Iterable[str] | None = None, note: str = ""
+) -> Path:
     """Store the chosen image ids (with seed, n and a hash of the sorted listing) atomically as JSON."""
     payload = {"protocol": "coco-val2014-sorted-shuffle", "seed": seed, "n": n, "image_ids": list(map(int, ids))}
     if listing is not None:

@@ -14,6 +14,7 @@ behaviour matches it rule by rule:
 The same parser reads generated captions (:mod:`prunelab.eval.chair` scores them) and COCO's reference captions
 (:class:`prunelab.eval.groundtruth.CocoGroundTruth`), so both sides see one vocabulary.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -27,10 +28,34 @@ from prunelab.paths import data_dir
 # The reference's list of COCO "double words", in its order; it lists "hot dog" and "teddy bear" twice (29 entries,
 # 27 distinct). "stove top oven" has three words and so never matches the pairwise merge (kept for fidelity).
 DOUBLE_WORDS = (
-    "motor bike", "motor cycle", "air plane", "traffic light", "street light", "traffic signal", "stop light",
-    "fire hydrant", "stop sign", "parking meter", "suit case", "sports ball", "baseball bat", "baseball glove",
-    "tennis racket", "wine glass", "hot dog", "cell phone", "mobile phone", "teddy bear", "hair drier",
-    "potted plant", "bow tie", "laptop computer", "stove top oven", "hot dog", "teddy bear", "home plate",
+    "motor bike",
+    "motor cycle",
+    "air plane",
+    "traffic light",
+    "street light",
+    "traffic signal",
+    "stop light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "suit case",
+    "sports ball",
+    "baseball bat",
+    "baseball glove",
+    "tennis racket",
+    "wine glass",
+    "hot dog",
+    "cell phone",
+    "mobile phone",
+    "teddy bear",
+    "hair drier",
+    "potted plant",
+    "bow tie",
+    "laptop computer",
+    "stove top oven",
+    "hot dog",
+    "teddy bear",
+    "home plate",
     "train track",
 )
 #: "baby X" / "adult X" -> X, so that "baby" and "adult" (person synonyms) do not fire for animals.
@@ -86,7 +111,9 @@ class SynonymTable:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as err:
-            raise SynonymTableError(f"cannot read CHAIR synonym table {path} ({err.strerror}); restore data/chair/synonyms.txt from git") from err
+            raise SynonymTableError(
+                f"cannot read CHAIR synonym table {path} ({err.strerror}); restore data/chair/synonyms.txt from git"
+            ) from err
         cats: list[str] = []
         entries: dict[str, tuple[tuple[str, bool], ...]] = {}
         seen: dict[str, str] = {}
@@ -108,14 +135,18 @@ class SynonymTable:
                 words.append((word, quirk))
             for word, _ in words:
                 if word != word.lower() or "  " in word:
-                    raise SynonymTableError(f"{path}:{lineno}: entry {word!r} must be lower-case with single spaces; fix it")
+                    raise SynonymTableError(
+                        f"{path}:{lineno}: entry {word!r} must be lower-case with single spaces; fix it"
+                    )
                 if word in seen:
                     raise SynonymTableError(f"{path}:{lineno}: {word!r} already listed under {seen[word]!r}; keep one")
                 seen[word] = cat
             cats.append(cat)
             entries[cat] = tuple(words)
         if len(cats) != 80:
-            raise SynonymTableError(f"{path} has {len(cats)} categories, expected the 80 COCO categories; fix the table")
+            raise SynonymTableError(
+                f"{path} has {len(cats)} categories, expected the 80 COCO categories; fix the table"
+            )
         return cls(tuple(cats), entries, str(path))
 
     def vocabulary(self, reference_quirks: bool = True) -> dict[str, str]:
@@ -165,8 +196,14 @@ def compare_with_reference(reference_path: str | Path, table: SynonymTable | Non
             why.append("upper case (captions are lower-cased)")
         tag = " and ".join(why) if why else "missing from our table"
         norm = word.strip().lower()
-        note = f"; ours lists {norm!r} as a reference_quirks-only entry of {ours_all[norm]!r}" if norm in ours_all and norm not in ours else ""
-        diffs.append(f"{word!r} ({cat}): reference entry never matches: {tag}{note}" if why else f"{word!r} ({cat}): {tag}")
+        note = (
+            f"; ours lists {norm!r} as a reference_quirks-only entry of {ours_all[norm]!r}"
+            if norm in ours_all and norm not in ours
+            else ""
+        )
+        diffs.append(
+            f"{word!r} ({cat}): reference entry never matches: {tag}{note}" if why else f"{word!r} ({cat}): {tag}"
+        )
     for word, cat in sorted(ours.items()):
         if word not in ref:
             diffs.append(f"{word!r} ({cat}): in our table, not in the reference")
@@ -209,8 +246,15 @@ class CaptionParser:
         when the NLTK data exist and the documented offline fallback otherwise; :meth:`describe` says which).
     """
 
-    def __init__(self, synonyms: SynonymTable | str | Path | None = None, *, reference_quirks: bool = True,
-                 tokenizer: str = "auto", lemmatizer: str = "auto", text_processor=None):
+    def __init__(
+        self,
+        synonyms: SynonymTable | str | Path | None = None,
+        *,
+        reference_quirks: bool = True,
+        tokenizer: str = "auto",
+        lemmatizer: str = "auto",
+        text_processor=None,
+    ):
         self.table = synonyms if isinstance(synonyms, SynonymTable) else SynonymTable.load(synonyms)
         self.reference_quirks = bool(reference_quirks)
         self.vocab = self.table.vocabulary(self.reference_quirks)
@@ -239,8 +283,7 @@ class CaptionParser:
     def mentions_from_tokens(self, tokens: list[str]) -> list[Mention]:
         drop_seat = "toilet" in tokens and "seat" in tokens  # "the seat of the toilet" is not a chair
         vocab = self.vocab
-        return [Mention(t, vocab[t], i) for i, t in enumerate(tokens)
-                if t in vocab and not (drop_seat and t == "seat")]
+        return [Mention(t, vocab[t], i) for i, t in enumerate(tokens) if t in vocab and not (drop_seat and t == "seat")]
 
     def parse(self, caption: str) -> ParsedCaption:
         if not isinstance(caption, str):
@@ -254,6 +297,11 @@ class CaptionParser:
 
     def describe(self) -> dict:
         d = dict(self.text.describe())
-        d.update(reference_quirks=self.reference_quirks, synonyms=self.table.source,
-                 synonyms_sha256=file_sha256(self.table.source) if self.table.source and Path(self.table.source).exists() else None)
+        d.update(
+            reference_quirks=self.reference_quirks,
+            synonyms=self.table.source,
+            synonyms_sha256=file_sha256(self.table.source)
+            if self.table.source and Path(self.table.source).exists()
+            else None,
+        )
         return d

@@ -6,6 +6,7 @@
   L2-normalises rows and uses the eigenvalues of the covariance, i.e. squared singular values).
 * attention entropy: Shannon entropy (nats) of the renormalised [CLS]->patch attention distribution.
 """
+
 from __future__ import annotations
 
 import math

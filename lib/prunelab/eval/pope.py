@@ -32,6 +32,7 @@ Choices where the reference is silent or not reproducible (documented, parameter
   The two differ on answers such as "1. No" (reference: yes, its first "."-sentence is "1"; robust: no) or
   "I don't see a dog." (reference: yes, it knows no "don't"; robust: no).
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,9 @@ def _as_mapping(ground_truth) -> dict:
     if isinstance(ground_truth, GroundTruth):
         return ground_truth.as_dict()
     if not isinstance(ground_truth, Mapping):
-        raise PopeError(f"ground truth must be a GroundTruth or a mapping image_id -> categories, got {type(ground_truth).__name__}")
+        raise PopeError(
+            f"ground truth must be a GroundTruth or a mapping image_id -> categories, got {type(ground_truth).__name__}"
+        )
     return {k: frozenset(v) for k, v in ground_truth.items()}
 
 
@@ -118,13 +121,25 @@ def select_images(ground_truth, n_images: int | None = None, *, sample_num: int 
     if n_images is None:
         return eligible
     if n_images > len(eligible):
-        raise PopeError(f"only {len(eligible)} images have >= {sample_num} objects, asked for {n_images}; lower n_images or sample_num")
+        raise PopeError(
+            f"only {len(eligible)} images have >= {sample_num} objects, asked for {n_images}; lower n_images or sample_num"
+        )
     return random.Random(seed).sample(eligible, n_images)
 
 
-def build_questions(ground_truth, setting: str, *, image_ids: Iterable | None = None, n_images: int | None = None,
-                    sample_num: int = 3, seed: int = 0, positives: str = "random", template: str = TEMPLATE,
-                    reference_quirks: bool = False, category_order: Iterable[str] | None = None) -> list[PopeQuestion]:
+def build_questions(
+    ground_truth,
+    setting: str,
+    *,
+    image_ids: Iterable | None = None,
+    n_images: int | None = None,
+    sample_num: int = 3,
+    seed: int = 0,
+    positives: str = "random",
+    template: str = TEMPLATE,
+    reference_quirks: bool = False,
+    category_order: Iterable[str] | None = None,
+) -> list[PopeQuestion]:
     """POPE questions for one setting: per image, ``sample_num`` (yes, no) pairs — 2·sample_num questions.
 
     ``image_ids`` fixes the image set (each must have >= ``sample_num`` objects); otherwise :func:`select_images`
@@ -143,7 +158,9 @@ def build_questions(ground_truth, setting: str, *, image_ids: Iterable | None = 
             if i not in gt:
                 raise PopeError(f"image {i!r} has no ground truth; pass ids from the ground truth")
             if len(gt[i]) < sample_num:
-                raise PopeError(f"image {i!r} has {len(gt[i])} objects < sample_num={sample_num}; drop it or lower sample_num")
+                raise PopeError(
+                    f"image {i!r} has {len(gt[i])} objects < sample_num={sample_num}; drop it or lower sample_num"
+                )
     if not ids:
         raise PopeError(f"no image has >= {sample_num} objects; lower sample_num or use richer images")
     chosen = {i: gt[i] for i in ids}
@@ -171,7 +188,9 @@ def build_questions(ground_truth, setting: str, *, image_ids: Iterable | None = 
             if neg is None:
                 cands = [o for o in pool if o not in asked and o not in objs]
                 if not cands:
-                    raise PopeError(f"image {iid!r}: no object left to ask a 'no' question about (pool of {len(pool)}); use more images")
+                    raise PopeError(
+                        f"image {iid!r}: no object left to ask a 'no' question about (pool of {len(pool)}); use more images"
+                    )
                 neg = rng.choice(cands)
             asked.add(neg)
             out.append(PopeQuestion(qid, iid, neg, question_text(neg, template, reference_quirks), "no", setting))
@@ -183,8 +202,9 @@ def build_pope(ground_truth, *, settings: Iterable[str] = SETTINGS, **kwargs) ->
     """All three settings on the same image set (selected once with ``seed``)."""
     gt = _as_mapping(ground_truth)
     if kwargs.get("image_ids") is None:
-        kwargs["image_ids"] = select_images(gt, kwargs.pop("n_images", None), sample_num=kwargs.get("sample_num", 3),
-                                            seed=kwargs.get("seed", 0))
+        kwargs["image_ids"] = select_images(
+            gt, kwargs.pop("n_images", None), sample_num=kwargs.get("sample_num", 3), seed=kwargs.get("seed", 0)
+        )
     else:
         kwargs.pop("n_images", None)
     return {s: build_questions(gt, s, **kwargs) for s in settings}
@@ -194,8 +214,14 @@ def save_questions(path: str | Path, questions: list[PopeQuestion]) -> Path:
     """JSON lines in POPE's format (``question_id, image, text, label``) plus ``object`` and ``setting``."""
     with atomic_write(path, "w") as fh:
         for q in questions:
-            d = {"question_id": q.question_id, "image": q.image_id, "text": q.text, "label": q.label,
-                 "object": q.object, "setting": q.setting}
+            d = {
+                "question_id": q.question_id,
+                "image": q.image_id,
+                "text": q.text,
+                "label": q.label,
+                "object": q.object,
+                "setting": q.setting,
+            }
             fh.write(json.dumps(d) + "\n")
     return Path(path)
 
@@ -218,7 +244,9 @@ def load_questions(path: str | Path, setting: str = "") -> list[PopeQuestion]:
             text, label = d["text"], d["label"]
             iid = d.get("image", d.get("image_id"))
         except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise PopeError(f"{path} line {k + 1} is not a POPE question (needs text, label, image); fix the file") from err
+            raise PopeError(
+                f"{path} line {k + 1} is not a POPE question (needs text, label, image); fix the file"
+            ) from err
         if label not in ("yes", "no"):
             raise PopeError(f"{path} line {k + 1}: label {label!r} is not 'yes'/'no'; fix the file")
         obj = d.get("object")
@@ -312,8 +340,13 @@ class PopeResult:
     predictions: list  # per question: "yes" | "no" | None
 
     def summary(self, scale: float = 100.0, ndigits: int | None = 1) -> dict:
-        vals = {"Accuracy": self.accuracy, "Precision": self.precision, "Recall": self.recall, "F1": self.f1,
-                "Yes-ratio": self.yes_ratio}
+        vals = {
+            "Accuracy": self.accuracy,
+            "Precision": self.precision,
+            "Recall": self.recall,
+            "F1": self.f1,
+            "Yes-ratio": self.yes_ratio,
+        }
         vals = {k: v * scale for k, v in vals.items()}
         if ndigits is not None:
             vals = {k: round(v, ndigits) for k, v in vals.items()}
@@ -347,7 +380,9 @@ def pope_metrics(labels, answers, *, parser: str = "reference", on_unparsed: str
     n_unparsed = sum(p is None for p in preds)
     if n_unparsed and on_unparsed == "raise":
         k = preds.index(None)
-        raise PopeError(f"{n_unparsed} answers are neither yes nor no (first #{k}: {str(answers[k])[:60]!r}); use on_unparsed='exclude' or 'no'")
+        raise PopeError(
+            f"{n_unparsed} answers are neither yes nor no (first #{k}: {str(answers[k])[:60]!r}); use on_unparsed='exclude' or 'no'"
+        )
     tp = fp = tn = fn = 0
     n_yes = n_used = 0
     for lab, p in zip(labels, preds):
@@ -364,6 +399,24 @@ def pope_metrics(labels, answers, *, parser: str = "reference", on_unparsed: str
             tn += lab == "no"
             fn += lab == "yes"
     precision, recall = _div(tp, tp + fp), _div(tp, tp + fn)
-    f1 = _div(2 * precision * recall, precision + recall) if not (math.isnan(precision) or math.isnan(recall)) else math.nan
-    return PopeResult(_div(tp + tn, n_used), precision, recall, f1, _div(n_yes, n_used), tp, fp, tn, fn, n_used,
-                      n_unparsed, parser, on_unparsed, preds)
+    f1 = (
+        _div(2 * precision * recall, precision + recall)
+        if not (math.isnan(precision) or math.isnan(recall))
+        else math.nan
+    )
+    return PopeResult(
+        _div(tp + tn, n_used),
+        precision,
+        recall,
+        f1,
+        _div(n_yes, n_used),
+        tp,
+        fp,
+        tn,
+        fn,
+        n_used,
+        n_unparsed,
+        parser,
+        on_unparsed,
+        preds,
+    )

@@ -35,6 +35,7 @@ serves every caller. What differs between the callers is how the interval's leve
 The two can differ in the last bits of the interpolated low end (the levels differ by 2e-17); both are the same
 percentile interval.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,9 @@ def interval(boots, ci: float = 0.95, *, levels: Levels = "fraction", finite: bo
     return float(lo), float(hi)
 
 
-def ratio_of_sums(num: np.ndarray, den: np.ndarray | None = None, idx: np.ndarray | None = None, *,
-                  den_floor: float | None = None):
+def ratio_of_sums(
+    num: np.ndarray, den: np.ndarray | None = None, idx: np.ndarray | None = None, *, den_floor: float | None = None
+):
     """``sum(num) / sum(den)`` (``den=None``: one per unit, i.e. the mean). With ``idx`` (``(n_boot, n)`` indices),
     one ratio per resample (an array; a zero denominator gives inf / NaN). Without, a float: NaN when the
     denominator sums to 0, unless ``den_floor`` is given, which floors the denominator sum instead (the toy
@@ -99,8 +101,9 @@ def ratio_of_sums(num: np.ndarray, den: np.ndarray | None = None, idx: np.ndarra
         return num[idx].sum(-1) / d
 
 
-def mean_ci(values: Iterable[float], *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
-            stat: Callable = np.mean) -> tuple[float, float, float]:
+def mean_ci(
+    values: Iterable[float], *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0, stat: Callable = np.mean
+) -> tuple[float, float, float]:
     """``(estimate, low, high)``: ``stat`` (default the mean) of ``values`` and its percentile-bootstrap interval
     (``"fraction"`` levels). NaNs are dropped; an empty input gives NaNs; a single value a zero-width interval."""
     v = np.asarray([float(x) for x in values], dtype=float)
@@ -115,8 +118,9 @@ def mean_ci(values: Iterable[float], *, n_boot: int = 2000, ci: float = 0.95, se
     return (est, *interval(boots, ci, finite=False))
 
 
-def paired_mean(a, b, *, how: str = "diff", n_boot: int = 2000, ci: float = 0.95,
-                seed: int = 0) -> tuple[float, float, float, int]:
+def paired_mean(
+    a, b, *, how: str = "diff", n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> tuple[float, float, float, int]:
     """``(mean, low, high, n)`` of the per-unit ``a - b`` (``how="diff"``) or ``a / b`` (``"ratio"``), ``a[i]`` and
     ``b[i]`` measured on the same unit; the interval resamples units (the pair moves together). ``n`` counts the
     finite per-unit values."""
@@ -151,8 +155,19 @@ class PairedRatio(NamedTuple):
     n: int
 
 
-def paired_ratio_diff(num_a, den_a, num_b, den_b, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
-                      levels: Levels = "fraction", den_floor: float | None = None, min_n: int = 2) -> PairedRatio:
+def paired_ratio_diff(
+    num_a,
+    den_a,
+    num_b,
+    den_b,
+    *,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    levels: Levels = "fraction",
+    den_floor: float | None = None,
+    min_n: int = 2,
+) -> PairedRatio:
     """``ratio(a) - ratio(b)`` (:func:`ratio_of_sums`) where unit ``i`` of both sides is the same image, with a
     paired percentile bootstrap: each replicate resamples images and recomputes both sides' sums on them. ``den_*``
     None: one per image. Fewer than ``min_n`` images: NaN interval (the trainer passes ``min_n=1``: one image gives
@@ -185,8 +200,9 @@ class Interaction(NamedTuple):
     ci_high: float
 
 
-def interaction_ratio_diff(first: Sequence, second: Sequence, *, n_boot: int = 2000, ci: float = 0.95,
-                           seed: int = 0) -> Interaction:
+def interaction_ratio_diff(
+    first: Sequence, second: Sequence, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> Interaction:
     """Difference of differences ``D_first - D_second`` with ``D = ratio(a) - ratio(b)`` on a stratum's images;
     ``first`` / ``second`` are ``(num_a, den_a, num_b, den_b)`` of the stratum (paired within it). Stratified paired
     bootstrap (:func:`stratified_resample`); a stratum with fewer than two images gives a NaN interval."""
@@ -196,8 +212,10 @@ def interaction_ratio_diff(first: Sequence, second: Sequence, *, n_boot: int = 2
     lo = hi = math.nan
     sizes = [len(s[0]) for s in strata]
     if min(sizes) >= 2:
-        boots = [ratio_of_sums(na, da, idx) - ratio_of_sums(nb, db, idx)
-                 for (na, da, nb, db), idx in zip(strata, stratified_resample(sizes, n_boot, seed))]
+        boots = [
+            ratio_of_sums(na, da, idx) - ratio_of_sums(nb, db, idx)
+            for (na, da, nb, db), idx in zip(strata, stratified_resample(sizes, n_boot, seed))
+        ]
         lo, hi = interval(boots[0] - boots[1], ci)
     return Interaction(point[0], point[1], point[0] - point[1], lo, hi)
 
@@ -219,14 +237,16 @@ def two_sample(first, second, *, n_boot: int = 2000, ci: float = 0.95, seed: int
     diff_low, diff_high, auc_low, auc_high``; NaN intervals unless both groups have two units."""
     check_ci(ci)
     s, c = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
-    out = {"diff": (float(c.mean()) if len(c) else math.nan) - (float(s.mean()) if len(s) else math.nan),
-           "auc": auc(s, c)}
+    out = {
+        "diff": (float(c.mean()) if len(c) else math.nan) - (float(s.mean()) if len(s) else math.nan),
+        "auc": auc(s, c),
+    }
     lo = {k: math.nan for k in ("diff", "auc")}
     hi = dict(lo)
     if len(s) >= 2 and len(c) >= 2:
         si, cj = stratified_resample([len(s), len(c)], n_boot, seed)
         diffs = c[cj].mean(1) - s[si].mean(1)
-        r = rankdata(np.concatenate([s[si], c[cj]], axis=1), axis=1)[:, len(s):].sum(1)
+        r = rankdata(np.concatenate([s[si], c[cj]], axis=1), axis=1)[:, len(s) :].sum(1)
         aucs = (r - len(c) * (len(c) + 1) / 2) / (len(s) * len(c))
         lo["diff"], hi["diff"] = interval(diffs, ci, finite=False)
         lo["auc"], hi["auc"] = interval(aucs, ci, finite=False)
@@ -236,7 +256,19 @@ def two_sample(first, second, *, n_boot: int = 2000, ci: float = 0.95, seed: int
 
 
 __all__ = [
-    "LEVELS", "check_ci", "resample", "interval", "ratio_of_sums", "mean_ci", "paired_mean", "ratio_ci",
-    "PairedRatio", "paired_ratio_diff", "stratified_resample", "Interaction", "interaction_ratio_diff", "auc",
+    "LEVELS",
+    "check_ci",
+    "resample",
+    "interval",
+    "ratio_of_sums",
+    "mean_ci",
+    "paired_mean",
+    "ratio_ci",
+    "PairedRatio",
+    "paired_ratio_diff",
+    "stratified_resample",
+    "Interaction",
+    "interaction_ratio_diff",
+    "auc",
     "two_sample",
 ]

@@ -33,6 +33,7 @@ no NLTK data. So on a machine without internet ``auto`` takes the fallback, says
 records it. What the fallback changes, measured on OPERA's 6,000 logged captions (issue 13): the mentions of 398
 captions (6.6%; CHAIR_s 69.62 vs 69.87, Recall 64.28 vs 64.86), in both directions (see :mod:`prunelab.eval.chair`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -58,9 +59,19 @@ _LEX_CATEGORY = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 
 #: Files the NLTK WordNet reader needs at start-up or for lemmatisation.
 _WORDNET_REQUIRED = (
-    "data.noun", "data.verb", "data.adj", "data.adv",
-    "index.noun", "index.verb", "index.adj", "index.adv",
-    "noun.exc", "verb.exc", "adj.exc", "adv.exc", "lexnames",
+    "data.noun",
+    "data.verb",
+    "data.adj",
+    "data.adv",
+    "index.noun",
+    "index.verb",
+    "index.adj",
+    "index.adv",
+    "noun.exc",
+    "verb.exc",
+    "adj.exc",
+    "adv.exc",
+    "lexnames",
 )
 WORDNET_DEB_PACKAGES = ("wordnet-base", "wordnet-sense-index")
 
@@ -113,7 +124,9 @@ def ensure_wordnet(*, force: bool = False) -> Path:
     for pkg in WORDNET_DEB_PACKAGES:
         src = fetch_deb(pkg) / "usr" / "share" / "wordnet"
         if not src.is_dir():
-            raise AssetError(f"Debian package {pkg} has no usr/share/wordnet; delete {src.parents[2]} and {INSTALL_HINT}")
+            raise AssetError(
+                f"Debian package {pkg} has no usr/share/wordnet; delete {src.parents[2]} and {INSTALL_HINT}"
+            )
         sources.append(src)
     with atomic_dir(wn_dir) as tmp:
         for src in sources:
@@ -124,8 +137,12 @@ def ensure_wordnet(*, force: bool = False) -> Path:
             (tmp / "lexnames").write_text(lexnames_text())
         missing = [f for f in _WORDNET_REQUIRED if not (tmp / f).is_file()]
         if missing:
-            raise AssetError(f"WordNet files {missing} missing from Debian packages {WORDNET_DEB_PACKAGES}; {INSTALL_HINT}")
-        (tmp / ".complete").write_text("built by prunelab.eval.textproc.ensure_wordnet from Debian " + ", ".join(WORDNET_DEB_PACKAGES) + "\n")
+            raise AssetError(
+                f"WordNet files {missing} missing from Debian packages {WORDNET_DEB_PACKAGES}; {INSTALL_HINT}"
+            )
+        (tmp / ".complete").write_text(
+            "built by prunelab.eval.textproc.ensure_wordnet from Debian " + ", ".join(WORDNET_DEB_PACKAGES) + "\n"
+        )
     return root
 
 
@@ -160,7 +177,9 @@ def activate_wordnet() -> str:
         nltk.data.path.insert(0, str(root))
     found = _standard_wordnet()
     if not found:
-        raise AssetError(f"NLTK cannot open WordNet under {root}; delete {root / 'corpora' / 'wordnet'} and {INSTALL_HINT}")
+        raise AssetError(
+            f"NLTK cannot open WordNet under {root}; delete {root / 'corpora' / 'wordnet'} and {INSTALL_HINT}"
+        )
     return found
 
 
@@ -200,8 +219,10 @@ REFERENCE_DATA = {
     "tokenizer": ("punkt_tab", "tokenizers/punkt_tab/english/"),
     "lemmatizer": ("averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger_eng/"),
 }
-REFERENCE_FIX = ("install NLTK's punkt_tab and averaged_perceptron_tagger_eng (`python -m nltk.downloader punkt_tab "
-                 "averaged_perceptron_tagger_eng` where internet is available; no verified offline copy exists)")
+REFERENCE_FIX = (
+    "install NLTK's punkt_tab and averaged_perceptron_tagger_eng (`python -m nltk.downloader punkt_tab "
+    "averaged_perceptron_tagger_eng` where internet is available; no verified offline copy exists)"
+)
 
 
 def missing_reference_data() -> list[str]:
@@ -222,10 +243,17 @@ def path_record(tokenizer: str, lemmatizer: str, missing: list[str] | None = Non
         note = "OPERA's reference path (punkt_tab + perceptron POS tags -> WordNet)"
     else:
         why = f"NLTK data missing: {', '.join(missing)}" if missing else "chosen explicitly"
-        note = (f"offline fallback ({'; '.join(parts)}; {why}), not OPERA's reference path: CHAIR differs from "
-                f"published numbers (6.6% of OPERA's captions change mentions); for the reference path {REFERENCE_FIX}")
-    return {"text_path": "reference" if reference else "fallback", "tokenizer_mode": tokenizer,
-            "lemmatizer_mode": lemmatizer, "missing_nltk_data": missing, "text_path_note": note}
+        note = (
+            f"offline fallback ({'; '.join(parts)}; {why}), not OPERA's reference path: CHAIR differs from "
+            f"published numbers (6.6% of OPERA's captions change mentions); for the reference path {REFERENCE_FIX}"
+        )
+    return {
+        "text_path": "reference" if reference else "fallback",
+        "tokenizer_mode": tokenizer,
+        "lemmatizer_mode": lemmatizer,
+        "missing_nltk_data": missing,
+        "text_path_note": note,
+    }
 
 
 def auto_path() -> dict:
@@ -283,11 +311,15 @@ class TextProcessor:
         if tokenizer == "auto":
             tokenizer = "punkt" if has_punkt else "offline"
         if tokenizer == "punkt" and not has_punkt:
-            raise AssetError("NLTK 'punkt_tab' data not found; run `python -m nltk.downloader punkt_tab` where internet is available, or use tokenizer='offline'")
+            raise AssetError(
+                "NLTK 'punkt_tab' data not found; run `python -m nltk.downloader punkt_tab` where internet is available, or use tokenizer='offline'"
+            )
         if lemmatizer == "auto":
             lemmatizer = "pos" if has_tagger else "noun"
         if lemmatizer == "pos" and not has_tagger:
-            raise AssetError("NLTK 'averaged_perceptron_tagger_eng' data not found; run `python -m nltk.downloader averaged_perceptron_tagger_eng` where internet is available, or use lemmatizer='noun'")
+            raise AssetError(
+                "NLTK 'averaged_perceptron_tagger_eng' data not found; run `python -m nltk.downloader averaged_perceptron_tagger_eng` where internet is available, or use lemmatizer='noun'"
+            )
         self.tokenizer = tokenizer
         self.lemmatizer = lemmatizer
         self._word_tok = NLTKWordTokenizer()
@@ -300,7 +332,9 @@ class TextProcessor:
         try:
             self._wn = _lemma_only_wordnet()
         except (LookupError, OSError, ValueError, AssertionError) as err:
-            raise AssetError(f"WordNet at {self.wordnet_path} cannot be read ({type(err).__name__}); {INSTALL_HINT}") from err
+            raise AssetError(
+                f"WordNet at {self.wordnet_path} cannot be read ({type(err).__name__}); {INSTALL_HINT}"
+            ) from err
         # The same (word, pos) pairs repeat a lot across captions.
         self._lemma = functools.lru_cache(maxsize=200_000)(self._lemmatize_uncached)
         self._nltk_version = nltk.__version__

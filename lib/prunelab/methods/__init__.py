@@ -4,6 +4,7 @@ Families, one file each: ``attention`` (FasterVLM, PruMerge, PruMerge+), ``diver
 ``hybrid`` (VisPruner, VisionZip, BAT adaptation, attention+diversity mixture, erank-guided split / inverse),
 ``adaptive`` (AgilePruner), ``text_conditioned`` (CDPruner), ``in_llm`` (FastV, PDrop, SparseVLM, DART).
 """
+
 from prunelab.methods.base import (  # noqa: F401
     FAMILY_ORDER,
     UNPRUNED,

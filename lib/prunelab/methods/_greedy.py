@@ -7,6 +7,7 @@ min-distance vector is updated with the newest pick only (O(T·N)), which select
 (ties broken towards the lowest index, as ``torch.argmax`` does in both). ``maxmin_greedy_textbook`` keeps
 the reference formulation for the equivalence test.
 """
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ the smaller Gram matrix when that is numerically safe (:func:`input_erank`), (ii
 the distance rows of visited tokens, in blocks, with a rounding certificate that falls back to the full matrix
 whenever a comparison ``d < τ`` is too close to call (:meth:`AgilePruner.select`).
 """
+
 from __future__ import annotations
 
 import math
@@ -105,7 +106,9 @@ def calibrate_erank(
         x = item.space(features) if isinstance(item, VisualContext) else torch.as_tensor(item)
         v = input_erank(x, center=center, row_normalize=row_normalize, spectrum=spectrum)
         if not math.isfinite(v):
-            raise CapabilityError("an image has an all-zero feature matrix (erank is nan); drop it from the calibration set")
+            raise CapabilityError(
+                "an image has an all-zero feature matrix (erank is nan); drop it from the calibration set"
+            )
         vals.append(v)
     if not vals:
         raise CapabilityError("calibrate_erank got no images; pass at least one context or (N, C) feature tensor")
@@ -147,8 +150,16 @@ def threshold_greedy(
     Returns ``(selected in selection order, τ of each selected token, number of tokens removed)``.
     """
     d = dist.detach().cpu().numpy()
-    return _greedy_pass(lambda i, rank, avail: d[i], ranking.tolist(), d.shape[0], budget, rho,
-                        tau_scale=tau_scale, tau_max=tau_max, order_mode=order_mode)
+    return _greedy_pass(
+        lambda i, rank, avail: d[i],
+        ranking.tolist(),
+        d.shape[0],
+        budget,
+        rho,
+        tau_scale=tau_scale,
+        tau_max=tau_max,
+        order_mode=order_mode,
+    )
 
 
 class _TooCloseToCall(Exception):
@@ -340,8 +351,10 @@ class AgilePruner(Pruner):
     def complexity(self, ctx: VisualContext) -> tuple[float, float, float]:
         """``(rho, erank_input, erank_avg)`` for this image."""
         e_in = input_erank(
-            ctx.space(self.erank_features), center=self.erank_center,
-            row_normalize=self.erank_row_normalize, spectrum=self.erank_spectrum,
+            ctx.space(self.erank_features),
+            center=self.erank_center,
+            row_normalize=self.erank_row_normalize,
+            spectrum=self.erank_spectrum,
         )
         e_avg = self._erank_avg(ctx)
         return e_in / e_avg, e_in, e_avg
@@ -349,7 +362,9 @@ class AgilePruner(Pruner):
     def select(self, ctx: VisualContext, budget: int) -> PruneResult:
         rho, e_in, e_avg = self.complexity(ctx)
         if not math.isfinite(rho):
-            raise CapabilityError("the image's feature matrix is all zero (erank is nan); AgilePruner cannot rank its complexity")
+            raise CapabilityError(
+                "the image's feature matrix is all zero (erank is nan); AgilePruner cannot rank its complexity"
+            )
         feats = ctx.space(self.features)
         ranking = torch.sort(ctx.cls_attention.double(), descending=True, stable=True).indices.tolist()
         n = len(ranking)
@@ -359,7 +374,8 @@ class AgilePruner(Pruner):
         except _TooCloseToCall:  # a comparison within rounding distance: decide it on the exact full matrix
             d = cosine_distances(feats).numpy()
             selected, taus, removed, factor, n_relax = self._passes(
-                lambda i, rank, avail: d[i], 0.0, ranking, n, budget, rho)
+                lambda i, rank, avail: d[i], 0.0, ranking, n, budget, rho
+            )
 
         n_filled = 0
         if len(selected) < budget:  # fill == "attention"
@@ -386,8 +402,15 @@ class AgilePruner(Pruner):
         factor, n_relax = 1.0, 0
         while True:
             selected, taus, removed = _greedy_pass(
-                row, ranking, n, budget, rho, tau_scale=self.tau_scale * factor, tau_max=self.tau_max * factor,
-                order_mode=self.order_mode, margin=margin,
+                row,
+                ranking,
+                n,
+                budget,
+                rho,
+                tau_scale=self.tau_scale * factor,
+                tau_max=self.tau_max * factor,
+                order_mode=self.order_mode,
+                margin=margin,
             )
             if len(selected) >= budget or self.fill == "attention":
                 return selected, taus, removed, factor, n_relax

@@ -9,6 +9,7 @@ All functions here are pure functions of a :class:`~prunelab.methods.base.Visual
 ViT-style tower (CLIP in LLaVA, DINOv2 in the toy model): nothing depends on the width, the number of heads or
 ``N`` beyond what the context carries.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,13 @@ class FasterVLM(Pruner):
 
     def select(self, ctx: VisualContext, budget: int) -> PruneResult:
         keep = torch.sort(topk_by_attention(ctx.cls_attention, budget)).values
-        return PruneResult(indices=keep, order="raster", stats={"attention_mass_top": float(
-            ctx.cls_attention.double()[keep].sum() / ctx.cls_attention.double().sum())})
+        return PruneResult(
+            indices=keep,
+            order="raster",
+            stats={
+                "attention_mass_top": float(ctx.cls_attention.double()[keep].sum() / ctx.cls_attention.double().sum())
+            },
+        )
 
 
 # --------------------------------------------------------------------------------------------- PruMerge helpers
@@ -138,7 +144,7 @@ def merge_neighbours_loop(
     k = min(int(n_neighbours), n - 1)
     out = torch.zeros((len(kept_l), x.shape[1]), dtype=x.dtype)
     for r, i in enumerate(kept_l):
-        rest = kept_l[:r] + kept_l[r + 1:] + rest_non
+        rest = kept_l[:r] + kept_l[r + 1 :] + rest_non
         if k <= 0:
             out[r] = x[i]
             continue
@@ -160,7 +166,12 @@ def prumerge_spatial_samples(n: int, ratio: float, exclude: torch.Tensor) -> tor
 
 
 def _finish_prumerge(
-    ctx: VisualContext, a: torch.Tensor, kept: torch.Tensor, layer: int, n_neighbours: int, extra_token: bool,
+    ctx: VisualContext,
+    a: torch.Tensor,
+    kept: torch.Tensor,
+    layer: int,
+    n_neighbours: int,
+    extra_token: bool,
     stats: dict,
 ) -> PruneResult:
     x = ctx.features.float()

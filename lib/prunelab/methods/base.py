@@ -16,6 +16,7 @@ Conventions
 * Position policies: ``"contiguous"`` (pre-LLM methods: the LLM renumbers 0..L'-1) or ``"original"``
   (FastV / DART keep original position ids).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -87,7 +88,7 @@ class VisualContext:
         if self.cls_attention.shape != (n,):
             raise ValueError(f"cls_attention must be ({n},), got {tuple(self.cls_attention.shape)}")
         if self.grid is None:
-            side = int(round(n ** 0.5))
+            side = int(round(n**0.5))
             self.grid = (side, side) if side * side == n else (1, n)
 
     @property
@@ -282,13 +283,13 @@ def get_pruner(name: str, **params) -> Pruner:
     _load_builtin_methods()
     cls = _REGISTRY.get(str(name).lower())
     if cls is None:
-        raise UnknownNameError(
-            f"unknown pruning method {name!r}; known methods: {', '.join(available_methods())}"
-        )
+        raise UnknownNameError(f"unknown pruning method {name!r}; known methods: {', '.join(available_methods())}")
     try:
         return cls(**params)
     except TypeError as err:
-        raise UnknownNameError(f"bad parameters for method {cls.name!r}: {err}; see help(prunelab.methods.{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__})") from None
+        raise UnknownNameError(
+            f"bad parameters for method {cls.name!r}: {err}; see help(prunelab.methods.{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__})"
+        ) from None
 
 
 #: Modules of the methods package that hold no method family (helpers, the test factories).
@@ -299,8 +300,11 @@ _loaded = False
 def family_modules() -> list[str]:
     """Names of the family modules of :mod:`prunelab.methods`, discovered: every module of the package except
     the helpers (:data:`_NOT_FAMILIES`, names starting with ``_``)."""
-    return sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-                  if not m.ispkg and not m.name.startswith("_") and m.name not in _NOT_FAMILIES)
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+        if not m.ispkg and not m.name.startswith("_") and m.name not in _NOT_FAMILIES
+    )
 
 
 def _load_builtin_methods() -> None:
@@ -372,13 +376,21 @@ def catalog(names=None, stage: str | None = None):
     import pandas as pd
 
     rows = []
-    for n in (names if names is not None else available_methods(stage)):
+    for n in names if names is not None else available_methods(stage):
         p = get_pruner(n)
-        rows.append({
-            "method": p.name, "family": p.family, "stage": p.stage, "adaptive": bool(p.adaptive), "order": p.order,
-            "positions": p.positions, "features": getattr(p, "features", None) or "-",
-            "requires": ", ".join(p.requires) or "-", "source": p.source,
-        })
+        rows.append(
+            {
+                "method": p.name,
+                "family": p.family,
+                "stage": p.stage,
+                "adaptive": bool(p.adaptive),
+                "order": p.order,
+                "positions": p.positions,
+                "features": getattr(p, "features", None) or "-",
+                "requires": ", ".join(p.requires) or "-",
+                "source": p.source,
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -21,6 +21,7 @@ broken deterministically instead: among equal densities the lower index counts a
 the lower index, and equal centre distances prefer the centre with the higher score. Merged tokens are exact
 cluster means (the source divides by ``count + 1e-6``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -70,7 +71,9 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, k: int | None = None) -> DPCResult
         raise ValueError(f"dpc_knn needs a token matrix (M, C), got shape {tuple(x.shape)}")
     m, c = x.shape
     if isinstance(n_clusters, bool) or not 1 <= int(n_clusters) <= m:
-        raise BudgetError(f"n_clusters={n_clusters!r} is outside 1..{m} (there are {m} tokens); choose 1 <= n_clusters <= {m}")
+        raise BudgetError(
+            f"n_clusters={n_clusters!r} is outside 1..{m} (there are {m} tokens); choose 1 <= n_clusters <= {m}"
+        )
     n_clusters = int(n_clusters)
     if k is None:
         k = n_clusters
@@ -79,11 +82,11 @@ def dpc_knn(x: torch.Tensor, n_clusters: int, k: int | None = None) -> DPCResult
     k = min(int(k), m)
 
     xf = x.detach().to(torch.float64)
-    dist = torch.cdist(xf, xf) / (c ** 0.5)
+    dist = torch.cdist(xf, xf) / (c**0.5)
     dist.fill_diagonal_(0.0)  # cdist can leave tiny non-zeros on the diagonal
 
     knn = torch.topk(dist, k=k, dim=1, largest=False).values
-    density = torch.exp(-(knn ** 2).mean(dim=1))
+    density = torch.exp(-(knn**2).mean(dim=1))
 
     # rank[i] = position of i in "denser first" order; j is denser than i iff rank[j] < rank[i].
     order = _stable_desc(density)

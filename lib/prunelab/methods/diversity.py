@@ -4,6 +4,7 @@ Both solve the Max–Min Diversity Problem greedily with the shared incremental 
 :mod:`prunelab.methods._greedy` (one running min-distance vector, O(T·N) after the distance matrix); they differ
 only in the first pick and in which features/metric are compared (methods-spec §2.5, §2.6).
 """
+
 from __future__ import annotations
 
 import time
@@ -11,12 +12,7 @@ import time
 import torch
 
 from prunelab.errors import UnknownNameError
-from prunelab.methods._greedy import (
-    distance_matrix,
-    divprune_first_pick,
-    maxmin_greedy,
-    maxmin_greedy_textbook,
-)
+from prunelab.methods._greedy import distance_matrix, divprune_first_pick, maxmin_greedy, maxmin_greedy_textbook
 from prunelab.methods.base import FEATURE_SPACES, Pruner, PruneResult, VisualContext, register
 
 
@@ -86,7 +82,9 @@ class FPS(Pruner):
     source = "[RECONSTRUCTION] FPSPruner of AgilePruner (arXiv 2603.01236), methods-spec §2.6"
     paper_name = "FPSPruner"
 
-    def __init__(self, metric: str = "cosine", features: str = "projected", seed: str = "attention", random_seed: int = 0):
+    def __init__(
+        self, metric: str = "cosine", features: str = "projected", seed: str = "attention", random_seed: int = 0
+    ):
         super().__init__()
         self.metric = _check_metric(metric)
         self.features = _check_space(features)
@@ -148,10 +146,18 @@ def compare_greedy_speed(
     for t in budgets:
         t_inc, a = best(lambda t=t: maxmin_greedy(dist, t, [first]))
         t_txt, b = best(lambda t=t: maxmin_greedy_textbook(dist, t, [first]))
-        rows.append({
-            "n": n, "d": d, "budget": int(t), "distance_s": t_dist, "incremental_s": t_inc, "textbook_s": t_txt,
-            "speedup": t_txt / t_inc if t_inc > 0 else float("inf"), "identical": bool(torch.equal(a.cpu(), b.cpu())),
-        })
+        rows.append(
+            {
+                "n": n,
+                "d": d,
+                "budget": int(t),
+                "distance_s": t_dist,
+                "incremental_s": t_inc,
+                "textbook_s": t_txt,
+                "speedup": t_txt / t_inc if t_inc > 0 else float("inf"),
+                "identical": bool(torch.equal(a.cpu(), b.cpu())),
+            }
+        )
     return rows
 
 

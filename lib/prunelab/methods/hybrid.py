@@ -19,6 +19,7 @@ scores (the sources use ``torch.argsort``/``topk``, whose tie order is unspecifi
 sorts with the source's own ``argsort`` calls so that it selects exactly as the source does, ties included
 (:func:`vispruner_select`).
 """
+
 from __future__ import annotations
 
 import math
@@ -132,8 +133,12 @@ def vispruner_select(
         iterations += 1
     kept = torch.sort(torch.cat([important, residual], dim=-1)[0]).values
     assert kept.numel() == budget and torch.unique(kept).numel() == budget <= n
-    stats = {"n_important": int(t_imp), "n_diverse": int(t_div), "dedup_iterations": iterations,
-             "source_defined": source_defined}
+    stats = {
+        "n_important": int(t_imp),
+        "n_diverse": int(t_div),
+        "dedup_iterations": iterations,
+        "source_defined": source_defined,
+    }
     return kept, stats
 
 
@@ -223,8 +228,12 @@ class VisionZip(Pruner):
 
     def __init__(self, contextual: int | None = None, key_layer: int = -2):
         super().__init__(contextual=contextual, key_layer=key_layer)
-        if contextual is not None and (isinstance(contextual, bool) or not isinstance(contextual, int) or contextual < 0):
-            raise BudgetError(f"contextual={contextual!r} must be None or a non-negative integer; e.g. contextual=10 for T=64")
+        if contextual is not None and (
+            isinstance(contextual, bool) or not isinstance(contextual, int) or contextual < 0
+        ):
+            raise BudgetError(
+                f"contextual={contextual!r} must be None or a non-negative integer; e.g. contextual=10 for T=64"
+            )
         self.contextual = contextual
         self.key_layer = key_layer
 
@@ -236,10 +245,14 @@ class VisionZip(Pruner):
                 f"VisionZip needs room for the CLS token: contextual={c_num} must be <= T-1={budget - 1}; lower contextual or raise T"
             )
         if ctx.cls_feature is None:
-            raise CapabilityError("VisionZip passes the CLS hidden state to the LLM but ctx.cls_feature is None; build the context with the CLS feature of layer -2")
+            raise CapabilityError(
+                "VisionZip passes the CLS hidden state to the LLM but ctx.cls_feature is None; build the context with the CLS feature of layer -2"
+            )
         keys = ctx.require_qk(self.key_layer, "keys")
         if keys.ndim != 3 or keys.shape[1] != n + 1:
-            raise CapabilityError(f"VisionZip needs keys of shape (H, {n + 1}, d) with CLS at row 0, got {tuple(keys.shape)}; rebuild the context")
+            raise CapabilityError(
+                f"VisionZip needs keys of shape (H, {n + 1}, d) with CLS at row 0, got {tuple(keys.shape)}; rebuild the context"
+            )
         n_dom_patches = budget - c_num - 1
         dominant = torch.sort(_desc(ctx.cls_attention)[:n_dom_patches]).values
 
@@ -307,7 +320,9 @@ class BAT(Pruner):
     family = "hybrid"
     requires = ("attention",)
     order = "raster"
-    source = "[RECONSTRUCTION] BAT (CVPR'23, BWLONG/BeyondAttentiveTokens, no code) + SparseVLM utils.py::cluster_and_merge"
+    source = (
+        "[RECONSTRUCTION] BAT (CVPR'23, BWLONG/BeyondAttentiveTokens, no code) + SparseVLM utils.py::cluster_and_merge"
+    )
     paper_name = "BAT"
 
     def __init__(self, attentive_ratio: float = 0.5, features: str = "vision", k: int | None = None):
@@ -338,7 +353,9 @@ class BAT(Pruner):
         anchor = torch.cat(anchors)
         tokens = torch.cat(rows).to(x.dtype)
         perm = torch.argsort(anchor)
-        return PruneResult(indices=anchor[perm], tokens=tokens[perm], token_space=self.features, order="raster", stats=stats)
+        return PruneResult(
+            indices=anchor[perm], tokens=tokens[perm], token_space=self.features, order="raster", stats=stats
+        )
 
     def select(self, ctx: VisualContext, budget: int) -> PruneResult:
         return self._select_ratio(ctx, budget, self.attentive_ratio)
@@ -461,8 +478,15 @@ class _ErankSplit:
         e_img = input_erank(ctx.features)  # = erank(ctx.features), via the Gram route where safe
         r = erank_split_ratio(e_img, e_min, e_max, self.r_min, self.r_max, inverse=self.inverse)
         res = self._select_ratio(ctx, budget, r)
-        res.stats.update({"r_used": r, "erank_input": e_img, "e_min": e_min, "e_max": e_max,
-                          "rule": "inverse" if self.inverse else "erank"})
+        res.stats.update(
+            {
+                "r_used": r,
+                "erank_input": e_img,
+                "e_min": e_min,
+                "e_max": e_max,
+                "rule": "inverse" if self.inverse else "erank",
+            }
+        )
         return res
 
 
@@ -473,8 +497,14 @@ class VisPrunerErank(_ErankSplit, VisPruner):
 
     paper_name = "VisPruner+adaptive"
 
-    def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
-                 e_max: float | None = None, step: int = 8):
+    def __init__(
+        self,
+        r_min: float = 0.25,
+        r_max: float = 0.75,
+        e_min: float | None = None,
+        e_max: float | None = None,
+        step: int = 8,
+    ):
         VisPruner.__init__(self, step=step)
         self._init_erank("important_ratio", r_min, r_max, e_min, e_max)
 
@@ -494,8 +524,15 @@ class BATErank(_ErankSplit, BAT):
 
     paper_name = "BAT+adaptive"
 
-    def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
-                 e_max: float | None = None, features: str = "vision", k: int | None = None):
+    def __init__(
+        self,
+        r_min: float = 0.25,
+        r_max: float = 0.75,
+        e_min: float | None = None,
+        e_max: float | None = None,
+        features: str = "vision",
+        k: int | None = None,
+    ):
         BAT.__init__(self, features=features, k=k)
         self._init_erank("attentive_ratio", r_min, r_max, e_min, e_max)
 
@@ -515,8 +552,15 @@ class AttnDivErank(_ErankSplit, AttnDiv):
 
     paper_name = "DivPrune+FasterVLM+adaptive"
 
-    def __init__(self, r_min: float = 0.25, r_max: float = 0.75, e_min: float | None = None,
-                 e_max: float | None = None, features: str = "projected", metric: str = "cosine"):
+    def __init__(
+        self,
+        r_min: float = 0.25,
+        r_max: float = 0.75,
+        e_min: float | None = None,
+        e_max: float | None = None,
+        features: str = "projected",
+        metric: str = "cosine",
+    ):
         AttnDiv.__init__(self, features=features, metric=metric)
         self._init_erank("attention_ratio", r_min, r_max, e_min, e_max)
 

@@ -23,6 +23,7 @@ Layer schedules are given for the 32-layer Vicuna-7B in the sources and are **sc
 (``round(l * n_layers / 32)``, made strictly increasing) so the same method runs on ToyLLaVA's 4 layers and the
 tiny test models.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -139,7 +140,9 @@ class FastV(InLLMPruner):
 
     def plan(self, n_layers, n_image, budget):
         if self.k >= n_layers:
-            raise BudgetError(f"FastV K={self.k} needs a decoder with more than {self.k} layers (has {n_layers}); pass a smaller k")
+            raise BudgetError(
+                f"FastV K={self.k} needs a decoder with more than {self.k} layers (has {n_layers}); pass a smaller k"
+            )
         return Plan(observe={self.k - 1}, edit={self.k})
 
     def observe(self, state, view):
@@ -183,7 +186,7 @@ class PDrop(InLLMPruner):
 
     @staticmethod
     def counts(n: int, ratio: float, stages: int) -> list[int]:
-        return [max(1, int(n * ratio ** s)) for s in range(1, stages + 1)]
+        return [max(1, int(n * ratio**s)) for s in range(1, stages + 1)]
 
     @staticmethod
     def equivalent(n: int, layers: list[int], counts: list[int], n_layers: int) -> float:
@@ -263,8 +266,13 @@ class SparseVLM(InLLMPruner):
     paper_name = "SparseVLM"
     SCHEDULES = {192: (300, 200, 110), 128: (303, 110, 36), 64: (66, 30, 17)}
 
-    def __init__(self, layers: tuple[int, ...] | None = None, schedule: tuple[int, ...] | None = None,
-                 recycle: bool = True, recycle_ratio: float = 0.3):
+    def __init__(
+        self,
+        layers: tuple[int, ...] | None = None,
+        schedule: tuple[int, ...] | None = None,
+        recycle: bool = True,
+        recycle_ratio: float = 0.3,
+    ):
         super().__init__(layers=layers, schedule=schedule, recycle=recycle, recycle_ratio=recycle_ratio)
         self.layers = None if layers is None else tuple(int(x) for x in layers)
         self.schedule = None if schedule is None else tuple(int(x) for x in schedule)
@@ -281,12 +289,18 @@ class SparseVLM(InLLMPruner):
         return [min(n, max(1, round(c * scale))) for c in self.SCHEDULES[ref]]
 
     def plan(self, n_layers, n_image, budget):
-        self._layers = list(self.layers) if self.layers is not None else scale_layers((2, 6, 15), n_layers, hi=n_layers - 2)
+        self._layers = (
+            list(self.layers) if self.layers is not None else scale_layers((2, 6, 15), n_layers, hi=n_layers - 2)
+        )
         if self._layers[-1] + 1 >= n_layers:
-            raise BudgetError(f"SparseVLM layers {self._layers} leave no layer to prune into (decoder has {n_layers}); pass smaller layers")
+            raise BudgetError(
+                f"SparseVLM layers {self._layers} leave no layer to prune into (decoder has {n_layers}); pass smaller layers"
+            )
         self._counts = self.counts(n_image, budget)
         if len(self._counts) != len(self._layers):
-            raise BudgetError(f"SparseVLM needs one count per sparse layer, got {self._counts} for layers {self._layers}")
+            raise BudgetError(
+                f"SparseVLM needs one count per sparse layer, got {self._counts} for layers {self._layers}"
+            )
         return Plan(observe=set(self._layers), edit={x + 1 for x in self._layers})
 
     def start(self, engine, embeds):
@@ -294,7 +308,7 @@ class SparseVLM(InLLMPruner):
         st["layers"], st["counts"], st["recycled"] = list(self._layers), list(self._counts), []
         e = embeds[0].float()
         s, n = engine.image_start, engine.n_image
-        vis, txt = e[s:s + n], e[s + n:]
+        vis, txt = e[s : s + n], e[s + n :]
         if txt.shape[0] == 0:
             raise CapabilityError("SparseVLM needs instruction text after the image; put the question after <image>")
         rel = torch.softmax(vis @ txt.T, dim=-1).mean(0)
@@ -332,8 +346,12 @@ class SparseVLM(InLLMPruner):
         return LayerEdit(keep_visual=keep, extra=extra)
 
     def describe(self, state):
-        return {"prune_layers": [x + 1 for x in state["layers"]], "schedule": state["counts"],
-                "recycled_per_layer": state["recycled"], "n_raters": state["n_raters"]}
+        return {
+            "prune_layers": [x + 1 for x in state["layers"]],
+            "schedule": state["counts"],
+            "recycled_per_layer": state["recycled"],
+            "n_raters": state["n_raters"],
+        }
 
 
 PIVOT_ORDERS = ("source", "norm")
@@ -344,9 +362,17 @@ def _check_pivot_order(order: str) -> None:
         raise UnknownNameError(f"unknown DART pivot_order {order!r}; pass 'source' (the fork's set order) or 'norm'")
 
 
-def dart_select(states: torch.Tensor, key_l1: torch.Tensor, image_pos: torch.Tensor, text_pos: torch.Tensor,
-                budget: int, pivot_image: int = 4, pivot_text: int = 4, match_budget: bool = False,
-                pivot_order: str = "source") -> tuple[torch.Tensor, list[int], list[int]]:
+def dart_select(
+    states: torch.Tensor,
+    key_l1: torch.Tensor,
+    image_pos: torch.Tensor,
+    text_pos: torch.Tensor,
+    budget: int,
+    pivot_image: int = 4,
+    pivot_text: int = 4,
+    match_budget: bool = False,
+    pivot_order: str = "source",
+) -> tuple[torch.Tensor, list[int], list[int]]:
     """DART's choice of image tokens (methods-spec §2.11); see :class:`DART`.
 
     ``states``: ``(L, D)`` layer ``K-1`` outputs after ``model.norm``; ``key_l1``: ``(L,)`` L1 norms of layer
@@ -423,10 +449,17 @@ class DART(InLLMPruner):
     positions = "original"
     source = "arXiv 2502.11494; xqy1111111/DART modeling_llama_self.py::get_retained_image_token"
 
-    def __init__(self, k: int = 2, pivot_image: int = 4, pivot_text: int = 4, match_budget: bool = False,
-                 pivot_order: str = "source"):
-        super().__init__(k=k, pivot_image=pivot_image, pivot_text=pivot_text, match_budget=match_budget,
-                         pivot_order=pivot_order)
+    def __init__(
+        self,
+        k: int = 2,
+        pivot_image: int = 4,
+        pivot_text: int = 4,
+        match_budget: bool = False,
+        pivot_order: str = "source",
+    ):
+        super().__init__(
+            k=k, pivot_image=pivot_image, pivot_text=pivot_text, match_budget=match_budget, pivot_order=pivot_order
+        )
         if int(k) < 1:
             raise BudgetError(f"DART needs K >= 1 (it reads layer K-1's keys), got K={k!r}; pass k=2")
         _check_pivot_order(pivot_order)
@@ -436,7 +469,9 @@ class DART(InLLMPruner):
 
     def plan(self, n_layers, n_image, budget):
         if self.k >= n_layers:
-            raise BudgetError(f"DART K={self.k} needs a decoder with more than {self.k} layers (has {n_layers}); pass a smaller k")
+            raise BudgetError(
+                f"DART K={self.k} needs a decoder with more than {self.k} layers (has {n_layers}); pass a smaller k"
+            )
         return Plan(observe={self.k - 1}, edit={self.k})
 
     def observe(self, state, view):
@@ -447,9 +482,17 @@ class DART(InLLMPruner):
         n_cur = view.engine.n_prompt_cur
         assert torch.equal(view.engine.cur_orig[:n_cur].cpu(), torch.arange(n_cur))
         states = view.decoder.norm(view.hidden)[0].float()
-        keep, served, picks = dart_select(states, state["key_l1"], view.visual_pos, view.text_after_pos,
-                                          state["budget"], self.pivot_image, self.pivot_text, self.match_budget,
-                                          self.pivot_order)
+        keep, served, picks = dart_select(
+            states,
+            state["key_l1"],
+            view.visual_pos,
+            view.text_after_pos,
+            state["budget"],
+            self.pivot_image,
+            self.pivot_text,
+            self.match_budget,
+            self.pivot_order,
+        )
         state["picks"], state["pivots"] = picks, served
         return LayerEdit(keep_visual=keep)
 

@@ -3,6 +3,7 @@
 Used by the weight-free pixel encoder of :mod:`prunelab.study.runner` and by the test factories of
 :mod:`prunelab.methods.testing`; it lives apart from the factories so that no library module imports them.
 """
+
 from __future__ import annotations
 
 import torch

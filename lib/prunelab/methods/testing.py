@@ -11,6 +11,7 @@ Typical use::
     from prunelab.methods.testing import make_context
     ctx = make_context(n=36, c=16, seed=0)
 """
+
 from __future__ import annotations
 
 import torch

@@ -26,6 +26,7 @@ per-token cosines instead. ``negate`` keeps the source's sign flip by default (f
 flip was tuned for CLIP space, ``negate=False`` is exposed for the ablation. ``theta`` enables the source's
 commented-out variant ``r <- exp(alpha·r)``, ``alpha = theta / (2(1 - theta))``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -79,8 +80,14 @@ def dpp_greedy_map(kernel: torch.Tensor, k: int, precision: str = "float32", eps
     return torch.tensor(out, dtype=torch.long)
 
 
-def relevance(tokens: torch.Tensor, text: torch.Tensor, pooling: str = "mean", negate: bool = True,
-              theta: float | None = None, offset: float = 1e-6) -> torch.Tensor:
+def relevance(
+    tokens: torch.Tensor,
+    text: torch.Tensor,
+    pooling: str = "mean",
+    negate: bool = True,
+    theta: float | None = None,
+    offset: float = 1e-6,
+) -> torch.Tensor:
     """Instruction relevance of each token, min-max normalised (see module docstring).
 
     As the source (``llava_arch.py::encode_images`` lines 156-160): cosine of each token with each text row,
@@ -125,14 +132,16 @@ class CDPruner(Pruner):
     order = "raster"
     source = "arXiv 2506.10967; Theia-4869/CDPruner llava/model/llava_arch.py::encode_images"
 
-    def __init__(self, pooling: str = "mean", negate: bool = True, theta: float | None = None,
-                 precision: str = "float32"):
+    def __init__(
+        self, pooling: str = "mean", negate: bool = True, theta: float | None = None, precision: str = "float32"
+    ):
         super().__init__(pooling=pooling, negate=negate, theta=theta, precision=precision)
         if pooling not in POOLINGS:
             raise UnknownNameError(f"unknown text pooling {pooling!r}; known: {', '.join(POOLINGS)}")
         if precision not in PRECISIONS:
-            raise UnknownNameError(f"unknown CDPruner precision {precision!r}; pass precision='float32' (the "
-                                   "source's) or 'float64'")
+            raise UnknownNameError(
+                f"unknown CDPruner precision {precision!r}; pass precision='float32' (the source's) or 'float64'"
+            )
         self.precision = precision
         if theta is not None and not 0.0 < float(theta) < 1.0:
             raise BudgetError(f"CDPruner theta must be in (0, 1), got {theta!r}; pass e.g. theta=0.5 or None")
@@ -158,8 +167,12 @@ class CDPruner(Pruner):
         kernel = r[:, None] * sim * r[None, :]
         picked = dpp_greedy_map(kernel, budget, precision=self.precision)
         keep = torch.sort(picked).values
-        return PruneResult(indices=keep, order="raster", positions="contiguous",
-                           stats={"relevance_kept_mean": float(r[keep].mean()), "relevance_mean": float(r.mean())})
+        return PruneResult(
+            indices=keep,
+            order="raster",
+            positions="contiguous",
+            stats={"relevance_kept_mean": float(r[keep].mean()), "relevance_mean": float(r.mean())},
+        )
 
 
 __all__ = ["PRECISIONS", "CDPruner", "dpp_greedy_map", "relevance"]

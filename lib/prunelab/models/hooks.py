@@ -6,6 +6,7 @@ forking transformers or patching its classes: hooks live on *module instances*, 
 model outside the block behaves exactly as loaded (the tests check that outputs are bitwise identical and that
 no hook is left behind).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -7,6 +7,7 @@ loaded (:func:`check_weights` reads safetensors headers). Prompts: ToyLLaVA's ow
 model (no system prompt: it was trained without one); the LLaVA-1.5 protocol (Vicuna system message, images padded
 to square when the processor can, LLaVA's short-answer suffix for POPE) for llava-hf checkpoints.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -102,8 +103,10 @@ def check_weights(folder: str | os.PathLike) -> Path:
             raise AssetError(f"weight index {index} is unreadable; copy the checkpoint's files again") from None
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
-            raise AssetError(f"model folder {folder} lacks {len(missing)} weight shard(s) its index names "
-                             f"({', '.join(missing[:3])}); copy the missing files")
+            raise AssetError(
+                f"model folder {folder} lacks {len(missing)} weight shard(s) its index names "
+                f"({', '.join(missing[:3])}); copy the missing files"
+            )
     if not files:
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLE_SUFFIXES) if folder.is_dir() else []
         if pickles:
@@ -113,7 +116,9 @@ def check_weights(folder: str | os.PathLike) -> Path:
                 "LlavaForConditionalGeneration.from_pretrained(folder).save_pretrained(out, safe_serialization=True), "
                 "and pass the new folder"
             )
-        raise AssetError(f"model folder {folder} has no *.safetensors weights; copy the checkpoint's weight files there")
+        raise AssetError(
+            f"model folder {folder} has no *.safetensors weights; copy the checkpoint's weight files there"
+        )
     for f in files:
         _check_safetensors(f)
     return folder
@@ -131,16 +136,22 @@ def check_model(model: str) -> Path:
 
         d = default_dir(model)
         if not (d / "config.json").exists() or not (d / "model.safetensors").exists():
-            raise AssetError(f"the embedded model {model!r} has no weights at {d}; run `make toy-model` (or check out data/models/)")
+            raise AssetError(
+                f"the embedded model {model!r} has no weights at {d}; run `make toy-model` (or check out data/models/)"
+            )
         return check_weights(d)
     p = Path(model).expanduser()
     if p.exists():
         if not p.is_dir() or not (p / "config.json").exists():
-            raise AssetError(f"model folder {p} has no config.json; point model= at a LlavaForConditionalGeneration folder")
+            raise AssetError(
+                f"model folder {p} has no config.json; point model= at a LlavaForConditionalGeneration folder"
+            )
         return check_weights(p)
     if _looks_like_path(model):
-        raise AssetError(f"model folder {p} does not exist; check the path (or pass a cached HF id such as "
-                         "'llava-hf/llava-1.5-7b-hf')")
+        raise AssetError(
+            f"model folder {p} does not exist; check the path (or pass a cached HF id such as "
+            "'llava-hf/llava-1.5-7b-hf')"
+        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -226,15 +237,24 @@ class GenerationModel:
             elif tok is not None:
                 vocab = f"{type(tok).__module__}.{type(tok).__qualname__}:{len(getattr(tok, 'vocab', {}))}"
             cfg = self.adapter.model.config.to_json_string(use_diff=False)
-            self._fingerprint = _key([model_fingerprint(self.adapter.model), hashlib.sha256(cfg.encode()).hexdigest(),
-                                      vocab, self.prompt_format, getattr(self.pixels, "key", repr(self.pixels))])
+            self._fingerprint = _key(
+                [
+                    model_fingerprint(self.adapter.model),
+                    hashlib.sha256(cfg.encode()).hexdigest(),
+                    vocab,
+                    self.prompt_format,
+                    getattr(self.pixels, "key", repr(self.pixels)),
+                ]
+            )
         return self._fingerprint
 
     def prompt_ids(self, question: str) -> list[int]:
         """Prompt token ids with one ``<image>`` id (the adapter expands it to the N image tokens)."""
         tok = self.tokenizer
         if tok is None:
-            raise CapabilityError("the model has no tokenizer; pass LlavaAdapter(model, processor=...) or tokenizer=...")
+            raise CapabilityError(
+                "the model has no tokenizer; pass LlavaAdapter(model, processor=...) or tokenizer=..."
+            )
         if self.prompt_format == "toyllava":
             return list(prompt_ids(tok, question))
         system = VICUNA_SYSTEM if self.prompt_format == "llava_v1" else None
@@ -255,8 +275,14 @@ class _Pixels:
         self.size = size
         self.pad = bool(pad and image_processor is not None and hasattr(image_processor, "do_pad"))
         if image_processor is not None:
-            conf = image_processor.to_json_string() if hasattr(image_processor, "to_json_string") else repr(image_processor)
-            self.key = f"{type(image_processor).__name__}:{hashlib.sha256(conf.encode()).hexdigest()[:12]}:pad={self.pad}"
+            conf = (
+                image_processor.to_json_string()
+                if hasattr(image_processor, "to_json_string")
+                else repr(image_processor)
+            )
+            self.key = (
+                f"{type(image_processor).__name__}:{hashlib.sha256(conf.encode()).hexdigest()[:12]}:pad={self.pad}"
+            )
         else:
             self.key = f"resize{size}:clip-norm"
 
@@ -301,8 +327,10 @@ def _has_tower_weights(folder: Path) -> bool:
                 if any(".vision_tower." in k or k.startswith("vision_tower.") for k in fh.keys()):
                     return True
         except (SafetensorError, OSError) as err:
-            raise AssetError(f"model weights {f} cannot be read ({str(err).splitlines()[0][:120]}); copy the "
-                             "checkpoint's weight files again") from None
+            raise AssetError(
+                f"model weights {f} cannot be read ({str(err).splitlines()[0][:120]}); copy the "
+                "checkpoint's weight files again"
+            ) from None
     return False
 
 
@@ -322,8 +350,10 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
     try:
         cfg = LlavaConfig.from_pretrained(str(folder))
     except (OSError, ValueError) as err:
-        raise AssetError(f"cannot read a LLaVA config from {folder} ({str(err).splitlines()[0][:120]}); pass a "
-                         "LlavaForConditionalGeneration folder or HF id") from None
+        raise AssetError(
+            f"cannot read a LLaVA config from {folder} ({str(err).splitlines()[0][:120]}); pass a "
+            "LlavaForConditionalGeneration folder or HF id"
+        ) from None
     if model in EMBEDDED_MODELS or (_is_toyllava_config(cfg) and not _has_tower_weights(folder)):
         net, processor = load_toyllava(folder, device="cpu", dtype=dtype)
         fmt = "toyllava"
@@ -331,12 +361,15 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
         from safetensors import SafetensorError
 
         try:  # use_safetensors: never fall back to unpickling a .bin (check_model has refused pickle-only folders)
-            net = transformers.LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=dtype,
-                                                                            use_safetensors=True)
+            net = transformers.LlavaForConditionalGeneration.from_pretrained(
+                str(folder), dtype=dtype, use_safetensors=True
+            )
             processor = transformers.AutoProcessor.from_pretrained(str(folder))
         except (OSError, ValueError, SafetensorError) as err:
-            raise AssetError(f"cannot load the LLaVA model in {folder} ({str(err).splitlines()[0][:120]}); check that "
-                             "the folder holds config, weights, tokenizer and processor files") from None
+            raise AssetError(
+                f"cannot load the LLaVA model in {folder} ({str(err).splitlines()[0][:120]}); check that "
+                "the folder holds config, weights, tokenizer and processor files"
+            ) from None
         fmt = "toyllava" if _is_toyllava_config(cfg) else "llava_v1"
     adapter = LlavaAdapter(net, processor=processor, device=dev)
     gm = from_adapter(adapter, fmt, name=str(model))
@@ -352,8 +385,10 @@ def as_generation_model(model, device) -> GenerationModel:
         return from_adapter(model)
     if isinstance(model, (str, Path)):
         return load_generation_model(str(model), device=device)
-    raise UnknownNameError(f"model must be a name such as 'toyllava', an HF id or folder, a GenerationModel or a "
-                           f"LlavaAdapter, got {type(model).__name__}")
+    raise UnknownNameError(
+        f"model must be a name such as 'toyllava', an HF id or folder, a GenerationModel or a "
+        f"LlavaAdapter, got {type(model).__name__}"
+    )
 
 
 def model_fingerprint(model: torch.nn.Module, full_limit: int = 1 << 22, sample: int = 1 << 16) -> str:
@@ -372,7 +407,16 @@ def model_fingerprint(model: torch.nn.Module, full_limit: int = 1 << 22, sample:
 
 
 __all__ = [
-    "EMBEDDED_MODELS", "PROMPT_FORMATS", "LLAVA_SHORT_ANSWER", "check_weights", "check_model", "is_toy_model",
-    "check_toy_model", "GenerationModel", "from_adapter", "load_generation_model", "as_generation_model",
+    "EMBEDDED_MODELS",
+    "PROMPT_FORMATS",
+    "LLAVA_SHORT_ANSWER",
+    "check_weights",
+    "check_model",
+    "is_toy_model",
+    "check_toy_model",
+    "GenerationModel",
+    "from_adapter",
+    "load_generation_model",
+    "as_generation_model",
     "model_fingerprint",
 ]

@@ -7,6 +7,7 @@ follow transformers 5.23 with a fallback chain for 5.0 / 4.57 (methods-spec §4.
 ``vision_tower.encoder.layer`` (DINOv2); attention at ``self_attn`` / ``attention`` / ``attention.attention`` with
 ``q_proj``/``k_proj`` or ``query``/``key``.
 """
+
 from __future__ import annotations
 
 import re
@@ -109,8 +110,12 @@ def resolve_parts(model: nn.Module) -> LlavaParts:
     if decoder is None or not hasattr(decoder, "layers"):
         raise CapabilityError(f"cannot find the decoder layers of {type(model).__name__}; pass a Llama-based LLaVA")
     layers = None
-    for path in (("encoder", "layers"), ("vision_model", "encoder", "layers"), ("encoder", "layer"),
-                 ("vision_model", "encoder", "layer")):
+    for path in (
+        ("encoder", "layers"),
+        ("vision_model", "encoder", "layers"),
+        ("encoder", "layer"),
+        ("vision_model", "encoder", "layer"),
+    ):
         layers = _get_path(vt, path)
         if layers is not None:
             break
@@ -131,8 +136,14 @@ def resolve_parts(model: nn.Module) -> LlavaParts:
         )
     vcfg = cfg.vision_config
     return LlavaParts(
-        model=model, vision_tower=vt, projector=projector, decoder=decoder, vision_layers=layers,
-        image_token_id=int(cfg.image_token_id), feature_layer=int(fl), select_strategy=strategy,
+        model=model,
+        vision_tower=vt,
+        projector=projector,
+        decoder=decoder,
+        vision_layers=layers,
+        image_token_id=int(cfg.image_token_id),
+        feature_layer=int(fl),
+        select_strategy=strategy,
         vision_heads=int(vcfg.num_attention_heads),
     )
 
@@ -157,8 +168,10 @@ def parse_requires(requires: Sequence[str]) -> tuple[set[int], bool]:
         elif r == "text":
             text = True
         elif r not in _KNOWN_REQ:
-            raise CapabilityError(f"method requires {r!r}, which the LLaVA adapter cannot provide; known: "
-                                  "attention, projected, cls_feature, text, keys[L], queries[L]")
+            raise CapabilityError(
+                f"method requires {r!r}, which the LLaVA adapter cannot provide; known: "
+                "attention, projected, cls_feature, text, keys[L], queries[L]"
+            )
     return layers, text
 
 
@@ -181,7 +194,7 @@ def expand_image_placeholder(ids: torch.Tensor, image_token_id: int, n_tokens: i
     if count == n_tokens:
         return ids
     if count == 1:
-        return torch.cat([ids[:start], ids.new_full((n_tokens,), image_token_id), ids[start + 1:]])
+        return torch.cat([ids[:start], ids.new_full((n_tokens,), image_token_id), ids[start + 1 :]])
     raise ImageError(
         f"the prompt has {count} image tokens but the vision tower gives {n_tokens}; use one '<image>' id or "
         f"exactly {n_tokens} (check the processor's patch_size / num_additional_image_tokens)"

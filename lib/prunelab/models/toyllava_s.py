@@ -19,6 +19,7 @@ The committed folder (``data/models/toyllava-s/``) holds only what training chan
 evaluation json. :func:`load_toyllava_s` assembles the full model from the converted assets; a folder whose
 deltas were trained on another base model is refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,10 @@ def build_tokenizer():
     tok = smollm2.load_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tok.convert_tokens_to_ids(IMAGE_TOKEN) != smollm2.VOCAB_SIZE:
-        raise AssetError(f"{IMAGE_TOKEN} did not get id {smollm2.VOCAB_SIZE} in SmolLM2's tokenizer; delete "
-                         f"{smollm2.converted_dir()} and run `make assets`")
+        raise AssetError(
+            f"{IMAGE_TOKEN} did not get id {smollm2.VOCAB_SIZE} in SmolLM2's tokenizer; delete "
+            f"{smollm2.converted_dir()} and run `make assets`"
+        )
     tok.chat_template = CHAT_TEMPLATE
     tok.padding_side = "left"
     return tok
@@ -83,9 +86,15 @@ def build_config():
     text = LlamaConfig.from_pretrained(str(smollm2.ensure_smollm2()))
     text.vocab_size = smollm2.VOCAB_SIZE + 1
     cfg = LlavaConfig(
-        vision_config=dinov2.dinov2_config(), text_config=text, image_token_id=image_token_id(),
-        projector_hidden_act="gelu", vision_feature_layer=-2, vision_feature_select_strategy="default",
-        image_seq_length=N_PATCHES, multimodal_projector_bias=True, tie_word_embeddings=True,
+        vision_config=dinov2.dinov2_config(),
+        text_config=text,
+        image_token_id=image_token_id(),
+        projector_hidden_act="gelu",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=N_PATCHES,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=True,
     )
     cfg.toyllava_s_base = smollm2.GGUF_SHA256
     return cfg
@@ -143,12 +152,13 @@ def write_package(path, projector_sd: dict, lora_sd: dict, meta: dict, extra_fil
     tensors.update(lora_sd)
     # projector in fp32; the LoRA factors in fp16 (5 M values: halves the file, well inside fp16's range; the
     # merge upcasts them). Exact resume state lives in the trainer's checkpoints, not here.
-    tensors = {k: v.detach().to(torch.float16 if k.startswith("lora.") else torch.float32).contiguous()
-               for k, v in tensors.items()}
+    tensors = {
+        k: v.detach().to(torch.float16 if k.startswith("lora.") else torch.float32).contiguous()
+        for k, v in tensors.items()
+    }
     record = {"base_gguf_sha256": smollm2.GGUF_SHA256, **meta}
     with atomic_dir(Path(path)) as tmp:
-        save_file(tensors, str(tmp / DELTAS_FILE), metadata={"base_gguf_sha256": smollm2.GGUF_SHA256,
-                                                            "format": "pt"})
+        save_file(tensors, str(tmp / DELTAS_FILE), metadata={"base_gguf_sha256": smollm2.GGUF_SHA256, "format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
@@ -164,24 +174,31 @@ def read_deltas(path=None) -> tuple[dict, dict, dict]:
     p = Path(path) if path is not None else default_dir()
     f, rec_p = p / DELTAS_FILE, p / CONFIG_FILE
     if not f.is_file() or not rec_p.is_file():
-        raise AssetError(f"ToyLLaVA-S deltas missing in {p} ({DELTAS_FILE} / {CONFIG_FILE}); restore them with "
-                         "`git checkout data/models` or train with `make toy-model-s`")
+        raise AssetError(
+            f"ToyLLaVA-S deltas missing in {p} ({DELTAS_FILE} / {CONFIG_FILE}); restore them with "
+            "`git checkout data/models` or train with `make toy-model-s`"
+        )
     try:
         record = json.loads(rec_p.read_text())
         with safe_open(str(f), "pt") as fh:
             base = (fh.metadata() or {}).get("base_gguf_sha256")
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError) as err:
-        raise AssetError(f"corrupt ToyLLaVA-S deltas {f} ({type(err).__name__}: {str(err)[:80]}); restore them with "
-                         "`git checkout data/models`") from None
+        raise AssetError(
+            f"corrupt ToyLLaVA-S deltas {f} ({type(err).__name__}: {str(err)[:80]}); restore them with "
+            "`git checkout data/models`"
+        ) from None
     if base != smollm2.GGUF_SHA256 or record.get("base_gguf_sha256") != smollm2.GGUF_SHA256:
-        raise AssetError(f"{f} was trained on another base model (sha256 {str(base)[:12]}..., this project's SmolLM2 "
-                         f"is {smollm2.GGUF_SHA256[:12]}...); retrain it with `make toy-model-s`")
-    proj = {k[len("projector."):]: v for k, v in tensors.items() if k.startswith("projector.")}
+        raise AssetError(
+            f"{f} was trained on another base model (sha256 {str(base)[:12]}..., this project's SmolLM2 "
+            f"is {smollm2.GGUF_SHA256[:12]}...); retrain it with `make toy-model-s`"
+        )
+    proj = {k[len("projector.") :]: v for k, v in tensors.items() if k.startswith("projector.")}
     lora = {k: v for k, v in tensors.items() if k.startswith("lora.")}
     if set(proj) != {"linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"}:
-        raise AssetError(f"{f} holds no complete projector (got {sorted(proj)[:4]}); restore it with "
-                         "`git checkout data/models`")
+        raise AssetError(
+            f"{f} holds no complete projector (got {sorted(proj)[:4]}); restore it with `git checkout data/models`"
+        )
     return proj, lora, record
 
 

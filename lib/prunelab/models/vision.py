@@ -15,6 +15,7 @@ Preprocessing: RGB (greyscale/palette/CMYK converted, alpha composited on white)
 pad-to-square with the mean colour (``expand2square`` in LLaVA's ``mm_utils.py``, background ``int(m*255)``),
 bicubic resize to ``image_size`` x ``image_size``, ImageNet mean/std (DINOv2's statistics).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -105,7 +106,9 @@ def to_rgb(img) -> Image.Image:  # noqa: F821
     try:
         return img.convert("RGB")
     except (ValueError, OSError) as err:
-        raise ImageError(f"cannot convert an image of mode {mode!r} to RGB ({err}); save it as an RGB PNG/JPEG") from None
+        raise ImageError(
+            f"cannot convert an image of mode {mode!r} to RGB ({err}); save it as an RGB PNG/JPEG"
+        ) from None
 
 
 def load_image(image, name: str | None = None):
@@ -136,12 +139,16 @@ def load_image(image, name: str | None = None):
                 f"{name}: got a torch tensor; pass a PIL image, a path or an (H, W, 3) uint8 array (tensors are ambiguous about layout and scale)"
             )
         else:
-            raise ImageError(f"{name}: unsupported image type {type(image).__name__}; pass a path, PIL image, bytes or numpy array")
+            raise ImageError(
+                f"{name}: unsupported image type {type(image).__name__}; pass a path, PIL image, bytes or numpy array"
+            )
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ImageError(f"cannot read image {name}: {why[:150]}; the file is corrupt or not an image — re-save it as PNG or JPEG") from None
+        raise ImageError(
+            f"cannot read image {name}: {why[:150]}; the file is corrupt or not an image — re-save it as PNG or JPEG"
+        ) from None
     w, h = img.size
     if w < DINOV2_PATCH or h < DINOV2_PATCH:
         raise ImageError(
@@ -156,12 +163,16 @@ def _from_array(a: np.ndarray, name: str):
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-        raise ImageError(f"{name}: array of shape {a.shape} is not an image; pass (H, W), (H, W, 3) or (H, W, 4) in channel-last layout")
+        raise ImageError(
+            f"{name}: array of shape {a.shape} is not an image; pass (H, W), (H, W, 3) or (H, W, 4) in channel-last layout"
+        )
     if a.dtype == np.uint8:
         u8 = a
     elif np.issubdtype(a.dtype, np.floating):
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise ImageError(f"{name}: float image values must be finite and within [0, 1]; scale the array or pass uint8")
+            raise ImageError(
+                f"{name}: float image values must be finite and within [0, 1]; scale the array or pass uint8"
+            )
         u8 = np.rint(a * 255).astype(np.uint8)
     else:
         raise ImageError(f"{name}: unsupported array dtype {a.dtype}; pass uint8 (0..255) or float (0..1)")
@@ -224,7 +235,9 @@ def attention_module(layer: torch.nn.Module) -> torch.nn.Module:
 
 def _canonical_layer(layer: int, n_layers: int) -> int:
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n_layers <= int(layer) < n_layers:
-        raise UnknownNameError(f"qk layer {layer!r} is outside the tower's {n_layers} layers; use -{n_layers}..{n_layers - 1} (e.g. -2)")
+        raise UnknownNameError(
+            f"qk layer {layer!r} is outside the tower's {n_layers} layers; use -{n_layers}..{n_layers - 1} (e.g. -2)"
+        )
     return int(layer) - n_layers if layer >= 0 else int(layer)
 
 
@@ -240,6 +253,7 @@ def capture_attention_inputs(tower, layers: Iterable[int]):
     handles = []
     try:
         for layer in layers:
+
             def hook(module, args, kwargs, output, _layer=layer):
                 x = args[0] if args else kwargs["hidden_states"]
                 store[_layer] = x.detach()
@@ -347,7 +361,9 @@ def _load_cached(path: Path, qk: Sequence[int]) -> dict[str, torch.Tensor] | Non
         entry = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError):
         return None  # unreadable entry: recompute and overwrite it
-    needed = ["features", "cls_feature", "cls_attention_heads"] + [f"{kind}.{layer}" for layer in qk for kind in ("queries", "keys")]
+    needed = ["features", "cls_feature", "cls_attention_heads"] + [
+        f"{kind}.{layer}" for layer in qk for kind in ("queries", "keys")
+    ]
     return entry if all(k in entry for k in needed) else None
 
 
@@ -366,7 +382,9 @@ def _forward(tower, pixels: torch.Tensor, qk: Sequence[int]) -> list[dict[str, t
     n_layers = len(encoder_layers(tower))
     capture = sorted(set(qk) | ({-2} if not eager else set()))
     with torch.inference_mode(), capture_attention_inputs(tower, [n_layers + c for c in capture]) as store:
-        out = tower(pixel_values=pixels.to(param.device, param.dtype), output_hidden_states=True, output_attentions=eager)
+        out = tower(
+            pixel_values=pixels.to(param.device, param.dtype), output_hidden_states=True, output_attentions=eager
+        )
     mods = encoder_layers(tower)
     qks = {}
     with torch.inference_mode():

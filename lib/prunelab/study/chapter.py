@@ -12,6 +12,7 @@ default generation limit and the glued verdict table. A chapter's first code cel
 The library never imports this module (guide, "Style": chapters call the library); it imports no trainer either
 (import-linter contract ``inference-never-imports-training``).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,9 @@ def _build_threads() -> int | None:
     if not value:
         return None
     if not value.isdigit() or int(value) < 1:
-        raise UnknownNameError(f"OMP_NUM_THREADS={value!r} is not a positive integer; unset it or set e.g. "
-                               "OMP_NUM_THREADS=1")
+        raise UnknownNameError(
+            f"OMP_NUM_THREADS={value!r} is not a positive integer; unset it or set e.g. OMP_NUM_THREADS=1"
+        )
     return int(value)
 
 
@@ -65,8 +67,10 @@ def setup(*, image_set=_NOT_GIVEN, many_sets: bool = False, check: Callable = va
     """
     if image_set is not _NOT_GIVEN:
         if isinstance(image_set, (list, tuple)) and not many_sets:
-            raise UnknownNameError(f"this chapter runs one image set, got the list {list(image_set)!r}; pass one spec, "
-                                   "e.g. image_set='toyworld:test'")
+            raise UnknownNameError(
+                f"this chapter runs one image set, got the list {list(image_set)!r}; pass one spec, "
+                "e.g. image_set='toyworld:test'"
+            )
         params["image_sets"] = [image_set] if isinstance(image_set, str) else image_set
     p = check(**params)
     plots.set_theme()
@@ -102,8 +106,10 @@ def glue_verdict(table: pd.DataFrame) -> None:
     """Show the chapter's verdict table (coloured by :func:`prunelab.study.verdict.style_verdict`) and glue it as
     :data:`VERDICT_GLUE`, which the book's "paper vs this study" page collects from every finding chapter."""
     if not isinstance(table, pd.DataFrame) or table.empty:
-        raise VerdictError(f"glue_verdict needs the table of verdict_table(claims), got {type(table).__name__} "
-                           f"{'(empty)' if isinstance(table, pd.DataFrame) else ''}; pass verdict_table(claims)")
+        raise VerdictError(
+            f"glue_verdict needs the table of verdict_table(claims), got {type(table).__name__} "
+            f"{'(empty)' if isinstance(table, pd.DataFrame) else ''}; pass verdict_table(claims)"
+        )
     glue(VERDICT_GLUE, style_verdict(table))
 
 

@@ -19,6 +19,7 @@ erank of the patch features); diversity-based pruning wins on *complex* images, 
   bootstrap of :mod:`prunelab.study.paired`.
 * :func:`finding3_claims` — the verdict rules as :class:`prunelab.study.verdict.Claim` objects with computed checks.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,11 @@ from prunelab.study.verdict import Claim, check, paper_results
 SPLITS = ("simple", "complex")
 #: split_by -> the per-image column a median split uses (``label`` uses the image set's own labels).
 SPLIT_MEASURES = {"label": None, "erank": "erank_full_vision", "entropy": "attention_entropy"}
-MEASURE_LABELS = {"attention_entropy": "attention entropy (nats)", "attention_entropy_norm": "attention entropy / log N",
-                  "erank_full_vision": "erank of all patch tokens"}
+MEASURE_LABELS = {
+    "attention_entropy": "attention entropy (nats)",
+    "attention_entropy_norm": "attention entropy / log N",
+    "erank_full_vision": "erank of all patch tokens",
+}
 ATTENTION, DIVERSITY = "attention", "diversity"
 
 
@@ -54,8 +58,13 @@ def tower_encoder(gm, qk_layers: Sequence[int] = (-2, -1)) -> AdapterEncoder:
     image-level numbers and overlays of a chapter come from the tower whose tokens the language model reads
     (DINOv2-S for ToyLLaVA, CLIP for llava-hf checkpoints)."""
     qk = tuple(int(q) for q in qk_layers)
-    return AdapterEncoder(gm.adapter, lambda batch: gm.pixels(batch[0]), batch_size=1, qk_layers=qk,
-                          fingerprint=lambda: f"tower-of:{gm.fingerprint}|qk={qk}")
+    return AdapterEncoder(
+        gm.adapter,
+        lambda batch: gm.pixels(batch[0]),
+        batch_size=1,
+        qk_layers=qk,
+        fingerprint=lambda: f"tower-of:{gm.fingerprint}|qk={qk}",
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -67,8 +76,9 @@ def image_table(df: pd.DataFrame) -> pd.DataFrame:
     (nats and normalised) and the erank of all tokens (``erank_full_vision``, ``erank_full_projected``)."""
     need = {"image_id", "attention_entropy", "erank_full_vision"}
     if not need <= set(df.columns):
-        raise UnknownNameError(f"the table lacks {', '.join(sorted(need - set(df.columns)))}; pass a run_vision or "
-                               "run_generation table")
+        raise UnknownNameError(
+            f"the table lacks {', '.join(sorted(need - set(df.columns)))}; pass a run_vision or run_generation table"
+        )
     return per_image(df)
 
 
@@ -79,8 +89,10 @@ def check_split(by: str, items=None) -> str:
     if by not in SPLIT_MEASURES:
         raise UnknownNameError(f"unknown split {by!r}; use one of {', '.join(SPLIT_MEASURES)}")
     if by == "label" and items is not None and not any(getattr(it, "complexity", None) in SPLITS for it in items):
-        raise UnknownNameError("these images carry no simple/complex labels (e.g. COCO); pass split_by='erank' or "
-                               "split_by='entropy' for a median split")
+        raise UnknownNameError(
+            "these images carry no simple/complex labels (e.g. COCO); pass split_by='erank' or "
+            "split_by='entropy' for a median split"
+        )
     return by
 
 
@@ -97,8 +109,10 @@ def assign_split(img: pd.DataFrame, by: str = "label") -> pd.Series:
     if by == "label":
         lab = [v if v in SPLITS else None for v in img["complexity"]]
         if all(v is None for v in lab):
-            raise UnknownNameError("these images carry no simple/complex labels (e.g. COCO); pass split_by='erank' or "
-                                   "split_by='entropy' for a median split")
+            raise UnknownNameError(
+                "these images carry no simple/complex labels (e.g. COCO); pass split_by='erank' or "
+                "split_by='entropy' for a median split"
+            )
         return pd.Series(lab, index=ids, name="split", dtype=object)
     col = SPLIT_MEASURES[by]
     v = img[col].astype(float)
@@ -112,8 +126,9 @@ def add_split(df: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     return out[out["split"].isin(SPLITS)].reset_index(drop=True)
 
 
-def separation(img: pd.DataFrame, measure: str, *, label: str = "complexity", n_boot: int = 2000, ci: float = 0.95,
-               seed: int = 0) -> dict:
+def separation(
+    img: pd.DataFrame, measure: str, *, label: str = "complexity", n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> dict:
     """How ``measure`` separates the images labelled simple from those labelled complex: group sizes and means,
     ``diff`` = mean(complex) − mean(simple) and ``auc`` (P(complex > simple), Mann-Whitney), each with a seeded
     stratified bootstrap CI (images resampled within each label; :func:`prunelab.eval.stats.two_sample`)."""
@@ -121,14 +136,22 @@ def separation(img: pd.DataFrame, measure: str, *, label: str = "complexity", n_
         raise UnknownNameError(f"measure {measure!r} is not a column; use one of {', '.join(MEASURE_LABELS)}")
     s = img.loc[img[label] == "simple", measure].astype(float).dropna().to_numpy()
     c = img.loc[img[label] == "complex", measure].astype(float).dropna().to_numpy()
-    out = {"measure": measure, "n_simple": len(s), "n_complex": len(c),
-           "mean_simple": float(s.mean()) if len(s) else math.nan, "mean_complex": float(c.mean()) if len(c) else math.nan}
+    out = {
+        "measure": measure,
+        "n_simple": len(s),
+        "n_complex": len(c),
+        "mean_simple": float(s.mean()) if len(s) else math.nan,
+        "mean_complex": float(c.mean()) if len(c) else math.nan,
+    }
     sep = two_sample(s, c, n_boot=n_boot, ci=ci, seed=seed)
     return {**out, **{k: sep[k] for k in ("diff", "auc", "diff_low", "diff_high", "auc_low", "auc_high")}}
 
 
-def separation_table(img: pd.DataFrame, measures: Sequence[str] = ("attention_entropy", "attention_entropy_norm",
-                                                                   "erank_full_vision"), **kw) -> pd.DataFrame:
+def separation_table(
+    img: pd.DataFrame,
+    measures: Sequence[str] = ("attention_entropy", "attention_entropy_norm", "erank_full_vision"),
+    **kw,
+) -> pd.DataFrame:
     """:func:`separation` for every measure, one row each."""
     return pd.DataFrame([separation(img, m, **kw) for m in measures if m in img])
 
@@ -171,26 +194,44 @@ def families(df: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
-def accuracy_table(pope: pd.DataFrame, by: Sequence[str] = ("method", "budget", "split"), *, n_boot: int = 2000,
-                   ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def accuracy_table(
+    pope: pd.DataFrame,
+    by: Sequence[str] = ("method", "budget", "split"),
+    *,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """POPE per group of ``by`` over all three settings: ``Accuracy`` (share of questions answered correctly, an
     unparsed answer counted wrong; seeded bootstrap CI over images), ``F1`` and ``Yes-ratio``
     (:func:`prunelab.eval.pope.pope_metrics`, unparsed answers read as "no"), ``n_images``, ``n_questions``,
     ``n_unparsed``; plus ``family``. Rows in the study's method order."""
     from prunelab.study.scoring import pope_table
+
     by = list(by)
     acc = metric_table(pope, "Accuracy", by=by, n_boot=n_boot, ci=ci, seed=seed).rename(
-        columns={"value": "Accuracy", "ci_low": "Accuracy_low", "ci_high": "Accuracy_high", "n": "n_images"})
-    other = pope_table(pope, by=by, on_unparsed="no")[by + ["F1", "Yes-ratio", "n"]].rename(columns={"n": "n_questions"})
-    unparsed = pope.assign(_u=pope["pred"].isna()).groupby(by, sort=False, dropna=False)["_u"].sum().rename("n_unparsed")
+        columns={"value": "Accuracy", "ci_low": "Accuracy_low", "ci_high": "Accuracy_high", "n": "n_images"}
+    )
+    other = pope_table(pope, by=by, on_unparsed="no")[by + ["F1", "Yes-ratio", "n"]].rename(
+        columns={"n": "n_questions"}
+    )
+    unparsed = (
+        pope.assign(_u=pope["pred"].isna()).groupby(by, sort=False, dropna=False)["_u"].sum().rename("n_unparsed")
+    )
     out = acc.merge(other, on=by, how="left").merge(unparsed.reset_index(), on=by, how="left")
     fam = pope.drop_duplicates("method").set_index("method")["family"]
     out.insert(by.index("method") + 1, "family", out["method"].map(fam))
     rank = {m: i for i, m in enumerate(method_order(pope))}
     sort_cols = [c for c in ("budget", "method", "split") if c in by]
-    return out.sort_values(sort_cols, key=lambda c: c.map(rank) if c.name == "method" else
-                           (c.map({s: i for i, s in enumerate(SPLITS)}) if c.name == "split" else c),
-                           kind="stable").reset_index(drop=True)
+    return out.sort_values(
+        sort_cols,
+        key=lambda c: (
+            c.map(rank)
+            if c.name == "method"
+            else (c.map({s: i for i, s in enumerate(SPLITS)}) if c.name == "split" else c)
+        ),
+        kind="stable",
+    ).reset_index(drop=True)
 
 
 def split_layout(table: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
@@ -207,27 +248,48 @@ def split_layout(table: pd.DataFrame, values: Sequence[str]) -> pd.DataFrame:
     return wide.reindex(index=methods, columns=pd.MultiIndex.from_tuples(cols, names=["", "", ""]))
 
 
-def family_gaps(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b: str = DIVERSITY, n_boot: int = 2000,
-                ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def family_gaps(
+    df: pd.DataFrame,
+    metric: str,
+    *,
+    a: str = ATTENTION,
+    b: str = DIVERSITY,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per budget and split: ``metric(family a) − metric(family b)`` on the split's images, each family's methods
     pooled (:func:`prunelab.study.paired.compare`). Empty when a family is absent."""
     fam = families(df)
     if not fam.get(a) or not fam.get(b):
-        return pd.DataFrame(columns=["budget", "split", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
+        return pd.DataFrame(
+            columns=["budget", "split", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"]
+        )
     out = compare(df, fam[a], fam[b], metric, by=("budget", "split"), n_boot=n_boot, ci=ci, seed=seed)
     out["a"], out["b"], out["metric"] = a, b, metric
     return out
 
 
-def family_interactions(df: pd.DataFrame, metric: str, *, a: str = ATTENTION, b: str = DIVERSITY, n_boot: int = 2000,
-                        ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def family_interactions(
+    df: pd.DataFrame,
+    metric: str,
+    *,
+    a: str = ATTENTION,
+    b: str = DIVERSITY,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per budget: ``[metric(a) − metric(b)]_simple − [metric(a) − metric(b)]_complex``
     (:func:`prunelab.study.paired.interaction`, images resampled within each split)."""
     fam = families(df)
     if not fam.get(a) or not fam.get(b):
-        return pd.DataFrame(columns=["budget", "a", "b", "diff_simple", "diff_complex", "interaction", "ci_low", "ci_high"])
-    out = interaction(df, fam[a], fam[b], metric, group="split", levels=SPLITS, by=("budget",), n_boot=n_boot, ci=ci,
-                      seed=seed)
+        return pd.DataFrame(
+            columns=["budget", "a", "b", "diff_simple", "diff_complex", "interaction", "ci_low", "ci_high"]
+        )
+    out = interaction(
+        df, fam[a], fam[b], metric, group="split", levels=SPLITS, by=("budget",), n_boot=n_boot, ci=ci, seed=seed
+    )
     out["a"], out["b"], out["metric"] = a, b, metric
     return out
 
@@ -245,8 +307,16 @@ def _paper_examples_line(col: str, fmt: str) -> str:
     return "; ".join(parts) + " (LLaVA-1.5's CLIP tower, four example images)"
 
 
-def finding3_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, img: pd.DataFrame, *, split_by: str = "label",
-                    n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> list:
+def finding3_claims(
+    pope: pd.DataFrame,
+    describe: pd.DataFrame | None,
+    img: pd.DataFrame,
+    *,
+    split_by: str = "label",
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> list:
     """The verdict rules of finding 3 as :class:`prunelab.study.verdict.Claim` objects (outcomes computed).
 
     ``pope`` / ``describe``: :func:`prunelab.study.generation.run_generation` tables with a ``split`` column
@@ -258,25 +328,46 @@ def finding3_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, img: pd.D
     pct = f"{100 * ci:.0f}%"
     claims = []
     lab = img.assign(complexity=img["split"])
-    for measure, by, words, fmt in (("attention_entropy", "entropy", "more spread-out [CLS] attention (higher entropy)", "{:.2f}"),
-                                    ("erank_full_vision", "erank", "higher erank of their patch features", "{:.0f}")):
+    for measure, by, words, fmt in (
+        ("attention_entropy", "entropy", "more spread-out [CLS] attention (higher entropy)", "{:.2f}"),
+        ("erank_full_vision", "erank", "higher erank of their patch features", "{:.0f}"),
+    ):
         checks = []
         if split_by != by:
             s = separation(lab, measure, n_boot=n_boot, ci=ci, seed=seed)
-            checks.append(check(f"mean complex − mean simple ({s['n_complex']} vs {s['n_simple']} images)", s["diff"], ">",
-                                0.0, ci=(s["diff_low"], s["diff_high"])))
-        rule = (f"Mean {MEASURE_LABELS[measure]} of the complex images minus that of the simple ones > 0, {pct} "
-                "stratified bootstrap CI entirely above 0.")
+            checks.append(
+                check(
+                    f"mean complex − mean simple ({s['n_complex']} vs {s['n_simple']} images)",
+                    s["diff"],
+                    ">",
+                    0.0,
+                    ci=(s["diff_low"], s["diff_high"]),
+                )
+            )
+        rule = (
+            f"Mean {MEASURE_LABELS[measure]} of the complex images minus that of the simple ones > 0, {pct} "
+            "stratified bootstrap CI entirely above 0."
+        )
         if split_by == by:
             rule += f" Not tested here: the split itself is a median split on this measure (split_by='{by}')."
-        claims.append(Claim(claim=f"Complex images have {words} than simple ones",
-                            paper=_paper_examples_line("attention_entropy" if by == "entropy" else "erank", fmt),
-                            rule=rule, checks=checks, fmt="{:+.2f}"))
+        claims.append(
+            Claim(
+                claim=f"Complex images have {words} than simple ones",
+                paper=_paper_examples_line("attention_entropy" if by == "entropy" else "erank", fmt),
+                rule=rule,
+                checks=checks,
+                fmt="{:+.2f}",
+            )
+        )
 
     def gap_checks(tab, split, sign):
         out = []
         for r in tab[tab["split"] == split].itertuples(index=False):
-            v, lo, hi = sign * r.diff, sign * (r.ci_high if sign < 0 else r.ci_low), sign * (r.ci_low if sign < 0 else r.ci_high)
+            v, lo, hi = (
+                sign * r.diff,
+                sign * (r.ci_high if sign < 0 else r.ci_low),
+                sign * (r.ci_low if sign < 0 else r.ci_high),
+            )
             out.append(check(f"T={int(r.budget)}, {split} ({int(r.n)} images)", v, ">", 0.0, ci=(lo, hi)))
         return out
 
@@ -285,36 +376,72 @@ def finding3_claims(pope: pd.DataFrame, describe: pd.DataFrame | None, img: pd.D
         return Claim(claim=claim, paper=paper, rule=rule, checks=gap_checks(gaps, split, sign), fmt="{:+.1f}")
 
     g_acc = family_gaps(pope, "Accuracy", n_boot=n_boot, ci=ci, seed=seed)
-    claims.append(gap_claim(
-        "On simple images, attention-based pruning answers POPE more accurately than diversity-based pruning",
-        "direction: attention-based pruning wins on simple images (concentrated evidence)",
-        (f"Per budget, POPE accuracy of the attention family (its methods pooled) minus that of the diversity "
-              f"family on the simple images, paired on the same images: > 0 with its {pct} bootstrap CI above 0."), g_acc, "simple", +1))
-    claims.append(gap_claim(
-        "On complex images, diversity-based pruning answers POPE more accurately than attention-based pruning",
-        "direction: diversity-based pruning wins on complex images (dispersed evidence)",
-        (f"Per budget, POPE accuracy of the diversity family minus that of the attention family on the complex "
-              f"images, paired: > 0 with its {pct} bootstrap CI above 0."), g_acc, "complex", -1))
+    claims.append(
+        gap_claim(
+            "On simple images, attention-based pruning answers POPE more accurately than diversity-based pruning",
+            "direction: attention-based pruning wins on simple images (concentrated evidence)",
+            (
+                f"Per budget, POPE accuracy of the attention family (its methods pooled) minus that of the diversity "
+                f"family on the simple images, paired on the same images: > 0 with its {pct} bootstrap CI above 0."
+            ),
+            g_acc,
+            "simple",
+            +1,
+        )
+    )
+    claims.append(
+        gap_claim(
+            "On complex images, diversity-based pruning answers POPE more accurately than attention-based pruning",
+            "direction: diversity-based pruning wins on complex images (dispersed evidence)",
+            (
+                f"Per budget, POPE accuracy of the diversity family minus that of the attention family on the complex "
+                f"images, paired: > 0 with its {pct} bootstrap CI above 0."
+            ),
+            g_acc,
+            "complex",
+            -1,
+        )
+    )
     inter = family_interactions(pope, "Accuracy", n_boot=n_boot, ci=ci, seed=seed)
-    claims.append(Claim(
-        claim="Attention's advantage over diversity is larger on simple than on complex images (POPE)",
-        paper="direction: the better family flips from attention (simple) to diversity (complex)",
-        rule=(f"Per budget, [accuracy(attention) − accuracy(diversity)] on simple images minus the same on complex "
-              f"images > 0, {pct} stratified bootstrap CI above 0 (the weakest reading of the finding: the gap moves "
-              "in the claimed direction even if it does not change sign)."),
-        checks=[check(f"T={int(r.budget)}", r.interaction, ">", 0.0, ci=(r.ci_low, r.ci_high)) for r in inter.itertuples(index=False)],
-        fmt="{:+.1f}"))
+    claims.append(
+        Claim(
+            claim="Attention's advantage over diversity is larger on simple than on complex images (POPE)",
+            paper="direction: the better family flips from attention (simple) to diversity (complex)",
+            rule=(
+                f"Per budget, [accuracy(attention) − accuracy(diversity)] on simple images minus the same on complex "
+                f"images > 0, {pct} stratified bootstrap CI above 0 (the weakest reading of the finding: the gap moves "
+                "in the claimed direction even if it does not change sign)."
+            ),
+            checks=[
+                check(f"T={int(r.budget)}", r.interaction, ">", 0.0, ci=(r.ci_low, r.ci_high))
+                for r in inter.itertuples(index=False)
+            ],
+            fmt="{:+.1f}",
+        )
+    )
     if describe is not None and len(describe):
         g_rec = family_gaps(describe, "Recall", n_boot=n_boot, ci=ci, seed=seed)
-        claims.append(gap_claim(
-            "On complex images, diversity-based pruning lets the model name more of the objects (CHAIR Recall)",
-            "implied by the finding (dispersed evidence is kept); the paper's CHAIR table pools all images",
-            f"Per budget, Recall(diversity) − Recall(attention) on the complex images > 0, {pct} paired-bootstrap CI above 0.", g_rec, "complex", -1))
+        claims.append(
+            gap_claim(
+                "On complex images, diversity-based pruning lets the model name more of the objects (CHAIR Recall)",
+                "implied by the finding (dispersed evidence is kept); the paper's CHAIR table pools all images",
+                f"Per budget, Recall(diversity) − Recall(attention) on the complex images > 0, {pct} paired-bootstrap CI above 0.",
+                g_rec,
+                "complex",
+                -1,
+            )
+        )
         g_hal = family_gaps(describe, "CHAIR_i", n_boot=n_boot, ci=ci, seed=seed)
-        claims.append(gap_claim(
-            "On simple images, attention-based pruning hallucinates less (CHAIR_i)",
-            "implied by the finding (diverse tokens of a simple image are background); the paper's CHAIR table pools all images",
-            f"Per budget, CHAIR_i(diversity) − CHAIR_i(attention) on the simple images > 0, {pct} paired-bootstrap CI above 0.", g_hal, "simple", -1))
+        claims.append(
+            gap_claim(
+                "On simple images, attention-based pruning hallucinates less (CHAIR_i)",
+                "implied by the finding (diverse tokens of a simple image are background); the paper's CHAIR table pools all images",
+                f"Per budget, CHAIR_i(diversity) − CHAIR_i(attention) on the simple images > 0, {pct} paired-bootstrap CI above 0.",
+                g_hal,
+                "simple",
+                -1,
+            )
+        )
     return claims
 
 
@@ -335,23 +462,47 @@ def measures_figure(img: pd.DataFrame, paper: pd.DataFrame | None = None, label:
     ncol = 2 + int(paper is not None and len(paper) > 0)
     fig, axes = plt.subplots(1, ncol, figsize=(3.1 * ncol, 3.0), squeeze=False)
     for ax, col in zip(axes[0], ("attention_entropy", "erank_full_vision")):
-        sns.stripplot(data=d, x=label, y=col, order=order, hue=label, palette=pal, ax=ax, size=4, alpha=0.6, jitter=0.25,
-                      legend=False)
-        sns.pointplot(data=d, x=label, y=col, order=order, color="black", errorbar=("ci", 95), seed=0, markers="D",
-                      linestyles="none", ax=ax, markersize=5)
+        sns.stripplot(
+            data=d,
+            x=label,
+            y=col,
+            order=order,
+            hue=label,
+            palette=pal,
+            ax=ax,
+            size=4,
+            alpha=0.6,
+            jitter=0.25,
+            legend=False,
+        )
+        sns.pointplot(
+            data=d,
+            x=label,
+            y=col,
+            order=order,
+            color="black",
+            errorbar=("ci", 95),
+            seed=0,
+            markers="D",
+            linestyles="none",
+            ax=ax,
+            markersize=5,
+        )
         ax.set(xlabel="", ylabel=MEASURE_LABELS[col], title=f"this run: {MEASURE_LABELS[col].split(' (')[0]}")
     if ncol == 3:
         ax = axes[0][2]
         for r in paper.itertuples():
             ax.scatter(r.attention_entropy, r.erank, color=pal.get(r.split, "grey"), s=40)
-            ax.annotate(r.example, (r.attention_entropy, r.erank), fontsize=7, xytext=(3, 2), textcoords="offset points")
+            ax.annotate(
+                r.example, (r.attention_entropy, r.erank), fontsize=7, xytext=(3, 2), textcoords="offset points"
+            )
         ax.set(xlabel="attention entropy (nats)", ylabel="erank", title="paper (CLIP, 4 examples)")
         ax.margins(0.25)
     return fig
 
 
 def gap_figure(gaps: pd.DataFrame, labels: dict | None = None):
-    """"Who wins where": per metric (panels), attention − diversity on simple and complex images (x), one line per
+    """ "Who wins where": per metric (panels), attention − diversity on simple and complex images (x), one line per
     budget with 95% CIs; above 0 = attention better for Accuracy/Recall, hallucinates *more* for CHAIR_i."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -389,14 +540,24 @@ def accuracy_figure(acc: pd.DataFrame):
     t = acc[acc["method"] != VANILLA]
     methods = list(dict.fromkeys(t["method"]))
     budgets = sorted(t["budget"].unique())
-    fig, axes = plt.subplots(1, len(budgets), figsize=(3.6 * len(budgets) + 1.2, 0.42 * len(methods) + 1.3),
-                             sharey=True, sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(budgets),
+        figsize=(3.6 * len(budgets) + 1.2, 0.42 * len(methods) + 1.3),
+        sharey=True,
+        sharex=True,
+        squeeze=False,
+    )
     y0 = np.arange(len(methods))
     for ax, b in zip(axes[0], budgets):
         for k, sp in enumerate(SPLITS):
             s = t[(t["budget"] == b) & (t["split"] == sp)].set_index("method").reindex(methods)
-            err = np.nan_to_num(np.array([s["Accuracy"] - s["Accuracy_low"], s["Accuracy_high"] - s["Accuracy"]], dtype=float))
-            ax.errorbar(s["Accuracy"], y0 + (k - 0.5) * 0.25, xerr=err, fmt="o", color=pal[sp], capsize=2, ms=5, label=sp)
+            err = np.nan_to_num(
+                np.array([s["Accuracy"] - s["Accuracy_low"], s["Accuracy_high"] - s["Accuracy"]], dtype=float)
+            )
+            ax.errorbar(
+                s["Accuracy"], y0 + (k - 0.5) * 0.25, xerr=err, fmt="o", color=pal[sp], capsize=2, ms=5, label=sp
+            )
             v = van[van["split"] == sp]
             if len(v):
                 ax.axvline(float(v["Accuracy"].iloc[0]), color=pal[sp], ls="--", lw=1, label=f"{sp}, all tokens")
@@ -409,7 +570,24 @@ def accuracy_figure(acc: pd.DataFrame):
 
 
 __all__ = [
-    "SPLITS", "SPLIT_MEASURES", "tower_encoder", "image_table", "check_split", "assign_split", "split_layout", "add_split", "separation",
-    "separation_table", "split_agreement", "paper_examples", "families", "accuracy_table", "family_gaps",
-    "family_interactions", "finding3_claims", "measures_figure", "gap_figure", "accuracy_figure",
+    "SPLITS",
+    "SPLIT_MEASURES",
+    "tower_encoder",
+    "image_table",
+    "check_split",
+    "assign_split",
+    "split_layout",
+    "add_split",
+    "separation",
+    "separation_table",
+    "split_agreement",
+    "paper_examples",
+    "families",
+    "accuracy_table",
+    "family_gaps",
+    "family_interactions",
+    "finding3_claims",
+    "measures_figure",
+    "gap_figure",
+    "accuracy_figure",
 ]

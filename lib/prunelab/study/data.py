@@ -16,6 +16,7 @@ among the ``n=20`` items), so a quick run is a prefix of a bigger one.
 Images load lazily (``item.image``), so listing 40k COCO files costs nothing; the modules behind the photo and
 toy-world sets are imported only when such a set is asked for.
 """
+
 from __future__ import annotations
 
 import random
@@ -83,7 +84,9 @@ def select(items: list[ImageItem], n: int | None, seed: int) -> list[ImageItem]:
 def load_image_set(spec: str, n: int | None = None, seed: int = 0) -> list[ImageItem]:
     """The items of image set ``spec`` (see module docstring), optionally a seeded subset of ``n``."""
     if not isinstance(spec, str) or not spec:
-        raise UnknownNameError(f"image set must be a string such as 'photos', got {spec!r}; known: {', '.join(IMAGE_SETS)}")
+        raise UnknownNameError(
+            f"image set must be a string such as 'photos', got {spec!r}; known: {', '.join(IMAGE_SETS)}"
+        )
     kind, _, arg = spec.partition(":")
     if kind == "photos" and not arg:
         items = _photos()
@@ -165,7 +168,9 @@ def _coco(folder: str, spec: str) -> list[ImageItem]:
         raise AssetError(f"COCO image folder {root} does not exist; download val2014 and pass 'coco:/path/to/val2014'")
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise AssetError(f"COCO image folder {root} holds no .jpg/.png images; point 'coco:<dir>' at the val2014 folder")
+        raise AssetError(
+            f"COCO image folder {root} holds no .jpg/.png images; point 'coco:<dir>' at the val2014 folder"
+        )
 
     def _open(path: Path):
         from PIL import Image, UnidentifiedImageError

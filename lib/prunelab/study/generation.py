@@ -74,6 +74,7 @@ answers are batch-1's up to floating-point rounding (tests compare the answers a
 methods that read the prompt (CDPruner) or prune inside the LLM (FastV, PDrop, SparseVLM, DART) still run each
 question alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,12 +94,7 @@ from prunelab.methods.adaptive import input_erank
 from prunelab.methods.base import ErankStatsSpec
 from prunelab.models.loader import as_generation_model
 from prunelab.models.parts import parse_requires
-from prunelab.study.params import (
-    check_budgets,
-    check_image_set,
-    check_n_images,
-    check_seed,
-)
+from prunelab.study.params import check_budgets, check_image_set, check_n_images, check_seed
 from prunelab.study.runner import _items_of, _jsonable, erank_stats_from, image_stats, resolve_methods, scalar_json
 from prunelab.study.scoring import score_chair, score_pope
 from prunelab.study.tablecache import RunCache, key as _key
@@ -110,29 +106,95 @@ VANILLA = "Vanilla"
 _VANILLA_NAMES = ("vanilla", "full", "none", "unpruned")
 DEFAULT_MAX_NEW_TOKENS = {"describe": 512, "pope": 8}  # OPERA/PAI CHAIR setting; POPE needs one word
 # Code whose change must invalidate cached generations (not the scorers: they run on every call).
-_CODE_FILES = ("study/generation.py", "eval/metrics.py", "methods/*.py", "models/adapter.py", "models/parts.py",
-               "models/decoder_edit.py", "models/loader.py", "models/hooks.py", "models/prompts.py",
-               "models/toyllava.py")
+_CODE_FILES = (
+    "study/generation.py",
+    "eval/metrics.py",
+    "methods/*.py",
+    "models/adapter.py",
+    "models/parts.py",
+    "models/decoder_edit.py",
+    "models/loader.py",
+    "models/hooks.py",
+    "models/prompts.py",
+    "models/toyllava.py",
+)
 
 #: Columns of every row, both tasks (POPE rows add :data:`POPE_QUESTION_COLUMNS`).
 BASE_COLUMNS = [
-    "image_set", "image_id", "complexity", "task", "method", "family", "budget", "seed", "n_tokens", "n_kept",
-    "equivalent_tokens", "prompt_len", "n_generated", "hit_max_new_tokens", "text",
-    "erank_kept_vision", "erank_kept_projected", "attention_mass_kept",
-    "erank_full_vision", "erank_full_projected", "attention_entropy", "attention_entropy_norm",
-    "vision_s", "select_s", "prefill_s", "decode_s", "flops_vision", "flops_prefill", "flops_decode",
-    "kept_indices", "method_stats",
+    "image_set",
+    "image_id",
+    "complexity",
+    "task",
+    "method",
+    "family",
+    "budget",
+    "seed",
+    "n_tokens",
+    "n_kept",
+    "equivalent_tokens",
+    "prompt_len",
+    "n_generated",
+    "hit_max_new_tokens",
+    "text",
+    "erank_kept_vision",
+    "erank_kept_projected",
+    "attention_mass_kept",
+    "erank_full_vision",
+    "erank_full_projected",
+    "attention_entropy",
+    "attention_entropy_norm",
+    "vision_s",
+    "select_s",
+    "prefill_s",
+    "decode_s",
+    "flops_vision",
+    "flops_prefill",
+    "flops_decode",
+    "kept_indices",
+    "method_stats",
 ]
 POPE_QUESTION_COLUMNS = ["setting", "question_id", "question", "object", "label"]
-_IMAGE_COLUMNS = ["n_tokens", "erank_full_vision", "erank_full_projected", "attention_entropy", "attention_entropy_norm"]
+_IMAGE_COLUMNS = [
+    "n_tokens",
+    "erank_full_vision",
+    "erank_full_projected",
+    "attention_entropy",
+    "attention_entropy_norm",
+]
 _RECORD_KEYS = {  # adapter record keys that become columns (the rest of the scalars go to method_stats)
-    "n_kept", "equivalent_tokens", "prompt_len", "n_generated", "erank_kept_vision", "erank_kept_projected",
-    "attention_mass_kept", "vision_s", "select_s", "prefill_s", "decode_s", "flops_vision", "flops_prefill",
-    "flops_decode", "kept_indices", "text",
+    "n_kept",
+    "equivalent_tokens",
+    "prompt_len",
+    "n_generated",
+    "erank_kept_vision",
+    "erank_kept_projected",
+    "attention_mass_kept",
+    "vision_s",
+    "select_s",
+    "prefill_s",
+    "decode_s",
+    "flops_vision",
+    "flops_prefill",
+    "flops_decode",
+    "kept_indices",
+    "text",
 }
-_RECORD_SKIP = {"sample", "image_id", "method", "budget", "params", "stage", "n_image_tokens", "order",
-                "positions", "batch_size", "assemble_s", "prompt_len_unpruned", "visual_tokens_per_layer",
-                "kv_len_per_layer"}
+_RECORD_SKIP = {
+    "sample",
+    "image_id",
+    "method",
+    "budget",
+    "params",
+    "stage",
+    "n_image_tokens",
+    "order",
+    "positions",
+    "batch_size",
+    "assemble_s",
+    "prompt_len_unpruned",
+    "visual_tokens_per_layer",
+    "kv_len_per_layer",
+}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -170,15 +232,20 @@ def resolve_generation_methods(methods) -> list[_Spec]:
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
-        raise UnknownNameError(f"method label(s) {', '.join(dup)} given twice; drop the duplicate or pass distinct labels")
+        raise UnknownNameError(
+            f"method label(s) {', '.join(dup)} given twice; drop the duplicate or pass distinct labels"
+        )
     return specs
 
 
 def spec_input_erank(ctx, spec: ErankStatsSpec) -> float:
     """The input erank of ``ctx`` with the options of a method's :meth:`~prunelab.methods.base.Pruner.erank_stats_spec`
     (what the consuming method computes)."""
-    return float(input_erank(ctx.space(spec.features), center=spec.center, row_normalize=spec.row_normalize,
-                             spectrum=spec.spectrum))
+    return float(
+        input_erank(
+            ctx.space(spec.features), center=spec.center, row_normalize=spec.row_normalize, spectrum=spec.spectrum
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -202,12 +269,17 @@ def ground_truth_for(items, set_name: str):
             if (ann / "instances_val2014.json").is_file() and (ann / "captions_val2014.json").is_file():
                 ids = [it.meta.get("coco_id") for it in items]
                 if any(i is None for i in ids):
-                    raise AssetError(f"some files in {folder} are not named like COCO_val2014_<id>.jpg; CHAIR needs the COCO ids")
+                    raise AssetError(
+                        f"some files in {folder} are not named like COCO_val2014_<id>.jpg; CHAIR needs the COCO ids"
+                    )
                 gt = G.CocoGroundTruth.from_dir(ann, image_ids=ids)
-                return G.MappingGroundTruth({it.id: set(gt.objects(it.meta["coco_id"])) for it in items}, name="coco2014",
-                                            source=str(ann))
-        raise AssetError(f"no COCO annotations (instances_val2014.json, captions_val2014.json) next to {folder}; put them "
-                         f"in {folder.parent / 'annotations'}")
+                return G.MappingGroundTruth(
+                    {it.id: set(gt.objects(it.meta["coco_id"])) for it in items}, name="coco2014", source=str(ann)
+                )
+        raise AssetError(
+            f"no COCO annotations (instances_val2014.json, captions_val2014.json) next to {folder}; put them "
+            f"in {folder.parent / 'annotations'}"
+        )
     if all(it.labels for it in items):
         return G.MappingGroundTruth({it.id: set(it.labels) for it in items}, name=set_name)
     raise AssetError(f"no ground truth known for image set {set_name!r}; use toyworld:<split>, photos or coco:<dir>")
@@ -222,8 +294,9 @@ class Question:
     label: str  # "yes" | "no"
 
 
-def pope_questions_for(items, set_name: str, settings: Sequence[str] = ("random", "popular", "adversarial"),
-                       seed: int = 0) -> dict[str, list[Question]]:
+def pope_questions_for(
+    items, set_name: str, settings: Sequence[str] = ("random", "popular", "adversarial"), seed: int = 0
+) -> dict[str, list[Question]]:
     """POPE questions per image id. Toy world: each scene's own balanced questions per setting
     (:func:`prunelab.toyworld.text.pope_questions`, the ones ToyLLaVA's evaluation uses). Otherwise
     :func:`prunelab.eval.pope.build_pope` on the selected images with >= 3 objects (others get no question)."""
@@ -240,7 +313,9 @@ def pope_questions_for(items, set_name: str, settings: Sequence[str] = ("random"
     gt = ground_truth_for(items, set_name)
     eligible = [it.id for it in items if len(gt.objects(it.id)) >= 3]
     if not eligible:
-        raise P.PopeError(f"no selected image of {set_name!r} has >= 3 ground-truth objects; use more images (n) or toyworld")
+        raise P.PopeError(
+            f"no selected image of {set_name!r} has >= 3 ground-truth objects; use more images (n) or toyworld"
+        )
     for s, qs in P.build_pope(gt, settings=settings, image_ids=eligible, seed=seed).items():
         for q in qs:
             out[q.image_id].append(Question(s, f"{s}-{q.question_id}", q.text, q.object, q.label))
@@ -392,12 +467,21 @@ def run_generation(
             for q in qs:
                 if q.question not in q_ids:
                     q_ids[q.question] = gm.prompt_ids(gm.question_prompt(q.question))
-    decode = {"greedy": True, "num_beams": 1, "batch_size": 1 if task == "describe" else int(pope_batch_size),
-              "max_new_tokens": int(max_new_tokens), "device": dev.type, "dtype": str(dtype), "eos": eos}
+    decode = {
+        "greedy": True,
+        "num_beams": 1,
+        "batch_size": 1 if task == "describe" else int(pope_batch_size),
+        "max_new_tokens": int(max_new_tokens),
+        "device": dev.type,
+        "dtype": str(dtype),
+        "eos": eos,
+    }
     base_key = [CACHE_FORMAT, gm.fingerprint, code, task, decode]
 
     # Pass 1: image-level statistics (tower once per image; cached), which also calibrate the erank statistics.
-    need_specs = sorted({s for sp in specs if sp.pruner is not None and (s := sp.pruner.erank_stats_spec()) is not None})
+    need_specs = sorted(
+        {s for sp in specs if sp.pruner is not None and (s := sp.pruner.erank_stats_spec()) is not None}
+    )
     img_dir = vroot / "images" / _key([CACHE_FORMAT, gm.fingerprint, code, dev.type, str(dtype)])
     encodings: dict[str, tuple[torch.Tensor, dict, float]] = {}
     kept_bytes = 0  # tower outputs kept from pass 1 for pass 2, up to KEEP_ENCODINGS_BYTES (else re-encoded)
@@ -432,20 +516,24 @@ def run_generation(
             it.release()
         return [image_entry(it, enc)]
 
-    per_image = cache.per_item(items, ipath, compute, required=_IMAGE_COLUMNS + [sp.name for sp in need_specs],
-                                disable=disable)
+    per_image = cache.per_item(
+        items, ipath, compute, required=_IMAGE_COLUMNS + [sp.name for sp in need_specs], disable=disable
+    )
 
     stats_by_spec: dict[ErankStatsSpec, dict] = {}
     if need_specs:
         for sp in need_specs:
-            stats_by_spec[sp] = dict(erank_stats) if erank_stats is not None else erank_stats_from(
-                per_image[it.id][sp.name] for it in items)
+            stats_by_spec[sp] = (
+                dict(erank_stats)
+                if erank_stats is not None
+                else erank_stats_from(per_image[it.id][sp.name] for it in items)
+            )
 
     # Pass 2: generation entries (cached per image x method x budget).
     entries = []  # (item, spec, budget)
     for it in items:
         for sp in specs:
-            for b in ([n_img] if sp.pruner is None else budgets):
+            for b in [n_img] if sp.pruner is None else budgets:
                 entries.append((it, sp, b))
 
     def entry_path(it, sp, b):
@@ -478,18 +566,36 @@ def run_generation(
                 for sp, b, path in missing[it.id]:
                     es = sp.pruner.erank_stats_spec() if sp.pruner is not None else None
                     stats = stats_by_spec.get(es) if es else None
-                    prompts = [(None, describe_ids)] if task == "describe" else [(q, q_ids[q.question]) for q in questions[it.id]]
+                    prompts = (
+                        [(None, describe_ids)]
+                        if task == "describe"
+                        else [(q, q_ids[q.question]) for q in questions[it.id]]
+                    )
                     budget_arg = None if sp.pruner is None else b
                     try:
                         if task == "describe":
-                            out = adapter.run([torch.tensor(describe_ids)], pv, sp.pruner, budget_arg,
-                                              max_new_tokens=max_new_tokens, erank_stats=stats, image_ids=[it.id],
-                                              eos_token_id=eos)
+                            out = adapter.run(
+                                [torch.tensor(describe_ids)],
+                                pv,
+                                sp.pruner,
+                                budget_arg,
+                                max_new_tokens=max_new_tokens,
+                                erank_stats=stats,
+                                image_ids=[it.id],
+                                eos_token_id=eos,
+                            )
                         else:  # one selection for all of the image's questions, decoded together
-                            out = adapter.run_shared_image([torch.tensor(ids) for _, ids in prompts], pv, sp.pruner,
-                                                           budget_arg, max_new_tokens=max_new_tokens,
-                                                           batch_size=pope_batch_size, erank_stats=stats,
-                                                           image_id=it.id, eos_token_id=eos)
+                            out = adapter.run_shared_image(
+                                [torch.tensor(ids) for _, ids in prompts],
+                                pv,
+                                sp.pruner,
+                                budget_arg,
+                                max_new_tokens=max_new_tokens,
+                                batch_size=pope_batch_size,
+                                erank_stats=stats,
+                                image_id=it.id,
+                                eos_token_id=eos,
+                            )
                     except PrunelabError as err:
                         raise type(err)(f"{sp.label} at T={b} on image {it.id}: {err}") from None
                     rows = []
@@ -497,21 +603,39 @@ def run_generation(
                         rec = out.records[k]
                         seq = out.sequences[k]
                         text = out.texts[k] if out.texts is not None else " ".join(map(str, seq))
-                        row = {"image_set": set_name, "image_id": it.id, "complexity": it.complexity, "task": task,
-                               "method": sp.label, "family": sp.family, "budget": int(b), "seed": int(seed)}
+                        row = {
+                            "image_set": set_name,
+                            "image_id": it.id,
+                            "complexity": it.complexity,
+                            "task": task,
+                            "method": sp.label,
+                            "family": sp.family,
+                            "budget": int(b),
+                            "seed": int(seed),
+                        }
                         row.update({k: img[k] for k in _IMAGE_COLUMNS})
                         row.update({k: rec.get(k, math.nan) for k in _RECORD_KEYS if k != "text"})
                         row["text"] = text
                         row["vision_s"] = secs
                         row["kept_indices"] = [int(i) for i in rec.get("kept_indices", [])]
-                        row["hit_max_new_tokens"] = bool(len(seq) >= max_new_tokens and (eos is None or not seq or seq[-1] != eos))
+                        row["hit_max_new_tokens"] = bool(
+                            len(seq) >= max_new_tokens and (eos is None or not seq or seq[-1] != eos)
+                        )
                         row["method_stats"] = scalar_json(rec, _RECORD_KEYS | _RECORD_SKIP)
                         if sp.pruner is None:  # all N tokens: the kept set is the full set
-                            row.update(erank_kept_vision=img["erank_full_vision"],
-                                       erank_kept_projected=img["erank_full_projected"], attention_mass_kept=1.0)
+                            row.update(
+                                erank_kept_vision=img["erank_full_vision"],
+                                erank_kept_projected=img["erank_full_projected"],
+                                attention_mass_kept=1.0,
+                            )
                         if q is not None:
-                            row.update(setting=q.setting, question_id=q.question_id, question=q.question,
-                                       object=q.object, label=q.label)
+                            row.update(
+                                setting=q.setting,
+                                question_id=q.question_id,
+                                question=q.question,
+                                object=q.object,
+                                label=q.label,
+                            )
                         rows.append(row)
                     cols = BASE_COLUMNS + (POPE_QUESTION_COLUMNS if task == "pope" else [])
                     frame = pd.DataFrame(rows, columns=cols)
@@ -526,9 +650,15 @@ def run_generation(
     df = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
     df["seed"] = int(seed)  # rows read from the cache keep this call's seed (it never changes generated text)
     df = _normalize(df)
-    attrs = dict(model=gm.fingerprint, model_name=gm.name, prompt_format=gm.prompt_format, task=task,
-                 max_new_tokens=int(max_new_tokens), image_set=set_name,
-                 erank_stats={k.name: v for k, v in stats_by_spec.items()})
+    attrs = dict(
+        model=gm.fingerprint,
+        model_name=gm.name,
+        prompt_format=gm.prompt_format,
+        task=task,
+        max_new_tokens=int(max_new_tokens),
+        image_set=set_name,
+        erank_stats={k.name: v for k, v in stats_by_spec.items()},
+    )
     if task == "describe":
         df, config = score_chair(df, gt, parser=chair_parser)
         attrs.update(prompt=prompt, chair_config=config)
@@ -539,6 +669,14 @@ def run_generation(
 
 
 __all__ = [
-    "TASKS", "VANILLA", "BASE_COLUMNS", "POPE_QUESTION_COLUMNS", "resolve_generation_methods", "spec_input_erank",
-    "ground_truth_for", "Question", "pope_questions_for", "run_generation",
+    "TASKS",
+    "VANILLA",
+    "BASE_COLUMNS",
+    "POPE_QUESTION_COLUMNS",
+    "resolve_generation_methods",
+    "spec_input_erank",
+    "ground_truth_for",
+    "Question",
+    "pope_questions_for",
+    "run_generation",
 ]

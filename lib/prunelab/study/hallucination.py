@@ -17,6 +17,7 @@ attention-based pruning (FasterVLM, PruMerge+), and the diversity these methods 
   (:func:`examples_html`) and an image x method x budget caption explorer that works on the static page
   (:func:`caption_explorer`, the ``jslink`` + ``Stack`` pattern of :mod:`prunelab.study.widgets`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -60,12 +61,19 @@ def paper_chair(methods: Sequence[str] | None = None, budgets: Sequence[int] = P
         pn = paper_name(lab)
         if pn is None:
             continue
-        for b in ([576] if pn == "Vanilla" else budgets):
+        for b in [576] if pn == "Vanilla" else budgets:
             sel = res[(res["method"] == pn) & (res["visual_tokens"] == b)]
             if sel.empty:
                 continue
             vals = sel.set_index("metric")["value"]
-            rows.append({"method": lab, "paper_method": pn, "budget": int(b), **{m: float(vals.get(m, math.nan)) for m in METRICS}})
+            rows.append(
+                {
+                    "method": lab,
+                    "paper_method": pn,
+                    "budget": int(b),
+                    **{m: float(vals.get(m, math.nan)) for m in METRICS},
+                }
+            )
     return pd.DataFrame(rows, columns=["method", "paper_method", "budget", *METRICS])
 
 
@@ -84,8 +92,14 @@ def chair_layout(table: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.Da
     return wide.reindex(index=order, columns=pd.MultiIndex.from_tuples(cols, names=["", ""]))
 
 
-def per_image_correlations(df: pd.DataFrame, x: str, y: str = "n_hallucinated", *, by: Sequence[str] = ("budget",),
-                           exclude: Sequence[str] = (VANILLA,)) -> pd.DataFrame:
+def per_image_correlations(
+    df: pd.DataFrame,
+    x: str,
+    y: str = "n_hallucinated",
+    *,
+    by: Sequence[str] = ("budget",),
+    exclude: Sequence[str] = (VANILLA,),
+) -> pd.DataFrame:
     """Per image (and group of ``by``), the Spearman correlation across methods between ``x`` and ``y`` (Pearson
     correlation of average ranks). ``NaN`` when ``x`` or ``y`` does not vary across the image's methods (e.g.
     no method hallucinated on it). Columns ``by + [image_id, x, y, rho, n_methods]``."""
@@ -103,9 +117,16 @@ def per_image_correlations(df: pd.DataFrame, x: str, y: str = "n_hallucinated", 
     return pd.DataFrame(rows, columns=list(by) + ["image_id", "x", "y", "rho", "n_methods"])
 
 
-def correlation_summary(df: pd.DataFrame, xs: Sequence[str] = ("erank_kept_projected", "attention_mass_kept"),
-                        y: str = "n_hallucinated", *, by: Sequence[str] = ("budget",), n_boot: int = 2000,
-                        ci: float = 0.95, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def correlation_summary(
+    df: pd.DataFrame,
+    xs: Sequence[str] = ("erank_kept_projected", "attention_mass_kept"),
+    y: str = "n_hallucinated",
+    *,
+    by: Sequence[str] = ("budget",),
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(per_image, summary)``: :func:`per_image_correlations` for every ``x`` in ``xs``, and their mean per
     ``by`` x ``x`` with a seeded bootstrap CI over images (``mean, ci_low, ci_high, n`` = images where ρ is
     defined)."""
@@ -133,8 +154,17 @@ def _paper_pairs(metric: str, left: Sequence[str], right: Sequence[str]) -> str:
     return "; ".join(parts)
 
 
-def _pair_checks(df: pd.DataFrame, left: Sequence[str], right: Sequence[str], metric: str, op: str, *, n_boot: int,
-                 ci: float, seed: int) -> list:
+def _pair_checks(
+    df: pd.DataFrame,
+    left: Sequence[str],
+    right: Sequence[str],
+    metric: str,
+    op: str,
+    *,
+    n_boot: int,
+    ci: float,
+    seed: int,
+) -> list:
     out = []
     for a in left:
         for b in right:
@@ -143,8 +173,9 @@ def _pair_checks(df: pd.DataFrame, left: Sequence[str], right: Sequence[str], me
     return out
 
 
-def finding2_claims(df: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
-                    erank_column: str = "erank_kept_projected") -> list:
+def finding2_claims(
+    df: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0, erank_column: str = "erank_kept_projected"
+) -> list:
     """The verdict rules of finding 2 as :class:`prunelab.study.verdict.Claim` objects (outcomes computed from checks).
 
     Families come from the table (``family`` column): *diversity* (DivPrune, FPS) vs *attention* (FasterVLM,
@@ -159,32 +190,62 @@ def finding2_claims(df: pd.DataFrame, *, n_boot: int = 2000, ci: float = 0.95, s
     claims = []
     every = "For every diversity method D and attention method A of this run and every budget T"
     for metric, claim, scope in (
-            ("CHAIR_s", "Diversity-based pruning gives more captions with a hallucinated object (CHAIR_s) than "
-                        "attention-based pruning", every),
-            ("CHAIR_i", "Diversity-based pruning gives a larger share of hallucinated object mentions (CHAIR_i) than "
-                        "attention-based pruning", every),
-            ("Recall", "Diversity-based pruning recalls more of the objects present (Recall)", "For every D, A and T")):
-        claims.append(Claim(
-            claim=claim, paper=_paper_pairs(metric, paper_div, paper_att),
-            rule=(f"{scope}: {metric}(D) − {metric}(A) > 0 on the same images, {pct} paired-bootstrap CI entirely "
-                  "above 0."),
-            checks=_pair_checks(df, div, att, metric, ">", n_boot=n_boot, ci=ci, seed=seed), fmt="{:+.1f}"))
+        (
+            "CHAIR_s",
+            "Diversity-based pruning gives more captions with a hallucinated object (CHAIR_s) than "
+            "attention-based pruning",
+            every,
+        ),
+        (
+            "CHAIR_i",
+            "Diversity-based pruning gives a larger share of hallucinated object mentions (CHAIR_i) than "
+            "attention-based pruning",
+            every,
+        ),
+        ("Recall", "Diversity-based pruning recalls more of the objects present (Recall)", "For every D, A and T"),
+    ):
+        claims.append(
+            Claim(
+                claim=claim,
+                paper=_paper_pairs(metric, paper_div, paper_att),
+                rule=(
+                    f"{scope}: {metric}(D) − {metric}(A) > 0 on the same images, {pct} paired-bootstrap CI entirely "
+                    "above 0."
+                ),
+                checks=_pair_checks(df, div, att, metric, ">", n_boot=n_boot, ci=ci, seed=seed),
+                fmt="{:+.1f}",
+            )
+        )
     _, summ = correlation_summary(df, xs=(erank_column,), n_boot=n_boot, ci=ci, seed=seed)
-    claims.append(Claim(
-        claim="The diversity the kept tokens carry is tied to hallucination",
-        paper="direction: methods keeping more diverse tokens hallucinate more (CHAIR table with the erank analysis)",
-        rule=(f"Per image and budget, Spearman ρ across the pruning methods between the erank of the kept tokens "
-              f"({erank_column}) and the caption's hallucinated mentions; mean over images > 0 with its {pct} "
-              "bootstrap CI entirely above 0, at every budget."),
-        checks=[check(f"mean ρ, T={int(r.budget)} ({int(r.n)} images)", r.mean, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in summ.itertuples(index=False)], fmt="{:+.2f}"))
+    claims.append(
+        Claim(
+            claim="The diversity the kept tokens carry is tied to hallucination",
+            paper="direction: methods keeping more diverse tokens hallucinate more (CHAIR table with the erank analysis)",
+            rule=(
+                f"Per image and budget, Spearman ρ across the pruning methods between the erank of the kept tokens "
+                f"({erank_column}) and the caption's hallucinated mentions; mean over images > 0 with its {pct} "
+                "bootstrap CI entirely above 0, at every budget."
+            ),
+            checks=[
+                check(f"mean ρ, T={int(r.budget)} ({int(r.n)} images)", r.mean, ">", 0.0, ci=(r.ci_low, r.ci_high))
+                for r in summ.itertuples(index=False)
+            ],
+            fmt="{:+.2f}",
+        )
+    )
     if agile and div:
-        claims.append(Claim(
-            claim="AgilePruner hallucinates less than diversity-based pruning (CHAIR_i)",
-            paper=_paper_pairs("CHAIR_i", ["AgilePruner"], paper_div),
-            rule=(f"For every diversity method D and T: CHAIR_i(AgilePruner) − CHAIR_i(D) < 0 on the same images, "
-                  f"{pct} paired-bootstrap CI entirely below 0."),
-            checks=_pair_checks(df, agile, div, "CHAIR_i", "<", n_boot=n_boot, ci=ci, seed=seed), fmt="{:+.1f}"))
+        claims.append(
+            Claim(
+                claim="AgilePruner hallucinates less than diversity-based pruning (CHAIR_i)",
+                paper=_paper_pairs("CHAIR_i", ["AgilePruner"], paper_div),
+                rule=(
+                    f"For every diversity method D and T: CHAIR_i(AgilePruner) − CHAIR_i(D) < 0 on the same images, "
+                    f"{pct} paired-bootstrap CI entirely below 0."
+                ),
+                checks=_pair_checks(df, agile, div, "CHAIR_i", "<", n_boot=n_boot, ci=ci, seed=seed),
+                fmt="{:+.1f}",
+            )
+        )
     return claims
 
 
@@ -212,10 +273,21 @@ def tradeoff_figure(table: pd.DataFrame, df: pd.DataFrame, paper: pd.DataFrame |
             r = r._asdict()
             xerr = [[r["Recall"] - r.get("Recall_low", r["Recall"])], [r.get("Recall_high", r["Recall"]) - r["Recall"]]]
             yerr = [[r[metric] - r.get(f"{metric}_low", r[metric])], [r.get(f"{metric}_high", r[metric]) - r[metric]]]
-            ax.errorbar(r["Recall"], r[metric], xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="o",
-                        color=pal.get(r["method"]), label=r["method"], capsize=2, ms=6)
+            ax.errorbar(
+                r["Recall"],
+                r[metric],
+                xerr=np.nan_to_num(xerr),
+                yerr=np.nan_to_num(yerr),
+                fmt="o",
+                color=pal.get(r["method"]),
+                label=r["method"],
+                capsize=2,
+                ms=6,
+            )
         if len(van):
-            ax.scatter(van["Recall"], van[metric], marker="*", s=120, color="black", label=f"{VANILLA} (all tokens)", zorder=3)
+            ax.scatter(
+                van["Recall"], van[metric], marker="*", s=120, color="black", label=f"{VANILLA} (all tokens)", zorder=3
+            )
         ax.set(title=f"this run, T = {b}", xlabel="Recall (%)", ylabel=f"{metric} (%)")
     if ncol > len(budgets):
         ax = axes[0][-1]
@@ -239,8 +311,13 @@ def chair_bars(table: pd.DataFrame, df: pd.DataFrame, metrics: Sequence[str] = (
     t = table[table["method"] != VANILLA]
     methods = list(dict.fromkeys(t["method"]))
     budgets = sorted(t["budget"].unique())
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 0.3 * len(methods) * len(budgets) + 1.4),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(metrics),
+        figsize=(3.3 * len(metrics), 0.3 * len(methods) * len(budgets) + 1.4),
+        sharey=True,
+        squeeze=False,
+    )
     shades = sns.color_palette("Blues", len(budgets) + 1)[1:]
     h = 0.8 / len(budgets)
     y0 = np.arange(len(methods))
@@ -267,8 +344,11 @@ def correlation_figure(per_image: pd.DataFrame, summary: pd.DataFrame, labels: d
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    labels = labels or {"erank_kept_projected": "erank of kept tokens", "erank_kept_vision": "erank of kept tokens (tower)",
-                        "attention_mass_kept": "[CLS] attention kept"}
+    labels = labels or {
+        "erank_kept_projected": "erank of kept tokens",
+        "erank_kept_vision": "erank of kept tokens (tower)",
+        "attention_mass_kept": "[CLS] attention kept",
+    }
     xs = list(dict.fromkeys(per_image["x"]))
     fig, axes = plt.subplots(1, len(xs), figsize=(3.6 * len(xs), 3.2), sharey=True, squeeze=False)
     for ax, x in zip(axes[0], xs):
@@ -281,11 +361,25 @@ def correlation_figure(per_image: pd.DataFrame, summary: pd.DataFrame, labels: d
         for k, b in enumerate(sorted(per_image["budget"].unique())):
             if b in s.index and np.isfinite(s.loc[b, "mean"]):
                 r = s.loc[b]
-                ax.errorbar(k, r["mean"], yerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]], fmt="D",
-                            color="black", capsize=4, ms=6, zorder=4)
+                ax.errorbar(
+                    k,
+                    r["mean"],
+                    yerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]],
+                    fmt="D",
+                    color="black",
+                    capsize=4,
+                    ms=6,
+                    zorder=4,
+                )
         ax.axhline(0, color="grey", lw=1)
-        ax.set(title=f"{labels.get(x, x)}\nvs hallucinated mentions", xlabel="", ylabel="Spearman ρ across methods (per image)",
-               ylim=(-1.08, 1.08), xticks=range(len(order)), xticklabels=order)
+        ax.set(
+            title=f"{labels.get(x, x)}\nvs hallucinated mentions",
+            xlabel="",
+            ylabel="Spearman ρ across methods (per image)",
+            ylim=(-1.08, 1.08),
+            xticks=range(len(order)),
+            xticklabels=order,
+        )
     return fig
 
 
@@ -308,24 +402,38 @@ def _thumb(image, kept=None, n_tokens: int | None = None, size: int = 168) -> st
 
 def _row_html(r, parser, image=None, size: int = 144) -> str:
     cap = highlight_caption(str(r["caption"]), r["gt_objects"], parser=parser)
-    stats = (f"CHAIR_i {r['n_hallucinated']}/{r['n_mentions']} mentions · recall {r['n_gt_covered']}/{r['n_gt']} · "
-             f"{int(r['n_words'])} words")
+    stats = (
+        f"CHAIR_i {r['n_hallucinated']}/{r['n_mentions']} mentions · recall {r['n_gt_covered']}/{r['n_gt']} · "
+        f"{int(r['n_words'])} words"
+    )
     if pd.notna(r.get("erank_kept_projected")):
         stats += f" · erank kept {r['erank_kept_projected']:.1f}"
     pic = _thumb(image, r["kept_indices"], r["n_tokens"], size) if image is not None and r["method"] != VANILLA else ""
-    return (f"<tr><td style='vertical-align:top;white-space:nowrap'><b>{html.escape(str(r['method']))}</b><br/>"
-            f"T = {int(r['budget'])}</td><td style='vertical-align:top'>{pic}</td>"
-            f"<td style='vertical-align:top;text-align:left'>{cap}<br/><small>{stats}</small></td></tr>")
+    return (
+        f"<tr><td style='vertical-align:top;white-space:nowrap'><b>{html.escape(str(r['method']))}</b><br/>"
+        f"T = {int(r['budget'])}</td><td style='vertical-align:top'>{pic}</td>"
+        f"<td style='vertical-align:top;text-align:left'>{cap}<br/><small>{stats}</small></td></tr>"
+    )
 
 
-def examples_html(df: pd.DataFrame, image_ids: Sequence[str], *, budget: int, methods: Sequence[str] | None = None,
-                  images: dict | None = None, parser=None, size: int = 144) -> str:
+def examples_html(
+    df: pd.DataFrame,
+    image_ids: Sequence[str],
+    *,
+    budget: int,
+    methods: Sequence[str] | None = None,
+    images: dict | None = None,
+    parser=None,
+    size: int = 144,
+) -> str:
     """HTML: for each image, its ground-truth objects and every method's caption at ``budget`` (plus the unpruned
     caption), hallucinated mentions in red, correct ones in green, with the kept-token overlay when ``images``
     (``image_id -> PIL``) is given."""
     methods = list(methods) if methods is not None else list(dict.fromkeys(df["method"]))
-    parts = ["<p><span style='background-color:#f4a6a6;font-weight:bold'>hallucinated object</span> · "
-             "<span style='background-color:#c7e9c0'>object in the image</span></p>"]
+    parts = [
+        "<p><span style='background-color:#f4a6a6;font-weight:bold'>hallucinated object</span> · "
+        "<span style='background-color:#c7e9c0'>object in the image</span></p>"
+    ]
     for iid in image_ids:
         d = df[df["image_id"] == iid]
         if d.empty:
@@ -333,8 +441,10 @@ def examples_html(df: pd.DataFrame, image_ids: Sequence[str], *, budget: int, me
         gt = ", ".join(d["gt_objects"].iloc[0])
         img = images.get(iid) if images else None
         head = _thumb(img, size=size) if img is not None else ""
-        parts.append(f"<h4>{html.escape(str(iid))} ({html.escape(str(d['complexity'].iloc[0] or ''))})</h4>"
-                     f"<p>{head}<br/>objects in the image: <i>{html.escape(gt)}</i></p><table>")
+        parts.append(
+            f"<h4>{html.escape(str(iid))} ({html.escape(str(d['complexity'].iloc[0] or ''))})</h4>"
+            f"<p>{head}<br/>objects in the image: <i>{html.escape(gt)}</i></p><table>"
+        )
         for m in methods:
             sel = d[(d["method"] == m) & ((d["budget"] == budget) | (d["method"] == VANILLA))]
             for _, r in sel.iterrows():
@@ -343,8 +453,17 @@ def examples_html(df: pd.DataFrame, image_ids: Sequence[str], *, budget: int, me
     return "".join(parts)
 
 
-def caption_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str], methods: Sequence[str] | None = None,
-                     budgets: Sequence[int] | None = None, parser=None, size: int = 168, max_views: int = 300):
+def caption_explorer(
+    df: pd.DataFrame,
+    images: dict,
+    *,
+    image_ids: Sequence[str],
+    methods: Sequence[str] | None = None,
+    budgets: Sequence[int] | None = None,
+    parser=None,
+    size: int = 168,
+    max_views: int = 300,
+):
     """Image x method x budget explorer: kept-token overlay and the highlighted caption with its CHAIR counts.
     Dropdowns switch precomputed views in the browser (``jslink`` to nested ``Stack`` widgets), so it also works
     on the static book page. ``ValueError`` beyond ``max_views`` combinations."""
@@ -352,10 +471,14 @@ def caption_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str]
 
     image_ids = list(image_ids)
     methods = list(methods) if methods is not None else [m for m in dict.fromkeys(df["method"]) if m != VANILLA]
-    budgets = [int(b) for b in (budgets if budgets is not None else sorted(df.loc[df["method"] != VANILLA, "budget"].unique()))]
+    budgets = [
+        int(b) for b in (budgets if budgets is not None else sorted(df.loc[df["method"] != VANILLA, "budget"].unique()))
+    ]
     n = len(image_ids) * len(methods) * len(budgets)
     if n > max_views:
-        raise ValueError(f"the explorer would embed {n} views (> max_views={max_views}); pass fewer images/methods/budgets")
+        raise ValueError(
+            f"the explorer would embed {n} views (> max_views={max_views}); pass fewer images/methods/budgets"
+        )
     d_img = w.Dropdown(options=image_ids, value=image_ids[0], description="image")
     d_met = w.Dropdown(options=methods, value=methods[0], description="method")
     d_bud = w.Dropdown(options=[str(b) for b in budgets], value=str(budgets[0]), description="budget T")
@@ -370,7 +493,16 @@ def caption_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str]
 
 
 __all__ = [
-    "PAPER_CHAIR_LABELS", "METRICS", "paper_chair", "chair_layout", "per_image_correlations",
-    "correlation_summary", "finding2_claims", "tradeoff_figure", "chair_bars", "correlation_figure", "examples_html",
+    "PAPER_CHAIR_LABELS",
+    "METRICS",
+    "paper_chair",
+    "chair_layout",
+    "per_image_correlations",
+    "correlation_summary",
+    "finding2_claims",
+    "tradeoff_figure",
+    "chair_bars",
+    "correlation_figure",
+    "examples_html",
     "caption_explorer",
 ]

@@ -22,6 +22,7 @@ Metrics (:data:`METRICS`): ``Accuracy`` (POPE; ``correct``, an unparsed answer c
 ``CHAIR_i``, ``Recall``, ``Len`` (describe tables), or the name of any numeric column, which is averaged over the
 rows (e.g. ``erank_kept_vision``). Reported x100 for the rates, as the paper reports them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,7 +56,8 @@ def metric_parts(metric: str, df: pd.DataFrame | None = None) -> tuple[str, str 
             if col is not None and col not in df:
                 raise UnknownNameError(
                     f"metric {metric!r} needs column {col!r}, which the table lacks; pass a POPE table for Accuracy, "
-                    f"a describe table for {', '.join(k for k in METRICS if k != 'Accuracy')}, or a numeric column")
+                    f"a describe table for {', '.join(k for k in METRICS if k != 'Accuracy')}, or a numeric column"
+                )
     return parts
 
 
@@ -76,8 +78,10 @@ def image_sums(df: pd.DataFrame, metric: str, by: Sequence[str] = ("budget",)) -
     d = df
     if metric in METRICS and metric != "Accuracy" and "chair_flag" in d:
         d = d[~d["chair_flag"].isin(_EXCLUDED_FLAGS)]
-    d = d.assign(_num=pd.to_numeric(d[num], errors="coerce").astype(float),
-                 _den=1.0 if den is None else pd.to_numeric(d[den], errors="coerce").astype(float))
+    d = d.assign(
+        _num=pd.to_numeric(d[num], errors="coerce").astype(float),
+        _den=1.0 if den is None else pd.to_numeric(d[den], errors="coerce").astype(float),
+    )
     d = d.dropna(subset=["_num", "_den"])
     keys = list(by) + ["method", "image_id"]
     out = d.groupby(keys, sort=False, dropna=False)[["_num", "_den"]].sum().reset_index()
@@ -97,8 +101,17 @@ def _common_ids(sums: pd.DataFrame, labels: list[str]) -> list[str]:
     return sorted(ids or [])
 
 
-def compare(df: pd.DataFrame, a, b, metric: str, *, by: Sequence[str] = ("budget",), n_boot: int = 2000,
-            ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def compare(
+    df: pd.DataFrame,
+    a,
+    b,
+    metric: str,
+    *,
+    by: Sequence[str] = ("budget",),
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """``metric(a) − metric(b)`` on the images both sides have, per group of ``by``, with a seeded paired bootstrap
     over images (see module docstring). ``a`` / ``b``: a method label or a list of labels (pooled).
 
@@ -121,14 +134,35 @@ def compare(df: pd.DataFrame, a, b, metric: str, *, by: Sequence[str] = ("budget
         if not ids:
             continue
         r = paired_ratio_diff(*_side(g, la, ids), *_side(g, lb, ids), n_boot=n_boot, ci=ci, seed=seed)
-        rows.append({**dict(zip(by, key)), "a": _name(a), "b": _name(b), "value_a": r.value_a * scale,
-                     "value_b": r.value_b * scale, "diff": r.diff * scale, "ci_low": r.ci_low * scale,
-                     "ci_high": r.ci_high * scale, "n": len(ids)})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "a": _name(a),
+                "b": _name(b),
+                "value_a": r.value_a * scale,
+                "value_b": r.value_b * scale,
+                "diff": r.diff * scale,
+                "ci_low": r.ci_low * scale,
+                "ci_high": r.ci_high * scale,
+                "n": len(ids),
+            }
+        )
     return pd.DataFrame(rows, columns=cols)
 
 
-def interaction(df: pd.DataFrame, a, b, metric: str, *, group: str = "split", levels: Sequence[str] = ("simple", "complex"),
-                by: Sequence[str] = ("budget",), n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def interaction(
+    df: pd.DataFrame,
+    a,
+    b,
+    metric: str,
+    *,
+    group: str = "split",
+    levels: Sequence[str] = ("simple", "complex"),
+    by: Sequence[str] = ("budget",),
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Difference of differences between the two image groups ``levels`` of column ``group``:
     ``D_first − D_second`` with ``D = metric(a) − metric(b)`` on the group's images (both sides present),
     per group of ``by``; stratified paired bootstrap (images resampled within each level, seeded).
@@ -157,15 +191,32 @@ def interaction(df: pd.DataFrame, a, b, metric: str, *, group: str = "split", le
         if not parts[l0][0] or not parts[l1][0]:
             continue
         r = interaction_ratio_diff(parts[l0][1:], parts[l1][1:], n_boot=n_boot, ci=ci, seed=seed)
-        rows.append({**dict(zip(by, key)), "a": _name(a), "b": _name(b), f"diff_{l0}": r.diff_first * scale,
-                     f"diff_{l1}": r.diff_second * scale, "interaction": r.interaction * scale,
-                     "ci_low": r.ci_low * scale, "ci_high": r.ci_high * scale, f"n_{l0}": len(parts[l0][0]),
-                     f"n_{l1}": len(parts[l1][0])})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "a": _name(a),
+                "b": _name(b),
+                f"diff_{l0}": r.diff_first * scale,
+                f"diff_{l1}": r.diff_second * scale,
+                "interaction": r.interaction * scale,
+                "ci_low": r.ci_low * scale,
+                "ci_high": r.ci_high * scale,
+                f"n_{l0}": len(parts[l0][0]),
+                f"n_{l1}": len(parts[l1][0]),
+            }
+        )
     return pd.DataFrame(rows, columns=cols)
 
 
-def metric_table(df: pd.DataFrame, metric: str, *, by: Sequence[str] = ("method", "budget"), n_boot: int = 2000,
-                 ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def metric_table(
+    df: pd.DataFrame,
+    metric: str,
+    *,
+    by: Sequence[str] = ("method", "budget"),
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """``metric`` per group of ``by`` (ratio of sums over the group's rows) with a seeded percentile bootstrap CI
     over images: columns ``by + [value, ci_low, ci_high, n]`` (x100 for rates)."""
     check_ci(ci)
@@ -181,8 +232,15 @@ def metric_table(df: pd.DataFrame, metric: str, *, by: Sequence[str] = ("method"
         g = g.sort_values("image_id")
         value, lo, hi = ratio_ci(g["num"].to_numpy(float), g["den"].to_numpy(float), n_boot=n_boot, ci=ci, seed=seed)
         keyd = dict(zip(["method"] + inner, key))
-        rows.append({**{c: keyd[c] for c in by}, "value": value * scale, "ci_low": lo * scale,
-                     "ci_high": hi * scale, "n": len(g)})
+        rows.append(
+            {
+                **{c: keyd[c] for c in by},
+                "value": value * scale,
+                "ci_low": lo * scale,
+                "ci_high": hi * scale,
+                "n": len(g),
+            }
+        )
     return pd.DataFrame(rows, columns=by + ["value", "ci_low", "ci_high", "n"])
 
 

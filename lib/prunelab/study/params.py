@@ -17,6 +17,7 @@ notebook reads it as "every method"), budgets (positive integers no larger than 
 ``n_images``, ``max_new_tokens``, ``results_dir``, device (``cuda`` must exist). Returns the normalised values
 (device resolved, methods/budgets as lists).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -92,14 +93,20 @@ def check_methods(methods: Sequence[str] | str | None, *, required: bool = False
     ``required``; an empty list is always refused (it would run nothing, or crash at the first mean)."""
     if methods is None:
         if required:
-            raise UnknownNameError("methods is null; pass a list of method names, e.g. methods=['FasterVLM', 'DivPrune']")
+            raise UnknownNameError(
+                "methods is null; pass a list of method names, e.g. methods=['FasterVLM', 'DivPrune']"
+            )
         return None
     if isinstance(methods, str):
         methods = [methods]
     if not isinstance(methods, (list, tuple)):
-        raise UnknownNameError(f"methods must be a list of method names, got {methods!r}; pass e.g. ['FasterVLM', 'DivPrune']")
+        raise UnknownNameError(
+            f"methods must be a list of method names, got {methods!r}; pass e.g. ['FasterVLM', 'DivPrune']"
+        )
     if not methods:
-        raise UnknownNameError("methods is empty; pass at least one method name, e.g. methods=['FasterVLM', 'DivPrune']")
+        raise UnknownNameError(
+            "methods is empty; pass at least one method name, e.g. methods=['FasterVLM', 'DivPrune']"
+        )
     from prunelab.methods import get_pruner
 
     return [get_pruner(m).name for m in methods]
@@ -112,8 +119,9 @@ def _budget_int(b) -> int:
         return int(b)
     if isinstance(b, float) and b.is_integer():
         return int(b)
-    raise BudgetError(f"budget must be an integer number of tokens, got {b!r}; pass e.g. budgets=[64, 128] "
-                      "(absolute T, not a ratio)")
+    raise BudgetError(
+        f"budget must be an integer number of tokens, got {b!r}; pass e.g. budgets=[64, 128] (absolute T, not a ratio)"
+    )
 
 
 def check_budgets(budgets, n_tokens: int | None = 576) -> list[int]:
@@ -121,7 +129,9 @@ def check_budgets(budgets, n_tokens: int | None = 576) -> list[int]:
     learn the token count later). A single number is one budget; strings, bools and non-integral numbers are
     refused rather than read (``"64"`` would otherwise be taken character by character, ``1.5`` truncated)."""
     if isinstance(budgets, (str, bytes)):
-        raise BudgetError(f"budgets must be a list of integers, got the string {budgets!r}; pass e.g. budgets=[64, 128]")
+        raise BudgetError(
+            f"budgets must be a list of integers, got the string {budgets!r}; pass e.g. budgets=[64, 128]"
+        )
     if isinstance(budgets, numbers.Number):
         budgets = [budgets]
     if budgets is None or not isinstance(budgets, Iterable):
@@ -134,8 +144,10 @@ def check_budgets(budgets, n_tokens: int | None = 576) -> list[int]:
         t = _budget_int(b)
         if t < 1:
             where = f"1..{n_tokens}" if n_tokens is not None else "positive integers"
-            raise BudgetError(f"budget T={t} keeps no visual token; budgets are numbers of kept tokens ({where}), "
-                              "e.g. budgets=[64, 128]")
+            raise BudgetError(
+                f"budget T={t} keeps no visual token; budgets are numbers of kept tokens ({where}), "
+                "e.g. budgets=[64, 128]"
+            )
         out.append(t if n_tokens is None else check_budget(t, n_tokens))
     return out
 
@@ -154,7 +166,9 @@ def check_n_images(n, name: str = "n_images") -> int | None:
     if n is None:
         return None
     if not _is_int(n) or int(n) < 1:
-        raise UnknownNameError(f"{name} must be a positive integer or None (every image), got {n!r}; pass e.g. {name}=32")
+        raise UnknownNameError(
+            f"{name} must be a positive integer or None (every image), got {n!r}; pass e.g. {name}=32"
+        )
     return int(n)
 
 
@@ -163,8 +177,10 @@ def check_max_new_tokens(m) -> int | None:
     if m is None:
         return None
     if not _is_int(m) or int(m) < 1:
-        raise UnknownNameError(f"max_new_tokens must be a positive integer or None (the model's default), got {m!r}; "
-                               "pass e.g. max_new_tokens=512")
+        raise UnknownNameError(
+            f"max_new_tokens must be a positive integer or None (the model's default), got {m!r}; "
+            "pass e.g. max_new_tokens=512"
+        )
     return int(m)
 
 
@@ -181,7 +197,9 @@ def check_results_dir(d) -> Path | None:
     while not anc.exists():
         anc = anc.parent
     if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK):
-        raise AssetError(f"results_dir {p} cannot be written ({anc} is not a writable folder); pass a folder you can write")
+        raise AssetError(
+            f"results_dir {p} cannot be written ({anc} is not a writable folder); pass a folder you can write"
+        )
     return p
 
 
@@ -229,10 +247,21 @@ def split_list(name: str, value):
     return out
 
 
-def validate(*, model: str | None = None, image_sets: Sequence[str] | str | None = None, methods=None,
-             budgets=None, device: str = "auto", n_tokens: int = 576, seed=_NOT_GIVEN, n_images=_NOT_GIVEN,
-             max_new_tokens=_NOT_GIVEN, results_dir=_NOT_GIVEN, methods_required: bool = False,
-             toy_only: bool = False) -> Params:
+def validate(
+    *,
+    model: str | None = None,
+    image_sets: Sequence[str] | str | None = None,
+    methods=None,
+    budgets=None,
+    device: str = "auto",
+    n_tokens: int = 576,
+    seed=_NOT_GIVEN,
+    n_images=_NOT_GIVEN,
+    max_new_tokens=_NOT_GIVEN,
+    results_dir=_NOT_GIVEN,
+    methods_required: bool = False,
+    toy_only: bool = False,
+) -> Params:
     """Check every given notebook parameter; see the module docstring. Returns :class:`Params`.
 
     ``methods_required``: ``None`` is refused (the notebook has no "every method" default). ``toy_only``: the
@@ -262,5 +291,18 @@ def validate(*, model: str | None = None, image_sets: Sequence[str] | str | None
     return p
 
 
-__all__ = ["Params", "validate", "check_image_set", "check_methods", "check_budgets", "check_seed", "check_n_images",
-           "check_max_new_tokens", "check_results_dir", "check_values", "split_list", "VOCABULARY", "LIST_PARAMETERS"]
+__all__ = [
+    "Params",
+    "validate",
+    "check_image_set",
+    "check_methods",
+    "check_budgets",
+    "check_seed",
+    "check_n_images",
+    "check_max_new_tokens",
+    "check_results_dir",
+    "check_values",
+    "split_list",
+    "VOCABULARY",
+    "LIST_PARAMETERS",
+]

@@ -13,6 +13,7 @@ No registry ships MS-COCO images, so the study's real-photo set is assembled fro
 else ``complex``; a judgement call), ``coco_objects`` (``;``-separated COCO category names clearly visible — the
 project's labels, not an official annotation), ``note`` and the ``sha256`` of the file the labels were written for.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,7 +31,6 @@ OPENCV_DOC_PACKAGE = "opencv-doc"
 OPENCV_EXAMPLES = "usr/share/doc/opencv-doc/examples"
 COMPLEXITIES = ("simple", "complex")
 SOURCES = ("scikit-image", "matplotlib", "opencv-doc")
-
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,15 @@ def _read_manifest(path: str) -> dict[str, Photo]:
     try:
         fh = open(path, newline="", encoding="utf-8")
     except OSError:
-        raise AssetError(f"photo manifest {path} is missing; restore data/photos/manifest.csv from the repository") from None
+        raise AssetError(
+            f"photo manifest {path} is missing; restore data/photos/manifest.csv from the repository"
+        ) from None
     with fh:
         for row in csv.DictReader(fh):
             objs = tuple(o.strip() for o in row["coco_objects"].split(";") if o.strip())
-            out[row["name"]] = Photo(row["name"], row["source"], row["complexity"], objs, row["note"], row.get("sha256", ""))
+            out[row["name"]] = Photo(
+                row["name"], row["source"], row["complexity"], objs, row["note"], row.get("sha256", "")
+            )
     return out
 
 
@@ -84,7 +88,8 @@ def list_photos(complexity: str | None = None, source: str | None = None) -> lis
     if source is not None and source not in SOURCES:
         raise UnknownNameError(f"unknown photo source {source!r}; use one of {', '.join(SOURCES)}")
     return [
-        p.name for p in photo_manifest().values()
+        p.name
+        for p in photo_manifest().values()
         if (complexity is None or p.complexity == complexity) and (source is None or p.package == source)
     ]
 

@@ -11,6 +11,7 @@
 Methods are ordered and coloured by family (:data:`prunelab.methods.FAMILY_ORDER`, the one order next to the method
 registry) everywhere, so a method keeps its colour across figures.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -33,18 +34,20 @@ def set_theme(context: str = "notebook", dpi: int = 110) -> None:
     import seaborn as sns
 
     sns.set_theme(context=context, style="whitegrid", palette="colorblind", font_scale=0.95)
-    mpl.rcParams.update({
-        "figure.dpi": dpi,
-        "savefig.dpi": 150,
-        "savefig.bbox": "tight",
-        "axes.titlesize": "medium",
-        "axes.titleweight": "bold",
-        "axes.spines.top": False,
-        "axes.spines.right": False,
-        "legend.frameon": False,
-        "figure.constrained_layout.use": True,
-        "image.interpolation": "nearest",
-    })
+    mpl.rcParams.update(
+        {
+            "figure.dpi": dpi,
+            "savefig.dpi": 150,
+            "savefig.bbox": "tight",
+            "axes.titlesize": "medium",
+            "axes.titleweight": "bold",
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.frameon": False,
+            "figure.constrained_layout.use": True,
+            "image.interpolation": "nearest",
+        }
+    )
 
 
 def method_order(df: pd.DataFrame) -> list[str]:
@@ -72,7 +75,9 @@ def method_palette(methods: Sequence[str], families: dict[str, str] | None = Non
     out = {}
     for fam in dict.fromkeys(families[m] for m in methods):
         members = [m for m in methods if families[m] == fam]
-        shades = sns.light_palette(base.get(fam, (0.5, 0.5, 0.5)), n_colors=len(members) + 2, reverse=True)[: len(members)]
+        shades = sns.light_palette(base.get(fam, (0.5, 0.5, 0.5)), n_colors=len(members) + 2, reverse=True)[
+            : len(members)
+        ]
         out.update(zip(members, shades))
     return out
 
@@ -104,9 +109,16 @@ def kept_mask(kept: Iterable[int], grid: tuple[int, int] = (24, 24)) -> np.ndarr
     return m.reshape(rows, cols)
 
 
-def overlay_array(image, kept: Iterable[int], grid: tuple[int, int] = (24, 24), size: int = 336,
-                  dim: float = 0.3, grey: float = 0.85, grid_alpha: float = 0.25,
-                  edge: tuple[float, float, float] | None = (1.0, 0.85, 0.0)) -> np.ndarray:
+def overlay_array(
+    image,
+    kept: Iterable[int],
+    grid: tuple[int, int] = (24, 24),
+    size: int = 336,
+    dim: float = 0.3,
+    grey: float = 0.85,
+    grid_alpha: float = 0.25,
+    edge: tuple[float, float, float] | None = (1.0, 0.85, 0.0),
+) -> np.ndarray:
     """RGB float array of the overlay: pruned patches blended ``dim : 1-dim`` with ``grey``, grid lines, kept
     patches outlined in ``edge`` where they border a pruned patch (so kept regions read as shapes)."""
     rows, cols = grid
@@ -163,9 +175,17 @@ def overlay(image, kept, grid=(24, 24), ax=None, title: str | None = None, **kw)
     return ax
 
 
-def overlay_grid(df: pd.DataFrame, images: dict, budget: int, methods: Sequence[str] | None = None,
-                 image_ids: Sequence[str] | None = None, grid=(24, 24), panel: float = 1.9,
-                 annotate: bool = True, original: bool = True):
+def overlay_grid(
+    df: pd.DataFrame,
+    images: dict,
+    budget: int,
+    methods: Sequence[str] | None = None,
+    image_ids: Sequence[str] | None = None,
+    grid=(24, 24),
+    panel: float = 1.9,
+    annotate: bool = True,
+    original: bool = True,
+):
     """Rows = images, columns = (original +) methods at one ``budget``: the paper's key-findings layout.
 
     ``images`` maps ``image_id`` to a PIL image. Each panel is titled with the method and annotated with the
@@ -179,8 +199,7 @@ def overlay_grid(df: pd.DataFrame, images: dict, budget: int, methods: Sequence[
     methods = list(methods) if methods is not None else method_order(sub)
     image_ids = list(image_ids) if image_ids is not None else list(dict.fromkeys(sub["image_id"]))
     ncol = len(methods) + int(original)
-    fig, axes = plt.subplots(len(image_ids), ncol, figsize=(panel * ncol, panel * len(image_ids) + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(image_ids), ncol, figsize=(panel * ncol, panel * len(image_ids) + 0.3), squeeze=False)
     for r, iid in enumerate(image_ids):
         img = images[iid]
         if original:
@@ -201,8 +220,15 @@ def overlay_grid(df: pd.DataFrame, images: dict, budget: int, methods: Sequence[
             row = row.iloc[0]
             overlay(img, row["kept_indices"], grid, ax=ax, title=short_label(m) if r == 0 else None)
             if annotate and np.isfinite(row["erank_kept_vision"]):
-                ax.text(0.02, 0.02, f"erank {row['erank_kept_vision']:.1f}", transform=ax.transAxes,
-                        fontsize="x-small", color="white", bbox=dict(facecolor="black", alpha=0.55, pad=1.5, lw=0))
+                ax.text(
+                    0.02,
+                    0.02,
+                    f"erank {row['erank_kept_vision']:.1f}",
+                    transform=ax.transAxes,
+                    fontsize="x-small",
+                    color="white",
+                    bbox=dict(facecolor="black", alpha=0.55, pad=1.5, lw=0),
+                )
             if not original and c == 0:
                 ax.set_ylabel(str(iid), fontsize="small")
     fig.suptitle(f"Kept tokens at T = {budget} of {int(sub['n_tokens'].iloc[0])} (dimmed: pruned)", fontsize="medium")
@@ -231,8 +257,9 @@ def short_label(method: str) -> str:
     return f"{base} ({', '.join(v.strip() for v in vals)})"
 
 
-def erank_points(df: pd.DataFrame, space: str = "vision", kinds=("kept", "random"), width: float = 4.2,
-                 row: float = 0.26):
+def erank_points(
+    df: pd.DataFrame, space: str = "vision", kinds=("kept", "random"), width: float = 4.2, row: float = 0.26
+):
     """Mean erank (95% bootstrap CI over images) per method (rows), kept vs random subsets of the same size, one
     panel per budget; the dashed line is the mean erank of all tokens. Returns the figure."""
     import matplotlib.pyplot as plt
@@ -242,13 +269,27 @@ def erank_points(df: pd.DataFrame, space: str = "vision", kinds=("kept", "random
     long["method"] = long["method"].map(short_label)
     order = [short_label(m) for m in method_order(df)]
     budgets = sorted(df["budget"].unique())
-    fig, axes = plt.subplots(1, len(budgets), figsize=(width * len(budgets) + 1.5, row * len(order) + 1.2),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(budgets), figsize=(width * len(budgets) + 1.5, row * len(order) + 1.2), sharey=True, squeeze=False
+    )
     pal = dict(zip(("kept", "random"), sns.color_palette("colorblind", 2)))
     for ax, b in zip(axes[0], budgets):
         sub = long[(long["budget"] == b) & long["kind"].isin(kinds)]
-        sns.pointplot(data=sub, y="method", x="erank", hue="kind", order=order, hue_order=list(kinds), palette=pal,
-                      dodge=0.4, linestyles="none", errorbar=("ci", 95), seed=0, markersize=4, ax=ax)
+        sns.pointplot(
+            data=sub,
+            y="method",
+            x="erank",
+            hue="kind",
+            order=order,
+            hue_order=list(kinds),
+            palette=pal,
+            dodge=0.4,
+            linestyles="none",
+            errorbar=("ci", 95),
+            seed=0,
+            markersize=4,
+            ax=ax,
+        )
         full = long[(long["budget"] == b) & (long["kind"] == "full")]["erank"]
         if len(full):
             ax.axvline(full.mean(), ls="--", lw=1, color="0.4", label="all tokens (mean)")
@@ -256,8 +297,14 @@ def erank_points(df: pd.DataFrame, space: str = "vision", kinds=("kept", "random
         ax.set_ylabel("")
         ax.set_xlabel(f"erank ({space} features)")
         handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles, [KIND_LABELS.get(lbl, lbl) for lbl in labels], fontsize="small",
-                  loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / max(1, len(order))), ncol=3)
+        ax.legend(
+            handles,
+            [KIND_LABELS.get(lbl, lbl) for lbl in labels],
+            fontsize="small",
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12 - 0.6 / max(1, len(order))),
+            ncol=3,
+        )
     for ax in axes[0][:-1]:
         ax.get_legend().remove()
     return fig
@@ -273,8 +320,9 @@ def erank_ratio_bars(df: pd.DataFrame, space: str = "vision", width: float = 6.5
     d["method"] = d["method"].map(short_label)
     order = [short_label(m) for m in method_order(df)]
     fig, ax = plt.subplots(figsize=(width, row * len(order) * max(1, d["budget"].nunique()) / 1.5 + 1.0))
-    sns.barplot(data=d, y="method", x="ratio", hue="budget", order=order, palette="crest", errorbar=("ci", 95),
-                seed=0, ax=ax)
+    sns.barplot(
+        data=d, y="method", x="ratio", hue="budget", order=order, palette="crest", errorbar=("ci", 95), seed=0, ax=ax
+    )
     ax.axvline(1.0, color="0.3", lw=1, ls="--")
     ax.set_ylabel("")
     ax.set_xlabel("erank kept / erank of a random subset of the same size")
@@ -288,8 +336,15 @@ def erank_ratio_bars(df: pd.DataFrame, space: str = "vision", width: float = 6.5
 
 def per_image(df: pd.DataFrame) -> pd.DataFrame:
     """One row per image with its image-level columns (entropy, full erank, complexity)."""
-    cols = ["image_id", "complexity", "n_tokens", "erank_full_vision", "erank_full_projected", "attention_entropy",
-            "attention_entropy_norm"]
+    cols = [
+        "image_id",
+        "complexity",
+        "n_tokens",
+        "erank_full_vision",
+        "erank_full_projected",
+        "attention_entropy",
+        "attention_entropy_norm",
+    ]
     return df[[c for c in cols if c in df]].drop_duplicates("image_id").reset_index(drop=True)
 
 
@@ -322,8 +377,9 @@ def entropy_strip(df: pd.DataFrame, normalized: bool = True, height: float = 3.0
     return fig
 
 
-def entropy_vs_erank(df: pd.DataFrame, normalized: bool = True, space: str = "vision", height: float = 3.2,
-                     label_points: bool = True):
+def entropy_vs_erank(
+    df: pd.DataFrame, normalized: bool = True, space: str = "vision", height: float = 3.2, label_points: bool = True
+):
     """Scatter of per-image attention entropy against the erank of all tokens, coloured by complexity."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -332,18 +388,40 @@ def entropy_vs_erank(df: pd.DataFrame, normalized: bool = True, space: str = "vi
     img = per_image(df)
     img["complexity"] = img["complexity"].fillna("unknown")
     fig, ax = plt.subplots(figsize=(height * 1.35, height))
-    sns.scatterplot(data=img, x=col, y=f"erank_full_{space}", hue="complexity", palette=_complexity_palette(), ax=ax, s=40)
+    sns.scatterplot(
+        data=img, x=col, y=f"erank_full_{space}", hue="complexity", palette=_complexity_palette(), ax=ax, s=40
+    )
     if label_points:
         for _, r in img.iterrows():
-            ax.annotate(str(r["image_id"]), (r[col], r[f"erank_full_{space}"]), fontsize=6, alpha=0.7,
-                        xytext=(2, 2), textcoords="offset points")
+            ax.annotate(
+                str(r["image_id"]),
+                (r[col], r[f"erank_full_{space}"]),
+                fontsize=6,
+                alpha=0.7,
+                xytext=(2, 2),
+                textcoords="offset points",
+            )
     ax.set_xlabel("attention entropy / log N" if normalized else "attention entropy (nats)")
     ax.set_ylabel(f"erank of all tokens ({space})")
     return fig
 
 
 __all__ = [
-    "set_theme", "short_label", "method_order", "family_palette", "method_palette", "tower_view", "kept_mask", "overlay_array", "overlay_png",
-    "overlay", "overlay_grid", "erank_long", "erank_points", "erank_ratio_bars", "per_image", "entropy_strip",
+    "set_theme",
+    "short_label",
+    "method_order",
+    "family_palette",
+    "method_palette",
+    "tower_view",
+    "kept_mask",
+    "overlay_array",
+    "overlay_png",
+    "overlay",
+    "overlay_grid",
+    "erank_long",
+    "erank_points",
+    "erank_ratio_bars",
+    "per_image",
+    "entropy_strip",
     "entropy_vs_erank",
 ]

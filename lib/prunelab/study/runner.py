@@ -32,6 +32,7 @@ An interrupted run resumes at the first image without results.
 Generation fields (caption, CHAIR, POPE) are added later by the model adapter: a ``run_generation`` with the same
 keys (``image_set, image_id, method, budget``) can be merged onto this table.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,16 +61,39 @@ from prunelab.study.tablecache import RunCache, key as _key
 CACHE_FORMAT = 2  # bump when the meaning of a column or the entry layout changes (2: checked entries, no all-file)
 
 VISION_COLUMNS = [
-    "image_set", "image_id", "complexity", "method", "family", "budget", "seed", "n_tokens", "n_kept",
-    "erank_kept_vision", "erank_kept_projected", "erank_full_vision", "erank_full_projected",
-    "erank_random_vision", "erank_random_projected", "attention_entropy", "attention_entropy_norm",
-    "attention_mass_kept", "select_time_s", "kept_indices", "method_stats",
+    "image_set",
+    "image_id",
+    "complexity",
+    "method",
+    "family",
+    "budget",
+    "seed",
+    "n_tokens",
+    "n_kept",
+    "erank_kept_vision",
+    "erank_kept_projected",
+    "erank_full_vision",
+    "erank_full_projected",
+    "erank_random_vision",
+    "erank_random_projected",
+    "attention_entropy",
+    "attention_entropy_norm",
+    "attention_mass_kept",
+    "select_time_s",
+    "kept_indices",
+    "method_stats",
 ]
 IMAGE_COLUMNS = ["erank_full_vision", "erank_full_projected", "attention_entropy", "attention_entropy_norm", "n_tokens"]
 
 # Code whose change must invalidate cached rows.
-_CODE_FILES = ("study/runner.py", "eval/metrics.py", "models/vision.py", "models/encoders.py", "methods/*.py",
-               "models/dinov2.py")
+_CODE_FILES = (
+    "study/runner.py",
+    "eval/metrics.py",
+    "models/vision.py",
+    "models/encoders.py",
+    "methods/*.py",
+    "models/dinov2.py",
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -113,7 +137,9 @@ def resolve_methods(methods) -> list[MethodSpec]:
         elif isinstance(m, (tuple, list)) and len(m) == 3:
             label, pruner = m[0], get_pruner(m[1], **dict(m[2] or {}))
         else:
-            raise UnknownNameError(f"cannot read method {m!r}; pass a name, (name, params), (label, name, params) or a Pruner")
+            raise UnknownNameError(
+                f"cannot read method {m!r}; pass a name, (name, params), (label, name, params) or a Pruner"
+            )
         if label is None:
             default = type(pruner)().params() if _constructible(pruner) else {}
             changed = {k: v for k, v in pruner.params().items() if default.get(k, object()) != v}
@@ -122,7 +148,9 @@ def resolve_methods(methods) -> list[MethodSpec]:
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
-        raise UnknownNameError(f"method label(s) {', '.join(dup)} given twice; drop the duplicate or pass distinct labels")
+        raise UnknownNameError(
+            f"method label(s) {', '.join(dup)} given twice; drop the duplicate or pass distinct labels"
+        )
     return specs
 
 
@@ -181,8 +209,13 @@ def erank_stats_from(values: Iterable[float]) -> dict[str, float]:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64)
     if t.numel() == 0 or not torch.isfinite(t).all():
         raise PrunelabError("cannot calibrate erank statistics: no images or a non-finite erank; check the image set")
-    return {"mean": float(t.mean()), "min": float(t.min()), "max": float(t.max()),
-            "std": float(t.std(unbiased=False)), "n": int(t.numel())}
+    return {
+        "mean": float(t.mean()),
+        "min": float(t.min()),
+        "max": float(t.max()),
+        "std": float(t.std(unbiased=False)),
+        "n": int(t.numel()),
+    }
 
 
 def _stable_int(*parts) -> int:
@@ -241,8 +274,9 @@ def scalar_json(stats: dict, skip=("method", "budget", "n_kept")) -> str:
     return json.dumps(keep, sort_keys=True, default=str)
 
 
-def prune_image(ctx: VisualContext, specs: list[MethodSpec], budgets: Sequence[int], *, seed: int = 0,
-                n_random: int = 8) -> list[dict[str, Any]]:
+def prune_image(
+    ctx: VisualContext, specs: list[MethodSpec], budgets: Sequence[int], *, seed: int = 0, n_random: int = 8
+) -> list[dict[str, Any]]:
     """Rows for one image: every method at every budget (image-level columns not included)."""
     rows = []
     random_cache: dict[int, dict[str, float]] = {}
@@ -292,14 +326,16 @@ def _items_of(image_set, n, seed):
         return image_set, load_image_set(image_set, n=n, seed=seed)
     items = list(image_set)
     if not items or not all(isinstance(it, ImageItem) for it in items):
-        raise UnknownNameError("image_set must be a set name such as 'photos' or a non-empty list of prunelab.study.data.ImageItem")
+        raise UnknownNameError(
+            "image_set must be a set name such as 'photos' or a non-empty list of prunelab.study.data.ImageItem"
+        )
     sources = sorted({it.source for it in items})
     return "+".join(sources), items
 
 
 def _batches(seq, size):
     for i in range(0, len(seq), size):
-        yield seq[i:i + size]
+        yield seq[i : i + size]
 
 
 def run_vision(
@@ -384,7 +420,11 @@ def run_vision(
 
     per_image = cache.per_item(items, ipath, compute, required=IMAGE_COLUMNS, batch_size=batch_size, disable=disable)
 
-    stats = dict(erank_stats) if erank_stats is not None else erank_stats_from(per_image[it.id]["erank_full_vision"] for it in items)
+    stats = (
+        dict(erank_stats)
+        if erank_stats is not None
+        else erank_stats_from(per_image[it.id]["erank_full_vision"] for it in items)
+    )
 
     # Pass 2: pruning rows (cached per image).
     run_key = _key([CACHE_FORMAT, enc_fp, code, [s.key() for s in specs], budgets, seed, n_random, stats])
@@ -409,8 +449,13 @@ def run_vision(
                     rows = prune_image(ctx, specs, budgets, seed=seed, n_random=n_random)
                 img = per_image[it.id]
                 for r in rows:
-                    r.update(image_set=set_name, image_id=it.id, complexity=it.complexity, seed=seed,
-                             **{k: img[k] for k in IMAGE_COLUMNS})
+                    r.update(
+                        image_set=set_name,
+                        image_id=it.id,
+                        complexity=it.complexity,
+                        seed=seed,
+                        **{k: img[k] for k in IMAGE_COLUMNS},
+                    )
                 frame = pd.DataFrame(rows)[VISION_COLUMNS]
                 cache.write(frame, run_dir / f"{_key([it.source, it.id])}.json")
                 frames[it.id] = frame
@@ -439,11 +484,19 @@ def glance_table(df: pd.DataFrame, space: str = "vision") -> pd.DataFrame:
         erank_over_random=df[f"erank_kept_{space}"] / df[f"erank_random_{space}"],
         select_ms=1000 * df["select_time_s"],
     )
-    cols = {"n_kept": "kept", f"erank_kept_{space}": "erank kept", "erank_over_full": "kept / all",
-            "erank_over_random": "kept / random", "attention_mass_kept": "attention kept", "select_ms": "select ms"}
+    cols = {
+        "n_kept": "kept",
+        f"erank_kept_{space}": "erank kept",
+        "erank_over_full": "kept / all",
+        "erank_over_random": "kept / random",
+        "attention_mass_kept": "attention kept",
+        "select_ms": "select ms",
+    }
     out = d.groupby(["method", "budget"], sort=False)[list(cols)].mean().rename(columns=cols).reset_index()
     rank = {m: i for i, m in enumerate(method_order(df))}
-    return out.sort_values(["budget", "method"], key=lambda c: c.map(rank) if c.name == "method" else c).reset_index(drop=True)
+    return out.sort_values(["budget", "method"], key=lambda c: c.map(rank) if c.name == "method" else c).reset_index(
+        drop=True
+    )
 
 
 def pick_images(df: pd.DataFrame, n: int, seed: int = 0) -> list[str]:

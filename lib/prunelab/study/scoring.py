@@ -3,6 +3,7 @@ evaluator aggregates), POPE answers and metrics, paired CHAIR differences, and t
 chapters show. Scores are recomputed from the cached text on every call (fast, deterministic), so a change here
 never needs a new generation.
 """
+
 from __future__ import annotations
 
 import html
@@ -20,9 +21,25 @@ from prunelab.study.plots import method_order
 
 #: Columns :func:`score_chair` adds (``caption`` is the generated text).
 CHAIR_COLUMNS = [
-    "caption", "n_words", "length", "n_mentions", "n_hallucinated", "chair_s", "chair_i", "n_gt", "n_gt_covered",
-    "recall", "mentioned", "hallucinated_words", "gt_objects", "recalled", "chair_tokens", "mentions", "hallucinated",
-    "chair_flag", "chair_text_path",
+    "caption",
+    "n_words",
+    "length",
+    "n_mentions",
+    "n_hallucinated",
+    "chair_s",
+    "chair_i",
+    "n_gt",
+    "n_gt_covered",
+    "recall",
+    "mentioned",
+    "hallucinated_words",
+    "gt_objects",
+    "recalled",
+    "chair_tokens",
+    "mentions",
+    "hallucinated",
+    "chair_flag",
+    "chair_text_path",
 ]
 #: Columns :func:`score_pope` adds.
 POPE_COLUMNS = ["answer", "pred", "correct"]
@@ -38,8 +55,9 @@ def score_chair(df: pd.DataFrame, ground_truth, parser=None) -> tuple[pd.DataFra
     it — no mentions, zero length, its ground truth counted in Recall — and flagged ``empty_caption``).
     Returns ``(table, chair config)``."""
     parser = parser or CaptionParser()
-    res = evaluate_chair([(iid, str(t)) for iid, t in zip(df["image_id"], df["text"])], ground_truth,
-                         parser=parser, on_bad="flag")
+    res = evaluate_chair(
+        [(iid, str(t)) for iid, t in zip(df["image_id"], df["text"])], ground_truth, parser=parser, on_bad="flag"
+    )
     out = df.copy()
     sc = res.captions
     out["caption"] = out["text"]
@@ -68,30 +86,49 @@ def caption_scores(df: pd.DataFrame) -> list:
     """The :class:`prunelab.eval.chair.CaptionScore` of every row of a scored describe table, rebuilt exactly from its
     columns (also after :func:`prunelab.study.runner.save_table` and ``pd.read_csv``: list columns may be JSON text).
     Captions flagged ``not_a_string`` / ``no_ground_truth`` are ``included=False``, as in the evaluator."""
+
     def lst(v):
         return json.loads(v) if isinstance(v, str) else list(v)
 
     out = []
     for r in df.itertuples(index=False):
         flag = r.chair_flag if isinstance(r.chair_flag, str) and r.chair_flag else None
-        out.append(CaptionScore(
-            r.image_id, r.caption, tokens=lst(r.chair_tokens), mentions=[Mention(*m) for m in lst(r.mentions)],
-            hallucinated=[Mention(*m) for m in lst(r.hallucinated)], gt_objects=lst(r.gt_objects),
-            recalled=lst(r.recalled), flag=flag, included=flag not in ("not_a_string", "no_ground_truth"),
-        ))
+        out.append(
+            CaptionScore(
+                r.image_id,
+                r.caption,
+                tokens=lst(r.chair_tokens),
+                mentions=[Mention(*m) for m in lst(r.mentions)],
+                hallucinated=[Mention(*m) for m in lst(r.hallucinated)],
+                gt_objects=lst(r.gt_objects),
+                recalled=lst(r.recalled),
+                flag=flag,
+                included=flag not in ("not_a_string", "no_ground_truth"),
+            )
+        )
     return out
 
 
 def _chair_metric_parts(metric: str) -> tuple[str, str | None]:
-    parts = {"CHAIR_s": ("chair_s", None), "CHAIR_i": ("n_hallucinated", "n_mentions"),
-             "Recall": ("n_gt_covered", "n_gt"), "Len": ("length", None)}
+    parts = {
+        "CHAIR_s": ("chair_s", None),
+        "CHAIR_i": ("n_hallucinated", "n_mentions"),
+        "Recall": ("n_gt_covered", "n_gt"),
+        "Len": ("length", None),
+    }
     if metric not in parts:
         raise UnknownNameError(f"unknown CHAIR metric {metric!r}; use one of {', '.join(parts)}")
     return parts[metric]
 
 
-def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, ci: float | None = None,
-                n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def chair_table(
+    df: pd.DataFrame,
+    by: Sequence[str] = ("method", "budget"),
+    *,
+    ci: float | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """The paper's CHAIR layout per group of ``by`` (default method x budget; add ``"complexity"`` to split):
     ``CHAIR_s``, ``CHAIR_i``, ``Recall`` (x100) and ``Len`` (mean merged tokens), from
     :class:`prunelab.eval.chair.ChairResult` over the group's captions (ratios of sums, flagged captions excluded as the
@@ -116,8 +153,9 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
             inc = g[g["chair_flag"].map(lambda f: f not in ("not_a_string", "no_ground_truth"))]
             for m in ("CHAIR_s", "CHAIR_i", "Recall", "Len"):
                 num, den = _chair_metric_parts(m)
-                _, lo, hi = S.ratio_ci(inc[num].to_numpy(float), inc[den].to_numpy(float) if den else None,
-                                       n_boot=n_boot, ci=ci, seed=seed)
+                _, lo, hi = S.ratio_ci(
+                    inc[num].to_numpy(float), inc[den].to_numpy(float) if den else None, n_boot=n_boot, ci=ci, seed=seed
+                )
                 scale = 1.0 if m == "Len" else 100.0
                 row[f"{m}_low"], row[f"{m}_high"] = lo * scale, hi * scale
         row["text_path"] = combined_text_path(g.get("chair_text_path", ()))
@@ -125,14 +163,26 @@ def chair_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget"), *, c
     out = pd.DataFrame(rows)
     if "method" in by:
         rank = {m: i for i, m in enumerate(method_order(df))}
-        out = out.sort_values([c for c in ("budget", "method") if c in by] + [c for c in by if c not in ("budget", "method")],
-                              key=lambda c: c.map(rank) if c.name == "method" else c, kind="stable").reset_index(drop=True)
+        out = out.sort_values(
+            [c for c in ("budget", "method") if c in by] + [c for c in by if c not in ("budget", "method")],
+            key=lambda c: c.map(rank) if c.name == "method" else c,
+            kind="stable",
+        ).reset_index(drop=True)
     out.attrs["text_path"] = combined_text_path(out["text_path"] if len(out) else (), warn="CHAIR table")
     return out
 
 
-def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, *, by: Sequence[str] = ("budget",),
-                 n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def paired_chair(
+    df: pd.DataFrame,
+    a: str,
+    b: str,
+    metric: str,
+    *,
+    by: Sequence[str] = ("budget",),
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Difference ``metric(a) - metric(b)`` between two methods on the same images, per group of ``by``, with a
     seeded paired bootstrap over images (both methods' captions of an image resampled together;
     :func:`prunelab.eval.stats.paired_ratio_diff`). ``metric`` is computed as CHAIR defines it (ratio of sums; x100
@@ -150,10 +200,22 @@ def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, *, by: Sequence[
         if not ids:
             continue
         A, B = A.loc[ids], B.loc[ids]
-        r = S.paired_ratio_diff(A[num], A[den] if den else None, B[num], B[den] if den else None, n_boot=n_boot,
-                                ci=ci, seed=seed)
-        rows.append({**dict(zip(by, key)), "a": a, "b": b, "value_a": r.value_a * scale, "value_b": r.value_b * scale,
-                     "diff": r.diff * scale, "ci_low": r.ci_low * scale, "ci_high": r.ci_high * scale, "n": len(ids)})
+        r = S.paired_ratio_diff(
+            A[num], A[den] if den else None, B[num], B[den] if den else None, n_boot=n_boot, ci=ci, seed=seed
+        )
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "a": a,
+                "b": b,
+                "value_a": r.value_a * scale,
+                "value_b": r.value_b * scale,
+                "diff": r.diff * scale,
+                "ci_low": r.ci_low * scale,
+                "ci_high": r.ci_high * scale,
+                "n": len(ids),
+            }
+        )
     return pd.DataFrame(rows, columns=list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
 
 
@@ -168,8 +230,13 @@ def score_pope(df: pd.DataFrame, parser: str = "reference") -> pd.DataFrame:
     return out
 
 
-def pope_table(df: pd.DataFrame, by: Sequence[str] = ("method", "budget", "setting"), *, parser: str = "reference",
-               on_unparsed: str = "exclude") -> pd.DataFrame:
+def pope_table(
+    df: pd.DataFrame,
+    by: Sequence[str] = ("method", "budget", "setting"),
+    *,
+    parser: str = "reference",
+    on_unparsed: str = "exclude",
+) -> pd.DataFrame:
     """POPE metrics per group (default method x budget x setting) with :func:`prunelab.eval.pope.pope_metrics` on the
     group's labels and generated answers: ``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``Yes-ratio`` (x100),
     ``n``, ``n_unparsed``."""
@@ -237,13 +304,23 @@ def highlight_caption(caption: str, ground_truth_objects, parser=None) -> str:
     out, last = [], 0
     for s, e, cat, kind in caption_spans(caption, ground_truth_objects, parser):
         out.append(html.escape(caption[last:s]))
-        out.append(f'<span style="{HIGHLIGHT[kind]}" title="{html.escape(cat)} ({kind})">{html.escape(caption[s:e])}</span>')
+        out.append(
+            f'<span style="{HIGHLIGHT[kind]}" title="{html.escape(cat)} ({kind})">{html.escape(caption[s:e])}</span>'
+        )
         last = e
     out.append(html.escape(caption[last:]))
     return "".join(out)
 
 
 __all__ = [
-    "CHAIR_COLUMNS", "POPE_COLUMNS", "score_chair", "caption_scores", "chair_table", "paired_chair", "score_pope",
-    "pope_table", "caption_spans", "highlight_caption",
+    "CHAIR_COLUMNS",
+    "POPE_COLUMNS",
+    "score_chair",
+    "caption_scores",
+    "chair_table",
+    "paired_chair",
+    "score_pope",
+    "pope_table",
+    "caption_spans",
+    "highlight_caption",
 ]

@@ -31,6 +31,7 @@ The verdict (:func:`shortfall_claims`, rules written next to the numbers; outcom
 2. diversity-based pruners keep more erank than attention-based ones (per-image ratio of family means ``> 1``);
 3. diversity-based pruners keep substantially less erank than intended (``ratio_ceiling <`` :data:`SHORTFALL`).
 """
+
 from __future__ import annotations
 
 import math
@@ -107,8 +108,9 @@ def check_vision_methods(methods: Sequence[str] | str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def validate_parameters(*, model: str, image_sets, n_images, methods, budgets, seed, device,
-                        results_dir=None) -> StudyParameters:
+def validate_parameters(
+    *, model: str, image_sets, n_images, methods, budgets, seed, device, results_dir=None
+) -> StudyParameters:
     """Check every parameter of the notebook up front; one clear :class:`PrunelabError` for the first bad one.
 
     Shared checks come from :func:`prunelab.study.params.validate` (image sets, budgets <= 576 tokens, device, method
@@ -123,8 +125,12 @@ def validate_parameters(*, model: str, image_sets, n_images, methods, budgets, s
         raise UnknownNameError("image_sets is empty; pass e.g. ['toyworld:test', 'photos']")
     if isinstance(budgets, (int, float)):
         budgets = [budgets]
-    p = validate(image_sets=list(image_sets), budgets=list(budgets) if budgets is not None else None,
-                 device=device, methods=methods)
+    p = validate(
+        image_sets=list(image_sets),
+        budgets=list(budgets) if budgets is not None else None,
+        device=device,
+        methods=methods,
+    )
     if not p.budgets:
         raise UnknownNameError("budgets is empty; pass e.g. budgets=[64, 128]")
     if n_images is not None and (isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1):
@@ -136,19 +142,26 @@ def validate_parameters(*, model: str, image_sets, n_images, methods, budgets, s
     model_path = None if model in EMBEDDED_MODELS else check_model(model)
     if results_dir is not None and not isinstance(results_dir, (str, Path)):
         raise UnknownNameError(f"results_dir must be a folder path or None, got {results_dir!r}")
-    return StudyParameters(model=model, image_sets=list(p.image_sets), n_images=n_images,
-                           methods=check_vision_methods(methods), budgets=sorted(dict.fromkeys(p.budgets)),
-                           seed=int(seed), device=p.device,
-                           results_dir=Path(results_dir).expanduser() if results_dir is not None else None,
-                           model_path=model_path)
+    return StudyParameters(
+        model=model,
+        image_sets=list(p.image_sets),
+        n_images=n_images,
+        methods=check_vision_methods(methods),
+        budgets=sorted(dict.fromkeys(p.budgets)),
+        seed=int(seed),
+        device=p.device,
+        results_dir=Path(results_dir).expanduser() if results_dir is not None else None,
+        model_path=model_path,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Encoders
 
 
-def encoder_for(model: str, device: str = "auto", *, model_path: str | Path | None = None,
-                batch_size: int = 8) -> tuple[Any, dict[str, Any]]:
+def encoder_for(
+    model: str, device: str = "auto", *, model_path: str | Path | None = None, batch_size: int = 8
+) -> tuple[Any, dict[str, Any]]:
     """``(encoder, info)`` for :func:`prunelab.study.runner.run_vision`.
 
     An embedded model (``toyllava``) uses the runner's DINOv2-S/14 encoder with the model's trained projector when
@@ -164,8 +177,13 @@ def encoder_for(model: str, device: str = "auto", *, model_path: str | Path | No
         enc = AdapterEncoder.from_pretrained(model_path or model, device=device, batch_size=batch_size)
         tower, proj = f"the vision tower of {model} (layer -2 patch features)", f"{model}'s projector"
     projected = proj is not None
-    return enc, {"model": model, "tower": tower, "projector": proj, "projected": projected,
-                 "space": "projected" if projected else "vision"}
+    return enc, {
+        "model": model,
+        "tower": tower,
+        "projector": proj,
+        "projected": projected,
+        "space": "projected" if projected else "vision",
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -194,8 +212,9 @@ class StudyRun:
         return {i: self.items[i].image for i in ids}
 
 
-def reference_rows(df: pd.DataFrame, contexts: dict, greedy: dict[str, list[int]], space: str, *,
-                   seed: int = 0, n_random: int = 8) -> pd.DataFrame:
+def reference_rows(
+    df: pd.DataFrame, contexts: dict, greedy: dict[str, list[int]], space: str, *, seed: int = 0, n_random: int = 8
+) -> pd.DataFrame:
     """Rows shaped like a run_vision table for the two references at every budget of ``df``:
 
     * ``method="random subset"``: ``erank_kept_*`` = mean erank of the ``n_random`` seeded random subsets of size
@@ -204,8 +223,17 @@ def reference_rows(df: pd.DataFrame, contexts: dict, greedy: dict[str, list[int]
 
     ``space`` is the feature space of ``greedy``; both spaces' eranks are filled where the context has them.
     """
-    keys = ["image_set", "image_id", "complexity", "seed", "n_tokens", "erank_full_vision", "erank_full_projected",
-            "attention_entropy", "attention_entropy_norm"]
+    keys = [
+        "image_set",
+        "image_id",
+        "complexity",
+        "seed",
+        "n_tokens",
+        "erank_full_vision",
+        "erank_full_projected",
+        "attention_entropy",
+        "attention_entropy_norm",
+    ]
     images = df.drop_duplicates("image_id")[keys]
     rows = []
     for b in sorted(int(x) for x in df["budget"].unique()):
@@ -213,20 +241,40 @@ def reference_rows(df: pd.DataFrame, contexts: dict, greedy: dict[str, list[int]
             ctx = contexts[img["image_id"]]
             rnd = random_subset_erank(ctx, b, n_random, seed)
             base = {**img.to_dict(), "budget": b, "n_kept": b, "select_time_s": math.nan, "method_stats": "{}"}
-            rows.append({**base, "method": RANDOM, "family": "random", "kept_indices": [],
-                         "erank_kept_vision": rnd["erank_random_vision"],
-                         "erank_kept_projected": rnd["erank_random_projected"], **rnd,
-                         "attention_mass_kept": b / ctx.n_tokens})
+            rows.append(
+                {
+                    **base,
+                    "method": RANDOM,
+                    "family": "random",
+                    "kept_indices": [],
+                    "erank_kept_vision": rnd["erank_random_vision"],
+                    "erank_kept_projected": rnd["erank_random_projected"],
+                    **rnd,
+                    "attention_mass_kept": b / ctx.n_tokens,
+                }
+            )
             sel = greedy.get(img["image_id"])
             if sel is None or len(sel) < b:
-                raise PrunelabError(f"erank-greedy selection of {img['image_id']} has fewer than {b} picks; "
-                                    f"rerun greedy_selections with budget >= {b}")
+                raise PrunelabError(
+                    f"erank-greedy selection of {img['image_id']} has fewer than {b} picks; "
+                    f"rerun greedy_selections with budget >= {b}"
+                )
             idx = torch.as_tensor(sel[:b], dtype=torch.long)
             a = ctx.cls_attention.double()
-            rows.append({**base, "method": GREEDY, "family": "base", "kept_indices": [int(i) for i in sel[:b]],
-                         "erank_kept_vision": float(erank(ctx.features[idx])),
-                         "erank_kept_projected": float(erank(ctx.space("projected")[idx])) if ctx.has_space("projected") else math.nan,
-                         **rnd, "attention_mass_kept": float(a[idx].sum() / a.sum())})
+            rows.append(
+                {
+                    **base,
+                    "method": GREEDY,
+                    "family": "base",
+                    "kept_indices": [int(i) for i in sel[:b]],
+                    "erank_kept_vision": float(erank(ctx.features[idx])),
+                    "erank_kept_projected": float(erank(ctx.space("projected")[idx]))
+                    if ctx.has_space("projected")
+                    else math.nan,
+                    **rnd,
+                    "attention_mass_kept": float(a[idx].sum() / a.sum()),
+                }
+            )
     out = pd.DataFrame(rows)
     return out[[c for c in df.columns if c in out.columns]]
 
@@ -266,10 +314,21 @@ def diversity_with_ceiling(div: pd.DataFrame, fixed: Sequence[str]) -> pd.DataFr
     return out
 
 
-def run_study(image_sets: Sequence[str], methods: Sequence, budgets: Sequence[int], *, seed: int = 0,
-              n_images: int | None = None, encoder=None, space: str = "vision", n_random: int = 8,
-              screen: int | None = 48, cache_dir=None, progress: bool | None = False,
-              cpu_threads: int | None = 1) -> StudyRun:
+def run_study(
+    image_sets: Sequence[str],
+    methods: Sequence,
+    budgets: Sequence[int],
+    *,
+    seed: int = 0,
+    n_images: int | None = None,
+    encoder=None,
+    space: str = "vision",
+    n_random: int = 8,
+    screen: int | None = 48,
+    cache_dir=None,
+    progress: bool | None = False,
+    cpu_threads: int | None = 1,
+) -> StudyRun:
     """Run every method at every budget on every image set, add the references and the ratios.
 
     ``methods`` as for :func:`prunelab.study.runner.run_vision` (e.g. :func:`prunelab.study.runner.methods_for`); ``encoder``
@@ -284,19 +343,42 @@ def run_study(image_sets: Sequence[str], methods: Sequence, budgets: Sequence[in
     4.4 s with one thread and 102 s with two.
     """
     if cpu_threads is None:
-        return _run_study(image_sets, methods, budgets, seed=seed, n_images=n_images, encoder=encoder, space=space,
-                          n_random=n_random, screen=screen, cache_dir=cache_dir, progress=progress)
+        return _run_study(
+            image_sets,
+            methods,
+            budgets,
+            seed=seed,
+            n_images=n_images,
+            encoder=encoder,
+            space=space,
+            n_random=n_random,
+            screen=screen,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
     before = torch.get_num_threads()
     torch.set_num_threads(int(cpu_threads))
     try:
-        return _run_study(image_sets, methods, budgets, seed=seed, n_images=n_images, encoder=encoder, space=space,
-                          n_random=n_random, screen=screen, cache_dir=cache_dir, progress=progress)
+        return _run_study(
+            image_sets,
+            methods,
+            budgets,
+            seed=seed,
+            n_images=n_images,
+            encoder=encoder,
+            space=space,
+            n_random=n_random,
+            screen=screen,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
     finally:
         torch.set_num_threads(before)
 
 
-def _run_study(image_sets, methods, budgets, *, seed, n_images, encoder, space, n_random, screen, cache_dir,
-               progress) -> StudyRun:
+def _run_study(
+    image_sets, methods, budgets, *, seed, n_images, encoder, space, n_random, screen, cache_dir, progress
+) -> StudyRun:
     from prunelab.study.data import load_image_set
 
     if encoder is None:
@@ -307,15 +389,24 @@ def _run_study(image_sets, methods, budgets, *, seed, n_images, encoder, space, 
     attrs: dict[str, Any] = {"erank_stats": {}, "encoder": None}
     for spec in image_sets:
         sub = load_image_set(spec, n=n_images, seed=seed)
-        df = run_vision(sub, methods, budgets, seed, cache_dir=cache_dir, encoder=encoder, n_random=n_random,
-                        progress=progress)
+        df = run_vision(
+            sub, methods, budgets, seed, cache_dir=cache_dir, encoder=encoder, n_random=n_random, progress=progress
+        )
         fingerprint = df.attrs["encoder"]
         ctx = {}
         for start in range(0, len(sub), 8):
-            batch = sub[start:start + 8]
+            batch = sub[start : start + 8]
             ctx.update(zip([it.id for it in batch], encoder([it.image for it in batch], [it.id for it in batch])))
-        greedy = analysis.greedy_selections(ctx, max(budgets), space=space, screen=screen, image_set=spec,
-                                            fingerprint=fingerprint, cache_dir=greedy_dir, progress=progress)
+        greedy = analysis.greedy_selections(
+            ctx,
+            max(budgets),
+            space=space,
+            screen=screen,
+            image_set=spec,
+            fingerprint=fingerprint,
+            cache_dir=greedy_dir,
+            progress=progress,
+        )
         divs.append(analysis.diversity_table(df, ctx, space=space, greedy=greedy, n_random=n_random, seed=seed))
         refs.append(reference_rows(df, ctx, greedy, space, seed=seed, n_random=n_random))
         rows.append(df)
@@ -344,8 +435,7 @@ def method_order(ratios: pd.DataFrame) -> list[str]:
 def ratio_pivot(ratios: pd.DataFrame, column: str = "ratio_full", decimals: int = 2) -> pd.DataFrame:
     """Mean of ``column`` over images: one row per method (family order, references last), one column per
     (image set, budget)."""
-    piv = ratios.pivot_table(index="method", columns=["image_set", "budget"], values=column, aggfunc="mean",
-                             sort=False)
+    piv = ratios.pivot_table(index="method", columns=["image_set", "budget"], values=column, aggfunc="mean", sort=False)
     order = [m for m in method_order(ratios) if m in piv.index]
     sets = list(dict.fromkeys(ratios["image_set"]))
     cols = [(s, b) for s in sets for b in sorted(ratios["budget"].unique()) if (s, b) in piv.columns]
@@ -361,19 +451,37 @@ def family_means(ratios: pd.DataFrame, value: str) -> pd.DataFrame:
     return sub.groupby(["image_set", "budget", "image_id", "family"], sort=False)[value].mean().reset_index()
 
 
-def family_gap(ratios: pd.DataFrame, space: str, a: str = DIVERSITY, b: str = ATTENTION, *, n_boot: int = 2000,
-               seed: int = 0) -> pd.DataFrame:
+def family_gap(
+    ratios: pd.DataFrame, space: str, a: str = DIVERSITY, b: str = ATTENTION, *, n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
     """Per (image set, budget): mean over images of ``erank(family a) / erank(family b)``, each family's erank
     being the per-image mean over its fixed-budget methods; seeded bootstrap CI. Empty when a family is absent."""
     fam = family_means(ratios, f"erank_kept_{space}")
     if not {a, b} <= set(fam["family"]):
         return pd.DataFrame(columns=["image_set", "budget", "a", "b", "mean", "ci_low", "ci_high", "n"])
-    return paired(fam, f"erank_kept_{space}", a, b, by=("image_set", "budget"), how="ratio", key="image_id",
-                  column="family", n_boot=n_boot, seed=seed)
+    return paired(
+        fam,
+        f"erank_kept_{space}",
+        a,
+        b,
+        by=("image_set", "budget"),
+        how="ratio",
+        key="image_id",
+        column="family",
+        n_boot=n_boot,
+        seed=seed,
+    )
 
 
-def summary_by_method(ratios: pd.DataFrame, value: str, family: str | None = None, *, fixed_only: bool = True,
-                      n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def summary_by_method(
+    ratios: pd.DataFrame,
+    value: str,
+    family: str | None = None,
+    *,
+    fixed_only: bool = True,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Mean of ``value`` per (method, budget, image set) with a seeded bootstrap CI over images; restricted to
     one ``family`` and to fixed-budget methods when asked. References excluded."""
     sub = ratios[~ratios["method"].isin(REFERENCES)]
@@ -433,8 +541,11 @@ def full_erank_line(ratios: pd.DataFrame, space: str) -> str:
     return ", ".join(parts) if parts else "n/a"
 
 
-RATIO_LABELS = {"ratio_full": "kept / all tokens", "ratio_random": "kept / random subset",
-                "ratio_ceiling": "kept / erank-greedy"}
+RATIO_LABELS = {
+    "ratio_full": "kept / all tokens",
+    "ratio_random": "kept / random subset",
+    "ratio_ceiling": "kept / erank-greedy",
+}
 
 
 def family_table(ratios: pd.DataFrame, columns: Sequence[str] = tuple(RATIO_LABELS), decimals: int = 2) -> pd.DataFrame:
@@ -444,18 +555,27 @@ def family_table(ratios: pd.DataFrame, columns: Sequence[str] = tuple(RATIO_LABE
     for col in columns:
         fam = family_means(ratios, col)
         cell = fam.groupby(["family", "image_set", "budget"], sort=False)[col].mean()
-        ref = ratios[ratios["method"].isin(REFERENCES)].groupby(["method", "image_set", "budget"], sort=False)[col].mean()
+        ref = (
+            ratios[ratios["method"].isin(REFERENCES)].groupby(["method", "image_set", "budget"], sort=False)[col].mean()
+        )
         ref.index = ref.index.set_names("family", level=0)
         both = pd.concat([cell, ref]).rename(RATIO_LABELS.get(col, col))
         parts.append(both)
     wide = pd.concat(parts, axis=1).unstack(["image_set", "budget"])
     sets = list(dict.fromkeys(ratios["image_set"]))
     budgets = sorted(ratios["budget"].unique())
-    cols = [(q, s, b) for q in [RATIO_LABELS.get(c, c) for c in columns] for s in sets for b in budgets
-            if (q, s, b) in wide.columns]
+    cols = [
+        (q, s, b)
+        for q in [RATIO_LABELS.get(c, c) for c in columns]
+        for s in sets
+        for b in budgets
+        if (q, s, b) in wide.columns
+    ]
     rows = [f for f in FAMILY_ORDER if f in wide.index] + [r for r in REFERENCES if r in wide.index]
     out = wide.loc[rows, cols].round(decimals)
-    out.columns = pd.MultiIndex.from_tuples([(q, s, f"T={b}") for q, s, b in cols], names=["ratio", "image set", "budget"])
+    out.columns = pd.MultiIndex.from_tuples(
+        [(q, s, f"T={b}") for q, s, b in cols], names=["ratio", "image set", "budget"]
+    )
     out.index.name = "family"
     return out
 
@@ -464,8 +584,9 @@ def family_table(ratios: pd.DataFrame, columns: Sequence[str] = tuple(RATIO_LABE
 # Verdict
 
 
-def shortfall_claims(ratios: pd.DataFrame, space: str, *, threshold: float = SHORTFALL, n_boot: int = 2000,
-                     seed: int = 0) -> list:
+def shortfall_claims(
+    ratios: pd.DataFrame, space: str, *, threshold: float = SHORTFALL, n_boot: int = 2000, seed: int = 0
+) -> list:
     """The three claims of finding 1 with their computed checks (see the module docstring for the rules)."""
     tmpl = "{method}, T={budget}, {image_set}"
     att = summary_by_method(ratios, "ratio_random", ATTENTION, n_boot=n_boot, seed=seed)
@@ -474,30 +595,32 @@ def shortfall_claims(ratios: pd.DataFrame, space: str, *, threshold: float = SHO
     c1 = Claim(
         claim="Attention-based pruners keep a redundant, low-erank token set",
         paper="direction: attention-ranked tokens gather on the salient regions, so their erank falls short "
-              "(key-findings figure; no erank number published)",
+        "(key-findings figure; no erank number published)",
         rule="every fixed-budget attention method, budget and image set: mean over images of erank(kept) / "
-             "erank(random subset of the same size) < 1, with the 95% bootstrap CI's upper end below 1",
+        "erank(random subset of the same size) < 1, with the 95% bootstrap CI's upper end below 1",
         checks=checks_from_summary(att, ["method"], "<", 1.0, template=tmpl) if not att.empty else [],
         this_run=("kept / random: " + per_set_line(att)) if not att.empty else "no attention method in this run",
     )
     c2 = Claim(
         claim="Diversity-based pruners keep more erank than attention-based ones",
         paper="direction: diversity-based selections spread over the image and keep more feature diversity "
-              "(key-findings figure; no erank number published)",
+        "(key-findings figure; no erank number published)",
         rule="every budget and image set: mean over images of erank(diversity methods) / erank(attention methods) "
-             "(per-image family means, fixed-budget methods) > 1, with the CI's lower end above 1",
+        "(per-image family means, fixed-budget methods) > 1, with the CI's lower end above 1",
         checks=checks_from_summary(gap, ["image_set", "budget"], ">", 1.0, template="T={budget}, {image_set}")
-        if not gap.empty else [],
-        this_run=("diversity / attention: " + per_set_line(gap)) if not gap.empty
+        if not gap.empty
+        else [],
+        this_run=("diversity / attention: " + per_set_line(gap))
+        if not gap.empty
         else "needs at least one attention and one diversity method",
     )
     c3 = Claim(
         claim="Diversity-based pruners keep substantially less erank than intended",
         paper="direction: many diversity-oriented pruners keep far less feature diversity than they aim for "
-              "(abstract; no erank number published)",
+        "(abstract; no erank number published)",
         rule=f"'intended' = the erank-greedy set of the same size; every diversity method, budget and image set: "
-             f"mean over images of erank(kept) / erank(erank-greedy) < {threshold:g}, with the CI's upper end "
-             f"below {threshold:g}",
+        f"mean over images of erank(kept) / erank(erank-greedy) < {threshold:g}, with the CI's upper end "
+        f"below {threshold:g}",
         checks=checks_from_summary(div, ["method"], "<", threshold, template=tmpl) if not div.empty else [],
         this_run=("kept / erank-greedy: " + per_set_line(div)) if not div.empty else "no diversity method in this run",
     )
@@ -521,8 +644,13 @@ def erank_overview(ratios: pd.DataFrame, space: str, height: float = 2.7, aspect
     pal = method_palette(methods, fam)
     sets = list(dict.fromkeys(ratios["image_set"]))
     budgets = sorted(ratios["budget"].unique())
-    fig, axes = plt.subplots(len(sets), len(budgets), figsize=(height * aspect * len(budgets), height * len(sets) + 0.6),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(sets),
+        len(budgets),
+        figsize=(height * aspect * len(budgets), height * len(sets) + 0.6),
+        squeeze=False,
+        sharex=True,
+    )
     fixed = set(fixed_budget_methods(ratios))
     short = {m: short_label(m) for m in methods}
     for r, s in enumerate(sets):
@@ -530,14 +658,29 @@ def erank_overview(ratios: pd.DataFrame, space: str, height: float = 2.7, aspect
             ax = axes[r, c]
             sub = ratios[(ratios["image_set"] == s) & (ratios["budget"] == b)]
             meth = sub[sub["method"].isin(methods)]
-            sns.pointplot(data=meth, x="method", y=col, hue="method", order=methods, hue_order=methods, palette=pal,
-                          linestyles="none", errorbar=("ci", 95), seed=0, markersize=5, legend=False, ax=ax)
+            sns.pointplot(
+                data=meth,
+                x="method",
+                y=col,
+                hue="method",
+                order=methods,
+                hue_order=methods,
+                palette=pal,
+                linestyles="none",
+                errorbar=("ci", 95),
+                seed=0,
+                markersize=5,
+                legend=False,
+                ax=ax,
+            )
             for i, m in enumerate(methods):
                 if m not in fixed:
                     ax.plot(i, meth[meth["method"] == m][col].mean(), "o", mfc="white", mec="0.3", ms=6, zorder=5)
-            refs = {"all tokens": (f"erank_full_{space}", sub, "--"),
-                    GREEDY: (col, sub[sub["method"] == GREEDY], "-"),
-                    RANDOM: (col, sub[sub["method"] == RANDOM], ":")}
+            refs = {
+                "all tokens": (f"erank_full_{space}", sub, "--"),
+                GREEDY: (col, sub[sub["method"] == GREEDY], "-"),
+                RANDOM: (col, sub[sub["method"] == RANDOM], ":"),
+            }
             for label, (cc, frame, ls) in refs.items():
                 if len(frame):
                     ax.axhline(frame[cc].mean(), ls=ls, lw=1.2, color="0.25", label=label)
@@ -562,12 +705,21 @@ def intended_vs_achieved(div: pd.DataFrame, height: float = 3.0, annotate: bool 
     d = div.dropna(subset=["ratio_ceiling"])
     sets = list(dict.fromkeys(d["image_set"]))
     budgets = sorted(d["budget"].unique())
-    means = d.groupby(["image_set", "budget", "method", "family"], sort=False)[["min_cos_dist", "ratio_ceiling"]].mean().reset_index()
+    means = (
+        d.groupby(["image_set", "budget", "method", "family"], sort=False)[["min_cos_dist", "ratio_ceiling"]]
+        .mean()
+        .reset_index()
+    )
     fams = [f for f in FAMILY_ORDER if f in set(means["family"]) and f not in ("random", "base")]
     short = {m: short_label(m) for m in means["method"].unique()}
     pal = family_palette()
-    fig, axes = plt.subplots(len(sets), len(budgets), figsize=(height * 1.45 * len(budgets), height * len(sets) + 0.4),
-                             squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        len(sets),
+        len(budgets),
+        figsize=(height * 1.45 * len(budgets), height * len(sets) + 0.4),
+        squeeze=False,
+        sharey=True,
+    )
     for r, s in enumerate(sets):
         for c, b in enumerate(budgets):
             ax = axes[r, c]
@@ -578,11 +730,18 @@ def intended_vs_achieved(div: pd.DataFrame, height: float = 3.0, annotate: bool 
                 ax.scatter(pts["min_cos_dist"], pts["ratio_ceiling"], color=pal[f], s=28, label=f, zorder=3)
             for ref, marker in ((RANDOM, "X"), (GREEDY, "*")):
                 pts = sub[sub["method"] == ref]
-                ax.scatter(pts["min_cos_dist"], pts["ratio_ceiling"], color="black", marker=marker, s=70, label=ref, zorder=4)
+                ax.scatter(
+                    pts["min_cos_dist"], pts["ratio_ceiling"], color="black", marker=marker, s=70, label=ref, zorder=4
+                )
             if annotate:
                 for _, p in meth[meth["family"].isin([ATTENTION, DIVERSITY])].iterrows():
-                    ax.annotate(short[p["method"]], (p["min_cos_dist"], p["ratio_ceiling"]), fontsize=6,
-                                xytext=(3, -3), textcoords="offset points")
+                    ax.annotate(
+                        short[p["method"]],
+                        (p["min_cos_dist"], p["ratio_ceiling"]),
+                        fontsize=6,
+                        xytext=(3, -3),
+                        textcoords="offset points",
+                    )
             ax.axhline(SHORTFALL, ls=":", lw=1, color="0.4")
             ax.set_title(f"{s}, T = {b}")
             ax.set_xlabel("min pairwise cosine distance (max-min objective)")
@@ -631,10 +790,35 @@ def example_images(ratios: pd.DataFrame, per_set: int = 2, space: str = "vision"
 
 
 __all__ = [
-    "SHORTFALL", "ATTENTION", "DIVERSITY", "GREEDY", "RANDOM", "REFERENCES", "StudyParameters",
-    "check_vision_methods", "validate_parameters", "encoder_for",
-    "StudyRun", "reference_rows", "fixed_budget_methods", "ratio_table", "diversity_with_ceiling", "run_study",
-    "method_order", "ratio_pivot", "family_means", "family_gap", "summary_by_method", "per_set_line",
-    "family_line", "shortfall_claims", "erank_overview", "intended_vs_achieved", "showcase_methods",
-    "example_images", "full_erank_line", "family_table", "RATIO_LABELS",
+    "SHORTFALL",
+    "ATTENTION",
+    "DIVERSITY",
+    "GREEDY",
+    "RANDOM",
+    "REFERENCES",
+    "StudyParameters",
+    "check_vision_methods",
+    "validate_parameters",
+    "encoder_for",
+    "StudyRun",
+    "reference_rows",
+    "fixed_budget_methods",
+    "ratio_table",
+    "diversity_with_ceiling",
+    "run_study",
+    "method_order",
+    "ratio_pivot",
+    "family_means",
+    "family_gap",
+    "summary_by_method",
+    "per_set_line",
+    "family_line",
+    "shortfall_claims",
+    "erank_overview",
+    "intended_vs_achieved",
+    "showcase_methods",
+    "example_images",
+    "full_erank_line",
+    "family_table",
+    "RATIO_LABELS",
 ]

@@ -17,6 +17,7 @@ overwrites it. Table columns whose value is the same on every row (the image's n
 selection: ``kept_indices`` once per image x method x budget, not once per question) are stored once. JSON keeps
 floats exact (``repr`` round trip) and strings as they were, so a table read back equals the one written.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,8 +79,13 @@ def _dumps(v) -> str:
 
 def _write(path: Path, payload: str, header: dict) -> None:
     body = payload.encode("utf-8")
-    head = {"magic": MAGIC, "version": ENTRY_VERSION, "bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-            **header}
+    head = {
+        "magic": MAGIC,
+        "version": ENTRY_VERSION,
+        "bytes": len(body),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        **header,
+    }
     with atomic_write(path, "wb") as fh:
         fh.write(json.dumps(head, sort_keys=True).encode() + b"\n" + body)
 
@@ -93,9 +99,14 @@ def _read(path: Path) -> tuple[dict, Any] | None:
     head_bytes, sep, body = data.partition(b"\n")
     try:
         head = json.loads(head_bytes)
-        if (not sep or not isinstance(head, dict) or head.get("magic") != MAGIC
-                or head.get("version") != ENTRY_VERSION or head.get("bytes") != len(body)
-                or head.get("sha256") != hashlib.sha256(body).hexdigest()):
+        if (
+            not sep
+            or not isinstance(head, dict)
+            or head.get("magic") != MAGIC
+            or head.get("version") != ENTRY_VERSION
+            or head.get("bytes") != len(body)
+            or head.get("sha256") != hashlib.sha256(body).hexdigest()
+        ):
             return None
         return head, json.loads(body.decode("utf-8"))
     except (ValueError, TypeError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -127,8 +138,12 @@ def write_table(df: pd.DataFrame, path: str | Path) -> None:
         else:
             varying.append(f"{_dumps(str(c))}:[{','.join(vals)}]")
     payload = '{"constant":{' + ",".join(constant) + '},"varying":{' + ",".join(varying) + "}}"
-    header = {"kind": "table", "rows": n, "columns": [str(c) for c in df.columns],
-              "dtypes": [str(t) for t in df.dtypes]}
+    header = {
+        "kind": "table",
+        "rows": n,
+        "columns": [str(c) for c in df.columns],
+        "dtypes": [str(t) for t in df.dtypes],
+    }
     _write(Path(path), payload, header)
 
 
@@ -142,10 +157,15 @@ def read_table(path: str | Path, columns: Iterable[str] | None = None) -> pd.Dat
     try:
         n, cols, dtypes = int(head["rows"]), list(head["columns"]), list(head["dtypes"])
         constant, varying = payload["constant"], payload["varying"]
-        if (head.get("kind") != "table" or len(set(cols)) != len(cols) or len(dtypes) != len(cols)
-                or set(constant) & set(varying)
-                or set(constant) | set(varying) != set(cols) or any(len(varying[c]) != n for c in varying)
-                or (columns is not None and not set(columns) <= set(cols))):
+        if (
+            head.get("kind") != "table"
+            or len(set(cols)) != len(cols)
+            or len(dtypes) != len(cols)
+            or set(constant) & set(varying)
+            or set(constant) | set(varying) != set(cols)
+            or any(len(varying[c]) != n for c in varying)
+            or (columns is not None and not set(columns) <= set(cols))
+        ):
             return None
         data = {}
         for c in cols:
@@ -167,8 +187,18 @@ def read_table(path: str | Path, columns: Iterable[str] | None = None) -> pd.Dat
 __all__ = ["code_hash", "key", "version_dir", "write_entry", "read_entry", "write_table", "read_table"]
 
 
-def cached_per_item(items, path_of, compute, *, required: Iterable[str] = (), use_cache: bool = True,
-                    refresh: bool = False, batch_size: int = 1, desc: str = "image stats", disable=None) -> dict:
+def cached_per_item(
+    items,
+    path_of,
+    compute,
+    *,
+    required: Iterable[str] = (),
+    use_cache: bool = True,
+    refresh: bool = False,
+    batch_size: int = 1,
+    desc: str = "image stats",
+    disable=None,
+) -> dict:
     """``{item.id: entry}`` for every item: read from its checked entry at ``path_of(item)`` when that holds a dict
     with the ``required`` keys, else computed by ``compute(batch) -> [entry per item]`` (``batch_size`` items at a
     time, in order) and written. The image-level pass of both study loops (``run_vision``, ``run_generation``)."""
@@ -185,7 +215,7 @@ def cached_per_item(items, path_of, compute, *, required: Iterable[str] = (), us
             todo.append(it)
     with tqdm(total=len(todo), desc=desc, unit="img", disable=disable or not todo) as bar:
         for i in range(0, len(todo), batch_size):
-            batch = todo[i:i + batch_size]
+            batch = todo[i : i + batch_size]
             for it, st in zip(batch, compute(batch), strict=True):
                 out[it.id] = st
                 if use_cache:

@@ -18,6 +18,7 @@ above ``t``. So "replicates" means "replicates beyond sampling noise at this CI 
 Paper numbers: :func:`paper_results` reads ``data/paper_results.csv`` (transcribed from the paper; long format
 ``table, model, visual_tokens, method, metric, value``) and :func:`paper_value` picks one number from it.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,15 @@ def _finite(x) -> bool:
         return False
 
 
-def check(condition: str, value: float, op: str, threshold: float, *, ci: tuple[float, float] | None = None,
-          conservative: bool = True) -> Check:
+def check(
+    condition: str,
+    value: float,
+    op: str,
+    threshold: float,
+    *,
+    ci: tuple[float, float] | None = None,
+    conservative: bool = True,
+) -> Check:
     """Evaluate ``value <op> threshold`` (``op`` in ``< <= > >=``).
 
     With ``ci=(low, high)`` and ``conservative`` (default), the CI bound on the far side of the threshold is
@@ -83,7 +91,7 @@ def check(condition: str, value: float, op: str, threshold: float, *, ci: tuple[
         raise VerdictError(f"unknown comparison {op!r}; use one of {', '.join(_OPS)}")
     if not _finite(threshold):
         raise VerdictError(f"threshold of {condition!r} must be a finite number, got {threshold!r}")
-    low, high = (ci if ci is not None else (None, None))
+    low, high = ci if ci is not None else (None, None)
     if not _finite(value):
         return Check(condition, float("nan"), op, float(threshold), low, high, None)
     probe = float(value)
@@ -91,14 +99,29 @@ def check(condition: str, value: float, op: str, threshold: float, *, ci: tuple[
         bound = high if op in ("<", "<=") else low
         if _finite(bound):
             probe = float(bound)
-    return Check(condition, float(value), op, float(threshold),
-                 None if low is None else float(low), None if high is None else float(high),
-                 bool(_OPS[op](probe, float(threshold))))
+    return Check(
+        condition,
+        float(value),
+        op,
+        float(threshold),
+        None if low is None else float(low),
+        None if high is None else float(high),
+        bool(_OPS[op](probe, float(threshold))),
+    )
 
 
-def checks_from_summary(summary: pd.DataFrame, label: Sequence[str] | str, op: str, threshold: float, *,
-                        value: str = "mean", low: str = "ci_low", high: str = "ci_high",
-                        conservative: bool = True, template: str | None = None) -> list[Check]:
+def checks_from_summary(
+    summary: pd.DataFrame,
+    label: Sequence[str] | str,
+    op: str,
+    threshold: float,
+    *,
+    value: str = "mean",
+    low: str = "ci_low",
+    high: str = "ci_high",
+    conservative: bool = True,
+    template: str | None = None,
+) -> list[Check]:
     """One :class:`Check` per row of a summary table (e.g. :func:`prunelab.study.analysis.summarize` output).
 
     ``label`` names the columns that identify a row (joined with ", " into the condition), or ``template`` is a
@@ -160,8 +183,14 @@ class Claim:
         return "; ".join(c.describe(self.fmt) for c in self.checks) or "n/a"
 
     def row(self) -> dict[str, str]:
-        return {"claim": self.claim, "paper": self.paper, "this run": self.summary(), "rule": self.rule,
-                "outcome": self.outcome, "checks passed": self.n_passed}
+        return {
+            "claim": self.claim,
+            "paper": self.paper,
+            "this run": self.summary(),
+            "rule": self.rule,
+            "outcome": self.outcome,
+            "checks passed": self.n_passed,
+        }
 
 
 def verdict_table(claims: Sequence[Claim]) -> pd.DataFrame:
@@ -176,8 +205,17 @@ def checks_table(claims: Sequence[Claim]) -> pd.DataFrame:
     rows = []
     for c in claims:
         for k in c.checks:
-            rows.append({"claim": c.claim, "condition": k.condition, "value": k.value, "ci_low": k.low,
-                         "ci_high": k.high, "test": f"{k.op} {k.threshold:g}", "passed": k.passed})
+            rows.append(
+                {
+                    "claim": c.claim,
+                    "condition": k.condition,
+                    "value": k.value,
+                    "ci_low": k.low,
+                    "ci_high": k.high,
+                    "test": f"{k.op} {k.threshold:g}",
+                    "passed": k.passed,
+                }
+            )
     return pd.DataFrame(rows, columns=["claim", "condition", "value", "ci_low", "ci_high", "test", "passed"])
 
 
@@ -187,11 +225,16 @@ OUTCOME_COLOURS = {"replicates": "#d9f0d3", "partly": "#fee8c8", "does not": "#f
 def style_verdict(table: pd.DataFrame):
     """A pandas Styler of a verdict table: outcome cells coloured, text left-aligned, no index, cell text
     HTML-escaped (rules hold ``<`` and ``>``)."""
+
     def colour(v):
         return f"background-color: {OUTCOME_COLOURS.get(v, '')}; font-weight: bold" if v in OUTCOME_COLOURS else ""
 
-    return (table.style.hide(axis="index").format(escape="html").map(colour, subset=["outcome"])
-            .set_properties(**{"text-align": "left", "white-space": "normal"}))
+    return (
+        table.style.hide(axis="index")
+        .format(escape="html")
+        .map(colour, subset=["outcome"])
+        .set_properties(**{"text-align": "left", "white-space": "normal"})
+    )
 
 
 def summary_line(claims: Sequence[Claim]) -> str:
@@ -219,8 +262,15 @@ def paper_results(path: str | Path | None = None) -> pd.DataFrame:
     return pd.read_csv(p)
 
 
-def paper_value(table: str, method: str, metric: str, *, visual_tokens: int | None = None,
-                model: str = "llava-1.5-7b", results: pd.DataFrame | None = None) -> float:
+def paper_value(
+    table: str,
+    method: str,
+    metric: str,
+    *,
+    visual_tokens: int | None = None,
+    model: str = "llava-1.5-7b",
+    results: pd.DataFrame | None = None,
+) -> float:
     """One published number; :class:`VerdictError` if it is absent or ambiguous."""
     df = paper_results() if results is None else results
     sel = (df["table"] == table) & (df["method"] == method) & (df["metric"] == metric) & (df["model"] == model)
@@ -236,6 +286,18 @@ def paper_value(table: str, method: str, metric: str, *, visual_tokens: int | No
 
 
 __all__ = [
-    "OUTCOMES", "VERDICT_COLUMNS", "VerdictError", "Check", "check", "checks_from_summary", "outcome", "Claim",
-    "verdict_table", "checks_table", "style_verdict", "summary_line", "paper_results", "paper_value",
+    "OUTCOMES",
+    "VERDICT_COLUMNS",
+    "VerdictError",
+    "Check",
+    "check",
+    "checks_from_summary",
+    "outcome",
+    "Claim",
+    "verdict_table",
+    "checks_table",
+    "style_verdict",
+    "summary_line",
+    "paper_results",
+    "paper_value",
 ]

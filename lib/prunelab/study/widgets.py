@@ -7,6 +7,7 @@ the browser, from the widget state that papermill saves into the executed notebo
 The same widget works unchanged in JupyterLab. Keep the option set small: every combination is one embedded
 JPEG (about 10-20 kB at 224 px).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -50,9 +51,17 @@ def linked_views(controls, image_ids: Sequence, middles: Sequence, budgets: Sequ
     return box
 
 
-def overlay_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str] | None = None,
-                     methods: Sequence[str] | None = None, budgets: Sequence[int] | None = None,
-                     grid=(24, 24), size: int = 224, max_views: int = 400):
+def overlay_explorer(
+    df: pd.DataFrame,
+    images: dict,
+    *,
+    image_ids: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    budgets: Sequence[int] | None = None,
+    grid=(24, 24),
+    size: int = 224,
+    max_views: int = 400,
+):
     """Image x method x budget explorer of kept-token overlays.
 
     ``df`` is a :func:`prunelab.study.runner.run_vision` table, ``images`` maps ``image_id`` to a PIL image. Three
@@ -84,8 +93,9 @@ def overlay_explorer(df: pd.DataFrame, images: dict, *, image_ids: Sequence[str]
         row = row.iloc[0] if isinstance(row, pd.DataFrame) else row
         row = row.copy()
         row["method"], row["budget"] = m, b
-        pic = w.Image(value=overlay_png(images[iid], row["kept_indices"], grid, size=size), format="jpeg",
-                      width=size, height=size)
+        pic = w.Image(
+            value=overlay_png(images[iid], row["kept_indices"], grid, size=size), format="jpeg", width=size, height=size
+        )
         return w.VBox([pic, w.HTML(_caption(row))])
 
     return linked_views((d_img, d_met, d_bud), image_ids, methods, budgets, view)
@@ -112,10 +122,20 @@ def _tau_caption(row, tau: float, accuracy: float | None, caption_html: str | No
     return out
 
 
-def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: Sequence[str] | None = None,
-                 budgets: Sequence[int] | None = None, pope: pd.DataFrame | None = None,
-                 describe: pd.DataFrame | None = None, parser=None, grid=(24, 24), size: int = 224,
-                 max_views: int = 400):
+def tau_explorer(
+    vision: pd.DataFrame,
+    images: dict,
+    taus: dict,
+    *,
+    image_ids: Sequence[str] | None = None,
+    budgets: Sequence[int] | None = None,
+    pope: pd.DataFrame | None = None,
+    describe: pd.DataFrame | None = None,
+    parser=None,
+    grid=(24, 24),
+    size: int = 224,
+    max_views: int = 400,
+):
     """AgilePruner's threshold and the budget as two sliders (plus an image dropdown): the kept-token overlay, the
     erank and [CLS] attention of the kept tokens, how many tokens the threshold removed and the fill rule added,
     and, when given, the image's POPE accuracy (``pope``) and the highlighted description (``describe``; CHAIR
@@ -137,7 +157,9 @@ def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: S
     budgets = [int(b) for b in (budgets if budgets is not None else sorted(vision["budget"].unique()))]
     n_views = len(image_ids) * len(order) * len(budgets)
     if n_views > max_views:
-        raise ValueError(f"the explorer would embed {n_views} views (> max_views={max_views}); pass fewer image_ids/taus/budgets")
+        raise ValueError(
+            f"the explorer would embed {n_views} views (> max_views={max_views}); pass fewer image_ids/taus/budgets"
+        )
     index = vision.set_index(["image_id", "method", "budget"]).sort_index()
     acc = None
     if pope is not None and len(pope):
@@ -147,10 +169,12 @@ def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: S
         caps = describe.set_index(["image_id", "method", "budget"]).sort_index()
 
     d_img = w.Dropdown(options=image_ids, value=image_ids[0], description="image")
-    s_tau = w.SelectionSlider(options=[f"{t:g}" for _, t in order], value=f"{order[0][1]:g}", description="τ_max",
-                              continuous_update=True)
-    s_bud = w.SelectionSlider(options=[str(b) for b in budgets], value=str(budgets[0]), description="budget T",
-                              continuous_update=True)
+    s_tau = w.SelectionSlider(
+        options=[f"{t:g}" for _, t in order], value=f"{order[0][1]:g}", description="τ_max", continuous_update=True
+    )
+    s_bud = w.SelectionSlider(
+        options=[str(b) for b in budgets], value=str(budgets[0]), description="budget T", continuous_update=True
+    )
 
     def view(iid, m, tau, b):
         key = (iid, m, b)
@@ -167,12 +191,12 @@ def tau_explorer(vision: pd.DataFrame, images: dict, taus: dict, *, image_ids: S
             c = c.iloc[0] if isinstance(c, pd.DataFrame) else c
             cap = highlight_caption(str(c["caption"]), c["gt_objects"], parser=parser)
         a = float(acc[key]) if acc is not None and key in acc.index else None
-        pic = w.Image(value=overlay_png(images[iid], row["kept_indices"], grid, size=size), format="jpeg",
-                      width=size, height=size)
+        pic = w.Image(
+            value=overlay_png(images[iid], row["kept_indices"], grid, size=size), format="jpeg", width=size, height=size
+        )
         return w.VBox([pic, w.HTML(_tau_caption(row, tau, a, cap))])
 
-    return linked_views((d_img, s_tau, s_bud), image_ids, order, budgets,
-                        lambda iid, m_tau, b: view(iid, *m_tau, b))
+    return linked_views((d_img, s_tau, s_bud), image_ids, order, budgets, lambda iid, m_tau, b: view(iid, *m_tau, b))
 
 
 __all__ = ["linked_views", "overlay_explorer", "tau_explorer"]

@@ -5,6 +5,7 @@ co-occurrence priors), :mod:`.scenes` (scene records, rendering, patch masks), :
 descriptions and POPE questions), :mod:`.splits` (fixed train/val/test splits and the committed test manifest).
 ``python -m prunelab.toyworld --help`` writes/verifies the manifest, exports JSONL records and draws sheets.
 """
+
 from prunelab.toyworld.categories import CATEGORIES, CATEGORY_NAMES, CONTEXT_NAMES  # noqa: F401
 from prunelab.toyworld.scenes import (  # noqa: F401
     CANVAS,

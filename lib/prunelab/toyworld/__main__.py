@@ -1,4 +1,5 @@
 """Command line for the toy world: ``python -m prunelab.toyworld {manifest,verify,export,sheet}``."""
+
 from __future__ import annotations
 
 import argparse
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
             from prunelab.paths import atomic_write
 
-            n = splits.SPLIT_SIZES[args.split] if args.limit is None else min(args.limit, splits.SPLIT_SIZES[args.split])
+            n = (
+                splits.SPLIT_SIZES[args.split]
+                if args.limit is None
+                else min(args.limit, splits.SPLIT_SIZES[args.split])
+            )
             with atomic_write(args.out, "w") as fh:
                 for scene in tqdm(splits.load_split(args.split, limit=n), total=n, desc=f"export {args.split}"):
                     fh.write(json.dumps(text.text_record(scene, args.descriptions)) + "\n")

@@ -15,6 +15,7 @@ Contexts: a scene draws its objects from one context's weights (with a small out
 :data:`OUT_OF_CONTEXT`), so the usual companions of an object are predictable from language alone, which is
 the mechanism by which a language model hallucinates when visual evidence is pruned.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -88,8 +89,7 @@ def _cat(name, variants, nouns, measure=None) -> Category:
 
 
 CATEGORIES: tuple[Category, ...] = (
-    _cat("person", [V("1F6B6"), V("1F9CD"), V("1F3C3")],
-         [N("person", "people"), N("man", None), N("woman", None)]),
+    _cat("person", [V("1F6B6"), V("1F9CD"), V("1F3C3")], [N("person", "people"), N("man", None), N("woman", None)]),
     _cat("bicycle", [V("1F6B2")], [N("bicycle"), N("bike")]),
     _cat("car", [V("1F697"), V("1F699"), V("1F695", N("taxi"), N("cab"))], [N("car"), N("automobile")]),
     _cat("motorcycle", [V("1F3CD"), V("1F6F5", N("scooter"), N("moped"))], [N("motorcycle"), N("motorbike")]),
@@ -97,8 +97,11 @@ CATEGORIES: tuple[Category, ...] = (
     _cat("bus", [V("1F68C")], [N("bus")]),
     _cat("train", [V("1F686"), V("1F682", N("locomotive"))], [N("train")]),
     _cat("truck", [V("1F69A")], [N("truck"), N("lorry", "lorries")]),
-    _cat("boat", [V("26F5", N("sailboat")), V("1F6A4", N("speedboat")), V("1F6E5", N("motorboat"))],
-         [N("boat"), N("ship")]),
+    _cat(
+        "boat",
+        [V("26F5", N("sailboat")), V("1F6A4", N("speedboat")), V("1F6E5", N("motorboat"))],
+        [N("boat"), N("ship")],
+    ),
     _cat("traffic light", [V("1F6A6"), V("1F6A5")], [N("traffic light"), N("stoplight"), N("traffic signal")]),
     _cat("stop sign", [V("1F6D1")], [N("stop sign")]),
     _cat("bird", [V("1F426"), V("1F986", N("duck")), V("1F99C", N("parrot"))], [N("bird")]),
@@ -118,8 +121,9 @@ CATEGORIES: tuple[Category, ...] = (
     _cat("suitcase", [V("1F9F3")], [N("suitcase")]),
     _cat("frisbee", [V("1F94F")], [N("frisbee")]),
     _cat("skis", [V("1F3BF")], [N("skis", "skis")], measure="pair"),
-    _cat("sports ball", [V("26BD", N("soccer ball")), V("1F3C0"), V("26BE"), V("1F3D0")],
-         [N("ball"), N("sports ball")]),
+    _cat(
+        "sports ball", [V("26BD", N("soccer ball")), V("1F3C0"), V("26BE"), V("1F3D0")], [N("ball"), N("sports ball")]
+    ),
     _cat("kite", [V("1FA81")], [N("kite")]),
     _cat("skateboard", [V("1F6F9")], [N("skateboard")]),
     _cat("tennis racket", [V("1F3BE"), V("1F3F8")], [N("tennis racket"), N("racket")]),
@@ -177,17 +181,38 @@ class Distractor:
 DISTRACTORS: tuple[Distractor, ...] = tuple(
     Distractor(cp, w, p)
     for cp, w, p in (
-        ("2B50", "star", "stars"), ("2764", "heart", "hearts"), ("1F333", "tree", "trees"),
-        ("1F332", "fir tree", "fir trees"), ("1F338", "blossom", "blossoms"), ("1F33B", "sunflower", "sunflowers"),
-        ("1F344", "mushroom", "mushrooms"), ("1F388", "balloon", "balloons"), ("1F381", "gift", "gifts"),
-        ("1F319", "crescent moon", "crescent moons"), ("2600", "sun", "suns"), ("2601", "cloud", "clouds"),
-        ("1F341", "maple leaf", "maple leaves"), ("1F48E", "gem", "gems"), ("1F514", "bell", "bells"),
-        ("1F511", "key", "keys"), ("1F4A1", "light bulb", "light bulbs"), ("1F9E9", "puzzle piece", "puzzle pieces"),
-        ("1F41A", "shell", "shells"), ("1F98B", "butterfly", "butterflies"), ("1F41F", "fish", "fish"),
-        ("1F422", "turtle", "turtles"), ("1F40C", "snail", "snails"), ("1F347", "bunch of grapes", "bunches of grapes"),
-        ("1F353", "strawberry", "strawberries"), ("1F3B5", "musical note", "musical notes"),
-        ("1F308", "rainbow", "rainbows"), ("1F525", "flame", "flames"), ("1F3E0", "little house", "little houses"),
-        ("1FAA8", "rock", "rocks"), ("1F33F", "herb", "herbs"), ("1F340", "clover", "clovers"),
+        ("2B50", "star", "stars"),
+        ("2764", "heart", "hearts"),
+        ("1F333", "tree", "trees"),
+        ("1F332", "fir tree", "fir trees"),
+        ("1F338", "blossom", "blossoms"),
+        ("1F33B", "sunflower", "sunflowers"),
+        ("1F344", "mushroom", "mushrooms"),
+        ("1F388", "balloon", "balloons"),
+        ("1F381", "gift", "gifts"),
+        ("1F319", "crescent moon", "crescent moons"),
+        ("2600", "sun", "suns"),
+        ("2601", "cloud", "clouds"),
+        ("1F341", "maple leaf", "maple leaves"),
+        ("1F48E", "gem", "gems"),
+        ("1F514", "bell", "bells"),
+        ("1F511", "key", "keys"),
+        ("1F4A1", "light bulb", "light bulbs"),
+        ("1F9E9", "puzzle piece", "puzzle pieces"),
+        ("1F41A", "shell", "shells"),
+        ("1F98B", "butterfly", "butterflies"),
+        ("1F41F", "fish", "fish"),
+        ("1F422", "turtle", "turtles"),
+        ("1F40C", "snail", "snails"),
+        ("1F347", "bunch of grapes", "bunches of grapes"),
+        ("1F353", "strawberry", "strawberries"),
+        ("1F3B5", "musical note", "musical notes"),
+        ("1F308", "rainbow", "rainbows"),
+        ("1F525", "flame", "flames"),
+        ("1F3E0", "little house", "little houses"),
+        ("1FAA8", "rock", "rocks"),
+        ("1F33F", "herb", "herbs"),
+        ("1F340", "clover", "clovers"),
     )
 )
 
@@ -202,42 +227,197 @@ class Context:
 
 
 CONTEXTS: tuple[Context, ...] = (
-    Context("street", "a street scene", {
-        "car": 5, "person": 5, "bus": 3, "truck": 3, "bicycle": 3, "motorcycle": 3, "traffic light": 4,
-        "stop sign": 3, "dog": 1, "umbrella": 2, "handbag": 1, "backpack": 1, "bird": 1, "cell phone": 1}),
-    Context("kitchen", "a kitchen", {
-        "cup": 4, "bowl": 4, "knife": 3, "spoon": 3, "bottle": 3, "wine glass": 2, "banana": 2, "apple": 2,
-        "orange": 2, "broccoli": 2, "carrot": 2, "cake": 1, "potted plant": 1, "clock": 1, "vase": 1, "scissors": 1}),
-    Context("meal", "a meal", {
-        "pizza": 4, "sandwich": 4, "hot dog": 3, "donut": 3, "cake": 3, "cup": 3, "wine glass": 3, "bottle": 2,
-        "knife": 2, "spoon": 2, "bowl": 2, "banana": 1, "apple": 1, "orange": 1}),
-    Context("living room", "a living room", {
-        "couch": 5, "chair": 4, "tv": 4, "potted plant": 3, "book": 3, "clock": 2, "vase": 2, "laptop": 2,
-        "cat": 2, "dog": 1, "teddy bear": 1, "cup": 1, "cell phone": 1}),
-    Context("bedroom", "a bedroom", {
-        "bed": 5, "teddy bear": 3, "book": 3, "clock": 3, "laptop": 2, "cell phone": 2, "chair": 2,
-        "potted plant": 1, "cat": 1, "backpack": 1, "tv": 1}),
-    Context("bathroom", "a bathroom", {
-        "toilet": 5, "toothbrush": 4, "bottle": 3, "scissors": 2, "cup": 2, "potted plant": 1, "clock": 1, "vase": 1}),
-    Context("office", "an office", {
-        "laptop": 5, "keyboard": 4, "mouse": 4, "cell phone": 3, "book": 3, "chair": 3, "cup": 2, "scissors": 2,
-        "tie": 2, "clock": 1, "backpack": 1, "potted plant": 1, "bottle": 1, "tv": 1}),
-    Context("farm", "a farm", {
-        "horse": 4, "sheep": 4, "cow": 4, "dog": 2, "bird": 2, "cat": 1, "person": 2, "truck": 1}),
-    Context("zoo", "a zoo", {
-        "elephant": 4, "zebra": 4, "giraffe": 4, "bear": 3, "bird": 2, "person": 1}),
-    Context("sports", "a sports scene", {
-        "sports ball": 5, "tennis racket": 4, "skateboard": 3, "skis": 3, "frisbee": 3, "person": 4,
-        "bottle": 2, "backpack": 2, "cup": 1}),
-    Context("park", "a park", {
-        "kite": 4, "frisbee": 3, "dog": 4, "bicycle": 3, "person": 4, "bird": 3, "umbrella": 1,
-        "sports ball": 2, "backpack": 1}),
-    Context("travel", "a travel scene", {
-        "suitcase": 5, "airplane": 4, "backpack": 4, "train": 3, "bus": 2, "person": 4, "handbag": 3,
-        "cell phone": 2, "umbrella": 1, "tie": 1, "boat": 1, "car": 1}),
-    Context("beach", "a beach", {
-        "boat": 5, "umbrella": 4, "bird": 3, "person": 4, "bottle": 2, "kite": 2, "frisbee": 2,
-        "sports ball": 2, "dog": 1, "cup": 1}),
+    Context(
+        "street",
+        "a street scene",
+        {
+            "car": 5,
+            "person": 5,
+            "bus": 3,
+            "truck": 3,
+            "bicycle": 3,
+            "motorcycle": 3,
+            "traffic light": 4,
+            "stop sign": 3,
+            "dog": 1,
+            "umbrella": 2,
+            "handbag": 1,
+            "backpack": 1,
+            "bird": 1,
+            "cell phone": 1,
+        },
+    ),
+    Context(
+        "kitchen",
+        "a kitchen",
+        {
+            "cup": 4,
+            "bowl": 4,
+            "knife": 3,
+            "spoon": 3,
+            "bottle": 3,
+            "wine glass": 2,
+            "banana": 2,
+            "apple": 2,
+            "orange": 2,
+            "broccoli": 2,
+            "carrot": 2,
+            "cake": 1,
+            "potted plant": 1,
+            "clock": 1,
+            "vase": 1,
+            "scissors": 1,
+        },
+    ),
+    Context(
+        "meal",
+        "a meal",
+        {
+            "pizza": 4,
+            "sandwich": 4,
+            "hot dog": 3,
+            "donut": 3,
+            "cake": 3,
+            "cup": 3,
+            "wine glass": 3,
+            "bottle": 2,
+            "knife": 2,
+            "spoon": 2,
+            "bowl": 2,
+            "banana": 1,
+            "apple": 1,
+            "orange": 1,
+        },
+    ),
+    Context(
+        "living room",
+        "a living room",
+        {
+            "couch": 5,
+            "chair": 4,
+            "tv": 4,
+            "potted plant": 3,
+            "book": 3,
+            "clock": 2,
+            "vase": 2,
+            "laptop": 2,
+            "cat": 2,
+            "dog": 1,
+            "teddy bear": 1,
+            "cup": 1,
+            "cell phone": 1,
+        },
+    ),
+    Context(
+        "bedroom",
+        "a bedroom",
+        {
+            "bed": 5,
+            "teddy bear": 3,
+            "book": 3,
+            "clock": 3,
+            "laptop": 2,
+            "cell phone": 2,
+            "chair": 2,
+            "potted plant": 1,
+            "cat": 1,
+            "backpack": 1,
+            "tv": 1,
+        },
+    ),
+    Context(
+        "bathroom",
+        "a bathroom",
+        {"toilet": 5, "toothbrush": 4, "bottle": 3, "scissors": 2, "cup": 2, "potted plant": 1, "clock": 1, "vase": 1},
+    ),
+    Context(
+        "office",
+        "an office",
+        {
+            "laptop": 5,
+            "keyboard": 4,
+            "mouse": 4,
+            "cell phone": 3,
+            "book": 3,
+            "chair": 3,
+            "cup": 2,
+            "scissors": 2,
+            "tie": 2,
+            "clock": 1,
+            "backpack": 1,
+            "potted plant": 1,
+            "bottle": 1,
+            "tv": 1,
+        },
+    ),
+    Context(
+        "farm", "a farm", {"horse": 4, "sheep": 4, "cow": 4, "dog": 2, "bird": 2, "cat": 1, "person": 2, "truck": 1}
+    ),
+    Context("zoo", "a zoo", {"elephant": 4, "zebra": 4, "giraffe": 4, "bear": 3, "bird": 2, "person": 1}),
+    Context(
+        "sports",
+        "a sports scene",
+        {
+            "sports ball": 5,
+            "tennis racket": 4,
+            "skateboard": 3,
+            "skis": 3,
+            "frisbee": 3,
+            "person": 4,
+            "bottle": 2,
+            "backpack": 2,
+            "cup": 1,
+        },
+    ),
+    Context(
+        "park",
+        "a park",
+        {
+            "kite": 4,
+            "frisbee": 3,
+            "dog": 4,
+            "bicycle": 3,
+            "person": 4,
+            "bird": 3,
+            "umbrella": 1,
+            "sports ball": 2,
+            "backpack": 1,
+        },
+    ),
+    Context(
+        "travel",
+        "a travel scene",
+        {
+            "suitcase": 5,
+            "airplane": 4,
+            "backpack": 4,
+            "train": 3,
+            "bus": 2,
+            "person": 4,
+            "handbag": 3,
+            "cell phone": 2,
+            "umbrella": 1,
+            "tie": 1,
+            "boat": 1,
+            "car": 1,
+        },
+    ),
+    Context(
+        "beach",
+        "a beach",
+        {
+            "boat": 5,
+            "umbrella": 4,
+            "bird": 3,
+            "person": 4,
+            "bottle": 2,
+            "kite": 2,
+            "frisbee": 2,
+            "sports ball": 2,
+            "dog": 1,
+            "cup": 1,
+        },
+    ),
 )
 CONTEXT_NAMES: tuple[str, ...] = tuple(c.name for c in CONTEXTS)
 BY_CONTEXT: dict[str, Context] = {c.name: c for c in CONTEXTS}
@@ -276,6 +456,5 @@ def cooccurrence() -> dict[str, dict[str, float]]:
     """
     dists = [context_distribution(ctx) for ctx in CONTEXT_NAMES]
     return {
-        a: {b: sum(d[a] * d[b] for d in dists) / len(dists) for b in CATEGORY_NAMES if b != a}
-        for a in CATEGORY_NAMES
+        a: {b: sum(d[a] * d[b] for d in dists) / len(dists) for b in CATEGORY_NAMES if b != a} for a in CATEGORY_NAMES
     }

@@ -6,6 +6,7 @@ Lookup order: ``PRUNELAB_EMOJI_FONT`` (an explicit file), the system copy instal
 Debian bookworm ships upstream release 2.042; the committed test-split checksum was made with that file, and
 :func:`font_sha256` lets :mod:`prunelab.toyworld.splits` say so when a different font is found.
 """
+
 from __future__ import annotations
 
 import functools
@@ -103,7 +104,9 @@ def _load(path: str, size: int):
     try:
         return ImageFont.truetype(path, size)
     except OSError as err:
-        raise AssetError(f"cannot open emoji font {path} ({err}); delete it and rerun `python -m prunelab.assets.setup_assets`") from err
+        raise AssetError(
+            f"cannot open emoji font {path} ({err}); delete it and rerun `python -m prunelab.assets.setup_assets`"
+        ) from err
 
 
 def load_emoji_font(size: int = NATIVE_SIZE):

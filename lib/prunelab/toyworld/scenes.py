@@ -19,6 +19,7 @@ Object boxes are tight around the glyph's opaque pixels, in pixels ``(x0, y0, x1
 exclusive. Objects never overlap another object or a distractor by more than :data:`MAX_OVERLAP` of the
 smaller box, so every ground-truth object stays visible.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,11 +42,24 @@ MAX_OVERLAP = 0.05
 
 #: Named background colours (none of them a COCO word: no "orange").
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "white": (250, 250, 248), "light grey": (214, 214, 214), "beige": (232, 220, 196), "cream": (250, 244, 222),
-    "pale yellow": (250, 240, 170), "pale green": (200, 232, 196), "mint green": (178, 236, 214),
-    "pale blue": (196, 220, 245), "sky blue": (140, 196, 240), "lavender": (214, 200, 240), "pink": (246, 196, 212),
-    "peach": (250, 210, 180), "grey": (150, 150, 155), "dark blue": (40, 60, 110), "dark green": (40, 90, 60),
-    "teal": (50, 130, 135), "brown": (120, 85, 60), "black": (25, 25, 28),
+    "white": (250, 250, 248),
+    "light grey": (214, 214, 214),
+    "beige": (232, 220, 196),
+    "cream": (250, 244, 222),
+    "pale yellow": (250, 240, 170),
+    "pale green": (200, 232, 196),
+    "mint green": (178, 236, 214),
+    "pale blue": (196, 220, 245),
+    "sky blue": (140, 196, 240),
+    "lavender": (214, 200, 240),
+    "pink": (246, 196, 212),
+    "peach": (250, 210, 180),
+    "grey": (150, 150, 155),
+    "dark blue": (40, 60, 110),
+    "dark green": (40, 90, 60),
+    "teal": (50, 130, 135),
+    "brown": (120, 85, 60),
+    "black": (25, 25, 28),
 }
 
 #: Object-free regions of photographs bundled with scikit-image (rows y0:y1, cols x0:x1), checked by eye.
@@ -86,7 +100,9 @@ def _base_glyph(codepoint: str) -> np.ndarray:
     ImageDraw.Draw(im).text((8, 8), ch, font=font, embedded_color=True)
     bbox = im.getbbox()
     if bbox is None:
-        raise AssetError(f"the emoji font has no glyph for U+{codepoint}; install fonts-noto-color-emoji 2.042 or newer")
+        raise AssetError(
+            f"the emoji font has no glyph for U+{codepoint}; install fonts-noto-color-emoji 2.042 or newer"
+        )
     return np.asarray(im.crop(bbox))
 
 
@@ -109,7 +125,7 @@ def _scaled_glyph(codepoint: str, size: int) -> np.ndarray:
     im = Image.fromarray(base, "RGBA").convert("RGBa").resize((nw, nh), Image.Resampling.LANCZOS).convert("RGBA")
     arr = np.asarray(im)
     ys, xs = np.nonzero(arr[..., 3] > 0)
-    out = arr[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1]
+    out = arr[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     out.setflags(write=False)
     return out
 
@@ -136,8 +152,13 @@ class SceneObject:
         return (x1 - x0) * (y1 - y0)
 
     def to_record(self) -> dict:
-        return {"category": self.category, "codepoint": self.codepoint, "box": list(self.box),
-                "size": self.size, "flip": self.flip}
+        return {
+            "category": self.category,
+            "codepoint": self.codepoint,
+            "box": list(self.box),
+            "size": self.size,
+            "flip": self.flip,
+        }
 
     @classmethod
     def from_record(cls, r: dict) -> SceneObject:
@@ -173,31 +194,47 @@ class Scene:
 
         Use this for flip augmentation so descriptions that say "on the left" stay true.
         """
+
         def mirror(o: SceneObject) -> SceneObject:
             x0, y0, x1, y1 = o.box
             return dataclasses.replace(o, box=(CANVAS - x1, y0, CANVAS - x0, y1), flip=not o.flip)
 
         return dataclasses.replace(
-            self, objects=tuple(map(mirror, self.objects)), distractors=tuple(map(mirror, self.distractors)),
+            self,
+            objects=tuple(map(mirror, self.objects)),
+            distractors=tuple(map(mirror, self.distractors)),
             mirrored=not self.mirrored,
         )
 
     def to_record(self) -> dict:
         """A JSON-serialisable dict; :meth:`from_record` inverts it."""
         return {
-            "id": self.id, "split": self.split, "index": self.index, "seed": self.seed,
-            "complexity": self.complexity, "context": self.context, "background": dict(self.background),
+            "id": self.id,
+            "split": self.split,
+            "index": self.index,
+            "seed": self.seed,
+            "complexity": self.complexity,
+            "context": self.context,
+            "background": dict(self.background),
             "objects": [o.to_record() for o in self.objects],
             "distractors": [o.to_record() for o in self.distractors],
-            "counts": self.counts, "mirrored": self.mirrored,
+            "counts": self.counts,
+            "mirrored": self.mirrored,
         }
 
     @classmethod
     def from_record(cls, r: dict) -> Scene:
         return cls(
-            r["id"], r["split"], int(r["index"]), int(r["seed"]), r["complexity"], r["context"], dict(r["background"]),
+            r["id"],
+            r["split"],
+            int(r["index"]),
+            int(r["seed"]),
+            r["complexity"],
+            r["context"],
+            dict(r["background"]),
             tuple(SceneObject.from_record(o) for o in r["objects"]),
-            tuple(SceneObject.from_record(o) for o in r["distractors"]), bool(r.get("mirrored", False)),
+            tuple(SceneObject.from_record(o) for o in r["distractors"]),
+            bool(r.get("mirrored", False)),
         )
 
 
@@ -274,19 +311,28 @@ def _sample_background(rng, complexity: str) -> dict:
         bg.update(colour=c, phrase=f"a plain {c} background")
     elif kind == "gradient":
         c1, c2 = (names[i] for i in rng.choice(len(names), 2, replace=False))
-        bg.update(colour=c1, colour2=c2, direction=_choice(rng, ["vertical", "horizontal", "diagonal"]),
-                  phrase=f"a gradient from {c1} to {c2}")
+        bg.update(
+            colour=c1,
+            colour2=c2,
+            direction=_choice(rng, ["vertical", "horizontal", "diagonal"]),
+            phrase=f"a gradient from {c1} to {c2}",
+        )
     elif kind == "noise":
-        bg.update(cells=int(rng.integers(3, 11)), grain=float(rng.uniform(4, 18)),
-                  phrase="a blotchy multicoloured pattern")
+        bg.update(
+            cells=int(rng.integers(3, 11)), grain=float(rng.uniform(4, 18)), phrase="a blotchy multicoloured pattern"
+        )
     elif kind == "shapes":
         n = int(rng.integers(10, 25)) if complexity == "medium" else int(rng.integers(25, 60))
         c = _choice(rng, names)
         bg.update(colour=c, n_shapes=n, phrase=f"a {c} surface cluttered with coloured shapes")
     elif kind in ("texture", "soft texture"):
         t = _choice(rng, list(TEXTURES))
-        bg.update(texture=t, scale=float(rng.uniform(0.6, 1.6)), strength=1.0 if kind == "texture" else 0.45,
-                  phrase=TEXTURES[t][1] if kind == "texture" else f"a faint {t} pattern")
+        bg.update(
+            texture=t,
+            scale=float(rng.uniform(0.6, 1.6)),
+            strength=1.0 if kind == "texture" else 0.45,
+            phrase=TEXTURES[t][1] if kind == "texture" else f"a faint {t} pattern",
+        )
     elif kind == "photo":
         p = _choice(rng, list(PHOTOS))
         bg.update(photo=p, zoom=float(rng.uniform(0.6, 1.0)), phrase=PHOTOS[p][2])
@@ -345,8 +391,9 @@ def make_scene(split: str, index: int, seed: int = 0, complexity: str = "complex
             distractors.append(SceneObject(d.word, d.codepoint, res[0], res[1], False))
     # Reading order (top-to-bottom, left-to-right) makes records easy to eyeball.
     objects.sort(key=lambda o: (o.box[1] // 56, o.box[0]))
-    return Scene(f"{split}-{index:05d}", split, int(index), int(seed), complexity, ctx, bg, tuple(objects),
-                 tuple(distractors))
+    return Scene(
+        f"{split}-{index:05d}", split, int(index), int(seed), complexity, ctx, bg, tuple(objects), tuple(distractors)
+    )
 
 
 # --------------------------------------------------------------------------------------------- backgrounds
@@ -410,7 +457,7 @@ def _render_background(bg: dict) -> np.ndarray:
         src = _skimage_image(bg["texture"])
         side = int(min(src.shape[0], CANVAS / bg["scale"]))
         y, x = (int(v) for v in rng.integers(0, src.shape[0] - side + 1, 2))
-        g = _resize(src[y:y + side, x:x + side], n, n)[..., :1].astype(np.float32) / 255.0
+        g = _resize(src[y : y + side, x : x + side], n, n)[..., :1].astype(np.float32) / 255.0
         tex = g * (np.array(tint, np.float32) * 1.5)
         s = bg["strength"]
         if s < 1:
@@ -422,7 +469,7 @@ def _render_background(bg: dict) -> np.ndarray:
         h, w = src.shape[:2]
         side = max(8, int(min(h, w) * bg["zoom"]))
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        out = _resize(np.ascontiguousarray(src[y:y + side, x:x + side]), n, n)
+        out = _resize(np.ascontiguousarray(src[y : y + side, x : x + side]), n, n)
         return out[:, ::-1].copy() if rng.random() < 0.5 else out
     raise UnknownNameError(f"unknown background kind {kind!r}; regenerate the scene record")
 

@@ -14,6 +14,7 @@ different machines can be checked to be about the same images:
 Complexity schedule: the test split alternates simple (even index) and complex (odd index), so every prefix
 is balanced; val cycles simple / medium / complex; train draws 30% simple, 30% medium, 40% complex.
 """
+
 from __future__ import annotations
 
 import csv
@@ -58,7 +59,9 @@ def get_scene(split: str, index: int, seed: int = DEFAULT_SEED) -> Scene:
     """Scene ``index`` of ``split`` (``0 <= index < SPLIT_SIZES[split]``)."""
     _check(split)
     if not 0 <= int(index) < SPLIT_SIZES[split]:
-        raise UnknownNameError(f"index {index} is outside the {split} split (0..{SPLIT_SIZES[split] - 1}); pick a valid index")
+        raise UnknownNameError(
+            f"index {index} is outside the {split} split (0..{SPLIT_SIZES[split] - 1}); pick a valid index"
+        )
     return make_scene(split, int(index), seed, complexity_of(split, int(index), seed))
 
 
@@ -114,8 +117,13 @@ def write_test_manifest(directory: Path | None = None, seed: int = DEFAULT_SEED)
     for s in scenes:
         counts = ";".join(f"{c}:{n}" for c, n in s.counts.items())
         w.writerow([s.id, s.index, s.complexity, s.context, len(s.objects), counts])
-    sums = {"split": "test", "seed": str(seed), "n_scenes": str(len(scenes)), **checksums(scenes, progress=True),
-            **_versions()}
+    sums = {
+        "split": "test",
+        "seed": str(seed),
+        "n_scenes": str(len(scenes)),
+        **checksums(scenes, progress=True),
+        **_versions(),
+    }
     with atomic_write(d / "test_ids.csv", "w") as fh:
         fh.write(buf.getvalue())
     with atomic_write(d / "test_checksum.txt", "w") as fh:
@@ -129,7 +137,9 @@ def read_manifest(directory: Path | None = None) -> dict[str, str]:
     d = Path(directory) if directory is not None else manifest_dir()
     path = d / "test_checksum.txt"
     if not path.is_file():
-        raise AssetError(f"{path} is missing; restore it from git or run prunelab.toyworld.splits.write_test_manifest()")
+        raise AssetError(
+            f"{path} is missing; restore it from git or run prunelab.toyworld.splits.write_test_manifest()"
+        )
     out = {}
     for line in path.read_text().splitlines():
         if line and not line.startswith("#"):
@@ -172,8 +182,11 @@ def verify_test_split(directory: Path | None = None, images: bool = True, strict
             "use the committed code, fonts-noto-color-emoji 2.042 and the recorded versions, or rerun write_test_manifest() deliberately"
         )
     if strict and images and not res["images_ok"]:
-        cause = ("another emoji font" if got["font_sha256"] != want.get("font_sha256")
-                 else f"Pillow {got['pillow']} vs {want.get('pillow')}")
+        cause = (
+            "another emoji font"
+            if got["font_sha256"] != want.get("font_sha256")
+            else f"Pillow {got['pillow']} vs {want.get('pillow')}"
+        )
         raise AssetError(
             f"toy-world test images differ from the committed checksum although the scene records match ({cause}); "
             f"install fonts-noto-color-emoji 2.042 and Pillow {want.get('pillow')} to compare pixels exactly"

@@ -17,6 +17,7 @@ the generative model itself (:func:`~prunelab.toyworld.categories.category_frequ
 :func:`~prunelab.toyworld.categories.cooccurrence`). The question keeps POPE's template verbatim, COCO name
 and article "a" included ("Is there a apple in the image?" is what POPE asks too).
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,7 @@ DESCRIBE_PROMPT = "Please describe this image in detail."
 POPE_TEMPLATE = "Is there a {object} in the image?"
 POPE_SETTINGS = ("random", "popular", "adversarial")
 
-NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-           "twelve")
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
 
 
 # --------------------------------------------------------------------------------------------- noun phrases
@@ -197,12 +197,13 @@ def _group_sentence(rng, scene: Scene, phrase: _Phrase, objs: list[SceneObject],
         t = [f"{_cap(phrase.definite())} are grouped {loc}.", f"{_cap(phrase.indefinite())} sit together {loc}."]
     elif phrase.count == 2:
         l1, l2 = _loc(rng, objs[0]), _loc(rng, objs[1])
-        t = [f"{_cap(phrase.definite())} are {l1} and {l2}.",
-             f"One of {phrase.definite()} is {l1}, the other is {l2}."]
+        t = [f"{_cap(phrase.definite())} are {l1} and {l2}.", f"One of {phrase.definite()} is {l1}, the other is {l2}."]
     else:
-        t = [f"{_cap(phrase.definite())} are spread across the image.",
-             f"{_cap(phrase.definite())} are scattered around the picture.",
-             f"{_cap(phrase.definite())} are in different places."]
+        t = [
+            f"{_cap(phrase.definite())} are spread across the image.",
+            f"{_cap(phrase.definite())} are scattered around the picture.",
+            f"{_cap(phrase.definite())} are in different places.",
+        ]
     return t[int(rng.integers(len(t)))]
 
 
@@ -227,9 +228,11 @@ def _distractor_sentence(rng, scene: Scene) -> str:
         d = dmap[w]
         items.append((("an " if w[0] in "aeiou" else "a ") + w) if k == 1 else f"{NUMBERS[k]} {d.plural}")
     listed = _join(items)
-    t = [f"Some decorative icons are also scattered around: {listed}.",
-         f"There are also other icons in the picture, such as {listed}.",
-         f"Besides the main objects, the image has {listed}."]
+    t = [
+        f"Some decorative icons are also scattered around: {listed}.",
+        f"There are also other icons in the picture, such as {listed}.",
+        f"Besides the main objects, the image has {listed}.",
+    ]
     return t[int(rng.integers(len(t)))]
 
 
@@ -302,7 +305,7 @@ def mentioned_categories(text: str) -> list[str]:
     out, i = [], 0
     while i < len(toks):
         for n in range(min(_MAXLEN, len(toks) - i), 0, -1):
-            cat = _TABLE.get(tuple(toks[i:i + n]))
+            cat = _TABLE.get(tuple(toks[i : i + n]))
             if cat is not None:
                 out.append(cat)
                 i += n
@@ -345,8 +348,12 @@ def pope_questions(scene: Scene, setting: str = "adversarial", n_yes: int = 3, v
     items = [(c, "yes") for c in yes] + [(c, "no") for c in no]
     order = rng.permutation(len(items))
     return [
-        {"question": POPE_TEMPLATE.format(object=items[i][0]), "answer": items[i][1], "object": items[i][0],
-         "setting": setting}
+        {
+            "question": POPE_TEMPLATE.format(object=items[i][0]),
+            "answer": items[i][1],
+            "object": items[i][0],
+            "setting": setting,
+        }
         for i in order
     ]
 

@@ -2,6 +2,7 @@
 :mod:`prunelab.toyworld`'s interface) and the cached tower features (fp16 memmaps, filled batch by batch with a
 progress file, so an interrupted extraction continues where it stopped). Used by :mod:`prunelab.train.toytrain`,
 :mod:`prunelab.train.toyeval` and the ToyLLaVA-S trainer."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ GRID = 24
 # ----------------------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainConfig:
@@ -100,6 +102,7 @@ class TrainConfig:
 # Toy-world records (the only place that knows prunelab.toyworld's interface)
 # ----------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Record:
     """One scene as the trainer needs it: texts and exact ground truth (no pixels)."""
@@ -109,7 +112,9 @@ class Record:
     objects: list[str]  # distinct COCO categories present
     boxes: list[tuple[str, tuple[float, float, float, float]]]  # (category, (x0, y0, x1, y1)) in pixels at 336
     descriptions: list[str]
-    questions: list[tuple[str, str, str, str]] = field(default_factory=list)  # (question, answer, POPE setting, category)
+    questions: list[tuple[str, str, str, str]] = field(
+        default_factory=list
+    )  # (question, answer, POPE setting, category)
     train_questions: list[tuple[str, str]] = field(default_factory=list)  # (question, answer) pool for training
     patches: list[list[int]] | None = None  # per object, the patches it covers (toyworld.scenes.patch_indices)
 
@@ -118,31 +123,45 @@ def describe_prompt() -> str:
     return DESCRIBE_PROMPT
 
 
-def load_records(split: str, n: int | None = None, n_descriptions: int = 1, with_patches: bool = False,
-                 progress: bool = True) -> tuple[list[Record], list[Any]]:
+def load_records(
+    split: str, n: int | None = None, n_descriptions: int = 1, with_patches: bool = False, progress: bool = True
+) -> tuple[list[Record], list[Any]]:
     """``(records, scenes)`` of the first ``n`` scenes of a toy-world split (:func:`prunelab.toyworld.splits.load_split`)."""
     from tqdm.auto import tqdm
 
     size = splits.SPLIT_SIZES[split]
     if n is not None and n > size:
-        raise PrunelabError(f"toy-world split {split!r} has {size} scenes, fewer than the {n} asked; lower n_{split} to <= {size}")
+        raise PrunelabError(
+            f"toy-world split {split!r} has {size} scenes, fewer than the {n} asked; lower n_{split} to <= {size}"
+        )
     scenes = list(splits.load_split(split, limit=n))
-    recs = [_record_of(s, n_descriptions, with_patches) for s in tqdm(scenes, desc=f"toy world [{split}]", disable=not progress, mininterval=10)]
+    recs = [
+        _record_of(s, n_descriptions, with_patches)
+        for s in tqdm(scenes, desc=f"toy world [{split}]", disable=not progress, mininterval=10)
+    ]
     return recs, scenes
 
 
 def _record_of(scene, n_descriptions: int, with_patches: bool) -> Record:
     yn = {"yes": "Yes", "no": "No"}
-    qs = [(q["question"], yn[q["answer"]], q["setting"], q["object"]) for st in tt.POPE_SETTINGS for q in tt.pope_questions(scene, st)]
+    qs = [
+        (q["question"], yn[q["answer"]], q["setting"], q["object"])
+        for st in tt.POPE_SETTINGS
+        for q in tt.pope_questions(scene, st)
+    ]
     # Training pool: the POPE-style questions of two more seeded draws as well, de-duplicated.
     pool = {(q, a) for q, a, *_ in qs}
     for v in (1, 2):
         pool.update((q["question"], yn[q["answer"]]) for q in tt.pope_questions(scene, "random", variant=v))
     return Record(
-        id=scene.id, complexity=scene.complexity, objects=list(scene.categories),
+        id=scene.id,
+        complexity=scene.complexity,
+        objects=list(scene.categories),
         boxes=[(o.category, tuple(float(x) for x in o.box)) for o in scene.objects],
-        descriptions=[tt.describe(scene, v) for v in range(n_descriptions)], questions=qs,
-        train_questions=sorted(pool), patches=ts.patch_indices(scene) if with_patches else None,
+        descriptions=[tt.describe(scene, v) for v in range(n_descriptions)],
+        questions=qs,
+        train_questions=sorted(pool),
+        patches=ts.patch_indices(scene) if with_patches else None,
     )
 
 
@@ -171,6 +190,7 @@ def all_texts(records: Sequence[Record]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 # Feature cache
 # ----------------------------------------------------------------------------------------------------------
+
 
 class FeatureStore:
     """Tower outputs of one split: ``features`` (n, 576, 384) fp16 and ``cls_attention`` (n, 576) fp32 memmaps."""

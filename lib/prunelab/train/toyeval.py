@@ -1,6 +1,7 @@
 """ToyLLaVA's evaluation on cached tower features: greedy generation (the same computation as
 ``LlavaForConditionalGeneration.generate``), yes/no answers, object mentions (CHAIR-style), degenerate outputs,
 kept-object hits, the per-condition evaluation (full tokens and pruned budgets) and its paired bootstrap."""
+
 from __future__ import annotations
 
 import logging
@@ -15,10 +16,7 @@ import numpy as np
 from prunelab.errors import PrunelabError
 from prunelab.eval.stats import paired_ratio_diff
 from prunelab.methods.base import VisualContext, prune
-from prunelab.models.toyllava import (
-    IMAGE_TOKEN,
-    prompt_ids,
-)
+from prunelab.models.toyllava import IMAGE_TOKEN, prompt_ids
 from prunelab.toyworld.text import mentioned_categories
 from prunelab.train.toydata import N_TOK, FeatureStore, Record, TrainConfig, describe_prompt
 
@@ -28,10 +26,11 @@ log = logging.getLogger("prunelab.toytrain")
 # Generation on cached features (the same computation as LlavaForConditionalGeneration.generate)
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _split_prompt(tokenizer, text: str) -> tuple[list[int], list[int]]:
     ids = prompt_ids(tokenizer, text)
     p = ids.index(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
-    return ids[:p], ids[p + 1:]
+    return ids[:p], ids[p + 1 :]
 
 
 def _embed_rows(model, pre: list[int], rows, post: list[int]):
@@ -45,8 +44,9 @@ def _embed_rows(model, pre: list[int], rows, post: list[int]):
     return torch.cat([e_pre, rows.to(e_pre.dtype), e_post], dim=1)
 
 
-def generate_descriptions(model, tokenizer, rows_list, prompt: str, max_new_tokens: int = 72, batch: int = 16,
-                          progress: bool = False) -> list[list[int]]:
+def generate_descriptions(
+    model, tokenizer, rows_list, prompt: str, max_new_tokens: int = 72, batch: int = 16, progress: bool = False
+) -> list[list[int]]:
     """Greedy continuations (token ids, ``</s>`` included when produced) for each image's LLM input rows.
 
     ``rows_list``: per image a ``(n_i, d)`` tensor of projected visual tokens; images with the same ``n_i``
@@ -61,13 +61,18 @@ def generate_descriptions(model, tokenizer, rows_list, prompt: str, max_new_toke
     for i, r in enumerate(rows_list):
         groups.setdefault(int(r.shape[0]), []).append(i)
     eos = tokenizer.eos_token_id
-    chunks = [(n, idx[s:s + batch]) for n, idx in groups.items() for s in range(0, len(idx), batch)]
+    chunks = [(n, idx[s : s + batch]) for n, idx in groups.items() for s in range(0, len(idx), batch)]
     for _n, idx in tqdm(chunks, desc="describe", disable=not progress, mininterval=10):
         with torch.inference_mode():
             emb = _embed_rows(model, pre, torch.stack([rows_list[i] for i in idx]), post)
-            gen = model.lm.generate(inputs_embeds=emb, attention_mask=torch.ones(emb.shape[:2], dtype=torch.long),
-                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                    pad_token_id=tokenizer.pad_token_id)
+            gen = model.lm.generate(
+                inputs_embeds=emb,
+                attention_mask=torch.ones(emb.shape[:2], dtype=torch.long),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         for j, i in enumerate(idx):
             seq = gen[j].tolist()
             if eos in seq:
@@ -97,7 +102,7 @@ def answer_yes_no(model, tokenizer, items, batch: int = 32, progress: bool = Fal
         pre, post = cache[q]
         keyed.setdefault((len(pre), int(rows.shape[0]), len(post)), []).append(i)
     out = ["other"] * len(items)
-    chunks = [idx[s:s + batch] for idx in keyed.values() for s in range(0, len(idx), batch)]
+    chunks = [idx[s : s + batch] for idx in keyed.values() for s in range(0, len(idx), batch)]
     for idx in tqdm(chunks, desc="yes/no", disable=not progress, mininterval=10):
         emb = []
         for i in idx:
@@ -114,6 +119,7 @@ def answer_yes_no(model, tokenizer, items, batch: int = 32, progress: bool = Fal
 # ----------------------------------------------------------------------------------------------------------
 # Metrics helpers
 # ----------------------------------------------------------------------------------------------------------
+
 
 def is_degenerate(ids: Sequence[int], eos_id: int, min_repeats: int = 3, max_period: int = 8) -> bool:
     """A description is degenerate if it never ends (no ``</s>`` within the token limit) or loops: some block
@@ -177,7 +183,10 @@ def mention_parser() -> tuple[Any, str]:
             _PARSER, _PARSER_NAME = p.objects, "prunelab.eval.mentions.CaptionParser"
         except (ImportError, PrunelabError) as err:
             log.warning("CHAIR parser unavailable (%s); using the toy world's noun matcher", err)
-            _PARSER, _PARSER_NAME = (lambda t: set(mentioned_categories(t))), "prunelab.toyworld.text.mentioned_categories"
+            _PARSER, _PARSER_NAME = (
+                (lambda t: set(mentioned_categories(t))),
+                "prunelab.toyworld.text.mentioned_categories",
+            )
     return _PARSER, _PARSER_NAME
 
 
@@ -196,7 +205,9 @@ class Condition:
 
 
 def default_conditions(cfg: TrainConfig) -> list[Condition]:
-    return [Condition("full", None)] + [Condition(f"{m}-{cfg.eval_budget}", m, cfg.eval_budget) for m in cfg.eval_methods]
+    return [Condition("full", None)] + [
+        Condition(f"{m}-{cfg.eval_budget}", m, cfg.eval_budget) for m in cfg.eval_methods
+    ]
 
 
 def _rows_for(model, store: FeatureStore, i: int, cond: Condition):
@@ -207,16 +218,28 @@ def _rows_for(model, store: FeatureStore, i: int, cond: Condition):
     if cond.method is None:
         with torch.no_grad():
             return model.project(f), np.arange(f.shape[0])
-    ctx = VisualContext(features=f, cls_attention=torch.from_numpy(np.asarray(store.cls_attention[i], dtype=np.float32)),
-                        projector=model.project, image_id=store.ids[i])
+    ctx = VisualContext(
+        features=f,
+        cls_attention=torch.from_numpy(np.asarray(store.cls_attention[i], dtype=np.float32)),
+        projector=model.project,
+        image_id=store.ids[i],
+    )
     res = prune(ctx, cond.method, cond.budget)
     with torch.no_grad():
         rows = res.output_tokens(ctx, "projected")
     return rows.float(), res.indices.numpy()
 
 
-def evaluate(model, tokenizer, records: Sequence[Record], store: FeatureStore, conditions: Sequence[Condition],
-             prompt: str | None = None, max_new_tokens: int = 72, progress: bool = True) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    records: Sequence[Record],
+    store: FeatureStore,
+    conditions: Sequence[Condition],
+    prompt: str | None = None,
+    max_new_tokens: int = 72,
+    progress: bool = True,
+) -> dict:
     """Descriptions + POPE on ``records`` under each condition; returns ``{"summary": [...], "per_image": [...]}``.
 
     Per condition and complexity (simple / complex / all): object recall (ground-truth categories mentioned /
@@ -254,19 +277,36 @@ def evaluate(model, tokenizer, records: Sequence[Record], store: FeatureStore, c
             said = objects_in(text)
             gt = set(rec.objects)
             hits, n_obj = object_hit(rec.patches if rec.patches is not None else rec.boxes, kept[i])
-            per_image.append({
-                "condition": cond.name, "id": rec.id, "complexity": rec.complexity, "description": text,
-                "mentioned": sorted(said), "objects": sorted(gt), "hallucinated": sorted(said - gt),
-                "degenerate": is_degenerate(gens[i], eos), "n_tokens": int(len(gens[i])),
-                "object_hit": hits, "n_objects": n_obj, "n_kept": int(rows[i].shape[0]),
-                "pope": pope_by_img.get(i, []),
-            })
+            per_image.append(
+                {
+                    "condition": cond.name,
+                    "id": rec.id,
+                    "complexity": rec.complexity,
+                    "description": text,
+                    "mentioned": sorted(said),
+                    "objects": sorted(gt),
+                    "hallucinated": sorted(said - gt),
+                    "degenerate": is_degenerate(gens[i], eos),
+                    "n_tokens": int(len(gens[i])),
+                    "object_hit": hits,
+                    "n_objects": n_obj,
+                    "n_kept": int(rows[i].shape[0]),
+                    "pope": pope_by_img.get(i, []),
+                }
+            )
         rows_c = [p for p in per_image if p["condition"] == cond.name]
         for cx in ("simple", "complex", "all"):
             sel = [p for p in rows_c if cx == "all" or p["complexity"] == cx]
             if sel:
-                summary.append({"condition": cond.name, "method": cond.method or "none", "budget": cond.budget,
-                                "complexity": cx, **_summarise(sel)})
+                summary.append(
+                    {
+                        "condition": cond.name,
+                        "method": cond.method or "none",
+                        "budget": cond.budget,
+                        "complexity": cx,
+                        **_summarise(sel),
+                    }
+                )
         summary[-1]["seconds"] = {"select": round(t_sel, 2), "describe": round(t_gen, 2), "pope": round(t_pope, 2)}
     return {"summary": summary, "per_image": per_image}
 
@@ -305,14 +345,25 @@ def _summarise(sel: list[dict]) -> dict:
     return out
 
 
-def paired_bootstrap(per_image: list[dict], cond_a: str, cond_b: str, metric: str, complexity: str = "complex",
-                     n_boot: int = 2000, seed: int = 0) -> dict:
+def paired_bootstrap(
+    per_image: list[dict],
+    cond_a: str,
+    cond_b: str,
+    metric: str,
+    complexity: str = "complex",
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
     """Difference ``metric(b) - metric(a)`` on the same images with a 95% paired percentile-bootstrap interval
     (:func:`prunelab.eval.stats.paired_ratio_diff`, ``"percent"`` levels).
 
     ``metric``: ``recall`` or ``chair_i`` (ratio of sums, recomputed on each resample; denominator at least 1).
     """
-    a = {p["id"]: p for p in per_image if p["condition"] == cond_a and (complexity == "all" or p["complexity"] == complexity)}
+    a = {
+        p["id"]: p
+        for p in per_image
+        if p["condition"] == cond_a and (complexity == "all" or p["complexity"] == complexity)
+    }
     b = {p["id"]: p for p in per_image if p["condition"] == cond_b and p["id"] in a}
     ids = sorted(b)
     if not ids:
@@ -326,8 +377,17 @@ def paired_bootstrap(per_image: list[dict], cond_a: str, cond_b: str, metric: st
     B = np.array([parts(b[i]) for i in ids], dtype=float)
     # b first: the record reports metric(b) - metric(a); percent levels, a floor of one on the denominator and a
     # bootstrap even of one image reproduce the records written before the statistics module existed
-    r = paired_ratio_diff(B[:, 0], B[:, 1], A[:, 0], A[:, 1], n_boot=n_boot, ci=0.95, seed=seed, levels="percent",
-                          den_floor=1.0, min_n=1)
+    r = paired_ratio_diff(
+        B[:, 0], B[:, 1], A[:, 0], A[:, 1], n_boot=n_boot, ci=0.95, seed=seed, levels="percent", den_floor=1.0, min_n=1
+    )
     lo, hi = r.ci_low, r.ci_high
-    return {"metric": metric, "from": cond_a, "to": cond_b, "complexity": complexity, "delta": r.diff,
-            "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0), "n_images": len(ids)}
+    return {
+        "metric": metric,
+        "from": cond_a,
+        "to": cond_b,
+        "complexity": complexity,
+        "delta": r.diff,
+        "ci95": [float(lo), float(hi)],
+        "significant": bool(lo > 0 or hi < 0),
+        "n_images": len(ids),
+    }

@@ -4,6 +4,7 @@ The pipeline is :mod:`prunelab.train.toytrain`; this module only runs its :func:
 the trainer is imported under its own name (never as ``__main__``) and the inference loader
 :mod:`prunelab.models.toyllava` never imports the trainer.
 """
+
 from __future__ import annotations
 
 from prunelab.train.toytrain import cli

@@ -17,6 +17,7 @@ step, so a resumed run equals an uninterrupted one):
 No stage trains on pruned token subsets (the primary model must become robust the way LLaVA is).
 CLI: ``python -m prunelab.train.toyllava_s {align,pretrain,instruct,package,eval}`` (``make toy-model-s``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -117,14 +118,18 @@ def seed_run_dir(cfg: Config, src: Path | None = None, log=print) -> bool:
 
     src = Path(src) if src is not None else resume_dir()
     rd = run_dir(cfg)
-    ahead = [st for st in STAGES if _ckpt_progress(src / f"{st}.safetensors") > _ckpt_progress(rd / f"{st}.safetensors")]
+    ahead = [
+        st for st in STAGES if _ckpt_progress(src / f"{st}.safetensors") > _ckpt_progress(rd / f"{st}.safetensors")
+    ]
     if not ahead:
         return False
     committed = load_ckpt(src / f"{ahead[-1]}.safetensors")["meta"].get("config", {})
     if committed and committed != cfg.to_json():
-        raise PrunelabError(f"the committed checkpoints in {src} were trained with another configuration "
-                            f"(differs in {sorted(k for k in committed if committed[k] != cfg.to_json().get(k))}); "
-                            "pass the same --set values or delete them to start over")
+        raise PrunelabError(
+            f"the committed checkpoints in {src} were trained with another configuration "
+            f"(differs in {sorted(k for k in committed if committed[k] != cfg.to_json().get(k))}); "
+            "pass the same --set values or delete them to start over"
+        )
     for st in ahead:
         tmp = rd / f".{st}.copy.part"
         shutil.copyfile(src / f"{st}.safetensors", tmp)
@@ -153,6 +158,7 @@ def publish_resume(cfg: Config, dst: Path | None = None) -> Path:
 # Trainable parts: standardised projector and LoRA
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _nn():
     import torch
 
@@ -180,8 +186,12 @@ class Projector(_nn().Module):
         w1, b1 = self.linear_1.weight.detach(), self.linear_1.bias.detach()
         w = w1 / self.std[None, :]
         b = b1 - (w1 * (self.mean / self.std)[None, :]).sum(1)
-        return {"linear_1.weight": w.clone(), "linear_1.bias": b.clone(),
-                "linear_2.weight": self.linear_2.weight.detach().clone(), "linear_2.bias": self.linear_2.bias.detach().clone()}
+        return {
+            "linear_1.weight": w.clone(),
+            "linear_1.bias": b.clone(),
+            "linear_2.weight": self.linear_2.weight.detach().clone(),
+            "linear_2.bias": self.linear_2.bias.detach().clone(),
+        }
 
 
 class LoRALinear(_nn().Module):
@@ -208,7 +218,12 @@ def add_lora(lm, cfg: Config) -> dict:
     for i, layer in enumerate(lm.model.layers):
         for name in LORA_TARGETS:
             parent = layer.self_attn if hasattr(layer.self_attn, name) else layer.mlp
-            mod = LoRALinear(getattr(parent, name), cfg.lora_rank, cfg.lora_scale, seed=cfg.seed * 1000 + i * 10 + LORA_TARGETS.index(name))
+            mod = LoRALinear(
+                getattr(parent, name),
+                cfg.lora_rank,
+                cfg.lora_scale,
+                seed=cfg.seed * 1000 + i * 10 + LORA_TARGETS.index(name),
+            )
             setattr(parent, name, mod)
             out[lora_key(i, name, "")[:-1]] = mod
     return out
@@ -230,6 +245,7 @@ def load_lora(mods: dict, state: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # Stage 0: alignment
 # ----------------------------------------------------------------------------------------------------------
+
 
 def base_parts(cfg: Config, store):
     """The frozen SmolLM2 (+ ``<image>`` row), its tokenizer and a fresh standardised projector (seeded)."""
@@ -271,7 +287,7 @@ def align(cfg: Config, records, store, val, lm, tok, proj, log=print) -> dict:
         perm = np.random.default_rng([cfg.seed, epoch, 11]).permutation(n)
         tot = 0.0
         for s in range(steps_per_epoch):
-            idx = np.sort(perm[s * cfg.align_batch:(s + 1) * cfg.align_batch])
+            idx = np.sort(perm[s * cfg.align_batch : (s + 1) * cfg.align_batch])
             x = torch.from_numpy(np.asarray(store.features[idx], dtype=np.float32))
             y = torch.from_numpy(labels[idx])
             for g in opt.param_groups:
@@ -290,8 +306,10 @@ def align(cfg: Config, records, store, val, lm, tok, proj, log=print) -> dict:
             step += 1
         acc = align_accuracy(proj, v_store, v_lab, Cn)
         hist.append({"epoch": epoch + 1, "loss": tot / steps_per_epoch, **acc})
-        log(f"[align] epoch {epoch + 1}: loss {tot / steps_per_epoch:.3f} val object-patch acc {acc['object_acc']:.3f} "
-            f"background acc {acc['background_acc']:.3f} norm {acc['mean_norm']:.2f} (target {norm_target:.2f})")
+        log(
+            f"[align] epoch {epoch + 1}: loss {tot / steps_per_epoch:.3f} val object-patch acc {acc['object_acc']:.3f} "
+            f"background acc {acc['background_acc']:.3f} norm {acc['mean_norm']:.2f} (target {norm_target:.2f})"
+        )
     return {"history": hist, "norm_target": norm_target}
 
 
@@ -302,13 +320,17 @@ def align_accuracy(proj, store, labels: np.ndarray, Cn) -> dict:
         p = proj(torch.from_numpy(np.asarray(store.features[: len(labels)], dtype=np.float32)))
         pred = (torch.nn.functional.normalize(p, dim=-1) @ Cn.t()).argmax(-1).numpy()
     bg = labels == Cn.shape[0] - 1
-    return {"object_acc": float((pred == labels)[~bg].mean()), "background_acc": float((pred == labels)[bg].mean()),
-            "mean_norm": float(p.norm(dim=-1).mean())}
+    return {
+        "object_acc": float((pred == labels)[~bg].mean()),
+        "background_acc": float((pred == labels)[bg].mean()),
+        "mean_norm": float(p.norm(dim=-1).mean()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Stages 1-2: LM loss, resumable
 # ----------------------------------------------------------------------------------------------------------
+
 
 def _lr(base: float, cfg: Config, step: int, total: int) -> float:
     if step < cfg.warmup:
@@ -366,19 +388,35 @@ def _opt_state_tensors(opt, params: dict) -> dict:
 def _load_opt_state(opt, params: dict, tensors: dict) -> None:
     for n, p in params.items():
         if f"opt.{n}.exp_avg" in tensors:
-            opt.state[p] = {"exp_avg": tensors[f"opt.{n}.exp_avg"].clone(), "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].clone(),
-                            "step": tensors[f"opt.{n}.step"].reshape(()).clone()}
+            opt.state[p] = {
+                "exp_avg": tensors[f"opt.{n}.exp_avg"].clone(),
+                "exp_avg_sq": tensors[f"opt.{n}.exp_avg_sq"].clone(),
+                "step": tensors[f"opt.{n}.step"].reshape(()).clone(),
+            }
 
 
-def train_stage(cfg: Config, stage: str, records, store, lm, tok, proj, lora_mods: dict, ckpt: Path, log=print,
-                stop_after: float | None = None) -> list[dict]:
+def train_stage(
+    cfg: Config,
+    stage: str,
+    records,
+    store,
+    lm,
+    tok,
+    proj,
+    lora_mods: dict,
+    ckpt: Path,
+    log=print,
+    stop_after: float | None = None,
+) -> list[dict]:
     """Run ``pretrain`` or ``instruct`` from the checkpoint at ``ckpt`` (if any) to its last step."""
     import torch
 
     dia = Dialogues(tok)
     total = cfg.pretrain_steps if stage == "pretrain" else cfg.instruct_steps
     pparams = {f"projector.{n}": p for n, p in proj.named_parameters()}
-    lparams = {f"{k}.{p}": getattr(m, p) for k, m in lora_mods.items() for p in ("A", "B")} if stage == "instruct" else {}
+    lparams = (
+        {f"{k}.{p}": getattr(m, p) for k, m in lora_mods.items() for p in ("A", "B")} if stage == "instruct" else {}
+    )
     for p in pparams.values():
         p.requires_grad_(True)
     for p in lparams.values():
@@ -410,18 +448,31 @@ def train_stage(cfg: Config, stage: str, records, store, lm, tok, proj, lora_mod
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(allp.values()), cfg.grad_clip)
         opt.step()
-        hist.append({"step": step + 1, "loss": round(float(loss.detach()), 5), "seconds": round(time.perf_counter() - t0, 2),
-                     "tokens": int(batch[3].sum())})
+        hist.append(
+            {
+                "step": step + 1,
+                "loss": round(float(loss.detach()), 5),
+                "seconds": round(time.perf_counter() - t0, 2),
+                "tokens": int(batch[3].sum()),
+            }
+        )
         if (step + 1) % 5 == 0:
-            log(f"[{stage}] step {step + 1}/{total} loss {np.mean([h['loss'] for h in hist[-5:]]):.3f} "
-                f"{np.mean([h['seconds'] for h in hist[-5:]]):.1f} s/step")
+            log(
+                f"[{stage}] step {step + 1}/{total} loss {np.mean([h['loss'] for h in hist[-5:]]):.3f} "
+                f"{np.mean([h['seconds'] for h in hist[-5:]]):.1f} s/step"
+            )
         done = step + 1 == total
         out_of_time = stop_after is not None and time.perf_counter() - t_start > stop_after
         if (step + 1) % cfg.ckpt_every == 0 or done or out_of_time:
             tensors = {n: p.detach().clone() for n, p in allp.items()}
             tensors.update(_opt_state_tensors(opt, allp))
-            save_ckpt(ckpt, {"meta": {"stage": stage, "step": step + 1, "history": hist, "config": cfg.to_json()},
-                             "tensors": tensors})
+            save_ckpt(
+                ckpt,
+                {
+                    "meta": {"stage": stage, "step": step + 1, "history": hist, "config": cfg.to_json()},
+                    "tensors": tensors,
+                },
+            )
         if out_of_time:
             log(f"[{stage}] stopped after {stop_after:.0f} s at step {step + 1}; run again to resume")
             break
@@ -432,6 +483,7 @@ def train_stage(cfg: Config, stage: str, records, store, lm, tok, proj, lora_mod
 # ----------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------
+
 
 def _setup(cfg: Config):
     import torch
@@ -456,11 +508,15 @@ def cmd_train(cfg: Config, stop_after: float | None = None, log=print) -> Path:
     if a is None:
         t0 = time.perf_counter()
         res = align(cfg, recs, store, val, lm, tok, proj, log=log)
-        save_ckpt(a_path, {"meta": {"stage": "align", **res, "seconds": time.perf_counter() - t0,
-                                    "config": cfg.to_json()},
-                           "tensors": {f"projector.{n}": p.detach().clone() for n, p in proj.state_dict().items()}})
+        save_ckpt(
+            a_path,
+            {
+                "meta": {"stage": "align", **res, "seconds": time.perf_counter() - t0, "config": cfg.to_json()},
+                "tensors": {f"projector.{n}": p.detach().clone() for n, p in proj.state_dict().items()},
+            },
+        )
     else:
-        proj.load_state_dict({k[len("projector."):]: v for k, v in a["tensors"].items()})
+        proj.load_state_dict({k[len("projector.") :]: v for k, v in a["tensors"].items()})
         log("[align] loaded")
     t_all = time.perf_counter()
     remaining = lambda: None if stop_after is None else max(0.0, stop_after - (time.perf_counter() - t_all))  # noqa: E731
@@ -495,7 +551,7 @@ def parts_from_run(cfg: Config, lm, proj):
                 p.copy_(t[f"projector.{n}"])
         a = load_ckpt(rd / "align.safetensors")  # the standardisation buffers live with the align stage
         if a is not None:
-            proj.load_state_dict({k[len("projector."):]: v for k, v in a["tensors"].items()}, strict=False)
+            proj.load_state_dict({k[len("projector.") :]: v for k, v in a["tensors"].items()}, strict=False)
             with torch.no_grad():
                 for n, p in proj.named_parameters():
                     p.copy_(t[f"projector.{n}"])
@@ -509,20 +565,32 @@ def parts_from_run(cfg: Config, lm, proj):
 
 def package(cfg: Config, out=None) -> Path:
     """Write the newest checkpoint of the run as a ToyLLaVA-S folder (deltas + build record + training log)."""
-    lm, tok, proj = base_parts(cfg, prefix_store("train", [f"train-{i:05d}" for i in range(cfg.n_train)])
-                               or load_split(cfg.train_split, cfg.n_train)[1])
+    lm, tok, proj = base_parts(
+        cfg,
+        prefix_store("train", [f"train-{i:05d}" for i in range(cfg.n_train)])
+        or load_split(cfg.train_split, cfg.n_train)[1],
+    )
     stage, step, st, mods = parts_from_run(cfg, lm, proj)
     rd = run_dir(cfg)
-    hist = {k: (load_ckpt(rd / f"{k}.safetensors") or {"meta": {}})["meta"].get("history", []) for k in ("align", "pretrain", "instruct")}
-    meta = {"stage": stage, "step": step, "lora_scale": cfg.lora_scale if mods else 1.0, "config": cfg.to_json(),
-            "history": {k: v[-200:] if isinstance(v, list) else v for k, v in hist.items()}}
+    hist = {
+        k: (load_ckpt(rd / f"{k}.safetensors") or {"meta": {}})["meta"].get("history", [])
+        for k in ("align", "pretrain", "instruct")
+    }
+    meta = {
+        "stage": stage,
+        "step": step,
+        "lora_scale": cfg.lora_scale if mods else 1.0,
+        "config": cfg.to_json(),
+        "history": {k: v[-200:] if isinstance(v, list) else v for k, v in hist.items()},
+    }
     val_path = rd / f"validate-{stage}-{step}.json"
     validation = json.loads(val_path.read_text()) if val_path.is_file() else None
     extra = {"README.md": write_card(meta, validation)}
     if validation:
         extra["validation.json"] = json.dumps(validation, indent=1) + "\n"
-    return S.write_package(Path(out) if out else S.default_dir(), proj.export(), export_lora(mods) if mods else {}, meta,
-                           extra_files=extra)
+    return S.write_package(
+        Path(out) if out else S.default_dir(), proj.export(), export_lora(mods) if mods else {}, meta, extra_files=extra
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ Used by :mod:`prunelab.train.toyllava_s` (the stages) and :mod:`prunelab.train.t
 Batches are a function of the seed, the stage and the step, so a resumed run sees exactly the batches an
 uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,12 @@ N_TOK = 576
 # Data: toy-world records and cached tower features (shared with the scratch ToyLLaVA's trainer)
 # ----------------------------------------------------------------------------------------------------------
 
+
 def load_split(split: str, n: int, with_patches: bool = False, progress: bool = False):
     """``(records, store)`` of a split: texts and ground truth plus the DINOv2 features (extracted once, cached)."""
-    recs, scenes = D.load_records(split, n, n_descriptions=3 if split == "train" else 1, with_patches=with_patches,
-                                  progress=progress)
+    recs, scenes = D.load_records(
+        split, n, n_descriptions=3 if split == "train" else 1, with_patches=with_patches, progress=progress
+    )
     ids = [r.id for r in recs]
     store = prefix_store(split, ids)
     if store is None:
@@ -70,7 +73,9 @@ def class_vectors(lm, tokenizer, words: Sequence[str]):
     import torch
 
     E = lm.get_input_embeddings().weight.detach().float()
-    vecs = [E[torch.tensor(tokenizer(" " + w, add_special_tokens=False).input_ids)].mean(0) for w in [*words, "background"]]
+    vecs = [
+        E[torch.tensor(tokenizer(" " + w, add_special_tokens=False).input_ids)].mean(0) for w in [*words, "background"]
+    ]
     return torch.stack(vecs)
 
 
@@ -137,8 +142,11 @@ class Dialogues:
 
     def prompt(self, question: str) -> list[int]:
         """The generation prompt for one question (what the processor's chat template gives, as ids)."""
-        return self._ids(SYSTEM + "<|im_start|>user\n") + [self.image_id] + self._ids(
-            "\n" + question + "<|im_end|>\n<|im_start|>assistant\n")
+        return (
+            self._ids(SYSTEM + "<|im_start|>user\n")
+            + [self.image_id]
+            + self._ids("\n" + question + "<|im_end|>\n<|im_start|>assistant\n")
+        )
 
 
 def dialogue_turns(rec, rng, cfg, stage: str) -> list[tuple[str, str]]:
@@ -168,14 +176,14 @@ def make_batch(cfg, stage: str, step: int, records, store, dia: Dialogues):
     att = torch.zeros((len(seqs), L), dtype=torch.long)
     for b, (s, m) in enumerate(seqs):
         p = s.index(dia.image_id)
-        full = s[:p] + [dia.image_id] * n_vis + s[p + 1:]
-        mf = m[:p] + [0] * n_vis + m[p + 1:]
+        full = s[:p] + [dia.image_id] * n_vis + s[p + 1 :]
+        mf = m[:p] + [0] * n_vis + m[p + 1 :]
         t = torch.tensor(full)
-        ids[b, :len(full)] = t
-        att[b, :len(full)] = 1
+        ids[b, : len(full)] = t
+        att[b, : len(full)] = 1
         lab = t.clone()
         lab[torch.tensor(mf) == 0] = -100
-        labels[b, :len(full)] = lab
+        labels[b, : len(full)] = lab
     feats = torch.from_numpy(np.stack([np.asarray(store.features[int(i)], dtype=np.float32) for i in idx]))
     return ids, feats, labels, att
 

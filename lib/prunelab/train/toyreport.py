@@ -5,6 +5,7 @@ Everything here reads what ``python -m prunelab.train.toyllava train`` wrote int
 with the training curve, ``config.json``) or renders toy-world scenes; nothing is computed by hand. Used by
 ``notebooks/00_toy_world_and_model.ipynb``.
 """
+
 from __future__ import annotations
 
 import html
@@ -44,9 +45,22 @@ def summary_table(ev: dict, complexity: str | None = None) -> pd.DataFrame:
     df = pd.DataFrame(ev["summary"]).drop(columns=["seconds"], errors="ignore")
     if complexity is not None:
         df = df[df["complexity"] == complexity]
-    cols = ["condition", "complexity", "n_images", "recall", "precision", "chair_i", "chair_s", "degenerate_rate",
-            "object_hit", "mean_length", "pope_random_acc", "pope_popular_acc", "pope_adversarial_acc",
-            "pope_adversarial_yes_ratio"]
+    cols = [
+        "condition",
+        "complexity",
+        "n_images",
+        "recall",
+        "precision",
+        "chair_i",
+        "chair_s",
+        "degenerate_rate",
+        "object_hit",
+        "mean_length",
+        "pope_random_acc",
+        "pope_popular_acc",
+        "pope_adversarial_acc",
+        "pope_adversarial_yes_ratio",
+    ]
     return df[[c for c in cols if c in df]].reset_index(drop=True)
 
 
@@ -151,8 +165,16 @@ def example_outputs(ev: dict, n: int = 4, seed: int = 0, complexity: str | None 
             flag = " <i>(degenerate)</i>" if r["degenerate"] else ""
             cells.append(f"<td>{highlight(r['description'], r['hallucinated'])}{flag}</td>")
         rows.append(f"<tr><td><b>{html.escape(i)}</b><br><small>{html.escape(truth)}</small></td>{''.join(cells)}</tr>")
-    return (f"<table><thead><tr><th>scene (true objects)</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return f"<table><thead><tr><th>scene (true objects)</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-__all__ = ["load_eval", "load_history", "summary_table", "quality_table", "plot_history", "scene_sheet", "highlight",
-           "example_outputs"]
+__all__ = [
+    "load_eval",
+    "load_history",
+    "summary_table",
+    "quality_table",
+    "plot_history",
+    "scene_sheet",
+    "highlight",
+    "example_outputs",
+]

