@@ -112,7 +112,13 @@ def calibrate_erank(
         vals.append(v)
     if not vals:
         raise CapabilityError("calibrate_erank got no images; pass at least one context or (N, C) feature tensor")
-    t = torch.tensor(vals, dtype=torch.float64)
+    return erank_summary(vals)
+
+
+def erank_summary(values) -> dict[str, float]:
+    """``{"mean", "min", "max", "std", "n"}`` of per-image input eranks (``std``: population), the statistics
+    AgilePruner and the erank-guided hybrids read."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
     return {
         "mean": float(t.mean()),
         "min": float(t.min()),

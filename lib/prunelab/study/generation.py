@@ -95,7 +95,15 @@ from prunelab.methods.base import ErankStatsSpec
 from prunelab.models.loader import as_generation_model
 from prunelab.models.parts import parse_requires
 from prunelab.study.params import check_budgets, check_image_set, check_n_images, check_seed
-from prunelab.study.runner import _items_of, _jsonable, erank_stats_from, image_stats, resolve_methods, scalar_json
+from prunelab.study.runner import (
+    _items_of,
+    _jsonable,
+    check_unique_labels,
+    erank_stats_from,
+    image_stats,
+    resolve_methods,
+    scalar_json,
+)
 from prunelab.study.scoring import score_chair, score_pope
 from prunelab.study.tablecache import RunCache, key as _key
 from prunelab.toyworld import text as tt
@@ -229,13 +237,7 @@ def resolve_generation_methods(methods) -> list[_Spec]:
         else:
             (s,) = resolve_methods([m])
             specs.append(_Spec(s.label, s.pruner, s.pruner.family))
-    labels = [s.label for s in specs]
-    dup = sorted({x for x in labels if labels.count(x) > 1})
-    if dup:
-        raise UnknownNameError(
-            f"method label(s) {', '.join(dup)} given twice; drop the duplicate or pass distinct labels"
-        )
-    return specs
+    return check_unique_labels(specs)
 
 
 def spec_input_erank(ctx, spec: ErankStatsSpec) -> float:

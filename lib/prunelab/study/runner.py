@@ -51,6 +51,7 @@ from prunelab.device import cpu_threads
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.eval.metrics import attention_entropy, erank
 from prunelab.methods import FAMILY_ORDER, available_methods
+from prunelab.methods.adaptive import erank_summary
 from prunelab.methods.base import Pruner, PruneResult, VisualContext, get_pruner
 from prunelab.models.encoders import VisionEncoder
 from prunelab.paths import atomic_write
@@ -145,6 +146,11 @@ def resolve_methods(methods) -> list[MethodSpec]:
             changed = {k: v for k, v in pruner.params().items() if default.get(k, object()) != v}
             label = pruner.name + (f"({', '.join(f'{k}={v}' for k, v in sorted(changed.items()))})" if changed else "")
         specs.append(MethodSpec(str(label), pruner))
+    return check_unique_labels(specs)
+
+
+def check_unique_labels(specs: list) -> list:
+    """``specs`` if no two share a ``label``; else one line naming the repeated labels."""
     labels = [s.label for s in specs]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -206,16 +212,10 @@ def image_stats(ctx: VisualContext) -> dict[str, float]:
 def erank_stats_from(values: Iterable[float]) -> dict[str, float]:
     """``{"mean","min","max","std","n"}`` of per-image input eranks — the dictionary
     :func:`prunelab.methods.adaptive.calibrate_erank` returns for the same values."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    if t.numel() == 0 or not torch.isfinite(t).all():
+    vals = [float(v) for v in values]
+    if not vals or not all(math.isfinite(v) for v in vals):
         raise PrunelabError("cannot calibrate erank statistics: no images or a non-finite erank; check the image set")
-    return {
-        "mean": float(t.mean()),
-        "min": float(t.min()),
-        "max": float(t.max()),
-        "std": float(t.std(unbiased=False)),
-        "n": int(t.numel()),
-    }
+    return erank_summary(vals)
 
 
 def _stable_int(*parts) -> int:

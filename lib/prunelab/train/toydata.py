@@ -32,6 +32,21 @@ GRID = 24
 # ----------------------------------------------------------------------------------------------------------
 
 
+#: The evaluation's per-condition metrics, as the model card and the report show them.
+CARD_METRICS = [
+    "recall",
+    "precision",
+    "chair_i",
+    "chair_s",
+    "degenerate_rate",
+    "object_hit",
+    "pope_random_acc",
+    "pope_popular_acc",
+    "pope_adversarial_acc",
+    "pope_adversarial_yes_ratio",
+]
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a ToyLLaVA run (stored in checkpoints and the model card).

@@ -17,6 +17,7 @@ import pandas as pd
 from prunelab.errors import AssetError
 from prunelab.models.toyllava import _resolve_dir, n_parameters  # noqa: F401 (n_parameters: shown by the book)
 from prunelab.toyworld import scenes, splits
+from prunelab.train.toydata import CARD_METRICS
 
 
 def _dir(path) -> Path:
@@ -45,22 +46,7 @@ def summary_table(ev: dict, complexity: str | None = None) -> pd.DataFrame:
     df = pd.DataFrame(ev["summary"]).drop(columns=["seconds"], errors="ignore")
     if complexity is not None:
         df = df[df["complexity"] == complexity]
-    cols = [
-        "condition",
-        "complexity",
-        "n_images",
-        "recall",
-        "precision",
-        "chair_i",
-        "chair_s",
-        "degenerate_rate",
-        "object_hit",
-        "mean_length",
-        "pope_random_acc",
-        "pope_popular_acc",
-        "pope_adversarial_acc",
-        "pope_adversarial_yes_ratio",
-    ]
+    cols = ["condition", "complexity", "n_images", *CARD_METRICS[:6], "mean_length", *CARD_METRICS[6:]]
     return df[[c for c in cols if c in df]].reset_index(drop=True)
 
 

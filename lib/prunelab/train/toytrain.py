@@ -42,6 +42,7 @@ from prunelab.errors import AssetError, PrunelabError
 from prunelab.models.toyllava import IMAGE_TOKEN, build_config, build_tokenizer, dialogue_ids, load_projector_lm
 from prunelab.paths import atomic_write, cache_dir
 from prunelab.train.toydata import (
+    CARD_METRICS,
     FeatureStore,
     Record,
     TrainConfig,
@@ -685,18 +686,7 @@ def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
     except Exception:  # card still useful without the count
         pass
     final_loss = next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None)
-    cols = [
-        "recall",
-        "precision",
-        "chair_i",
-        "chair_s",
-        "degenerate_rate",
-        "object_hit",
-        "pope_random_acc",
-        "pope_popular_acc",
-        "pope_adversarial_acc",
-        "pope_adversarial_yes_ratio",
-    ]
+    cols = CARD_METRICS
     lines = [
         f"# {cfg.variant}: ToyLLaVA model card",
         "",
