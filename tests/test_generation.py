@@ -719,3 +719,16 @@ def test_coco_ground_truth_is_found_next_to_the_image_folder(tmp_path, chair_par
     with pytest.raises(AssetError) as e:
         G.ground_truth_for(items, spec)
     assert "annotations" in _one_line(e)
+
+
+def test_pope_prefix_cache_gives_the_same_answers_under_its_own_key(tiny, tmp_path):
+    """run_generation(pope_prefix_cache=True): the questions' shared prefix is prefilled once; answers equal the
+    default path's, and the entries are cached apart from the default ones (both keys coexist)."""
+    kw = dict(task="pope", max_new_tokens=3, cache_dir=tmp_path, progress=False)
+    plain = G.run_generation(tiny, _items(3), [None, "FasterVLM"], [8], **kw)
+    cached = G.run_generation(tiny, _items(3), [None, "FasterVLM"], [8], pope_prefix_cache=True, **kw)
+    assert list(cached["text"]) == list(plain["text"]) and len(cached) == len(plain)
+    n_entries = len(list(tmp_path.rglob("entries/*.json")))
+    assert n_entries == 2 * 3 * 2  # image x method x budget, once per setting of the flag
+    again = G.run_generation(tiny, _items(3), [None, "FasterVLM"], [8], **kw)
+    assert list(again["text"]) == list(plain["text"]) and len(list(tmp_path.rglob("entries/*.json"))) == n_entries
