@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from prunelab.device import cpu_threads as device_threads
 from prunelab.errors import PrunelabError, UnknownNameError
 from prunelab.eval.metrics import erank
 from prunelab.methods.base import FAMILY_ORDER, get_pruner
@@ -342,7 +343,7 @@ def run_study(
     when the cores are shared: on the 2-core build machine under load, erank-greedy at T=128 on one photo took
     4.4 s with one thread and 102 s with two.
     """
-    if cpu_threads is None:
+    with device_threads(cpu_threads):  # None: the caller's setting
         return _run_study(
             image_sets,
             methods,
@@ -356,24 +357,6 @@ def run_study(
             cache_dir=cache_dir,
             progress=progress,
         )
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(cpu_threads))
-    try:
-        return _run_study(
-            image_sets,
-            methods,
-            budgets,
-            seed=seed,
-            n_images=n_images,
-            encoder=encoder,
-            space=space,
-            n_random=n_random,
-            screen=screen,
-            cache_dir=cache_dir,
-            progress=progress,
-        )
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run_study(
