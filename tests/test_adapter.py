@@ -3,6 +3,7 @@ the unpruned HF model, kept counts and order policies, batching, hook hygiene, p
 
 from __future__ import annotations
 
+import re
 import types
 
 import numpy as np
@@ -564,3 +565,23 @@ def test_budget_is_checked_against_the_processed_resolution():
     assert out.records[0]["n_image_tokens"] == 36 and out.records[0]["n_kept"] == 36
     with pytest.raises(BudgetError, match="1..36"):
         ad.run(ids, pv, "FasterVLM", 40, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl"])
+def test_unsupported_families_are_refused_up_front(family):
+    """A LLaVA-NeXT or Qwen2.5-VL model is refused by name before anything runs (before: NeXT passed resolve_parts
+    and failed inside generate with 'too many values to unpack')."""
+    import transformers
+
+    from prunelab.models.parts import UNSUPPORTED_FAMILIES, resolve_parts
+
+    cls, cfg_cls = {
+        "llava_next": (transformers.LlavaNextForConditionalGeneration, transformers.LlavaNextConfig),
+        "qwen2_5_vl": (transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig),
+    }[family]
+    with torch.device("meta"):  # the 7B default configs, no weights
+        model = cls(cfg_cls())
+    with pytest.raises(CapabilityError, match=f"not supported yet.*{re.escape(UNSUPPORTED_FAMILIES[family])}"):
+        resolve_parts(model)
+    with pytest.raises(CapabilityError, match="not supported yet"):
+        LlavaAdapter(model)

@@ -21,6 +21,7 @@ from prunelab.errors import CapabilityError, ImageError
 
 __all__ = [
     "LlavaParts",
+    "UNSUPPORTED_FAMILIES",
     "resolve_parts",
     "find_image_span",
     "expand_image_placeholder",
@@ -81,17 +82,33 @@ def _get_path(obj, path):
     return obj
 
 
+#: Model families whose visual-token layout the adapter does not handle yet, and why.
+UNSUPPORTED_FAMILIES = {
+    "llava_next": "anyres: a base tile plus a crop grid, each tile with its own [CLS], and one newline token per row",
+    "llava_onevision": "anyres tiles with newline tokens, SigLIP without [CLS]",
+    "qwen2_vl": "no [CLS], windowed ViT, 2x2-merged tokens with 3-D M-RoPE positions",
+    "qwen2_5_vl": "no [CLS], windowed ViT, 2x2-merged tokens with 3-D M-RoPE positions",
+}
+
+
 def resolve_parts(model: nn.Module) -> LlavaParts:
     """Find tower, projector, decoder and tower layers of a LLaVA-style model, across transformers versions.
 
     Raises :class:`CapabilityError` (one line) for a model without a vision tower or a projector, or with a
     feature selection the adapter does not support (multi-layer features, ``"full"`` strategy).
     """
+    cfg = getattr(model, "config", None)
+    family = getattr(cfg, "model_type", None)
+    if family in UNSUPPORTED_FAMILIES:
+        # refuse up front: a NeXT model would pass the checks below and fail inside generate (anyres tiles)
+        raise CapabilityError(
+            f"{type(model).__name__} ({family}) is not supported yet: its visual tokens are laid out differently "
+            f"({UNSUPPORTED_FAMILIES[family]}); use a LlavaForConditionalGeneration checkpoint (LLaVA-1.5)"
+        )
     inner = getattr(model, "model", model)
     vt = getattr(inner, "vision_tower", None)
     if vt is None:
         vt = getattr(model, "vision_tower", None)  # 4.57 convenience property
-    cfg = getattr(model, "config", None)
     if vt is None or cfg is None or not hasattr(cfg, "image_token_id"):
         raise CapabilityError(
             f"{type(model).__name__} has no vision tower / image_token_id; pass a LlavaForConditionalGeneration "
