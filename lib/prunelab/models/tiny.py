@@ -45,26 +45,18 @@ def tiny_config(
     """A ``LlavaConfig`` with ``(image_size // patch_size)**2`` patch tokens (default 8x8 = 64)."""
     from transformers import CLIPVisionConfig, Dinov2Config, LlamaConfig, LlavaConfig
 
+    shape = dict(
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
     if tower == "clip":
-        vision = CLIPVisionConfig(
-            hidden_size=vision_hidden,
-            intermediate_size=2 * vision_hidden,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=vision_heads,
-            image_size=image_size,
-            patch_size=patch_size,
-            projection_dim=vision_hidden,
-        )
+        vision = CLIPVisionConfig(**shape, projection_dim=vision_hidden)
     elif tower == "dinov2":
-        vision = Dinov2Config(
-            hidden_size=vision_hidden,
-            intermediate_size=2 * vision_hidden,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=vision_heads,
-            image_size=image_size,
-            patch_size=patch_size,
-            layerscale_value=1.0,
-        )
+        vision = Dinov2Config(**shape, layerscale_value=1.0)
     else:
         raise UnknownNameError(f"unknown tiny tower {tower!r}; known: clip, dinov2")
     text = LlamaConfig(

@@ -216,7 +216,7 @@ def build_config(
     vision_config=None,
 ):
     """``LlavaConfig`` of ToyLLaVA: DINOv2-S tower, GELU projector, small Llama with tied embeddings."""
-    from transformers import LlamaConfig, LlavaConfig
+    from transformers import LlamaConfig
 
     vocab = tokenizer.get_vocab()
     text = LlamaConfig(
@@ -234,10 +234,20 @@ def build_config(
         pad_token_id=vocab[PAD],
         rope_theta=10000.0,
     )
-    cfg = LlavaConfig(
-        vision_config=vision_config if vision_config is not None else dinov2_config(),
-        text_config=text,
-        image_token_id=vocab[IMAGE_TOKEN],
+    cfg = llava_config(vision_config if vision_config is not None else dinov2_config(), text, vocab[IMAGE_TOKEN])
+    cfg.toyllava_vocab_digest = vocab_digest(tokenizer)
+    return cfg
+
+
+def llava_config(vision_config, text_config, image_token_id: int):
+    """The ``LlavaConfig`` both embedded models share: LLaVA-1.5's GELU projector on layer -2 of the tower, [CLS]
+    dropped (``"default"``), 576 image tokens, tied word embeddings."""
+    from transformers import LlavaConfig
+
+    return LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_id=image_token_id,
         projector_hidden_act="gelu",
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
@@ -245,8 +255,6 @@ def build_config(
         multimodal_projector_bias=True,
         tie_word_embeddings=True,
     )
-    cfg.toyllava_vocab_digest = vocab_digest(tokenizer)
-    return cfg
 
 
 def build_processor(tokenizer, chat_template: str = CHAT_TEMPLATE):

@@ -81,21 +81,11 @@ def image_token_id() -> int:
 
 def build_config():
     """``LlavaConfig``: DINOv2-S tower, GELU projector, SmolLM2-135M with the ``<image>`` row appended."""
-    from transformers import LlamaConfig, LlavaConfig
+    from transformers import LlamaConfig
 
     text = LlamaConfig.from_pretrained(str(smollm2.ensure_smollm2()))
     text.vocab_size = smollm2.VOCAB_SIZE + 1
-    cfg = LlavaConfig(
-        vision_config=dinov2.dinov2_config(),
-        text_config=text,
-        image_token_id=image_token_id(),
-        projector_hidden_act="gelu",
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=N_PATCHES,
-        multimodal_projector_bias=True,
-        tie_word_embeddings=True,
-    )
+    cfg = toyllava.llava_config(dinov2.dinov2_config(), text, image_token_id())
     cfg.toyllava_s_base = smollm2.GGUF_SHA256
     return cfg
 
