@@ -169,24 +169,12 @@ _IMAGE_COLUMNS = [
     "attention_entropy",
     "attention_entropy_norm",
 ]
-_RECORD_KEYS = {  # adapter record keys that become columns (the rest of the scalars go to method_stats)
-    "n_kept",
-    "equivalent_tokens",
-    "prompt_len",
-    "n_generated",
-    "erank_kept_vision",
-    "erank_kept_projected",
-    "attention_mass_kept",
-    "vision_s",
-    "select_s",
-    "prefill_s",
-    "decode_s",
-    "flops_vision",
-    "flops_prefill",
-    "flops_decode",
-    "kept_indices",
-    "text",
-}
+#: Adapter record keys that become columns (the rest of the scalars go to method_stats): every column but the
+#: entry's own keys, the image-level numbers and what the loop derives.
+_RECORD_KEYS = set(BASE_COLUMNS) - set(_IMAGE_COLUMNS) - {
+    "image_set", "image_id", "complexity", "task", "method", "family", "budget", "seed", "hit_max_new_tokens",
+    "method_stats",
+}  # fmt: skip
 _RECORD_SKIP = {
     "sample",
     "image_id",
