@@ -82,7 +82,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -96,8 +95,8 @@ from prunelab.models.loader import as_generation_model
 from prunelab.models.parts import parse_requires
 from prunelab.study.params import check_budgets, check_image_set, check_n_images, check_seed
 from prunelab.study.runner import (
+    MethodSpec,
     _items_of,
-    _jsonable,
     check_unique_labels,
     erank_stats_from,
     image_stats,
@@ -197,34 +196,22 @@ _RECORD_SKIP = {
 # Methods
 
 
-@dataclass
-class _Spec:
-    label: str
-    pruner: Any  # None = unpruned
-    family: str
-
-    def key(self) -> dict:
-        if self.pruner is None:
-            return {"label": self.label, "name": "full"}
-        return {"label": self.label, "name": self.pruner.name, "params": _jsonable(self.pruner.params())}
-
-
 def _is_vanilla(m) -> bool:
     return m is None or (isinstance(m, str) and m.strip().lower() in _VANILLA_NAMES)
 
 
-def resolve_generation_methods(methods) -> list[_Spec]:
+def resolve_generation_methods(methods) -> list[MethodSpec]:
     """Method specs (labels unique): :func:`prunelab.study.runner.resolve_methods` items, plus ``None`` / ``"Vanilla"``
     / ``"full"`` for the unpruned model (label ``"Vanilla"``, family ``"base"``)."""
     if methods is None or isinstance(methods, (str, dict)) or not isinstance(methods, (list, tuple)):
         methods = [methods]
-    specs: list[_Spec] = []
+    specs: list[MethodSpec] = []
     for m in methods:
         if _is_vanilla(m):
-            specs.append(_Spec(VANILLA, None, "base"))
+            specs.append(MethodSpec(VANILLA, None))
         else:
             (s,) = resolve_methods([m])
-            specs.append(_Spec(s.label, s.pruner, s.pruner.family))
+            specs.append(s)
     return check_unique_labels(specs)
 
 
@@ -351,7 +338,7 @@ def _nbytes(obj) -> int:
     return 0
 
 
-def _qk_layers_for(specs: list[_Spec], adapter) -> tuple[int, ...]:
+def _qk_layers_for(specs: list[MethodSpec], adapter) -> tuple[int, ...]:
     layers: set[int] = set()
     for s in specs:
         if s.pruner is not None and getattr(s.pruner, "stage", "pre_llm") != "in_llm":

@@ -103,12 +103,20 @@ _CODE_FILES = (
 
 @dataclass
 class MethodSpec:
-    """A method as the runner sees it: a display ``label`` and a configured :class:`Pruner`."""
+    """A method as both study loops see it: a display ``label`` and a configured :class:`Pruner`, or ``None`` for
+    the unpruned model (generation only: label ``"Vanilla"``, family ``"base"``)."""
 
     label: str
-    pruner: Pruner
+    pruner: Pruner | None
+
+    @property
+    def family(self) -> str:
+        return "base" if self.pruner is None else self.pruner.family
 
     def key(self) -> dict[str, Any]:
+        """What identifies the method in a cache key (label, name, parameters)."""
+        if self.pruner is None:
+            return {"label": self.label, "name": "full"}
         return {"label": self.label, "name": self.pruner.name, "params": _jsonable(self.pruner.params())}
 
 
