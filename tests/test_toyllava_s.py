@@ -546,3 +546,25 @@ def test_repackaging_keeps_the_resume_checkpoints(tmp_path):
     (tmp_path / "m" / "resume" / "instruct.safetensors").write_bytes(b"x")
     S.write_package(tmp_path / "m", _proj_sd(), {}, {"step": 2})
     assert (tmp_path / "m" / "resume" / "instruct.safetensors").read_bytes() == b"x"
+
+
+@pytest.mark.slow
+def test_the_study_loop_runs_toyllava_s_by_name(tmp_path):
+    """run_generation(model="toyllava-s"): the committed deltas over SmolLM2, asked with the very prompt ids the
+    trainer used (ChatML with SmolLM2's system turn), describe and POPE, cached like any model."""
+    from prunelab.models import loader
+    from prunelab.study import generation as G
+    from prunelab.study.data import load_image_set
+    from prunelab.train.toyllava_s_data import Dialogues
+
+    gm = loader.load_generation_model("toyllava-s", device="cpu")
+    assert gm.prompt_format == "chatml" and gm.n_image_tokens == 576
+    q = "Is there a dog in the image?"
+    assert gm.prompt_ids(gm.question_prompt(q)) == Dialogues(gm.tokenizer).prompt(q)
+    assert loader.from_adapter(gm.adapter).prompt_format == "chatml"
+    items = load_image_set("toyworld:test", n=2, seed=0)
+    kw = dict(cache_dir=tmp_path, progress=False, max_new_tokens=12)
+    d = G.run_generation(gm, items, [None, "FasterVLM"], [64], task="describe", **kw)
+    assert len(d) == 4 and d["text"].str.len().gt(0).all() and set(d["n_kept"]) == {576, 64}
+    p = G.run_generation(gm, items, ["FasterVLM"], [64], task="pope", pope_prefix_cache=True, **kw)
+    assert len(p) > 0 and p["pred"].notna().mean() > 0.5

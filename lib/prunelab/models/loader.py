@@ -30,7 +30,9 @@ from prunelab.models.toyllava import CHAT_TEMPLATE, load_toyllava, prompt_ids
 from prunelab.toyworld import text as tt
 
 EMBEDDED_MODELS = ("toyllava", "toyllava-subset")
-PROMPT_FORMATS = ("toyllava", "llava_v1", "hf_chat")
+#: Embedded models packaged as deltas over an installed base model (assembled at load time).
+DELTA_MODELS = ("toyllava-s",)
+PROMPT_FORMATS = ("toyllava", "chatml", "llava_v1", "hf_chat")
 #: LLaVA-1.5's POPE instruction suffix (``haotian-liu/LLaVA`` ``playground/data/eval/pope/llava_pope_test.jsonl``).
 LLAVA_SHORT_ANSWER = "Answer the question using a single word or phrase."
 
@@ -131,6 +133,13 @@ def check_model(model: str) -> Path:
     if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
         raise UnknownNameError(f"model must be a name such as 'toyllava' or 'llava-hf/llava-1.5-7b-hf', got {model!r}")
     model = str(model)
+    if model in DELTA_MODELS:
+        from prunelab.models import toyllava_s
+
+        d = toyllava_s.default_dir()
+        if not (d / toyllava_s.DELTAS_FILE).exists():
+            raise AssetError(f"{model!r} has no deltas at {d}; check out data/models/ or run `make toy-model-s`")
+        return d
     if model in EMBEDDED_MODELS:
         from prunelab.models.toyllava import default_dir
 
@@ -197,8 +206,9 @@ def check_toy_model(model) -> None:
 class GenerationModel:
     """A LLaVA model ready for :func:`run_generation`: adapter, prompt format, image preprocessing, fingerprint.
 
-    ``prompt_format``: ``"toyllava"`` (ToyLLaVA's chat template, no system prompt), ``"llava_v1"`` (Vicuna system
-    message + ``USER: <image>\\n... ASSISTANT:``) or ``"hf_chat"`` (llava-hf chat format, no system prompt).
+    ``prompt_format``: ``"toyllava"`` (ToyLLaVA's chat template, no system prompt), ``"chatml"`` (ToyLLaVA-S:
+    SmolLM2's ChatML with its system turn, as trained), ``"llava_v1"`` (Vicuna system message +
+    ``USER: <image>\\n... ASSISTANT:``) or ``"hf_chat"`` (llava-hf chat format, no system prompt).
     ``pixels``: ``callable(PIL image) -> (1, 3, H, W)`` tensor. ``name``: what the model was loaded from.
     """
 
@@ -257,6 +267,10 @@ class GenerationModel:
             )
         if self.prompt_format == "toyllava":
             return list(prompt_ids(tok, question))
+        if self.prompt_format == "chatml":
+            from prunelab.models import toyllava_s
+
+            return toyllava_s.prompt_ids(tok, question)
         system = VICUNA_SYSTEM if self.prompt_format == "llava_v1" else None
         prompt = build_prompt(question, self.prompt_format, system)
         return tokenize_with_image(tok, prompt, self.adapter.parts.image_token_id, 1)
@@ -264,7 +278,7 @@ class GenerationModel:
     def question_prompt(self, question: str) -> str:
         """The instruction for a POPE question: LLaVA-1.5 appends its short-answer suffix; ToyLLaVA was trained on
         the bare question."""
-        return question if self.prompt_format == "toyllava" else f"{question}\n{LLAVA_SHORT_ANSWER}"
+        return question if self.prompt_format in ("toyllava", "chatml") else f"{question}\n{LLAVA_SHORT_ANSWER}"
 
 
 class _Pixels:
@@ -308,8 +322,11 @@ def from_adapter(adapter, prompt_format: str | None = None, name: str = "adapter
     (``do_pad`` for llava_v1) or, without one, a plain resize + CLIP normalisation to the tower's image size."""
     if prompt_format is None:
         tok = adapter.tokenizer
+        from prunelab.models import toyllava_s
+
         toy = _is_toyllava_config(adapter.model.config) or getattr(tok, "chat_template", None) == CHAT_TEMPLATE
-        prompt_format = "toyllava" if toy else "llava_v1"
+        chatml = getattr(tok, "chat_template", None) == toyllava_s.CHAT_TEMPLATE
+        prompt_format = "toyllava" if toy else "chatml" if chatml else "llava_v1"
     if prompt_format not in PROMPT_FORMATS:
         raise UnknownNameError(f"unknown prompt format {prompt_format!r}; known: {', '.join(PROMPT_FORMATS)}")
     ip = getattr(adapter.processor, "image_processor", adapter.processor) if adapter.processor is not None else None
@@ -341,6 +358,13 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
     CUDA device asked for but absent (:class:`DeviceError`). Nothing is downloaded.
     """
     dev = resolve_device(device)
+    if str(model) in DELTA_MODELS:  # ToyLLaVA-S: deltas over SmolLM2, trained on the toy world's prompts
+        from prunelab.models import toyllava_s
+
+        net, processor = toyllava_s.load_toyllava_s(check_model(model), dtype=dtype or torch.float32)
+        gm = from_adapter(LlavaAdapter(net, processor=processor, device=dev), "chatml", name=str(model))
+        gm.describe_prompt = tt.DESCRIBE_PROMPT
+        return gm
     folder = check_model(model)
     if dtype is None:
         dtype = torch.float16 if dev.type == "cuda" and model not in EMBEDDED_MODELS else torch.float32
@@ -408,6 +432,7 @@ def model_fingerprint(model: torch.nn.Module, full_limit: int = 1 << 22, sample:
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "DELTA_MODELS",
     "PROMPT_FORMATS",
     "LLAVA_SHORT_ANSWER",
     "check_weights",

@@ -53,6 +53,24 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
+#: The system turn SmolLM2 was tuned with; ToyLLaVA-S is trained and asked with it.
+SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    """The generation prompt of one question as ids (what the chat template gives): system turn, user turn with
+    one ``<image>`` id and the question, then the assistant header."""
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    return (
+        ids(SYSTEM + "<|im_start|>user\n")
+        + [image_token_id()]
+        + ids("\n" + question + "<|im_end|>\n<|im_start|>assistant\n")
+    )
+
+
 #: Decoder projections that carry LoRA deltas (attention and MLP of every layer).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from prunelab.models import toyllava_s as S
 from prunelab.models.toyllava_s import image_token_id
 from prunelab.toyworld import categories as C, text as tt
 from prunelab.train import toydata as D, toytrain as T
@@ -83,7 +84,7 @@ def class_vectors(lm, tokenizer, words: Sequence[str]):
 # Dialogues
 # ----------------------------------------------------------------------------------------------------------
 
-SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+SYSTEM = S.SYSTEM
 
 
 def _where(box) -> str:
@@ -142,11 +143,7 @@ class Dialogues:
 
     def prompt(self, question: str) -> list[int]:
         """The generation prompt for one question (what the processor's chat template gives, as ids)."""
-        return (
-            self._ids(SYSTEM + "<|im_start|>user\n")
-            + [self.image_id]
-            + self._ids("\n" + question + "<|im_end|>\n<|im_start|>assistant\n")
-        )
+        return S.prompt_ids(self.tok, question)
 
 
 def dialogue_turns(rec, rng, cfg, stage: str) -> list[tuple[str, str]]:
