@@ -13,7 +13,7 @@ from PIL import Image
 from prunelab.errors import AssetError, BudgetError, PrunelabError, UnknownNameError
 from prunelab.eval.metrics import erank
 from prunelab.models.encoders import AdapterEncoder
-from prunelab.study import shortfall as S
+from prunelab.study import shortfall as S, shortfall_figures as SF
 from prunelab.study.data import ImageItem
 from prunelab.study.runner import methods_for, random_subset_erank
 from prunelab.study.verdict import OUTCOMES, verdict_table
@@ -230,8 +230,8 @@ def test_figures_draw(study):
     import matplotlib.pyplot as plt
 
     run, _, _ = study
-    f1 = S.erank_overview(run.ratios, "vision")
-    f2 = S.intended_vs_achieved(run.diversity)
+    f1 = SF.erank_overview(run.ratios, "vision")
+    f2 = SF.intended_vs_achieved(run.diversity)
     assert len(f1.axes) == 4 and len(f2.axes) == 4
     plt.close("all")
 

@@ -120,6 +120,7 @@ _CODE_FILES = (
     "models/adapter.py",
     "models/parts.py",
     "models/decoder_edit.py",
+    "models/tower.py",
     "models/loader.py",
     "models/hooks.py",
     "models/prompts.py",

@@ -92,6 +92,8 @@ _CODE_FILES = (
     "eval/metrics.py",
     "models/vision.py",
     "models/encoders.py",
+    "models/adapter.py",
+    "models/tower.py",
     "methods/*.py",
     "models/dinov2.py",
 )

