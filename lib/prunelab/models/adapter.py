@@ -180,9 +180,14 @@ class LlavaAdapter(TowerReader):
         rows = [
             torch.as_tensor(r, dtype=torch.long) for r in (list(input_ids) if torch.is_tensor(input_ids) else input_ids)
         ]
+        return (pruner, rows, *self._needs(pruner))
+
+    @staticmethod
+    def _needs(pruner) -> tuple[bool, set[int], bool]:
+        """``(in_llm, tower layers whose q/k it reads, needs the text)`` of a pruner (``None``: the unpruned model)."""
         in_llm = pruner is not None and getattr(pruner, "stage", "pre_llm") == "in_llm"
         qk_layers, needs_text = parse_requires(getattr(pruner, "requires", ()) if (pruner and not in_llm) else ())
-        return pruner, rows, in_llm, qk_layers, needs_text
+        return in_llm, qk_layers, needs_text
 
     def _method_budget(self, pruner, budget, pixel_values) -> int | None:
         """``budget`` checked against the image's token count (``None`` for the unpruned model)."""
@@ -333,8 +338,7 @@ class LlavaAdapter(TowerReader):
         plan = []
         for method, budget in selections:
             pruner = self._method(method, None)
-            in_llm = pruner is not None and getattr(pruner, "stage", "pre_llm") == "in_llm"
-            qk, text = parse_requires(getattr(pruner, "requires", ()) if (pruner and not in_llm) else ())
+            in_llm, qk, text = self._needs(pruner)
             plan.append((pruner, self._method_budget(pruner, budget, pixel_values), in_llm, qk, text))
         qk_all = sorted({q for *_, qk, _ in plan for q in qk})
         enc, vision_s = self._encode_timed(pixel_values, qk_all)
@@ -577,8 +581,7 @@ class LlavaAdapter(TowerReader):
         n_img = self.tokens_for(pixel_values)
         budget = check_budget(budget, n_img) if pruner is not None else n_img
         row = torch.as_tensor(input_ids[0] if torch.is_tensor(input_ids) and input_ids.ndim == 2 else input_ids)
-        in_llm = pruner is not None and pruner.stage == "in_llm"
-        qk, needs_text = parse_requires(pruner.requires if (pruner is not None and not in_llm) else ())
+        in_llm, qk, needs_text = self._needs(pruner)
         s = self._prepare([row], [0], pixel_values[:1], pruner, budget, in_llm, qk, needs_text, None, None)[0]
         embeds = s.embeds.unsqueeze(0)
         out = []
