@@ -23,10 +23,10 @@ from pathlib import Path
 
 from prunelab.eval.textproc import auto_path
 from prunelab.paths import REPO_ROOT, atomic_write
+from prunelab.study.verdict import VERDICT_GLUE
 
 OUT_DIR = REPO_ROOT / "book" / "generated"
 BUILD_DIR = REPO_ROOT / "_build"
-VERDICT_GLUE = "verdict_table"
 
 
 def _md_cell(text) -> str:

@@ -31,11 +31,7 @@ from prunelab.models.loader import EMBEDDED_MODELS
 from prunelab.study import plots
 from prunelab.study.generation import DEFAULT_MAX_NEW_TOKENS
 from prunelab.study.params import validate
-from prunelab.study.verdict import VerdictError, style_verdict
-
-#: The glue name under which every finding chapter stores its verdict table; ``prunelab.book.pages`` collects the
-#: tables glued under it into the "paper vs this study" page.
-VERDICT_GLUE = "verdict_table"
+from prunelab.study.verdict import VERDICT_GLUE, VerdictError, style_verdict
 
 
 def _build_threads() -> int | None:

@@ -32,6 +32,10 @@ import pandas as pd
 from prunelab.errors import PrunelabError, UnknownNameError
 from prunelab.paths import data_dir
 
+#: The glue name under which every finding chapter stores its verdict table (:func:`prunelab.study.chapter.glue_verdict`);
+#: ``prunelab.book.pages`` collects the tables glued under it into the "paper vs this study" page.
+VERDICT_GLUE = "verdict_table"
+
 OUTCOMES = ("replicates", "partly", "does not", "not tested")
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 VERDICT_COLUMNS = ["claim", "paper", "this run", "rule", "outcome", "checks passed"]
@@ -286,6 +290,7 @@ def paper_value(
 
 
 __all__ = [
+    "VERDICT_GLUE",
     "OUTCOMES",
     "VERDICT_COLUMNS",
     "VerdictError",
