@@ -341,7 +341,7 @@ class LlavaAdapter(TowerReader):
             in_llm, qk, text = self._needs(pruner)
             plan.append((pruner, self._method_budget(pruner, budget, pixel_values), in_llm, qk, text))
         qk_all = sorted({q for *_, qk, _ in plan for q in qk})
-        enc, vision_s = self._encode_timed(pixel_values, qk_all)
+        enc, vision_s = self.encode_timed(pixel_values, qk_all)
         ids = None if image_id is None else [image_id]
         outputs: dict[int, tuple[list[int], dict]] = {}
         batched = []
@@ -394,17 +394,9 @@ class LlavaAdapter(TowerReader):
         synchronize(self.device)
         return out.past_key_values, c, time.perf_counter() - t0
 
-    def _encode_timed(self, pixel_values, qk_layers) -> tuple[dict, float]:
-        """The tower's outputs for ``pixel_values`` and the seconds per image."""
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        enc = self.encode_images(pixel_values, qk_layers)
-        synchronize(self.device)
-        return enc, (time.perf_counter() - t0) / pixel_values.shape[0]
-
     def _prepare(self, rows, idx, pixel_values, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids):
         n_img = self.tokens_for(pixel_values)
-        enc, vision_s = self._encode_timed(pixel_values[idx], qk_layers)
+        enc, vision_s = self.encode_timed(pixel_values[idx], qk_layers)
         return [
             self._sample(
                 enc,

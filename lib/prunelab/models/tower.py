@@ -8,10 +8,12 @@ A mixin: it reads the adapter's ``parts`` (:class:`~prunelab.models.parts.LlavaP
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 
 import torch
 
+from prunelab.device import synchronize
 from prunelab.errors import CapabilityError
 from prunelab.methods.base import VisualContext
 from prunelab.models.hooks import HookScope
@@ -84,6 +86,14 @@ class TowerReader:
             res["queries"][key] = split(store[("q", li)])
             res["keys"][key] = split(store[("k", li)])
         return res
+
+    def encode_timed(self, pixel_values, qk_layers) -> tuple[dict, float]:
+        """The tower's outputs for ``pixel_values`` and the seconds per image."""
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        enc = self.encode_images(pixel_values, qk_layers)
+        synchronize(self.device)
+        return enc, (time.perf_counter() - t0) / pixel_values.shape[0]
 
     @contextlib.contextmanager
     def reuse_encoding(self, pixel_values: torch.Tensor, enc: dict):

@@ -78,7 +78,6 @@ question alone.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +85,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from prunelab.device import resolve_device, synchronize
+from prunelab.device import resolve_device
 from prunelab.errors import AssetError, PrunelabError, UnknownNameError, check_budget
 from prunelab.eval import groundtruth as G, pope as P
 from prunelab.methods.adaptive import input_erank
@@ -473,11 +472,8 @@ def run_generation(
 
     def encode(it):
         pv = gm.pixels(it.image)
-        synchronize(dev)
-        t0 = time.perf_counter()
-        enc = adapter.encode_images(pv, qk_layers)
-        synchronize(dev)
-        return pv, enc, time.perf_counter() - t0
+        enc, secs = adapter.encode_timed(pv, qk_layers)
+        return pv, enc, secs
 
     def image_entry(it, enc) -> dict:
         ctx = adapter.context(enc, 0, image_id=it.id)
