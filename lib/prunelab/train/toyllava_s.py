@@ -332,11 +332,57 @@ def align_accuracy(proj, store, labels: np.ndarray, Cn) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _lr(base: float, cfg: Config, step: int, total: int) -> float:
+def _lr(base: float, cfg: Config, step: int, total: int, restarts: tuple = ()) -> float:
+    """Linear warm-up, then cosine to ``min_lr_ratio``; after a warm restart (fresh Adam moments at a step in
+    ``restarts``) the rate is warmed up again over ``cfg.warmup`` steps so the first moment-free updates stay small."""
     if step < cfg.warmup:
         return base * (step + 1) / cfg.warmup
     t = (step - cfg.warmup) / max(1, total - cfg.warmup)
-    return base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    lr = base * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    since = [step - r for r in restarts if r <= step]
+    return lr * min(1.0, (min(since) + 1) / cfg.warmup) if since else lr
+
+
+def warm_start(cfg: Config, proj, src: Path | None = None, log=print) -> bool:
+    """Start stage 2 from a packaged folder's deltas when the run folder has no stage-2 checkpoint (a fresh machine
+    whose exact resume state, ~74 MB of Adam moments, was not kept). Not bit-identical to an uninterrupted run: the
+    LoRA factors come back rounded to fp16, the projector is unfolded from its exported form and the optimiser starts
+    from zero moments, so the step is recorded in ``restarts`` and the learning rate re-warmed (:func:`_lr`).
+    Returns whether a checkpoint was written."""
+    import torch
+
+    i_path = run_dir(cfg) / "instruct.safetensors"
+    if load_ckpt(i_path) is not None:
+        return False
+    try:
+        p_sd, lora_sd, rec = S.read_deltas(src)
+    except PrunelabError:
+        return False
+    if rec.get("stage") != "instruct" or rec.get("config") != cfg.to_json():
+        return False
+    std, mean = proj.std.double(), proj.mean.double()
+    w1 = p_sd["linear_1.weight"].double() * std[None, :]  # inverse of Projector.export
+    b1 = p_sd["linear_1.bias"].double() + (w1 * (mean / std)[None, :]).sum(1)
+    tensors = {
+        "projector.linear_1.weight": w1.float(),
+        "projector.linear_1.bias": b1.float(),
+        "projector.linear_2.weight": p_sd["linear_2.weight"].float(),
+        "projector.linear_2.bias": p_sd["linear_2.bias"].float(),
+        **{k: v.to(torch.float32) for k, v in lora_sd.items()},
+    }
+    hist = rec.get("history", {})
+    step = int(rec["step"])
+    meta = {
+        "stage": "instruct",
+        "step": step,
+        "history": hist.get("instruct", []),
+        "config": cfg.to_json(),
+        "restarts": [*rec.get("restarts", []), step],
+        "prior_history": {k: hist.get(k, []) for k in ("align", "pretrain")},
+    }
+    save_ckpt(i_path, {"meta": meta, "tensors": tensors})
+    log(f"[resume] warm start of stage 2 at step {step} from the packaged deltas (fresh Adam moments, lr re-warmed)")
+    return True
 
 
 def lm_loss(lm, proj, batch, image_id: int, bf16: bool):
@@ -428,21 +474,23 @@ def train_stage(
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
     allp = {**pparams, **lparams}
     state = load_ckpt(ckpt)
-    start, hist = 0, []
+    start, hist, carry = 0, [], {}
     if state is not None and state["meta"].get("stage") == stage:
         with torch.no_grad():
             for n, p in allp.items():
                 p.copy_(state["tensors"][n])
         _load_opt_state(opt, allp, state["tensors"])
         start, hist = int(state["meta"]["step"]), state["meta"]["history"]
+        carry = {k: state["meta"][k] for k in ("restarts", "prior_history") if k in state["meta"]}
         log(f"[{stage}] resumed at step {start}")
+    restarts = tuple(carry.get("restarts", ()))
     t_start = time.perf_counter()
     lm.train()
     for step in range(start, total):
         t0 = time.perf_counter()
         batch = make_batch(cfg, stage, step, records, store, dia)
         for g in opt.param_groups:
-            g["lr"] = _lr(g["base"], cfg, step, total)
+            g["lr"] = _lr(g["base"], cfg, step, total, restarts)
         loss = lm_loss(lm, proj, batch, dia.image_id, cfg.bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -469,7 +517,7 @@ def train_stage(
             save_ckpt(
                 ckpt,
                 {
-                    "meta": {"stage": stage, "step": step + 1, "history": hist, "config": cfg.to_json()},
+                    "meta": {"stage": stage, "step": step + 1, "history": hist, "config": cfg.to_json(), **carry},
                     "tensors": tensors,
                 },
             )
@@ -503,6 +551,12 @@ def cmd_train(cfg: Config, stop_after: float | None = None, log=print) -> Path:
     rd = run_dir(cfg)
     seed_run_dir(cfg, log=log)
     recs, store, val, lm, tok, proj = _setup(cfg)
+    i_path = rd / "instruct.safetensors"
+    if warm_start(cfg, proj, log=log) or load_ckpt(i_path) is not None:  # stage 2 holds the projector too
+        train_stage(
+            cfg, "instruct", recs, store, lm, tok, proj, add_lora(lm, cfg), i_path, log=log, stop_after=stop_after
+        )
+        return rd
     a_path = rd / "align.safetensors"
     a = load_ckpt(a_path)
     if a is None:
@@ -520,7 +574,7 @@ def cmd_train(cfg: Config, stop_after: float | None = None, log=print) -> Path:
         log("[align] loaded")
     t_all = time.perf_counter()
     remaining = lambda: None if stop_after is None else max(0.0, stop_after - (time.perf_counter() - t_all))  # noqa: E731
-    p_path, i_path = rd / "pretrain.safetensors", rd / "instruct.safetensors"
+    p_path = rd / "pretrain.safetensors"
     p_state = load_ckpt(p_path)
     if p_state is None or p_state["meta"]["step"] < cfg.pretrain_steps:
         train_stage(cfg, "pretrain", recs, store, lm, tok, proj, {}, p_path, log=log, stop_after=remaining())
@@ -572,13 +626,15 @@ def package(cfg: Config, out=None) -> Path:
     )
     stage, step, st, mods = parts_from_run(cfg, lm, proj)
     rd = run_dir(cfg)
+    prior = st["meta"].get("prior_history", {})  # a warm-started run has no stage-0/1 checkpoints of its own
     hist = {
-        k: (load_ckpt(rd / f"{k}.safetensors") or {"meta": {}})["meta"].get("history", [])
+        k: (load_ckpt(rd / f"{k}.safetensors") or {"meta": {}})["meta"].get("history", prior.get(k, []))
         for k in ("align", "pretrain", "instruct")
     }
     meta = {
         "stage": stage,
         "step": step,
+        "restarts": st["meta"].get("restarts", []),
         "lora_scale": cfg.lora_scale if mods else 1.0,
         "config": cfg.to_json(),
         "history": {k: v[-200:] if isinstance(v, list) else v for k, v in hist.items()},

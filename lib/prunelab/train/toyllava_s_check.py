@@ -159,6 +159,16 @@ def write_card(meta: dict, validation: dict | None) -> str:
         f"Checkpoint: stage `{meta['stage']}`, step {meta['step']} of {cfg['instruct_steps']} "
         f"(batch {cfg['batch_size']}; {meta['step'] * cfg['batch_size']:,} stage-2 sequences), trained on "
         f"{cfg['n_train']:,} toy-world train scenes.",
+        *(
+            [
+                "",
+                f"Warm restarts at step {', '.join(map(str, meta['restarts']))}: the run went on from the packaged "
+                "deltas (LoRA factors fp16-rounded, Adam moments reset, learning rate re-warmed over "
+                f"{cfg['warmup']} steps), so it is not bit-identical to an uninterrupted run.",
+            ]
+            if meta.get("restarts")
+            else []
+        ),
         "",
         "| stage | what trains | steps | last loss | median s/step |",
         "|---|---|---|---|---|",
