@@ -513,6 +513,65 @@ def test_model_card_reports_the_stages_and_the_quick_check():
     assert "val object-patch acc 0.710" in card
 
 
+def test_unfold_inverts_the_exported_projector():
+    rng = np.random.default_rng(1)
+    mean, std = rng.normal(size=384).astype(np.float32), rng.uniform(0.5, 2, size=384).astype(np.float32)
+    torch.manual_seed(1)
+    p = TS.Projector(mean, std)
+    got = p.unfold(p.export())
+    for k, v in p.named_parameters():
+        torch.testing.assert_close(got[k], v.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_warm_restart_re_warms_the_learning_rate():
+    cfg = TS.Config(warmup=4, instruct_steps=100, min_lr_ratio=0.1)
+    plain = TS._lr(1.0, cfg, 10, 100)
+    assert TS._lr(1.0, cfg, 10, 100, restarts=(10,)) == pytest.approx(plain / 4)
+    assert TS._lr(1.0, cfg, 12, 100, restarts=(10,)) == pytest.approx(TS._lr(1.0, cfg, 12, 100) * 3 / 4)
+    assert TS._lr(1.0, cfg, 13, 100, restarts=(10,)) == pytest.approx(TS._lr(1.0, cfg, 13, 100))
+    assert TS._lr(1.0, cfg, 9, 100, restarts=(10,)) == pytest.approx(TS._lr(1.0, cfg, 9, 100))  # before it
+
+
+def test_stage_two_warm_starts_from_the_package_and_goes_on(tmp_path, monkeypatch):
+    cfg = TS.Config(batch_size=1, instruct_steps=4, ckpt_every=2, warmup=2, lora_rank=2, bf16=False)
+    recs, store = [_TrainRec(i) for i in range(3)], _Store(3)
+    mean, std = np.full(384, 0.5, np.float32), np.full(384, 2.0, np.float32)
+    run = tmp_path / "run"
+    monkeypatch.setattr(TS, "run_dir", lambda c: run)
+    torch.manual_seed(0)
+    lm, proj = _tiny_lm_for_training(), TS.Projector(mean, std)
+    mods = TS.add_lora(lm, cfg)
+    with torch.no_grad():
+        for m in mods.values():
+            m.B.normal_()
+    meta = {"stage": "instruct", "step": 2, "config": cfg.to_json(), "history": {"instruct": [{"step": 2}]}}
+    S.write_package(tmp_path / "pkg", proj.export(), TS.export_lora(mods), meta)
+    assert not TS.warm_start(TS.Config(), proj, tmp_path / "pkg", log=lambda m: None)  # another configuration
+    assert TS.warm_start(cfg, proj, tmp_path / "pkg", log=lambda m: None)
+    st = TS.load_ckpt(run / "instruct.safetensors")
+    assert st["meta"]["step"] == 2 and st["meta"]["restarts"] == [2]
+    lora = TS.export_lora(mods)
+    for k, v in lora.items():  # the package keeps LoRA in fp16
+        torch.testing.assert_close(st["tensors"][k], v.half().float())
+    assert not TS.warm_start(cfg, proj, tmp_path / "pkg", log=lambda m: None)  # a checkpoint exists now
+    torch.manual_seed(0)
+    lm2, proj2 = _tiny_lm_for_training(), TS.Projector(mean, std)
+    hist = TS.train_stage(
+        cfg,
+        "instruct",
+        recs,
+        store,
+        lm2,
+        _Tok(),
+        proj2,
+        TS.add_lora(lm2, cfg),
+        run / "instruct.safetensors",
+        log=lambda m: None,
+    )
+    assert [h["step"] for h in hist] == [2, 3, 4]
+    assert TS.load_ckpt(run / "instruct.safetensors")["meta"]["restarts"] == [2]
+
+
 def test_committed_checkpoints_seed_a_fresh_run_folder(tmp_path, monkeypatch):
     cfg = TS.Config()
     run, committed = tmp_path / "run", tmp_path / "resume"

@@ -193,6 +193,18 @@ class Projector(_nn().Module):
             "linear_2.bias": self.linear_2.bias.detach().clone(),
         }
 
+    def unfold(self, exported: dict) -> dict:
+        """The parameters whose :meth:`export` is ``exported`` (this projector's standardisation), in fp32."""
+        std, mean = self.std.double(), self.mean.double()
+        w1 = exported["linear_1.weight"].double() * std[None, :]
+        b1 = exported["linear_1.bias"].double() + (w1 * (mean / std)[None, :]).sum(1)
+        return {
+            "linear_1.weight": w1.float(),
+            "linear_1.bias": b1.float(),
+            "linear_2.weight": exported["linear_2.weight"].float(),
+            "linear_2.bias": exported["linear_2.bias"].float(),
+        }
+
 
 class LoRALinear(_nn().Module):
     """``base(x) + scale * B(A(x))`` around a frozen ``nn.Linear`` (Hu et al. 2021; A Kaiming-uniform, B zero, as
@@ -360,14 +372,8 @@ def warm_start(cfg: Config, proj, src: Path | None = None, log=print) -> bool:
         return False
     if rec.get("stage") != "instruct" or rec.get("config") != cfg.to_json():
         return False
-    std, mean = proj.std.double(), proj.mean.double()
-    w1 = p_sd["linear_1.weight"].double() * std[None, :]  # inverse of Projector.export
-    b1 = p_sd["linear_1.bias"].double() + (w1 * (mean / std)[None, :]).sum(1)
     tensors = {
-        "projector.linear_1.weight": w1.float(),
-        "projector.linear_1.bias": b1.float(),
-        "projector.linear_2.weight": p_sd["linear_2.weight"].float(),
-        "projector.linear_2.bias": p_sd["linear_2.bias"].float(),
+        **{f"projector.{k}": v for k, v in proj.unfold(p_sd).items()},
         **{k: v.to(torch.float32) for k, v in lora_sd.items()},
     }
     hist = rec.get("history", {})
