@@ -75,3 +75,17 @@ def attention_entropy(attn: torch.Tensor, *, normalized: bool = False, eps: floa
 
 
 __all__ = ["erank", "attention_entropy"]
+
+
+def has_repeated_block(seq, min_repeats: int = 3, max_period: int = 8) -> bool:
+    """Whether some block of 1..``max_period`` items repeats ``min_repeats`` times back to back in ``seq``
+    (``a cup , a cup , a cup ,``): the loop half of the degenerate-description rule of the toy model's evaluation
+    (:func:`prunelab.train.toyeval.is_degenerate`; the other half is a description that never ends)."""
+    body = list(seq)
+    for p in range(1, max_period + 1):
+        run = 0
+        for i in range(p, len(body)):
+            run = run + 1 if body[i] == body[i - p] else 0
+            if run >= p * (min_repeats - 1):
+                return True
+    return False

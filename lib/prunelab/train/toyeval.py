@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from prunelab.errors import PrunelabError
+from prunelab.eval.metrics import has_repeated_block
 from prunelab.eval.stats import paired_ratio_diff
 from prunelab.methods.base import VisualContext, prune
 from prunelab.models.toyllava import IMAGE_TOKEN, prompt_ids
@@ -127,15 +128,7 @@ def is_degenerate(ids: Sequence[int], eos_id: int, min_repeats: int = 3, max_per
     ids = list(ids)
     if not ids or ids[-1] != eos_id:
         return True
-    body = ids[:-1]
-    n = len(body)
-    for p in range(1, max_period + 1):
-        run = 0
-        for i in range(p, n):
-            run = run + 1 if body[i] == body[i - p] else 0
-            if run >= p * (min_repeats - 1):
-                return True
-    return False
+    return has_repeated_block(ids[:-1], min_repeats, max_period)
 
 
 def patches_of_box(box: Sequence[float], image_size: int = 336, patch: int = 14) -> np.ndarray:
