@@ -86,11 +86,15 @@ def test_history_round_trip_and_plot(tmp_path):
     assert toyreport.load_history(tmp_path / "none").empty
 
 
-def test_highlight_and_examples():
-    out = toyreport.highlight("A dog and two cats.", ["cat"])
-    assert '<span style="color:#b00020;font-weight:bold">cats.</span>' in out and out.startswith("A dog and two <span")
+def test_examples_mark_mentions_with_the_chair_parser(chair_parser):
     html = toyreport.example_outputs(_eval(), n=3)
     assert html.count("<tr>") == 2 and "(degenerate)" in html and "FasterVLM-64" in html
+    ev = _eval()
+    for r in ev["per_image"]:  # a two-word object, hallucinated: marked whole, in red (issue 16: test-00045)
+        r["description"], r["objects"] = "A stop sign and a traffic light.", ["stop sign"]
+    html = toyreport.example_outputs(ev, n=3)
+    assert 'title="traffic light (hallucinated)">traffic light</span>' in html
+    assert 'title="stop sign (correct)">stop sign</span>' in html
 
 
 def test_n_parameters_counts_every_stored_tensor(tmp_path):

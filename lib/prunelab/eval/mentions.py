@@ -17,6 +17,7 @@ The same parser reads generated captions (:mod:`prunelab.eval.chair` scores them
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,3 +306,61 @@ class CaptionParser:
             else None,
         )
         return d
+
+
+def caption_spans(caption: str, ground_truth_objects, parser=None) -> list[tuple[int, int, str, str]]:
+    """Character spans of the CHAIR object mentions in ``caption``: ``(start, end, category, "hallucinated" |
+    "correct")``. The caption is parsed exactly as :meth:`prunelab.eval.mentions.CaptionParser.parse` does (tokenise,
+    lemmatise, merge pairs, map synonyms); tokens are then located in the lower-cased text left to right. A
+    mention whose token cannot be located (a tokenizer rewrite such as quotes) is left out."""
+    parser = parser or CaptionParser()
+    lower = caption.lower()
+    raw = parser.text.tokenize(lower)
+    lemmas = parser.text.lemmatize(raw)
+    spans: list[tuple[int, int] | None] = []
+    pos = 0
+    for tok in raw:
+        k = lower.find(tok, pos)
+        if k < 0:
+            spans.append(None)
+            continue
+        spans.append((k, k + len(tok)))
+        pos = k + len(tok)
+    merged: list[str] = []
+    merged_spans: list[tuple[int, int] | None] = []
+    i = 0
+    while i < len(lemmas):
+        rep = parser.merges.get(f"{lemmas[i]} {lemmas[i + 1]}") if i + 1 < len(lemmas) else None
+        if rep is not None:
+            a, b = spans[i], spans[i + 1]
+            merged.append(rep)
+            merged_spans.append((a[0], b[1]) if a and b else None)
+            i += 2
+        else:
+            merged.append(lemmas[i])
+            merged_spans.append(spans[i])
+            i += 1
+    gt = set(ground_truth_objects)
+    out = []
+    for m in parser.mentions_from_tokens(merged):
+        sp = merged_spans[m.index]
+        if sp is not None:
+            out.append((sp[0], sp[1], m.category, "correct" if m.category in gt else "hallucinated"))
+    return out
+
+
+HIGHLIGHT = {"hallucinated": "background-color:#f4a6a6;font-weight:bold", "correct": "background-color:#c7e9c0"}
+
+
+def highlight_caption(caption: str, ground_truth_objects, parser=None) -> str:
+    """HTML of ``caption`` with hallucinated object mentions in red and correct ones in green (title = category)."""
+
+    out, last = [], 0
+    for s, e, cat, kind in caption_spans(caption, ground_truth_objects, parser):
+        out.append(html.escape(caption[last:s]))
+        out.append(
+            f'<span style="{HIGHLIGHT[kind]}" title="{html.escape(cat)} ({kind})">{html.escape(caption[s:e])}</span>'
+        )
+        last = e
+    out.append(html.escape(caption[last:]))
+    return "".join(out)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from prunelab.errors import AssetError
+from prunelab.eval.mentions import CaptionParser, highlight_caption
 from prunelab.models.toyllava import _resolve_dir, n_parameters  # noqa: F401 (n_parameters: shown by the book)
 from prunelab.paths import atomic_write
 from prunelab.toyworld import scenes, splits
@@ -109,25 +110,10 @@ def scene_sheet(split: str = "test", n_per_kind: int = 3, seed: int = 0, panel: 
     return fig
 
 
-def highlight(text: str, hallucinated, words_of=None) -> str:
-    """HTML of ``text`` with every word of a hallucinated object (its surface forms as found by the CHAIR parser
-    when ``words_of`` maps object -> words, else the object name itself) marked in red."""
-    forms = set()
-    for obj in hallucinated:
-        forms |= set(words_of(obj) if words_of else [obj])
-    out = []
-    for tok in text.split(" "):
-        core = tok.strip(".,;:!?").lower()
-        esc = html.escape(tok)
-        if core and (core in forms or core.rstrip("s") in forms):
-            esc = f'<span style="color:#b00020;font-weight:bold">{esc}</span>'
-        out.append(esc)
-    return " ".join(out)
-
-
 def example_outputs(ev: dict, n: int = 4, seed: int = 0, complexity: str | None = "complex") -> str:
-    """HTML table: for ``n`` test scenes, the description under every evaluated condition, hallucinated object
-    words in red, with the scene's true objects. Scenes chosen by a seeded shuffle, not by how they look."""
+    """HTML table: for ``n`` test scenes, the description under every evaluated condition with its CHAIR mentions
+    marked (hallucinated red, correct green; :func:`prunelab.eval.mentions.highlight_caption`, so multi-word objects
+    such as "traffic light" are marked whole), with the scene's true objects. Scenes chosen by a seeded shuffle, not by how they look."""
     import random
 
     per = pd.DataFrame(ev["per_image"])
@@ -137,6 +123,7 @@ def example_outputs(ev: dict, n: int = 4, seed: int = 0, complexity: str | None 
     random.Random(seed).shuffle(ids)
     ids = sorted(ids[:n])
     conds = list(dict.fromkeys(per["condition"]))
+    parser = CaptionParser()
     head = "".join(f"<th>{html.escape(c)}</th>" for c in conds)
     rows = []
     for i in ids:
@@ -149,7 +136,7 @@ def example_outputs(ev: dict, n: int = 4, seed: int = 0, complexity: str | None 
                 continue
             r = sub.loc[c]
             flag = " <i>(degenerate)</i>" if r["degenerate"] else ""
-            cells.append(f"<td>{highlight(r['description'], r['hallucinated'])}{flag}</td>")
+            cells.append(f"<td>{highlight_caption(r['description'], r['objects'], parser)}{flag}</td>")
         rows.append(f"<tr><td><b>{html.escape(i)}</b><br><small>{html.escape(truth)}</small></td>{''.join(cells)}</tr>")
     return f"<table><thead><tr><th>scene (true objects)</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -308,6 +295,5 @@ __all__ = [
     "quality_table",
     "plot_history",
     "scene_sheet",
-    "highlight",
     "example_outputs",
 ]
