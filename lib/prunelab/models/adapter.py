@@ -46,6 +46,7 @@ from prunelab.methods.base import Pruner, PruneResult, get_pruner, prune
 from prunelab.models.decoder_edit import DecoderEditor
 from prunelab.models.hooks import HookScope
 from prunelab.models.parts import (
+    LlavaParts,
     expand_image_placeholder,
     find_image_span,
     llm_flops,
@@ -94,6 +95,10 @@ class LlavaAdapter(TowerReader):
 
     def __init__(self, model: nn.Module, processor=None, tokenizer=None, device: str | torch.device | None = None):
         self.parts = resolve_parts(model)
+        if not isinstance(self.parts, LlavaParts):
+            raise CapabilityError(
+                f"{type(model).__name__} is not a LLaVA model; use prunelab.models.families.make_adapter(model)"
+            )
         self.model = model
         self.processor = processor
         self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)

@@ -87,18 +87,22 @@ UNSUPPORTED_FAMILIES = {
     "llava_next": "anyres: a base tile plus a crop grid, each tile with its own [CLS], and one newline token per row",
     "llava_onevision": "anyres tiles with newline tokens, SigLIP without [CLS]",
     "qwen2_vl": "no [CLS], windowed ViT, 2x2-merged tokens with 3-D M-RoPE positions",
-    "qwen2_5_vl": "no [CLS], windowed ViT, 2x2-merged tokens with 3-D M-RoPE positions",
 }
 
 
 def resolve_parts(model: nn.Module) -> LlavaParts:
     """Find tower, projector, decoder and tower layers of a LLaVA-style model, across transformers versions.
+    A Qwen2.5-VL model gets its own :class:`prunelab.models.qwen_parts.QwenParts`.
 
     Raises :class:`CapabilityError` (one line) for a model without a vision tower or a projector, or with a
     feature selection the adapter does not support (multi-layer features, ``"full"`` strategy).
     """
     cfg = getattr(model, "config", None)
     family = getattr(cfg, "model_type", None)
+    if family == "qwen2_5_vl":
+        from prunelab.models.qwen_parts import resolve_qwen_parts
+
+        return resolve_qwen_parts(model)
     if family in UNSUPPORTED_FAMILIES:
         # refuse up front: a NeXT model would pass the checks below and fail inside generate (anyres tiles)
         raise CapabilityError(
@@ -229,7 +233,8 @@ def llm_flops(parts: LlavaParts, prefill_lengths: Sequence[int], decode_steps: i
     Returns ``(prefill_flops, decode_flops)``."""
     layers = parts.text_layers
     tc = parts.model.config.text_config
-    d_attn = tc.num_attention_heads * getattr(tc, "head_dim", None) or tc.hidden_size
+    hd = getattr(tc, "head_dim", None)  # Qwen2 text configs have none: heads x head_dim = hidden_size
+    d_attn = tc.num_attention_heads * hd if hd else tc.hidden_size
     head = 2.0 * tc.hidden_size * tc.vocab_size
     pre = head
     dec = 0.0

@@ -1,0 +1,30 @@
+"""One entry point from a loaded model to the adapter of its family (issue #14).
+
+``make_adapter(model, ...)`` reads ``model.config.model_type``: ``qwen2_5_vl`` gets
+:class:`prunelab.models.qwen2_5_vl.QwenVLAdapter`, every other model :class:`prunelab.models.adapter.LlavaAdapter`,
+which refuses the families it cannot run (:data:`prunelab.models.parts.UNSUPPORTED_FAMILIES`) in one line.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["make_adapter", "ADAPTED_FAMILIES"]
+
+#: Families with their own adapter class (module, class name); the rest go to LlavaAdapter.
+ADAPTED_FAMILIES = {"qwen2_5_vl": ("prunelab.models.qwen2_5_vl", "QwenVLAdapter")}
+
+
+def make_adapter(model: nn.Module, processor=None, tokenizer=None, device=None, **family_kw):
+    """The adapter for ``model``'s family; ``family_kw`` go to that adapter (e.g. Qwen's ``score_layer``)."""
+    import importlib
+
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    if family in ADAPTED_FAMILIES:
+        mod, name = ADAPTED_FAMILIES[family]
+        cls = getattr(importlib.import_module(mod), name)
+    else:
+        from prunelab.models.adapter import LlavaAdapter
+
+        cls = LlavaAdapter
+    return cls(model, processor=processor, tokenizer=tokenizer, device=device, **family_kw)
