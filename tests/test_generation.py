@@ -732,3 +732,25 @@ def test_pope_prefix_cache_gives_the_same_answers_under_its_own_key(tiny, tmp_pa
     assert n_entries == 2 * 3 * 2  # image x method x budget, once per setting of the flag
     again = G.run_generation(tiny, _items(3), [None, "FasterVLM"], [8], **kw)
     assert list(again["text"]) == list(plain["text"]) and len(list(tmp_path.rglob("entries/*.json"))) == n_entries
+
+
+def test_batched_descriptions_equal_one_by_one_and_are_keyed_by_the_selection_list(tiny, tmp_path, monkeypatch):
+    """run_generation(describe_batch_size=k): the image's selections decoded k at a time equal the batch-1 texts
+    (fp32), cached under their own keys; a second call decodes nothing; another method list is another entry."""
+    kw = dict(task="describe", max_new_tokens=6, cache_dir=tmp_path, progress=False)
+    methods = [None, "FasterVLM", "DivPrune"]
+    plain = G.run_generation(tiny, _items(2), methods, [4, 8], **kw)
+    batched = G.run_generation(tiny, _items(2), methods, [4, 8], describe_batch_size=3, **kw)
+    assert list(batched["text"]) == list(plain["text"]) and list(batched["method"]) == list(plain["method"])
+    assert list(batched["kept_indices"]) == list(plain["kept_indices"])
+    n_entries = len(list(tmp_path.rglob("entries/*.json")))
+    assert n_entries == 2 * 5 * 2  # image x (vanilla + 2 methods x 2 budgets) x (batched or not)
+    calls = []
+    monkeypatch.setattr(tiny.adapter, "run_selections", lambda *a, **k: calls.append(1))
+    again = G.run_generation(tiny, _items(2), methods, [4, 8], describe_batch_size=3, **kw)
+    assert not calls and list(again["text"]) == list(plain["text"])
+    monkeypatch.undo()
+    G.run_generation(tiny, _items(2), methods[:2], [4, 8], describe_batch_size=3, **kw)
+    assert len(list(tmp_path.rglob("entries/*.json"))) == n_entries + 2 * 3
+    with pytest.raises(Exception, match="describe_batch_size must be a positive integer"):
+        G.run_generation(tiny, _items(2), methods, [4], describe_batch_size=0, **kw)
