@@ -88,13 +88,15 @@ bench: assets
 	$(PY) -m prunelab.benchmarks.prefill
 	$(PY) -m prunelab.benchmarks.pope_batching
 	$(PY) -m prunelab.benchmarks.chair_speed
+	$(PY) -m prunelab.benchmarks.describe_batching
 
-# The same four benchmarks at their smallest settings (seconds each): every code path of make bench, for CI.
+# The same benchmarks at their smallest settings (seconds each): every code path of make bench, for CI.
 bench-smoke: assets
 	$(PY) -m prunelab.benchmarks.selection --smoke
 	$(PY) -m prunelab.benchmarks.prefill --smoke
 	$(PY) -m prunelab.benchmarks.pope_batching --smoke
 	$(PY) -m prunelab.benchmarks.chair_speed --smoke
+	$(PY) -m prunelab.benchmarks.describe_batching --smoke
 
 # Drop cached results no current code can read (entries keyed by an older library), then show what is left.
 # Everything: $(PY) -m prunelab.study.cache clear --yes

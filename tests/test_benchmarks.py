@@ -1,4 +1,4 @@
-"""Smoke runs of the ratio benchmarks (``prunelab.benchmarks.selection`` / ``.prefill`` / ``.pope_batching`` /
+"""Smoke runs of the ratio benchmarks (``prunelab.benchmarks.selection`` / ``.prefill`` / ``.pope_batching`` / ``.describe_batching`` /
 ``.chair_speed``; every one's ``--smoke`` mode, what ``make bench-smoke`` runs) at their smallest settings: the
 printed tables have the expected rows and columns, the timing ratios are finite and positive, and
 the non-timing columns (ideal token ratios, FastV's equivalent token count, greedy identity) have their known
@@ -236,3 +236,12 @@ def test_chair_speed_smoke(capsys):
     assert 0 <= float(sanity["CHAIR_s"]) <= 100 and float(sanity["Len"]) > 0
     with pytest.raises(UnknownNameError, match="--n"):
         chair_speed.main(["--n", "0"])
+
+
+@pytest.mark.slow
+def test_describe_batching_smoke_runs_on_toyllava(capsys):
+    from prunelab.benchmarks import describe_batching
+
+    assert describe_batching.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "speedup=" in out and "identical=6/6" in out  # fp32: batched descriptions equal batch-1 ones
