@@ -210,6 +210,44 @@ def test_fastervlm_per_tile_budgets_cls_and_newlines(model, adapter, inputs, rul
     assert set(kept) == want
 
 
+def test_tiny_budgets_leave_tiles_empty(adapter, inputs):
+    ids, pv, sizes = inputs
+    r = adapter.run(ids, pv, sizes, "FasterVLM", 2, max_new_tokens=1).records[0]
+    assert r["tile_budgets"] == [1, 1, 0, 0, 0] and r["n_kept"] == 2 and len(r["kept_indices"]) == 2 + 4
+    r = adapter.run(ids, pv, sizes, "FasterVLM", 3, tile_budget="equal", max_new_tokens=1).records[0]
+    assert r["tile_budgets"] == [1, 1, 1, 0, 0] and r["tile_kept"][0] == 1
+
+
+def test_batch_of_two_sizes_equals_one_by_one(model, adapter):
+    """Two images of different shapes (5 and 3 tiles, the processor pads pixel_values to 5): a batch of two gives
+    each image's batch-1 answer, and batch 1 gives HF's."""
+    from PIL import Image
+    from transformers import LlavaNextImageProcessorPil
+
+    ip = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}, image_grid_pinpoints=PINPOINTS
+    )
+    rng = np.random.default_rng(5)
+    imgs = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for h, w in [(60, 100), (120, 50)]]
+    out = ip(images=imgs, return_tensors="pt")
+    pv, sizes = out["pixel_values"], out["image_sizes"]
+    lays = [anyres_layout(model.config, s.tolist()) for s in sizes]
+    assert [lay.n_tiles for lay in lays] == [5, 3] and pv.shape[1] == 5
+    rows = [torch.tensor([1, 7, 8, IMG, 9, 10, 11, 12]), torch.tensor([1, 13, IMG, 14, 15])]
+    both = adapter.run(rows, pv, sizes, "VisPruner", 10, batch_size=2, max_new_tokens=4, eos_token_id=-1)
+    for b in range(2):
+        one = adapter.run(
+            [rows[b]], pv[b : b + 1], sizes[b : b + 1], "VisPruner", 10, max_new_tokens=4, eos_token_id=-1
+        )
+        assert both.sequences[b] == one.sequences[0]
+        assert both.records[b]["kept_indices"] == one.records[0]["kept_indices"]
+        n = lays[b].n_visual
+        full = adapter.run([rows[b]], pv[b : b + 1], sizes[b : b + 1], None, n, max_new_tokens=4, eos_token_id=-1)
+        k = int((rows[b] == IMG).nonzero())
+        ids = torch.cat([rows[b][:k], torch.full((lays[b].n_packed,), IMG), rows[b][k + 1 :]])[None]
+        assert full.sequences[0] == _hf_generate(model, ids, pv[b : b + 1, : lays[b].n_tiles], sizes[b : b + 1], 4)[0]
+
+
 def test_hooks_removed_also_on_error(model, adapter, inputs):
     ids, pv, sizes = inputs
     before = count_hooks(model)
@@ -274,3 +312,14 @@ def test_every_method_runs_or_refuses(model, adapter, inputs, method):
         assert r["n_kept"] == sum(r["tile_kept"]) and r["prompt_len"] == ids.shape[1] - 52 + r["n_kept"] + 4
         if not get_pruner(method).adaptive:
             assert r["n_kept"] == T
+
+
+@pytest.mark.parametrize("hw,total", [((480, 640), 2340), ((336, 336), 1176), ((672, 336), 1776)])
+def test_7b_config_layout_without_weights(hw, total):
+    """llava-v1.6 defaults (CLIP-L/14 at 336 px): the origin map's length and newlines match geometry's count."""
+    from transformers import LlavaNextConfig
+
+    cfg = LlavaNextConfig()
+    lay, geo = anyres_layout(cfg, hw), G.llava_next_layout(cfg, hw)
+    assert lay.n_packed == geo.total == total and int(lay.newlines.numel()) == geo.newlines
+    assert sum(int(lay.valid(t)[0].numel()) for t in range(lay.n_tiles)) == lay.n_visual

@@ -283,9 +283,10 @@ class LlavaNextAdapter(LlavaAdapter):
         proj = self._project(enc["features"].reshape(-1, enc["features"].shape[-1]))
         proj = proj.reshape(enc["features"].shape[0], enc["features"].shape[1], -1)
         out = torch.empty(lay.n_packed, proj.shape[-1], dtype=dtype, device=proj.device)
-        vis = lay.tile >= 0
-        out[vis] = proj[lay.tile[vis], lay.patch[vis]].to(dtype)
-        out[~vis] = self.image_newline.to(proj.device, dtype)
+        tile, patch = lay.tile.to(proj.device), lay.patch.to(proj.device)
+        vis = tile >= 0
+        out[vis] = proj[tile[vis], patch[vis]].to(dtype)
+        out[~vis] = self.image_newline.detach().to(proj.device, dtype)
         return out
 
     def _next_sample(self, enc, lay, row, sample, image_id, pruner, budget, in_llm, needs_text, erank_stats, rule):
