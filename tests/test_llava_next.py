@@ -248,13 +248,31 @@ def test_batch_of_two_sizes_equals_one_by_one(model, adapter):
         assert full.sequences[0] == _hf_generate(model, ids, pv[b : b + 1, : lays[b].n_tiles], sizes[b : b + 1], 4)[0]
 
 
+def test_tokens_without_a_patch_follow_their_segment(adapter, inputs):
+    """VisionZip's [CLS] (index -1) of the base tile follows the base rows; the crop tiles' follow the crop map."""
+    ids, pv, sizes = inputs
+    r = adapter.run(ids, pv, sizes, "VisionZip", 20, max_new_tokens=1).records[0]
+    k = r["kept_indices"]
+    n_base = r["tile_budgets"][0] - 1  # dominant + contextual rows anchored to base patches
+    assert k[n_base] == -1 and all(0 <= p < 16 for p in k[:n_base]) and k[:n_base] == sorted(k[:n_base])
+    crop = k[n_base + 1 : len(k) - 4]
+    assert all(p >= 16 for p in crop) and crop == sorted(crop) and k[-4:] == [-1] * 4  # one [CLS] per crop tile
+    assert r["n_kept"] == 20 and len(k) == 20 + 4
+
+
 def test_hooks_removed_also_on_error(model, adapter, inputs):
+    from prunelab.methods.in_llm import FastV
+
+    class Broken(FastV):  # fails inside the decoder hooks, in the middle of generate
+        def edit(self, state, view):
+            raise RuntimeError("broken edit")
+
     ids, pv, sizes = inputs
     before = count_hooks(model)
     adapter.run(ids, pv, sizes, "VisPruner", 12, max_new_tokens=2)
     adapter.run(ids, pv, sizes, "FastV", 30, max_new_tokens=2)
-    with pytest.raises(CapabilityError):
-        adapter.run(ids, pv, sizes, "VisionZip", 12, max_new_tokens=2)
+    with pytest.raises(RuntimeError, match="broken edit"):
+        adapter.run(ids, pv, sizes, Broken(), 12, max_new_tokens=2)
     assert count_hooks(model) == before
 
 
@@ -286,8 +304,8 @@ def test_dispatch_and_refusals(model, inputs):
 
 # ------------------------------------------------------------------ every registered method x LLaVA-NeXT
 
-#: Methods refused on LLaVA-NeXT, and the words their one-line reason must contain.
-REFUSED = {m: "no patch of their own" for m in ("VisionZip", "PruMerge", "PruMerge+", "PruMerge+fixed")}
+#: Methods refused on LLaVA-NeXT, and the words their one-line reason must contain (none at present).
+REFUSED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("method", [m for m in available_methods() if not m.startswith("_")])

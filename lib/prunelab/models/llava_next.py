@@ -24,10 +24,19 @@ is split across tiles by ``tile_budget``:
   here ``T`` is shared as ``T // tiles`` (the first ``T % tiles`` tiles one more). Kept tokens that fall in the
   padding are dropped, as in the source, so fewer than ``T`` may reach the LLM (``n_kept`` says how many).
 
-Kept rows always go to the LLM in packed order (positions contiguous), whatever order a method returns
-(PruMerge's attention order is recorded as ``order_requested``). A method whose output has a token with no patch
-of its own (VisionZip's [CLS] and contextual tokens, PruMerge+'s extra token: index ``-1``) has no place in the
-packed rows and is refused in one line. In-LLM methods (FastV, PDrop, SparseVLM, DART) run through the unchanged
+Kept rows go to the LLM in packed order (positions contiguous), whatever order a method returns (PruMerge's
+attention order is recorded as ``order_requested``); a merged token goes at the position of the patch it is anchored
+to (its index). Tokens with no patch of their own (index ``-1``: VisionZip's [CLS], PruMerge's extra token) follow
+the base tile's rows for the base tile, and the whole crop map (after its last newline) for crop tiles, tile by
+tile; ``kept_indices`` holds ``-1`` for them. This follows where VisionZip's official LLaVA-NeXT code
+(``dvlab-research/VisionZip`` ``visionzip/llava_arch.py``, ``restore_image_features_sorted``) puts the crop tiles'
+[CLS] and contextual tokens: after the crop map. Documented deviations from that source: the base tile's [CLS]
+follows its patches (the source keeps VisionZip's own order there, [CLS] first); contextual tokens (anchored to a
+target patch) sit at that patch, not after the map; crop [CLS] and contextual tokens are interleaved per tile, not
+all [CLS] first; and the source neither un-pads the crop map nor adds newlines, while here every method gets HF's
+packed layout.
+
+In-LLM methods (FastV, PDrop, SparseVLM, DART) run through the unchanged
 :class:`~prunelab.models.decoder_edit.DecoderEditor` with the whole image run (newlines included, as in the HF
 sequence) as the visual span; their budget counts packed rows, newlines included, and they may drop newlines.
 """
@@ -344,6 +353,7 @@ class LlavaNextAdapter(LlavaAdapter):
         sizes = [int(v[0].numel()) for v in valid] if rule == "proportional" else [full] * lay.n_tiles
         budgets = split_budget(budget, sizes, rule)
         pos_rows: list[tuple[int, torch.Tensor]] = []
+        extra: tuple[list, list] = ([], [])  # tokens without a patch: after the base tile / after the crop map
         tile_kept, select_s, tile_stats = [], 0.0, []
         for t in range(lay.n_tiles):
             if budgets[t] == 0:
@@ -356,15 +366,14 @@ class LlavaNextAdapter(LlavaAdapter):
                 ctx = _sub_context(ctx, idx, grid)
             res = prune(ctx, pruner, budgets[t])
             select_s += res.select_s
-            if (res.indices < 0).any():
-                raise CapabilityError(
-                    f"{pruner.name} returns tokens with no patch of their own (index -1: [CLS] / merged tokens); "
-                    "the LLaVA-NeXT packed run places every token at its patch's row, so it cannot run on llava_next"
-                )
             rows = res.output_tokens(ctx, "projected")
             kept = 0
-            for j, pi in enumerate(idx[res.indices.cpu()].tolist()):
-                pos = where.get((t, pi))
+            for j, i in enumerate(res.indices.cpu().tolist()):
+                if i < 0:
+                    extra[t > 0].append(rows[j])
+                    kept += 1
+                    continue
+                pos = where.get((t, int(idx[i])))
                 if pos is not None:  # "equal": a token chosen in the padding is dropped by un-padding
                     pos_rows.append((pos, rows[j]))
                     kept += 1
@@ -373,10 +382,12 @@ class LlavaNextAdapter(LlavaAdapter):
         nl = self.image_newline.detach().to(self.device).float()
         pos_rows.extend((int(i), nl) for i in lay.newlines)
         pos_rows.sort(key=lambda pr: pr[0])
-        tokens = torch.stack([r.float() for _, r in pos_rows])
+        n_base = sum(1 for pos, _ in pos_rows if pos < full)
+        order = pos_rows[:n_base] + [(-1, r) for r in extra[0]] + pos_rows[n_base:] + [(-1, r) for r in extra[1]]
+        tokens = torch.stack([r.float() for _, r in order])
         info = {
             "n_kept": sum(tile_kept),
-            "kept_indices": [pos for pos, _ in pos_rows],
+            "kept_indices": [pos for pos, _ in order],
             "tile_budgets": budgets,
             "tile_kept": tile_kept,
             "tile_stats": tile_stats,
