@@ -235,8 +235,10 @@ class LlavaNextAdapter(LlavaAdapter):
         ``pixel_values`` ``(B, tiles, 3, S, S)`` and ``image_sizes`` ``(B, 2)`` (height, width) from the
         processor. Records add ``n_tiles``, ``n_packed`` (image run length), ``n_newlines``, ``tile_budget``,
         ``tile_budgets`` and ``tile_kept`` (visual tokens per tile reaching the LLM); ``n_image_tokens`` and
-        ``n_kept`` count visual tokens without newlines; ``kept_indices`` are packed positions, newlines
-        included."""
+        ``n_kept`` count visual tokens without newlines (for in-LLM methods ``n_kept`` counts the image run's rows
+        left after the last pruning layer, newlines included); ``kept_indices`` are packed positions, newlines
+        included, ``-1`` for tokens without a patch; ``visual_tokens_per_layer`` and ``equivalent_tokens`` count
+        rows of the image run, newlines included."""
         rule = self.tile_budget if tile_budget is None else tile_budget
         if rule not in TILE_BUDGETS:
             raise BudgetError(f"unknown tile_budget {rule!r}; use one of {', '.join(TILE_BUDGETS)}")
