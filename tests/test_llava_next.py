@@ -210,6 +210,20 @@ def test_fastervlm_per_tile_budgets_cls_and_newlines(model, adapter, inputs, rul
     assert set(kept) == want
 
 
+@pytest.mark.parametrize("method", ["FastV", "PDrop", "SparseVLM", "DART", "VisPruner"])
+def test_kv_cache_equals_no_cache_reference(adapter, inputs, method):
+    """In-LLM methods edit the decoder over the whole packed run (newlines included): cached generation equals the
+    no-cache reference, and pruning changes the logits."""
+    ids, pv, sizes = inputs
+    out = adapter.run(ids, pv, sizes, method, 20, max_new_tokens=4, output_logits=True, eos_token_id=-1)
+    ref = adapter.reference_no_cache(ids, pv, sizes, method, 20, steps=4)
+    assert torch.allclose(out.logits[0], ref, atol=1e-4)
+    full = adapter.reference_no_cache(ids, pv, sizes, None, None, steps=4)
+    assert not torch.allclose(ref, full, atol=1e-3)
+    counts = out.records[0]["visual_tokens_per_layer"]
+    assert counts == sorted(counts, reverse=True) and (counts[0] == 52 or method == "VisPruner")
+
+
 def test_tiny_budgets_leave_tiles_empty(adapter, inputs):
     ids, pv, sizes = inputs
     r = adapter.run(ids, pv, sizes, "FasterVLM", 2, max_new_tokens=1).records[0]

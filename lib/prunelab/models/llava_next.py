@@ -56,6 +56,7 @@ from prunelab.methods.base import VisualContext, prune
 from prunelab.models.adapter import LlavaAdapter, RunOutput, _Sample
 from prunelab.models.decoder_edit import DecoderEditor
 from prunelab.models.geometry import best_resolution
+from prunelab.models.hooks import HookScope
 from prunelab.models.prompts import VICUNA_SYSTEM, build_prompt, tokenize_with_image
 
 __all__ = ["AnyresLayout", "LlavaNextAdapter", "TILE_BUDGETS", "anyres_layout", "split_budget"]
@@ -411,8 +412,32 @@ class LlavaNextAdapter(LlavaAdapter):
     def run_selections(self, *args, **kwargs):
         self._one_tile_only("run_selections")
 
-    def reference_no_cache(self, *args, **kwargs):
-        self._one_tile_only("reference_no_cache")
+    @torch.no_grad()
+    def reference_no_cache(
+        self, input_ids, pixel_values, image_sizes, method, budget, steps: int, method_params=None, tile_budget=None
+    ) -> torch.Tensor:
+        """:meth:`LlavaAdapter.reference_no_cache` for one LLaVA-NeXT image: ``steps`` greedy tokens without KV
+        cache, an in-LLM method's prefill selection replayed on later passes. Returns ``(steps, V)`` logits."""
+        rule = self.tile_budget if tile_budget is None else tile_budget
+        pruner = self._method(method, method_params)
+        in_llm, qk, needs_text = self._needs(pruner)
+        row = torch.as_tensor(input_ids[0] if torch.is_tensor(input_ids) and input_ids.ndim == 2 else input_ids)
+        lay = self.layout(torch.as_tensor(image_sizes).reshape(-1, 2)[0].tolist())
+        t = None if pruner is None else self._check(pruner, budget, lay.n_packed if in_llm else lay.n_visual)
+        enc = self.encode_images(pixel_values[0, : lay.n_tiles], qk)
+        s = self._next_sample(enc, lay, row, 0, None, pruner, t, in_llm, needs_text, None, rule)
+        embeds, out = s.embeds.unsqueeze(0), []
+        with HookScope() as scope:
+            if s.editor is not None:
+                s.editor.install(scope)
+            for _ in range(steps):
+                logits = self.model(inputs_embeds=embeds, use_cache=False).logits[0, -1].float()
+                out.append(logits.cpu())
+                if s.editor is not None:
+                    s.editor.mode = "replay"
+                nxt = self.parts.embed(torch.tensor([[int(logits.argmax())]], device=embeds.device))
+                embeds = torch.cat([embeds, nxt.to(embeds.dtype)], dim=1)
+        return torch.stack(out)
 
     # ---------------- text interface
     def build_inputs(self, images, questions: Sequence[str], template: str = "llava_v1", system: str | None = None):
