@@ -567,21 +567,35 @@ def test_budget_is_checked_against_the_processed_resolution():
         ad.run(ids, pv, "FasterVLM", 40, max_new_tokens=2)
 
 
-@pytest.mark.parametrize("family", ["llava_next"])
+@pytest.mark.parametrize("family", ["llava_onevision"])
 def test_unsupported_families_are_refused_up_front(family):
-    """A LLaVA-NeXT model is refused by name before anything runs (before: NeXT passed resolve_parts and failed
-    inside generate with 'too many values to unpack'). Qwen2.5-VL has its own adapter (tests/test_qwen2_5_vl.py)."""
+    """A family without an adapter is refused by name before anything runs (before, LLaVA-NeXT passed resolve_parts
+    and failed inside generate with 'too many values to unpack'). Qwen2.5-VL and LLaVA-NeXT have their own adapters
+    (tests/test_qwen2_5_vl.py, tests/test_llava_next.py)."""
     import transformers
 
     from prunelab.models.parts import UNSUPPORTED_FAMILIES, resolve_parts
 
     cls, cfg_cls = {
-        "llava_next": (transformers.LlavaNextForConditionalGeneration, transformers.LlavaNextConfig),
-        "qwen2_5_vl": (transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig),
+        "llava_onevision": (transformers.LlavaOnevisionForConditionalGeneration, transformers.LlavaOnevisionConfig)
     }[family]
     with torch.device("meta"):  # the 7B default configs, no weights
         model = cls(cfg_cls())
     with pytest.raises(CapabilityError, match=f"not supported yet.*{re.escape(UNSUPPORTED_FAMILIES[family])}"):
         resolve_parts(model)
     with pytest.raises(CapabilityError, match="not supported yet"):
+        LlavaAdapter(model)
+
+
+def test_llava_next_is_sent_to_its_own_adapter():
+    """resolve_parts reads a LLaVA-NeXT model; the LLaVA-1.5 adapter refuses it up front, naming LlavaNextAdapter
+    (its anyres run would fail inside generate)."""
+    import transformers
+
+    from prunelab.models.parts import resolve_parts
+
+    with torch.device("meta"):
+        model = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig())
+    assert resolve_parts(model).image_token_id == model.config.image_token_id
+    with pytest.raises(CapabilityError, match="LlavaNextAdapter"):
         LlavaAdapter(model)

@@ -46,6 +46,7 @@ from prunelab.methods.base import Pruner, PruneResult, get_pruner, prune
 from prunelab.models.decoder_edit import DecoderEditor
 from prunelab.models.hooks import HookScope
 from prunelab.models.parts import (
+    TILED_FAMILIES,
     LlavaParts,
     expand_image_placeholder,
     find_image_span,
@@ -93,11 +94,19 @@ class LlavaAdapter(TowerReader):
     device: ``"auto"`` / ``"cpu"`` / ``"cuda"``; the model is moved there (``DeviceError`` if cuda is absent).
     """
 
+    family = "llava"  # a family in parts.TILED_FAMILIES is refused unless it is this class's own
+
     def __init__(self, model: nn.Module, processor=None, tokenizer=None, device: str | torch.device | None = None):
         self.parts = resolve_parts(model)
         if not isinstance(self.parts, LlavaParts):
             raise CapabilityError(
                 f"{type(model).__name__} is not a LLaVA model; use prunelab.models.families.make_adapter(model)"
+            )
+        family = getattr(model.config, "model_type", None)
+        if family in TILED_FAMILIES and family != self.family:
+            raise CapabilityError(
+                f"{type(model).__name__} ({family}) needs {TILED_FAMILIES[family]}; "
+                "use prunelab.models.families.make_adapter(model)"
             )
         self.model = model
         self.processor = processor

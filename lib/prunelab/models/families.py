@@ -1,7 +1,8 @@
 """One entry point from a loaded model to the adapter of its family (issue #14).
 
 ``make_adapter(model, ...)`` reads ``model.config.model_type``: ``qwen2_5_vl`` gets
-:class:`prunelab.models.qwen2_5_vl.QwenVLAdapter`, every other model :class:`prunelab.models.adapter.LlavaAdapter`,
+:class:`prunelab.models.qwen2_5_vl.QwenVLAdapter`, ``llava_next`` :class:`prunelab.models.llava_next.LlavaNextAdapter`
+(anyres tiles; ``tile_budget`` is its keyword), every other model :class:`prunelab.models.adapter.LlavaAdapter`,
 which refuses the families it cannot run (:data:`prunelab.models.parts.UNSUPPORTED_FAMILIES`) in one line.
 """
 
@@ -12,7 +13,10 @@ from torch import nn
 __all__ = ["make_adapter", "ADAPTED_FAMILIES"]
 
 #: Families with their own adapter class (module, class name); the rest go to LlavaAdapter.
-ADAPTED_FAMILIES = {"qwen2_5_vl": ("prunelab.models.qwen2_5_vl", "QwenVLAdapter")}
+ADAPTED_FAMILIES = {
+    "qwen2_5_vl": ("prunelab.models.qwen2_5_vl", "QwenVLAdapter"),
+    "llava_next": ("prunelab.models.llava_next", "LlavaNextAdapter"),
+}
 
 
 def make_adapter(model: nn.Module, processor=None, tokenizer=None, device=None, **family_kw):

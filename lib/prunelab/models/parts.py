@@ -22,6 +22,7 @@ from prunelab.errors import CapabilityError, ImageError
 __all__ = [
     "LlavaParts",
     "UNSUPPORTED_FAMILIES",
+    "TILED_FAMILIES",
     "resolve_parts",
     "find_image_span",
     "expand_image_placeholder",
@@ -82,9 +83,12 @@ def _get_path(obj, path):
     return obj
 
 
+#: Families resolve_parts reads whose visual run is not one square tile: the LLaVA-1.5 adapter refuses them and
+#: names the adapter that runs them (``prunelab.models.families.make_adapter`` picks it).
+TILED_FAMILIES = {"llava_next": "LlavaNextAdapter (prunelab.models.llava_next)"}
+
 #: Model families whose visual-token layout the adapter does not handle yet, and why.
 UNSUPPORTED_FAMILIES = {
-    "llava_next": "anyres: a base tile plus a crop grid, each tile with its own [CLS], and one newline token per row",
     "llava_onevision": "anyres tiles with newline tokens, SigLIP without [CLS]",
     "qwen2_vl": "no [CLS], windowed ViT, 2x2-merged tokens with 3-D M-RoPE positions",
 }
@@ -104,10 +108,10 @@ def resolve_parts(model: nn.Module) -> LlavaParts:
 
         return resolve_qwen_parts(model)
     if family in UNSUPPORTED_FAMILIES:
-        # refuse up front: a NeXT model would pass the checks below and fail inside generate (anyres tiles)
+        # refuse up front: such a model may pass the checks below and fail inside generate
         raise CapabilityError(
             f"{type(model).__name__} ({family}) is not supported yet: its visual tokens are laid out differently "
-            f"({UNSUPPORTED_FAMILIES[family]}); use a LlavaForConditionalGeneration checkpoint (LLaVA-1.5)"
+            f"({UNSUPPORTED_FAMILIES[family]}); use a LLaVA-1.5, LLaVA-NeXT or Qwen2.5-VL checkpoint"
         )
     inner = getattr(model, "model", model)
     vt = getattr(inner, "vision_tower", None)
