@@ -31,7 +31,7 @@ import pandas as pd
 from prunelab.errors import UnknownNameError
 from prunelab.eval.stats import two_sample
 from prunelab.models.encoders import AdapterEncoder
-from prunelab.study.paired import compare, interaction, metric_table
+from prunelab.study.paired import compare, interaction as paired_interaction, metric_table
 from prunelab.study.plots import _complexity_palette, method_order, per_image, short_label
 from prunelab.study.verdict import Claim, check, paper_results
 
@@ -257,41 +257,31 @@ def family_gaps(
     n_boot: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
+    interaction: bool = False,
 ) -> pd.DataFrame:
     """Per budget and split: ``metric(family a) − metric(family b)`` on the split's images, each family's methods
-    pooled (:func:`prunelab.study.paired.compare`). Empty when a family is absent."""
-    fam = families(df)
-    if not fam.get(a) or not fam.get(b):
-        return pd.DataFrame(
-            columns=["budget", "split", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"]
-        )
-    out = compare(df, fam[a], fam[b], metric, by=("budget", "split"), n_boot=n_boot, ci=ci, seed=seed)
-    out["a"], out["b"], out["metric"] = a, b, metric
-    return out
-
-
-def family_interactions(
-    df: pd.DataFrame,
-    metric: str,
-    *,
-    a: str = ATTENTION,
-    b: str = DIVERSITY,
-    n_boot: int = 2000,
-    ci: float = 0.95,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Per budget: ``[metric(a) − metric(b)]_simple − [metric(a) − metric(b)]_complex``
-    (:func:`prunelab.study.paired.interaction`, images resampled within each split)."""
+    pooled (:func:`prunelab.study.paired.compare`). With ``interaction=True``, per budget:
+    ``[metric(a) − metric(b)]_simple − [metric(a) − metric(b)]_complex`` (:func:`prunelab.study.paired.interaction`,
+    images resampled within each split). Empty when a family is absent."""
     fam = families(df)
     if not fam.get(a) or not fam.get(b):
         return pd.DataFrame(
             columns=["budget", "a", "b", "diff_simple", "diff_complex", "interaction", "ci_low", "ci_high"]
+            if interaction
+            else ["budget", "split", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"]
         )
-    out = interaction(
-        df, fam[a], fam[b], metric, group="split", levels=SPLITS, by=("budget",), n_boot=n_boot, ci=ci, seed=seed
-    )
+    boot = dict(n_boot=n_boot, ci=ci, seed=seed)
+    if interaction:
+        out = paired_interaction(df, fam[a], fam[b], metric, group="split", levels=SPLITS, by=("budget",), **boot)
+    else:
+        out = compare(df, fam[a], fam[b], metric, by=("budget", "split"), **boot)
     out["a"], out["b"], out["metric"] = a, b, metric
     return out
+
+
+def family_interactions(df: pd.DataFrame, metric: str, **kw) -> pd.DataFrame:
+    """:func:`family_gaps` with ``interaction=True``: per budget, the simple-minus-complex change of the gap."""
+    return family_gaps(df, metric, interaction=True, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------
