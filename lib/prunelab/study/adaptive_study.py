@@ -34,7 +34,7 @@ import pandas as pd
 from prunelab.errors import UnknownNameError
 from prunelab.methods import paper_name
 from prunelab.study.paired import compare, metric_table
-from prunelab.study.verdict import Claim, check, paper_results, paper_value
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
 
 VARIANTS = ("fixed", "+erank", "+inverse")
 #: The fixed methods whose paper POPE numbers the chapter sets against AgilePruner's (our labels; :func:`paper_beaters`).
@@ -487,10 +487,7 @@ def finding4_claims(
             claim="AgilePruner answers POPE more accurately than attention-only selection (FasterVLM, its τ = 0 limit)",
             paper=paper_line(["FasterVLM"]),
             rule=f"Per budget: accuracy(AgilePruner) − accuracy(FasterVLM) > 0 on the same images, {pct} paired-bootstrap CI above 0.",
-            checks=[
-                check(f"T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in fv.itertuples(index=False)
-            ],
+            checks=checks_from_summary(fv, "budget", ">", 0.0, value="diff", template="T={budget:.0f}"),
             fmt="{:+.1f}",
         )
     )
@@ -503,10 +500,9 @@ def finding4_claims(
                 f"For every other fixed method F of this run and every T: accuracy(AgilePruner) − accuracy(F) > 0, "
                 f"{pct} paired-bootstrap CI above 0 (the paper's own POPE numbers do not meet this for every F and T)."
             ),
-            checks=[
-                check(f"AgilePruner − {r.b}, T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in rest.itertuples(index=False)
-            ],
+            checks=checks_from_summary(
+                rest, ["b", "budget"], ">", 0.0, value="diff", template="AgilePruner − {b}, T={budget:.0f}"
+            ),
             fmt="{:+.1f}",
         )
     )
@@ -566,12 +562,7 @@ def finding4_claims(
                 f"For every swept τ_max > 0 and T: mean over images of erank(kept, τ) − erank(kept, τ = 0) > 0 (tower "
                 f"features, same image), {pct} bootstrap CI above 0."
             ),
-            checks=[
-                check(f"τ_max={r.tau:g}, T={int(r.budget)}", r.mean, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in gain.itertuples(index=False)
-            ]
-            if len(gain)
-            else [],
+            checks=checks_from_summary(gain, ["tau", "budget"], ">", 0.0, template="τ_max={tau:g}, T={budget:.0f}"),
             fmt="{:+.2f}",
         )
     )

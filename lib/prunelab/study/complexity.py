@@ -33,7 +33,7 @@ from prunelab.eval.stats import two_sample
 from prunelab.models.encoders import AdapterEncoder
 from prunelab.study.paired import compare, interaction as paired_interaction, metric_table
 from prunelab.study.plots import _complexity_palette, method_order, per_image, short_label
-from prunelab.study.verdict import Claim, check, paper_results
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results
 
 SPLITS = ("simple", "complex")
 #: split_by -> the per-image column a median split uses (``label`` uses the image set's own labels).
@@ -402,10 +402,7 @@ def finding3_claims(
                 f"images > 0, {pct} stratified bootstrap CI above 0 (the weakest reading of the finding: the gap moves "
                 "in the claimed direction even if it does not change sign)."
             ),
-            checks=[
-                check(f"T={int(r.budget)}", r.interaction, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in inter.itertuples(index=False)
-            ],
+            checks=checks_from_summary(inter, "budget", ">", 0.0, value="interaction", template="T={budget:.0f}"),
             fmt="{:+.1f}",
         )
     )

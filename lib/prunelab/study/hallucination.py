@@ -34,7 +34,7 @@ from prunelab.study.analysis import summarize
 from prunelab.study.generation import VANILLA
 from prunelab.study.plots import _families as fam_of, method_order, method_palette, overlay_png
 from prunelab.study.scoring import highlight_caption, paired_chair
-from prunelab.study.verdict import Claim, check, paper_results, paper_value
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
 from prunelab.study.widgets import linked_views
 
 #: Our labels for the rows of the paper's CHAIR table, in its order (PruMerge+ at the paper's fixed budgets is
@@ -226,10 +226,7 @@ def finding2_claims(
                 f"({erank_column}) and the caption's hallucinated mentions; mean over images > 0 with its {pct} "
                 "bootstrap CI entirely above 0, at every budget."
             ),
-            checks=[
-                check(f"mean ρ, T={int(r.budget)} ({int(r.n)} images)", r.mean, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in summ.itertuples(index=False)
-            ],
+            checks=checks_from_summary(summ, "budget", ">", 0.0, template="mean ρ, T={budget:.0f} ({n:.0f} images)"),
             fmt="{:+.2f}",
         )
     )
