@@ -34,6 +34,7 @@ import pandas as pd
 from prunelab.errors import UnknownNameError
 from prunelab.methods import paper_name
 from prunelab.study.paired import compare, metric_table
+from prunelab.study.plots import figure_legend
 from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
 
 VARIANTS = ("fixed", "+erank", "+inverse")
@@ -603,9 +604,7 @@ def delta_figure(rows: pd.DataFrame, *, label: str = "label", title: str = "", x
         ax.set(title=f"{title}T = {int(b)}".strip(), xlabel=xlabel)
     axes[0][0].set_yticks(y0, labels)
     axes[0][0].invert_yaxis()
-    handles, lab = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, lab, loc="outside lower center", ncol=2, fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0], loc="outside lower center", ncol=2)
 
 
 def tau_figure(
@@ -648,9 +647,7 @@ def tau_figure(
                         t["tau"], t[f"{m}_low"].astype(float), t[f"{m}_high"].astype(float), color=pal[h], alpha=0.12
                     )
         ax.set(xlabel="τ_max (0 = FasterVLM)", ylabel=labels.get(m, m), title=labels.get(m, m).split(" (")[0])
-    handles, lab = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, lab, loc="outside right center", fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0])
 
 
 __all__ = [

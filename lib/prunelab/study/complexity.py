@@ -32,7 +32,7 @@ from prunelab.errors import UnknownNameError
 from prunelab.eval.stats import two_sample
 from prunelab.models.encoders import AdapterEncoder
 from prunelab.study.paired import compare, interaction as paired_interaction, metric_table
-from prunelab.study.plots import _complexity_palette, method_order, per_image, short_label
+from prunelab.study.plots import _complexity_palette, figure_legend, method_order, per_image, short_label
 from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results
 
 SPLITS = ("simple", "complex")
@@ -510,9 +510,7 @@ def gap_figure(gaps: pd.DataFrame, labels: dict | None = None):
         ax.set_xticks(range(len(SPLITS)), SPLITS)
         ax.set(title=labels.get(m, m), ylabel="attention − diversity (pp)")
         ax.set_xlim(-0.5, len(SPLITS) - 0.5)
-    handles, lab = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, lab, loc="outside right center", fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0])
 
 
 def accuracy_figure(acc: pd.DataFrame):
@@ -551,9 +549,7 @@ def accuracy_figure(acc: pd.DataFrame):
         ax.set(title=f"T = {int(b)}", xlabel="POPE accuracy (%)")
     axes[0][0].set_yticks(y0, [short_label(m) for m in methods])
     axes[0][0].invert_yaxis()
-    handles, lab = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, lab, loc="outside right center", fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0])
 
 
 __all__ = [

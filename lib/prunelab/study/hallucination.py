@@ -32,7 +32,7 @@ from prunelab.errors import UnknownNameError
 from prunelab.methods import base_label, paper_name
 from prunelab.study.analysis import summarize
 from prunelab.study.generation import VANILLA
-from prunelab.study.plots import _families as fam_of, method_order, method_palette, overlay_png
+from prunelab.study.plots import _families as fam_of, figure_legend, method_order, method_palette, overlay_png
 from prunelab.study.scoring import highlight_caption, paired_chair
 from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
 from prunelab.study.widgets import linked_views
@@ -295,9 +295,7 @@ def tradeoff_figure(table: pd.DataFrame, df: pd.DataFrame, paper: pd.DataFrame |
         if len(pv):
             ax.scatter(pv["Recall"], pv[metric], marker="*", s=120, color="black")
         ax.set(title="paper (LLaVA-1.5-7B, COCO)\n● T=64  ■ T=128", xlabel="Recall (%)", ylabel=f"{metric} (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0])
 
 
 def chair_bars(table: pd.DataFrame, df: pd.DataFrame, metrics: Sequence[str] = ("CHAIR_s", "CHAIR_i", "Recall")):
@@ -331,9 +329,7 @@ def chair_bars(table: pd.DataFrame, df: pd.DataFrame, metrics: Sequence[str] = (
         ax.set(xlabel=f"{m} (%)", title=m)
     axes[0][0].set_yticks(y0 + h * (len(budgets) - 1) / 2, methods)
     axes[0][0].invert_yaxis()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0], loc="outside lower center", ncol="all")
 
 
 def correlation_figure(per_image: pd.DataFrame, summary: pd.DataFrame, labels: dict | None = None):

@@ -239,6 +239,14 @@ def overlay_grid(
 # Erank
 
 
+def figure_legend(fig, ax, loc: str = "outside right center", ncol: int | str = 1):
+    """One small-type legend for the whole figure from the entries of ``ax`` (``loc`` an ``"outside ..."`` place of
+    a constrained layout; ``ncol="all"``: every entry in one row). Returns ``fig``."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc=loc, ncol=len(labels) if ncol == "all" else ncol, fontsize="small")
+    return fig
+
+
 def erank_long(df: pd.DataFrame, space: str = "vision") -> pd.DataFrame:
     """Long table ``(image_id, method, family, budget, kind, erank)`` with kind in kept / random / full."""
     cols = {f"erank_kept_{space}": "kept", f"erank_random_{space}": "random", f"erank_full_{space}": "full"}
@@ -418,6 +426,7 @@ __all__ = [
     "overlay_png",
     "overlay",
     "overlay_grid",
+    "figure_legend",
     "erank_long",
     "erank_points",
     "erank_ratio_bars",
