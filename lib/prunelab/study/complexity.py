@@ -32,7 +32,15 @@ from prunelab.errors import UnknownNameError
 from prunelab.eval.stats import two_sample
 from prunelab.models.encoders import AdapterEncoder
 from prunelab.study.paired import compare, interaction as paired_interaction, metric_table
-from prunelab.study.plots import _complexity_palette, figure_legend, method_order, per_image, short_label
+from prunelab.study.plots import (
+    _complexity_palette,
+    ci_points,
+    figure_legend,
+    image_dots,
+    method_order,
+    per_image,
+    short_label,
+)
 from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results
 
 SPLITS = ("simple", "complex")
@@ -441,7 +449,6 @@ def measures_figure(img: pd.DataFrame, paper: pd.DataFrame | None = None, label:
     ``paper``, the paper's four example images as a third panel (a different tower: compare directions, not
     values)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     d = img.assign(**{label: img[label].fillna("unknown")})
     order = [s for s in (*SPLITS, "medium", "unknown") if s in set(d[label])]
@@ -449,32 +456,8 @@ def measures_figure(img: pd.DataFrame, paper: pd.DataFrame | None = None, label:
     ncol = 2 + int(paper is not None and len(paper) > 0)
     fig, axes = plt.subplots(1, ncol, figsize=(3.1 * ncol, 3.0), squeeze=False)
     for ax, col in zip(axes[0], ("attention_entropy", "erank_full_vision")):
-        sns.stripplot(
-            data=d,
-            x=label,
-            y=col,
-            order=order,
-            hue=label,
-            palette=pal,
-            ax=ax,
-            size=4,
-            alpha=0.6,
-            jitter=0.25,
-            legend=False,
-        )
-        sns.pointplot(
-            data=d,
-            x=label,
-            y=col,
-            order=order,
-            color="black",
-            errorbar=("ci", 95),
-            seed=0,
-            markers="D",
-            linestyles="none",
-            ax=ax,
-            markersize=5,
-        )
+        image_dots(ax, d, label, col, alpha=0.6, order=order, hue=label, palette=pal, legend=False)
+        ci_points(ax, d, label, col, order=order, color="black", markers="D")
         ax.set(xlabel="", ylabel=MEASURE_LABELS[col], title=f"this run: {MEASURE_LABELS[col].split(' (')[0]}")
     if ncol == 3:
         ax = axes[0][2]

@@ -32,7 +32,14 @@ from prunelab.errors import UnknownNameError
 from prunelab.methods import base_label, paper_name
 from prunelab.study.analysis import summarize
 from prunelab.study.generation import VANILLA
-from prunelab.study.plots import _families as fam_of, figure_legend, method_order, method_palette, overlay_png
+from prunelab.study.plots import (
+    _families as fam_of,
+    figure_legend,
+    image_dots,
+    method_order,
+    method_palette,
+    overlay_png,
+)
 from prunelab.study.scoring import highlight_caption, paired_chair
 from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
 from prunelab.study.widgets import linked_views
@@ -335,7 +342,6 @@ def chair_bars(table: pd.DataFrame, df: pd.DataFrame, metrics: Sequence[str] = (
 def correlation_figure(per_image: pd.DataFrame, summary: pd.DataFrame, labels: dict | None = None):
     """Per-image Spearman ρ (dots) and their mean with its CI (black), per kept-token property and budget."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     labels = labels or {
         "erank_kept_projected": "erank of kept tokens",
@@ -349,7 +355,7 @@ def correlation_figure(per_image: pd.DataFrame, summary: pd.DataFrame, labels: d
         p["T"] = p["budget"].map(lambda b: f"T = {int(b)}")
         order = [f"T = {int(b)}" for b in sorted(per_image["budget"].unique())]
         if len(p):
-            sns.stripplot(data=p, x="T", y="rho", order=order, ax=ax, alpha=0.45, size=4, jitter=0.25, color="tab:blue")
+            image_dots(ax, p, "T", "rho", alpha=0.45, order=order, color="tab:blue")
         s = summary[summary["x"] == x].set_index("budget")
         for k, b in enumerate(sorted(per_image["budget"].unique())):
             if b in s.index and np.isfinite(s.loc[b, "mean"]):
