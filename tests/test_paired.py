@@ -60,8 +60,8 @@ def test_compare_known_values_and_pooling():
     assert Pd.compare(df, "A", "B", "x").iloc[0]["value_a"] == pytest.approx(4.0)
 
 
-def test_compare_equals_generation_paired_chair():
-    from prunelab.study.scoring import paired_chair
+def test_compare_equals_paired_ratio_diff_on_the_image_arrays():
+    from prunelab.eval.stats import paired_ratio_diff
 
     rng = np.random.default_rng(1)
     rows = []
@@ -71,7 +71,7 @@ def test_compare_equals_generation_paired_chair():
                 h, c = int(rng.poisson(lam)), int(rng.integers(0, 4))
                 rows.append(
                     {
-                        "image_id": f"i{i}",
+                        "image_id": f"i{i:02d}",
                         "method": m,
                         "budget": b,
                         "n_hallucinated": h,
@@ -83,11 +83,43 @@ def test_compare_equals_generation_paired_chair():
                     }
                 )
     df = pd.DataFrame(rows)
-    for metric in ("CHAIR_i", "CHAIR_s", "Recall", "Len"):
-        ours = Pd.compare(df, "A", "B", metric, n_boot=300, seed=3).sort_values("budget").reset_index(drop=True)
-        ref = paired_chair(df, "A", "B", metric, n_boot=300, seed=3).sort_values("budget").reset_index(drop=True)
-        for col in ("value_a", "value_b", "diff", "ci_low", "ci_high", "n"):
-            assert np.allclose(ours[col].astype(float), ref[col].astype(float)), (metric, col)
+    cols = {
+        "CHAIR_i": ("n_hallucinated", "n_mentions"),
+        "CHAIR_s": ("chair_s", None),
+        "Recall": ("n_gt_covered", "n_gt"),
+    }
+    for metric, (num, den) in {**cols, "Len": ("length", None)}.items():
+        ours = Pd.compare(df, "A", "B", metric, n_boot=300, seed=3)
+        for r in ours.itertuples(index=False):
+            g = df[df["budget"] == r.budget].sort_values("image_id")
+            A, B = g[g["method"] == "A"], g[g["method"] == "B"]
+            ref = paired_ratio_diff(
+                A[num], A[den] if den else None, B[num], B[den] if den else None, n_boot=300, seed=3
+            )
+            scale = 1.0 if metric == "Len" else 100.0
+            got = (r.value_a, r.value_b, r.diff, r.ci_low, r.ci_high)
+            want = (ref.value_a, ref.value_b, ref.diff, ref.ci_low, ref.ci_high)
+            assert np.allclose(got, np.array(want) * scale) and r.n == 25, (metric, r.budget)
+
+
+def test_paired_chair_is_compare_with_the_flagged_captions_kept():
+    from prunelab.study.scoring import paired_chair
+
+    df = pd.DataFrame(
+        {
+            "image_id": ["x", "y", "x", "y"],
+            "budget": 1,
+            "method": ["A", "A", "B", "B"],
+            "n_hallucinated": [1, 9, 0, 0],
+            "n_mentions": [2, 9, 2, 2],
+            "chair_flag": ["", "no_ground_truth", "", ""],
+        }
+    )
+    r = paired_chair(df, "A", "B", "CHAIR_i").iloc[0]
+    assert r["value_a"] == pytest.approx(100 * 10 / 11) and r["value_b"] == 0.0 and r["n"] == 2
+    assert Pd.compare(df, "A", "B", "CHAIR_i").iloc[0]["n"] == 1  # compare leaves the flagged caption out
+    with pytest.raises(UnknownNameError, match="unknown CHAIR metric"):
+        paired_chair(df, "A", "B", "Accuracy")
 
 
 def test_chair_flags_excluded_as_the_evaluator_does():

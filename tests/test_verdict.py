@@ -69,6 +69,9 @@ def test_checks_from_summary_and_table():
     assert [c.passed for c in checks] == [True, False]
     templ = V.checks_from_summary(summ, "method", "<", 0.8, template="{method}@{budget}")
     assert templ[0].condition == "DivPrune@64"
+    assert V.checks_from_summary(pd.DataFrame(), "method", "<", 0.8) == []  # no rows: no checks, columns or not
+    floats = summ.drop(columns="method").astype(float)  # all-numeric rows come back as floats: format them
+    assert V.checks_from_summary(floats, "budget", "<", 0.8, template="T={budget:.0f}")[0].condition == "T=64"
     claim = V.Claim("erank shortfall", "lower", "ratio < 0.8 for every method", checks)
     assert claim.outcome == "partly" and claim.n_passed == "1/2"
     assert "DivPrune, 64: 0.5 [0.45, 0.55]" in claim.summary()

@@ -22,6 +22,7 @@ sorts with the source's own ``argsort`` calls so that it selects exactly as the 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -490,87 +491,63 @@ class _ErankSplit:
         return res
 
 
-@register("VisPruner+erank")
-class VisPrunerErank(_ErankSplit, VisPruner):
-    """[RECONSTRUCTION] VisPruner whose ``important_ratio`` follows the erank-guided mapping
-    (:func:`erank_split_ratio`, AgilePruner "analysis-driven enhancement"); see :class:`_ErankSplit`."""
+def _erank_pair(base: type, fixed_param: str, paper_names: tuple[str | None, str | None]) -> tuple[type, type]:
+    """The erank-guided variant of hybrid ``base`` (registered ``"<base>+erank"``) and its inverse-rule ablation
+    (``"<base>+inverse"``, complex image -> more attention) [RECONSTRUCTION]: ``base`` whose ``fixed_param`` share
+    follows :func:`erank_split_ratio` (see :class:`_ErankSplit`). Their parameters are ``r_min, r_max, e_min, e_max``
+    then ``base``'s own except ``fixed_param``, all with their defaults (the signature :meth:`Pruner.params` reads)."""
+    own = [
+        inspect.Parameter("r_min", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=0.25, annotation="float"),
+        inspect.Parameter("r_max", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=0.75, annotation="float"),
+        inspect.Parameter("e_min", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation="float | None"),
+        inspect.Parameter("e_max", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation="float | None"),
+    ]
+    base_sig = inspect.signature(base.__init__)
+    kept = [q for k, q in base_sig.parameters.items() if k != fixed_param]  # self first
+    sig = base_sig.replace(parameters=[kept[0], *own, *kept[1:]])
 
-    paper_name = "VisPruner+adaptive"
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as err:  # name the class, as a written-out __init__ would
+            raise TypeError(f"{type(self).__name__}.__init__() {err}") from None
+        bound.apply_defaults()
+        given = bound.arguments
+        base.__init__(self, **{q.name: given[q.name] for q in kept[1:]})
+        self._init_erank(fixed_param, given["r_min"], given["r_max"], given["e_min"], given["e_max"])
 
-    def __init__(
-        self,
-        r_min: float = 0.25,
-        r_max: float = 0.75,
-        e_min: float | None = None,
-        e_max: float | None = None,
-        step: int = 8,
-    ):
-        VisPruner.__init__(self, step=step)
-        self._init_erank("important_ratio", r_min, r_max, e_min, e_max)
-
-
-@register("VisPruner+inverse")
-class VisPrunerInverse(VisPrunerErank):
-    """[RECONSTRUCTION] Inverse-rule ablation of :class:`VisPrunerErank` (complex image -> more attention)."""
-
-    paper_name = "VisPruner+inverse"
-    inverse = True
-
-
-@register("BAT+erank")
-class BATErank(_ErankSplit, BAT):
-    """[RECONSTRUCTION] BAT adaptation whose ``attentive_ratio`` follows the erank-guided mapping
-    (:func:`erank_split_ratio`); see :class:`_ErankSplit`."""
-
-    paper_name = "BAT+adaptive"
-
-    def __init__(
-        self,
-        r_min: float = 0.25,
-        r_max: float = 0.75,
-        e_min: float | None = None,
-        e_max: float | None = None,
-        features: str = "vision",
-        k: int | None = None,
-    ):
-        BAT.__init__(self, features=features, k=k)
-        self._init_erank("attentive_ratio", r_min, r_max, e_min, e_max)
-
-
-@register("BAT+inverse")
-class BATInverse(BATErank):
-    """[RECONSTRUCTION] Inverse-rule ablation of :class:`BATErank`."""
-
-    paper_name = "BAT+inverse"
-    inverse = True
+    __init__.__signature__ = sig
+    name = base.__name__
+    erank = type(
+        f"{name}Erank",
+        (_ErankSplit, base),
+        {
+            "__init__": __init__,
+            "__module__": __name__,
+            "__doc__": f"[RECONSTRUCTION] {name} whose ``{fixed_param}`` follows the erank-guided mapping "
+            '(:func:`erank_split_ratio`, AgilePruner "analysis-driven enhancement"); see :class:`_ErankSplit`.',
+            "paper_name": paper_names[0],
+        },
+    )
+    inverse = type(
+        f"{name}Inverse",
+        (erank,),
+        {
+            "__module__": __name__,
+            "__doc__": f"[RECONSTRUCTION] Inverse-rule ablation of :class:`{name}Erank` (complex image -> more attention).",
+            "paper_name": paper_names[1],
+            "inverse": True,
+        },
+    )
+    return register(f"{base.name}+erank")(erank), register(f"{base.name}+inverse")(inverse)
 
 
-@register("AttnDiv+erank")
-class AttnDivErank(_ErankSplit, AttnDiv):
-    """[RECONSTRUCTION] Attention+diversity mixture whose ``attention_ratio`` follows the erank-guided mapping
-    (:func:`erank_split_ratio`); see :class:`_ErankSplit`."""
-
-    paper_name = "DivPrune+FasterVLM+adaptive"
-
-    def __init__(
-        self,
-        r_min: float = 0.25,
-        r_max: float = 0.75,
-        e_min: float | None = None,
-        e_max: float | None = None,
-        features: str = "projected",
-        metric: str = "cosine",
-    ):
-        AttnDiv.__init__(self, features=features, metric=metric)
-        self._init_erank("attention_ratio", r_min, r_max, e_min, e_max)
-
-
-@register("AttnDiv+inverse")
-class AttnDivInverse(AttnDivErank):
-    """[RECONSTRUCTION] Inverse-rule ablation of :class:`AttnDivErank`."""
-
-    paper_name = None  # the paper reports no inverse row for the mixture
-    inverse = True
+VisPrunerErank, VisPrunerInverse = _erank_pair(
+    VisPruner, "important_ratio", ("VisPruner+adaptive", "VisPruner+inverse")
+)
+BATErank, BATInverse = _erank_pair(BAT, "attentive_ratio", ("BAT+adaptive", "BAT+inverse"))
+# the paper reports no inverse row for the mixture
+AttnDivErank, AttnDivInverse = _erank_pair(AttnDiv, "attention_ratio", ("DivPrune+FasterVLM+adaptive", None))
 
 
 __all__ = [

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from prunelab.errors import AssetError
-from prunelab.models.dinov2 import build_dinov2
+from prunelab.models.dinov2 import build_dinov2, dinov2_config
 from prunelab.paths import atomic_dir, cache_dir, data_dir
 
 IMAGE_TOKEN = "<image>"
@@ -182,28 +182,6 @@ def dialogue_ids(tokenizer, turns: list[tuple[str, str]]) -> tuple[list[int], li
 # ----------------------------------------------------------------------------------------------------------
 # Config, processor, packaging
 # ----------------------------------------------------------------------------------------------------------
-
-
-def dinov2_config():
-    """The DINOv2-S/14 config of the tower (from :mod:`prunelab.models.dinov2` when available)."""
-    try:
-        from prunelab.models import dinov2 as _d
-
-        if hasattr(_d, "dinov2_config"):
-            return _d.dinov2_config()
-    except ImportError:
-        pass
-    from transformers import Dinov2Config
-
-    return Dinov2Config(
-        hidden_size=384,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        intermediate_size=1536,
-        patch_size=14,
-        image_size=518,
-        layerscale_value=1.0,
-    )
 
 
 def build_config(

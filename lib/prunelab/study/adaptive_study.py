@@ -34,7 +34,8 @@ import pandas as pd
 from prunelab.errors import UnknownNameError
 from prunelab.methods import paper_name
 from prunelab.study.paired import compare, metric_table
-from prunelab.study.verdict import Claim, check, paper_results, paper_value
+from prunelab.study.plots import figure_legend
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
 
 VARIANTS = ("fixed", "+erank", "+inverse")
 #: The fixed methods whose paper POPE numbers the chapter sets against AgilePruner's (our labels; :func:`paper_beaters`).
@@ -487,10 +488,7 @@ def finding4_claims(
             claim="AgilePruner answers POPE more accurately than attention-only selection (FasterVLM, its τ = 0 limit)",
             paper=paper_line(["FasterVLM"]),
             rule=f"Per budget: accuracy(AgilePruner) − accuracy(FasterVLM) > 0 on the same images, {pct} paired-bootstrap CI above 0.",
-            checks=[
-                check(f"T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in fv.itertuples(index=False)
-            ],
+            checks=checks_from_summary(fv, "budget", ">", 0.0, value="diff", template="T={budget:.0f}"),
             fmt="{:+.1f}",
         )
     )
@@ -503,10 +501,9 @@ def finding4_claims(
                 f"For every other fixed method F of this run and every T: accuracy(AgilePruner) − accuracy(F) > 0, "
                 f"{pct} paired-bootstrap CI above 0 (the paper's own POPE numbers do not meet this for every F and T)."
             ),
-            checks=[
-                check(f"AgilePruner − {r.b}, T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in rest.itertuples(index=False)
-            ],
+            checks=checks_from_summary(
+                rest, ["b", "budget"], ">", 0.0, value="diff", template="AgilePruner − {b}, T={budget:.0f}"
+            ),
             fmt="{:+.1f}",
         )
     )
@@ -566,12 +563,7 @@ def finding4_claims(
                 f"For every swept τ_max > 0 and T: mean over images of erank(kept, τ) − erank(kept, τ = 0) > 0 (tower "
                 f"features, same image), {pct} bootstrap CI above 0."
             ),
-            checks=[
-                check(f"τ_max={r.tau:g}, T={int(r.budget)}", r.mean, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in gain.itertuples(index=False)
-            ]
-            if len(gain)
-            else [],
+            checks=checks_from_summary(gain, ["tau", "budget"], ">", 0.0, template="τ_max={tau:g}, T={budget:.0f}"),
             fmt="{:+.2f}",
         )
     )
@@ -612,9 +604,7 @@ def delta_figure(rows: pd.DataFrame, *, label: str = "label", title: str = "", x
         ax.set(title=f"{title}T = {int(b)}".strip(), xlabel=xlabel)
     axes[0][0].set_yticks(y0, labels)
     axes[0][0].invert_yaxis()
-    handles, lab = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, lab, loc="outside lower center", ncol=2, fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0], loc="outside lower center", ncol=2)
 
 
 def tau_figure(
@@ -657,9 +647,7 @@ def tau_figure(
                         t["tau"], t[f"{m}_low"].astype(float), t[f"{m}_high"].astype(float), color=pal[h], alpha=0.12
                     )
         ax.set(xlabel="τ_max (0 = FasterVLM)", ylabel=labels.get(m, m), title=labels.get(m, m).split(" (")[0])
-    handles, lab = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, lab, loc="outside right center", fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0])
 
 
 __all__ = [

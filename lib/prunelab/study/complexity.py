@@ -31,9 +31,17 @@ import pandas as pd
 from prunelab.errors import UnknownNameError
 from prunelab.eval.stats import two_sample
 from prunelab.models.encoders import AdapterEncoder
-from prunelab.study.paired import compare, interaction, metric_table
-from prunelab.study.plots import _complexity_palette, method_order, per_image, short_label
-from prunelab.study.verdict import Claim, check, paper_results
+from prunelab.study.paired import compare, interaction as paired_interaction, metric_table
+from prunelab.study.plots import (
+    _complexity_palette,
+    ci_points,
+    figure_legend,
+    image_dots,
+    method_order,
+    per_image,
+    short_label,
+)
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results
 
 SPLITS = ("simple", "complex")
 #: split_by -> the per-image column a median split uses (``label`` uses the image set's own labels).
@@ -257,41 +265,31 @@ def family_gaps(
     n_boot: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
+    interaction: bool = False,
 ) -> pd.DataFrame:
     """Per budget and split: ``metric(family a) − metric(family b)`` on the split's images, each family's methods
-    pooled (:func:`prunelab.study.paired.compare`). Empty when a family is absent."""
-    fam = families(df)
-    if not fam.get(a) or not fam.get(b):
-        return pd.DataFrame(
-            columns=["budget", "split", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"]
-        )
-    out = compare(df, fam[a], fam[b], metric, by=("budget", "split"), n_boot=n_boot, ci=ci, seed=seed)
-    out["a"], out["b"], out["metric"] = a, b, metric
-    return out
-
-
-def family_interactions(
-    df: pd.DataFrame,
-    metric: str,
-    *,
-    a: str = ATTENTION,
-    b: str = DIVERSITY,
-    n_boot: int = 2000,
-    ci: float = 0.95,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Per budget: ``[metric(a) − metric(b)]_simple − [metric(a) − metric(b)]_complex``
-    (:func:`prunelab.study.paired.interaction`, images resampled within each split)."""
+    pooled (:func:`prunelab.study.paired.compare`). With ``interaction=True``, per budget:
+    ``[metric(a) − metric(b)]_simple − [metric(a) − metric(b)]_complex`` (:func:`prunelab.study.paired.interaction`,
+    images resampled within each split). Empty when a family is absent."""
     fam = families(df)
     if not fam.get(a) or not fam.get(b):
         return pd.DataFrame(
             columns=["budget", "a", "b", "diff_simple", "diff_complex", "interaction", "ci_low", "ci_high"]
+            if interaction
+            else ["budget", "split", "a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"]
         )
-    out = interaction(
-        df, fam[a], fam[b], metric, group="split", levels=SPLITS, by=("budget",), n_boot=n_boot, ci=ci, seed=seed
-    )
+    boot = dict(n_boot=n_boot, ci=ci, seed=seed)
+    if interaction:
+        out = paired_interaction(df, fam[a], fam[b], metric, group="split", levels=SPLITS, by=("budget",), **boot)
+    else:
+        out = compare(df, fam[a], fam[b], metric, by=("budget", "split"), **boot)
     out["a"], out["b"], out["metric"] = a, b, metric
     return out
+
+
+def family_interactions(df: pd.DataFrame, metric: str, **kw) -> pd.DataFrame:
+    """:func:`family_gaps` with ``interaction=True``: per budget, the simple-minus-complex change of the gap."""
+    return family_gaps(df, metric, interaction=True, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -412,10 +410,7 @@ def finding3_claims(
                 f"images > 0, {pct} stratified bootstrap CI above 0 (the weakest reading of the finding: the gap moves "
                 "in the claimed direction even if it does not change sign)."
             ),
-            checks=[
-                check(f"T={int(r.budget)}", r.interaction, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in inter.itertuples(index=False)
-            ],
+            checks=checks_from_summary(inter, "budget", ">", 0.0, value="interaction", template="T={budget:.0f}"),
             fmt="{:+.1f}",
         )
     )
@@ -454,7 +449,6 @@ def measures_figure(img: pd.DataFrame, paper: pd.DataFrame | None = None, label:
     ``paper``, the paper's four example images as a third panel (a different tower: compare directions, not
     values)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     d = img.assign(**{label: img[label].fillna("unknown")})
     order = [s for s in (*SPLITS, "medium", "unknown") if s in set(d[label])]
@@ -462,32 +456,8 @@ def measures_figure(img: pd.DataFrame, paper: pd.DataFrame | None = None, label:
     ncol = 2 + int(paper is not None and len(paper) > 0)
     fig, axes = plt.subplots(1, ncol, figsize=(3.1 * ncol, 3.0), squeeze=False)
     for ax, col in zip(axes[0], ("attention_entropy", "erank_full_vision")):
-        sns.stripplot(
-            data=d,
-            x=label,
-            y=col,
-            order=order,
-            hue=label,
-            palette=pal,
-            ax=ax,
-            size=4,
-            alpha=0.6,
-            jitter=0.25,
-            legend=False,
-        )
-        sns.pointplot(
-            data=d,
-            x=label,
-            y=col,
-            order=order,
-            color="black",
-            errorbar=("ci", 95),
-            seed=0,
-            markers="D",
-            linestyles="none",
-            ax=ax,
-            markersize=5,
-        )
+        image_dots(ax, d, label, col, alpha=0.6, order=order, hue=label, palette=pal, legend=False)
+        ci_points(ax, d, label, col, order=order, color="black", markers="D")
         ax.set(xlabel="", ylabel=MEASURE_LABELS[col], title=f"this run: {MEASURE_LABELS[col].split(' (')[0]}")
     if ncol == 3:
         ax = axes[0][2]
@@ -523,9 +493,7 @@ def gap_figure(gaps: pd.DataFrame, labels: dict | None = None):
         ax.set_xticks(range(len(SPLITS)), SPLITS)
         ax.set(title=labels.get(m, m), ylabel="attention − diversity (pp)")
         ax.set_xlim(-0.5, len(SPLITS) - 0.5)
-    handles, lab = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, lab, loc="outside right center", fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0])
 
 
 def accuracy_figure(acc: pd.DataFrame):
@@ -564,9 +532,7 @@ def accuracy_figure(acc: pd.DataFrame):
         ax.set(title=f"T = {int(b)}", xlabel="POPE accuracy (%)")
     axes[0][0].set_yticks(y0, [short_label(m) for m in methods])
     axes[0][0].invert_yaxis()
-    handles, lab = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, lab, loc="outside right center", fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0])
 
 
 __all__ = [

@@ -94,6 +94,7 @@ from prunelab.models.loader import as_generation_model
 from prunelab.models.parts import parse_requires
 from prunelab.study.params import check_budgets, check_image_set, check_n_images, check_seed
 from prunelab.study.runner import (
+    RUN_COLUMNS,
     MethodSpec,
     _items_of,
     check_unique_labels,
@@ -132,12 +133,7 @@ BASE_COLUMNS = [
     "image_id",
     "complexity",
     "task",
-    "method",
-    "family",
-    "budget",
-    "seed",
-    "n_tokens",
-    "n_kept",
+    *RUN_COLUMNS,
     "equivalent_tokens",
     "prompt_len",
     "n_generated",
@@ -588,9 +584,7 @@ def run_generation(
                     attention_mass_kept=1.0,
                 )
             if q is not None:
-                row.update(
-                    setting=q.setting, question_id=q.question_id, question=q.question, object=q.object, label=q.label
-                )
+                row.update({c: getattr(q, c) for c in POPE_QUESTION_COLUMNS})
             rows.append(row)
         cols = BASE_COLUMNS + (POPE_QUESTION_COLUMNS if task == "pope" else [])
         frame = pd.DataFrame(rows, columns=cols)

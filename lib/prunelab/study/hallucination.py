@@ -32,9 +32,16 @@ from prunelab.errors import UnknownNameError
 from prunelab.methods import base_label, paper_name
 from prunelab.study.analysis import summarize
 from prunelab.study.generation import VANILLA
-from prunelab.study.plots import _families as fam_of, method_order, method_palette, overlay_png
+from prunelab.study.plots import (
+    _families as fam_of,
+    figure_legend,
+    image_dots,
+    method_order,
+    method_palette,
+    overlay_png,
+)
 from prunelab.study.scoring import highlight_caption, paired_chair
-from prunelab.study.verdict import Claim, check, paper_results, paper_value
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
 from prunelab.study.widgets import linked_views
 
 #: Our labels for the rows of the paper's CHAIR table, in its order (PruMerge+ at the paper's fixed budgets is
@@ -226,10 +233,7 @@ def finding2_claims(
                 f"({erank_column}) and the caption's hallucinated mentions; mean over images > 0 with its {pct} "
                 "bootstrap CI entirely above 0, at every budget."
             ),
-            checks=[
-                check(f"mean ρ, T={int(r.budget)} ({int(r.n)} images)", r.mean, ">", 0.0, ci=(r.ci_low, r.ci_high))
-                for r in summ.itertuples(index=False)
-            ],
+            checks=checks_from_summary(summ, "budget", ">", 0.0, template="mean ρ, T={budget:.0f} ({n:.0f} images)"),
             fmt="{:+.2f}",
         )
     )
@@ -298,9 +302,7 @@ def tradeoff_figure(table: pd.DataFrame, df: pd.DataFrame, paper: pd.DataFrame |
         if len(pv):
             ax.scatter(pv["Recall"], pv[metric], marker="*", s=120, color="black")
         ax.set(title="paper (LLaVA-1.5-7B, COCO)\n● T=64  ■ T=128", xlabel="Recall (%)", ylabel=f"{metric} (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0])
 
 
 def chair_bars(table: pd.DataFrame, df: pd.DataFrame, metrics: Sequence[str] = ("CHAIR_s", "CHAIR_i", "Recall")):
@@ -334,15 +336,12 @@ def chair_bars(table: pd.DataFrame, df: pd.DataFrame, metrics: Sequence[str] = (
         ax.set(xlabel=f"{m} (%)", title=m)
     axes[0][0].set_yticks(y0 + h * (len(budgets) - 1) / 2, methods)
     axes[0][0].invert_yaxis()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize="small")
-    return fig
+    return figure_legend(fig, axes[0][0], loc="outside lower center", ncol="all")
 
 
 def correlation_figure(per_image: pd.DataFrame, summary: pd.DataFrame, labels: dict | None = None):
     """Per-image Spearman ρ (dots) and their mean with its CI (black), per kept-token property and budget."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     labels = labels or {
         "erank_kept_projected": "erank of kept tokens",
@@ -356,7 +355,7 @@ def correlation_figure(per_image: pd.DataFrame, summary: pd.DataFrame, labels: d
         p["T"] = p["budget"].map(lambda b: f"T = {int(b)}")
         order = [f"T = {int(b)}" for b in sorted(per_image["budget"].unique())]
         if len(p):
-            sns.stripplot(data=p, x="T", y="rho", order=order, ax=ax, alpha=0.45, size=4, jitter=0.25, color="tab:blue")
+            image_dots(ax, p, "T", "rho", alpha=0.45, order=order, color="tab:blue")
         s = summary[summary["x"] == x].set_index("budget")
         for k, b in enumerate(sorted(per_image["budget"].unique())):
             if b in s.index and np.isfinite(s.loc[b, "mean"]):

@@ -12,8 +12,8 @@ the statistics live in :mod:`prunelab.eval.stats`; this module shapes the tables
 * :func:`compare` — ``metric(a) − metric(b)`` where ``a`` and ``b`` are a method label *or a list of labels*
   (a family: its methods' sums are pooled, i.e. the family is scored as if it were one method answering every
   question once per member), per group of ``by``, with the paired bootstrap CI. For one method on each side and a
-  CHAIR metric it is :func:`prunelab.study.scoring.paired_chair` (same resampling, both call
-  :func:`prunelab.eval.stats.paired_ratio_diff`) except that captions the CHAIR evaluator flags are left out here;
+  CHAIR metric and ``flagged=True`` it is :func:`prunelab.study.scoring.paired_chair`; by default the captions the
+  CHAIR evaluator flags are left out;
 * :func:`interaction` — a difference of differences between two image groups (e.g. simple vs complex images):
   ``[metric(a) − metric(b)]_{first} − [metric(a) − metric(b)]_{second}``, with images resampled *within* each group
   (stratified bootstrap), so the two groups keep their sizes.
@@ -70,13 +70,15 @@ def _name(x) -> str:
     return labels[0] if len(labels) == 1 else " + ".join(labels)
 
 
-def image_sums(df: pd.DataFrame, metric: str, by: Sequence[str] = ("budget",)) -> pd.DataFrame:
+def image_sums(
+    df: pd.DataFrame, metric: str, by: Sequence[str] = ("budget",), *, flagged: bool = False
+) -> pd.DataFrame:
     """Per ``by`` x method x image: ``num`` and ``den`` of ``metric`` (sums over the image's rows: questions for
     POPE, the caption for describe). Captions the CHAIR evaluator excludes (``chair_flag`` not_a_string /
-    no_ground_truth) are left out, as :func:`prunelab.study.scoring.chair_table` does."""
+    no_ground_truth) are left out, as :func:`prunelab.study.scoring.chair_table` does, unless ``flagged``."""
     num, den, _ = metric_parts(metric, df)
     d = df
-    if metric in METRICS and metric != "Accuracy" and "chair_flag" in d:
+    if not flagged and metric in METRICS and metric != "Accuracy" and "chair_flag" in d:
         d = d[~d["chair_flag"].isin(_EXCLUDED_FLAGS)]
     d = d.assign(
         _num=pd.to_numeric(d[num], errors="coerce").astype(float),
@@ -111,9 +113,11 @@ def compare(
     n_boot: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
+    flagged: bool = False,
 ) -> pd.DataFrame:
     """``metric(a) − metric(b)`` on the images both sides have, per group of ``by``, with a seeded paired bootstrap
-    over images (see module docstring). ``a`` / ``b``: a method label or a list of labels (pooled).
+    over images (see module docstring). ``a`` / ``b``: a method label or a list of labels (pooled). ``flagged``:
+    keep the captions the CHAIR evaluator flags (:func:`image_sums`; :func:`prunelab.study.scoring.paired_chair`).
 
     Columns ``by + [a, b, value_a, value_b, diff, ci_low, ci_high, n]`` (``a``/``b`` hold the side names, lists
     joined with " + "; ``n`` = images). A group where a side has no rows is skipped.
@@ -124,7 +128,7 @@ def compare(
         if not (df["method"] == m).any():
             raise UnknownNameError(f"no rows for method {m!r}; present: {', '.join(map(str, df['method'].unique()))}")
     _, _, scale = metric_parts(metric, df)
-    sums = image_sums(df[df["method"].isin(la + lb)], metric, by)
+    sums = image_sums(df[df["method"].isin(la + lb)], metric, by, flagged=flagged)
     cols = list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"]
     rows = []
     groups = sums.groupby(list(by), sort=False, dropna=False) if by else [((), sums)]

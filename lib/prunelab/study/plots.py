@@ -239,6 +239,32 @@ def overlay_grid(
 # Erank
 
 
+def ci_points(ax, data: pd.DataFrame, x: str, y: str, *, markersize: float = 5, **kw):
+    """Means of ``y`` per ``x`` with their seeded 95% bootstrap CI as unconnected points (``sns.pointplot``; ``kw``:
+    its hue, order, palette, ...): the one style of the study's mean-with-CI panels."""
+    import seaborn as sns
+
+    return sns.pointplot(
+        data=data, x=x, y=y, linestyles="none", errorbar=("ci", 95), seed=0, markersize=markersize, ax=ax, **kw
+    )
+
+
+def image_dots(ax, data: pd.DataFrame, x: str, y: str, *, alpha: float, **kw):
+    """One jittered dot per row (an image) of ``data`` (``sns.stripplot``, size 4; ``kw``: its order, hue, ...), the
+    cloud behind a panel's means."""
+    import seaborn as sns
+
+    return sns.stripplot(data=data, x=x, y=y, size=4, jitter=0.25, alpha=alpha, ax=ax, **kw)
+
+
+def figure_legend(fig, ax, loc: str = "outside right center", ncol: int | str = 1):
+    """One small-type legend for the whole figure from the entries of ``ax`` (``loc`` an ``"outside ..."`` place of
+    a constrained layout; ``ncol="all"``: every entry in one row). Returns ``fig``."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc=loc, ncol=len(labels) if ncol == "all" else ncol, fontsize="small")
+    return fig
+
+
 def erank_long(df: pd.DataFrame, space: str = "vision") -> pd.DataFrame:
     """Long table ``(image_id, method, family, budget, kind, erank)`` with kind in kept / random / full."""
     cols = {f"erank_kept_{space}": "kept", f"erank_random_{space}": "random", f"erank_full_{space}": "full"}
@@ -275,20 +301,17 @@ def erank_points(
     pal = dict(zip(("kept", "random"), sns.color_palette("colorblind", 2)))
     for ax, b in zip(axes[0], budgets):
         sub = long[(long["budget"] == b) & long["kind"].isin(kinds)]
-        sns.pointplot(
-            data=sub,
-            y="method",
-            x="erank",
+        ci_points(
+            ax,
+            sub,
+            "erank",
+            "method",
+            markersize=4,
             hue="kind",
             order=order,
             hue_order=list(kinds),
             palette=pal,
             dodge=0.4,
-            linestyles="none",
-            errorbar=("ci", 95),
-            seed=0,
-            markersize=4,
-            ax=ax,
         )
         full = long[(long["budget"] == b) & (long["kind"] == "full")]["erank"]
         if len(full):
@@ -418,6 +441,9 @@ __all__ = [
     "overlay_png",
     "overlay",
     "overlay_grid",
+    "ci_points",
+    "image_dots",
+    "figure_legend",
     "erank_long",
     "erank_points",
     "erank_ratio_bars",

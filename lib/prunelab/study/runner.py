@@ -61,16 +61,14 @@ from prunelab.study.tablecache import RunCache, key as _key
 
 CACHE_FORMAT = 2  # bump when the meaning of a column or the entry layout changes (2: checked entries, no all-file)
 
+#: The columns that say which method ran at which budget on how many tokens: every row of the vision table and of
+#: :mod:`prunelab.study.generation`'s tables.
+RUN_COLUMNS = ["method", "family", "budget", "seed", "n_tokens", "n_kept"]
 VISION_COLUMNS = [
     "image_set",
     "image_id",
     "complexity",
-    "method",
-    "family",
-    "budget",
-    "seed",
-    "n_tokens",
-    "n_kept",
+    *RUN_COLUMNS,
     "erank_kept_vision",
     "erank_kept_projected",
     "erank_full_vision",

@@ -16,6 +16,7 @@ from prunelab.eval import stats as S
 from prunelab.eval.chair import CaptionScore, ChairResult, combined_text_path, evaluate_chair
 from prunelab.eval.mentions import CaptionParser, Mention, caption_spans, highlight_caption  # noqa: F401 (re-exported)
 from prunelab.eval.pope import parse_yes_no, pope_metrics
+from prunelab.study.paired import compare
 from prunelab.study.plots import method_order
 
 #: Columns :func:`score_chair` adds (``caption`` is the generated text).
@@ -171,51 +172,15 @@ def chair_table(
     return out
 
 
-def paired_chair(
-    df: pd.DataFrame,
-    a: str,
-    b: str,
-    metric: str,
-    *,
-    by: Sequence[str] = ("budget",),
-    n_boot: int = 2000,
-    ci: float = 0.95,
-    seed: int = 0,
-) -> pd.DataFrame:
+def paired_chair(df: pd.DataFrame, a: str, b: str, metric: str, **kw) -> pd.DataFrame:
     """Difference ``metric(a) - metric(b)`` between two methods on the same images, per group of ``by``, with a
     seeded paired bootstrap over images (both methods' captions of an image resampled together;
-    :func:`prunelab.eval.stats.paired_ratio_diff`). ``metric`` is computed as CHAIR defines it (ratio of sums; x100
-    except Len) over every caption of the two methods, flagged ones included (:func:`prunelab.study.paired.compare`
-    leaves them out). Columns ``by + [a, b, value_a, value_b, diff, ci_low, ci_high, n]``."""
-    num, den = _chair_metric_parts(metric)
-    scale = 1.0 if metric == "Len" else 100.0
-    rows = []
-    for key, g in df.groupby(list(by), sort=False, dropna=False):
-        key = key if isinstance(key, tuple) else (key,)
-        cols = [num] + ([den] if den else [])
-        A = g[g["method"] == a].set_index("image_id")[cols]
-        B = g[g["method"] == b].set_index("image_id")[cols]
-        ids = sorted(set(A.index) & set(B.index))
-        if not ids:
-            continue
-        A, B = A.loc[ids], B.loc[ids]
-        r = S.paired_ratio_diff(
-            A[num], A[den] if den else None, B[num], B[den] if den else None, n_boot=n_boot, ci=ci, seed=seed
-        )
-        rows.append(
-            {
-                **dict(zip(by, key)),
-                "a": a,
-                "b": b,
-                "value_a": r.value_a * scale,
-                "value_b": r.value_b * scale,
-                "diff": r.diff * scale,
-                "ci_low": r.ci_low * scale,
-                "ci_high": r.ci_high * scale,
-                "n": len(ids),
-            }
-        )
-    return pd.DataFrame(rows, columns=list(by) + ["a", "b", "value_a", "value_b", "diff", "ci_low", "ci_high", "n"])
+    :func:`prunelab.eval.stats.paired_ratio_diff`): :func:`prunelab.study.paired.compare` with ``flagged=True``
+    (``kw``: its ``by``, ``n_boot``, ``ci``, ``seed``). ``metric`` (a CHAIR metric) is computed as CHAIR defines it
+    (ratio of sums; x100 except Len) over every caption of the two methods, flagged ones included. Columns
+    ``by + [a, b, value_a, value_b, diff, ci_low, ci_high, n]``."""
+    _chair_metric_parts(metric)  # a CHAIR metric, or a clear error
+    return compare(df, a, b, metric, flagged=True, **kw)
 
 
 def score_pope(df: pd.DataFrame, parser: str = "reference") -> pd.DataFrame:

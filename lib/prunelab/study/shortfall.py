@@ -344,65 +344,47 @@ def run_study(
     4.4 s with one thread and 102 s with two.
     """
     with device_threads(cpu_threads):  # None: the caller's setting
-        return _run_study(
-            image_sets,
-            methods,
-            budgets,
-            seed=seed,
-            n_images=n_images,
-            encoder=encoder,
-            space=space,
-            n_random=n_random,
-            screen=screen,
-            cache_dir=cache_dir,
-            progress=progress,
-        )
+        from prunelab.study.data import load_image_set
 
-
-def _run_study(
-    image_sets, methods, budgets, *, seed, n_images, encoder, space, n_random, screen, cache_dir, progress
-) -> StudyRun:
-    from prunelab.study.data import load_image_set
-
-    if encoder is None:
-        encoder = VisionEncoder()
-    budgets = sorted(int(b) for b in budgets)
-    greedy_dir = Path(cache_dir) / "analysis" if cache_dir not in (None, False) else cache_dir
-    rows, refs, divs, items = [], [], [], {}
-    attrs: dict[str, Any] = {"erank_stats": {}, "encoder": None}
-    for spec in image_sets:
-        sub = load_image_set(spec, n=n_images, seed=seed)
-        df = run_vision(
-            sub, methods, budgets, seed, cache_dir=cache_dir, encoder=encoder, n_random=n_random, progress=progress
-        )
-        fingerprint = df.attrs["encoder"]
-        ctx = {}
-        for start in range(0, len(sub), 8):
-            batch = sub[start : start + 8]
-            ctx.update(zip([it.id for it in batch], encoder([it.image for it in batch], [it.id for it in batch])))
-        greedy = analysis.greedy_selections(
-            ctx,
-            max(budgets),
-            space=space,
-            screen=screen,
-            image_set=spec,
-            fingerprint=fingerprint,
-            cache_dir=greedy_dir,
-            progress=progress,
-        )
-        divs.append(analysis.diversity_table(df, ctx, space=space, greedy=greedy, n_random=n_random, seed=seed))
-        refs.append(reference_rows(df, ctx, greedy, space, seed=seed, n_random=n_random))
-        rows.append(df)
-        items.update({it.id: it for it in sub})
-        attrs["erank_stats"][spec] = df.attrs.get("erank_stats")
-        attrs["encoder"] = fingerprint
-        for it in sub:
-            it.release()
-    rows_df = pd.concat(rows, ignore_index=True)
-    refs_df = pd.concat(refs, ignore_index=True)
-    ratios = ratio_table(rows_df, refs_df, space)
-    div = diversity_with_ceiling(pd.concat(divs, ignore_index=True), fixed_budget_methods(rows_df))
-    return StudyRun(rows_df, refs_df, ratios, div, space, items, attrs)
+        if encoder is None:
+            encoder = VisionEncoder()
+        budgets = sorted(int(b) for b in budgets)
+        greedy_dir = Path(cache_dir) / "analysis" if cache_dir not in (None, False) else cache_dir
+        rows, refs, divs, items = [], [], [], {}
+        attrs: dict[str, Any] = {"erank_stats": {}, "encoder": None}
+        for spec in image_sets:
+            sub = load_image_set(spec, n=n_images, seed=seed)
+            df = run_vision(
+                sub, methods, budgets, seed, cache_dir=cache_dir, encoder=encoder, n_random=n_random, progress=progress
+            )
+            fingerprint = df.attrs["encoder"]
+            ctx = {}
+            for start in range(0, len(sub), 8):
+                batch = sub[start : start + 8]
+                ctx.update(zip([it.id for it in batch], encoder([it.image for it in batch], [it.id for it in batch])))
+            greedy = analysis.greedy_selections(
+                ctx,
+                max(budgets),
+                space=space,
+                screen=screen,
+                image_set=spec,
+                fingerprint=fingerprint,
+                cache_dir=greedy_dir,
+                progress=progress,
+            )
+            divs.append(analysis.diversity_table(df, ctx, space=space, greedy=greedy, n_random=n_random, seed=seed))
+            refs.append(reference_rows(df, ctx, greedy, space, seed=seed, n_random=n_random))
+            rows.append(df)
+            items.update({it.id: it for it in sub})
+            attrs["erank_stats"][spec] = df.attrs.get("erank_stats")
+            attrs["encoder"] = fingerprint
+            for it in sub:
+                it.release()
+        rows_df = pd.concat(rows, ignore_index=True)
+        refs_df = pd.concat(refs, ignore_index=True)
+        ratios = ratio_table(rows_df, refs_df, space)
+        div = diversity_with_ceiling(pd.concat(divs, ignore_index=True), fixed_budget_methods(rows_df))
+        return StudyRun(rows_df, refs_df, ratios, div, space, items, attrs)
 
 
 # --------------------------------------------------------------------------------------------------------------

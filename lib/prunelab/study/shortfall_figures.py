@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from prunelab.methods.base import FAMILY_ORDER
-from prunelab.study.plots import family_palette, method_palette, short_label
+from prunelab.study.plots import ci_points, family_palette, method_palette, short_label
 from prunelab.study.shortfall import (
     ATTENTION,
     DIVERSITY,
@@ -24,7 +24,6 @@ def erank_overview(ratios: pd.DataFrame, space: str, height: float = 2.7, aspect
     budget (columns), with the references as horizontal lines: all tokens (dashed), erank-greedy (solid),
     random subsets of the same size (dotted). Methods with their own kept count are marked with an open symbol."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     col = f"erank_kept_{space}"
     methods = [m for m in method_order(ratios) if m not in REFERENCES]
@@ -46,20 +45,8 @@ def erank_overview(ratios: pd.DataFrame, space: str, height: float = 2.7, aspect
             ax = axes[r, c]
             sub = ratios[(ratios["image_set"] == s) & (ratios["budget"] == b)]
             meth = sub[sub["method"].isin(methods)]
-            sns.pointplot(
-                data=meth,
-                x="method",
-                y=col,
-                hue="method",
-                order=methods,
-                hue_order=methods,
-                palette=pal,
-                linestyles="none",
-                errorbar=("ci", 95),
-                seed=0,
-                markersize=5,
-                legend=False,
-                ax=ax,
+            ci_points(
+                ax, meth, "method", col, hue="method", order=methods, hue_order=methods, palette=pal, legend=False
             )
             for i, m in enumerate(methods):
                 if m not in fixed:

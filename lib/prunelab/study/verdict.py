@@ -129,8 +129,11 @@ def checks_from_summary(
     """One :class:`Check` per row of a summary table (e.g. :func:`prunelab.study.analysis.summarize` output).
 
     ``label`` names the columns that identify a row (joined with ", " into the condition), or ``template`` is a
-    format string over the row's columns (``"{method}, T={budget}, {image_set}"``).
+    format string over the row's columns (``"{method}, T={budget}, {image_set}"``). An empty summary (no rows,
+    whatever its columns) gives no checks.
     """
+    if summary.empty:
+        return []
     cols = [label] if isinstance(label, str) else list(label)
     for c in cols + [value]:
         if c not in summary:

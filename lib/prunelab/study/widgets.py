@@ -51,6 +51,20 @@ def linked_views(controls, image_ids: Sequence, middles: Sequence, budgets: Sequ
     return box
 
 
+def _explorer_index(df, image_ids, budgets, middles: Sequence, what: str, middle_name: str, max_views: int):
+    """``(image ids, budgets, df indexed by image x method x budget)`` of an explorer over ``middles`` (its
+    methods or taus), the defaults being every image and budget of ``df``; ``ValueError`` over ``max_views``."""
+    image_ids = list(image_ids) if image_ids is not None else list(dict.fromkeys(df["image_id"]))
+    budgets = [int(b) for b in (budgets if budgets is not None else sorted(df["budget"].unique()))]
+    n_views = len(image_ids) * len(middles) * len(budgets)
+    if n_views > max_views:
+        raise ValueError(
+            f"the explorer would embed {n_views} {what} (> max_views={max_views}); pass fewer "
+            f"image_ids/{middle_name}/budgets"
+        )
+    return image_ids, budgets, df.set_index(["image_id", "method", "budget"]).sort_index()
+
+
 def overlay_explorer(
     df: pd.DataFrame,
     images: dict,
@@ -71,15 +85,8 @@ def overlay_explorer(
     """
     import ipywidgets as w
 
-    image_ids = list(image_ids) if image_ids is not None else list(dict.fromkeys(df["image_id"]))
     methods = list(methods) if methods is not None else method_order(df)
-    budgets = [int(b) for b in (budgets if budgets is not None else sorted(df["budget"].unique()))]
-    n_views = len(image_ids) * len(methods) * len(budgets)
-    if n_views > max_views:
-        raise ValueError(
-            f"the explorer would embed {n_views} overlays (> max_views={max_views}); pass fewer image_ids/methods/budgets"
-        )
-    index = df.set_index(["image_id", "method", "budget"]).sort_index()
+    image_ids, budgets, index = _explorer_index(df, image_ids, budgets, methods, "overlays", "methods", max_views)
 
     d_img = w.Dropdown(options=image_ids, value=image_ids[0], description="image")
     d_met = w.Dropdown(options=methods, value=methods[0], description="method")
@@ -153,14 +160,7 @@ def tau_explorer(
     missing = [m for m, _ in order if not (vision["method"] == m).any()]
     if missing:
         raise ValueError(f"no rows for {', '.join(missing)} in the vision table; run the sweep's methods first")
-    image_ids = list(image_ids) if image_ids is not None else list(dict.fromkeys(vision["image_id"]))
-    budgets = [int(b) for b in (budgets if budgets is not None else sorted(vision["budget"].unique()))]
-    n_views = len(image_ids) * len(order) * len(budgets)
-    if n_views > max_views:
-        raise ValueError(
-            f"the explorer would embed {n_views} views (> max_views={max_views}); pass fewer image_ids/taus/budgets"
-        )
-    index = vision.set_index(["image_id", "method", "budget"]).sort_index()
+    image_ids, budgets, index = _explorer_index(vision, image_ids, budgets, order, "views", "taus", max_views)
     acc = None
     if pope is not None and len(pope):
         acc = pope.groupby(["image_id", "method", "budget"])["correct"].mean().mul(100)
