@@ -89,3 +89,18 @@ def test_build_records_chair_text_path():
     from prunelab.eval.textproc import auto_path
 
     assert build.chair_text_path() == auto_path()
+
+
+def test_methods_page_has_the_model_family_table_and_full_docstrings():
+    from prunelab.book.pages import methods_page
+    from prunelab.methods import catalog
+
+    page = methods_page()
+    fam = page[page.index("## Model families") :]
+    table = [ln for ln in fam.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    assert len(table) == len(catalog())  # one row per registered method
+    assert any(ln.startswith("| VisionZip | runs | runs per tile | refuses: VisionZip reads") for ln in table)
+    assert any(ln.startswith("| FastV | runs | runs on the packed run") for ln in table)
+    assert "### Qwen2.5-VL (`prunelab.models.qwen2_5_vl`)" in fam and "### LLaVA-NeXT" in fam
+    assert "Methods-spec §2.14:" in page and "1. rank patches" in page  # docstrings whole, not cut (issue 16)
+    assert "----------" not in page  # numpydoc underlines become bold headings

@@ -39,16 +39,57 @@ def _md_table(rows: list[dict], cols: list[str]) -> list[str]:
     return out
 
 
-def _first_paragraph(obj, max_chars: int = 1500) -> str:
-    """The docstring's summary line plus its first paragraph of prose (the summary alone is often a title)."""
-    doc = inspect.getdoc(obj) or ""
-    paras = [p for p in doc.split("\n\n") if p.strip()]
-    para = " ".join(paras[:2]) if paras and len(paras[0]) < 200 else (paras[0] if paras else "")
-    para = para[:max_chars] + (" …" if len(para) > max_chars else "")
-    # Sphinx roles mean nothing on a MyST page: keep the name as code.
-    para = re.sub(r":(?:func|class|meth|mod|data|attr):`~?([^`]+)`", r"`\1`", para)
-    para = para.replace("``", "`").replace("$", "\\$")
-    return " ".join(para.split())
+def _myst(text: str) -> str:
+    """Sphinx roles mean nothing on a MyST page: keep the name as code."""
+    text = re.sub(r":(?:func|class|meth|mod|data|attr):`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`").replace("$", "\\$")
+
+
+def _doc_markdown(obj) -> list[str]:
+    """The whole docstring as Markdown paragraphs, bullet lists kept (continuation lines joined to their item)."""
+    out = []
+    for para in (inspect.getdoc(obj) or "").split("\n\n"):
+        lines = para.splitlines()
+        section = len(lines) >= 2 and set(lines[1].strip()) == {"-"}  # a numpydoc heading ("Parameters")
+        if section:
+            out += [f"**{lines[0].strip()}**", ""]
+            lines = lines[2:]
+        items: list[str] = []
+        for line in lines:
+            bullet = line.lstrip().startswith(("* ", "- ")) or re.match(r"\s*\d+\. ", line)
+            starts = bullet or (section and not line.startswith(" "))
+            if starts or not items:
+                items.append(("* " if section and not bullet else "") + line.strip())
+            else:
+                items[-1] += " " + line.strip()
+        if items:
+            out += [_myst(" ".join(i.split())) for i in items] + [""]
+    return out
+
+
+def model_families_section(cat) -> list[str]:
+    """Which method runs on which model family, and what each family's adapter reads (its module docstring)."""
+    import importlib
+
+    from prunelab.methods import get_pruner
+    from prunelab.models.families import ADAPTED_FAMILIES, FAMILY_NAMES, family_support
+
+    rows = []
+    for name in cat["method"]:
+        sup = family_support(get_pruner(name))
+        rows.append({"method": name, **{FAMILY_NAMES[f]: v for f, v in sup.items()}})
+    lines = [
+        "## Model families",
+        "",
+        "Each family has its own adapter (`prunelab.models.families.make_adapter` picks it from the checkpoint's "
+        "`model_type`); a method a family cannot serve refuses up front in one line naming why.",
+        "",
+        *_md_table(rows, ["method", *FAMILY_NAMES.values()]),
+        "",
+    ]
+    for fam, (mod, _cls) in ADAPTED_FAMILIES.items():
+        lines += [f"### {FAMILY_NAMES[fam]} (`{mod}`)", "", *_doc_markdown(importlib.import_module(mod))]
+    return lines
 
 
 def methods_page() -> str:
@@ -73,6 +114,7 @@ def methods_page() -> str:
     cols = ["method", "family", "stage", "adaptive", "order", "positions", "features"]
     lines += _md_table(cat.to_dict("records"), cols)
     lines += [""]
+    lines += model_families_section(cat)
     for fam in dict.fromkeys(cat["family"]):
         lines += [f"## {fam.capitalize()} methods", ""]
         for name in cat.loc[cat["family"] == fam, "method"]:
@@ -82,8 +124,7 @@ def methods_page() -> str:
                 "",
                 f"**Source.** {_md_cell(p.source)}",
                 "",
-                _first_paragraph(type(p)),
-                "",
+                *_doc_markdown(type(p)),
                 f"Defaults: `{_md_cell(repr(p)) if len(repr(p)) < 300 else name}`",
                 "",
             ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["make_adapter", "ADAPTED_FAMILIES"]
+__all__ = ["make_adapter", "ADAPTED_FAMILIES", "FAMILY_NAMES", "family_support"]
 
 #: Families with their own adapter class (module, class name); the rest go to LlavaAdapter.
 ADAPTED_FAMILIES = {
@@ -32,3 +32,23 @@ def make_adapter(model: nn.Module, processor=None, tokenizer=None, device=None, 
 
         cls = LlavaAdapter
     return cls(model, processor=processor, tokenizer=tokenizer, device=device, **family_kw)
+
+
+#: Display names of the supported families (``config.model_type`` -> the paper's name).
+FAMILY_NAMES = {"llava": "LLaVA-1.5", "llava_next": "LLaVA-NeXT", "qwen2_5_vl": "Qwen2.5-VL"}
+
+
+def family_support(pruner) -> dict[str, str]:
+    """``{family: how the method runs there}`` for one pruner, from what each adapter declares: LLaVA-1.5 runs every
+    method; LLaVA-NeXT runs pre-LLM methods per tile and in-LLM methods on the packed run, newlines included
+    (:mod:`prunelab.models.llava_next`); Qwen2.5-VL refuses what :func:`prunelab.models.qwen2_5_vl.refusal` names
+    and scores the rest with the attention patches receive (:mod:`prunelab.models.qwen2_5_vl`)."""
+    from prunelab.models.qwen2_5_vl import refusal
+
+    in_llm = getattr(pruner, "stage", "pre_llm") == "in_llm"
+    why = refusal(pruner)
+    return {
+        "llava": "runs",
+        "llava_next": "runs on the packed run (newlines count)" if in_llm else "runs per tile",
+        "qwen2_5_vl": f"refuses: {why}" if why else "runs",
+    }
