@@ -154,3 +154,32 @@ def test_env_two_processes_file_barrier_equal_one_process(single, tmp_path):
     errs = [p.communicate()[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
     _check(_load(out), single)
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
+def test_launch_cli_under_torchrun_writes_the_one_process_table(tmp_path):
+    """The README's command: ``torchrun --nproc_per_node 2 -m prunelab.study.launch vision ...`` (DINOv2 tower,
+    three toy-world images) writes the CSV a one-process launch writes (timings aside)."""
+    from prunelab.study.launch import main
+
+    args = [
+        "vision",
+        "--image-set",
+        "toyworld:test",
+        "--n-images",
+        "3",
+        "--methods",
+        "FasterVLM,DivPrune",
+        "--budgets",
+        "8",
+    ]
+    args += ["--device", "cpu"]
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "prunelab.study.launch", *args]
+    cmd += ["--cache-dir", str(tmp_path / "c2"), "--out", str(tmp_path / "two.csv")]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "6 rows from 2 rank(s)" in proc.stdout
+    assert main([*args, "--cache-dir", str(tmp_path / "c1"), "--out", str(tmp_path / "one.csv")]) == 0
+    two, one = (pd.read_csv(tmp_path / f"{x}.csv").drop(columns=W.VISION_TIMINGS) for x in ("two", "one"))
+    assert len(one) == 6
+    pd.testing.assert_frame_equal(two, one, check_exact=True)

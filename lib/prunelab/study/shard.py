@@ -26,11 +26,11 @@ other ranks' entries to appear intact in the cache, polling, for at most :attr:`
 ``PRUNELAB_SHARD_TIMEOUT``, default 24 h), then fails naming the missing entries. A file barrier cannot tell a
 fresh entry from an older one, so ``refresh=True`` on several ranks needs a process group.
 
-CLI (``python -m prunelab.study.shard``, under ``torchrun``; it joins a gloo group when launched with a rendezvous,
+CLI (:mod:`prunelab.study.launch`, under ``torchrun``; it joins a gloo group when launched with a rendezvous,
 binds rank ``LOCAL_RANK`` to its GPU, and rank 0 writes the merged table)::
 
-    torchrun --standalone --nproc_per_node 8 -m prunelab.study.shard generation --model /ckpt/llava-1.5-7b-hf \\
-        --image-set coco:/data/val2014 --n 500 --methods Vanilla,FasterVLM,DivPrune --budgets 64,128 \\
+    torchrun --standalone --nproc_per_node 8 -m prunelab.study.launch generation --model /ckpt/llava-1.5-7b-hf \\
+        --image-set coco:/data/val2014 --n-images 500 --methods Vanilla,FasterVLM,DivPrune --budgets 64,128 \\
         --task describe --out describe.csv
 """
 
@@ -212,13 +212,13 @@ def gather(shard: Shard, paths: Mapping, read: Callable[[Path], object | None], 
 
 def sharding(shard, device="auto"):
     """``(Shard, device)`` for a study loop: :func:`resolve_shard`, and under a multi-process launch with
-    ``LOCAL_RANK`` set, ``device="auto"`` / ``"cuda"`` becomes ``"cuda:<LOCAL_RANK>"`` (one GPU per rank)."""
+    ``LOCAL_RANK`` set, ``device="auto"`` / ``"cuda"`` becomes ``"cuda:<LOCAL_RANK mod GPUs>"`` (one GPU per rank)."""
     sh = resolve_shard(shard)
     if sh.sharded and sh.local_rank is not None and str(device).strip().lower() in ("auto", "cuda"):
         import torch
 
-        if torch.cuda.is_available():
-            device = f"cuda:{sh.local_rank}"
+        if torch.cuda.is_available():  # more ranks than GPUs share them round-robin
+            device = f"cuda:{sh.local_rank % torch.cuda.device_count()}"
     return sh, device
 
 
