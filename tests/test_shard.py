@@ -156,6 +156,7 @@ def test_env_two_processes_file_barrier_equal_one_process(single, tmp_path):
     _check(_load(out), single)
 
 
+@pytest.mark.slow  # the DINOv2 tower
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed next to this python")
 def test_launch_cli_under_torchrun_writes_the_one_process_table(tmp_path):
     """The README's command: ``torchrun --nproc_per_node 2 -m prunelab.study.launch vision ...`` (DINOv2 tower,
