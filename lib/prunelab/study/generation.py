@@ -104,6 +104,7 @@ from prunelab.study.runner import (
     scalar_json,
 )
 from prunelab.study.scoring import score_chair, score_pope
+from prunelab.study.shard import check_cache, gather, per_item, sharding, table_reader
 from prunelab.study.tablecache import RunCache, key as _key
 from prunelab.toyworld import text as tt
 
@@ -371,6 +372,7 @@ def run_generation(
     pope_batch_size: int = 32,
     pope_prefix_cache: bool = False,
     describe_batch_size: int = 1,
+    shard=None,
 ) -> pd.DataFrame:
     """Generate under every method x budget on every image of ``image_set`` and score the outputs.
 
@@ -405,6 +407,7 @@ def run_generation(
         ``k``), so results stay deterministic, and an entry's key holds the image's whole selection list: another
         method list is another batch, hence another entry. In fp32 the texts equal batch-1 texts up to rounding
         (6 of 6 identical on ToyLLaVA-S, 4.4x faster at ``k = 8``; ``prunelab.benchmarks.describe_batching``).
+    shard: images over ranks (:mod:`prunelab.study.shard`; ``None``: torchrun's env); every rank returns all rows.
 
     ``df.attrs``: ``model`` (fingerprint), ``model_name``, ``prompt_format``, ``task``, ``prompt``,
     ``max_new_tokens``, ``image_set``, ``erank_stats`` (per erank option set), ``chair_config`` (describe).
@@ -430,6 +433,7 @@ def run_generation(
         raise UnknownNameError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}; pass e.g. 512")
     if isinstance(image_set, str):
         check_image_set(image_set)
+    shard, device = sharding(shard, device)  # this rank's images and GPU
     resolve_device(device)  # a missing CUDA device fails here, before any loading
     gm = as_generation_model(model, device)
     n_img = gm.n_image_tokens
@@ -440,6 +444,7 @@ def run_generation(
     dtype = next(adapter.model.parameters()).dtype
     eos = getattr(gm.tokenizer, "eos_token_id", None)
     cache = RunCache(cache_dir, "generation", _CODE_FILES, CACHE_FORMAT, refresh)
+    check_cache(shard, cache)
     code, vroot = cache.code, cache.root
     disable = None if progress is None else not progress
     qk_layers = _qk_layers_for(specs, adapter)
@@ -506,9 +511,8 @@ def run_generation(
             it.release()
         return [image_entry(it, enc)]
 
-    per_image = cache.per_item(
-        items, ipath, compute, required=_IMAGE_COLUMNS + [sp.name for sp in need_specs], disable=disable
-    )
+    required, calibrate = _IMAGE_COLUMNS + [sp.name for sp in need_specs], bool(need_specs) and erank_stats is None
+    per_image = per_item(shard, cache, items, ipath, compute, required, calibrate, disable=disable)
 
     stats_by_spec: dict[ErankStatsSpec, dict] = {}
     if need_specs:
@@ -591,9 +595,9 @@ def run_generation(
         cache.write(frame, path)
         frames[(it.id, sp.label, b)] = frame
 
-    n_todo = sum(len(v) for v in missing.values())
+    n_todo = sum(len(missing.get(it.id, ())) for it in shard.mine(items))  # this rank's share
     with tqdm(total=n_todo, desc=f"generate [{task}]", unit="run", disable=disable or not n_todo) as bar:
-        for it in items:
+        for it in shard.mine(items):
             if it.id not in missing:
                 continue
             pv, enc, secs = encodings.pop(it.id, None) or encode(it)
@@ -656,6 +660,8 @@ def run_generation(
                         bar.update(1)
             it.release()
 
+    rest = {(it.id, sp.label, b): entry_path(it, sp, b) for it, sp, b in entries if (it.id, sp.label, b) not in frames}
+    frames.update(gather(shard, rest, table_reader(_entry_columns(task)), "generation"))  # the other ranks' entries
     cols = BASE_COLUMNS + (POPE_QUESTION_COLUMNS if task == "pope" else [])
     parts = [frames[(it.id, sp.label, b)] for it, sp, b in entries]
     parts = [p for p in parts if len(p)]

@@ -57,6 +57,7 @@ from prunelab.models.encoders import VisionEncoder
 from prunelab.paths import atomic_write
 from prunelab.study.params import check_budgets, check_n_images, check_seed
 from prunelab.study.plots import method_order
+from prunelab.study.shard import check_cache, gather, per_item, sharding, table_reader
 from prunelab.study.tablecache import RunCache, key as _key
 
 CACHE_FORMAT = 2  # bump when the meaning of a column or the entry layout changes (2: checked entries, no all-file)
@@ -363,6 +364,7 @@ def run_vision(
     progress: bool | None = None,
     refresh: bool = False,
     select_threads: int | None = 1,
+    shard=None,
 ) -> pd.DataFrame:
     """Run ``methods`` x ``budgets`` on every image of ``image_set``; one row per image x method x budget.
 
@@ -384,6 +386,8 @@ def run_vision(
     progress: tqdm bars (default: on a terminal); refresh: ignore cached results.
     select_threads: torch CPU threads while selecting (default 1, see :func:`prunelab.device.cpu_threads`; ``None``
         leaves the setting alone). Selections do not depend on it; ``select_time_s`` does.
+    shard: data parallelism over images (:mod:`prunelab.study.shard`): ``None`` follows the torchrun / accelerate
+        environment, ``(rank, world)`` overrides it. Each rank prunes its own images; every rank returns all rows.
 
     ``df.attrs`` holds ``erank_stats``, ``encoder``, ``run_key`` and ``image_set``.
     """
@@ -395,9 +399,11 @@ def run_vision(
     budgets = check_budgets(budgets, None)  # integers >= 1, never truncated; each image's N is checked in prune_image
     seed, n = check_seed(seed), check_n_images(n, "n")
     set_name, items = _items_of(image_set, n, seed)
+    shard, device = sharding(shard, device)  # this rank's images and GPU
     encoder = encoder if encoder is not None else VisionEncoder(device=device, batch_size=batch_size)
     enc_fp = getattr(encoder, "fingerprint", None) or f"{type(encoder).__module__}.{type(encoder).__qualname__}"
     cache = RunCache(cache_dir, "runs", _CODE_FILES, CACHE_FORMAT, refresh)
+    check_cache(shard, cache)
     code, vroot = cache.code, cache.root
     disable = None if progress is None else not progress
 
@@ -426,7 +432,10 @@ def run_vision(
                 contexts[it.id] = ctx
         return out
 
-    per_image = cache.per_item(items, ipath, compute, required=IMAGE_COLUMNS, batch_size=batch_size, disable=disable)
+    calibrate = erank_stats is None  # the statistics (and so every row's key) cover every rank's images
+    per_image = per_item(
+        shard, cache, items, ipath, compute, IMAGE_COLUMNS, calibrate, batch_size=batch_size, disable=disable
+    )
 
     stats = (
         dict(erank_stats)
@@ -440,7 +449,7 @@ def run_vision(
     run_dir = vroot / "rows" / run_key
     frames: dict[str, pd.DataFrame] = {}
     todo = []
-    for it in items:
+    for it in shard.mine(items):
         cached = cache.read(run_dir / f"{_key([it.source, it.id])}.json", VISION_COLUMNS)
         if cached is not None:
             frames[it.id] = cached
@@ -468,6 +477,8 @@ def run_vision(
                 cache.write(frame, run_dir / f"{_key([it.source, it.id])}.json")
                 frames[it.id] = frame
                 bar.update(1)
+    rest = {it.id: run_dir / f"{_key([it.source, it.id])}.json" for it in items if it.id not in frames}
+    frames.update(gather(shard, rest, table_reader(VISION_COLUMNS), "vision rows"))  # the other ranks' rows
     df_all = pd.concat([frames[it.id] for it in items], ignore_index=True)[VISION_COLUMNS]
     df_all = _normalize(df_all)
     df_all.attrs.update(erank_stats=stats, encoder=enc_fp, run_key=run_key, image_set=set_name)
