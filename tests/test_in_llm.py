@@ -196,13 +196,13 @@ def test_dart_adapter_keeps_what_the_fork_keeps(adapter, model, inputs):
     seen = {}
 
     class Spy(DART):
-        def observe(self, state, view):
-            seen["keys"] = view.keys(view.layer_idx).float().clone()  # (L, kv_heads * head_dim)
-            super().observe(state, view)
+        def observe(self, state, layer_input):
+            seen["keys"] = layer_input.keys.float().clone()  # (L, kv_heads * head_dim)
+            super().observe(state, layer_input)
 
-        def edit(self, state, view):
-            seen["states"] = view.decoder.norm(view.hidden).float().clone()  # (1, L, D)
-            return super().edit(state, view)
+        def edit(self, state, layer_input):
+            seen["states"] = layer_input.normed_hidden.float().clone()[None]  # (1, L, D)
+            return super().edit(state, layer_input)
 
     ids, pv = inputs
     start, n = find_image_span(ids[0], model.config.image_token_id)
@@ -265,3 +265,39 @@ def test_bad_in_llm_inputs(adapter, inputs, ctx):
     assert "\n" not in str(e.value)
     with pytest.raises(CapabilityError):
         adapter.run([ids[0], ids[0]], torch.cat([pv, pv]), "DART", 8, batch_size=2)
+
+
+@pytest.mark.parametrize(
+    "method,attention,keys,norms", [("FastV", 1, 0, 1), ("PDrop", 3, 0, 1), ("SparseVLM", 3, 0, 1), ("DART", 0, 1, 2)]
+)
+def test_engine_computes_only_what_the_method_requests(
+    adapter, model, inputs, monkeypatch, method, attention, keys, norms
+):
+    """One attention recomputation per scoring layer, keys only for DART, the final norm once more only for DART's
+    edit layer (the model's own prefill norm is the other one): no extra pass on the prefill."""
+    import prunelab.models.decoder_edit as DE
+
+    calls = {"attention": 0, "keys": 0, "norm": 0}
+
+    def counting(f, key):
+        def g(*a, **k):
+            calls[key] += 1
+            return f(*a, **k)
+
+        return g
+
+    monkeypatch.setattr(DE, "layer_attention_rows", counting(DE.layer_attention_rows, "attention"))
+    monkeypatch.setattr(DE, "layer_keys", counting(DE.layer_keys, "keys"))
+    with HookScope() as s:
+        s.forward(model.model.language_model.norm, lambda *a: calls.__setitem__("norm", calls["norm"] + 1))
+        ids, pv = inputs
+        adapter.run(ids, pv, method, 16, max_new_tokens=1)
+    assert calls == {"attention": attention, "keys": keys, "norm": norms}
+
+
+def test_bad_observe_request():
+    from prunelab.methods.in_llm import Observe
+
+    assert Observe(attention_rows=(3, 4)).attention_rows == (3, 4)
+    with pytest.raises(CapabilityError, match="attention_rows"):
+        Observe(attention_rows="first")

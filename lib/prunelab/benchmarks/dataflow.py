@@ -77,6 +77,57 @@ def _import(new: str, old: str):
         return importlib.import_module(old)
 
 
+def _prunelab_frames(root: str):
+    """``module_of(frame)``: the prunelab module a frame runs in (``None`` outside ``root``), and ``caller_of(frame)``:
+    the nearest prunelab frame below it, through torch / transformers frames."""
+
+    def module_of(frame) -> str | None:
+        name = frame.f_globals.get("__name__", "")
+        return name if name.startswith("prunelab") and frame.f_code.co_filename.startswith(root) else None
+
+    def caller_of(frame):
+        caller = frame.f_back
+        while caller is not None and module_of(caller) is None and caller.f_back is not None:
+            caller = caller.f_back
+        return caller
+
+    return module_of, caller_of
+
+
+def trace_calls(fn, pyproject: Path | None = None) -> dict:
+    """Run ``fn()`` under a trace of prunelab-to-prunelab calls: ``edges`` (Counter of ``(caller module, callee
+    module)``) and ``climbs`` (each call up a layer, ``"caller:function -> callee:function"``)."""
+    import prunelab
+
+    ranks = layer_ranks(pyproject or REPO_ROOT / "pyproject.toml")
+    module_of, caller_of = _prunelab_frames(str(Path(prunelab.__file__).parent))
+    edges: Counter = Counter()
+    climbs: list[str] = []
+
+    def tracer(frame, event, arg):
+        if event != "call":
+            return None
+        mod = module_of(frame)
+        if mod is None or mod.startswith("prunelab.benchmarks"):
+            return None
+        caller = caller_of(frame)
+        cmod = module_of(caller) if caller is not None else None
+        if cmod is None:
+            return None
+        edges[(cmod, mod)] += 1
+        r, rc = rank_of(mod, ranks), rank_of(cmod, ranks)
+        if r is not None and rc is not None and r < rc:
+            climbs.append(f"{cmod}:{caller.f_code.co_name} -> {mod}:{frame.f_code.co_name}")
+        return None
+
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return {"edges": edges, "climbs": climbs}
+
+
 def trace_loop(
     work: Path,
     flat: bool = False,
@@ -108,9 +159,7 @@ def trace_loop(
     climbs = {"model": [], "methods": []}
     callbacks: list[str] = []
 
-    def module_of(frame) -> str | None:
-        name = frame.f_globals.get("__name__", "")
-        return name if name.startswith("prunelab") and frame.f_code.co_filename.startswith(root) else None
+    module_of, caller_of = _prunelab_frames(root)
 
     def tracer(frame, event, arg):
         if event != "call":
@@ -119,9 +168,7 @@ def trace_loop(
         if mod is None or mod.startswith("prunelab.benchmarks"):
             return None
         code = frame.f_code
-        caller = frame.f_back
-        while caller is not None and module_of(caller) is None and caller.f_back is not None:
-            caller = caller.f_back  # through torch / transformers frames to the prunelab code that called them
+        caller = caller_of(frame)
         cmod = module_of(caller) if caller is not None else None
         r, rc = rank_of(mod, ranks, renames), rank_of(cmod, ranks, renames) if cmod else None
         up = r is not None and rc is not None and r < rc

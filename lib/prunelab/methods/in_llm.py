@@ -5,15 +5,20 @@ These methods drop visual tokens *inside* the language model, so they cannot be 
 which calls, during prefill (batch 1):
 
 * ``plan(n_layers, n_image, budget)`` -> :class:`Plan` (layers whose input the method reads / edits);
-* ``start(engine, embeds)`` before layer 0 (``embeds`` = the LLM input embeddings, ``(1, L, D)``);
-* ``observe(state, view)`` at the input of each ``plan.observe`` layer;
-* ``edit(state, view)`` at the input of each ``plan.edit`` layer -> :class:`LayerEdit`
-  (which current visual tokens survive, and optional new tokens), applied to that layer and all later ones;
+* ``start(prefill, embeds)`` before layer 0 -> ``state`` (``prefill`` = :class:`PrefillInfo`, the prompt's
+  geometry and the budget; ``embeds`` = the LLM input embeddings, ``(1, L, D)``);
+* ``request(state, layer_idx)`` -> :class:`Observe` at the input of each planned layer: what the method needs to
+  see there;
+* ``observe(state, seen)`` at the input of each ``plan.observe`` layer, then ``edit(state, seen)`` at each
+  ``plan.edit`` layer -> :class:`LayerEdit` (which current visual tokens survive, and optional new tokens),
+  applied to that layer and all later ones;
 * ``describe(state)`` -> extra per-sample record fields.
 
-``view`` is a :class:`~prunelab.models.decoder_edit.PrefillView` (current hidden states, visual / text positions, and
-``attention_rows`` / ``keys`` recomputed from a decoder layer's own ``input_layernorm``, ``q_proj``, ``k_proj``
-and RoPE, so no eager attention is needed).
+Data flows one way: the engine computes exactly the tensors the :class:`Observe` asks for (attention rows and
+keys recomputed from the decoder layer's own ``input_layernorm``, ``q_proj``, ``k_proj`` and RoPE, so no eager
+attention is needed; the final norm of the hidden states; the visual rows) and hands the method ``seen``, a
+:class:`LayerInput` of plain tensors and ints. The method never calls into the models layer
+(``tests/test_dataflow.py`` traces it).
 
 Budgets are absolute ``T`` (visual tokens out of ``N``). Because these methods keep all ``N`` tokens in the first
 layers, the adapter reports the **equivalent token count** ``T_eq = sum_l n_l / n_layers`` (SparseVLM issues
@@ -44,12 +49,67 @@ class Plan:
     edit: set[int] = field(default_factory=set)
 
 
-# Defined here, on the methods side, so that the adapter (models/) imports methods and never the reverse.
+# The interface types are defined here, on the methods side, so that the engine (models/) imports methods and
+# never the reverse, and the method only ever receives plain data.
+@dataclass(frozen=True)
+class PrefillInfo:
+    """The prompt and budget of one prefill, given to ``start`` (batch 1)."""
+
+    budget: int  # visual tokens T
+    n_layers: int  # decoder depth
+    prompt_len: int  # tokens in the prompt, image placeholder expanded
+    image_start: int  # prompt index of the first image token
+    n_image: int  # image tokens N
+
+
+@dataclass(frozen=True)
+class Observe:
+    """What a method needs to see at the input of one decoder layer; the engine computes only these.
+
+    attention_rows: ``"last"`` (the last prompt token) or original prompt indices (tokens removed by an earlier
+        edit are an error): their causal softmax attention over the current sequence at this layer.
+    keys: this layer's keys after RoPE, heads concatenated.
+    normed_hidden: the hidden states passed through the decoder's final norm (``model.norm``).
+    visual_hidden: the hidden-state rows of the current visual tokens.
+    """
+
+    attention_rows: str | tuple[int, ...] | None = None
+    keys: bool = False
+    normed_hidden: bool = False
+    visual_hidden: bool = False
+
+    def __post_init__(self):
+        rows = self.attention_rows
+        if not (rows is None or rows == "last" or (isinstance(rows, tuple) and all(isinstance(r, int) for r in rows))):
+            raise CapabilityError(
+                f"Observe(attention_rows={rows!r}) is not understood; pass 'last' or a tuple of original prompt indices"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class LayerInput:
+    """What the engine hands the method at the input of decoder layer ``layer_idx``: positions always, tensors
+    as requested by :class:`Observe` (``None`` where not requested). ``L`` = current prompt length."""
+
+    layer_idx: int
+    orig: torch.Tensor  # (L,) original prompt index of each current token (-1: a merged token)
+    visual_pos: torch.Tensor  # current positions of the visual tokens (merged ones included), ascending
+    text_after_pos: torch.Tensor  # current positions of the prompt tokens after the image, ascending
+    attention: torch.Tensor | None = None  # (H, R, L) float32, rows as requested
+    keys: torch.Tensor | None = None  # (L, n_kv_heads * head_dim)
+    normed_hidden: torch.Tensor | None = None  # (L, D)
+    visual_hidden: torch.Tensor | None = None  # (len(visual_pos), D)
+
+    @property
+    def n_prompt(self) -> int:
+        return int(self.orig.numel())
+
+
 @dataclass
 class LayerEdit:
     """What an in-LLM method does at the input of one decoder layer.
 
-    keep_visual: indices into the current visual tokens (``view.visual_pos``) that survive, any order (the
+    keep_visual: indices into the current visual tokens (``seen.visual_pos``) that survive, any order (the
         engine keeps sequence order). Text tokens always survive.
     extra: ``(M, D)`` new tokens (SparseVLM's recycled clusters) inserted right after the last kept visual token.
     """
@@ -95,24 +155,29 @@ class InLLMPruner(Pruner):
     def plan(self, n_layers: int, n_image: int, budget: int) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def start(self, engine, embeds: torch.Tensor) -> dict:
-        return {"budget": engine.budget, "n_image": engine.n_image, "n_layers": engine.n_layers}
+    def start(self, prefill: PrefillInfo, embeds: torch.Tensor) -> dict:
+        return {"budget": prefill.budget, "n_image": prefill.n_image, "n_layers": prefill.n_layers}
 
-    def observe(self, state: dict, view) -> None:
+    def request(self, state: dict, layer_idx: int) -> Observe:
+        """What to compute at the input of planned layer ``layer_idx`` (default: positions only)."""
+        return Observe()
+
+    def observe(self, state: dict, seen: LayerInput) -> None:
         pass
 
-    def edit(self, state: dict, view):  # pragma: no cover - abstract
+    def edit(self, state: dict, seen: LayerInput) -> LayerEdit:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def describe(self, state: dict) -> dict:
         return {}
 
 
-def _last_token_scores(view, layer_idx: int) -> torch.Tensor:
-    """Head-mean attention of the last prompt token over the current visual tokens at ``layer_idx``."""
-    rows = torch.tensor([view.last_pos], device=view.hidden.device)
-    att = view.attention_rows(layer_idx, rows)  # (H, 1, L)
-    return att.mean(0)[0, view.visual_pos]
+LAST_TOKEN = Observe(attention_rows="last")
+
+
+def _last_token_scores(seen: LayerInput) -> torch.Tensor:
+    """Head-mean attention of the last prompt token over the current visual tokens (``seen`` from ``LAST_TOKEN``)."""
+    return seen.attention.mean(0)[0, seen.visual_pos]  # attention: (H, 1, L)
 
 
 @register("FastV")
@@ -145,10 +210,13 @@ class FastV(InLLMPruner):
             )
         return Plan(observe={self.k - 1}, edit={self.k})
 
-    def observe(self, state, view):
-        state["scores"] = _last_token_scores(view, view.layer_idx)
+    def request(self, state, layer_idx):
+        return LAST_TOKEN if layer_idx == self.k - 1 else Observe()
 
-    def edit(self, state, view):
+    def observe(self, state, seen):
+        state["scores"] = _last_token_scores(seen)
+
+    def edit(self, state, seen):
         return LayerEdit(keep_visual=_topk_sorted(state["scores"], state["budget"]))
 
     def describe(self, state):
@@ -222,16 +290,19 @@ class PDrop(InLLMPruner):
         self._layers, self._counts = self.schedule(n_layers, n_image, budget)
         return Plan(observe=set(self._layers), edit=set(self._layers))
 
-    def start(self, engine, embeds):
-        st = super().start(engine, embeds)
+    def start(self, prefill, embeds):
+        st = super().start(prefill, embeds)
         st["layers"], st["counts"] = list(self._layers), list(self._counts)
         return st
 
-    def observe(self, state, view):
-        state["scores"] = _last_token_scores(view, view.layer_idx)
+    def request(self, state, layer_idx):
+        return LAST_TOKEN  # observe and edit share each stage-boundary layer
 
-    def edit(self, state, view):
-        s = state["layers"].index(view.layer_idx)
+    def observe(self, state, seen):
+        state["scores"] = _last_token_scores(seen)
+
+    def edit(self, state, seen):
+        s = state["layers"].index(seen.layer_idx)
         k = min(state["counts"][s], int(state["scores"].numel()))
         return LayerEdit(keep_visual=_topk_sorted(state["scores"], k))
 
@@ -303,11 +374,11 @@ class SparseVLM(InLLMPruner):
             )
         return Plan(observe=set(self._layers), edit={x + 1 for x in self._layers})
 
-    def start(self, engine, embeds):
-        st = super().start(engine, embeds)
+    def start(self, prefill, embeds):
+        st = super().start(prefill, embeds)
         st["layers"], st["counts"], st["recycled"] = list(self._layers), list(self._counts), []
         e = embeds[0].float()
-        s, n = engine.image_start, engine.n_image
+        s, n = prefill.image_start, prefill.n_image
         vis, txt = e[s : s + n], e[s + n :]
         if txt.shape[0] == 0:
             raise CapabilityError("SparseVLM needs instruction text after the image; put the question after <image>")
@@ -315,17 +386,20 @@ class SparseVLM(InLLMPruner):
         raters = (rel > rel.mean()).nonzero().flatten()
         if raters.numel() == 0:  # all relevances equal
             raters = torch.arange(txt.shape[0])
-        st["raters_orig"] = (raters + s + n).to(embeds.device)
+        st["raters_orig"] = tuple((raters + s + n).tolist())  # original prompt indices
         st["n_raters"] = int(raters.numel())
         return st
 
-    def observe(self, state, view):
-        rows = view.pos_of_orig(state["raters_orig"])
-        att = view.attention_rows(view.layer_idx, rows)  # (H, R, L)
-        state["scores"] = att.mean(0)[:, view.visual_pos].mean(0)
+    def request(self, state, layer_idx):
+        rows = state["raters_orig"] if layer_idx in state["layers"] else None
+        recycle = self.recycle and (layer_idx - 1) in state["layers"]  # the recycled clusters need the rows
+        return Observe(attention_rows=rows, visual_hidden=recycle)
 
-    def edit(self, state, view):
-        s = state["layers"].index(view.layer_idx - 1)
+    def observe(self, state, seen):
+        state["scores"] = seen.attention.mean(0)[:, seen.visual_pos].mean(0)  # attention: (H, R, L)
+
+    def edit(self, state, seen):
+        s = state["layers"].index(seen.layer_idx - 1)
         scores = state["scores"]
         n_cur = int(scores.numel())
         k = min(state["counts"][s], n_cur)
@@ -337,9 +411,9 @@ class SparseVLM(InLLMPruner):
             m = min(int(pruned.numel() * self.recycle_ratio) + 1, int(pruned.numel()))
             cand = pruned[:m]
             n_clusters = min(int(m / 10) + 1, m)
-            rows = view.hidden[0, view.visual_pos[cand]]
+            rows = seen.visual_hidden[cand]
             extra, _ = cluster_and_merge(rows.float(), n_clusters)
-            extra = extra.to(view.hidden.dtype)
+            extra = extra.to(seen.visual_hidden.dtype)
             state["recycled"].append(n_clusters)
         else:
             state["recycled"].append(0)
@@ -474,19 +548,21 @@ class DART(InLLMPruner):
             )
         return Plan(observe={self.k - 1}, edit={self.k})
 
-    def observe(self, state, view):
-        state["key_l1"] = torch.norm(view.keys(view.layer_idx).float(), p=1, dim=-1)
+    def request(self, state, layer_idx):
+        return Observe(keys=True) if layer_idx == self.k - 1 else Observe(normed_hidden=True)
 
-    def edit(self, state, view):
+    def observe(self, state, seen):
+        state["key_l1"] = torch.norm(seen.keys.float(), p=1, dim=-1)
+
+    def edit(self, state, seen):
         # DART edits first, so current positions are the absolute prompt positions the fork's set holds.
-        n_cur = view.engine.n_prompt_cur
-        assert torch.equal(view.engine.cur_orig[:n_cur].cpu(), torch.arange(n_cur))
-        states = view.decoder.norm(view.hidden)[0].float()
+        assert torch.equal(seen.orig.cpu(), torch.arange(seen.n_prompt))
+        states = seen.normed_hidden.float()
         keep, served, picks = dart_select(
             states,
             state["key_l1"],
-            view.visual_pos,
-            view.text_after_pos,
+            seen.visual_pos,
+            seen.text_after_pos,
             state["budget"],
             self.pivot_image,
             self.pivot_text,
@@ -500,4 +576,17 @@ class DART(InLLMPruner):
         return {"prune_layers": [self.k], "picks_per_pivot": state.get("picks"), "pivot_positions": state.get("pivots")}
 
 
-__all__ = ["InLLMPruner", "Plan", "FastV", "PDrop", "SparseVLM", "DART", "dart_select", "scale_layers"]
+__all__ = [
+    "InLLMPruner",
+    "Plan",
+    "PrefillInfo",
+    "Observe",
+    "LayerInput",
+    "LayerEdit",
+    "FastV",
+    "PDrop",
+    "SparseVLM",
+    "DART",
+    "dart_select",
+    "scale_layers",
+]

@@ -10,8 +10,8 @@ models (DINOv2 or CLIP tower) without forking transformers and without patching 
   by ``config.image_token_id``, never by offset) with the kept rows; (5) ``model.generate(inputs_embeds=...)``.
   Positions are then contiguous ``0..L'-1``, as in the original repositories.
 * **In-LLM methods** (FastV, PDrop, SparseVLM, DART; :mod:`prunelab.methods.in_llm`): scoped
-  ``forward_pre_hook(with_kwargs=True)`` on every decoder layer (strategy D). During prefill the hooks let the
-  method read a layer's input, and at the layers where it prunes they gather the kept rows of the hidden states
+  ``forward_pre_hook(with_kwargs=True)`` on every decoder layer (strategy D). During prefill the hooks hand the
+  method what it asks to see of a layer's input (as plain tensors), and at the layers where it prunes they gather the kept rows of the hidden states
   and substitute matching ``position_ids`` / rotary ``position_embeddings`` / causal mask for that layer and every
   later one (``LlamaModel`` hands the same full-length kwargs to all layers). Pruning happens once at prefill;
   the KV cache then holds fewer entries in later layers; decoding positions continue from the full prompt

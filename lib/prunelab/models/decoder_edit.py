@@ -5,8 +5,11 @@ At the layers where a method prunes, the hooks gather the kept rows of the hidde
 ``position_ids`` / rotary ``position_embeddings`` / causal mask for that layer and every later one (``LlamaModel``
 hands the same full-length kwargs to all layers). Pruning happens once at prefill; the KV cache then holds fewer
 entries in later layers; decoding positions continue from the full prompt length (what ``generate`` passes), as
-FastV's KV-cache variant and DART intend. The method's side of the interface (plan / start / observe / edit /
-describe, :class:`~prunelab.methods.in_llm.LayerEdit`) lives in :mod:`prunelab.methods.in_llm`.
+FastV's KV-cache variant and DART intend. The method's side of the interface (plan / start / request / observe /
+edit / describe and its plain-data types :class:`~prunelab.methods.in_llm.Observe`,
+:class:`~prunelab.methods.in_llm.LayerInput`, :class:`~prunelab.methods.in_llm.LayerEdit`) lives in
+:mod:`prunelab.methods.in_llm`: at each planned layer the engine asks the method what it needs, computes exactly
+that and hands it over, so calls go from here to the method and never back.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import torch
 from torch import nn
 
 from prunelab.errors import CapabilityError
+from prunelab.methods.in_llm import LayerInput, Observe, PrefillInfo
 from prunelab.models.hooks import HookScope
 from prunelab.models.parts import LlavaParts
 
-__all__ = ["DecoderEditor", "PrefillView", "layer_attention_rows", "layer_keys"]
+__all__ = ["DecoderEditor", "layer_attention_rows", "layer_keys"]
 
 
 def _rotate_half(x):
@@ -76,56 +80,6 @@ def layer_keys(layer: nn.Module, hidden: torch.Tensor, pos_emb) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------
 
 
-class PrefillView:
-    """What an in-LLM method may read at the input of a decoder layer during prefill (batch 1)."""
-
-    def __init__(self, engine: DecoderEditor, layer_idx: int, hidden: torch.Tensor, pos_emb):
-        self.engine = engine
-        self.layer_idx = layer_idx
-        self.hidden = hidden
-        self.pos_emb = pos_emb
-        self.decoder = engine.parts.decoder
-        self.n_layers = len(engine.parts.text_layers)
-
-    @property
-    def visual_pos(self) -> torch.Tensor:
-        """Positions (in the current sequence) of the visual tokens, in order (merged tokens included)."""
-        return self.engine.is_visual[: self.engine.n_prompt_cur].nonzero().flatten()
-
-    @property
-    def visual_orig(self) -> torch.Tensor:
-        """Original image-patch index (0..N-1) of each current visual token (``-1`` for merged tokens)."""
-        o = self.engine.cur_orig[self.visual_pos]
-        return torch.where(o >= 0, o - self.engine.image_start, o)
-
-    @property
-    def text_after_pos(self) -> torch.Tensor:
-        """Positions of the prompt tokens after the image (question + ``ASSISTANT:``)."""
-        e = self.engine
-        o = e.cur_orig[: e.n_prompt_cur]
-        return ((o >= e.image_start + e.n_image) & ~e.is_visual[: e.n_prompt_cur]).nonzero().flatten()
-
-    def pos_of_orig(self, orig: torch.Tensor) -> torch.Tensor:
-        """Current positions of tokens given by their original prompt index."""
-        e = self.engine
-        table = torch.full((e.prompt_len,), -1, dtype=torch.long, device=orig.device)
-        o = e.cur_orig[: e.n_prompt_cur]
-        ok = o >= 0
-        table[o[ok]] = ok.nonzero().flatten()
-        return table[orig]
-
-    @property
-    def last_pos(self) -> int:
-        return self.engine.n_prompt_cur - 1
-
-    def attention_rows(self, layer_idx: int, rows: torch.Tensor) -> torch.Tensor:
-        """``(H, R, L)`` attention probabilities of layer ``layer_idx`` computed on *this* input."""
-        return layer_attention_rows(self.decoder.layers[layer_idx], self.hidden, self.pos_emb, rows)
-
-    def keys(self, layer_idx: int) -> torch.Tensor:
-        return layer_keys(self.decoder.layers[layer_idx], self.hidden, self.pos_emb)
-
-
 class DecoderEditor:
     """Applies an in-LLM method through scoped pre-hooks on the decoder layers (batch 1).
 
@@ -144,6 +98,7 @@ class DecoderEditor:
         self.image_start = image_start
         self.n_image = n_image
         self.n_layers = len(parts.text_layers)
+        self.info = PrefillInfo(budget, self.n_layers, prompt_len, image_start, n_image)
         self.plan = method.plan(self.n_layers, n_image, budget)
         self.edits: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # layer -> (keep positions, extra)
         self.visual_counts: list[int] = []
@@ -202,18 +157,17 @@ class DecoderEditor:
             if self.n_tail < 0 or (self.mode == "select" and self.n_tail != 0):
                 raise CapabilityError("in-LLM pruning saw a prompt of unexpected length; run it through LlavaAdapter")
             if self.mode == "select":
-                self.state = self.method.start(self, hidden)
+                self.state = self.method.start(self.info, hidden)
         if self.override is not None:
             kwargs = dict(kwargs)
             kwargs.update(self.override)
-        pos_emb = kwargs.get("position_embeddings")
-        view = PrefillView(self, i, hidden, pos_emb)
-        if self.mode == "select":
+        if self.mode == "select" and (i in self.plan.observe or i in self.plan.edit):
+            seen = self._seen(i, hidden, kwargs.get("position_embeddings"), self.method.request(self.state, i))
             if i in self.plan.observe:
-                self.method.observe(self.state, view)
-            edit = self.method.edit(self.state, view) if i in self.plan.edit else None
+                self.method.observe(self.state, seen)
+            edit = self.method.edit(self.state, seen) if i in self.plan.edit else None
             if edit is not None:
-                vis = view.visual_pos
+                vis = seen.visual_pos
                 keep_v = vis[torch.as_tensor(edit.keep_visual, dtype=torch.long, device=vis.device)]
                 keep_mask = ~self.is_visual[: self.n_prompt_cur].clone()
                 keep_mask[keep_v] = True
@@ -228,6 +182,44 @@ class DecoderEditor:
             self.visual_counts.append(int(self.is_visual[: self.n_prompt_cur].sum()))
             self.seq_lengths.append(int(hidden.shape[1]))
         return args, kwargs
+
+    def _seen(self, i: int, hidden: torch.Tensor, pos_emb, want: Observe) -> LayerInput:
+        """The :class:`LayerInput` of layer ``i``: current positions, and only the tensors ``want`` names."""
+        n = self.n_prompt_cur
+        orig = self.cur_orig[:n]
+        visual_pos = self.is_visual[:n].nonzero().flatten()
+        text_after = ((orig >= self.image_start + self.n_image) & ~self.is_visual[:n]).nonzero().flatten()
+        layer = self.parts.decoder.layers[i]
+        att = None
+        if want.attention_rows is not None:
+            if want.attention_rows == "last":
+                rows = torch.tensor([n - 1], device=hidden.device)
+            else:
+                rows = self._pos_of_orig(torch.tensor(want.attention_rows, dtype=torch.long, device=hidden.device))
+            att = layer_attention_rows(layer, hidden, pos_emb, rows)
+        return LayerInput(
+            layer_idx=i,
+            orig=orig,
+            visual_pos=visual_pos,
+            text_after_pos=text_after,
+            attention=att,
+            keys=layer_keys(layer, hidden, pos_emb) if want.keys else None,
+            normed_hidden=self.parts.decoder.norm(hidden)[0] if want.normed_hidden else None,
+            visual_hidden=hidden[0, visual_pos] if want.visual_hidden else None,
+        )
+
+    def _pos_of_orig(self, orig: torch.Tensor) -> torch.Tensor:
+        """Current positions of prompt tokens given by their original index."""
+        table = torch.full((self.prompt_len,), -1, dtype=torch.long, device=orig.device)
+        o = self.cur_orig[: self.n_prompt_cur]
+        ok = o >= 0
+        table[o[ok]] = ok.nonzero().flatten()
+        pos = table[orig]
+        if (pos < 0).any():
+            raise CapabilityError(
+                "an in-LLM method asked for attention rows of tokens an earlier edit removed; request kept tokens only"
+            )
+        return pos
 
     def _apply(self, i, hidden, kwargs):
         keep, extra = self.edits[i]
