@@ -221,9 +221,17 @@ def test_dart_adapter_keeps_what_the_fork_keeps(adapter, model, inputs):
     assert differs >= 1  # the order matters on this model too
 
 
-def test_sparsevlm_recycling(adapter, inputs):
+@pytest.mark.parametrize("text_layers", [None, 4])
+def test_sparsevlm_recycling(adapter, inputs, text_layers):
+    """On a 4-layer decoder the sparse layers are [1, 2, 3]: each edit layer is also the next sparse layer, whose
+    scores must then be taken on the edited input (Plan.edit_first; an IndexError before)."""
+    if text_layers is not None:
+        model = tiny_llava("clip", seed=0, text_layers=text_layers)
+        adapter, inputs = LlavaAdapter(model), tiny_inputs(model, seed=21)
     ids, pv = inputs
     r = adapter.run(ids, pv, "SparseVLM", 16, max_new_tokens=1).records[0]
+    if text_layers == 4:
+        assert r["prune_layers"] == [1, 2, 3]  # consecutive: every edit layer is also a sparse layer
     layers, sched, rec = r["prune_layers"], r["schedule"], r["recycled_per_layer"]
     counts = r["visual_tokens_per_layer"]
     prev = N

@@ -45,8 +45,14 @@ REFERENCE_DEPTH = 32  # Vicuna-7B, the depth the sources' layer indices refer to
 
 @dataclass
 class Plan:
+    """Layers where the method observes and where it edits. On a layer in both, the engine observes the layer's
+    input and then edits it (PDrop: rank and drop at the same layer), unless ``edit_first``: then it applies the edit
+    decided from earlier scores and observes the edited input (SparseVLM, whose edit at layer l+1 uses layer l's
+    scores, when l+1 is itself a sparse layer on a shallow decoder)."""
+
     observe: set[int] = field(default_factory=set)
     edit: set[int] = field(default_factory=set)
+    edit_first: bool = False
 
 
 # The interface types are defined here, on the methods side, so that the engine (models/) imports methods and
@@ -372,7 +378,7 @@ class SparseVLM(InLLMPruner):
             raise BudgetError(
                 f"SparseVLM needs one count per sparse layer, got {self._counts} for layers {self._layers}"
             )
-        return Plan(observe=set(self._layers), edit={x + 1 for x in self._layers})
+        return Plan(observe=set(self._layers), edit={x + 1 for x in self._layers}, edit_first=True)
 
     def start(self, prefill, embeds):
         st = super().start(prefill, embeds)

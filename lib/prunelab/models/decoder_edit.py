@@ -161,9 +161,11 @@ class DecoderEditor:
         if self.override is not None:
             kwargs = dict(kwargs)
             kwargs.update(self.override)
+        # a method whose edit at layer i uses scores from an earlier layer observes layer i's *edited* input
+        late_observe = self.plan.edit_first and i in self.plan.observe and i in self.plan.edit
         if self.mode == "select" and (i in self.plan.observe or i in self.plan.edit):
             seen = self._seen(i, hidden, kwargs.get("position_embeddings"), self.method.request(self.state, i))
-            if i in self.plan.observe:
+            if i in self.plan.observe and not late_observe:
                 self.method.observe(self.state, seen)
             edit = self.method.edit(self.state, seen) if i in self.plan.edit else None
             if edit is not None:
@@ -178,6 +180,9 @@ class DecoderEditor:
             args = (hidden,) + tuple(args[1:]) if args else args
             if not args:
                 kwargs["hidden_states"] = hidden
+        if self.mode == "select" and late_observe:
+            want = self.method.request(self.state, i)
+            self.method.observe(self.state, self._seen(i, hidden, kwargs.get("position_embeddings"), want))
         if self.mode == "select" or self.n_tail == 0:
             self.visual_counts.append(int(self.is_visual[: self.n_prompt_cur].sum()))
             self.seq_lengths.append(int(hidden.shape[1]))
