@@ -165,6 +165,11 @@ class AdapterEncoder:
             self._fingerprint = self._fingerprint()
         return self._fingerprint
 
+    def refusal(self, pruner) -> str | None:
+        """Why the adapter's model family cannot run ``pruner`` (its ``refusal``), or ``None``."""
+        why = getattr(self.adapter, "refusal", None)
+        return why(pruner) if why is not None else None
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The model's projector on CPU tensors ``(M, C) -> (M, D)`` (computed on the model's device)."""
         return self.adapter._project(x.to(self.adapter.device)).float().cpu()
@@ -174,7 +179,7 @@ class AdapterEncoder:
         for start in range(0, len(images), self.batch_size):
             pv = self.pixels(images[start : start + self.batch_size])
             enc = self.adapter.encode_images(pv, self.qk_layers)
-            for b in range(pv.shape[0]):
+            for b in range(len(pv)):  # a (B, 3, H, W) tensor, or Qwen2.5-VL's QwenImages
                 iid = ids[start + b]
                 c = self.adapter.context(enc, b, image_id=iid)
                 out.append(
@@ -182,7 +187,7 @@ class AdapterEncoder:
                         features=c.features.float().cpu(),
                         cls_attention=c.cls_attention.float().cpu(),
                         cls_attention_heads=c.cls_attention_heads.float().cpu(),
-                        cls_feature=c.cls_feature.float().cpu(),
+                        cls_feature=None if c.cls_feature is None else c.cls_feature.float().cpu(),
                         projector=self.project,
                         queries={k: v.float().cpu() for k, v in c.queries.items()},
                         keys={k: v.float().cpu() for k, v in c.keys.items()},
