@@ -148,6 +148,8 @@ class AdapterEncoder:
         from transformers import AutoImageProcessor, LlavaForConditionalGeneration
 
         dev = resolve_device(device)
+        if _model_type(path) == "qwen2_5_vl":
+            return cls._from_qwen(path, dev, dtype)
         dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
         try:
             model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=True)
@@ -158,6 +160,28 @@ class AdapterEncoder:
                 "llava-hf folder or an HF id in the local cache"
             ) from None
         return cls.from_model(model, proc, name=str(path), device=str(dev), batch_size=batch_size)
+
+    @classmethod
+    def _from_qwen(cls, path, dev, dtype) -> AdapterEncoder:
+        """A Qwen2.5-VL folder: the loader's model, image processor and adapter, one image at a time (the image
+        processor sizes each image on its own)."""
+        from prunelab.models.loader import load_generation_model
+
+        gm = load_generation_model(str(path), device=str(dev), dtype=dtype)
+        parts = gm.adapter.parts
+        enc = cls(
+            gm.adapter,
+            lambda batch: gm.pixels(batch[0]),
+            batch_size=1,
+            qk_layers=(),
+            fingerprint=lambda: f"qwen2_5_vl:{path}|vit={module_fingerprint(parts.visual)}|proc={gm.pixels.key}",
+        )
+        enc.name = str(path)
+        enc.tower_text = (
+            f"the ViT of {path} (last-block patch states of each 2x2 merge group; no [CLS]: attention scores are "
+            f"the attention each patch receives in block {gm.adapter.score_layer})"
+        )
+        return enc
 
     @property
     def fingerprint(self) -> str:
@@ -196,6 +220,14 @@ class AdapterEncoder:
                     )
                 )
         return out
+
+
+def _model_type(path) -> str | None:
+    try:
+        cfg = json.loads((Path(path).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg.get("model_type") if isinstance(cfg, dict) else None
 
 
 class VisionEncoder:
