@@ -383,9 +383,10 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
         return gm
     folder = check_model(model)
     if _model_type(folder) == "qwen2_5_vl":
-        from prunelab.models.qwen_loading import load_qwen_generation_model
+        from prunelab.models import qwen_loading
 
-        return load_qwen_generation_model(folder, dev, dtype, name=str(model))
+        adapter, pixels = qwen_loading.load_qwen(folder, dev, dtype)
+        return GenerationModel(adapter, "qwen_chatml", pixels, name=str(model), probe_size=qwen_loading.PROBE_SIZE)
     if dtype is None:
         dtype = torch.float16 if dev.type == "cuda" and model not in EMBEDDED_MODELS else torch.float32
     import transformers

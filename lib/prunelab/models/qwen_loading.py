@@ -1,5 +1,5 @@
-"""A Qwen2.5-VL folder as a :class:`prunelab.models.loader.GenerationModel` (issue #14): the PIL image processor,
-Qwen's own ChatML prompt and the :class:`~prunelab.models.qwen2_5_vl.QwenVLAdapter`.
+"""What :func:`prunelab.models.loader.load_generation_model` needs of a Qwen2.5-VL folder (issue #14): the PIL image
+processor, Qwen's own ChatML prompt and the :class:`~prunelab.models.qwen2_5_vl.QwenVLAdapter`.
 
 * Image processor: ``Qwen2VLImageProcessorPil`` (transformers 5.x's PIL/numpy backend; the default backend needs
   torchvision, which prunelab does not install), read from the folder's ``preprocessor_config.json``, so the
@@ -26,7 +26,7 @@ import torch
 
 from prunelab.errors import AssetError, CapabilityError
 
-__all__ = ["QWEN_SYSTEM", "PROBE_SIZE", "QwenPixels", "prompt_text", "prompt_ids", "load_qwen_generation_model"]
+__all__ = ["QWEN_SYSTEM", "PROBE_SIZE", "QwenPixels", "prompt_text", "prompt_ids", "load_qwen"]
 
 QWEN_SYSTEM = "You are a helpful assistant."
 PROBE_SIZE = 336
@@ -75,13 +75,13 @@ def _pil_image_processor(folder: Path):
     return ImageProcessor.from_pretrained(str(folder), local_files_only=True)
 
 
-def load_qwen_generation_model(folder, device, dtype=None, name: str | None = None):
-    """A :class:`GenerationModel` for the Qwen2.5-VL checkpoint in ``folder`` (weights already checked by
-    :func:`prunelab.models.loader.check_model`): fp16 on CUDA, fp32 on the CPU unless ``dtype`` is given."""
+def load_qwen(folder, device, dtype=None):
+    """``(adapter, pixels)`` of the Qwen2.5-VL checkpoint in ``folder`` (weights already checked by
+    :func:`prunelab.models.loader.check_model`; ``load_generation_model`` wraps the pair in a ``GenerationModel``):
+    fp16 on CUDA, fp32 on the CPU unless ``dtype`` is given."""
     import transformers
     from safetensors import SafetensorError
 
-    from prunelab.models.loader import GenerationModel
     from prunelab.models.qwen2_5_vl import QwenVLAdapter
 
     folder = Path(folder)
@@ -100,5 +100,4 @@ def load_qwen_generation_model(folder, device, dtype=None, name: str | None = No
         ) from None
     # The adapter holds the image processor itself: transformers' Qwen2_5_VLProcessor wrapper insists on a video
     # processor, whose classes need torchvision.
-    adapter = QwenVLAdapter(net, processor=ip, tokenizer=tok, device=device)
-    return GenerationModel(adapter, "qwen_chatml", QwenPixels(ip), name=str(name or folder), probe_size=PROBE_SIZE)
+    return QwenVLAdapter(net, processor=ip, tokenizer=tok, device=device), QwenPixels(ip)
