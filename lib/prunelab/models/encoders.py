@@ -144,7 +144,8 @@ class AdapterEncoder:
         cls, path: str | Path, *, device: str = "auto", batch_size: int = 8, dtype=None
     ) -> AdapterEncoder:
         """Load a ``LlavaForConditionalGeneration`` and its image processor from local files only (fp16 on CUDA,
-        fp32 on the CPU unless ``dtype`` is given); nothing is downloaded."""
+        fp32 on the CPU unless ``dtype`` is given); nothing is downloaded. A Qwen2.5-VL folder (``model_type``
+        ``qwen2_5_vl``) goes through :func:`prunelab.models.loader.load_generation_model`, one image per batch."""
         from transformers import AutoImageProcessor, LlavaForConditionalGeneration
 
         dev = resolve_device(device)
