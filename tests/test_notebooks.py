@@ -110,3 +110,43 @@ def test_notebook_runs_a_llava_hf_checkpoint_folder(tmp_path, llava_hf_folder, n
 def test_toy_chapter_is_skipped_for_another_model(tmp_path, llava_hf_folder):
     out = _run(tmp_path, "00_toy_world_and_model", {"model": str(llava_hf_folder)})
     assert out.status == "skipped" and "ToyLLaVA only" in out.error and out.output is None
+
+
+@pytest.fixture(scope="module")
+def qwen_folder(tmp_path_factory):
+    from prunelab.models.tiny_qwen import save_tiny_qwen2_5_vl_hf
+
+    return save_tiny_qwen2_5_vl_hf(tmp_path_factory.mktemp("qwen") / "tiny-qwen2.5-vl", words=["dog", "cat", "car"])
+
+
+def _streams_and_glue(out):
+    nb = json.loads(out.output.read_text())
+    outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+    streams = "".join("".join(o.get("text", "")) for o in outputs if o.get("output_type") == "stream")
+    glued = {
+        o["metadata"]["scrapbook"]["name"]: o["data"].get("application/papermill.record/text/plain")
+        for o in outputs
+        if "scrapbook" in o.get("metadata", {})
+    }
+    return streams, glued
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", MODEL_NOTEBOOKS)
+def test_notebook_runs_a_qwen2_5_vl_folder(tmp_path, qwen_folder, name):
+    """``-p model=/path/to/Qwen2.5-VL`` on a tiny random Qwen2.5-VL folder (36 merged tokens per toy image, Qwen's
+    ChatML prompt) with each chapter's smoke methods, all of which Qwen2.5-VL runs (no [CLS] needed)."""
+    out = _run(tmp_path, name, {"model": str(qwen_folder)})
+    assert out.status == "executed", out.error
+    streams, glued = _streams_and_glue(out)
+    if name == "01_erank_shortfall":  # the checkpoint's own ViT and merger
+        assert f"the ViT of {qwen_folder}" in glued["tower"] and str(qwen_folder) in glued["projector_text"]
+    else:
+        assert f"model {qwen_folder} (qwen_chatml prompt, 36 visual tokens)" in streams
+
+
+@pytest.mark.notebook
+def test_a_method_qwen_cannot_run_fails_the_chapter_up_front(tmp_path, qwen_folder):
+    out = _run(tmp_path, "02_chair_hallucination", {"model": str(qwen_folder), "methods": ["FasterVLM", "VisionZip"]})
+    assert out.status == "failed"
+    assert "VisionZip cannot run on this model" in out.error and "[CLS]" in out.error

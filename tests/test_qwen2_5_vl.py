@@ -13,7 +13,7 @@ from prunelab.methods.base import available_methods, get_pruner
 from prunelab.models.families import make_adapter
 from prunelab.models.hooks import count_hooks
 from prunelab.models.parts import UNSUPPORTED_FAMILIES, resolve_parts
-from prunelab.models.qwen2_5_vl import QwenParts, QwenVLAdapter, block_attention, refusal
+from prunelab.models.qwen2_5_vl import QwenImages, QwenParts, QwenVLAdapter, block_attention, refusal
 
 IMG, VSTART, VEND = 190, 192, 193
 GRID = torch.tensor([[1, 8, 12]])  # 8 x 12 patches -> 4 x 6 = 24 merged tokens in two windows (4x4, 4x2)
@@ -164,8 +164,8 @@ def test_T_equal_N_matches_unpruned_generate_token_for_token(model, adapter):
             do_sample=False,
             eos_token_id=None,
         )[0, ids.numel() :].tolist()
-        full = adapter.run([ids], pv, GRID, None, max_new_tokens=8, eos_token_id=-1)
-        dz = adapter.run([ids], pv, GRID, "DivPrune", N, max_new_tokens=8, eos_token_id=-1)
+        full = adapter.run([ids], QwenImages(pv, GRID), None, max_new_tokens=8, eos_token_id=-1)
+        dz = adapter.run([ids], QwenImages(pv, GRID), "DivPrune", N, max_new_tokens=8, eos_token_id=-1)
         assert full.sequences[0] == ref == dz.sequences[0]
         assert dz.records[0]["n_kept"] == N
 
@@ -190,7 +190,7 @@ def test_pruned_positions_are_the_gathered_unpruned_columns(model, adapter):
 
     h = model.model.language_model.register_forward_pre_hook(spy, with_kwargs=True)
     try:
-        out = adapter.run([ids], pv, GRID, "FasterVLM", 6, max_new_tokens=3, eos_token_id=-1)
+        out = adapter.run([ids], QwenImages(pv, GRID), "FasterVLM", 6, max_new_tokens=3, eos_token_id=-1)
     finally:
         h.remove()
     rec = out.records[0]
@@ -215,21 +215,21 @@ def test_kept_counts_and_hooks_removed(model, adapter):
     ids, pv = _inputs()
     before = count_hooks(model)
     for method, t in (("FasterVLM", 5), ("DivPrune", 9), ("VisPruner", 12)):
-        out = adapter.run([ids], pv, GRID, method, t, max_new_tokens=2, eos_token_id=-1)
+        out = adapter.run([ids], QwenImages(pv, GRID), method, t, max_new_tokens=2, eos_token_id=-1)
         rec = out.records[0]
         assert rec["n_kept"] == t == len(set(rec["kept_indices"])) and rec["n_image_tokens"] == N
         assert count_hooks(model) == before
     with pytest.raises(BudgetError):
-        adapter.run([ids], pv, GRID, "FasterVLM", N + 1, max_new_tokens=2)
+        adapter.run([ids], QwenImages(pv, GRID), "FasterVLM", N + 1, max_new_tokens=2)
     with pytest.raises(CapabilityError):
-        adapter.run([ids], pv, GRID, "VisionZip", 8, max_new_tokens=2)
+        adapter.run([ids], QwenImages(pv, GRID), "VisionZip", 8, max_new_tokens=2)
     assert count_hooks(model) == before
 
 
 def test_faster_vlm_keeps_the_top_scores(adapter):
     ids, pv = _inputs()
     score = adapter.encode_image(pv, GRID[0])["scores_heads"].mean(0)
-    kept = adapter.run([ids], pv, GRID, "FasterVLM", 5, max_new_tokens=1).records[0]["kept_indices"]
+    kept = adapter.run([ids], QwenImages(pv, GRID), "FasterVLM", 5, max_new_tokens=1).records[0]["kept_indices"]
     assert sorted(kept) == sorted(torch.topk(score, 5).indices.tolist())
 
 
@@ -255,10 +255,10 @@ def test_every_registered_method_runs_or_refuses(adapter, name):
     if name in EXPECTED_REFUSALS:
         assert why is not None and EXPECTED_REFUSALS[name] in why and "\n" not in why
         with pytest.raises(CapabilityError, match="Qwen2.5-VL"):
-            adapter.run([ids], pv, GRID, name, 8, max_new_tokens=1)
+            adapter.run([ids], QwenImages(pv, GRID), name, 8, max_new_tokens=1)
         return
     assert why is None
-    out = adapter.run([ids], pv, GRID, name, 8, max_new_tokens=2, erank_stats=ERANK, eos_token_id=-1)
+    out = adapter.run([ids], QwenImages(pv, GRID), name, 8, max_new_tokens=2, erank_stats=ERANK, eos_token_id=-1)
     rec = out.records[0]
     assert 1 <= rec["n_kept"] <= N and len(out.sequences[0]) == 2
     if not pruner.adaptive:

@@ -144,10 +144,13 @@ class AdapterEncoder:
         cls, path: str | Path, *, device: str = "auto", batch_size: int = 8, dtype=None
     ) -> AdapterEncoder:
         """Load a ``LlavaForConditionalGeneration`` and its image processor from local files only (fp16 on CUDA,
-        fp32 on the CPU unless ``dtype`` is given); nothing is downloaded."""
+        fp32 on the CPU unless ``dtype`` is given); nothing is downloaded. A Qwen2.5-VL folder (``model_type``
+        ``qwen2_5_vl``) goes through :func:`prunelab.models.loader.load_generation_model`, one image per batch."""
         from transformers import AutoImageProcessor, LlavaForConditionalGeneration
 
         dev = resolve_device(device)
+        if _model_type(path) == "qwen2_5_vl":
+            return cls._from_qwen(path, dev, dtype)
         dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
         try:
             model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=True)
@@ -159,11 +162,38 @@ class AdapterEncoder:
             ) from None
         return cls.from_model(model, proc, name=str(path), device=str(dev), batch_size=batch_size)
 
+    @classmethod
+    def _from_qwen(cls, path, dev, dtype) -> AdapterEncoder:
+        """A Qwen2.5-VL folder: the loader's model, image processor and adapter, one image at a time (the image
+        processor sizes each image on its own)."""
+        from prunelab.models.loader import load_generation_model
+
+        gm = load_generation_model(str(path), device=str(dev), dtype=dtype)
+        parts = gm.adapter.parts
+        enc = cls(
+            gm.adapter,
+            lambda batch: gm.pixels(batch[0]),
+            batch_size=1,
+            qk_layers=(),
+            fingerprint=lambda: f"qwen2_5_vl:{path}|vit={module_fingerprint(parts.visual)}|proc={gm.pixels.key}",
+        )
+        enc.name = str(path)
+        enc.tower_text = (
+            f"the ViT of {path} (last-block patch states of each 2x2 merge group; no [CLS]: attention scores are "
+            f"the attention each patch receives in block {gm.adapter.score_layer})"
+        )
+        return enc
+
     @property
     def fingerprint(self) -> str:
         if callable(self._fingerprint):
             self._fingerprint = self._fingerprint()
         return self._fingerprint
+
+    def refusal(self, pruner) -> str | None:
+        """Why the adapter's model family cannot run ``pruner`` (its ``refusal``), or ``None``."""
+        why = getattr(self.adapter, "refusal", None)
+        return why(pruner) if why is not None else None
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The model's projector on CPU tensors ``(M, C) -> (M, D)`` (computed on the model's device)."""
@@ -174,7 +204,7 @@ class AdapterEncoder:
         for start in range(0, len(images), self.batch_size):
             pv = self.pixels(images[start : start + self.batch_size])
             enc = self.adapter.encode_images(pv, self.qk_layers)
-            for b in range(pv.shape[0]):
+            for b in range(len(pv)):  # a (B, 3, H, W) tensor, or Qwen2.5-VL's QwenImages
                 iid = ids[start + b]
                 c = self.adapter.context(enc, b, image_id=iid)
                 out.append(
@@ -182,7 +212,7 @@ class AdapterEncoder:
                         features=c.features.float().cpu(),
                         cls_attention=c.cls_attention.float().cpu(),
                         cls_attention_heads=c.cls_attention_heads.float().cpu(),
-                        cls_feature=c.cls_feature.float().cpu(),
+                        cls_feature=None if c.cls_feature is None else c.cls_feature.float().cpu(),
                         projector=self.project,
                         queries={k: v.float().cpu() for k, v in c.queries.items()},
                         keys={k: v.float().cpu() for k, v in c.keys.items()},
@@ -191,6 +221,14 @@ class AdapterEncoder:
                     )
                 )
         return out
+
+
+def _model_type(path) -> str | None:
+    try:
+        cfg = json.loads((Path(path).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg.get("model_type") if isinstance(cfg, dict) else None
 
 
 class VisionEncoder:

@@ -32,7 +32,7 @@ from prunelab.toyworld import text as tt
 EMBEDDED_MODELS = ("toyllava", "toyllava-subset")
 #: Embedded models packaged as deltas over an installed base model (assembled at load time).
 DELTA_MODELS = ("toyllava-s",)
-PROMPT_FORMATS = ("toyllava", "chatml", "llava_v1", "hf_chat")
+PROMPT_FORMATS = ("toyllava", "chatml", "llava_v1", "hf_chat", "qwen_chatml")
 #: LLaVA-1.5's POPE instruction suffix (``haotian-liu/LLaVA`` ``playground/data/eval/pope/llava_pope_test.jsonl``).
 LLAVA_SHORT_ANSWER = "Answer the question using a single word or phrase."
 
@@ -208,8 +208,11 @@ class GenerationModel:
 
     ``prompt_format``: ``"toyllava"`` (ToyLLaVA's chat template, no system prompt), ``"chatml"`` (ToyLLaVA-S:
     SmolLM2's ChatML with its system turn, as trained), ``"llava_v1"`` (Vicuna system message +
-    ``USER: <image>\\n... ASSISTANT:``) or ``"hf_chat"`` (llava-hf chat format, no system prompt).
-    ``pixels``: ``callable(PIL image) -> (1, 3, H, W)`` tensor. ``name``: what the model was loaded from.
+    ``USER: <image>\\n... ASSISTANT:``), ``"hf_chat"`` (llava-hf chat format, no system prompt) or
+    ``"qwen_chatml"`` (Qwen2.5-VL's own chat prompt, :mod:`prunelab.models.qwen_loading`).
+    ``pixels``: ``callable(PIL image) -> (1, 3, H, W)`` tensor (Qwen2.5-VL: a
+    :class:`~prunelab.models.qwen2_5_vl.QwenImages`). ``name``: what the model was loaded from. ``probe_size``: the
+    side of the blank image whose token count is :attr:`n_image_tokens`.
     """
 
     adapter: Any
@@ -217,6 +220,7 @@ class GenerationModel:
     pixels: Callable[[Any], torch.Tensor]
     name: str = "model"
     describe_prompt: str = "Please describe this image in detail."
+    probe_size: int = 32
     _fingerprint: str | None = field(default=None, repr=False)
     _n_tokens: int | None = field(default=None, repr=False)
 
@@ -231,9 +235,8 @@ class GenerationModel:
         if self._n_tokens is None:
             from PIL import Image
 
-            pv = self.pixels(Image.new("RGB", (32, 32)))
-            p = int(self.adapter.model.config.vision_config.patch_size)
-            self._n_tokens = (int(pv.shape[-2]) // p) * (int(pv.shape[-1]) // p)
+            pv = self.pixels(Image.new("RGB", (self.probe_size, self.probe_size)))
+            self._n_tokens = int(self.adapter.tokens_for(pv))
         return self._n_tokens
 
     @property
@@ -271,6 +274,10 @@ class GenerationModel:
             from prunelab.models import toyllava_s
 
             return toyllava_s.prompt_ids(tok, question)
+        if self.prompt_format == "qwen_chatml":
+            from prunelab.models import qwen_loading
+
+            return qwen_loading.prompt_ids(tok, question, self.adapter.parts.image_token_id)
         system = VICUNA_SYSTEM if self.prompt_format == "llava_v1" else None
         prompt = build_prompt(question, self.prompt_format, system)
         return tokenize_with_image(tok, prompt, self.adapter.parts.image_token_id, 1)
@@ -351,6 +358,15 @@ def _has_tower_weights(folder: Path) -> bool:
     return False
 
 
+def _model_type(folder: Path) -> str | None:
+    """``model_type`` of the folder's ``config.json`` (``None`` when unreadable: the LLaVA path reports it)."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg.get("model_type") if isinstance(cfg, dict) else None
+
+
 def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=None) -> GenerationModel:
     """Load ``model`` (see the module docstring) onto ``device`` for :func:`run_generation`.
 
@@ -366,6 +382,11 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
         gm.describe_prompt = tt.DESCRIBE_PROMPT
         return gm
     folder = check_model(model)
+    if _model_type(folder) == "qwen2_5_vl":
+        from prunelab.models import qwen_loading
+
+        adapter, pixels = qwen_loading.load_qwen(folder, dev, dtype)
+        return GenerationModel(adapter, "qwen_chatml", pixels, name=str(model), probe_size=qwen_loading.PROBE_SIZE)
     if dtype is None:
         dtype = torch.float16 if dev.type == "cuda" and model not in EMBEDDED_MODELS else torch.float32
     import transformers

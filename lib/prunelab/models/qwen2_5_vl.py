@@ -33,8 +33,10 @@ whatever was pruned. In-LLM methods (FastV, PDrop, SparseVLM, DART) refuse: thei
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,7 +49,7 @@ from prunelab.models.hooks import HookScope
 from prunelab.models.parts import expand_image_placeholder, find_image_span, llm_flops, parse_requires
 from prunelab.models.qwen_parts import QwenParts, resolve_qwen_parts
 
-__all__ = ["QwenParts", "QwenVLAdapter", "resolve_qwen_parts", "refusal", "MERGE_REDUCTIONS"]
+__all__ = ["QwenParts", "QwenImages", "QwenVLAdapter", "resolve_qwen_parts", "refusal", "MERGE_REDUCTIONS"]
 
 MERGE_REDUCTIONS = ("mean", "sum", "max")
 
@@ -66,6 +68,66 @@ def refusal(pruner: Pruner) -> str | None:
             "use a method that reads only attention / projected features"
         )
     return None
+
+
+@dataclass
+class QwenImages:
+    """What Qwen2.5-VL's image processor returns for B images, kept together: ``pixel_values`` (the flattened
+    patches of all images, concatenated) and ``image_grid_thw`` ``(B, 3)``. The study loop passes it where a LLaVA
+    model takes a ``(B, 3, H, W)`` tensor; ``len()`` is the number of images, as for that tensor."""
+
+    pixel_values: torch.Tensor
+    image_grid_thw: torch.Tensor
+
+    def __post_init__(self):
+        self.image_grid_thw = torch.as_tensor(self.image_grid_thw, dtype=torch.long).reshape(-1, 3)
+        need = int(self.image_grid_thw.prod(-1).sum())
+        if self.pixel_values.ndim != 2 or self.pixel_values.shape[0] != need:
+            raise ImageError(
+                f"pixel_values has shape {tuple(self.pixel_values.shape)} but image_grid_thw needs {need} patch rows; "
+                "pass the processor's pixel_values and image_grid_thw together"
+            )
+
+    def __len__(self) -> int:
+        return int(self.image_grid_thw.shape[0])
+
+    def split(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(pixel_values, grid_thw (3,))`` per image."""
+        sizes = [int(g.prod()) for g in self.image_grid_thw]
+        return list(zip(torch.split(self.pixel_values, sizes), self.image_grid_thw))
+
+    def __getitem__(self, idx) -> QwenImages:
+        idx = [idx] if isinstance(idx, int) else list(idx)
+        parts = self.split()
+        return QwenImages(torch.cat([parts[i][0] for i in idx]), self.image_grid_thw[idx])
+
+    def cpu(self) -> QwenImages:
+        return QwenImages(self.pixel_values.detach().cpu(), self.image_grid_thw.cpu())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.pixel_values, self.image_grid_thw))
+
+    def same_as(self, other: QwenImages) -> bool:
+        return (
+            self.pixel_values.shape == other.pixel_values.shape
+            and torch.equal(self.image_grid_thw.cpu(), other.image_grid_thw.cpu())
+            and torch.equal(self.pixel_values.detach().cpu().to(other.pixel_values.dtype), other.pixel_values.cpu())
+        )
+
+
+def as_images(images, image_grid_thw=None) -> QwenImages:
+    """``images`` as :class:`QwenImages`: one already, or a ``pixel_values`` tensor with its ``image_grid_thw``."""
+    if isinstance(images, QwenImages):
+        if image_grid_thw is not None:
+            raise ImageError("pass image_grid_thw only with a pixel_values tensor, not with QwenImages")
+        return images
+    if image_grid_thw is None:
+        raise ImageError(
+            "Qwen2.5-VL needs image_grid_thw with pixel_values; pass QwenImages(pixel_values, image_grid_thw) or "
+            "image_grid_thw=..."
+        )
+    return QwenImages(torch.as_tensor(images), image_grid_thw)
 
 
 def _rotary(q, k, cos, sin):
@@ -134,12 +196,60 @@ class QwenVLAdapter:
         if merge not in MERGE_REDUCTIONS:
             raise CapabilityError(f"merge={merge!r} is unknown; pass one of {', '.join(MERGE_REDUCTIONS)}")
         self.merge = merge
+        self._reuse: tuple[QwenImages, dict] | None = None
+
+    @staticmethod
+    def refusal(pruner: Pruner) -> str | None:
+        """Why ``pruner`` cannot run on this family (:func:`refusal`); the study loops ask before any work."""
+        return refusal(pruner)
 
     # ---------------- vision side
     def tokens_for(self, grid_thw) -> int:
-        """Merged tokens of one image of patch grid ``(t, h, w)``."""
+        """Merged tokens of one image: of patch grid ``(t, h, w)``, or of the first image of a :class:`QwenImages`."""
+        if isinstance(grid_thw, QwenImages):
+            grid_thw = grid_thw.image_grid_thw[0]
         t, h, w = (int(x) for x in torch.as_tensor(grid_thw).flatten()[:3])
         return t * (h // self.parts.merge) * (w // self.parts.merge)
+
+    @torch.no_grad()
+    def encode_images(self, images, qk_layers: Sequence[int] = ()) -> dict:
+        """:meth:`encode_image` of every image of ``images`` (:class:`QwenImages`): ``{"images": [...]}``, read by
+        :meth:`context` ``(enc, b)``. ``qk_layers`` is accepted for the study loops' sake and ignored: the ViT has
+        no [CLS] row, and the methods that read queries / keys refuse (:func:`refusal`)."""
+        images = as_images(images)
+        if self._reuse is not None and self._reuse[0].same_as(images):
+            return self._reuse[1]
+        return {"images": [self._encoded(pv, g) for pv, g in images.split()]}
+
+    def encode_timed(self, images, qk_layers: Sequence[int] = ()) -> tuple[dict, float]:
+        """:meth:`encode_images` and the seconds per image."""
+        images = as_images(images)
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        enc = self.encode_images(images, qk_layers)
+        synchronize(self.device)
+        return enc, (time.perf_counter() - t0) / len(images)
+
+    @contextlib.contextmanager
+    def reuse_encoding(self, images, enc: dict):
+        """Within the block, encoding ``images`` (all of them, or one of them inside :meth:`run`) returns ``enc``
+        (an earlier :meth:`encode_images` output for them) instead of running the ViT again."""
+        prev = self._reuse
+        self._reuse = (as_images(images).cpu(), enc)
+        try:
+            yield
+        finally:
+            self._reuse = prev
+
+    def _encoded(self, pv: torch.Tensor, grid) -> dict:
+        """One image's :meth:`encode_image`, from :meth:`reuse_encoding`'s output when it holds this image."""
+        if self._reuse is not None:
+            ref, enc = self._reuse
+            one = QwenImages(pv, grid)
+            for b in range(len(ref)):
+                if ref[b].same_as(one):
+                    return enc["images"][b]
+        return self.encode_image(pv, grid)
 
     def _window_index(self, grid_thw: torch.Tensor) -> torch.Tensor:
         from transformers.vision_utils import get_vision_window_index
@@ -196,7 +306,13 @@ class QwenVLAdapter:
         with torch.no_grad():
             return m(x.to(w.device, w.dtype).reshape(-1, c)).float()
 
-    def context(self, enc: dict, text_embeds=None, erank_stats=None, image_id=None) -> VisualContext:
+    _project = project  # the name prunelab.models.encoders.AdapterEncoder calls on any adapter
+
+    def context(self, enc: dict, b: int = 0, text_embeds=None, erank_stats=None, image_id=None) -> VisualContext:
+        """The :class:`VisualContext` of image ``b`` of an :meth:`encode_images` output (or of one
+        :meth:`encode_image` output): no ``cls_feature``, no queries / keys."""
+        if "images" in enc:
+            enc = enc["images"][b]
         heads = enc["scores_heads"].float()
         return VisualContext(
             features=enc["features"],
@@ -232,23 +348,26 @@ class QwenVLAdapter:
     def run(
         self,
         input_ids,
-        pixel_values: torch.Tensor,
-        image_grid_thw: torch.Tensor,
+        images,
         method: str | Pruner | None = None,
         budget: int | None = None,
         *,
+        image_grid_thw: torch.Tensor | None = None,
         method_params: dict | None = None,
         max_new_tokens: int = 32,
         output_logits: bool = False,
         erank_stats: dict | None = None,
         image_ids: Sequence[str] | None = None,
         eos_token_id: int | None = None,
+        batch_size: int = 1,
+        progress: bool = False,
     ):
         """Greedy generation per (prompt ids, image) under ``method`` at budget ``T``.
 
         ``input_ids``: ``(B, L)`` or a list of 1-D tensors, each with one ``<|image_pad|>`` id or the full run of N;
-        ``pixel_values``: the processor's flattened patches of the B images, concatenated; ``image_grid_thw``
-        ``(B, 3)``. Returns :class:`~prunelab.models.adapter.RunOutput`; records as
+        ``images``: a :class:`QwenImages` of the B images, or the processor's ``pixel_values`` (flattened patches,
+        concatenated) with ``image_grid_thw=`` ``(B, 3)``. The signature is :meth:`LlavaAdapter.run`'s, so the study
+        loop calls both alike; ``batch_size`` and ``progress`` are accepted and ignored (batch 1). Returns :class:`~prunelab.models.adapter.RunOutput`; records as
         :meth:`~prunelab.models.adapter.LlavaAdapter.run` (``positions`` is ``"mrope_gathered"``) plus
         ``position_ids`` (the ``(3, L')`` positions the prefill used)."""
         from prunelab.models.adapter import RunOutput
@@ -257,21 +376,15 @@ class QwenVLAdapter:
         rows = [
             torch.as_tensor(r, dtype=torch.long) for r in (list(input_ids) if torch.is_tensor(input_ids) else input_ids)
         ]
-        grids = torch.as_tensor(image_grid_thw, dtype=torch.long).reshape(-1, 3)
-        if grids.shape[0] != len(rows):
-            raise ImageError(f"{len(rows)} prompts but {grids.shape[0]} image grids; pass one image per prompt")
-        sizes = [int(g.prod()) for g in grids]
-        if sum(sizes) != pixel_values.shape[0]:
-            raise ImageError(
-                f"pixel_values has {pixel_values.shape[0]} patch rows but image_grid_thw needs {sum(sizes)}; "
-                "pass the processor's pixel_values and image_grid_thw together"
-            )
+        images = as_images(images, image_grid_thw)
+        if len(images) != len(rows):
+            raise ImageError(f"{len(rows)} prompts but {len(images)} images; pass one image per prompt")
         _, needs_text = parse_requires(pruner.requires if pruner is not None else ())
         eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
         seqs, recs, logits = [], [], []
-        for b, (row, pv) in enumerate(zip(rows, torch.split(pixel_values, sizes))):
+        for b, (row, (pv, grid)) in enumerate(zip(rows, images.split())):
             iid = None if image_ids is None else str(image_ids[b])
-            emb, pos, rec = self._prepare(row, pv, grids[b], pruner, budget, needs_text, erank_stats, iid)
+            emb, pos, rec = self._prepare(row, pv, grid, pruner, budget, needs_text, erank_stats, iid)
             rec["sample"] = b
             seq, lg, timing = self._generate(emb, pos, max_new_tokens, eos, output_logits)
             rec.update(timing, n_generated=len(seq), batch_size=1)
@@ -288,6 +401,45 @@ class QwenVLAdapter:
                 r["text"] = t
         return RunOutput(seqs, recs, texts, logits if output_logits else None)
 
+    @torch.no_grad()
+    def run_shared_image(
+        self,
+        input_ids,
+        images,
+        method: str | Pruner | None = None,
+        budget: int | None = None,
+        *,
+        method_params: dict | None = None,
+        max_new_tokens: int = 32,
+        batch_size: int = 32,
+        erank_stats: dict | None = None,
+        image_id: str | None = None,
+        eos_token_id: int | None = None,
+        prefix_cache: bool = False,
+    ):
+        """Several prompts about **one** image (POPE), :meth:`LlavaAdapter.run_shared_image`'s signature. Fallback:
+        each prompt runs through :meth:`run` with batch 1 (``batch_size`` and ``prefix_cache`` are ignored; a
+        batched decode would need left-padded 3-D M-RoPE positions). The ViT runs once when the caller holds
+        :meth:`reuse_encoding`, as the study loop does; the selection is made per prompt (``shared_selection``
+        False), which gives the same kept set for an image-only method."""
+        from prunelab.models.adapter import RunOutput
+
+        images = as_images(images)
+        if len(images) != 1:
+            raise ImageError(f"run_shared_image takes one image, got {len(images)}; use run() for several")
+        rows = list(input_ids) if torch.is_tensor(input_ids) else list(input_ids)
+        kw = dict(
+            method_params=method_params,
+            max_new_tokens=max_new_tokens,
+            erank_stats=erank_stats,
+            image_ids=None if image_id is None else [image_id],
+            eos_token_id=eos_token_id,
+        )
+        outs = [self.run([r], images, method, budget, **kw) for r in rows]
+        recs = [dict(o.records[0], sample=i, shared_selection=False) for i, o in enumerate(outs)]
+        texts = None if self.tokenizer is None else [o.texts[0] for o in outs]
+        return RunOutput([o.sequences[0] for o in outs], recs, texts)
+
     def _prepare(self, row, pv, grid, pruner, budget, needs_text, erank_stats, image_id):
         """``(inputs_embeds (L', D), position_ids (3, L'), record)`` of one prompt."""
         p = self.parts
@@ -298,7 +450,7 @@ class QwenVLAdapter:
             budget = check_budget(budget, n_img)
         synchronize(self.device)
         t0 = time.perf_counter()
-        enc = self.encode_image(pv, grid)
+        enc = self._encoded(pv, grid)
         synchronize(self.device)
         vision_s = time.perf_counter() - t0
         ids = expand_image_placeholder(row, p.image_token_id, n_img).to(self.device)

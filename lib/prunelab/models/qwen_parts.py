@@ -30,6 +30,12 @@ class QwenParts:
         return self.visual.blocks
 
     @property
+    def vision_tower(self) -> nn.Module:
+        """The ViT, for code that counts or moves LLaVA's ``vision_tower``; it holds the merger (the projector),
+        which is a submodule of ``model.visual`` and cannot be split off."""
+        return self.visual
+
+    @property
     def merger(self) -> nn.Module:
         return self.visual.merger
 

@@ -97,6 +97,7 @@ from prunelab.study.runner import (
     RUN_COLUMNS,
     MethodSpec,
     _items_of,
+    check_family,
     check_unique_labels,
     erank_stats_from,
     image_stats,
@@ -126,6 +127,7 @@ _CODE_FILES = (
     "models/hooks.py",
     "models/prompts.py",
     "models/toyllava.py",
+    "models/qwen*.py",
 )
 
 #: Columns of every row, both tasks (POPE rows add :data:`POPE_QUESTION_COLUMNS`).
@@ -333,7 +335,9 @@ def _nbytes(obj) -> int:
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
         return sum(_nbytes(v) for v in obj.values())
-    return 0
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return int(getattr(obj, "nbytes", 0))  # e.g. QwenImages
 
 
 def _qk_layers_for(specs: list[MethodSpec], adapter) -> tuple[int, ...]:
@@ -440,6 +444,7 @@ def run_generation(
     budgets = [check_budget(b, n_img) for b in budgets]
     set_name, items = _items_of(image_set, n, seed)
     adapter = gm.adapter
+    check_family(getattr(adapter, "refusal", None), specs)  # before any image is encoded
     dev = adapter.device
     dtype = next(adapter.model.parameters()).dtype
     eos = getattr(gm.tokenizer, "eos_token_id", None)
@@ -503,7 +508,7 @@ def run_generation(
         nonlocal kept_bytes
         (it,) = batch
         pv, enc, secs = encode(it)
-        size = _nbytes(enc) + pv.numel() * pv.element_size()
+        size = _nbytes(enc) + _nbytes(pv)
         if kept_bytes + size <= KEEP_ENCODINGS_BYTES:
             kept_bytes += size
             encodings[it.id] = (pv, enc, secs)

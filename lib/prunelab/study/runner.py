@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 
 from prunelab.device import cpu_threads
-from prunelab.errors import PrunelabError, UnknownNameError, check_budget
+from prunelab.errors import CapabilityError, PrunelabError, UnknownNameError, check_budget
 from prunelab.eval.metrics import attention_entropy, erank
 from prunelab.methods import FAMILY_ORDER, available_methods
 from prunelab.methods.adaptive import erank_summary
@@ -95,6 +95,7 @@ _CODE_FILES = (
     "models/tower.py",
     "methods/*.py",
     "models/dinov2.py",
+    "models/qwen*.py",
 )
 
 
@@ -167,6 +168,17 @@ def check_unique_labels(specs: list) -> list:
             f"method label(s) {', '.join(dup)} given twice; drop the duplicate or pass distinct labels"
         )
     return specs
+
+
+def check_family(refusal, specs) -> None:
+    """Refuse up front, in one line naming the method, a method the model family cannot run: ``refusal`` is the
+    adapter's (or encoder's) ``refusal(pruner) -> str | None`` (Qwen2.5-VL has one; ``None``: every method runs)."""
+    if refusal is None:
+        return
+    for s in specs:
+        why = refusal(s.pruner) if s.pruner is not None else None
+        if why:
+            raise CapabilityError(f"{s.label} cannot run on this model: {why}")
 
 
 def _constructible(pruner: Pruner) -> bool:
@@ -401,6 +413,7 @@ def run_vision(
     set_name, items = _items_of(image_set, n, seed)
     shard, device = sharding(shard, device)  # this rank's images and GPU
     encoder = encoder if encoder is not None else VisionEncoder(device=device, batch_size=batch_size)
+    check_family(getattr(encoder, "refusal", None), specs)
     enc_fp = getattr(encoder, "fingerprint", None) or f"{type(encoder).__module__}.{type(encoder).__qualname__}"
     cache = RunCache(cache_dir, "runs", _CODE_FILES, CACHE_FORMAT, refresh)
     check_cache(shard, cache)

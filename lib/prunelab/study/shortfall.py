@@ -176,7 +176,8 @@ def encoder_for(
         proj = f"{model}'s trained projector" if projector is not None else None
     else:
         enc = AdapterEncoder.from_pretrained(model_path or model, device=device, batch_size=batch_size)
-        tower, proj = f"the vision tower of {model} (layer -2 patch features)", f"{model}'s projector"
+        tower = getattr(enc, "tower_text", None) or f"the vision tower of {model} (layer -2 patch features)"
+        proj = f"{model}'s projector"
     projected = proj is not None
     return enc, {
         "model": model,
