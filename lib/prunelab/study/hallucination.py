@@ -176,8 +176,36 @@ def _pair_checks(
     for a in left:
         for b in right:
             for r in paired_chair(df, a, b, metric, n_boot=n_boot, ci=ci, seed=seed).itertuples(index=False):
-                out.append(check(f"{a} − {b}, T={int(r.budget)}", r.diff, op, 0.0, ci=(r.ci_low, r.ci_high)))
+                pe = paper_chair_value(a, metric, r.budget) - paper_chair_value(b, metric, r.budget)
+                out.append(
+                    check(
+                        f"{a} − {b}, T={int(r.budget)}",
+                        r.diff,
+                        op,
+                        0.0,
+                        ci=(r.ci_low, r.ci_high),
+                        n=r.n,
+                        paper_effect=pe,
+                    )
+                )
     return out
+
+
+def paper_chair_value(label: str, metric: str, budget: int) -> float:
+    """The paper's CHAIR ``metric`` for one of our labels at ``budget`` (NaN where the paper has no such row). Only
+    the labels of :data:`PAPER_CHAIR_LABELS` map (parameters dropped): our adaptive-count PruMerge+ is not the
+    paper's fixed-budget row."""
+    if base_label(label) not in PAPER_CHAIR_LABELS:
+        return math.nan
+    res = paper_results()
+    sel = res[
+        (res["table"] == "chair")
+        & (res["model"] == PAPER_MODEL)
+        & (res["method"] == paper_name(label))
+        & (res["metric"] == metric)
+        & (res["visual_tokens"] == int(budget))
+    ]
+    return float(sel["value"].iloc[0]) if len(sel) == 1 else math.nan
 
 
 def finding2_claims(
@@ -493,6 +521,7 @@ def caption_explorer(
 
 __all__ = [
     "PAPER_CHAIR_LABELS",
+    "paper_chair_value",
     "METRICS",
     "paper_chair",
     "chair_layout",
