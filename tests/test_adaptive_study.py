@@ -248,11 +248,16 @@ def test_claims_replicate_when_the_data_say_so():
     from prunelab.study.verdict import verdict_table
 
     pope, desc, vis = _all()
-    t = verdict_table(A.finding4_claims(pope, desc, vis, methods=METHODS, bases=BASES, taus=TAUS, n_boot=400))
+    claims = A.finding4_claims(pope, desc, vis, methods=METHODS, bases=BASES, taus=TAUS, n_boot=400)
+    t = verdict_table(claims)
     assert len(t) == 6 and (t["outcome"].iloc[:5] == "replicates").all(), t[["claim", "outcome", "this run"]]
     # the τ claim follows from the method's definition: a setup check, last, not counted
     assert t["outcome"].iloc[5] == "setup check: replicates" and t["claim"].iloc[5].startswith("The threshold τ")
     assert "not counted" in t["rule"].iloc[5]
+    hal = {k.condition: k for k in claims[4].checks}
+    # the paper's CHAIR_i at T=64: AgilePruner 15.9, DivPrune 18.0
+    assert hal["CHAIR_i: AgilePruner − DivPrune, T=64"].paper_effect == pytest.approx(-2.1)
+    assert all(k.n == 30 for k in claims[0].checks + claims[4].checks)  # images behind each paired difference
     assert "86.8" in t["paper"].iloc[0] and "87.4" in t["paper"].iloc[2]
 
 

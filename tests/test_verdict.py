@@ -208,6 +208,14 @@ def test_paper_values_from_committed_file():
     assert V.paper_value("chair", "DivPrune", "CHAIR_s", visual_tokens=64) == pytest.approx(57.4)
 
 
+def test_paper_metric_maps_our_labels():
+    assert V.paper_metric("chair", "FPS", "CHAIR_s", 64) == 58.6  # FPSPruner in the paper
+    assert V.paper_metric("chair", "DivPrune(features=vision)", "CHAIR_s", 64) == 57.4
+    assert math.isnan(V.paper_metric("chair", "DivPrune", "CHAIR_s", 192))  # no such budget in the paper
+    assert math.isnan(V.paper_metric("chair", "FPS", "CHAIR_s", 64, only=["DivPrune"]))
+    assert math.isnan(V.paper_metric("chair", "NoSuchMethod", "CHAIR_s", 64))
+
+
 def test_paper_results_missing_file(tmp_path):
     from prunelab.errors import UnknownNameError
 

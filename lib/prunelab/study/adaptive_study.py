@@ -35,7 +35,7 @@ from prunelab.errors import UnknownNameError
 from prunelab.methods import paper_name
 from prunelab.study.paired import compare, metric_table
 from prunelab.study.plots import figure_legend
-from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_metric, paper_results, paper_value
 
 VARIANTS = ("fixed", "+erank", "+inverse")
 #: The fixed methods whose paper POPE numbers the chapter sets against AgilePruner's (our labels; :func:`paper_beaters`).
@@ -411,7 +411,6 @@ def finding4_claims(
     the hybrids; ``taus``: the sweep. Every comparison is paired on the same images with a seeded bootstrap CI at
     level ``ci``; a check passes only if the whole interval lies on the claimed side of 0.
     """
-    from prunelab.study.hallucination import paper_chair_value
     from prunelab.study.scoring import paired_chair
 
     pct = f"{100 * ci:.0f}%"
@@ -537,7 +536,7 @@ def finding4_claims(
                 for r in paired_chair(describe, AGILE, other, metric, n_boot=n_boot, ci=ci, seed=seed).itertuples(
                     index=False
                 ):
-                    pe = paper_chair_value(AGILE, metric, r.budget) - paper_chair_value(other, metric, r.budget)
+                    pe = paper_metric("chair", AGILE, metric, r.budget) - paper_metric("chair", other, metric, r.budget)
                     cond = f"{metric}: AgilePruner − {other}, T={int(r.budget)}"
                     hal.append(check(cond, r.diff, op, 0.0, ci=(r.ci_low, r.ci_high), n=r.n, paper_effect=pe))
 

@@ -41,7 +41,7 @@ from prunelab.study.plots import (
     overlay_png,
 )
 from prunelab.study.scoring import highlight_caption, paired_chair
-from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_metric, paper_results, paper_value
 from prunelab.study.widgets import linked_views
 
 #: Our labels for the rows of the paper's CHAIR table, in its order (PruMerge+ at the paper's fixed budgets is
@@ -195,17 +195,7 @@ def paper_chair_value(label: str, metric: str, budget: int) -> float:
     """The paper's CHAIR ``metric`` for one of our labels at ``budget`` (NaN where the paper has no such row). Only
     the labels of :data:`PAPER_CHAIR_LABELS` map (parameters dropped): our adaptive-count PruMerge+ is not the
     paper's fixed-budget row."""
-    if base_label(label) not in PAPER_CHAIR_LABELS:
-        return math.nan
-    res = paper_results()
-    sel = res[
-        (res["table"] == "chair")
-        & (res["model"] == PAPER_MODEL)
-        & (res["method"] == paper_name(label))
-        & (res["metric"] == metric)
-        & (res["visual_tokens"] == int(budget))
-    ]
-    return float(sel["value"].iloc[0]) if len(sel) == 1 else math.nan
+    return paper_metric("chair", label, metric, budget, only=PAPER_CHAIR_LABELS, model=PAPER_MODEL)
 
 
 def finding2_claims(

@@ -84,6 +84,16 @@ CHECK_OUTCOMES = (REPLICATES, SAME, OPPOSITE, CONTRADICTS, NOT_TESTABLE)
 OUTCOMES = (REPLICATES, SAME, OPPOSITE, CONTRADICTS, MIXED, NOT_TESTABLE)
 #: The outcome cell of a setup check (a claim that holds by construction) starts with this.
 SETUP_PREFIX = "setup check: "
+#: What each outcome means, in a few words (for legends: :func:`outcome_legend`).
+OUTCOME_MEANINGS = {
+    REPLICATES: "the whole CI lies on the claimed side",
+    SAME: "the effect points the claimed way but the CI crosses the threshold; *n to resolve* gives the images "
+    "that would settle it at the observed effect",
+    OPPOSITE: "the effect points the other way, the CI crosses the threshold",
+    CONTRADICTS: "the whole CI lies on the other side",
+    MIXED: "some conditions go for the claim, some against it",
+    NOT_TESTABLE: "this run measured nothing the rule needs",
+}
 _UNRESOLVED = (SAME, OPPOSITE)
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 VERDICT_COLUMNS = ["claim", "paper", "this run", "outcome", "n to resolve", "checks", "rule"]
@@ -377,7 +387,8 @@ def checks_table(claims: Sequence[Claim]) -> pd.DataFrame:
                     "setup check": c.by_construction,
                 }
             )
-    return pd.DataFrame(rows, columns=CHECK_COLUMNS)
+    out = pd.DataFrame(rows, columns=CHECK_COLUMNS)
+    return out.astype({"n": "Int64", "n to resolve": "Int64"})  # counts stay integers beside missing ones
 
 
 OUTCOME_COLOURS = {
@@ -410,6 +421,16 @@ def style_verdict(table: pd.DataFrame):
         .set_properties(**{"text-align": "left", "white-space": "normal", "vertical-align": "top"})
         .set_properties(subset=short, **{"min-width": "7em"})
         .set_properties(subset=[c for c in ("rule", "paper", "this run") if c in table], **{"min-width": "14em"})
+    )
+
+
+def outcome_legend() -> str:
+    """The outcomes and their meanings as one Markdown sentence (the book's "paper vs this study" page)."""
+    parts = [f"**{o}** ({OUTCOME_MEANINGS[o]})" for o in OUTCOMES]
+    return (
+        "; ".join(parts)
+        + ". A claim that holds by construction of this study's data or methods is shown as a *setup check* and "
+        "not counted."
     )
 
 
@@ -469,7 +490,37 @@ def paper_value(
     return float(hits["value"].iloc[0])
 
 
+def paper_metric(
+    table: str,
+    label: str,
+    metric: str,
+    budget: int,
+    *,
+    only: Iterable[str] | None = None,
+    model: str = "llava-1.5-7b",
+    results: pd.DataFrame | None = None,
+) -> float:
+    """The paper's ``metric`` for one of *our* method labels (mapped by :func:`prunelab.methods.paper_name`) at
+    ``budget``, or NaN where the paper has no single such row -- for computing the paper's effect beside ours.
+    ``only``: the labels (without parameters) allowed to map, e.g. to keep an adaptive-count method off the
+    paper's fixed-budget row."""
+    from prunelab.methods import base_label, paper_name
+
+    if only is not None and base_label(label) not in set(only):
+        return math.nan
+    df = paper_results() if results is None else results
+    sel = df[
+        (df["table"] == table)
+        & (df["model"] == model)
+        & (df["method"] == paper_name(label))
+        & (df["metric"] == metric)
+        & (df["visual_tokens"] == int(budget))
+    ]
+    return float(sel["value"].iloc[0]) if len(sel) == 1 else math.nan
+
+
 __all__ = [
+    "paper_metric",
     "VERDICT_GLUE",
     "OUTCOMES",
     "VERDICT_COLUMNS",
@@ -492,6 +543,8 @@ __all__ = [
     "checks_table",
     "style_verdict",
     "summary_line",
+    "outcome_legend",
+    "OUTCOME_MEANINGS",
     "paper_results",
     "paper_value",
 ]
