@@ -248,8 +248,16 @@ def test_claims_replicate_when_the_data_say_so():
     from prunelab.study.verdict import verdict_table
 
     pope, desc, vis = _all()
-    t = verdict_table(A.finding4_claims(pope, desc, vis, methods=METHODS, bases=BASES, taus=TAUS, n_boot=400))
-    assert len(t) == 6 and (t["outcome"] == "replicates").all(), t[["claim", "outcome", "this run"]]
+    claims = A.finding4_claims(pope, desc, vis, methods=METHODS, bases=BASES, taus=TAUS, n_boot=400)
+    t = verdict_table(claims)
+    assert len(t) == 6 and (t["outcome"].iloc[:5] == "replicates").all(), t[["claim", "outcome", "this run"]]
+    # the τ claim follows from the method's definition: a setup check, last, not counted
+    assert t["outcome"].iloc[5] == "setup check: replicates" and t["claim"].iloc[5].startswith("The threshold τ")
+    assert "not counted" in t["rule"].iloc[5]
+    hal = {k.condition: k for k in claims[4].checks}
+    # the paper's CHAIR_i at T=64: AgilePruner 15.9, DivPrune 18.0
+    assert hal["CHAIR_i: AgilePruner − DivPrune, T=64"].paper_effect == pytest.approx(-2.1)
+    assert all(k.n == 30 for k in claims[0].checks + claims[4].checks)  # images behind each paired difference
     assert "86.8" in t["paper"].iloc[0] and "87.4" in t["paper"].iloc[2]
 
 
@@ -258,7 +266,9 @@ def test_claims_fail_when_the_data_say_so():
 
     pope, desc, vis = _all(reverse=True)
     t = verdict_table(A.finding4_claims(pope, desc, vis, methods=METHODS, bases=BASES, taus=TAUS, n_boot=400))
-    assert (t["outcome"] == "does not").all(), t[["claim", "outcome", "this run"]]
+    assert not t["outcome"].str.contains("replicates").any(), t[["claim", "outcome", "this run"]]
+    assert (t["outcome"].iloc[[0, 1, 3, 4]] == "contradicts").all(), t[["claim", "outcome", "this run"]]
+    assert t["outcome"].iloc[5] == "setup check: contradicts"
 
 
 def test_claims_without_the_needed_methods_are_not_tested():
@@ -270,7 +280,8 @@ def test_claims_without_the_needed_methods_are_not_tested():
         A.finding4_claims(pope, None, None, methods=["FasterVLM", "DivPrune"], bases=["BAT"], taus=[0, 0.1], n_boot=200)
     )
     assert t["outcome"].tolist()[:2] == ["replicates", "replicates"]
-    assert (t["outcome"].iloc[2:] == "not tested").all()
+    assert (t["outcome"].iloc[2:5] == "not testable here").all()
+    assert t["outcome"].iloc[5] == "setup check: not testable here"
 
 
 def test_figures_draw():

@@ -223,6 +223,9 @@ def test_claims_replicate_when_the_data_say_so():
     )
     t = verdict_table(claims)
     assert len(t) == 7 and (t["outcome"] == "replicates").all(), t[["claim", "outcome", "this run"]]
+    assert claims[0].checks[0].n == 24 and claims[2].checks[0].n == 12  # all images; the simple ones
+    assert [c.n for c in claims[4].checks] == [24, 24]  # the interaction uses both splits
+    assert not any(c.by_construction for c in claims)  # no image_set column: labels not known to be generated
 
 
 def test_claims_fail_when_the_data_say_so():
@@ -238,7 +241,34 @@ def test_claims_fail_when_the_data_say_so():
     )
     t = verdict_table(claims).set_index("claim")
     assert (t["outcome"].iloc[:2] == "replicates").all()  # the images themselves did not change
-    assert (t["outcome"].iloc[2:] == "does not").all(), t["outcome"]
+    assert (t["outcome"].iloc[2:5] == "contradicts").all(), t["outcome"]  # the three POPE rows, resolved against
+    assert not (t["outcome"].iloc[2:] == "replicates").any(), t["outcome"]
+
+
+def test_toy_labels_make_the_measure_claims_setup_checks():
+    from prunelab.study.verdict import summary_line, verdict_table
+
+    img = _img(16)
+    sp = C.assign_split(img)
+    pope = C.add_split(_pope(img), sp).assign(image_set="toyworld:test")
+    lab = img.assign(split=img["image_id"].map(sp))
+    claims = C.finding3_claims(pope, None, lab, n_boot=200)
+    assert [c.by_construction for c in claims] == [True, True, False, False, False]
+    assert claims[0].reason == C.TOY_LEVELS_REASON
+    assert summary_line(claims) == "3 of 3 claims replicate; not counted: 2 setup checks (all hold)"
+    t = verdict_table(claims)
+    assert t["outcome"].tolist() == ["replicates"] * 3 + ["setup check: replicates"] * 2
+    assert t["claim"].iloc[3].startswith("Complex images have more spread-out")
+    # the photos' hand labels are a real test; a median split never is a generated label
+    assert not any(c.by_construction for c in C.finding3_claims(pope.assign(image_set="photos"), None, lab, n_boot=50))
+    assert not any(
+        c.by_construction
+        for c in C.finding3_claims(pope, None, lab, split_by="erank", constructed_labels=True, n_boot=50)
+    )
+    assert C.labels_by_construction("label", pope, None) is True
+    assert C.labels_by_construction("label", pope, pope.assign(image_set="photos")) is False
+    assert C.labels_by_construction("entropy", pope) is False
+    assert C.labels_by_construction("label", pope.drop(columns="image_set")) is False
 
 
 def test_measure_that_defines_the_split_is_not_tested():
@@ -250,7 +280,8 @@ def test_measure_that_defines_the_split_is_not_tested():
         C.add_split(_pope(img), sp), None, img.assign(split=img["image_id"].map(sp)), split_by="erank", n_boot=200
     )
     t = verdict_table(claims)
-    assert len(t) == 5 and t["outcome"].iloc[1] == "not tested" and "median split" in t["rule"].iloc[1]
+    assert len(t) == 5 and t["outcome"].iloc[1] == "not testable here" and "median split" in t["rule"].iloc[1]
+    assert not any(c.by_construction for c in claims)  # a median split is not a generated label
     assert t["outcome"].iloc[0] == "replicates"
 
 

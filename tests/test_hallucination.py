@@ -128,8 +128,20 @@ def test_claims_replicate_when_the_data_say_so():
     t = verdict_table(claims)
     assert len(t) == 5
     assert list(t["outcome"]) == ["replicates"] * 5, t[["claim", "this run", "outcome"]].to_string()
-    assert t["checks passed"].iloc[0] == "8/8"  # 2 diversity x 2 attention x 2 budgets
+    assert t["checks"].iloc[0] == "8/8 replicate"  # 2 diversity x 2 attention x 2 budgets
+    assert (t["n to resolve"] == "").all()  # every claim resolved
+    # the paper's effect on the same scale beside ours: DivPrune − FasterVLM CHAIR_s at T=64 is 57.4 − 45.4
+    k = next(k for k in claims[0].checks if k.condition == "DivPrune − FasterVLM, T=64")
+    assert k.paper_effect == 12.0 and k.n == 40
+    assert "DivPrune − FasterVLM, T=64: " in t["this run"].iloc[0] and ", paper +12.0" in t["this run"].iloc[0]
     assert "DivPrune 57.4" in t["paper"].iloc[0] and "FasterVLM 45.4" in t["paper"].iloc[0]
+
+
+def test_paper_chair_value_maps_labels():
+    assert H.paper_chair_value("PruMerge+fixed", "CHAIR_s", 64) == 45.2
+    assert H.paper_chair_value("FPS", "CHAIR_i", 64) == 18.6  # FPSPruner in the paper
+    assert math.isnan(H.paper_chair_value("PruMerge+", "CHAIR_s", 64))  # adaptive count: not the paper's row
+    assert math.isnan(H.paper_chair_value("DivPrune", "CHAIR_s", 192))  # the paper has no T=192
 
 
 def test_claims_fail_when_the_data_go_the_other_way():
@@ -137,16 +149,16 @@ def test_claims_fail_when_the_data_go_the_other_way():
 
     t = verdict_table(H.finding2_claims(_synth(reverse=True), n_boot=400)).set_index("claim")
     for c in t.index[:3]:
-        assert t.loc[c, "outcome"] == "does not", c
+        assert t.loc[c, "outcome"] == "contradicts", c
     # the erank <-> hallucination link now runs backwards too
-    assert t.iloc[3]["outcome"] == "does not"
+    assert t.iloc[3]["outcome"] == "contradicts"
 
 
 def test_claims_without_a_family_are_not_tested():
     df = _synth(n_img=6)
     df = df[df["family"] != "diversity"]
     claims = H.finding2_claims(df, n_boot=50)
-    assert [c.outcome for c in claims[:3]] == ["not tested"] * 3
+    assert [c.outcome for c in claims[:3]] == ["not testable here"] * 3
     assert all("AgilePruner" not in c.claim for c in claims)  # no diversity method to compare with
 
 

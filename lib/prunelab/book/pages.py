@@ -23,7 +23,7 @@ from pathlib import Path
 
 from prunelab.eval.textproc import auto_path
 from prunelab.paths import REPO_ROOT, atomic_write
-from prunelab.study.verdict import VERDICT_GLUE
+from prunelab.study.verdict import VERDICT_GLUE, outcome_legend
 
 OUT_DIR = REPO_ROOT / "book" / "generated"
 BUILD_DIR = REPO_ROOT / "_build"
@@ -151,9 +151,12 @@ def paper_page(build_dir: Path = BUILD_DIR) -> str:
         "# Paper vs this study",
         "",
         "Each finding chapter ends with a verdict table computed from its run: the paper's number or direction, "
-        "this run's number, the rule, and the outcome (*replicates*, *partly*, *does not*, *not tested*). They "
-        "are collected here. The paper's numbers are a reference column only: they were measured on "
-        "LLaVA-1.5-7B with CLIP and COCO, ours on the models and images named in each chapter.",
+        "this run's effects with their 95% CIs (each beside the paper's effect on the same scale where the paper "
+        "gives one), the outcome, the images that would resolve an open claim (assuming the CI shrinks as "
+        "1/√n), and the rule. They are collected here. The paper's numbers are a reference column only: they "
+        "were measured on LLaVA-1.5-7B with CLIP and COCO, ours on the models and images named in each chapter.",
+        "",
+        "Outcomes: " + outcome_legend(),
         "",
     ]
     found = 0

@@ -35,7 +35,7 @@ from prunelab.errors import UnknownNameError
 from prunelab.methods import paper_name
 from prunelab.study.paired import compare, metric_table
 from prunelab.study.plots import figure_legend
-from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_metric, paper_results, paper_value
 
 VARIANTS = ("fixed", "+erank", "+inverse")
 #: The fixed methods whose paper POPE numbers the chapter sets against AgilePruner's (our labels; :func:`paper_beaters`).
@@ -194,8 +194,8 @@ def enhancement_table(
     """The paper's enhancement layout: rows ``(base, variant)``, per budget this run's POPE accuracy (with its
     bootstrap CI over images), its difference from the fixed version (paired), and the paper's POPE and Rel%
     (relative to the unpruned model over GQA, SQA-IMG, POPE and MME). Long format: ``base, variant, method,
-    budget, accuracy, accuracy_low, accuracy_high, diff_vs_fixed, diff_low, diff_high, paper_POPE,
-    paper_diff_vs_fixed, paper_Rel%``."""
+    budget, accuracy, accuracy_low, accuracy_high, diff_vs_fixed, diff_low, diff_high, n_pairs (images behind
+    the difference), paper_POPE, paper_diff_vs_fixed, paper_Rel%``."""
     grid = hybrid_grid(bases)
     present = grid[grid["method"].isin(set(pope["method"]))]
     acc = metric_table(
@@ -216,7 +216,7 @@ def enhancement_table(
             if a.empty:
                 continue
             a = a.iloc[0]
-            d = {"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+            d = {"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": math.nan}
             if r.variant != "fixed" and (pope["method"] == fixed).any():
                 c = compare(
                     pope[pope["budget"] == b],
@@ -229,7 +229,7 @@ def enhancement_table(
                     seed=seed,
                 )
                 if len(c):
-                    d = c.iloc[0][["diff", "ci_low", "ci_high"]].to_dict()
+                    d = c.iloc[0][["diff", "ci_low", "ci_high", "n"]].to_dict()
             p = paper.loc[(r.base, r.variant, b)] if (r.base, r.variant, b) in paper.index else None
             pf = paper.loc[(r.base, "fixed", b)] if (r.base, "fixed", b) in paper.index else None
             p_pope = float(p["POPE"]) if p is not None else math.nan
@@ -246,6 +246,7 @@ def enhancement_table(
                     "diff_vs_fixed": d["diff"],
                     "diff_low": d["ci_low"],
                     "diff_high": d["ci_high"],
+                    "n_pairs": d["n"],
                     "paper_POPE": p_pope,
                     "paper_diff_vs_fixed": p_diff,
                     "paper_Rel%": float(p["Rel%"]) if p is not None else math.nan,
@@ -385,6 +386,13 @@ def _fmt(v: float, f: str = "{:.1f}") -> str:
     return f.format(v) if math.isfinite(v) else "n/a"
 
 
+#: Why the τ claim is a setup check (:func:`finding4_claims`).
+TAU_REASON = (
+    "By the method's definition τ_max = 0 is attention top-k and a larger τ_max removes the remaining candidates "
+    "closest to each kept token, so the kept set spreads out in feature space as τ_max grows."
+)
+
+
 def finding4_claims(
     pope: pd.DataFrame,
     describe: pd.DataFrame | None,
@@ -427,9 +435,9 @@ def finding4_claims(
 
     enh = []
     for r in table[table["variant"] == "+erank"].itertuples(index=False) if len(table) else []:
-        enh.append(
-            check(f"{r.method} − {r.base}, T={int(r.budget)}", r.diff_vs_fixed, ">", 0.0, ci=(r.diff_low, r.diff_high))
-        )
+        ci_r, pe_r = (r.diff_low, r.diff_high), r.paper_diff_vs_fixed
+        cond = f"{r.method} − {r.base}, T={int(r.budget)}"
+        enh.append(check(cond, r.diff_vs_fixed, ">", 0.0, ci=ci_r, n=r.n_pairs, paper_effect=pe_r))
 
     def variant_claim(claim: str, against: str, rule: str, checks: list) -> Claim:
         # the +erank variant against another split rule of the same hybrid, in POPE points
@@ -445,13 +453,18 @@ def finding4_claims(
         )
     )
     inv = []
+    pe = paper_enhancement(bases).set_index(["base", "variant", "budget"])["POPE"]
     for base in bases:
         e, i = f"{base}+erank", f"{base}+inverse"
         if (pope["method"] == e).any() and (pope["method"] == i).any():
             for r in compare(pope, e, i, "Accuracy", by=("budget",), n_boot=n_boot, ci=ci, seed=seed).itertuples(
                 index=False
             ):
-                inv.append(check(f"{e} − {i}, T={int(r.budget)}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high)))
+                b = int(r.budget)
+                p_inv = pe.get((base, "+erank", b), math.nan) - pe.get((base, "+inverse", b), math.nan)
+                inv.append(
+                    check(f"{e} − {i}, T={b}", r.diff, ">", 0.0, ci=(r.ci_low, r.ci_high), n=r.n, paper_effect=p_inv)
+                )
     claims.append(
         variant_claim(
             "The erank-guided rule beats its inverse (complex image → more attention tokens)",
@@ -488,7 +501,9 @@ def finding4_claims(
             claim="AgilePruner answers POPE more accurately than attention-only selection (FasterVLM, its τ = 0 limit)",
             paper=paper_line(["FasterVLM"]),
             rule=f"Per budget: accuracy(AgilePruner) − accuracy(FasterVLM) > 0 on the same images, {pct} paired-bootstrap CI above 0.",
-            checks=checks_from_summary(fv, "budget", ">", 0.0, value="diff", template="T={budget:.0f}"),
+            checks=checks_from_summary(
+                fv, "budget", ">", 0.0, value="diff", paper="paper_diff", template="T={budget:.0f}"
+            ),
             fmt="{:+.1f}",
         )
     )
@@ -502,7 +517,13 @@ def finding4_claims(
                 f"{pct} paired-bootstrap CI above 0 (the paper's own POPE numbers do not meet this for every F and T)."
             ),
             checks=checks_from_summary(
-                rest, ["b", "budget"], ">", 0.0, value="diff", template="AgilePruner − {b}, T={budget:.0f}"
+                rest,
+                ["b", "budget"],
+                ">",
+                0.0,
+                value="diff",
+                paper="paper_diff",
+                template="AgilePruner − {b}, T={budget:.0f}",
             ),
             fmt="{:+.1f}",
         )
@@ -515,15 +536,9 @@ def finding4_claims(
                 for r in paired_chair(describe, AGILE, other, metric, n_boot=n_boot, ci=ci, seed=seed).itertuples(
                     index=False
                 ):
-                    hal.append(
-                        check(
-                            f"{metric}: AgilePruner − {other}, T={int(r.budget)}",
-                            r.diff,
-                            op,
-                            0.0,
-                            ci=(r.ci_low, r.ci_high),
-                        )
-                    )
+                    pe = paper_metric("chair", AGILE, metric, r.budget) - paper_metric("chair", other, metric, r.budget)
+                    cond = f"{metric}: AgilePruner − {other}, T={int(r.budget)}"
+                    hal.append(check(cond, r.diff, op, 0.0, ci=(r.ci_low, r.ci_high), n=r.n, paper_effect=pe))
 
     def chair_paper():
         parts = []
@@ -565,6 +580,8 @@ def finding4_claims(
             ),
             checks=checks_from_summary(gain, ["tau", "budget"], ">", 0.0, template="τ_max={tau:g}, T={budget:.0f}"),
             fmt="{:+.2f}",
+            by_construction=True,
+            reason=TAU_REASON,
         )
     )
     return claims
@@ -651,6 +668,7 @@ def tau_figure(
 
 
 __all__ = [
+    "TAU_REASON",
     "VARIANTS",
     "PAPER_FIXED",
     "default_tau",

@@ -305,12 +305,33 @@ def _paper_examples_line(col: str, fmt: str) -> str:
     return "; ".join(parts) + " (LLaVA-1.5's CLIP tower, four example images)"
 
 
+#: Why the measure claims are setup checks on the toy world (:func:`finding3_claims`).
+TOY_LEVELS_REASON = (
+    "The toy world generates its simple scenes with 1-2 large objects on a plain or gradient background and its "
+    "complex ones with 6-11 small objects, 2-6 distractors and a textured background, so complex scenes spread "
+    "attention and features wider by design."
+)
+
+
+def labels_by_construction(split_by: str, *tables: pd.DataFrame | None) -> bool:
+    """Whether a ``split_by="label"`` split uses generated labels: every ``image_set`` named in ``tables`` (those
+    with that column) is a ``toyworld:`` set. ``False`` for median splits and when no table names its set."""
+    if split_by != "label":
+        return False
+    sets = set()
+    for t in tables:
+        if t is not None and "image_set" in t:
+            sets |= set(t["image_set"].dropna().astype(str))
+    return bool(sets) and all(s.startswith("toyworld") for s in sets)
+
+
 def finding3_claims(
     pope: pd.DataFrame,
     describe: pd.DataFrame | None,
     img: pd.DataFrame,
     *,
     split_by: str = "label",
+    constructed_labels: bool | None = None,
     n_boot: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
@@ -321,8 +342,15 @@ def finding3_claims(
     (:func:`add_split`); ``img``: :func:`image_table` with a ``split`` column. Families from the tables' ``family``
     column: *attention* (FasterVLM, PruMerge+) and *diversity* (DivPrune, FPS), each pooled. A check passes only if
     its whole ``ci`` bootstrap interval lies on the claimed side of 0 (:func:`prunelab.study.verdict.check`). A measure
-    that defines the split (``split_by="erank"`` / ``"entropy"``) cannot also test it: that row is "not tested".
+    that defines the split (``split_by="erank"`` / ``"entropy"``) cannot also test it: that row is "not testable here".
+
+    ``constructed_labels``: whether the simple/complex labels were generated to differ in what the measures see (the
+    toy world's levels); then the two measure claims are setup checks (``by_construction``), not counted. ``None``
+    infers it: ``split_by="label"`` on tables whose ``image_set`` column names only ``toyworld:`` sets
+    (:func:`labels_by_construction`).
     """
+    if constructed_labels is None:
+        constructed_labels = labels_by_construction(split_by, pope, img)
     pct = f"{100 * ci:.0f}%"
     claims = []
     lab = img.assign(complexity=img["split"])
@@ -340,6 +368,7 @@ def finding3_claims(
                     ">",
                     0.0,
                     ci=(s["diff_low"], s["diff_high"]),
+                    n=s["n_complex"] + s["n_simple"],
                 )
             )
         rule = (
@@ -347,7 +376,7 @@ def finding3_claims(
             "stratified bootstrap CI entirely above 0."
         )
         if split_by == by:
-            rule += f" Not tested here: the split itself is a median split on this measure (split_by='{by}')."
+            rule += f" Not testable here: the split itself is a median split on this measure (split_by='{by}')."
         claims.append(
             Claim(
                 claim=f"Complex images have {words} than simple ones",
@@ -355,6 +384,8 @@ def finding3_claims(
                 rule=rule,
                 checks=checks,
                 fmt="{:+.2f}",
+                by_construction=bool(constructed_labels) and split_by == "label",
+                reason=TOY_LEVELS_REASON,
             )
         )
 
@@ -366,7 +397,7 @@ def finding3_claims(
                 sign * (r.ci_high if sign < 0 else r.ci_low),
                 sign * (r.ci_low if sign < 0 else r.ci_high),
             )
-            out.append(check(f"T={int(r.budget)}, {split} ({int(r.n)} images)", v, ">", 0.0, ci=(lo, hi)))
+            out.append(check(f"T={int(r.budget)}, {split} ({int(r.n)} images)", v, ">", 0.0, ci=(lo, hi), n=r.n))
         return out
 
     def gap_claim(claim, paper, rule, gaps, split, sign):
@@ -410,7 +441,9 @@ def finding3_claims(
                 f"images > 0, {pct} stratified bootstrap CI above 0 (the weakest reading of the finding: the gap moves "
                 "in the claimed direction even if it does not change sign)."
             ),
-            checks=checks_from_summary(inter, "budget", ">", 0.0, value="interaction", template="T={budget:.0f}"),
+            checks=checks_from_summary(
+                inter, "budget", ">", 0.0, value="interaction", n=("n_simple", "n_complex"), template="T={budget:.0f}"
+            ),
             fmt="{:+.1f}",
         )
     )
@@ -537,6 +570,8 @@ def accuracy_figure(acc: pd.DataFrame):
 
 __all__ = [
     "SPLITS",
+    "TOY_LEVELS_REASON",
+    "labels_by_construction",
     "SPLIT_MEASURES",
     "tower_encoder",
     "image_table",

@@ -41,7 +41,7 @@ from prunelab.study.plots import (
     overlay_png,
 )
 from prunelab.study.scoring import highlight_caption, paired_chair
-from prunelab.study.verdict import Claim, check, checks_from_summary, paper_results, paper_value
+from prunelab.study.verdict import Claim, check, checks_from_summary, paper_metric, paper_results, paper_value
 from prunelab.study.widgets import linked_views
 
 #: Our labels for the rows of the paper's CHAIR table, in its order (PruMerge+ at the paper's fixed budgets is
@@ -176,8 +176,26 @@ def _pair_checks(
     for a in left:
         for b in right:
             for r in paired_chair(df, a, b, metric, n_boot=n_boot, ci=ci, seed=seed).itertuples(index=False):
-                out.append(check(f"{a} − {b}, T={int(r.budget)}", r.diff, op, 0.0, ci=(r.ci_low, r.ci_high)))
+                pe = paper_chair_value(a, metric, r.budget) - paper_chair_value(b, metric, r.budget)
+                out.append(
+                    check(
+                        f"{a} − {b}, T={int(r.budget)}",
+                        r.diff,
+                        op,
+                        0.0,
+                        ci=(r.ci_low, r.ci_high),
+                        n=r.n,
+                        paper_effect=pe,
+                    )
+                )
     return out
+
+
+def paper_chair_value(label: str, metric: str, budget: int) -> float:
+    """The paper's CHAIR ``metric`` for one of our labels at ``budget`` (NaN where the paper has no such row). Only
+    the labels of :data:`PAPER_CHAIR_LABELS` map (parameters dropped): our adaptive-count PruMerge+ is not the
+    paper's fixed-budget row."""
+    return paper_metric("chair", label, metric, budget, only=PAPER_CHAIR_LABELS, model=PAPER_MODEL)
 
 
 def finding2_claims(
@@ -493,6 +511,7 @@ def caption_explorer(
 
 __all__ = [
     "PAPER_CHAIR_LABELS",
+    "paper_chair_value",
     "METRICS",
     "paper_chair",
     "chair_layout",
