@@ -42,8 +42,9 @@ from torch import nn
 
 from prunelab.device import resolve_device, synchronize
 from prunelab.errors import BudgetError, CapabilityError, ImageError, check_budget
-from prunelab.methods.base import Pruner, PruneResult, get_pruner, prune
+from prunelab.methods.base import Pruner, PruneResult, prune
 from prunelab.models.decoder_edit import DecoderEditor
+from prunelab.models.generate_common import FamilyAdapter, RunOutput
 from prunelab.models.hooks import HookScope
 from prunelab.models.parts import (
     TILED_FAMILIES,
@@ -62,18 +63,6 @@ __all__ = ["LlavaAdapter", "RunOutput"]
 
 
 @dataclass
-class RunOutput:
-    """``sequences``: generated ids per sample (prompt excluded, stopped at EOS); ``texts`` when a tokenizer is
-    known; ``records``: one dict per sample (see :meth:`LlavaAdapter.run`); ``logits``: ``(steps, V)`` per sample
-    when requested."""
-
-    sequences: list[list[int]]
-    records: list[dict]
-    texts: list[str] | None = None
-    logits: list[torch.Tensor] | None = None
-
-
-@dataclass
 class _Sample:
     ids: torch.Tensor
     image_start: int
@@ -84,7 +73,7 @@ class _Sample:
     kept: PruneResult | None = None
 
 
-class LlavaAdapter(TowerReader):
+class LlavaAdapter(TowerReader, FamilyAdapter):
     """Generate with a LLaVA model under a pruning method and budget, returning text and per-sample records.
 
     Parameters
@@ -121,13 +110,6 @@ class LlavaAdapter(TowerReader):
         self._reuse: tuple[torch.Tensor, dict] | None = None
 
     # ---------------- main entry
-    def _method(self, method, method_params):
-        if method is None or (isinstance(method, str) and method.lower() in ("none", "full", "vanilla")):
-            return None
-        if isinstance(method, Pruner):
-            return method
-        return get_pruner(method, **(method_params or {}))
-
     @torch.no_grad()
     def run(
         self,
@@ -191,10 +173,7 @@ class LlavaAdapter(TowerReader):
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise BudgetError(f"batch_size must be a positive integer, got {batch_size!r}; pass batch_size=1")
         pruner = self._method(method, method_params)
-        rows = [
-            torch.as_tensor(r, dtype=torch.long) for r in (list(input_ids) if torch.is_tensor(input_ids) else input_ids)
-        ]
-        return (pruner, rows, *self._needs(pruner))
+        return (pruner, self._rows(input_ids), *self._needs(pruner))
 
     @staticmethod
     def _needs(pruner) -> tuple[bool, set[int], bool]:
@@ -202,15 +181,6 @@ class LlavaAdapter(TowerReader):
         in_llm = pruner is not None and getattr(pruner, "stage", "pre_llm") == "in_llm"
         qk_layers, needs_text = parse_requires(getattr(pruner, "requires", ()) if (pruner and not in_llm) else ())
         return in_llm, qk_layers, needs_text
-
-    def _method_budget(self, pruner, budget, pixel_values) -> int | None:
-        """``budget`` checked against the image's token count (``None`` for the unpruned model)."""
-        if pruner is None:
-            return budget
-        n_img = self.tokens_for(pixel_values)
-        if budget is None:
-            raise BudgetError(f"method {pruner.name!r} needs a budget; pass budget=T with 1 <= T <= {n_img}")
-        return check_budget(budget, n_img)
 
     def _finish_records(self, samples, seqs, timing) -> None:
         """Per sample of one ``_generate`` chunk: its timings, generated count, batch size and FLOPs estimates."""
@@ -225,15 +195,6 @@ class LlavaAdapter(TowerReader):
             rec["flops_prefill"], rec["flops_decode"] = llm_flops(self.parts, per_layer, len(seq))
             rec["flops_vision"] = self._vflops
 
-    def _attach_texts(self, seqs, recs) -> list[str] | None:
-        """Decoded texts (also stored as ``record["text"]``), or ``None`` without a tokenizer."""
-        if self.tokenizer is None:
-            return None
-        texts = [self.tokenizer.decode(q, skip_special_tokens=True).strip() for q in seqs]
-        for r, t in zip(recs, texts):
-            r["text"] = t
-        return texts
-
     def _prompt_embeds(self, row: torch.Tensor, n_image: int):
         """``(ids, image_start, n_image, text embeddings)`` of one prompt, its image placeholder expanded to
         ``n_image`` ids (image ids outside the vocabulary embed as id 0; those rows are replaced anyway)."""
@@ -243,55 +204,28 @@ class LlavaAdapter(TowerReader):
         safe = ids.masked_fill(ids == p.image_token_id, 0) if p.image_token_id >= p.embed.num_embeddings else ids
         return ids, start, n, p.embed(safe)
 
-    @torch.no_grad()
-    def run_shared_image(
-        self,
-        input_ids,
-        pixel_values: torch.Tensor,
-        method: str | Pruner | None = None,
-        budget: int | None = None,
-        *,
-        method_params: dict | None = None,
-        max_new_tokens: int = 32,
-        batch_size: int = 32,
-        erank_stats: dict | None = None,
-        image_id: str | None = None,
-        eos_token_id: int | None = None,
-        prefix_cache: bool = False,
-    ) -> RunOutput:
-        """Greedy generation for several prompts about **one** image (``pixel_values`` ``(1, 3, H, W)``), e.g. the
-        POPE questions of an image: the tower and the method's selection run once, the kept tokens are spliced
-        into every prompt, and the prompts are decoded ``batch_size`` at a time with left padding (the path
-        :meth:`run` tests against batch 1). Records are :meth:`run`'s, one per prompt, with ``shared_selection``
-        True and ``select_s`` the one selection's time.
+    def _shared_inputs(self, input_ids, method, method_params, batch_size):
+        """:meth:`run_shared_image` shares one selection unless the method reads the prompt (``requires``
+        ``"text"``: CDPruner, SparseVLM) or prunes inside the LLM (FastV, PDrop, DART)."""
+        pruner, rows, in_llm, _, needs_text = self._inputs(input_ids, method, method_params, batch_size)
+        return pruner, rows, not (in_llm or needs_text)
+
+    def _run_shared(self, rows, pixel_values, pruner, budget, kw, batch_size, prefix_cache) -> RunOutput:
+        """:meth:`run_shared_image` with one selection: the tower and the method's selection run once, the kept
+        tokens are spliced into every prompt, and the prompts are decoded ``batch_size`` at a time with left padding
+        (the path :meth:`run` tests against batch 1). Records are :meth:`run`'s, with ``shared_selection`` True and
+        ``select_s`` the one selection's time.
 
         ``prefix_cache=True`` also shares the prefill of what the prompts have in common (the text before the
         image and the kept visual rows, often more): it runs once, its KV cache is copied into every batch, and
         each prompt prefills only its own rest. The batch is then padded between the shared prefix and each rest
         (masked; positions follow the mask, so every row sees the positions it has alone). Records add
         ``prefix_len`` (cached rows) and ``prefix_s`` (the one shared forward); ``prefill_s`` is the rest's.
-        Answers equal the uncached path's up to floating-point rounding (the tests compare tokens and logits).
-
-        A method whose selection depends on the prompt (``requires`` ``"text"``: CDPruner, SparseVLM) or that
-        prunes inside the LLM (FastV, PDrop, DART) cannot share a selection: each prompt then runs through
-        :meth:`run` with batch 1, as before (``shared_selection`` False)."""
-        if pixel_values.shape[0] != 1:
-            raise ImageError(f"run_shared_image takes one image, got {pixel_values.shape[0]}; use run() for several")
-        pruner, rows, in_llm, qk_layers, needs_text = self._inputs(input_ids, method, method_params, batch_size)
-        kw = dict(
-            method_params=None,
-            max_new_tokens=max_new_tokens,
-            erank_stats=erank_stats,
-            image_ids=None if image_id is None else [image_id],
-            eos_token_id=eos_token_id,
-        )
-        if in_llm or needs_text or not rows:
-            outs = [self.run([r], pixel_values, pruner, budget, **kw) for r in rows]
-            recs = [dict(o.records[0], sample=i, shared_selection=False) for i, o in enumerate(outs)]
-            texts = None if self.tokenizer is None else [o.texts[0] for o in outs]
-            return RunOutput([o.sequences[0] for o in outs], recs, texts)
+        Answers equal the uncached path's up to floating-point rounding (the tests compare tokens and logits)."""
+        _, qk_layers, _ = self._needs(pruner)
+        erank_stats, max_new_tokens = kw["erank_stats"], kw["max_new_tokens"]
         budget = self._method_budget(pruner, budget, pixel_values)
-        eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
+        eos = self._eos(kw["eos_token_id"])
         first = self._prepare(
             rows[:1], [0], pixel_values, pruner, budget, False, qk_layers, False, erank_stats, kw["image_ids"]
         )[0]
