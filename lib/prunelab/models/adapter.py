@@ -40,11 +40,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.device import resolve_device, synchronize
+from prunelab.device import synchronize
 from prunelab.errors import BudgetError, CapabilityError, ImageError, check_budget
 from prunelab.methods.base import Pruner, PruneResult, prune
 from prunelab.models.decoder_edit import DecoderEditor
-from prunelab.models.generate_common import FamilyAdapter, RunOutput
+from prunelab.models.generate_common import FamilyAdapter, RunOutput, base_record, until_eos
 from prunelab.models.hooks import HookScope
 from prunelab.models.parts import (
     TILED_FAMILIES,
@@ -97,15 +97,7 @@ class LlavaAdapter(TowerReader, FamilyAdapter):
                 f"{type(model).__name__} ({family}) needs {TILED_FAMILIES[family]}; "
                 "use prunelab.models.families.make_adapter(model)"
             )
-        self.model = model
-        self.processor = processor
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
-        if device is not None:
-            self.device = resolve_device(device)
-            self.model.to(self.device)
-        else:
-            self.device = next(model.parameters()).device
-        self.model.eval()
+        self._bind(model, processor, tokenizer, device)
         self._vflops = vision_flops(self.parts)
         self._reuse: tuple[torch.Tensor, dict] | None = None
 
@@ -369,14 +361,7 @@ class LlavaAdapter(TowerReader, FamilyAdapter):
         ids, start, n, text_emb = self._prompt_embeds(row, enc["features"].shape[1])
         rec: dict[str, Any] = {
             "sample": sample,
-            "image_id": image_id,
-            "method": "full" if pruner is None else pruner.name,
-            "stage": "none" if pruner is None else pruner.stage,
-            "budget": n_img if pruner is None else budget,
-            "params": {} if pruner is None else pruner.params(),
-            "n_image_tokens": n,
-            "prompt_len_unpruned": int(ids.shape[0]),
-            "vision_s": vision_s,
+            **base_record(pruner, budget, n_img, n, int(ids.shape[0]), vision_s, image_id),
         }
         s = _Sample(ids=ids, image_start=start, n_image=n, record=rec)
         if pruner is None or in_llm:
@@ -438,47 +423,16 @@ class LlavaAdapter(TowerReader, FamilyAdapter):
             cache = copy.deepcopy(prefix[0])  # generate appends to it
             cache.batch_repeat_interleave(len(samples))
             extra["past_key_values"] = cache
-        calls: list[tuple[int, float]] = []
-        t_start = [0.0]
-
-        def pre(_m, _a, kw):
-            synchronize(self.device)
-            t_start[0] = time.perf_counter()
-
-        def post(_m, _a, kw, _out):
-            synchronize(self.device)
-            x = kw.get("inputs_embeds")
-            n = x.shape[1] if x is not None else kw["input_ids"].shape[1]
-            calls.append((n, time.perf_counter() - t_start[0]))
-
-        gen_cfg = self.model.generation_config
-        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
-        with HookScope() as scope:
-            scope.forward_pre(self.model, pre, with_kwargs=True)
-            scope.forward(self.model, post, with_kwargs=True)
-            if in_llm:
-                samples[0].editor.install(scope)
-            out = self.model.generate(
-                inputs_embeds=emb,
-                attention_mask=mask,
-                max_new_tokens=int(max_new_tokens),
-                do_sample=False,
-                num_beams=1,
-                return_dict_in_generate=True,
-                output_logits=output_logits,
-                eos_token_id=eos,
-                pad_token_id=pad,
-                **extra,
-            )
-        seqs = []
-        eos_set = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
-        for j in range(len(samples)):
-            seq = []
-            for t in out.sequences[j].tolist():
-                seq.append(t)
-                if t in eos_set:
-                    break
-            seqs.append(seq)
+        out, prefill_s, decode_s = self._greedy_generate(
+            eos,
+            output_logits,
+            max_new_tokens,
+            install=samples[0].editor.install if in_llm else None,
+            inputs_embeds=emb,
+            attention_mask=mask,
+            **extra,
+        )
+        seqs = [until_eos(out.sequences[j].tolist(), eos) for j in range(len(samples))]
         logits = None
         if output_logits:
             stacked = torch.stack(out.logits, dim=1).float().cpu()  # (B, steps, V)
@@ -487,8 +441,6 @@ class LlavaAdapter(TowerReader, FamilyAdapter):
         kv_lens = None
         if cache is not None and hasattr(cache, "get_seq_length"):
             kv_lens = [int(cache.get_seq_length(i)) for i in range(len(self.parts.text_layers))]
-        prefill_s = calls[0][1] if calls else float("nan")
-        decode_s = sum(t for _, t in calls[1:])
         timing = []
         for s in samples:
             t = {"prefill_s": prefill_s, "decode_s": decode_s, "kv_len_per_layer": kv_lens}

@@ -1,22 +1,25 @@
-"""What the family adapters share around ``generate``: the output type, the method / prompt / budget checks and
-:meth:`FamilyAdapter.run_shared_image`.
+"""What the family adapters share around ``generate``: the output type, the method / prompt / budget checks, the
+per-prompt records' common fields, the timed greedy ``generate`` call and :meth:`FamilyAdapter.run_shared_image`.
 
 :class:`~prunelab.models.adapter.LlavaAdapter` (and LLaVA-NeXT through it) and
 :class:`~prunelab.models.qwen2_5_vl.QwenVLAdapter` build their inputs differently (spliced LLaVA rows vs gathered
 M-RoPE positions) but take, check and return the same things; this module holds that once, so a fix reaches every
-family.
+family. Hooks live in a :class:`~prunelab.models.hooks.HookScope` and are removed when the call ends.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
+from prunelab.device import resolve_device, synchronize
 from prunelab.errors import BudgetError, ImageError, check_budget
 from prunelab.methods.base import Pruner, get_pruner
+from prunelab.models.hooks import HookScope
 
-__all__ = ["RunOutput", "FamilyAdapter"]
+__all__ = ["RunOutput", "FamilyAdapter", "base_record", "until_eos"]
 
 
 @dataclass
@@ -31,9 +34,48 @@ class RunOutput:
     logits: list[torch.Tensor] | None = None
 
 
+def base_record(pruner, budget, n_img: int, n: int, prompt_len: int, vision_s: float, image_id) -> dict:
+    """The fields every family's record of one prompt starts with (the unpruned model: method ``"full"``, budget
+    the image's ``n_img`` tokens)."""
+    return {
+        "image_id": image_id,
+        "method": "full" if pruner is None else pruner.name,
+        "stage": "none" if pruner is None else pruner.stage,
+        "budget": n_img if pruner is None else budget,
+        "params": {} if pruner is None else pruner.params(),
+        "n_image_tokens": n,
+        "prompt_len_unpruned": prompt_len,
+        "vision_s": vision_s,
+    }
+
+
+def until_eos(ids: list[int], eos) -> list[int]:
+    """``ids`` up to and including the first EOS (``eos``: an id, a list of ids or ``None``)."""
+    eos_set = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
+    seq: list[int] = []
+    for t in ids:
+        seq.append(t)
+        if t in eos_set:
+            break
+    return seq
+
+
 class FamilyAdapter:
-    """Base of the family adapters (``self.model``, ``self.tokenizer`` set by the subclass): the checks of one call
-    and :meth:`run_shared_image`, whose selection-sharing path a family supplies as :meth:`_run_shared`."""
+    """Base of the family adapters: the model binding, the checks of one call and :meth:`run_shared_image`, whose
+    selection-sharing path a family supplies as :meth:`_run_shared`."""
+
+    def _bind(self, model, processor, tokenizer, device) -> None:
+        """Hold ``model`` in eval mode on ``device`` (``None``: where its parameters are; ``DeviceError`` if cuda is
+        asked for and absent), with the processor's tokenizer unless ``tokenizer`` is given."""
+        self.model = model
+        self.processor = processor
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
+        if device is not None:
+            self.device = resolve_device(device)
+            self.model.to(self.device)
+        else:
+            self.device = next(model.parameters()).device
+        self.model.eval()
 
     def _method(self, method, method_params):
         """The pruner ``method`` names (``None`` / ``"none"`` / ``"full"`` / ``"vanilla"``: the unpruned model)."""
@@ -70,6 +112,41 @@ class FamilyAdapter:
         for r, t in zip(recs, texts):
             r["text"] = t
         return texts
+
+    def _greedy_generate(self, eos, output_logits: bool, max_new_tokens: int, install=None, **inputs):
+        """``(generate output, prefill_s, decode_s)`` of one greedy ``self.model.generate(**inputs)``: each forward is
+        timed by scoped hooks (synchronised on ``self.device``), the first being the prefill. ``install(scope)`` adds
+        the caller's own hooks to the same scope (an in-LLM method's decoder editor); the pad id is the model's, else
+        ``eos``."""
+        calls: list[float] = []
+        t_start = [0.0]
+
+        def pre(_m, _a, _kw):
+            synchronize(self.device)
+            t_start[0] = time.perf_counter()
+
+        def post(_m, _a, _kw, _out):
+            synchronize(self.device)
+            calls.append(time.perf_counter() - t_start[0])
+
+        gen_cfg = self.model.generation_config
+        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
+        with HookScope() as scope:
+            scope.forward_pre(self.model, pre, with_kwargs=True)
+            scope.forward(self.model, post, with_kwargs=True)
+            if install is not None:
+                install(scope)
+            out = self.model.generate(
+                max_new_tokens=int(max_new_tokens),
+                do_sample=False,
+                num_beams=1,
+                return_dict_in_generate=True,
+                output_logits=output_logits,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **inputs,
+            )
+        return out, (calls[0] if calls else float("nan")), sum(calls[1:])
 
     # ---------------- hooks of run_shared_image
     def _images(self, images):

@@ -42,10 +42,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.device import resolve_device, synchronize
+from prunelab.device import synchronize
 from prunelab.errors import CapabilityError, ImageError
 from prunelab.methods.base import Pruner, VisualContext, prune
-from prunelab.models.generate_common import FamilyAdapter, RunOutput
+from prunelab.models.generate_common import FamilyAdapter, RunOutput, base_record, until_eos
 from prunelab.models.hooks import HookScope
 from prunelab.models.parts import expand_image_placeholder, find_image_span, llm_flops, parse_requires
 from prunelab.models.qwen_parts import QwenParts, resolve_qwen_parts
@@ -177,15 +177,7 @@ class QwenVLAdapter(FamilyAdapter):
         merge: str = "mean",
     ):
         self.parts = resolve_qwen_parts(model)
-        self.model = model
-        self.processor = processor
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
-        if device is not None:
-            self.device = resolve_device(device)
-            self.model.to(self.device)
-        else:
-            self.device = next(model.parameters()).device
-        self.model.eval()
+        self._bind(model, processor, tokenizer, device)
         depth = len(self.parts.blocks)
         if score_layer is None:
             score_layer = self.parts.fullatt[-1] if self.parts.fullatt else depth - 1
@@ -412,18 +404,8 @@ class QwenVLAdapter(FamilyAdapter):
         start, n = find_image_span(ids, p.image_token_id)
         text_emb = p.embed(ids)
         full_pos = self.full_positions(ids, grid)
-        rec: dict[str, Any] = {
-            "image_id": image_id,
-            "method": "full" if pruner is None else pruner.name,
-            "stage": "none" if pruner is None else pruner.stage,
-            "budget": n_img if pruner is None else budget,
-            "params": {} if pruner is None else pruner.params(),
-            "n_image_tokens": n,
-            "prompt_len_unpruned": int(ids.shape[0]),
-            "vision_s": vision_s,
-            "score_layer": self.score_layer,
-            "score_merge": self.merge,
-        }
+        rec: dict[str, Any] = base_record(pruner, budget, n_img, n, int(ids.shape[0]), vision_s, image_id)
+        rec.update(score_layer=self.score_layer, score_merge=self.merge)
         if pruner is None:
             tokens, kept, order = enc["projected"], torch.arange(n, device=ids.device), "raster"
             rec["select_s"] = 0.0
@@ -466,40 +448,15 @@ class QwenVLAdapter(FamilyAdapter):
         length = emb.shape[0]
         text_row = torch.arange(length, device=pos.device)[None]
         position_ids = torch.cat([text_row, pos], dim=0)[:, None]  # (4, 1, L')
-        calls: list[float] = []
-        t0 = [0.0]
-
-        def pre(_m, _a, _kw):
-            synchronize(self.device)
-            t0[0] = time.perf_counter()
-
-        def post(_m, _a, _kw, _out):
-            synchronize(self.device)
-            calls.append(time.perf_counter() - t0[0])
-
-        gen_cfg = self.model.generation_config
-        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
-        with HookScope() as scope:
-            scope.forward_pre(self.model, pre, with_kwargs=True)
-            scope.forward(self.model, post, with_kwargs=True)
-            out = self.model.generate(
-                inputs_embeds=emb[None],
-                attention_mask=torch.ones(1, length, dtype=torch.long, device=emb.device),
-                position_ids=position_ids,
-                max_new_tokens=int(max_new_tokens),
-                do_sample=False,
-                num_beams=1,
-                return_dict_in_generate=True,
-                output_logits=output_logits,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
-        eos_set = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
-        seq: list[int] = []
-        for t in out.sequences[0].tolist():
-            seq.append(t)
-            if t in eos_set:
-                break
+        out, prefill_s, decode_s = self._greedy_generate(
+            eos,
+            output_logits,
+            max_new_tokens,
+            inputs_embeds=emb[None],
+            attention_mask=torch.ones(1, length, dtype=torch.long, device=emb.device),
+            position_ids=position_ids,
+        )
+        seq = until_eos(out.sequences[0].tolist(), eos)
         logits = torch.stack(out.logits, dim=1)[0, : len(seq)].float().cpu() if output_logits else None
-        timing = {"prefill_s": calls[0] if calls else float("nan"), "decode_s": sum(calls[1:]), "assemble_s": 0.0}
+        timing = {"prefill_s": prefill_s, "decode_s": decode_s, "assemble_s": 0.0}
         return seq, logits, timing
