@@ -32,6 +32,7 @@ def test_model_and_methods_never_climb_a_layer_in_the_study_loop(tmp_path, one_t
     assert set(res["model"]["modules"]) <= {
         "prunelab.study.generation",
         "prunelab.models.adapter",
+        "prunelab.models.generate_common",
         "prunelab.models.hooks",
         "prunelab.models.loader",
     }

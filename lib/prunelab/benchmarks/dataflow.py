@@ -77,21 +77,27 @@ def _import(new: str, old: str):
         return importlib.import_module(old)
 
 
-def _prunelab_frames(root: str):
-    """``module_of(frame)``: the prunelab module a frame runs in (``None`` outside ``root``), and ``caller_of(frame)``:
-    the nearest prunelab frame below it, through torch / transformers frames."""
+def _prunelab_calls(root: str):
+    """``call_of(frame, event)``, what both tracers ask of an event: ``None`` unless it is a call into a prunelab
+    module (under ``root``, the benchmarks excluded), else ``(module, caller frame, caller module)``: the caller is
+    the nearest prunelab frame below, through torch / transformers frames (``None`` and ``None`` if there is none)."""
 
     def module_of(frame) -> str | None:
         name = frame.f_globals.get("__name__", "")
         return name if name.startswith("prunelab") and frame.f_code.co_filename.startswith(root) else None
 
-    def caller_of(frame):
+    def call_of(frame, event):
+        if event != "call":
+            return None
+        mod = module_of(frame)
+        if mod is None or mod.startswith("prunelab.benchmarks"):
+            return None
         caller = frame.f_back
         while caller is not None and module_of(caller) is None and caller.f_back is not None:
             caller = caller.f_back
-        return caller
+        return mod, caller, module_of(caller) if caller is not None else None
 
-    return module_of, caller_of
+    return call_of
 
 
 def trace_calls(fn, pyproject: Path | None = None) -> dict:
@@ -100,20 +106,15 @@ def trace_calls(fn, pyproject: Path | None = None) -> dict:
     import prunelab
 
     ranks = layer_ranks(pyproject or REPO_ROOT / "pyproject.toml")
-    module_of, caller_of = _prunelab_frames(str(Path(prunelab.__file__).parent))
+    call_of = _prunelab_calls(str(Path(prunelab.__file__).parent))
     edges: Counter = Counter()
     climbs: list[str] = []
 
     def tracer(frame, event, arg):
-        if event != "call":
+        call = call_of(frame, event)
+        if call is None or call[2] is None:
             return None
-        mod = module_of(frame)
-        if mod is None or mod.startswith("prunelab.benchmarks"):
-            return None
-        caller = caller_of(frame)
-        cmod = module_of(caller) if caller is not None else None
-        if cmod is None:
-            return None
+        mod, caller, cmod = call
         edges[(cmod, mod)] += 1
         r, rc = rank_of(mod, ranks), rank_of(cmod, ranks)
         if r is not None and rc is not None and r < rc:
@@ -159,17 +160,14 @@ def trace_loop(
     climbs = {"model": [], "methods": []}
     callbacks: list[str] = []
 
-    module_of, caller_of = _prunelab_frames(root)
+    call_of = _prunelab_calls(root)
 
     def tracer(frame, event, arg):
-        if event != "call":
+        call = call_of(frame, event)
+        if call is None:
             return None
-        mod = module_of(frame)
-        if mod is None or mod.startswith("prunelab.benchmarks"):
-            return None
+        mod, caller, cmod = call
         code = frame.f_code
-        caller = caller_of(frame)
-        cmod = module_of(caller) if caller is not None else None
         r, rc = rank_of(mod, ranks, renames), rank_of(cmod, ranks, renames) if cmod else None
         up = r is not None and rc is not None and r < rc
         if up:

@@ -40,10 +40,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.device import resolve_device, synchronize
+from prunelab.device import synchronize
 from prunelab.errors import BudgetError, CapabilityError, ImageError, check_budget
-from prunelab.methods.base import Pruner, PruneResult, get_pruner, prune
+from prunelab.methods.base import Pruner, PruneResult, prune
 from prunelab.models.decoder_edit import DecoderEditor
+from prunelab.models.generate_common import FamilyAdapter, RunOutput, base_record, until_eos
 from prunelab.models.hooks import HookScope
 from prunelab.models.parts import (
     TILED_FAMILIES,
@@ -62,18 +63,6 @@ __all__ = ["LlavaAdapter", "RunOutput"]
 
 
 @dataclass
-class RunOutput:
-    """``sequences``: generated ids per sample (prompt excluded, stopped at EOS); ``texts`` when a tokenizer is
-    known; ``records``: one dict per sample (see :meth:`LlavaAdapter.run`); ``logits``: ``(steps, V)`` per sample
-    when requested."""
-
-    sequences: list[list[int]]
-    records: list[dict]
-    texts: list[str] | None = None
-    logits: list[torch.Tensor] | None = None
-
-
-@dataclass
 class _Sample:
     ids: torch.Tensor
     image_start: int
@@ -84,7 +73,7 @@ class _Sample:
     kept: PruneResult | None = None
 
 
-class LlavaAdapter(TowerReader):
+class LlavaAdapter(TowerReader, FamilyAdapter):
     """Generate with a LLaVA model under a pruning method and budget, returning text and per-sample records.
 
     Parameters
@@ -108,26 +97,11 @@ class LlavaAdapter(TowerReader):
                 f"{type(model).__name__} ({family}) needs {TILED_FAMILIES[family]}; "
                 "use prunelab.models.families.make_adapter(model)"
             )
-        self.model = model
-        self.processor = processor
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
-        if device is not None:
-            self.device = resolve_device(device)
-            self.model.to(self.device)
-        else:
-            self.device = next(model.parameters()).device
-        self.model.eval()
+        self._bind(model, processor, tokenizer, device)
         self._vflops = vision_flops(self.parts)
         self._reuse: tuple[torch.Tensor, dict] | None = None
 
     # ---------------- main entry
-    def _method(self, method, method_params):
-        if method is None or (isinstance(method, str) and method.lower() in ("none", "full", "vanilla")):
-            return None
-        if isinstance(method, Pruner):
-            return method
-        return get_pruner(method, **(method_params or {}))
-
     @torch.no_grad()
     def run(
         self,
@@ -191,10 +165,7 @@ class LlavaAdapter(TowerReader):
         if isinstance(batch_size, bool) or int(batch_size) < 1:
             raise BudgetError(f"batch_size must be a positive integer, got {batch_size!r}; pass batch_size=1")
         pruner = self._method(method, method_params)
-        rows = [
-            torch.as_tensor(r, dtype=torch.long) for r in (list(input_ids) if torch.is_tensor(input_ids) else input_ids)
-        ]
-        return (pruner, rows, *self._needs(pruner))
+        return (pruner, self._rows(input_ids), *self._needs(pruner))
 
     @staticmethod
     def _needs(pruner) -> tuple[bool, set[int], bool]:
@@ -202,15 +173,6 @@ class LlavaAdapter(TowerReader):
         in_llm = pruner is not None and getattr(pruner, "stage", "pre_llm") == "in_llm"
         qk_layers, needs_text = parse_requires(getattr(pruner, "requires", ()) if (pruner and not in_llm) else ())
         return in_llm, qk_layers, needs_text
-
-    def _method_budget(self, pruner, budget, pixel_values) -> int | None:
-        """``budget`` checked against the image's token count (``None`` for the unpruned model)."""
-        if pruner is None:
-            return budget
-        n_img = self.tokens_for(pixel_values)
-        if budget is None:
-            raise BudgetError(f"method {pruner.name!r} needs a budget; pass budget=T with 1 <= T <= {n_img}")
-        return check_budget(budget, n_img)
 
     def _finish_records(self, samples, seqs, timing) -> None:
         """Per sample of one ``_generate`` chunk: its timings, generated count, batch size and FLOPs estimates."""
@@ -225,15 +187,6 @@ class LlavaAdapter(TowerReader):
             rec["flops_prefill"], rec["flops_decode"] = llm_flops(self.parts, per_layer, len(seq))
             rec["flops_vision"] = self._vflops
 
-    def _attach_texts(self, seqs, recs) -> list[str] | None:
-        """Decoded texts (also stored as ``record["text"]``), or ``None`` without a tokenizer."""
-        if self.tokenizer is None:
-            return None
-        texts = [self.tokenizer.decode(q, skip_special_tokens=True).strip() for q in seqs]
-        for r, t in zip(recs, texts):
-            r["text"] = t
-        return texts
-
     def _prompt_embeds(self, row: torch.Tensor, n_image: int):
         """``(ids, image_start, n_image, text embeddings)`` of one prompt, its image placeholder expanded to
         ``n_image`` ids (image ids outside the vocabulary embed as id 0; those rows are replaced anyway)."""
@@ -243,55 +196,28 @@ class LlavaAdapter(TowerReader):
         safe = ids.masked_fill(ids == p.image_token_id, 0) if p.image_token_id >= p.embed.num_embeddings else ids
         return ids, start, n, p.embed(safe)
 
-    @torch.no_grad()
-    def run_shared_image(
-        self,
-        input_ids,
-        pixel_values: torch.Tensor,
-        method: str | Pruner | None = None,
-        budget: int | None = None,
-        *,
-        method_params: dict | None = None,
-        max_new_tokens: int = 32,
-        batch_size: int = 32,
-        erank_stats: dict | None = None,
-        image_id: str | None = None,
-        eos_token_id: int | None = None,
-        prefix_cache: bool = False,
-    ) -> RunOutput:
-        """Greedy generation for several prompts about **one** image (``pixel_values`` ``(1, 3, H, W)``), e.g. the
-        POPE questions of an image: the tower and the method's selection run once, the kept tokens are spliced
-        into every prompt, and the prompts are decoded ``batch_size`` at a time with left padding (the path
-        :meth:`run` tests against batch 1). Records are :meth:`run`'s, one per prompt, with ``shared_selection``
-        True and ``select_s`` the one selection's time.
+    def _shared_inputs(self, input_ids, method, method_params, batch_size):
+        """:meth:`run_shared_image` shares one selection unless the method reads the prompt (``requires``
+        ``"text"``: CDPruner, SparseVLM) or prunes inside the LLM (FastV, PDrop, DART)."""
+        pruner, rows, in_llm, _, needs_text = self._inputs(input_ids, method, method_params, batch_size)
+        return pruner, rows, not (in_llm or needs_text)
+
+    def _run_shared(self, rows, pixel_values, pruner, budget, kw, batch_size, prefix_cache) -> RunOutput:
+        """:meth:`run_shared_image` with one selection: the tower and the method's selection run once, the kept
+        tokens are spliced into every prompt, and the prompts are decoded ``batch_size`` at a time with left padding
+        (the path :meth:`run` tests against batch 1). Records are :meth:`run`'s, with ``shared_selection`` True and
+        ``select_s`` the one selection's time.
 
         ``prefix_cache=True`` also shares the prefill of what the prompts have in common (the text before the
         image and the kept visual rows, often more): it runs once, its KV cache is copied into every batch, and
         each prompt prefills only its own rest. The batch is then padded between the shared prefix and each rest
         (masked; positions follow the mask, so every row sees the positions it has alone). Records add
         ``prefix_len`` (cached rows) and ``prefix_s`` (the one shared forward); ``prefill_s`` is the rest's.
-        Answers equal the uncached path's up to floating-point rounding (the tests compare tokens and logits).
-
-        A method whose selection depends on the prompt (``requires`` ``"text"``: CDPruner, SparseVLM) or that
-        prunes inside the LLM (FastV, PDrop, DART) cannot share a selection: each prompt then runs through
-        :meth:`run` with batch 1, as before (``shared_selection`` False)."""
-        if pixel_values.shape[0] != 1:
-            raise ImageError(f"run_shared_image takes one image, got {pixel_values.shape[0]}; use run() for several")
-        pruner, rows, in_llm, qk_layers, needs_text = self._inputs(input_ids, method, method_params, batch_size)
-        kw = dict(
-            method_params=None,
-            max_new_tokens=max_new_tokens,
-            erank_stats=erank_stats,
-            image_ids=None if image_id is None else [image_id],
-            eos_token_id=eos_token_id,
-        )
-        if in_llm or needs_text or not rows:
-            outs = [self.run([r], pixel_values, pruner, budget, **kw) for r in rows]
-            recs = [dict(o.records[0], sample=i, shared_selection=False) for i, o in enumerate(outs)]
-            texts = None if self.tokenizer is None else [o.texts[0] for o in outs]
-            return RunOutput([o.sequences[0] for o in outs], recs, texts)
+        Answers equal the uncached path's up to floating-point rounding (the tests compare tokens and logits)."""
+        _, qk_layers, _ = self._needs(pruner)
+        erank_stats, max_new_tokens = kw["erank_stats"], kw["max_new_tokens"]
         budget = self._method_budget(pruner, budget, pixel_values)
-        eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
+        eos = self._eos(kw["eos_token_id"])
         first = self._prepare(
             rows[:1], [0], pixel_values, pruner, budget, False, qk_layers, False, erank_stats, kw["image_ids"]
         )[0]
@@ -435,14 +361,7 @@ class LlavaAdapter(TowerReader):
         ids, start, n, text_emb = self._prompt_embeds(row, enc["features"].shape[1])
         rec: dict[str, Any] = {
             "sample": sample,
-            "image_id": image_id,
-            "method": "full" if pruner is None else pruner.name,
-            "stage": "none" if pruner is None else pruner.stage,
-            "budget": n_img if pruner is None else budget,
-            "params": {} if pruner is None else pruner.params(),
-            "n_image_tokens": n,
-            "prompt_len_unpruned": int(ids.shape[0]),
-            "vision_s": vision_s,
+            **base_record(pruner, budget, n_img, n, int(ids.shape[0]), vision_s, image_id),
         }
         s = _Sample(ids=ids, image_start=start, n_image=n, record=rec)
         if pruner is None or in_llm:
@@ -504,47 +423,16 @@ class LlavaAdapter(TowerReader):
             cache = copy.deepcopy(prefix[0])  # generate appends to it
             cache.batch_repeat_interleave(len(samples))
             extra["past_key_values"] = cache
-        calls: list[tuple[int, float]] = []
-        t_start = [0.0]
-
-        def pre(_m, _a, kw):
-            synchronize(self.device)
-            t_start[0] = time.perf_counter()
-
-        def post(_m, _a, kw, _out):
-            synchronize(self.device)
-            x = kw.get("inputs_embeds")
-            n = x.shape[1] if x is not None else kw["input_ids"].shape[1]
-            calls.append((n, time.perf_counter() - t_start[0]))
-
-        gen_cfg = self.model.generation_config
-        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
-        with HookScope() as scope:
-            scope.forward_pre(self.model, pre, with_kwargs=True)
-            scope.forward(self.model, post, with_kwargs=True)
-            if in_llm:
-                samples[0].editor.install(scope)
-            out = self.model.generate(
-                inputs_embeds=emb,
-                attention_mask=mask,
-                max_new_tokens=int(max_new_tokens),
-                do_sample=False,
-                num_beams=1,
-                return_dict_in_generate=True,
-                output_logits=output_logits,
-                eos_token_id=eos,
-                pad_token_id=pad,
-                **extra,
-            )
-        seqs = []
-        eos_set = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
-        for j in range(len(samples)):
-            seq = []
-            for t in out.sequences[j].tolist():
-                seq.append(t)
-                if t in eos_set:
-                    break
-            seqs.append(seq)
+        out, prefill_s, decode_s = self._greedy_generate(
+            eos,
+            output_logits,
+            max_new_tokens,
+            install=samples[0].editor.install if in_llm else None,
+            inputs_embeds=emb,
+            attention_mask=mask,
+            **extra,
+        )
+        seqs = [until_eos(out.sequences[j].tolist(), eos) for j in range(len(samples))]
         logits = None
         if output_logits:
             stacked = torch.stack(out.logits, dim=1).float().cpu()  # (B, steps, V)
@@ -553,8 +441,6 @@ class LlavaAdapter(TowerReader):
         kv_lens = None
         if cache is not None and hasattr(cache, "get_seq_length"):
             kv_lens = [int(cache.get_seq_length(i)) for i in range(len(self.parts.text_layers))]
-        prefill_s = calls[0][1] if calls else float("nan")
-        decode_s = sum(t for _, t in calls[1:])
         timing = []
         for s in samples:
             t = {"prefill_s": prefill_s, "decode_s": decode_s, "kv_len_per_layer": kv_lens}

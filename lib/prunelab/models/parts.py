@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import CapabilityError, ImageError
+from prunelab.models.decoder_side import DecoderSide
 
 __all__ = [
     "LlavaParts",
@@ -33,7 +34,7 @@ __all__ = [
 
 
 @dataclass
-class LlavaParts:
+class LlavaParts(DecoderSide):
     """The pieces of a LLaVA model the adapter touches (resolved once)."""
 
     model: nn.Module
@@ -49,14 +50,6 @@ class LlavaParts:
     @property
     def n_vision_layers(self) -> int:
         return len(self.vision_layers)
-
-    @property
-    def text_layers(self) -> nn.ModuleList:
-        return self.decoder.layers
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.get_input_embeddings()
 
     def vision_qk(self, layer_idx: int) -> tuple[nn.Module, nn.Module]:
         """``(q_linear, k_linear)`` of tower layer ``layer_idx`` (0-based)."""

@@ -42,9 +42,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunelab.device import resolve_device, synchronize
-from prunelab.errors import BudgetError, CapabilityError, ImageError, check_budget
-from prunelab.methods.base import Pruner, VisualContext, get_pruner, prune
+from prunelab.device import synchronize
+from prunelab.errors import CapabilityError, ImageError
+from prunelab.methods.base import Pruner, VisualContext, prune
+from prunelab.models.generate_common import FamilyAdapter, RunOutput, base_record, until_eos
 from prunelab.models.hooks import HookScope
 from prunelab.models.parts import expand_image_placeholder, find_image_span, llm_flops, parse_requires
 from prunelab.models.qwen_parts import QwenParts, resolve_qwen_parts
@@ -153,7 +154,7 @@ def block_attention(attn: nn.Module, x: torch.Tensor, cu_seqlens, position_embed
     return probs
 
 
-class QwenVLAdapter:
+class QwenVLAdapter(FamilyAdapter):
     """Generate with a Qwen2.5-VL model under a pre-LLM pruning method and budget (batch 1 per prompt).
 
     Parameters
@@ -176,15 +177,7 @@ class QwenVLAdapter:
         merge: str = "mean",
     ):
         self.parts = resolve_qwen_parts(model)
-        self.model = model
-        self.processor = processor
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
-        if device is not None:
-            self.device = resolve_device(device)
-            self.model.to(self.device)
-        else:
-            self.device = next(model.parameters()).device
-        self.model.eval()
+        self._bind(model, processor, tokenizer, device)
         depth = len(self.parts.blocks)
         if score_layer is None:
             score_layer = self.parts.fullatt[-1] if self.parts.fullatt else depth - 1
@@ -336,10 +329,8 @@ class QwenVLAdapter:
 
     # ---------------- main entry
     def _method(self, method, method_params):
-        if method is None or (isinstance(method, str) and method.lower() in ("none", "full", "vanilla")):
-            return None
-        pruner = method if isinstance(method, Pruner) else get_pruner(method, **(method_params or {}))
-        why = refusal(pruner)
+        pruner = super()._method(method, method_params)
+        why = None if pruner is None else refusal(pruner)
         if why is not None:
             raise CapabilityError(why)
         return pruner
@@ -370,17 +361,12 @@ class QwenVLAdapter:
         loop calls both alike; ``batch_size`` and ``progress`` are accepted and ignored (batch 1). Returns :class:`~prunelab.models.adapter.RunOutput`; records as
         :meth:`~prunelab.models.adapter.LlavaAdapter.run` (``positions`` is ``"mrope_gathered"``) plus
         ``position_ids`` (the ``(3, L')`` positions the prefill used)."""
-        from prunelab.models.adapter import RunOutput
-
-        pruner = self._method(method, method_params)
-        rows = [
-            torch.as_tensor(r, dtype=torch.long) for r in (list(input_ids) if torch.is_tensor(input_ids) else input_ids)
-        ]
+        pruner, rows = self._method(method, method_params), self._rows(input_ids)
         images = as_images(images, image_grid_thw)
         if len(images) != len(rows):
             raise ImageError(f"{len(rows)} prompts but {len(images)} images; pass one image per prompt")
         _, needs_text = parse_requires(pruner.requires if pruner is not None else ())
-        eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
+        eos = self._eos(eos_token_id)
         seqs, recs, logits = [], [], []
         for b, (row, (pv, grid)) in enumerate(zip(rows, images.split())):
             iid = None if image_ids is None else str(image_ids[b])
@@ -394,60 +380,21 @@ class QwenVLAdapter:
             seqs.append(seq)
             recs.append(rec)
             logits.append(lg)
-        texts = None
-        if self.tokenizer is not None:
-            texts = [self.tokenizer.decode(q, skip_special_tokens=True).strip() for q in seqs]
-            for r, t in zip(recs, texts):
-                r["text"] = t
-        return RunOutput(seqs, recs, texts, logits if output_logits else None)
+        return RunOutput(seqs, recs, self._attach_texts(seqs, recs), logits if output_logits else None)
 
-    @torch.no_grad()
-    def run_shared_image(
-        self,
-        input_ids,
-        images,
-        method: str | Pruner | None = None,
-        budget: int | None = None,
-        *,
-        method_params: dict | None = None,
-        max_new_tokens: int = 32,
-        batch_size: int = 32,
-        erank_stats: dict | None = None,
-        image_id: str | None = None,
-        eos_token_id: int | None = None,
-        prefix_cache: bool = False,
-    ):
-        """Several prompts about **one** image (POPE), :meth:`LlavaAdapter.run_shared_image`'s signature. Fallback:
-        each prompt runs through :meth:`run` with batch 1 (``batch_size`` and ``prefix_cache`` are ignored; a
-        batched decode would need left-padded 3-D M-RoPE positions). The ViT runs once when the caller holds
+    def _images(self, images) -> QwenImages:
+        """:meth:`run_shared_image` (:class:`~prunelab.models.generate_common.FamilyAdapter`'s) takes a
+        :class:`QwenImages` of one image and always runs each prompt through :meth:`run` with batch 1: a batched
+        decode would need left-padded 3-D M-RoPE positions. The ViT runs once when the caller holds
         :meth:`reuse_encoding`, as the study loop does; the selection is made per prompt (``shared_selection``
         False), which gives the same kept set for an image-only method."""
-        from prunelab.models.adapter import RunOutput
-
-        images = as_images(images)
-        if len(images) != 1:
-            raise ImageError(f"run_shared_image takes one image, got {len(images)}; use run() for several")
-        rows = list(input_ids) if torch.is_tensor(input_ids) else list(input_ids)
-        kw = dict(
-            method_params=method_params,
-            max_new_tokens=max_new_tokens,
-            erank_stats=erank_stats,
-            image_ids=None if image_id is None else [image_id],
-            eos_token_id=eos_token_id,
-        )
-        outs = [self.run([r], images, method, budget, **kw) for r in rows]
-        recs = [dict(o.records[0], sample=i, shared_selection=False) for i, o in enumerate(outs)]
-        texts = None if self.tokenizer is None else [o.texts[0] for o in outs]
-        return RunOutput([o.sequences[0] for o in outs], recs, texts)
+        return as_images(images)
 
     def _prepare(self, row, pv, grid, pruner, budget, needs_text, erank_stats, image_id):
         """``(inputs_embeds (L', D), position_ids (3, L'), record)`` of one prompt."""
         p = self.parts
         n_img = self.tokens_for(grid)
-        if pruner is not None:
-            if budget is None:
-                raise BudgetError(f"method {pruner.name!r} needs a budget; pass budget=T with 1 <= T <= {n_img}")
-            budget = check_budget(budget, n_img)
+        budget = self._method_budget(pruner, budget, grid)
         synchronize(self.device)
         t0 = time.perf_counter()
         enc = self._encoded(pv, grid)
@@ -457,18 +404,8 @@ class QwenVLAdapter:
         start, n = find_image_span(ids, p.image_token_id)
         text_emb = p.embed(ids)
         full_pos = self.full_positions(ids, grid)
-        rec: dict[str, Any] = {
-            "image_id": image_id,
-            "method": "full" if pruner is None else pruner.name,
-            "stage": "none" if pruner is None else pruner.stage,
-            "budget": n_img if pruner is None else budget,
-            "params": {} if pruner is None else pruner.params(),
-            "n_image_tokens": n,
-            "prompt_len_unpruned": int(ids.shape[0]),
-            "vision_s": vision_s,
-            "score_layer": self.score_layer,
-            "score_merge": self.merge,
-        }
+        rec: dict[str, Any] = base_record(pruner, budget, n_img, n, int(ids.shape[0]), vision_s, image_id)
+        rec.update(score_layer=self.score_layer, score_merge=self.merge)
         if pruner is None:
             tokens, kept, order = enc["projected"], torch.arange(n, device=ids.device), "raster"
             rec["select_s"] = 0.0
@@ -511,40 +448,15 @@ class QwenVLAdapter:
         length = emb.shape[0]
         text_row = torch.arange(length, device=pos.device)[None]
         position_ids = torch.cat([text_row, pos], dim=0)[:, None]  # (4, 1, L')
-        calls: list[float] = []
-        t0 = [0.0]
-
-        def pre(_m, _a, _kw):
-            synchronize(self.device)
-            t0[0] = time.perf_counter()
-
-        def post(_m, _a, _kw, _out):
-            synchronize(self.device)
-            calls.append(time.perf_counter() - t0[0])
-
-        gen_cfg = self.model.generation_config
-        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else (eos if isinstance(eos, int) else 0)
-        with HookScope() as scope:
-            scope.forward_pre(self.model, pre, with_kwargs=True)
-            scope.forward(self.model, post, with_kwargs=True)
-            out = self.model.generate(
-                inputs_embeds=emb[None],
-                attention_mask=torch.ones(1, length, dtype=torch.long, device=emb.device),
-                position_ids=position_ids,
-                max_new_tokens=int(max_new_tokens),
-                do_sample=False,
-                num_beams=1,
-                return_dict_in_generate=True,
-                output_logits=output_logits,
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
-        eos_set = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
-        seq: list[int] = []
-        for t in out.sequences[0].tolist():
-            seq.append(t)
-            if t in eos_set:
-                break
+        out, prefill_s, decode_s = self._greedy_generate(
+            eos,
+            output_logits,
+            max_new_tokens,
+            inputs_embeds=emb[None],
+            attention_mask=torch.ones(1, length, dtype=torch.long, device=emb.device),
+            position_ids=position_ids,
+        )
+        seq = until_eos(out.sequences[0].tolist(), eos)
         logits = torch.stack(out.logits, dim=1)[0, : len(seq)].float().cpu() if output_logits else None
-        timing = {"prefill_s": calls[0] if calls else float("nan"), "decode_s": sum(calls[1:]), "assemble_s": 0.0}
+        timing = {"prefill_s": prefill_s, "decode_s": decode_s, "assemble_s": 0.0}
         return seq, logits, timing

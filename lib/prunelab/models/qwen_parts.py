@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from torch import nn
 
 from prunelab.errors import CapabilityError
+from prunelab.models.decoder_side import DecoderSide
 
 __all__ = ["QwenParts", "resolve_qwen_parts"]
 
 
 @dataclass
-class QwenParts:
+class QwenParts(DecoderSide):
     """The pieces of a Qwen2.5-VL model the adapter touches (resolved once)."""
 
     model: nn.Module
@@ -42,14 +43,6 @@ class QwenParts:
     @property
     def projector(self) -> nn.Module:
         return self.visual.merger
-
-    @property
-    def text_layers(self) -> nn.ModuleList:
-        return self.decoder.layers
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.get_input_embeddings()
 
 
 def resolve_qwen_parts(model: nn.Module) -> QwenParts:
