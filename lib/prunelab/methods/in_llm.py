@@ -139,6 +139,16 @@ def scale_layers(layers, n_layers: int, lo: int = 0, hi: int | None = None) -> l
     return out
 
 
+def _plan_at_k(method, n_layers: int) -> Plan:
+    """Observe layer ``K-1``, edit at layer ``K`` (FastV's and DART's schedule); ``K`` must leave a layer to edit."""
+    if method.k >= n_layers:
+        raise BudgetError(
+            f"{method.name} K={method.k} needs a decoder with more than {method.k} layers (has {n_layers}); "
+            "pass a smaller k"
+        )
+    return Plan(observe={method.k - 1}, edit={method.k})
+
+
 def _topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` largest scores (stable ties to the lower index), returned in ascending order."""
     order = torch.sort(scores.double(), descending=True, stable=True).indices[:k]
@@ -210,11 +220,7 @@ class FastV(InLLMPruner):
         self.k = int(k)
 
     def plan(self, n_layers, n_image, budget):
-        if self.k >= n_layers:
-            raise BudgetError(
-                f"FastV K={self.k} needs a decoder with more than {self.k} layers (has {n_layers}); pass a smaller k"
-            )
-        return Plan(observe={self.k - 1}, edit={self.k})
+        return _plan_at_k(self, n_layers)
 
     def request(self, state, layer_idx):
         return LAST_TOKEN if layer_idx == self.k - 1 else Observe()
@@ -548,11 +554,7 @@ class DART(InLLMPruner):
         self.pivot_order = pivot_order
 
     def plan(self, n_layers, n_image, budget):
-        if self.k >= n_layers:
-            raise BudgetError(
-                f"DART K={self.k} needs a decoder with more than {self.k} layers (has {n_layers}); pass a smaller k"
-            )
-        return Plan(observe={self.k - 1}, edit={self.k})
+        return _plan_at_k(self, n_layers)
 
     def request(self, state, layer_idx):
         return Observe(keys=True) if layer_idx == self.k - 1 else Observe(normed_hidden=True)
