@@ -174,6 +174,19 @@ def check_model(model: str) -> Path:
     return check_weights(folder)
 
 
+def description_limit(model, model_path=None) -> int:
+    """The default ``max_new_tokens`` of a description for ``model``: an embedded ToyLLaVA's own evaluation limit
+    (read from its folder, :func:`prunelab.models.toyllava.generation_limit`: 144), ToyLLaVA-S's
+    (:data:`prunelab.models.toyllava_s.GENERATION_LIMIT`: 96), else the 512 of the OPERA / PAI CHAIR protocol."""
+    from prunelab.models import toyllava, toyllava_s
+
+    if str(model) in DELTA_MODELS:
+        return toyllava_s.GENERATION_LIMIT
+    if str(model) in EMBEDDED_MODELS:
+        return toyllava.generation_limit(model_path)
+    return 512
+
+
 def is_toy_model(model) -> bool:
     """Whether ``model`` names ToyLLaVA: an embedded variant, or a folder whose ``config.json`` carries ToyLLaVA's
     vocabulary digest (what ``python -m prunelab.train.toyllava train --out`` writes). Never raises."""
@@ -453,6 +466,7 @@ def model_fingerprint(model: torch.nn.Module, full_limit: int = 1 << 22, sample:
 
 __all__ = [
     "EMBEDDED_MODELS",
+    "description_limit",
     "DELTA_MODELS",
     "PROMPT_FORMATS",
     "LLAVA_SHORT_ANSWER",

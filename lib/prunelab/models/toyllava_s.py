@@ -72,6 +72,10 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
 
 
 #: Decoder projections that carry LoRA deltas (attention and MLP of every layer).
+#: Description limit of ToyLLaVA-S (new tokens): the one its quick validation uses
+#: (``prunelab.train.toyllava_s_check.validate``); its training descriptions are far shorter.
+GENERATION_LIMIT = 96
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

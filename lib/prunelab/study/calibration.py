@@ -48,6 +48,30 @@ def degenerate_rate(describe: pd.DataFrame, by: Sequence[str] = ("method", "budg
     return flag.groupby([describe[c] for c in by], sort=False).mean().rename("degenerate").reset_index()
 
 
+def refusals(gm, methods: Sequence[str], budgets: Sequence[int]) -> dict[str, str]:
+    """``{method: reason}`` for the methods this loaded model cannot run, found before anything runs: the family's
+    own refusal (no [CLS] on Qwen2.5-VL) and the in-LLM layer schedules that do not fit the decoder (the method's
+    :meth:`plan` raises, e.g. FastV K = 2 on ToyLLaVA's 2-layer decoder)."""
+    from prunelab.methods.base import get_pruner
+
+    adapter = gm.adapter
+    refusal = getattr(adapter, "refusal", None)
+    n_layers, n_img = len(adapter.parts.text_layers), gm.n_image_tokens
+    out = {}
+    for m in methods:
+        p = get_pruner(m)
+        why = refusal(p) if refusal is not None else None
+        if why is None and getattr(p, "stage", "pre_llm") == "in_llm":
+            try:
+                for b in budgets:
+                    p.plan(n_layers, n_img, int(b))
+            except PrunelabError as err:
+                why = str(err).splitlines()[0]
+        if why:
+            out[m] = why
+    return out
+
+
 def calibration_runs(
     model,
     *,
@@ -60,24 +84,32 @@ def calibration_runs(
     cache_dir=None,
     progress: bool | None = None,
     pope_prefix_cache: bool = True,
+    describe_batch_size: int = 8,
+    device: str = "auto",
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, str]]:
-    """``(describe, pope, refused)``: the study loop's tables for the unpruned model and every method x budget,
-    and ``{method: reason}`` for the methods this model cannot run (a one-line error of the method itself)."""
+    """``(describe, pope, refused)``: the study loop's tables for the unpruned model and every method x budget
+    the model can run (one call per task, so an image's descriptions are decoded together,
+    ``describe_batch_size``), and ``{method: reason}`` for the methods it cannot (:func:`refusals`)."""
+    from prunelab.models.loader import as_generation_model, description_limit
+
+    gm = as_generation_model(model, device)
+    if max_new_tokens is None:
+        max_new_tokens = description_limit(model) if isinstance(model, str) else 512
+    refused = refusals(gm, methods, budgets)
+    run = [None, *(m for m in methods if m not in refused)]
     kw = dict(n=n, seed=seed, cache_dir=cache_dir, progress=progress)
-    desc, pope, refused = [], [], {}
-    for m in (None, *methods):
-        b = budgets if m is not None else budgets[:1]  # the unpruned model keeps every token whatever the budget
-        try:
-            d = run_generation(model, image_set, m, b, task="describe", max_new_tokens=max_new_tokens, **kw)
-            p = run_generation(model, image_set, m, b, task="pope", pope_prefix_cache=pope_prefix_cache, **kw)
-        except PrunelabError as err:
-            if m is None:
-                raise
-            refused[m] = str(err).splitlines()[0]
-            continue
-        desc.append(d)
-        pope.append(p)
-    return pd.concat(desc, ignore_index=True), pd.concat(pope, ignore_index=True), refused
+    desc = run_generation(
+        gm,
+        image_set,
+        run,
+        budgets,
+        task="describe",
+        max_new_tokens=max_new_tokens,
+        describe_batch_size=describe_batch_size,
+        **kw,
+    )
+    pope = run_generation(gm, image_set, run, budgets, task="pope", pope_prefix_cache=pope_prefix_cache, **kw)
+    return desc, pope, refused
 
 
 def _paper(method: str | None, budget: int) -> dict:

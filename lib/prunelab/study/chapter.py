@@ -26,10 +26,8 @@ from myst_nb import glue
 from transformers.utils import logging as hf_logging
 
 from prunelab.errors import UnknownNameError
-from prunelab.models import toyllava
-from prunelab.models.loader import EMBEDDED_MODELS
+from prunelab.models.loader import description_limit
 from prunelab.study import plots
-from prunelab.study.generation import DEFAULT_MAX_NEW_TOKENS
 from prunelab.study.params import validate
 from prunelab.study.verdict import VERDICT_GLUE, VerdictError, style_verdict
 
@@ -80,16 +78,14 @@ def setup(*, image_set=_NOT_GIVEN, many_sets: bool = False, check: Callable = va
 def generation_limit(p) -> int:
     """The description limit of a chapter: its ``max_new_tokens`` parameter when given, else the model's default.
 
-    An embedded ToyLLaVA answers with the limit its own evaluation used (:func:`prunelab.models.toyllava.
-    generation_limit`, read from the model folder: 144); any other model with the 512 tokens of the OPERA / PAI
+    An embedded ToyLLaVA answers with the limit its own evaluation used (:func:`prunelab.models.loader.description_limit`:
+    144, read from the model folder; ToyLLaVA-S 96); any other model with the 512 tokens of the OPERA / PAI
     CHAIR protocol (:data:`prunelab.study.generation.DEFAULT_MAX_NEW_TOKENS`). ``p``: validated parameters with
     ``model``, ``model_path`` and ``max_new_tokens``.
     """
     if p.max_new_tokens:
         return int(p.max_new_tokens)
-    if p.model in EMBEDDED_MODELS:
-        return toyllava.generation_limit(p.model_path)
-    return DEFAULT_MAX_NEW_TOKENS["describe"]
+    return description_limit(p.model, p.model_path)
 
 
 def glue_figure(name: str, fig) -> None:
