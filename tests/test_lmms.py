@@ -206,3 +206,17 @@ def test_a_failed_run_exits_non_zero(lmms_runs):
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
     assert "reads dataset erank statistics" in r.stdout + r.stderr
     assert "wrote no results" in r.stderr
+
+
+@needs_lmms
+def test_model_args_are_checked_before_loading(tmp_path):
+    from prunelab.errors import UnknownNameError
+    from prunelab.lmms.model import PrunelabLMM
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_next"}))
+    with pytest.raises(CapabilityError, match="LLaVA-NeXT"):
+        PrunelabLMM(pretrained=str(tmp_path))
+    with pytest.raises(UnknownNameError, match="unknown prunelab model args"):
+        PrunelabLMM(pretrained="toyllava", budgte=64)
+    with pytest.raises(CapabilityError, match="one request at a time"):
+        PrunelabLMM(pretrained="toyllava", batch_size=4)
