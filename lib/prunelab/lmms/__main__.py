@@ -61,14 +61,17 @@ def _calibrate(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    if not any(a == "--output_path" or a.startswith("--output_path=") for a in argv):
+    out = None
+    for k, a in enumerate(argv):
+        if a.startswith("--output_path="):
+            out = a.split("=", 1)[1]
+        elif a == "--output_path" and k + 1 < len(argv):
+            out = argv[k + 1]
+    if not out:
         print(
             "error: pass --output_path DIR (the wrapper checks that the run wrote its results there)", file=sys.stderr
         )
         return 2
-    out = next(
-        a.split("=", 1)[1] if "=" in a else argv[k + 1] for k, a in enumerate(argv) if a.startswith("--output_path")
-    )
     try:
         from lmms_eval.__main__ import cli_evaluate
     except ImportError as err:
