@@ -58,7 +58,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check lib tests
 	$(VENV)/bin/lint-imports
 
-test: lint assets js
+test: lint assets js lmms
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
