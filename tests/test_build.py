@@ -84,7 +84,14 @@ def test_execute_skip_fail_and_provenance(nbdir, tmp_path):
     prov = json.loads((tmp_path / "b" / "provenance" / "a.json").read_text())
     assert prov["parameters"] == {"x": 21} and prov["injected_parameters"] == {"x": 21}
     assert prov["wall_time_s"] > 0 and {"torch", "python"} <= set(prov["packages"]) and prov["device"]["cpus"] >= 1
-    assert (tmp_path / "chapters" / "a.ipynb").read_bytes() == o.output.read_bytes()
+    # The published chapter is the executed notebook with its code folded but the parameters (chapter_view).
+    published = json.loads((tmp_path / "chapters" / "a.ipynb").read_text())
+    assert [c["source"] for c in published["cells"]] == [c["source"] for c in nb["cells"]]
+    assert [c["metadata"]["tags"] for c in published["cells"]] == [
+        ["parameters"],
+        ["injected-parameters"],
+        ["hide-input"],
+    ]
     # Unchanged inputs: skipped.
     (o2,) = build.run(_plan(nbdir, tmp_path, {"x": 21}), log=logs.append)
     assert o2.status == "up-to-date"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from prunelab.book import build
+from prunelab.book import build, chapter_view
 
 NOTEBOOKS = build.list_notebooks()
 
@@ -49,6 +49,8 @@ def test_notebook_smoke_run(tmp_path, name):
     ]
     glued = [o for c in nb["cells"] for o in c.get("outputs", []) if "scrapbook" in o.get("metadata", {})]
     assert figures or glued, f"{name} produced no figure"
+    # What the built page must not show (prunelab.book.bookcheck): tqdm bars, a figure both glued and displayed.
+    assert chapter_view.output_defects(nb) == [], name
     prov = json.loads((tmp_path / "smoke" / "provenance" / f"{name}.json").read_text())
     assert prov["injected_parameters"] == build.smoke_parameters(build.NOTEBOOKS_DIR / f"{name}.ipynb")
 

@@ -56,6 +56,8 @@ def test_pages_from_a_build_dir(tmp_path):
     assert "| 01_x | 12.5 |" in prov and "test cpu" in prov and "| torch | 2.13.0 |" in prov
     paper = pages.paper_page(tmp_path)
     assert "<td>replicates</td>" in paper and "{doc}`../chapters/01_x`" in paper and "CHAIR_s" in paper
+    # The glued table sits in the block that scrolls sideways (book/css/prunelab.css; checked in test_bookcheck).
+    assert '<div class="prunelab-scroll">\n<table><tr><td>replicates</td></tr></table>\n</div>' in paper
     from prunelab.study.verdict import OUTCOMES
 
     assert all(f"**{o}**" in paper for o in OUTCOMES) and "setup check" in paper  # the legend names every outcome

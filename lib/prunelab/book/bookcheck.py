@@ -15,7 +15,9 @@ page the check asserts that
   (``application/vnd.jupyter.widget-state+json``), every widget view was rendered by the HTML widget manager into
   real widget DOM (a ``.widget-subarea`` holding ``.jupyter-widgets`` elements, not the plain-text fallback), and the
   sliders and drop-downs in each view show the values stored in the state (slider readouts, selected options);
-* no uncaught JavaScript error was raised.
+* no uncaught JavaScript error was raised;
+* **the rendering is clean** (:mod:`prunelab.book.rendercheck`): no tqdm progress bar in an output, no table or
+  output block wider than its column without a horizontal scroll bar, no figure shown twice (same image data).
 
 One full-page PNG screenshot per checked page is written to the screenshots folder (default
 ``_build/screenshots/``), with ``report.json`` holding the per-page results. The CLI prints a table and exits 1
@@ -44,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from prunelab.book.rendercheck import RENDER_INSPECT, judge_rendering
 from prunelab.errors import AssetError
 from prunelab.paths import REPO_ROOT, atomic_dir, atomic_write
 
@@ -137,6 +140,8 @@ class PageResult:
     widget_views: int = 0  # widget-view+json scripts
     widgets_rendered: int = 0  # ... rendered into widget DOM
     state_checked: int = 0  # slider/drop-down values compared with the saved state
+    blocks_measured: int = 0  # tables, <pre> and output blocks whose width was compared with their column
+    figures_hashed: int = 0  # images whose decoded data was compared for duplicates
     redirect: str = ""  # target of a meta-refresh page (index.html)
     screenshot: str = ""
     ignored_js_errors: int = 0  # occurrences of HARMLESS_JS_ERRORS
@@ -437,6 +442,9 @@ def check_pages(
                     page.wait_for_timeout(200)  # let the last layout pass settle before measuring
                     seen = page.evaluate(_INSPECT)
                     _judge(res, seen, mathjax, pending)
+                    problems, counts = judge_rendering(page.evaluate(RENDER_INSPECT))
+                    res.problems += problems
+                    res.blocks_measured, res.figures_hashed = counts["blocks_measured"], counts["figures_hashed"]
                     if screenshots is not None:
                         height = page.evaluate("() => document.documentElement.scrollHeight")
                         if height > MAX_SCREENSHOT_HEIGHT:

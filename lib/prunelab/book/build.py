@@ -15,7 +15,8 @@ For each notebook it
   the static page shows the widgets; ``MPLBACKEND`` removed from the kernel's environment because an exported
   ``Agg`` backend silently drops inline figures);
 * writes the executed notebook atomically (a failed run leaves ``<name>.failed.ipynb`` next to it, for
-  debugging, and never replaces the last good copy);
+  debugging, and never replaces the last good copy); the copy published to ``book/chapters/`` has every code cell
+  but the parameters folded behind a toggle (:mod:`prunelab.book.chapter_view`);
 * writes ``_build/provenance/<name>.json``: parameters (defaults and injected), package versions, host/device,
   CHAIR text path (reference or offline fallback), wall time, git commit, input key.
 
@@ -60,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunelab.book.chapter_view import for_book
 from prunelab.errors import PrunelabError, UnknownNameError
 from prunelab.models import loader
 from prunelab.paths import REPO_ROOT, atomic_write
@@ -441,9 +443,10 @@ def execute_job(job: Job) -> Outcome:
 
 
 def publish(executed: Path, publish_dir: Path) -> Path:
-    """Copy an executed notebook into the book's chapter folder (atomically, only if it differs)."""
+    """Copy an executed notebook into the book's chapter folder (atomically, only if it differs), its code cells
+    folded behind a toggle but the parameters (:func:`prunelab.book.chapter_view.for_book`)."""
     dest = Path(publish_dir) / executed.name
-    data = executed.read_bytes()
+    data = for_book(executed.read_bytes())
     if not dest.exists() or dest.read_bytes() != data:
         with atomic_write(dest, "wb") as fh:
             fh.write(data)

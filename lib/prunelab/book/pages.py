@@ -131,6 +131,16 @@ def methods_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+SCROLL_CLASS = "prunelab-scroll"
+
+
+def scrolling_html(fragment: str) -> str:
+    """``fragment`` (a glued table's HTML) in a block that scrolls sideways when it is wider than the page column
+    (``div.prunelab-scroll`` in ``book/css/prunelab.css``); raw HTML on a Markdown page has no output block around it
+    that would (cell outputs scroll by the theme's ``div.cell_output .output`` rule)."""
+    return f'<div class="{SCROLL_CLASS}">\n{fragment}\n</div>'
+
+
 def _glued_html(nb_path: Path, name: str) -> str | None:
     nb = json.loads(nb_path.read_text())
     for cell in nb.get("cells", []):
@@ -173,7 +183,7 @@ def paper_page(build_dir: Path = BUILD_DIR) -> str:
             f"From {{doc}}`../chapters/{nb_path.stem}`.",
             "",
             "```{raw} html",
-            table,
+            scrolling_html(table),
             "```",
             "",
         ]

@@ -9,6 +9,12 @@ default generation limit and the glued verdict table. A chapter's first code cel
     P = setup(model=model, image_set=image_set, n_images=n_images, methods=methods, budgets=budgets, seed=seed,
               device=device, max_new_tokens=max_new_tokens, results_dir=results_dir, methods_required=True)
 
+Chapters pass ``progress=False`` to the study loops (``runner.run_vision``, ``generation.run_generation``): their
+default (``None``, "bars on a terminal") still shows a bar in a notebook, because ``tqdm.auto`` picks
+``tqdm.notebook``, which reads ``disable=None`` as "show", and the loops pass ``disable or not todo``, which is
+``False`` whenever there is work. The published book must show no bar (``prunelab.book.bookcheck``); an environment
+variable could not switch them off (tqdm's ``TQDM_DISABLE`` is a default that an explicit ``disable=`` overrides).
+
 The library never imports this module (guide, "Style": chapters call the library); it imports no trainer either
 (import-linter contract ``inference-never-imports-training``).
 """
@@ -89,7 +95,11 @@ def generation_limit(p) -> int:
 
 
 def glue_figure(name: str, fig) -> None:
-    """Glue ``fig`` for the prose under ``name``, then close it: shown where the text references it, not twice."""
+    """Glue ``fig`` for the prose under ``name``, then close it: shown where the text references it, not twice.
+
+    Closing is what keeps it single: a pyplot figure still open at the end of a cell is displayed again by the inline
+    backend, under the ``{glue:figure}`` copy (issue 16 saw Figs. 1-5 and 6-7 twice when the 00 chapters called
+    ``glue(name, fig, display=False)`` on open figures; ``prunelab.book.bookcheck`` fails such a page)."""
     glue(name, fig, display=False)
     plt.close(fig)
 
