@@ -68,3 +68,14 @@ def cpu_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def bars_off(progress: bool | None) -> bool:
+    """tqdm's ``disable`` for a loop's ``progress`` parameter: ``True`` / ``False`` as given; ``None`` (the default)
+    shows bars only on a terminal (stderr a TTY). Not ``disable=None``: ``tqdm.notebook`` reads that as "show", which
+    put progress bars into the book's executed chapters (issue 16)."""
+    if progress is None:
+        import sys
+
+        return not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return not progress

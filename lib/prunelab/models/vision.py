@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunelab.device import bars_off
 from prunelab.errors import ImageError, UnknownNameError
 from prunelab.methods.base import VisualContext
 from prunelab.models.dinov2 import DINOV2_PATCH, IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, build_dinov2
@@ -462,7 +463,7 @@ def encode_images(
     keys: list[str] = []
     sizes: list[tuple[int, int]] = []
     hits: list[bool] = []
-    bar = tqdm(total=len(items), desc="vision tower", unit="img", disable=None if progress is None else not progress)
+    bar = tqdm(total=len(items), desc="vision tower", unit="img", disable=bars_off(progress))
     try:
         for start in range(0, len(items), batch_size):
             chunk = range(start, min(start + batch_size, len(items)))

@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from prunelab.device import bars_off
 from prunelab.errors import BudgetError, UnknownNameError, check_budget
 from prunelab.eval.metrics import erank
 from prunelab.eval.stats import mean_ci, paired_mean
@@ -278,7 +279,7 @@ def greedy_selections(
     use_cache = cache_dir is not False and bool(fingerprint)
     root = Path(cache_dir) if cache_dir not in (None, False, True) else _cache_dir("analysis")
     out = {}
-    disable = None if progress is None else not progress
+    disable = bars_off(progress)
     for iid, ctx in tqdm(contexts.items(), desc=f"erank-greedy T={budget}", unit="img", disable=disable):
         p = _ceiling_path(root, f"{fingerprint}|{space}", image_set, iid, budget, screen)
         cached = read_entry(p) if use_cache else None  # a damaged or older entry is a miss

@@ -9,11 +9,10 @@ default generation limit and the glued verdict table. A chapter's first code cel
     P = setup(model=model, image_set=image_set, n_images=n_images, methods=methods, budgets=budgets, seed=seed,
               device=device, max_new_tokens=max_new_tokens, results_dir=results_dir, methods_required=True)
 
-Chapters pass ``progress=False`` to the study loops (``runner.run_vision``, ``generation.run_generation``): their
-default (``None``, "bars on a terminal") still shows a bar in a notebook, because ``tqdm.auto`` picks
-``tqdm.notebook``, which reads ``disable=None`` as "show", and the loops pass ``disable or not todo``, which is
-``False`` whenever there is work. The published book must show no bar (``prunelab.book.bookcheck``); an environment
-variable could not switch them off (tqdm's ``TQDM_DISABLE`` is a default that an explicit ``disable=`` overrides).
+Progress bars: the study loops' default (``progress=None``) shows bars only when stderr is a terminal
+(:func:`prunelab.device.bars_off`), so an executed chapter shows none (``prunelab.book.bookcheck`` checks the
+published book); the chapters' explicit ``progress=False`` says the same. ``disable=None`` would not do:
+``tqdm.notebook`` reads it as "show".
 
 The library never imports this module (guide, "Style": chapters call the library); it imports no trainer either
 (import-linter contract ``inference-never-imports-training``).

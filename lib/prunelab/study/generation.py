@@ -84,7 +84,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from prunelab.device import resolve_device
+from prunelab.device import bars_off, resolve_device
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.methods.adaptive import input_erank
 from prunelab.methods.base import ErankStatsSpec
@@ -376,7 +376,7 @@ def run_generation(
     cache = RunCache(cache_dir, "generation", _CODE_FILES, CACHE_FORMAT, refresh)
     check_cache(shard, cache)
     code, vroot = cache.code, cache.root
-    disable = None if progress is None else not progress
+    disable = bars_off(progress)
     qk_layers = _qk_layers_for(specs, adapter)
 
     # Prompts.

@@ -47,7 +47,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from prunelab.device import cpu_threads
+from prunelab.device import bars_off, cpu_threads
 from prunelab.errors import CapabilityError, PrunelabError, UnknownNameError, check_budget
 from prunelab.eval.metrics import attention_entropy, erank
 from prunelab.methods import FAMILY_ORDER, available_methods
@@ -418,7 +418,7 @@ def run_vision(
     cache = RunCache(cache_dir, "runs", _CODE_FILES, CACHE_FORMAT, refresh)
     check_cache(shard, cache)
     code, vroot = cache.code, cache.root
-    disable = None if progress is None else not progress
+    disable = bars_off(progress)
 
     # Pass 1: image-level statistics (cached per image), contexts kept for small sets.
     img_dir = vroot / "images" / _key([CACHE_FORMAT, enc_fp, code])
