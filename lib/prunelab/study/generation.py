@@ -127,6 +127,8 @@ _CODE_FILES = (
     "models/prompts.py",
     "models/toyllava.py",
     "models/qwen*.py",
+    "models/llava_next.py",
+    "models/next_loading.py",
 )
 
 #: Columns of every row, both tasks (POPE rows add :data:`POPE_QUESTION_COLUMNS`).
