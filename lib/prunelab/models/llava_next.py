@@ -39,6 +39,17 @@ packed layout.
 In-LLM methods (FastV, PDrop, SparseVLM, DART) run through the unchanged
 :class:`~prunelab.models.decoder_edit.DecoderEditor` with the whole image run (newlines included, as in the HF
 sequence) as the visual span; their budget counts packed rows, newlines included, and they may drop newlines.
+
+In the study loop (:func:`prunelab.study.generation.run_generation`, :func:`prunelab.study.runner.run_vision`;
+the folder loads through :mod:`prunelab.models.next_loading`): images travel as :class:`NextImages`
+(``pixel_values`` with ``image_sizes``), and :meth:`LlavaNextAdapter.run` / ``run_shared_image`` /
+``reference_no_cache`` are LLaVA-1.5's, with the per-image steps above. POPE's questions about one image share one
+selection and are decoded together (left padding), as on LLaVA-1.5; batched descriptions
+(``describe_batch_size > 1``, ``run_selections``) refuse in one line. The *image-level* numbers (``n_tokens``,
+``erank_full_*``, ``attention_entropy*``, erank calibration) and ``run_vision``'s contexts are the **base tile**'s
+(``context(enc, 0)``: the whole image at the tower's resolution, its own [CLS], a square grid the overlays can
+draw); so are a pre-LLM record's ``erank_kept_*`` and ``attention_mass_kept`` (comparable with those numbers;
+every tile's are in ``tile_stats``). ``n_kept`` and the budget count every tile's visual tokens.
 """
 
 from __future__ import annotations
