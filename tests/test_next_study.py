@@ -225,3 +225,24 @@ def test_images_need_their_sizes(gm):
         gm.adapter.run([torch.tensor([1, 2])], torch.zeros(1, 5, 3, 112, 112), None)
     with pytest.raises(ImageError, match=r"2 images but 1 image sizes"):
         NextImages(torch.zeros(2, 5, 3, 112, 112), torch.tensor([[336, 336]]))
+
+
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_shared_selection_on_a_non_square_image_equals_batch_1(gm, prefix_cache):
+    """A 420 x 300 image (5 tiles, crop rows un-padded): run_shared_image's one selection and batched decode (with
+    or without the shared prefix cache) give each question's batch-1 answer and kept set."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 420, 3), dtype=np.uint8))
+    pv = gm.pixels(img)
+    lay = gm.adapter.layout(pv.size(0))
+    assert lay.n_tiles == 5 and lay.rows != (0, 16)  # un-padding drops crop rows
+    qs = [torch.tensor(gm.prompt_ids(gm.question_prompt(f"Is there a {w} in the image?"))) for w in ("dog", "cat")]
+    kw = dict(max_new_tokens=4, eos_token_id=-1)
+    shared = gm.adapter.run_shared_image(qs, pv, "VisPruner", 20, prefix_cache=prefix_cache, **kw)
+    assert all(r["shared_selection"] for r in shared.records) and ("prefix_len" in shared.records[0]) == prefix_cache
+    for q, seq, rec in zip(qs, shared.sequences, shared.records):
+        one = gm.adapter.run([q], pv, "VisPruner", 20, **kw)
+        assert one.sequences[0] == seq and one.records[0]["kept_indices"] == rec["kept_indices"]
+        assert rec["n_kept"] == 20 and rec["n_image_tokens"] == lay.n_visual
