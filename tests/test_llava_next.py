@@ -15,7 +15,7 @@ from prunelab.models import geometry as G
 from prunelab.models.adapter import LlavaAdapter
 from prunelab.models.families import make_adapter
 from prunelab.models.hooks import count_hooks
-from prunelab.models.llava_next import LlavaNextAdapter, anyres_layout, split_budget
+from prunelab.models.llava_next import LlavaNextAdapter, NextImages, anyres_layout, split_budget
 
 IMG = 250
 PINPOINTS = [[56, 112], [112, 56], [112, 112]]
@@ -160,7 +160,7 @@ def test_budget_n_equals_unpruned_generate(model, adapter, inputs, method):
     n = anyres_layout(model.config, SIZE).n_visual
     one = torch.cat([ids[0, :6], torch.tensor([IMG]), ids[0, -6:]])  # one placeholder, expanded by the adapter
     for row in (ids, one[None]):
-        out = adapter.run(row, pv, sizes, method, n, max_new_tokens=5, output_logits=True, eos_token_id=-1)
+        out = adapter.run(row, NextImages(pv, sizes), method, n, max_new_tokens=5, output_logits=True, eos_token_id=-1)
         assert out.sequences[0] == seq
         assert torch.allclose(out.logits[0], logits, atol=1e-4)
         r = out.records[0]
@@ -170,7 +170,7 @@ def test_budget_n_equals_unpruned_generate(model, adapter, inputs, method):
 def test_pruning_changes_the_answer(model, adapter, inputs):
     ids, pv, sizes = inputs
     _, logits = _hf_generate(model, ids, pv, sizes)
-    out = adapter.run(ids, pv, sizes, "FasterVLM", 8, max_new_tokens=5, output_logits=True, eos_token_id=-1)
+    out = adapter.run(ids, NextImages(pv, sizes), "FasterVLM", 8, max_new_tokens=5, output_logits=True, eos_token_id=-1)
     assert not torch.allclose(out.logits[0], logits, atol=1e-3)
 
 
@@ -188,7 +188,9 @@ def test_fastervlm_per_tile_budgets_cls_and_newlines(model, adapter, inputs, rul
     ids, pv, sizes = inputs
     lay = anyres_layout(model.config, SIZE)
     T = 20
-    out = adapter.run(ids, pv, sizes, "FasterVLM", T, tile_budget=rule, max_new_tokens=2)
+    with adapter.tiles_split(rule):
+        out = adapter.run(ids, NextImages(pv, sizes), "FasterVLM", T, max_new_tokens=2)
+    assert adapter.tile_budget == "proportional"  # restored after the block
     r = out.records[0]
     kept = r["kept_indices"]
     assert set(lay.newlines.tolist()) <= set(kept)  # every newline kept
@@ -215,10 +217,10 @@ def test_kv_cache_equals_no_cache_reference(adapter, inputs, method):
     """In-LLM methods edit the decoder over the whole packed run (newlines included): cached generation equals the
     no-cache reference, and pruning changes the logits."""
     ids, pv, sizes = inputs
-    out = adapter.run(ids, pv, sizes, method, 20, max_new_tokens=4, output_logits=True, eos_token_id=-1)
-    ref = adapter.reference_no_cache(ids, pv, sizes, method, 20, steps=4)
+    out = adapter.run(ids, NextImages(pv, sizes), method, 20, max_new_tokens=4, output_logits=True, eos_token_id=-1)
+    ref = adapter.reference_no_cache(ids, NextImages(pv, sizes), method, 20, steps=4)
     assert torch.allclose(out.logits[0], ref, atol=1e-4)
-    full = adapter.reference_no_cache(ids, pv, sizes, None, None, steps=4)
+    full = adapter.reference_no_cache(ids, NextImages(pv, sizes), None, None, steps=4)
     assert not torch.allclose(ref, full, atol=1e-3)
     counts = out.records[0]["visual_tokens_per_layer"]
     assert counts == sorted(counts, reverse=True) and (counts[0] == 52 or method == "VisPruner")
@@ -226,9 +228,10 @@ def test_kv_cache_equals_no_cache_reference(adapter, inputs, method):
 
 def test_tiny_budgets_leave_tiles_empty(adapter, inputs):
     ids, pv, sizes = inputs
-    r = adapter.run(ids, pv, sizes, "FasterVLM", 2, max_new_tokens=1).records[0]
+    r = adapter.run(ids, NextImages(pv, sizes), "FasterVLM", 2, max_new_tokens=1).records[0]
     assert r["tile_budgets"] == [1, 1, 0, 0, 0] and r["n_kept"] == 2 and len(r["kept_indices"]) == 2 + 4
-    r = adapter.run(ids, pv, sizes, "FasterVLM", 3, tile_budget="equal", max_new_tokens=1).records[0]
+    with adapter.tiles_split("equal"):
+        r = adapter.run(ids, NextImages(pv, sizes), "FasterVLM", 3, max_new_tokens=1).records[0]
     assert r["tile_budgets"] == [1, 1, 1, 0, 0] and r["tile_kept"][0] == 1
 
 
@@ -248,15 +251,17 @@ def test_batch_of_two_sizes_equals_one_by_one(model, adapter):
     lays = [anyres_layout(model.config, s.tolist()) for s in sizes]
     assert [lay.n_tiles for lay in lays] == [5, 3] and pv.shape[1] == 5
     rows = [torch.tensor([1, 7, 8, IMG, 9, 10, 11, 12]), torch.tensor([1, 13, IMG, 14, 15])]
-    both = adapter.run(rows, pv, sizes, "VisPruner", 10, batch_size=2, max_new_tokens=4, eos_token_id=-1)
+    both = adapter.run(rows, NextImages(pv, sizes), "VisPruner", 10, batch_size=2, max_new_tokens=4, eos_token_id=-1)
     for b in range(2):
         one = adapter.run(
-            [rows[b]], pv[b : b + 1], sizes[b : b + 1], "VisPruner", 10, max_new_tokens=4, eos_token_id=-1
+            [rows[b]], NextImages(pv[b : b + 1], sizes[b : b + 1]), "VisPruner", 10, max_new_tokens=4, eos_token_id=-1
         )
         assert both.sequences[b] == one.sequences[0]
         assert both.records[b]["kept_indices"] == one.records[0]["kept_indices"]
         n = lays[b].n_visual
-        full = adapter.run([rows[b]], pv[b : b + 1], sizes[b : b + 1], None, n, max_new_tokens=4, eos_token_id=-1)
+        full = adapter.run(
+            [rows[b]], NextImages(pv[b : b + 1], sizes[b : b + 1]), None, n, max_new_tokens=4, eos_token_id=-1
+        )
         k = int((rows[b] == IMG).nonzero())
         ids = torch.cat([rows[b][:k], torch.full((lays[b].n_packed,), IMG), rows[b][k + 1 :]])[None]
         assert full.sequences[0] == _hf_generate(model, ids, pv[b : b + 1, : lays[b].n_tiles], sizes[b : b + 1], 4)[0]
@@ -265,7 +270,7 @@ def test_batch_of_two_sizes_equals_one_by_one(model, adapter):
 def test_tokens_without_a_patch_follow_their_segment(adapter, inputs):
     """VisionZip's [CLS] (index -1) of the base tile follows the base rows; the crop tiles' follow the crop map."""
     ids, pv, sizes = inputs
-    r = adapter.run(ids, pv, sizes, "VisionZip", 20, max_new_tokens=1).records[0]
+    r = adapter.run(ids, NextImages(pv, sizes), "VisionZip", 20, max_new_tokens=1).records[0]
     k = r["kept_indices"]
     n_base = r["tile_budgets"][0] - 1  # dominant + contextual rows anchored to base patches
     assert k[n_base] == -1 and all(0 <= p < 16 for p in k[:n_base]) and k[:n_base] == sorted(k[:n_base])
@@ -283,10 +288,10 @@ def test_hooks_removed_also_on_error(model, adapter, inputs):
 
     ids, pv, sizes = inputs
     before = count_hooks(model)
-    adapter.run(ids, pv, sizes, "VisPruner", 12, max_new_tokens=2)
-    adapter.run(ids, pv, sizes, "FastV", 30, max_new_tokens=2)
+    adapter.run(ids, NextImages(pv, sizes), "VisPruner", 12, max_new_tokens=2)
+    adapter.run(ids, NextImages(pv, sizes), "FastV", 30, max_new_tokens=2)
     with pytest.raises(RuntimeError, match="broken edit"):
-        adapter.run(ids, pv, sizes, Broken(), 12, max_new_tokens=2)
+        adapter.run(ids, NextImages(pv, sizes), Broken(), 12, max_new_tokens=2)
     assert count_hooks(model) == before
 
 
@@ -309,11 +314,17 @@ def test_dispatch_and_refusals(model, inputs):
     ids, pv, sizes = inputs
     ad = LlavaNextAdapter(model)
     with pytest.raises(BudgetError, match="1 <= T <= 48"):
-        ad.run(ids, pv, sizes, "FasterVLM", 49)
+        ad.run(ids, NextImages(pv, sizes), "FasterVLM", 49)
     with pytest.raises(PrunelabError, match="image_sizes"):
-        ad.run(ids, pv[:, 0], sizes, "FasterVLM", 8)
-    with pytest.raises(CapabilityError, match="run_shared_image"):
-        ad.run_shared_image(ids, pv, "FasterVLM", 8)
+        ad.run(ids, NextImages(pv[:, 0], sizes), "FasterVLM", 8)
+    with pytest.raises(PrunelabError, match="needs image_sizes with pixel_values"):
+        ad.run(ids, pv, "FasterVLM", 8)
+    with pytest.raises(CapabilityError, match="run_selections is not available for LLaVA-NeXT"):
+        ad.run_selections(ids, NextImages(pv, sizes), [("FasterVLM", 8)])
+    with pytest.raises(CapabilityError, match="takes no option"):
+        LlavaAdapter(tiny_llava("clip", seed=0), tile_budget="equal")
+    with pytest.raises(BudgetError, match="tile_budget"):
+        LlavaNextAdapter(model, tile_budget="biggest")
 
 
 # ------------------------------------------------------------------ every registered method x LLaVA-NeXT
@@ -328,7 +339,7 @@ def test_every_method_runs_or_refuses(model, adapter, inputs, method):
     stats = calibrate_erank(adapter.contexts(pv[0]))
     T = 16
     try:
-        out = adapter.run(ids, pv, sizes, method, T, max_new_tokens=2, erank_stats=stats)
+        out = adapter.run(ids, NextImages(pv, sizes), method, T, max_new_tokens=2, erank_stats=stats)
     except CapabilityError as err:
         msg = str(err)
         assert method in REFUSED, f"{method} refused: {msg}"

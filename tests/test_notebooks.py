@@ -152,3 +152,25 @@ def test_a_method_qwen_cannot_run_fails_the_chapter_up_front(tmp_path, qwen_fold
     out = _run(tmp_path, "02_chair_hallucination", {"model": str(qwen_folder), "methods": ["FasterVLM", "VisionZip"]})
     assert out.status == "failed"
     assert "VisionZip cannot run on this model" in out.error and "[CLS]" in out.error
+
+
+@pytest.fixture(scope="module")
+def next_folder(tmp_path_factory):
+    from prunelab.models.tiny_next import save_tiny_llava_next_hf
+
+    return save_tiny_llava_next_hf(tmp_path_factory.mktemp("next") / "tiny-llava-next", words=["dog", "cat", "car"])
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", MODEL_NOTEBOOKS)
+def test_notebook_runs_a_llava_next_folder(tmp_path, next_folder, name):
+    """``-p model=/path/to/llava-v1.6-hf`` on a tiny random LLaVA-NeXT folder (anyres: a 336 px toy image is a base
+    tile and 2 x 2 crops, 320 visual tokens plus 16 newlines; LLaVA-1.5's Vicuna prompt, the folder having no chat
+    template) with each chapter's smoke methods, all of which LLaVA-NeXT runs."""
+    out = _run(tmp_path, name, {"model": str(next_folder)})
+    assert out.status == "executed", out.error
+    streams, glued = _streams_and_glue(out)
+    if name == "01_erank_shortfall":  # the checkpoint's own tower (its base tile) and projector
+        assert str(next_folder) in glued["tower"] and str(next_folder) in glued["projector_text"]
+    else:
+        assert f"model {next_folder} (llava_v1 prompt, 320 visual tokens)" in streams

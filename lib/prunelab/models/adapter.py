@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from prunelab.device import synchronize
-from prunelab.errors import BudgetError, CapabilityError, ImageError, check_budget
+from prunelab.errors import BudgetError, CapabilityError, ImageError
 from prunelab.methods.base import Pruner, PruneResult, prune
 from prunelab.models.decoder_edit import DecoderEditor
 from prunelab.models.generate_common import FamilyAdapter, RunOutput, base_record, until_eos
@@ -81,11 +81,19 @@ class LlavaAdapter(TowerReader, FamilyAdapter):
     model: a ``LlavaForConditionalGeneration`` (llava-hf checkpoint, ToyLLaVA, or a tiny test model).
     processor / tokenizer: optional; needed only for :meth:`generate` (images + questions) and for ``texts``.
     device: ``"auto"`` / ``"cpu"`` / ``"cuda"``; the model is moved there (``DeviceError`` if cuda is absent).
+    family_kw: options of a subclass's family (LLaVA-NeXT's ``tile_budget``), handed to :meth:`_configure`.
+
+    Subclasses for other LLaVA layouts (:class:`~prunelab.models.llava_next.LlavaNextAdapter`) keep :meth:`run`,
+    :meth:`run_shared_image` and :meth:`reference_no_cache` and override the per-image steps they call:
+    :meth:`_images` (what ``pixel_values`` may be), :meth:`tokens_for`, :meth:`_method_budget`, :meth:`_prepare`
+    and :meth:`_finish_records`.
     """
 
     family = "llava"  # a family in parts.TILED_FAMILIES is refused unless it is this class's own
 
-    def __init__(self, model: nn.Module, processor=None, tokenizer=None, device: str | torch.device | None = None):
+    def __init__(
+        self, model: nn.Module, processor=None, tokenizer=None, device: str | torch.device | None = None, **family_kw
+    ):
         self.parts = resolve_parts(model)
         if not isinstance(self.parts, LlavaParts):
             raise CapabilityError(
@@ -100,6 +108,19 @@ class LlavaAdapter(TowerReader, FamilyAdapter):
         self._bind(model, processor, tokenizer, device)
         self._vflops = vision_flops(self.parts)
         self._reuse: tuple[torch.Tensor, dict] | None = None
+        self._configure(**family_kw)
+
+    def _configure(self, **family_kw) -> None:
+        """Family options (none for LLaVA-1.5); a subclass takes its own keywords here."""
+        if family_kw:
+            raise CapabilityError(
+                f"{type(self).__name__} takes no option {', '.join(sorted(family_kw))}; "
+                "pass model, processor, tokenizer and device only"
+            )
+
+    def _images(self, pixel_values):
+        """The images of one call as this family holds them (LLaVA-1.5: the ``(B, 3, H, W)`` tensor itself)."""
+        return pixel_values
 
     # ---------------- main entry
     @torch.no_grad()
@@ -128,6 +149,7 @@ class LlavaAdapter(TowerReader, FamilyAdapter):
         and prompt_len_unpruned, visual_tokens_per_layer, equivalent_tokens, vision_s, select_s, prefill_s,
         decode_s, n_generated, batch_size, flops_vision, flops_prefill, flops_decode.
         """
+        pixel_values = self._images(pixel_values)
         pruner, rows, in_llm, qk_layers, needs_text = self._inputs(input_ids, method, method_params, batch_size)
         budget = self._method_budget(pruner, budget, pixel_values)
         if in_llm and batch_size != 1:
@@ -135,8 +157,8 @@ class LlavaAdapter(TowerReader, FamilyAdapter):
                 f"{pruner.name} is an in-LLM method and runs with batch_size=1 (its source uses batch element 0); "
                 "pass batch_size=1"
             )
-        if pixel_values.shape[0] != len(rows):
-            raise ImageError(f"{len(rows)} prompts but {pixel_values.shape[0]} images; pass one image per prompt")
+        if len(pixel_values) != len(rows):
+            raise ImageError(f"{len(rows)} prompts but {len(pixel_values)} images; pass one image per prompt")
         eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
         out_seqs: list[list[int]] = []
         out_recs: list[dict] = []
@@ -469,9 +491,9 @@ class LlavaAdapter(TowerReader, FamilyAdapter):
         sequence; an in-LLM method's prefill selection is recorded on the first pass and re-applied to the
         prompt part of later passes (generated tokens are always kept). Returns ``(steps, V)`` logits — what
         cached generation under the same method must reproduce."""
+        pixel_values = self._images(pixel_values)
         pruner = self._method(method, method_params)
-        n_img = self.tokens_for(pixel_values)
-        budget = check_budget(budget, n_img) if pruner is not None else n_img
+        budget = self._method_budget(pruner, budget, pixel_values) if pruner is not None else None
         row = torch.as_tensor(input_ids[0] if torch.is_tensor(input_ids) and input_ids.ndim == 2 else input_ids)
         in_llm, qk, needs_text = self._needs(pruner)
         s = self._prepare([row], [0], pixel_values[:1], pruner, budget, in_llm, qk, needs_text, None, None)[0]

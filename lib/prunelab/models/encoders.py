@@ -144,13 +144,14 @@ class AdapterEncoder:
         cls, path: str | Path, *, device: str = "auto", batch_size: int = 8, dtype=None
     ) -> AdapterEncoder:
         """Load a ``LlavaForConditionalGeneration`` and its image processor from local files only (fp16 on CUDA,
-        fp32 on the CPU unless ``dtype`` is given); nothing is downloaded. A Qwen2.5-VL folder (``model_type``
-        ``qwen2_5_vl``) goes through :func:`prunelab.models.loader.load_generation_model`, one image per batch."""
+        fp32 on the CPU unless ``dtype`` is given); nothing is downloaded. A Qwen2.5-VL or LLaVA-NeXT folder
+        (``model_type`` ``qwen2_5_vl`` / ``llava_next``) goes through
+        :func:`prunelab.models.loader.load_generation_model`, one image per batch."""
         from transformers import AutoImageProcessor, LlavaForConditionalGeneration
 
         dev = resolve_device(device)
-        if _model_type(path) == "qwen2_5_vl":
-            return cls._from_qwen(path, dev, dtype)
+        if _model_type(path) in _LOADER_TOWERS:
+            return cls._from_loader(path, dev, dtype)
         dtype = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
         try:
             model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype, local_files_only=True)
@@ -163,25 +164,34 @@ class AdapterEncoder:
         return cls.from_model(model, proc, name=str(path), device=str(dev), batch_size=batch_size)
 
     @classmethod
-    def _from_qwen(cls, path, dev, dtype) -> AdapterEncoder:
-        """A Qwen2.5-VL folder: the loader's model, image processor and adapter, one image at a time (the image
-        processor sizes each image on its own)."""
+    def _from_loader(cls, path, dev, dtype) -> AdapterEncoder:
+        """A Qwen2.5-VL or LLaVA-NeXT folder: the loader's model, image processor and adapter, one image at a time
+        (both processors size each image on its own). LLaVA-NeXT's context is the base tile
+        (:meth:`prunelab.models.llava_next.LlavaNextAdapter.encode_images`)."""
         from prunelab.models.loader import load_generation_model
 
         gm = load_generation_model(str(path), device=str(dev), dtype=dtype)
+        family = _model_type(path)
         parts = gm.adapter.parts
+        tower = parts.visual if family == "qwen2_5_vl" else parts.vision_tower
         enc = cls(
             gm.adapter,
             lambda batch: gm.pixels(batch[0]),
             batch_size=1,
-            qk_layers=(),
-            fingerprint=lambda: f"qwen2_5_vl:{path}|vit={module_fingerprint(parts.visual)}|proc={gm.pixels.key}",
+            qk_layers=() if family == "qwen2_5_vl" else (-2, -1),
+            fingerprint=lambda: f"{family}:{path}|vit={module_fingerprint(tower)}|proc={gm.pixels.key}",
         )
         enc.name = str(path)
-        enc.tower_text = (
-            f"the ViT of {path} (last-block patch states of each 2x2 merge group; no [CLS]: attention scores are "
-            f"the attention each patch receives in block {gm.adapter.score_layer})"
-        )
+        if family == "qwen2_5_vl":
+            enc.tower_text = (
+                f"the ViT of {path} (last-block patch states of each 2x2 merge group; no [CLS]: attention scores "
+                f"are the attention each patch receives in block {gm.adapter.score_layer})"
+            )
+        else:
+            enc.tower_text = (
+                f"the vision tower of {path} on the base tile of each image (the whole image at the tower's "
+                "resolution, its own [CLS]; layer -2 patch features)"
+            )
         return enc
 
     @property
@@ -221,6 +231,10 @@ class AdapterEncoder:
                     )
                 )
         return out
+
+
+#: Families whose folders load through prunelab.models.loader (their own processor and adapter).
+_LOADER_TOWERS = ("qwen2_5_vl", "llava_next")
 
 
 def _model_type(path) -> str | None:

@@ -39,29 +39,113 @@ packed layout.
 In-LLM methods (FastV, PDrop, SparseVLM, DART) run through the unchanged
 :class:`~prunelab.models.decoder_edit.DecoderEditor` with the whole image run (newlines included, as in the HF
 sequence) as the visual span; their budget counts packed rows, newlines included, and they may drop newlines.
+
+In the study loop (:func:`prunelab.study.generation.run_generation`, :func:`prunelab.study.runner.run_vision`;
+the folder loads through :mod:`prunelab.models.next_loading`): images travel as :class:`NextImages`
+(``pixel_values`` with ``image_sizes``), and :meth:`LlavaNextAdapter.run` / ``run_shared_image`` /
+``reference_no_cache`` are LLaVA-1.5's, with the per-image steps above. POPE's questions about one image share one
+selection and are decoded together (left padding), as on LLaVA-1.5; batched descriptions
+(``describe_batch_size > 1``, ``run_selections``) refuse in one line. The *image-level* numbers (``n_tokens``,
+``erank_full_*``, ``attention_entropy*``, erank calibration) and ``run_vision``'s contexts are the **base tile**'s
+(``context(enc, 0)``: the whole image at the tower's resolution, its own [CLS], a square grid the overlays can
+draw); so are a pre-LLM record's ``erank_kept_*`` and ``attention_mass_kept`` (comparable with those numbers;
+every tile's are in ``tile_stats``). ``n_kept`` and the budget count every tile's visual tokens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from prunelab.errors import BudgetError, CapabilityError, ImageError, check_budget
 from prunelab.methods.base import VisualContext, prune
-from prunelab.models.adapter import LlavaAdapter, RunOutput, _Sample
+from prunelab.models.adapter import LlavaAdapter, _Sample
 from prunelab.models.decoder_edit import DecoderEditor
 from prunelab.models.geometry import best_resolution
-from prunelab.models.hooks import HookScope
 from prunelab.models.prompts import VICUNA_SYSTEM, build_prompt, tokenize_with_image
 
-__all__ = ["AnyresLayout", "LlavaNextAdapter", "TILE_BUDGETS", "anyres_layout", "split_budget"]
+__all__ = [
+    "AnyresLayout",
+    "LlavaNextAdapter",
+    "NextImages",
+    "TILE_BUDGETS",
+    "anyres_layout",
+    "as_next_images",
+    "split_budget",
+]
 
 TILE_BUDGETS = ("proportional", "equal")
+_BASE_STATS = ("erank_kept_vision", "erank_kept_projected", "attention_mass_kept")
+
+
+def _check_rule(rule: str) -> str:
+    if rule not in TILE_BUDGETS:
+        raise BudgetError(f"unknown tile_budget {rule!r}; use one of {', '.join(TILE_BUDGETS)}")
+    return rule
+
+
+@dataclass
+class NextImages:
+    """What LLaVA-NeXT's image processor returns for B images, kept together: ``pixel_values``
+    ``(B, tiles, 3, S, S)`` (tiles padded to the batch's most) and ``image_sizes`` ``(B, 2)`` (height, width). The
+    study loop passes it where a LLaVA-1.5 model takes a ``(B, 3, H, W)`` tensor; ``len()`` is the number of
+    images, as for that tensor."""
+
+    pixel_values: torch.Tensor
+    image_sizes: torch.Tensor
+
+    def __post_init__(self):
+        self.image_sizes = torch.as_tensor(self.image_sizes, dtype=torch.long).reshape(-1, 2)
+        if not torch.is_tensor(self.pixel_values) or self.pixel_values.ndim != 5:
+            shape = tuple(getattr(self.pixel_values, "shape", ()))
+            raise ImageError(
+                f"pixel_values must be (B, tiles, 3, H, W) as the LLaVA-NeXT processor gives, got {shape}; "
+                "pass the processor's pixel_values and image_sizes"
+            )
+        if self.pixel_values.shape[0] != self.image_sizes.shape[0]:
+            raise ImageError(
+                f"{self.pixel_values.shape[0]} images but {self.image_sizes.shape[0]} image sizes; pass the "
+                "processor's pixel_values and image_sizes together"
+            )
+
+    def __len__(self) -> int:
+        return int(self.image_sizes.shape[0])
+
+    def size(self, b: int) -> list[int]:
+        """``[height, width]`` of image ``b``."""
+        return [int(x) for x in self.image_sizes[b]]
+
+    def __getitem__(self, idx) -> NextImages:
+        idx = [idx] if isinstance(idx, int) else idx
+        return NextImages(self.pixel_values[idx], self.image_sizes[idx])
+
+    def detach(self) -> NextImages:
+        return NextImages(self.pixel_values.detach(), self.image_sizes)
+
+    def cpu(self) -> NextImages:
+        return NextImages(self.pixel_values.detach().cpu(), self.image_sizes.cpu())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.pixel_values, self.image_sizes))
+
+
+def as_next_images(images) -> NextImages:
+    """``images`` as :class:`NextImages`: one already, or the processor's output (``pixel_values`` and
+    ``image_sizes``)."""
+    if isinstance(images, NextImages):
+        return images
+    if isinstance(images, Mapping) and "pixel_values" in images and "image_sizes" in images:
+        return NextImages(images["pixel_values"], images["image_sizes"])
+    raise ImageError(
+        f"LLaVA-NeXT needs image_sizes with pixel_values, got {type(images).__name__}; pass "
+        "NextImages(pixel_values, image_sizes) or the image processor's output"
+    )
 
 
 @dataclass(frozen=True)
@@ -184,105 +268,112 @@ def _sub_context(ctx: VisualContext, idx: torch.Tensor, grid: tuple[int, int]) -
 class LlavaNextAdapter(LlavaAdapter):
     """Generate with a ``LlavaNextForConditionalGeneration`` under a pruning method and budget (module docstring).
 
-    ``tile_budget``: how ``T`` is split across tiles, ``"proportional"`` (default) or ``"equal"`` (VisPruner's
-    official rule); :meth:`run` may override it per call. :meth:`run` takes the processor's ``image_sizes`` too.
+    ``tile_budget`` (keyword): how ``T`` is split across tiles, ``"proportional"`` (default) or ``"equal"``
+    (VisPruner's official rule); :meth:`tiles_split` changes it for a block. :meth:`run`, :meth:`run_shared_image`,
+    :meth:`reference_no_cache` and :meth:`generate` are :class:`LlavaAdapter`'s, with images a :class:`NextImages`
+    (or the processor's output) instead of a ``(B, 3, H, W)`` tensor: ``pixel_values`` ``(B, tiles, 3, S, S)``
+    and ``image_sizes`` ``(B, 2)``. Records add ``n_tiles``, ``n_packed`` (image run length), ``n_newlines``,
+    ``tile_budget``, ``tile_budgets`` and ``tile_kept`` (visual tokens per tile reaching the LLM);
+    ``n_image_tokens`` and ``n_kept`` count visual tokens without newlines (for in-LLM methods ``n_kept`` counts
+    the image run's rows left after the last pruning layer, newlines included); ``kept_indices`` are packed
+    positions, newlines included, ``-1`` for tokens without a patch; ``visual_tokens_per_layer`` and
+    ``equivalent_tokens`` count rows of the image run, newlines included; ``flops_vision`` counts every tile.
+    :meth:`run_shared_image` (POPE) shares one selection across an image's prompts and decodes them together,
+    as on LLaVA-1.5; :meth:`run_selections` refuses.
     """
 
     family = "llava_next"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        processor=None,
-        tokenizer=None,
-        device: str | torch.device | None = None,
-        tile_budget: str = "proportional",
-    ):
-        family = getattr(getattr(model, "config", None), "model_type", None)
+    def _configure(self, tile_budget: str = "proportional") -> None:
+        family = getattr(self.model.config, "model_type", None)
         if family != "llava_next":
             raise CapabilityError(
-                f"LlavaNextAdapter takes a LlavaNextForConditionalGeneration, got {type(model).__name__} ({family}); "
-                "use prunelab.models.families.make_adapter(model)"
+                f"LlavaNextAdapter takes a LlavaNextForConditionalGeneration, got {type(self.model).__name__} "
+                f"({family}); use prunelab.models.families.make_adapter(model)"
             )
-        if tile_budget not in TILE_BUDGETS:
-            raise BudgetError(f"unknown tile_budget {tile_budget!r}; use one of {', '.join(TILE_BUDGETS)}")
-        super().__init__(model, processor=processor, tokenizer=tokenizer, device=device)
-        self.tile_budget = tile_budget
-        self.image_newline = model.model.image_newline
+        self.tile_budget = _check_rule(tile_budget)
+        self.image_newline = self.model.model.image_newline
 
     def layout(self, image_hw) -> AnyresLayout:
         return anyres_layout(self.model.config, image_hw)
 
-    # ---------------- main entry
-    @torch.no_grad()
-    def run(
-        self,
-        input_ids,
-        pixel_values: torch.Tensor,
-        image_sizes,
-        method=None,
-        budget: int | None = None,
-        *,
-        method_params: dict | None = None,
-        tile_budget: str | None = None,
-        max_new_tokens: int = 32,
-        batch_size: int = 1,
-        output_logits: bool = False,
-        erank_stats: dict | None = None,
-        image_ids: Sequence[str] | None = None,
-        eos_token_id: int | None = None,
-    ) -> RunOutput:
-        """Greedy generation for each (prompt ids, image) pair, as :meth:`LlavaAdapter.run`, with
-        ``pixel_values`` ``(B, tiles, 3, S, S)`` and ``image_sizes`` ``(B, 2)`` (height, width) from the
-        processor. Records add ``n_tiles``, ``n_packed`` (image run length), ``n_newlines``, ``tile_budget``,
-        ``tile_budgets`` and ``tile_kept`` (visual tokens per tile reaching the LLM); ``n_image_tokens`` and
-        ``n_kept`` count visual tokens without newlines (for in-LLM methods ``n_kept`` counts the image run's rows
-        left after the last pruning layer, newlines included); ``kept_indices`` are packed positions, newlines
-        included, ``-1`` for tokens without a patch; ``visual_tokens_per_layer`` and ``equivalent_tokens`` count
-        rows of the image run, newlines included."""
-        rule = self.tile_budget if tile_budget is None else tile_budget
-        if rule not in TILE_BUDGETS:
-            raise BudgetError(f"unknown tile_budget {rule!r}; use one of {', '.join(TILE_BUDGETS)}")
-        pruner, rows, in_llm, qk_layers, needs_text = self._inputs(input_ids, method, method_params, batch_size)
-        sizes = torch.as_tensor(image_sizes).reshape(-1, 2).tolist()
-        if pixel_values.ndim != 5:
+    @contextlib.contextmanager
+    def tiles_split(self, tile_budget: str):
+        """Within the block, budgets are split across tiles by ``tile_budget`` instead of the adapter's own rule."""
+        prev, self.tile_budget = self.tile_budget, _check_rule(tile_budget)
+        try:
+            yield self
+        finally:
+            self.tile_budget = prev
+
+    # ---------------- the per-image steps of LlavaAdapter.run / run_shared_image / reference_no_cache
+    def _images(self, pixel_values) -> NextImages:
+        return as_next_images(pixel_values)
+
+    def tokens_for(self, images) -> int:
+        """Visual tokens (newlines not counted) of the first image of ``images``: what a budget counts."""
+        images = as_next_images(images)
+        return self.layout(images.size(0)).n_visual
+
+    def _tile_stack(self, images) -> torch.Tensor:
+        """The ``(tiles, 3, S, S)`` tiles of one image (a tensor is taken as such a stack already)."""
+        if torch.is_tensor(images) and images.ndim == 4:
+            return images
+        images = as_next_images(images)
+        if len(images) != 1:
+            raise ImageError(f"this step takes one image, got {len(images)}; pass images[b] for image b")
+        lay = self.layout(images.size(0))
+        if images.pixel_values.shape[1] < lay.n_tiles:
             raise ImageError(
-                f"pixel_values must be (B, tiles, 3, H, W) as the LLaVA-NeXT processor gives, got "
-                f"{tuple(pixel_values.shape)}; pass the processor's pixel_values and image_sizes"
+                f"the image needs {lay.n_tiles} tiles for size {images.size(0)} but pixel_values has "
+                f"{images.pixel_values.shape[1]}; pass the processor's image_sizes with its pixel_values"
             )
-        if not (pixel_values.shape[0] == len(sizes) == len(rows)):
-            raise ImageError(
-                f"{len(rows)} prompts, {pixel_values.shape[0]} images and {len(sizes)} image sizes; pass one each"
+        return images.pixel_values[0, : lay.n_tiles]
+
+    def encode_images(self, images, qk_layers: Sequence[int] = ()) -> dict:
+        """The tower on the tiles of one image (a :class:`NextImages` of one, or a tile stack): LlavaAdapter's
+        output with the tiles as its batch, so ``context(enc, 0)`` is the base tile (the whole image at the tower's
+        resolution, its own [CLS]): the context image-level statistics and :func:`prunelab.study.runner.run_vision`
+        read on this family."""
+        return super().encode_images(self._tile_stack(images), qk_layers)
+
+    def encode_timed(self, images, qk_layers) -> tuple[dict, float]:
+        """:meth:`encode_images` and the seconds for the image (all its tiles)."""
+        tiles = self._tile_stack(images)
+        enc, per_tile = super().encode_timed(tiles, qk_layers)
+        return enc, per_tile * tiles.shape[0]
+
+    def reuse_encoding(self, images, enc: dict):
+        return super().reuse_encoding(self._tile_stack(images), enc)
+
+    def _method_budget(self, pruner, budget, images) -> int | None:
+        """``budget`` checked against every image's count: visual tokens for a pre-LLM method, the packed run
+        (newlines included) for an in-LLM one."""
+        if pruner is None:
+            return budget
+        in_llm = self._needs(pruner)[0]
+        for b in range(len(images)):
+            lay = self.layout(images.size(b))
+            budget = self._check(pruner, budget, lay.n_packed if in_llm else lay.n_visual)
+        return budget
+
+    def _prepare(self, rows, idx, images, pruner, budget, in_llm, qk_layers, needs_text, erank_stats, image_ids):
+        samples = []
+        for b in idx:
+            lay = self.layout(images.size(b))
+            enc, vision_s = self.encode_timed(images[b], qk_layers)
+            iid = None if image_ids is None else image_ids[b]
+            s = self._next_sample(
+                enc, lay, rows[b], b, iid, pruner, budget, in_llm, needs_text, erank_stats, self.tile_budget
             )
-        if in_llm and batch_size != 1:
-            raise CapabilityError(f"{pruner.name} is an in-LLM method and runs with batch_size=1; pass batch_size=1")
-        eos = eos_token_id if eos_token_id is not None else self.model.generation_config.eos_token_id
-        seqs_all, recs, logits_all = [], [], []
-        for c0 in range(0, len(rows), int(batch_size)):
-            samples = []
-            for b in range(c0, min(c0 + int(batch_size), len(rows))):
-                lay = self.layout(sizes[b])
-                if pixel_values.shape[1] < lay.n_tiles:
-                    raise ImageError(
-                        f"image {b} needs {lay.n_tiles} tiles for size {sizes[b]} but pixel_values has "
-                        f"{pixel_values.shape[1]}; pass the processor's image_sizes with its pixel_values"
-                    )
-                n_budget = lay.n_packed if in_llm else lay.n_visual
-                t = None if pruner is None else self._check(pruner, budget, n_budget)
-                enc, per_tile_s = self.encode_timed(pixel_values[b, : lay.n_tiles], qk_layers)
-                iid = None if image_ids is None else image_ids[b]
-                s = self._next_sample(enc, lay, rows[b], b, iid, pruner, t, in_llm, needs_text, erank_stats, rule)
-                s.record["vision_s"] = per_tile_s * lay.n_tiles
-                samples.append(s)
-            seqs, logits, timing = self._generate(samples, max_new_tokens, eos, output_logits, in_llm)
-            self._finish_records(samples, seqs, timing)
-            for s in samples:
-                s.record["flops_vision"] = self._vflops * s.record["n_tiles"]
-            seqs_all.extend(seqs)
-            recs.extend(s.record for s in samples)
-            if output_logits:
-                logits_all.extend(logits)
-        return RunOutput(seqs_all, recs, self._attach_texts(seqs_all, recs), logits_all if output_logits else None)
+            s.record["vision_s"] = vision_s
+            samples.append(s)
+        return samples
+
+    def _finish_records(self, samples, seqs, timing) -> None:
+        super()._finish_records(samples, seqs, timing)
+        for s in samples:
+            s.record["flops_vision"] = self._vflops * s.record["n_tiles"]
 
     @staticmethod
     def _check(pruner, budget, n) -> int:
@@ -389,6 +480,8 @@ class LlavaNextAdapter(LlavaAdapter):
         order = pos_rows[:n_base] + [(-1, r) for r in extra[0]] + pos_rows[n_base:] + [(-1, r) for r in extra[1]]
         tokens = torch.stack([r.float() for _, r in order])
         info = {
+            # the base tile's kept statistics: comparable with the image-level numbers, also the base tile's
+            **({k: v for k, v in tile_stats[0].items() if k in _BASE_STATS} if budgets[0] > 0 else {}),
             "n_kept": sum(tile_kept),
             "kept_indices": [pos for pos, _ in order],
             "tile_budgets": budgets,
@@ -399,49 +492,16 @@ class LlavaNextAdapter(LlavaAdapter):
         }
         return tokens, info
 
-    # ---------------- paths of the LLaVA-1.5 adapter that assume one square tile
-    def _one_tile_only(self, name):
-        raise CapabilityError(
-            f"{name} is not available for LLaVA-NeXT yet (it assumes one square tile per image); "
-            "use LlavaNextAdapter.run(ids, pixel_values, image_sizes, ...)"
-        )
-
-    def run_shared_image(self, *args, **kwargs):
-        self._one_tile_only("run_shared_image")
-
     def run_selections(self, *args, **kwargs):
-        self._one_tile_only("run_selections")
-
-    @torch.no_grad()
-    def reference_no_cache(
-        self, input_ids, pixel_values, image_sizes, method, budget, steps: int, method_params=None, tile_budget=None
-    ) -> torch.Tensor:
-        """:meth:`LlavaAdapter.reference_no_cache` for one LLaVA-NeXT image: ``steps`` greedy tokens without KV
-        cache, an in-LLM method's prefill selection replayed on later passes. Returns ``(steps, V)`` logits."""
-        rule = self.tile_budget if tile_budget is None else tile_budget
-        pruner = self._method(method, method_params)
-        in_llm, qk, needs_text = self._needs(pruner)
-        row = torch.as_tensor(input_ids[0] if torch.is_tensor(input_ids) and input_ids.ndim == 2 else input_ids)
-        lay = self.layout(torch.as_tensor(image_sizes).reshape(-1, 2)[0].tolist())
-        t = None if pruner is None else self._check(pruner, budget, lay.n_packed if in_llm else lay.n_visual)
-        enc = self.encode_images(pixel_values[0, : lay.n_tiles], qk)
-        s = self._next_sample(enc, lay, row, 0, None, pruner, t, in_llm, needs_text, None, rule)
-        embeds, out = s.embeds.unsqueeze(0), []
-        with HookScope() as scope:
-            if s.editor is not None:
-                s.editor.install(scope)
-            for _ in range(steps):
-                logits = self.model(inputs_embeds=embeds, use_cache=False).logits[0, -1].float()
-                out.append(logits.cpu())
-                if s.editor is not None:
-                    s.editor.mode = "replay"
-                nxt = self.parts.embed(torch.tensor([[int(logits.argmax())]], device=embeds.device))
-                embeds = torch.cat([embeds, nxt.to(embeds.dtype)], dim=1)
-        return torch.stack(out)
+        raise CapabilityError(
+            "run_selections is not available for LLaVA-NeXT (its batched selections assume one square tile); "
+            "use describe_batch_size=1, which decodes each description alone"
+        )
 
     # ---------------- text interface
     def build_inputs(self, images, questions: Sequence[str], template: str = "llava_v1", system: str | None = None):
-        """Prompt ids (one ``<image>`` id each; :meth:`run` expands it), ``pixel_values`` and ``image_sizes``."""
+        """Prompt ids (one ``<image>`` id each; :meth:`run` expands it) and the images as :class:`NextImages`, so
+        :meth:`LlavaAdapter.generate` runs this family too."""
         if self.processor is None or self.tokenizer is None:
             raise CapabilityError("build_inputs needs a processor with a tokenizer; pass processor=AutoProcessor...")
         sys_msg = VICUNA_SYSTEM if system is None else system
@@ -453,9 +513,4 @@ class LlavaNextAdapter(LlavaAdapter):
             )
             for q in questions
         ]
-        return ids, out["pixel_values"], out["image_sizes"]
-
-    def generate(self, images, questions, method=None, budget=None, *, template="llava_v1", system=None, **run_kw):
-        """Text in, text out (one image per question)."""
-        ids, pv, sizes = self.build_inputs(images, questions, template, system)
-        return self.run(ids, pv, sizes, method, budget, **run_kw)
+        return ids, NextImages(out["pixel_values"], out["image_sizes"])

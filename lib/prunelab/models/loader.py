@@ -5,7 +5,9 @@ Model names: an embedded ToyLLaVA variant (:data:`EMBEDDED_MODELS`, weights unde
 of a llava-hf checkpoint, or an HF id already in the local cache; nothing is ever downloaded and no pickle is ever
 loaded (:func:`check_weights` reads safetensors headers). Prompts: ToyLLaVA's own chat format for the embedded
 model (no system prompt: it was trained without one); the LLaVA-1.5 protocol (Vicuna system message, images padded
-to square when the processor can, LLaVA's short-answer suffix for POPE) for llava-hf checkpoints.
+to square when the processor can, LLaVA's short-answer suffix for POPE) for llava-hf checkpoints. A folder whose
+``config.json`` says ``model_type`` ``qwen2_5_vl`` or ``llava_next`` loads through
+:mod:`prunelab.models.qwen_loading` / :mod:`prunelab.models.next_loading` (each family's processor and prompt).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from prunelab.toyworld import text as tt
 EMBEDDED_MODELS = ("toyllava", "toyllava-subset")
 #: Embedded models packaged as deltas over an installed base model (assembled at load time).
 DELTA_MODELS = ("toyllava-s",)
-PROMPT_FORMATS = ("toyllava", "chatml", "llava_v1", "hf_chat", "qwen_chatml")
+PROMPT_FORMATS = ("toyllava", "chatml", "llava_v1", "hf_chat", "qwen_chatml", "processor_chat")
 #: LLaVA-1.5's POPE instruction suffix (``haotian-liu/LLaVA`` ``playground/data/eval/pope/llava_pope_test.jsonl``).
 LLAVA_SHORT_ANSWER = "Answer the question using a single word or phrase."
 
@@ -222,9 +224,11 @@ class GenerationModel:
     ``prompt_format``: ``"toyllava"`` (ToyLLaVA's chat template, no system prompt), ``"chatml"`` (ToyLLaVA-S:
     SmolLM2's ChatML with its system turn, as trained), ``"llava_v1"`` (Vicuna system message +
     ``USER: <image>\\n... ASSISTANT:``), ``"hf_chat"`` (llava-hf chat format, no system prompt) or
-    ``"qwen_chatml"`` (Qwen2.5-VL's own chat prompt, :mod:`prunelab.models.qwen_loading`).
+    ``"qwen_chatml"`` (Qwen2.5-VL's own chat prompt, :mod:`prunelab.models.qwen_loading`) or ``"processor_chat"``
+    (the chat template a LLaVA-NeXT folder's processor ships, :mod:`prunelab.models.next_loading`).
     ``pixels``: ``callable(PIL image) -> (1, 3, H, W)`` tensor (Qwen2.5-VL: a
-    :class:`~prunelab.models.qwen2_5_vl.QwenImages`). ``name``: what the model was loaded from. ``probe_size``: the
+    :class:`~prunelab.models.qwen2_5_vl.QwenImages`; LLaVA-NeXT: a
+    :class:`~prunelab.models.llava_next.NextImages`). ``name``: what the model was loaded from. ``probe_size``: the
     side of the blank image whose token count is :attr:`n_image_tokens`.
     """
 
@@ -291,6 +295,10 @@ class GenerationModel:
             from prunelab.models import qwen_loading
 
             return qwen_loading.prompt_ids(tok, question, self.adapter.parts.image_token_id)
+        if self.prompt_format == "processor_chat":
+            from prunelab.models import next_loading
+
+            return next_loading.prompt_ids(self.adapter, question)
         system = VICUNA_SYSTEM if self.prompt_format == "llava_v1" else None
         prompt = build_prompt(question, self.prompt_format, system)
         return tokenize_with_image(tok, prompt, self.adapter.parts.image_token_id, 1)
@@ -400,6 +408,11 @@ def load_generation_model(model: str = "toyllava", device: str = "auto", dtype=N
 
         adapter, pixels = qwen_loading.load_qwen(folder, dev, dtype)
         return GenerationModel(adapter, "qwen_chatml", pixels, name=str(model), probe_size=qwen_loading.PROBE_SIZE)
+    if _model_type(folder) == "llava_next":
+        from prunelab.models import next_loading
+
+        adapter, pixels, fmt = next_loading.load_llava_next(folder, dev, dtype)
+        return GenerationModel(adapter, fmt, pixels, name=str(model), probe_size=next_loading.PROBE_SIZE)
     if dtype is None:
         dtype = torch.float16 if dev.type == "cuda" and model not in EMBEDDED_MODELS else torch.float32
     import transformers

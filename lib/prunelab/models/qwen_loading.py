@@ -19,12 +19,8 @@ processor, Qwen's own ChatML prompt and the :class:`~prunelab.models.qwen2_5_vl.
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
-import torch
-
-from prunelab.errors import AssetError, CapabilityError
+from prunelab.errors import CapabilityError
+from prunelab.models.processors import ProcessorPixels, load_family
 
 __all__ = ["QWEN_SYSTEM", "PROBE_SIZE", "QwenPixels", "prompt_text", "prompt_ids", "load_qwen"]
 
@@ -52,52 +48,20 @@ def prompt_ids(tokenizer, question: str, image_token_id: int) -> list[int]:
     return ids
 
 
-class QwenPixels:
-    """Image preprocessing as a picklable callable with a cache key: PIL image -> :class:`QwenImages`."""
-
-    def __init__(self, image_processor):
-        self.ip = image_processor
-        conf = image_processor.to_json_string()
-        self.key = f"{type(image_processor).__name__}:{hashlib.sha256(conf.encode()).hexdigest()[:12]}"
-
-    def __call__(self, image):
-        from prunelab.models.qwen2_5_vl import QwenImages
-
-        out = self.ip(images=[image.convert("RGB")], return_tensors="pt")
-        return QwenImages(out["pixel_values"], out["image_grid_thw"])
-
-
-def _pil_image_processor(folder: Path):
-    try:  # transformers >= 5: the PIL backend by name (the default one needs torchvision)
-        from transformers import Qwen2VLImageProcessorPil as ImageProcessor
-    except ImportError:  # pragma: no cover - 4.x, where the slow processor is the default class
-        from transformers import Qwen2VLImageProcessor as ImageProcessor
-    return ImageProcessor.from_pretrained(str(folder), local_files_only=True)
+def QwenPixels(image_processor) -> ProcessorPixels:
+    """Image preprocessing as a picklable callable with a cache key: PIL image -> a :class:`QwenImages`."""
+    return ProcessorPixels(image_processor, "prunelab.models.qwen2_5_vl:QwenImages", ("pixel_values", "image_grid_thw"))
 
 
 def load_qwen(folder, device, dtype=None):
     """``(adapter, pixels)`` of the Qwen2.5-VL checkpoint in ``folder`` (weights already checked by
     :func:`prunelab.models.loader.check_model`; ``load_generation_model`` wraps the pair in a ``GenerationModel``):
     fp16 on CUDA, fp32 on the CPU unless ``dtype`` is given."""
-    import transformers
-    from safetensors import SafetensorError
-
     from prunelab.models.qwen2_5_vl import QwenVLAdapter
 
-    folder = Path(folder)
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    try:  # use_safetensors: never fall back to unpickling a .bin
-        net = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(folder), dtype=dtype, use_safetensors=True, local_files_only=True
-        )
-        tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        ip = _pil_image_processor(folder)
-    except (OSError, ValueError, SafetensorError) as err:
-        raise AssetError(
-            f"cannot load the Qwen2.5-VL model in {folder} ({str(err).splitlines()[0][:120]}); check that the "
-            "folder holds config, weights, tokenizer and preprocessor_config.json"
-        ) from None
+    net, tok, ip, _ = load_family(
+        folder, device, dtype, "Qwen2_5_VLForConditionalGeneration", "Qwen2VLImageProcessor", "Qwen2.5-VL"
+    )
     # The adapter holds the image processor itself: transformers' Qwen2_5_VLProcessor wrapper insists on a video
     # processor, whose classes need torchvision.
     return QwenVLAdapter(net, processor=ip, tokenizer=tok, device=device), QwenPixels(ip)

@@ -84,12 +84,13 @@ def tiny_config(
     )
 
 
-def _seeded_model(cfg, seed: int, init_std: float = 0.25):
-    """``LlavaForConditionalGeneration(cfg)`` with the seeded spread-out init described in the module docstring."""
+def _seeded_model(cfg, seed: int, init_std: float = 0.25, model_class=None):
+    """``model_class(cfg)`` (default ``LlavaForConditionalGeneration``) with the seeded spread-out init described
+    in the module docstring."""
     from transformers import LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(cfg)
+    model = (model_class or LlavaForConditionalGeneration)(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -190,17 +191,38 @@ def save_tiny_llava_hf(folder, *, seed: int = 0, words=(), text_layers: int = 2,
     except ImportError:  # pragma: no cover - 4.x
         from transformers import CLIPImageProcessor
 
+    tok, cfg = hf_tokenizer_and_config(words, image_size=336, text_layers=text_layers, vision_layers=vision_layers)
+    model = seeded_hf_model(cfg, seed, tok)
+    crop = {"height": 336, "width": 336}
+    ip = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size=crop, do_center_crop=True, **CLIP_NORM)
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, **PROCESSOR_KW)
+    out = Path(folder)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
+
+
+#: CLIP's normalisation, as llava-hf's image processors use it.
+CLIP_NORM = dict(image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+#: What llava-hf's processors say about the tower: patch 14, [CLS] dropped ("default"), one extra token.
+PROCESSOR_KW = dict(patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
+def hf_tokenizer_and_config(words=(), *, image_size: int, text_layers: int, vision_layers: int, extra: str = ""):
+    """The word-level tokenizer of the llava-hf-format tiny folders (over ``words``, LLaVA-1.5's prompt words and
+    ``extra``; no chat template) and a CLIP :func:`tiny_config` at ``image_size`` whose special ids are the
+    tokenizer's."""
     texts = [
         VICUNA_SYSTEM,
-        "USER: ASSISTANT: Please describe this image in detail.",
+        f"USER: ASSISTANT: Please describe this image in detail. {extra}",
         "Is there a dog in the image? Answer the question using a single word or phrase. Yes No",
         " ".join(words),
     ]
     tok = T.build_tokenizer(texts)
-    tok.chat_template = None  # llava-hf checkpoints use the Vicuna format, not ToyLLaVA's template
+    tok.chat_template = None  # llava-hf checkpoints use the Vicuna format (or their processor's), not ToyLLaVA's
     cfg = tiny_config(
         "clip",
-        image_size=336,
+        image_size=image_size,
         patch_size=14,
         vision_layers=vision_layers,
         text_layers=text_layers,
@@ -210,25 +232,13 @@ def save_tiny_llava_hf(folder, *, seed: int = 0, words=(), text_layers: int = 2,
     cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     cfg.text_config.pad_token_id = tok.pad_token_id
     cfg.vision_config._attn_implementation = "eager"
-    model = _seeded_model(cfg, seed)
+    return tok, cfg
+
+
+def seeded_hf_model(cfg, seed: int, tok, model_class=None):
+    """:func:`_seeded_model` in eval mode, its generation config's pad / eos / bos ids the tokenizer's."""
+    model = _seeded_model(cfg, seed, model_class=model_class)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.bos_token_id = tok.bos_token_id
-    ip = CLIPImageProcessor(
-        size={"shortest_edge": 336},
-        crop_size={"height": 336, "width": 336},
-        do_center_crop=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
-    proc = LlavaProcessor(
-        image_processor=ip,
-        tokenizer=tok,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
-    out = Path(folder)
-    model.eval().save_pretrained(out)
-    proc.save_pretrained(out)
-    return out
+    return model.eval()

@@ -127,6 +127,9 @@ _CODE_FILES = (
     "models/prompts.py",
     "models/toyllava.py",
     "models/qwen*.py",
+    "models/llava_next.py",
+    "models/next_loading.py",
+    "models/processors.py",
 )
 
 #: Columns of every row, both tasks (POPE rows add :data:`POPE_QUESTION_COLUMNS`).
@@ -307,8 +310,9 @@ def run_generation(
 
     Parameters
     ----------
-    model: ``"toyllava"``, an HF id / folder of a llava-hf checkpoint, a :class:`GenerationModel` or a
-        :class:`~prunelab.models.adapter.LlavaAdapter` (see the module docstring).
+    model: ``"toyllava"``, an HF id / folder of a llava-hf checkpoint (LLaVA-1.5 or LLaVA-NeXT) or of
+        Qwen2.5-VL, a :class:`GenerationModel` or a :class:`~prunelab.models.adapter.LlavaAdapter` (see the module
+        docstring and :func:`~prunelab.models.loader.load_generation_model`).
     image_set: a :func:`prunelab.study.data.load_image_set` spec (``"toyworld:test"``, ``"photos"``, ``"coco:<dir>"``)
         or a list of :class:`prunelab.study.data.ImageItem`.
     methods: method names / specs (:func:`resolve_generation_methods`); ``None`` or ``"Vanilla"`` = unpruned.

@@ -413,7 +413,8 @@ def _thumb(image, kept=None, n_tokens: int | None = None, size: int = 168) -> st
         data = buf.getvalue()
     else:
         side = int(round(math.sqrt(n_tokens))) if n_tokens else 24
-        data = overlay_png(image, [int(i) for i in kept if int(i) >= 0], grid=(side, side), size=size)
+        # LLaVA-NeXT's packed run starts with the base tile's raster (n_tokens): the thumbnail shows that tile
+        data = overlay_png(image, [int(i) for i in kept if 0 <= int(i) < side * side], grid=(side, side), size=size)
     return f'<img src="data:image/jpeg;base64,{base64.b64encode(data).decode()}" width="{size}" height="{size}"/>'
 
 
