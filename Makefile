@@ -26,14 +26,23 @@ $(STAMP_PY): pyproject.toml | $(PY)
 
 setup: $(STAMP_PY)
 
-# lmms-eval (optional; the `prunelab` model, tasks and wrapper in lib/prunelab/lmms): its pinned subset with --no-deps.
-# Its full requirement list pulls torch 2.14 + CUDA wheels through torchvision; torch must stay at 2.13.0 (checked).
+# lmms-eval (the `prunelab` model, tasks and wrapper in lib/prunelab/lmms): its pinned subset with --no-deps, in an
+# overlay venv (.venv-lmms) that sees .venv's packages and lib/ through a .pth file but keeps its own pins first. Its
+# full requirement list pulls torch 2.14 + CUDA wheels through torchvision (torch stays 2.13.0: checked); and its
+# pyarrow must not reach .venv, where pandas would then store every string column in pyarrow (no lone surrogates,
+# other dtypes: the study's tables would depend on whether lmms-eval was installed).
 LMMS_REQ := lib/prunelab/lmms/requirements.txt
-STAMP_LMMS := $(VENV)/.stamp-lmms-$(shell cat $(LMMS_REQ) | sha256sum | cut -c1-12)
-$(STAMP_LMMS): $(LMMS_REQ) | $(STAMP_PY)
-	$(PY) -m pip install -q --no-deps -r $(LMMS_REQ)
-	$(PY) -c "import torch, lmms_eval.evaluator; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
-	rm -f $(VENV)/.stamp-lmms-*; touch $@
+LMMS_VENV := .venv-lmms
+LMMS_PY := $(LMMS_VENV)/bin/python
+STAMP_LMMS := $(LMMS_VENV)/.stamp-lmms-$(shell cat $(LMMS_REQ) pyproject.toml | sha256sum | cut -c1-12)
+$(STAMP_LMMS): $(LMMS_REQ) pyproject.toml | $(STAMP_PY)
+	rm -rf $(LMMS_VENV)
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_PY) -c "import sys, sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()['purelib'], '_prunelab_base.pth').write_text(sys.argv[1] + '\n' + sys.argv[2] + '\n')" \
+		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" "$(CURDIR)/lib"
+	$(LMMS_PY) -m pip install -q --no-deps -r $(LMMS_REQ)
+	$(LMMS_PY) -c "import torch, lmms_eval.evaluator, prunelab.lmms; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
+	touch $@
 
 lmms: $(STAMP_LMMS)
 
@@ -119,4 +128,4 @@ clean:
 	rm -rf _build .pytest_cache .hypothesis .import_linter_cache .ruff_cache
 
 distclean: clean
-	rm -rf $(VENV) book/node_modules book/vendor
+	rm -rf $(VENV) $(LMMS_VENV) book/node_modules book/vendor

@@ -1,7 +1,8 @@
 """prunelab inside lmms-eval (:mod:`prunelab.lmms`): task files, scoring, erank statistics, and offline runs of
 ``--model prunelab`` on the embedded ToyLLaVA in one process and under ``torchrun --nproc_per_node 2`` on CPU.
 
-The task, scoring and statistics tests need no lmms-eval; the runs skip unless it is installed (``make lmms``).
+The task, scoring and statistics tests need no lmms-eval; the runs use the overlay venv ``.venv-lmms`` that
+``make lmms`` builds (lmms-eval's pins kept out of ``.venv``) and skip without it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -83,16 +83,18 @@ def test_stats_file_must_match_the_method_options(tmp_path):
 # Runs (lmms-eval installed)
 
 
-def _lmms_ready() -> str | None:
-    try:
-        import lmms_eval.evaluator  # noqa: F401
-    except ImportError as err:
-        return f"lmms-eval is not installed ({err}); run make lmms"
-    from importlib.metadata import entry_points
+LMMS_PY = ROOT / ".venv-lmms" / "bin" / "python"  # make lmms: lmms-eval's pins over .venv's packages
 
-    if not any(ep.name == "prunelab" for ep in entry_points(group="lmms_eval.models")):
-        return "the lmms_eval.models entry point 'prunelab' is not installed; reinstall prunelab (make setup)"
-    return None
+
+def _lmms_ready() -> str | None:
+    if not LMMS_PY.is_file():
+        return f"no lmms-eval venv at {LMMS_PY.parent.parent}; run make lmms"
+    probe = (
+        "import lmms_eval.evaluator; from importlib.metadata import entry_points; "
+        "assert any(e.name == 'prunelab' for e in entry_points(group='lmms_eval.models')), 'no prunelab entry point'"
+    )
+    r = subprocess.run([str(LMMS_PY), "-c", probe], capture_output=True, text=True)
+    return None if r.returncode == 0 else f"lmms-eval venv not usable ({r.stderr.strip()[-200:]}); run make lmms"
 
 
 needs_lmms = pytest.mark.skipif(_lmms_ready() is not None, reason=str(_lmms_ready()))
@@ -112,7 +114,7 @@ def _free_port() -> int:
 
 
 def _eval(tmp: Path, out: str, model_args: str, nproc: int = 1) -> subprocess.CompletedProcess:
-    launch = [sys.executable]
+    launch = [str(LMMS_PY)]
     if nproc > 1:
         launch += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(_free_port())]
     cmd = launch + ["-m", "prunelab.lmms", "eval", "--model", "prunelab", "--model_args", model_args, "--tasks", TASKS]
@@ -151,7 +153,7 @@ def lmms_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lmms")
     build(tmp / "data", n=2)
     env = _env(tmp)
-    cal = [sys.executable, "-m", "prunelab.lmms", "calibrate", str(tmp / "data"), "--method", "agilepruner"]
+    cal = [str(LMMS_PY), "-m", "prunelab.lmms", "calibrate", str(tmp / "data"), "--method", "agilepruner"]
     r = subprocess.run(
         cal + ["--device", "cpu", "-o", str(tmp / "stats.json")], env=env, capture_output=True, text=True
     )
@@ -208,15 +210,32 @@ def test_a_failed_run_exits_non_zero(lmms_runs):
     assert "wrote no results" in r.stderr
 
 
+_ARG_CHECKS = """
+import json, sys
+from pathlib import Path
+from prunelab.errors import CapabilityError, UnknownNameError
+from prunelab.lmms.model import PrunelabLMM
+
+folder = Path(sys.argv[1])
+(folder / "config.json").write_text(json.dumps({"model_type": "llava_next"}))
+for kwargs, err, text in (
+    (dict(pretrained=str(folder)), CapabilityError, "LLaVA-NeXT"),
+    (dict(pretrained="toyllava", budgte=64), UnknownNameError, "unknown prunelab model args"),
+    (dict(pretrained="toyllava", batch_size=4), CapabilityError, "one request at a time"),
+):
+    try:
+        PrunelabLMM(**kwargs)
+    except err as e:
+        assert text in str(e), (kwargs, str(e))
+    else:
+        raise SystemExit(f"no error for {kwargs}")
+print("ok")
+"""
+
+
 @needs_lmms
 def test_model_args_are_checked_before_loading(tmp_path):
-    from prunelab.errors import UnknownNameError
-    from prunelab.lmms.model import PrunelabLMM
-
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava_next"}))
-    with pytest.raises(CapabilityError, match="LLaVA-NeXT"):
-        PrunelabLMM(pretrained=str(tmp_path))
-    with pytest.raises(UnknownNameError, match="unknown prunelab model args"):
-        PrunelabLMM(pretrained="toyllava", budgte=64)
-    with pytest.raises(CapabilityError, match="one request at a time"):
-        PrunelabLMM(pretrained="toyllava", batch_size=4)
+    r = subprocess.run(
+        [str(LMMS_PY), "-c", _ARG_CHECKS, str(tmp_path)], env=_env(tmp_path), capture_output=True, text=True
+    )
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-2000:]
