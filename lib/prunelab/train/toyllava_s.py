@@ -357,10 +357,8 @@ def _lr(base: float, cfg: Config, step: int, total: int, restarts: tuple = ()) -
 
 def warm_start(cfg: Config, proj, src: Path | None = None, log=print) -> bool:
     """Start stage 2 from a packaged folder's deltas when the run folder has no stage-2 checkpoint (a fresh machine
-    whose exact resume state, ~74 MB of Adam moments, was not kept). Not bit-identical to an uninterrupted run: the
-    LoRA factors come back rounded to fp16, the projector is unfolded from its exported form and the optimiser starts
-    from zero moments, so the step is recorded in ``restarts`` and the learning rate re-warmed (:func:`_lr`).
-    Returns whether a checkpoint was written."""
+    without the ~74 MB resume state); returns whether it did. Not bit-identical to an uninterrupted run: fp16 LoRA,
+    unfolded projector, zero Adam moments; the step goes into ``restarts`` and the rate is re-warmed (:func:`_lr`)."""
     import torch
 
     i_path = run_dir(cfg) / "instruct.safetensors"
