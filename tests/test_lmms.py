@@ -211,15 +211,20 @@ def test_a_failed_run_exits_non_zero(lmms_runs):
 
 
 _ARG_CHECKS = """
-import json, sys
+import sys
 from pathlib import Path
 from prunelab.errors import CapabilityError, UnknownNameError
 from prunelab.lmms.model import PrunelabLMM
 
-folder = Path(sys.argv[1])
-(folder / "config.json").write_text(json.dumps({"model_type": "llava_next"}))
+from PIL import Image
+from prunelab.models.tiny_next import save_tiny_llava_next_hf
+
+# every family the loader loads is served: a tiny LLaVA-NeXT folder answers through the plugin
+folder = save_tiny_llava_next_hf(Path(sys.argv[1]) / "next", words=["Is", "there", "a", "dog", "?"])
+lm = PrunelabLMM(pretrained=str(folder), method="FasterVLM", budget=16, device="cpu")
+answer = lm._generate("Is there a dog?", [Image.new("RGB", (336, 336), (90, 120, 30))], {"max_new_tokens": 2})
+assert isinstance(answer, str), answer
 for kwargs, err, text in (
-    (dict(pretrained=str(folder)), CapabilityError, "LLaVA-NeXT"),
     (dict(pretrained="toyllava", budgte=64), UnknownNameError, "unknown prunelab model args"),
     (dict(pretrained="toyllava", batch_size=4), CapabilityError, "one request at a time"),
 ):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import torch
 from lmms_eval.api.model import lmms
@@ -38,22 +37,6 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 def _world() -> tuple[int, int, int]:
     """``(rank, world size, local rank)`` from the torchrun / accelerate environment."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _refuse_unloaded_family(pretrained: str) -> None:
-    """LLaVA-NeXT has an adapter (:mod:`prunelab.models.llava_next`) but :func:`load_generation_model` has no path
-    for its folders yet (it reads a non-Qwen folder as a LLaVA-1.5 config): refused by name before anything loads."""
-    cfg = Path(pretrained).expanduser() / "config.json"
-    if cfg.is_file():
-        try:
-            model_type = json.loads(cfg.read_text()).get("model_type")
-        except (OSError, ValueError, AttributeError):
-            return  # the loader reports an unreadable config
-        if model_type == "llava_next":
-            raise CapabilityError(
-                f"{pretrained} is a LLaVA-NeXT checkpoint, which prunelab.models.loader does not load yet; "
-                "use a LLaVA-1.5 (llava-hf) or Qwen2.5-VL folder"
-            )
 
 
 class PrunelabLMM(lmms):
@@ -88,7 +71,6 @@ class PrunelabLMM(lmms):
         dev = "auto" if device in (None, "") else str(device)
         if self._world_size > 1 and torch.cuda.is_available() and dev in ("auto", "cuda"):
             dev = f"cuda:{local}"
-        _refuse_unloaded_family(str(pretrained))
         self.gm = load_generation_model(str(pretrained), device=dev, dtype=_DTYPES.get(str(dtype)))
         self.pruner = make_pruner(method, params)
         self.budget = None if self.pruner is None or budget in (None, "") else int(budget)
