@@ -21,6 +21,8 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from prunelab.eval.textproc import auto_path
 from prunelab.paths import REPO_ROOT, atomic_write
 from prunelab.study.verdict import VERDICT_GLUE, outcome_legend
@@ -290,7 +292,61 @@ def chair_path_section(recs: list[dict]) -> list[str]:
     return lines
 
 
-PAGES = {"methods.md": methods_page, "paper_vs_study.md": paper_page, "provenance.md": provenance_page}
+def benchmarks_page(results_dir: Path = REPO_ROOT / "data" / "results") -> str:
+    """The paper's Table 1 layout: this study's lmms-eval runs when their result files are under
+    ``data/results/lmms/``, else the toy world's POPE from the committed calibration runs; the paper's tables after."""
+    from prunelab.study import benchmark_table as B
+
+    lines = [
+        "# The benchmark table",
+        "",
+        "The paper's main tables give nine standard benchmarks per method and budget, and `Avg. retention %`: the "
+        "mean over the benchmarks of value / unpruned value (this formula reproduces the paper's `Average%` column "
+        "to 0.1 on 20 of its 21 LLaVA-1.5 rows; DivPrune at 128 differs, 96.1 against the printed 97.2). Runs of "
+        '`--model prunelab` under lmms-eval (README, "Scaling out") write result files; put them under '
+        "`data/results/lmms/` and rebuild this page.",
+        "",
+        "## This study",
+        "",
+    ]
+    lmms = B.read_lmms_results(results_dir / "lmms") if (results_dir / "lmms").is_dir() else None
+    if lmms is not None and len(lmms):
+        for model, g in lmms.groupby("model", sort=True):
+            lines += [f"### `{model}` (lmms-eval)", "", *_html_block(B.table1(g))]
+        if lmms.attrs.get("skipped"):
+            lines += [f"Tasks without a column here: {', '.join(lmms.attrs['skipped'])}.", ""]
+    else:
+        found = sorted(f for f in results_dir.glob("calibration-*.csv") if not f.stem.endswith("-spearman"))
+        lines += [
+            "No lmms-eval run of the nine benchmarks is committed (they need the benchmarks' data and a GPU). In "
+            "their place, the toy world's POPE F1 of the committed calibration runs (`prunelab.study.calibration`), "
+            "in the same layout:",
+            "",
+        ]
+        for f in found:
+            lines += [f"### `{f.name}`", "", *_html_block(B.table1(B.calibration_rows(pd.read_csv(f), f.stem)))]
+        if not found:
+            lines += ["*No calibration run is committed either.*", ""]
+    lines += ["## The paper's tables (reference)", ""]
+    for model in ("llava-1.5-7b", "llava-next-7b", "qwen2.5-vl-7b"):
+        t = B.paper_table(model)
+        if len(t):
+            lines += [f"### {model}", "", *_html_block(B.table1(t))]
+    return "\n".join(lines) + "\n"
+
+
+def _html_block(df) -> list[str]:
+    """A table as a scrolling raw-HTML block (one decimal; missing values as a dash)."""
+    table = df.to_html(index=False, float_format=lambda v: f"{v:.1f}", na_rep="–", border=0)
+    return ["```{raw} html", scrolling_html(table), "```", ""]
+
+
+PAGES = {
+    "methods.md": methods_page,
+    "paper_vs_study.md": paper_page,
+    "benchmarks.md": benchmarks_page,
+    "provenance.md": provenance_page,
+}
 
 
 def write_pages(out_dir: Path = OUT_DIR, build_dir: Path = BUILD_DIR) -> list[Path]:
