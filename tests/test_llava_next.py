@@ -39,7 +39,7 @@ def _config():
         vocab_size=256,
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=8,  # SparseVLM's default schedule needs more than 4 layers (also on LLaVA-1.5)
+        num_hidden_layers=8,  # SparseVLM's [2, 6, 15] schedule scales to three separate layers [0, 2, 4]
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=2048,

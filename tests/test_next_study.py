@@ -5,12 +5,11 @@ the family refuses, refused before any generation."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pandas as pd
 import pytest
 import torch
 
+from family_study import SET, counting_generate, run_small as _run
 from prunelab.errors import CapabilityError, ImageError
 from prunelab.models.llava_next import LlavaNextAdapter, NextImages
 from prunelab.models.loader import load_generation_model
@@ -19,7 +18,6 @@ from prunelab.models.tiny_next import TINY_NEXT_TOKENS, save_tiny_llava_next_hf
 from prunelab.study import generation as G, runner, scoring as SC
 from prunelab.study.complexity import tower_encoder
 
-SET = "toyworld:test"
 N = TINY_NEXT_TOKENS  # 336 px -> base tile 8 x 8 + 2 x 2 crops of 8 x 8 = 320 visual tokens
 BASE = 64  # the base tile's patches: what the image-level numbers (n_tokens, erank_full_*) count
 NEWLINES = 16
@@ -39,30 +37,6 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gm(folder):
     return load_generation_model(str(folder), device="cpu")
-
-
-@contextlib.contextmanager
-def counting_generate(model):
-    """Counts ``model.generate`` calls (an instance attribute for the block only)."""
-    calls = [0]
-    real = model.generate
-
-    def generate(*a, **k):
-        calls[0] += 1
-        return real(*a, **k)
-
-    model.generate = generate
-    try:
-        yield calls
-    finally:
-        del model.generate
-
-
-def _run(gm, methods, budgets, task, cache_dir, **kw):
-    kw.setdefault("max_new_tokens", 5)
-    return G.run_generation(
-        gm, SET, methods, budgets, task=task, n=2, cache_dir=cache_dir, progress=False, pope_settings=["random"], **kw
-    )
 
 
 def test_folder_loads_with_vicuna_prompt_processor_and_fingerprint(folder, gm):

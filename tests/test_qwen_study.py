@@ -4,13 +4,13 @@ path's tables; the cache; T = N equal to the unpruned model; methods the family 
 
 from __future__ import annotations
 
-import contextlib
 import re
 
 import pandas as pd
 import pytest
 import torch
 
+from family_study import SET, counting_generate, run_small as _run
 from prunelab.errors import CapabilityError, ImageError
 from prunelab.models.loader import load_generation_model
 from prunelab.models.qwen2_5_vl import QwenImages, QwenVLAdapter
@@ -19,7 +19,6 @@ from prunelab.models.tiny_qwen import save_tiny_qwen2_5_vl_hf
 from prunelab.study import generation as G, runner, scoring as SC
 from prunelab.study.complexity import tower_encoder
 
-SET = "toyworld:test"
 N = 36  # 336 px -> smart_resize to 168 px (the folder's min = max pixels) -> 12 x 12 patches -> 6 x 6 merged
 
 
@@ -31,30 +30,6 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gm(folder):
     return load_generation_model(str(folder), device="cpu")
-
-
-@contextlib.contextmanager
-def counting_generate(model):
-    """Counts ``model.generate`` calls (an instance attribute for the block only)."""
-    calls = [0]
-    real = model.generate
-
-    def generate(*a, **k):
-        calls[0] += 1
-        return real(*a, **k)
-
-    model.generate = generate
-    try:
-        yield calls
-    finally:
-        del model.generate
-
-
-def _run(gm, methods, budgets, task, cache_dir, **kw):
-    kw.setdefault("max_new_tokens", 5)
-    return G.run_generation(
-        gm, SET, methods, budgets, task=task, n=2, cache_dir=cache_dir, progress=False, pope_settings=["random"], **kw
-    )
 
 
 def test_folder_loads_with_qwen_prompt_processor_and_fingerprint(folder, gm):
