@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from prunelab.study import calibration as C
+from prunelab.study.verdict import paper_results
 
 
 def test_degenerate_rate_counts_unfinished_and_looping_descriptions():
@@ -25,12 +26,13 @@ def test_degenerate_rate_counts_unfinished_and_looping_descriptions():
 
 
 def test_paper_numbers_come_from_the_right_tables():
-    van = C._paper(None, 576)
+    R = paper_results()
+    van = C._paper(None, 576, R)
     assert van["paper_POPE_F1"] == 85.9 and van["paper_CHAIR_i"] == 13.9 and van["paper_Recall"] == 78.7
-    fv = C._paper("FasterVLM", 64)  # POPE of FasterVLM is only in the hybrid table
+    fv = C._paper("FasterVLM", 64, R)  # POPE of FasterVLM is only in the hybrid table
     assert fv["paper_POPE_F1"] == 77.4 and fv["paper_CHAIR_i"] == 13.5
-    assert C._paper("DivPrune", 128)["paper_POPE_F1"] == 85.5  # the main table; the hybrid table says 87.0
-    assert "paper_CHAIR_i" not in C._paper("FastV", 64)  # the paper has no CHAIR row for it
+    assert C._paper("DivPrune", 128, R)["paper_POPE_F1"] == 85.5  # the main table; the hybrid table says 87.0
+    assert "paper_CHAIR_i" not in C._paper("FastV", 64, R)  # the paper has no CHAIR row for it
 
 
 def _table(ours, paper, budget=64):

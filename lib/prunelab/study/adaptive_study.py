@@ -35,7 +35,15 @@ from prunelab.errors import UnknownNameError
 from prunelab.methods import paper_name
 from prunelab.study.paired import compare, metric_table
 from prunelab.study.plots import figure_legend
-from prunelab.study.verdict import Claim, check, checks_from_summary, paper_metric, paper_results, paper_value
+from prunelab.study.verdict import (
+    Claim,
+    check,
+    checks_from_summary,
+    paper_metric,
+    paper_pope,
+    paper_results,
+    paper_value,
+)
 
 VARIANTS = ("fixed", "+erank", "+inverse")
 #: The fixed methods whose paper POPE numbers the chapter sets against AgilePruner's (our labels; :func:`paper_beaters`).
@@ -125,25 +133,6 @@ def study_methods(methods: Sequence, bases: Sequence[str], taus: Sequence[float]
 
 # --------------------------------------------------------------------------------------------------------------
 # The paper's numbers
-
-
-def paper_pope(method: str, budget: int) -> tuple[float, str]:
-    """The paper's POPE number for one of our labels (or a paper name) at ``budget``: from ``benchmarks`` when it
-    is there, else from ``hybrid_enhancement`` (FasterVLM is only there); ``(nan, "")`` if absent. Returns
-    ``(value, table)``."""
-    res = paper_results()
-    name = paper_name(method) or method
-    for table in ("benchmarks", "hybrid_enhancement"):
-        sel = res[
-            (res["table"] == table)
-            & (res["model"] == PAPER_MODEL)
-            & (res["method"] == name)
-            & (res["metric"] == "POPE")
-            & (res["visual_tokens"] == int(budget))
-        ]
-        if len(sel):
-            return float(sel["value"].iloc[0]), table
-    return math.nan, ""
 
 
 def paper_beaters(budgets: Sequence[int] = (64, 128), methods: Sequence[str] = PAPER_FIXED) -> list[str]:

@@ -20,6 +20,7 @@ and the paper's POPE at each budget.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,7 +31,7 @@ from prunelab.eval.metrics import has_repeated_block
 from prunelab.methods.base import paper_name
 from prunelab.study.generation import run_generation
 from prunelab.study.scoring import chair_table, pope_table
-from prunelab.study.verdict import paper_results
+from prunelab.study.verdict import paper_pope, paper_results
 
 #: The methods of the calibration table (issue 12): two pre-LLM families, the adaptive method, three in-LLM ones.
 CALIBRATION_METHODS = ("FasterVLM", "DivPrune", "VisPruner", "AgilePruner", "FastV", "PDrop", "SparseVLM")
@@ -112,18 +113,16 @@ def calibration_runs(
     return desc, pope, refused
 
 
-def _paper(method: str | None, budget: int) -> dict:
-    res = paper_results()
-    res = res[res["model"] == PAPER_MODEL]
+def _paper(method: str | None, budget: int, results: pd.DataFrame) -> dict:
+    """LLaVA-1.5-7B's published numbers for one row (``method=None``: the unpruned model, 576 tokens)."""
     name = "Vanilla" if method is None else (paper_name(method) or method)
     tokens = 576 if method is None else int(budget)
+    pope, _ = paper_pope(name, tokens, model=PAPER_MODEL, results=results)  # benchmarks table first
+    out = {} if math.isnan(pope) else {"paper_POPE_F1": pope}
+    res = results[(results["model"] == PAPER_MODEL) & (results["table"] == "chair")]
     sel = res[(res["method"] == name) & (res["visual_tokens"] == tokens)]
-    out = {}
-    pope = sel[(sel["metric"] == "POPE") & sel["table"].isin(["benchmarks", "hybrid_enhancement"])]
-    if len(pope):
-        out["paper_POPE_F1"] = float(pope.sort_values("table")["value"].iloc[0])  # benchmarks first
     for metric in ("CHAIR_i", "CHAIR_s", "Recall", "Len"):
-        v = sel[(sel["table"] == "chair") & (sel["metric"] == metric)]
+        v = sel[sel["metric"] == metric]
         if len(v):
             out[f"paper_{metric}"] = float(v["value"].iloc[0])
     return out
@@ -146,6 +145,8 @@ def calibration_table(
     if len(base) != 1:
         raise PrunelabError(f"the calibration runs hold {len(base)} unpruned rows; run calibration_runs again")
     base = base.iloc[0]
+    results = paper_results()
+    ref = _paper(None, 576, results)
     rows = []
     for _, r in t.iterrows():
         vanilla = r["method"] == "Vanilla"
@@ -154,8 +155,7 @@ def calibration_table(
         for m in METRICS:
             if m != "degenerate":
                 row[f"{m}_ret"] = float(r[m]) / float(base[m]) if base[m] else np.nan
-        paper = _paper(None if vanilla else r["method"], r["budget"])
-        ref = _paper(None, 576)
+        paper = _paper(None if vanilla else r["method"], r["budget"], results)
         row.update(paper)
         for k, v in paper.items():
             if k in ref and ref[k]:

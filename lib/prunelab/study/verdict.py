@@ -519,8 +519,32 @@ def paper_metric(
     return float(sel["value"].iloc[0]) if len(sel) == 1 else math.nan
 
 
+def paper_pope(
+    method: str, budget: int, *, model: str = "llava-1.5-7b", results: pd.DataFrame | None = None
+) -> tuple[float, str]:
+    """The paper's POPE number for one of our labels (or a paper name) at ``budget``: from ``benchmarks`` when it
+    is there, else from ``hybrid_enhancement`` (FasterVLM is only there); ``(nan, "")`` if absent. Returns
+    ``(value, table)``. ``results``: an already read :func:`paper_results` (a loop need not read the file again)."""
+    from prunelab.methods import paper_name
+
+    res = paper_results() if results is None else results
+    name = paper_name(method) or method
+    for table in ("benchmarks", "hybrid_enhancement"):
+        sel = res[
+            (res["table"] == table)
+            & (res["model"] == model)
+            & (res["method"] == name)
+            & (res["metric"] == "POPE")
+            & (res["visual_tokens"] == int(budget))
+        ]
+        if len(sel):
+            return float(sel["value"].iloc[0]), table
+    return math.nan, ""
+
+
 __all__ = [
     "paper_metric",
+    "paper_pope",
     "VERDICT_GLUE",
     "OUTCOMES",
     "VERDICT_COLUMNS",
