@@ -176,17 +176,21 @@ def check_model(model: str) -> Path:
     return check_weights(folder)
 
 
+#: New tokens of a description under the OPERA / PAI CHAIR protocol (any model but the embedded ones).
+CHAIR_PROTOCOL_LIMIT = 512
+
+
 def description_limit(model, model_path=None) -> int:
     """The default ``max_new_tokens`` of a description for ``model``: an embedded ToyLLaVA's own evaluation limit
     (read from its folder, :func:`prunelab.models.toyllava.generation_limit`: 144), ToyLLaVA-S's
-    (:data:`prunelab.models.toyllava_s.GENERATION_LIMIT`: 96), else the 512 of the OPERA / PAI CHAIR protocol."""
+    (:data:`prunelab.models.toyllava_s.GENERATION_LIMIT`: 96), else :data:`CHAIR_PROTOCOL_LIMIT`."""
     from prunelab.models import toyllava, toyllava_s
 
     if str(model) in DELTA_MODELS:
         return toyllava_s.GENERATION_LIMIT
     if str(model) in EMBEDDED_MODELS:
         return toyllava.generation_limit(model_path)
-    return 512
+    return CHAIR_PROTOCOL_LIMIT
 
 
 def is_toy_model(model) -> bool:
@@ -480,6 +484,7 @@ def model_fingerprint(model: torch.nn.Module, full_limit: int = 1 << 22, sample:
 __all__ = [
     "EMBEDDED_MODELS",
     "description_limit",
+    "CHAIR_PROTOCOL_LIMIT",
     "DELTA_MODELS",
     "PROMPT_FORMATS",
     "LLAVA_SHORT_ANSWER",

@@ -91,11 +91,11 @@ def calibration_runs(
     """``(describe, pope, refused)``: the study loop's tables for the unpruned model and every method x budget
     the model can run (one call per task, so an image's descriptions are decoded together,
     ``describe_batch_size``), and ``{method: reason}`` for the methods it cannot (:func:`refusals`)."""
-    from prunelab.models.loader import as_generation_model, description_limit
+    from prunelab.models.loader import CHAIR_PROTOCOL_LIMIT, as_generation_model, description_limit
 
     gm = as_generation_model(model, device)
     if max_new_tokens is None:
-        max_new_tokens = description_limit(model) if isinstance(model, str) else 512
+        max_new_tokens = description_limit(model) if isinstance(model, str) else CHAIR_PROTOCOL_LIMIT
     refused = refusals(gm, methods, budgets)
     run = [None, *(m for m in methods if m not in refused)]
     kw = dict(n=n, seed=seed, cache_dir=cache_dir, progress=progress)

@@ -88,7 +88,7 @@ from prunelab.device import bars_off, resolve_device
 from prunelab.errors import PrunelabError, UnknownNameError, check_budget
 from prunelab.methods.adaptive import input_erank
 from prunelab.methods.base import ErankStatsSpec
-from prunelab.models.loader import as_generation_model
+from prunelab.models.loader import CHAIR_PROTOCOL_LIMIT, as_generation_model
 from prunelab.models.parts import parse_requires
 from prunelab.study.params import check_budgets, check_image_set, check_n_images, check_seed
 from prunelab.study.questions import Question, ground_truth_for, pope_questions_for
@@ -111,7 +111,7 @@ CACHE_FORMAT = 2  # bump when the meaning of a cached column or the entry layout
 TASKS = ("describe", "pope")
 VANILLA = "Vanilla"
 _VANILLA_NAMES = ("vanilla", "full", "none", "unpruned")
-DEFAULT_MAX_NEW_TOKENS = {"describe": 512, "pope": 8}  # OPERA/PAI CHAIR setting; POPE needs one word
+DEFAULT_MAX_NEW_TOKENS = {"describe": CHAIR_PROTOCOL_LIMIT, "pope": 8}  # OPERA/PAI CHAIR setting; POPE: one word
 # Code whose change must invalidate cached generations (not the scorers: they run on every call).
 _CODE_FILES = (
     "study/generation.py",
@@ -483,8 +483,10 @@ def run_generation(
 
     frames: dict[tuple, pd.DataFrame] = {}
     missing: dict[str, list] = {}
+    paths_of: dict[str, list] = {}  # image id -> [(spec, budget, path)], every selection, in entries order
     for it, sp, b in entries:
         path = entry_path(it, sp, b)
+        paths_of.setdefault(it.id, []).append((sp, b, path))
         cached = cache.read(path, _entry_columns(task))
         if cached is not None:
             frames[(it.id, sp.label, b)] = cached
@@ -538,7 +540,7 @@ def run_generation(
             img = per_image[it.id]
             with adapter.reuse_encoding(pv, enc):
                 if batched:  # every selection of the image, decoded together (see describe_batch_size)
-                    todo = [(sp, b, entry_path(it, sp, b)) for i2, sp, b in entries if i2 is it]
+                    todo = paths_of[it.id]
                     try:
                         out = adapter.run_selections(
                             torch.tensor(describe_ids),
